@@ -1,0 +1,269 @@
+//! The library's entry point: an [`Engine`] holds a run's configuration, memory pool, spill folder,
+//! worker threads and catalog; [`Engine::sql`] plans a query into a [`Query`] that can be collected,
+//! streamed, or written to Parquet or CSV.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+
+use crate::error::{Error, Result};
+use crate::exec::sink::{CsvSink, OutputFormat, ParquetSink, Sink, WriteSummary};
+use crate::exec::{BatchStream, ExecContext, Pipeline, PipelineStats};
+use crate::memory::MemoryPool;
+use crate::plan::{optimize, LogicalPlan};
+use crate::source::{Format, ScanCounters, Table};
+use crate::spill::{SpillManager, SpillStats};
+use crate::sql::{plan_sql, Catalog, Relation};
+use crate::Config;
+
+/// A configured engine. See the [crate docs](crate) for an example.
+pub struct Engine {
+    ctx: ExecContext,
+    spill: SpillManager,
+    catalog: Catalog,
+}
+
+impl Engine {
+    /// Opens an engine: creates the memory pool, the worker threads and the private spill folder
+    /// (removing folders left by dead runs).
+    pub fn new(config: Config) -> Result<Engine> {
+        let threads = rayon::ThreadPoolBuilder::new()
+            .num_threads(config.threads.max(1))
+            .thread_name(|i| format!("flow-worker-{i}"))
+            .build()
+            .map_err(|e| Error::Config(format!("cannot start {} threads: {e}", config.threads)))?;
+        let spill = SpillManager::new(&config.spill_dir, config.max_spill)?;
+        let ctx = ExecContext {
+            pool: MemoryPool::new(config.mem_budget),
+            config,
+            threads: Arc::new(threads),
+            counters: Arc::new(ScanCounters::default()),
+            cancel: Arc::new(AtomicBool::new(false)),
+        };
+        Ok(Engine { ctx, spill, catalog: Catalog::default() })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.ctx.config
+    }
+
+    /// The memory pool every query of this engine draws from.
+    pub fn pool(&self) -> &MemoryPool {
+        &self.ctx.pool
+    }
+
+    /// The spill manager.
+    pub fn spill(&self) -> &SpillManager {
+        &self.spill
+    }
+
+    /// Scan progress counters (rows and bytes read so far).
+    pub fn counters(&self) -> &Arc<ScanCounters> {
+        &self.ctx.counters
+    }
+
+    /// A flag that cancels running queries when set (the CLI sets it on Ctrl-C).
+    pub fn cancel_flag(&self) -> Arc<AtomicBool> {
+        self.ctx.cancel.clone()
+    }
+
+    /// Resolves relative paths in SQL and registered sources against `dir`.
+    pub fn set_base_dir(&mut self, dir: impl AsRef<Path>) {
+        self.catalog.set_base_dir(dir.as_ref());
+    }
+
+    /// Registers files (a path, glob or directory) under `name`, with the format from the extension.
+    pub fn register(&mut self, name: &str, location: &str) -> Result<()> {
+        self.register_with_format(name, location, None)
+    }
+
+    /// Registers files under `name` in an explicit format.
+    pub fn register_with_format(&mut self, name: &str, location: &str, format: Option<Format>) -> Result<()> {
+        let table = Table::open(name, &self.catalog.resolve_path(location), format)?;
+        self.catalog.insert(name, Relation::Table(Arc::new(table)));
+        Ok(())
+    }
+
+    /// Registers the result of `sql` as a view named `name` that later queries can read.
+    pub fn register_view(&mut self, name: &str, sql: &str) -> Result<()> {
+        let plan = plan_sql(sql, &self.catalog)?;
+        self.catalog.insert(name, Relation::View(plan));
+        Ok(())
+    }
+
+    /// Plans a query.
+    ///
+    /// ```
+    /// # fn main() -> flow_engine::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let path = dir.path().join("t.csv");
+    /// # std::fs::write(&path, "a,b\n1,x\n20,y\n30,z\n").unwrap();
+    /// use flow_engine::{Config, Engine};
+    /// let mut engine = Engine::new(Config::default().with_threads(2))?;
+    /// engine.register("t", path.to_str().unwrap())?;
+    /// let batches = engine.sql("SELECT a, b FROM t WHERE a > 10")?.collect()?;
+    /// assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 2);
+    /// # Ok(()) }
+    /// ```
+    pub fn sql(&self, sql: &str) -> Result<Query<'_>> {
+        let plan = optimize(plan_sql(sql, &self.catalog)?);
+        Query::new(self, plan)
+    }
+}
+
+/// What running a query did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct QueryMetrics {
+    /// Rows decoded from sources.
+    pub rows_read: u64,
+    /// Bytes read from source files.
+    pub bytes_read: u64,
+    /// Rows the query produced.
+    pub rows_out: u64,
+    /// Wall time.
+    pub elapsed: Duration,
+    /// Row groups (or files) in the scanned table, and those left after pruning.
+    pub pipeline: PipelineStats,
+    /// The most bytes reserved from the pool at once.
+    pub peak_reserved: u64,
+    /// Spilling done by the engine so far.
+    pub spill: SpillStats,
+}
+
+/// A planned query.
+pub struct Query<'e> {
+    engine: &'e Engine,
+    plan: LogicalPlan,
+    pipeline: Pipeline,
+}
+
+impl<'e> Query<'e> {
+    fn new(engine: &'e Engine, plan: LogicalPlan) -> Result<Query<'e>> {
+        let pipeline = Pipeline::new(&plan)?;
+        let needed = pipeline.min_memory(&engine.ctx);
+        let budget = engine.ctx.config.mem_budget;
+        if needed > budget {
+            return Err(Error::BudgetTooSmall { what: "the scan".into(), needed, budget });
+        }
+        Ok(Query { engine, plan, pipeline })
+    }
+
+    /// The result's schema.
+    pub fn schema(&self) -> SchemaRef {
+        self.plan.schema()
+    }
+
+    /// The optimized logical plan.
+    pub fn plan(&self) -> &LogicalPlan {
+        &self.plan
+    }
+
+    /// A readable plan tree.
+    pub fn explain(&self) -> String {
+        let stats = self.pipeline.stats(&self.engine.ctx);
+        format!(
+            "{}-- row groups: {} of {} after pruning; minimum memory {}\n",
+            self.plan.display_tree(),
+            stats.row_groups_scanned,
+            stats.row_groups_total,
+            crate::error::human(stats.min_memory)
+        )
+    }
+
+    /// Starts the query and returns its batches as they are produced, in input order.
+    pub fn stream(self) -> Result<BatchStream> {
+        self.pipeline.execute(&self.engine.ctx)
+    }
+
+    /// Runs the query and returns every batch. The batches are reserved from the pool while they
+    /// are collected; a result larger than the budget fails with a clear error instead of swapping.
+    pub fn collect(self) -> Result<Vec<RecordBatch>> {
+        let pool = self.engine.ctx.pool.clone();
+        let mut held = pool.register("CollectResult", false);
+        let mut stream = self.stream()?;
+        let mut out = Vec::new();
+        while let Some(item) = stream.next_reserved() {
+            let (batch, reservation) = item?;
+            held.try_grow(batch.get_array_memory_size() as u64).map_err(|e| match e {
+                Error::ResourcesExhausted { requested, in_use, budget, .. } => Error::ResourcesExhausted {
+                    consumer: "CollectResult (hint: write large results to a file with -o)".into(),
+                    requested,
+                    in_use,
+                    budget,
+                    largest: vec![],
+                },
+                other => other,
+            })?;
+            stream.release(reservation);
+            out.push(batch);
+        }
+        Ok(out)
+    }
+
+    /// Runs the query into a file; the format comes from the extension (`.csv` or Parquet).
+    pub fn write(self, path: impl AsRef<Path>) -> Result<(WriteSummary, QueryMetrics)> {
+        let format = OutputFormat::from_path(path.as_ref());
+        self.write_as(path, format)
+    }
+
+    /// Runs the query into a file of the given format.
+    pub fn write_as(self, path: impl AsRef<Path>, format: OutputFormat) -> Result<(WriteSummary, QueryMetrics)> {
+        let path = path.as_ref();
+        let pool = &self.engine.ctx.pool;
+        let sink: Box<dyn Sink> = match format {
+            OutputFormat::Parquet => Box::new(ParquetSink::create(path, &self.schema(), pool)?),
+            OutputFormat::Csv => Box::new(CsvSink::create(path, pool)?),
+        };
+        self.run_into(sink)
+    }
+
+    /// Runs the query, handing each batch to `f`; returns the metrics.
+    pub fn for_each(self, mut f: impl FnMut(&RecordBatch) -> Result<()>) -> Result<QueryMetrics> {
+        let (engine, start, stats) = (self.engine, Instant::now(), self.pipeline.stats(&self.engine.ctx));
+        let before = snapshot(engine);
+        let mut stream = self.stream()?;
+        let mut rows = 0;
+        while let Some(item) = stream.next_reserved() {
+            let (batch, reservation) = item?;
+            rows += batch.num_rows() as u64;
+            f(&batch)?;
+            stream.release(reservation);
+        }
+        drop(stream);
+        Ok(metrics(engine, before, rows, start, stats))
+    }
+
+    fn run_into(self, mut sink: Box<dyn Sink>) -> Result<(WriteSummary, QueryMetrics)> {
+        let engine = self.engine;
+        let metrics = self.for_each(|batch| sink.write(batch))?;
+        if engine.ctx.cancel.load(Ordering::Relaxed) {
+            return Err(Error::Cancelled);
+        }
+        let summary = sink.finish()?;
+        Ok((summary, metrics))
+    }
+}
+
+fn snapshot(engine: &Engine) -> (u64, u64) {
+    let c = &engine.ctx.counters;
+    engine.ctx.pool.reset_peak();
+    (c.rows.load(Ordering::Relaxed), c.bytes.load(Ordering::Relaxed))
+}
+
+fn metrics(engine: &Engine, before: (u64, u64), rows_out: u64, start: Instant, pipeline: PipelineStats) -> QueryMetrics {
+    let c = &engine.ctx.counters;
+    QueryMetrics {
+        rows_read: c.rows.load(Ordering::Relaxed) - before.0,
+        bytes_read: c.bytes.load(Ordering::Relaxed) - before.1,
+        rows_out,
+        elapsed: start.elapsed(),
+        pipeline,
+        peak_reserved: engine.ctx.pool.peak(),
+        spill: engine.spill.stats(),
+    }
+}

@@ -1,0 +1,188 @@
+//! The engine's error type.
+//!
+//! Every message is lowercase, names the thing that went wrong (file, step, column or SQL position) and,
+//! where one helps, ends with a hint. [`Error::is_bad_input`] separates problems with what the user gave
+//! us (exit code 2 in the CLI) from failures while running (exit code 1).
+
+use std::path::PathBuf;
+
+/// Result alias used throughout the engine.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in flow.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// SQL that does not parse, or names something that does not exist.
+    #[error("sql: {message}{}", position_suffix(*.line, *.column))]
+    Sql {
+        /// What is wrong.
+        message: String,
+        /// 1-based line of the offending token, 0 when unknown.
+        line: u64,
+        /// 1-based column of the offending token, 0 when unknown.
+        column: u64,
+    },
+    /// SQL that is valid but uses something flow does not run yet.
+    #[error("not supported yet: {0}")]
+    NotSupported(String),
+    /// A query that cannot be planned: unknown column, type mismatch, ...
+    #[error("plan: {0}")]
+    Plan(String),
+    /// Input data whose schema does not fit (incompatible files in one glob, a declared schema that
+    /// does not match, ...).
+    #[error("schema: {0}")]
+    Schema(String),
+    /// A bad configuration value or pipeline file.
+    #[error("config: {0}")]
+    Config(String),
+    /// A file that is missing, unreadable or corrupt.
+    #[error("{}: {message}", path.display())]
+    BadFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// An I/O failure while running (disk full, permission denied on output, ...).
+    #[error("i/o on {}: {source}", path.display())]
+    Io {
+        /// The file or directory the operation was on.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A memory reservation that the budget cannot satisfy.
+    #[error(
+        "failed to reserve {} for {consumer}: {} of {} in use{} (hint: raise --mem-budget)",
+        human(*requested), human(*in_use), human(*budget), top_consumers(largest)
+    )]
+    ResourcesExhausted {
+        /// The consumer that asked.
+        consumer: String,
+        /// How many bytes it asked for.
+        requested: u64,
+        /// Bytes reserved by everyone at that moment.
+        in_use: u64,
+        /// The pool's size.
+        budget: u64,
+        /// The biggest holders at that moment, largest first.
+        largest: Vec<(String, u64)>,
+    },
+    /// A plan whose minimum memory does not fit the budget, found before running.
+    #[error("budget too small: {what} needs at least {} but --mem-budget is {} (hint: use --mem-budget {} or more)", human(*needed), human(*budget), human(*needed))]
+    BudgetTooSmall {
+        /// What needs the memory.
+        what: String,
+        /// The smallest budget that would work.
+        needed: u64,
+        /// The configured budget.
+        budget: u64,
+    },
+    /// Spill files would exceed `--max-spill`.
+    #[error("spill limit reached: writing {} more would exceed --max-spill {} ({} already on disk) (hint: raise --max-spill or --mem-budget)", human(*requested), human(*limit), human(*used))]
+    SpillLimit {
+        /// Bytes the write needed.
+        requested: u64,
+        /// Bytes already on disk.
+        used: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// Evaluation failed on the data (overflow, bad cast, division by zero, ...).
+    #[error("{0}")]
+    Execution(String),
+    /// The run was cancelled (Ctrl-C).
+    #[error("cancelled")]
+    Cancelled,
+    /// An error from a step of a pipeline: wraps the cause with the step's name.
+    #[error("step '{step}': {source}")]
+    Step {
+        /// The step's name.
+        step: String,
+        /// What went wrong in it.
+        #[source]
+        source: Box<Error>,
+    },
+}
+
+impl Error {
+    /// True when the error is the user's input (SQL, config, schema, missing or corrupt file), false
+    /// when it happened while running (I/O, memory, disk limit).
+    pub fn is_bad_input(&self) -> bool {
+        match self {
+            Error::Sql { .. }
+            | Error::NotSupported(_)
+            | Error::Plan(_)
+            | Error::Schema(_)
+            | Error::Config(_)
+            | Error::BadFile { .. } => true,
+            Error::Step { source, .. } => source.is_bad_input(),
+            _ => false,
+        }
+    }
+
+    /// True when the run was cancelled.
+    pub fn is_cancelled(&self) -> bool {
+        match self {
+            Error::Cancelled => true,
+            Error::Step { source, .. } => source.is_cancelled(),
+            _ => false,
+        }
+    }
+
+    /// Wraps the error with the name of the pipeline step it happened in.
+    pub fn in_step(self, step: &str) -> Error {
+        Error::Step { step: step.to_string(), source: Box::new(self) }
+    }
+
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Error {
+        Error::Io { path: path.into(), source }
+    }
+
+    pub(crate) fn bad_file(path: impl Into<PathBuf>, message: impl std::fmt::Display) -> Error {
+        Error::BadFile { path: path.into(), message: message.to_string() }
+    }
+
+    pub(crate) fn sql(message: impl Into<String>) -> Error {
+        Error::Sql { message: message.into(), line: 0, column: 0 }
+    }
+}
+
+impl From<arrow::error::ArrowError> for Error {
+    fn from(e: arrow::error::ArrowError) -> Self {
+        use arrow::error::ArrowError as A;
+        match e {
+            A::ExternalError(inner) => match inner.downcast::<Error>() {
+                Ok(flow) => *flow,
+                Err(other) => Error::Execution(other.to_string()),
+            },
+            A::CastError(m) => Error::Execution(format!("cast failed: {m}")),
+            A::DivideByZero => Error::Execution("division by zero".into()),
+            A::ArithmeticOverflow(m) => Error::Execution(format!("overflow: {m}")),
+            A::ComputeError(m) | A::InvalidArgumentError(m) => Error::Execution(m),
+            other => Error::Execution(other.to_string()),
+        }
+    }
+}
+
+fn position_suffix(line: u64, column: u64) -> String {
+    if line == 0 {
+        String::new()
+    } else {
+        format!(" at line {line}, column {column}")
+    }
+}
+
+fn top_consumers(largest: &[(String, u64)]) -> String {
+    if largest.is_empty() {
+        return String::new();
+    }
+    let list: Vec<String> = largest.iter().map(|(n, b)| format!("{n} {}", human(*b))).collect();
+    format!("; largest: {}", list.join(", "))
+}
+
+/// Formats a byte count the way the CLI prints it: `15.4 MiB`.
+pub fn human(bytes: u64) -> String {
+    bytesize::ByteSize(bytes).display().iec().to_string()
+}

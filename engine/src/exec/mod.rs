@@ -1,0 +1,384 @@
+//! Execution: morsel-driven streaming pipelines on a rayon pool.
+//!
+//! ```text
+//!            morsels 0,2,4..  ┌──────────┐  bounded channel  ┌───────────────────────┐
+//!  Table ──┬────────────────> │ worker 0 │ ────────────────> │                       │
+//!          │ morsels 1,3,5..  ├──────────┤                   │ consumer: takes       │
+//!          └────────────────> │ worker 1 │ ────────────────> │ morsel 0, 1, 2, ...   │──> sink
+//!                             └──────────┘                   │ in order, then tail   │
+//!   scan → filter → project   (stateless ops, per worker)    │ ops (limit, ...)      │
+//!                                                            └───────────────────────┘
+//! ```
+//! Morsels are dealt round-robin to workers; each worker decodes its morsels in order, runs the
+//! stateless operators and sends each batch down its own channel (capacity one). The consumer reads
+//! morsel `k` from worker `k % N`, so output keeps input order (as DuckDB's insertion order does)
+//! while every core decodes and filters. Memory in flight is bounded by construction: per worker one
+//! batch being decoded, one being sent and one queued, plus the one the consumer holds. Each batch is
+//! reserved from the pool before it is sent and released when the consumer is done with it.
+//!
+//! A limit, and anything above it, runs on the consumer; when it is satisfied the stream cancels the
+//! workers, which stop at their next batch.
+
+mod operators;
+pub mod sink;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+
+pub use self::operators::Operator;
+use crate::error::{Error, Result};
+use crate::memory::{MemoryPool, MemoryReservation};
+use crate::plan::LogicalPlan;
+use crate::source::{Morsel, ScanCounters, Table};
+use crate::Config;
+
+/// What a running query shares with its workers.
+#[derive(Clone)]
+pub struct ExecContext {
+    /// Sizes of the run.
+    pub config: Config,
+    /// The run's memory budget.
+    pub pool: MemoryPool,
+    /// Worker threads.
+    pub threads: Arc<rayon::ThreadPool>,
+    /// Scan progress, for progress bars and reports.
+    pub counters: Arc<ScanCounters>,
+    /// Set to stop everything (Ctrl-C).
+    pub cancel: Arc<AtomicBool>,
+}
+
+impl ExecContext {
+    /// Bytes one batch in flight should hold at most: the budget shared by every batch that can be
+    /// alive at once (see the module docs), within sensible bounds.
+    pub fn batch_bytes_target(&self) -> u64 {
+        let slots = 4 * self.config.threads as u64 + 4;
+        (self.config.mem_budget / (slots * 2)).clamp(64 << 10, 16 << 20)
+    }
+}
+
+/// A streaming pipeline: a scan, the operators that run on the workers, the ones that run on the
+/// consumer.
+pub(crate) struct Pipeline {
+    table: Arc<Table>,
+    projection: Vec<usize>,
+    morsels: Vec<Morsel>,
+    worker_ops: Vec<Operator>,
+    tail_ops: Vec<Operator>,
+    schema: SchemaRef,
+}
+
+/// What the executor learnt about a plan before running it.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct PipelineStats {
+    /// Row groups (or files) in the scanned table.
+    pub row_groups_total: usize,
+    /// Row groups (or files) left after pruning.
+    pub row_groups_scanned: usize,
+    /// The least memory the pipeline can run in.
+    pub min_memory: u64,
+}
+
+impl Pipeline {
+    pub(crate) fn new(plan: &LogicalPlan) -> Result<Pipeline> {
+        let schema = plan.schema();
+        let mut ops = Vec::new();
+        let mut node = plan;
+        let (table, projection, pruning) = loop {
+            match node {
+                LogicalPlan::Scan { table, projection, pruning, .. } => break (table, projection, pruning),
+                LogicalPlan::Filter { input, predicate } => {
+                    ops.push(Operator::Filter(predicate.clone()));
+                    node = input;
+                }
+                LogicalPlan::Projection { input, exprs, schema } => {
+                    ops.push(Operator::Project { exprs: exprs.clone(), schema: schema.clone() });
+                    node = input;
+                }
+                LogicalPlan::Limit { input, skip, fetch } => {
+                    ops.push(Operator::Limit { skip: *skip, fetch: *fetch });
+                    node = input;
+                }
+            }
+        };
+        ops.reverse();
+        let split = ops.iter().position(|o| matches!(o, Operator::Limit { .. })).unwrap_or(ops.len());
+        let tail_ops = ops.split_off(split);
+        let morsels = table.morsels(pruning.as_ref());
+        Ok(Pipeline { table: table.clone(), projection: projection.clone(), morsels, worker_ops: ops, tail_ops, schema })
+    }
+
+    pub(crate) fn stats(&self, ctx: &ExecContext) -> PipelineStats {
+        PipelineStats {
+            row_groups_total: self.table.row_group_count(),
+            row_groups_scanned: self.morsels.len(),
+            min_memory: self.min_memory(ctx),
+        }
+    }
+
+    /// The least memory the workers and the consumer need: for each worker, the largest morsel's page
+    /// buffers plus three batches; one more batch at the consumer.
+    pub(crate) fn min_memory(&self, ctx: &ExecContext) -> u64 {
+        let workers = ctx.config.threads.min(self.morsels.len()).max(1) as u64;
+        let pages = self.morsels.iter().map(|m| self.table.page_buffer_bytes(*m, &self.projection)).max().unwrap_or(0);
+        let row = self.morsels.iter().map(|m| self.table.estimated_row_bytes(*m, &self.projection)).max().unwrap_or(0);
+        let batch = row.max(1) * 64; // the smallest batch the scan will make
+        workers * (pages + 3 * batch) + batch
+    }
+
+    /// Starts the workers and returns the consumer's end.
+    pub(crate) fn execute(self, ctx: &ExecContext) -> Result<BatchStream> {
+        let workers = ctx.config.threads.min(self.morsels.len()).max(1);
+        let shared = Arc::new(Shared {
+            table: self.table,
+            projection: self.projection,
+            morsels: self.morsels,
+            ops: self.worker_ops,
+            stop: AtomicBool::new(false),
+            held_by_consumer: AtomicUsize::new(0),
+            active_workers: AtomicUsize::new(workers),
+        });
+        let mut receivers = Vec::with_capacity(workers);
+        for w in 0..workers {
+            let (tx, rx) = sync_channel::<Message>(1);
+            receivers.push(rx);
+            let shared = shared.clone();
+            let ctx2 = ctx.clone();
+            ctx.threads.spawn(move || {
+                worker(w, workers, &shared, &ctx2, tx);
+                shared.active_workers.fetch_sub(1, Ordering::AcqRel);
+            });
+        }
+        Ok(BatchStream {
+            schema: self.schema,
+            shared,
+            receivers,
+            next_morsel: 0,
+            tail: self.tail_ops.into_iter().map(operators::TailState::new).collect(),
+            held: None,
+            cancel: ctx.cancel.clone(),
+            done: false,
+        })
+    }
+}
+
+struct Shared {
+    table: Arc<Table>,
+    projection: Vec<usize>,
+    morsels: Vec<Morsel>,
+    ops: Vec<Operator>,
+    stop: AtomicBool,
+    /// Batches the consumer has taken and not yet released, so a worker short of memory knows
+    /// whether waiting can help.
+    held_by_consumer: AtomicUsize,
+    /// Workers still running: the stream waits for them when it finishes, so that everything they
+    /// reserved is back in the pool when the stream is gone.
+    active_workers: AtomicUsize,
+}
+
+enum Message {
+    Batch(RecordBatch, MemoryReservation),
+    MorselEnd,
+    Error(Error),
+}
+
+fn worker(w: usize, workers: usize, shared: &Shared, ctx: &ExecContext, tx: SyncSender<Message>) {
+    let name = format!("Scan[{}]#{w}", shared.table.name());
+    let mut decode = ctx.pool.register(format!("{name} decode"), false);
+    let mut in_flight = ctx.pool.register(format!("{name} batches"), false);
+    let target = ctx.batch_bytes_target();
+    let stopped = || shared.stop.load(Ordering::Relaxed) || ctx.cancel.load(Ordering::Relaxed);
+    for k in (w..shared.morsels.len()).step_by(workers) {
+        if stopped() {
+            return;
+        }
+        let morsel = shared.morsels[k];
+        let row_bytes = shared.table.estimated_row_bytes(morsel, &shared.projection).max(1);
+        let batch_rows = ((target / row_bytes) as usize).clamp(64, ctx.config.batch_size.max(64));
+        let pages = shared.table.page_buffer_bytes(morsel, &shared.projection);
+        if let Err(e) = reserve_waiting(&mut decode, pages + batch_rows as u64 * row_bytes, shared, ctx) {
+            let _ = tx.send(Message::Error(e));
+            return;
+        }
+        let mut emit = |batch: RecordBatch| -> Result<bool> {
+            if stopped() {
+                return Ok(false);
+            }
+            // The estimate was short (dictionary-encoded strings decode larger than they are
+            // stored): account for what was really decoded.
+            let decoded = batch.get_array_memory_size() as u64;
+            if decoded > decode.size() {
+                reserve_waiting(&mut decode, decoded, shared, ctx)?;
+            }
+            let Some(out) = operators::apply(&shared.ops, batch)? else { return Ok(true) };
+            let bytes = out.get_array_memory_size() as u64;
+            in_flight_grow(&mut in_flight, bytes, shared, ctx)?;
+            let reservation = in_flight.split(bytes);
+            Ok(tx.send(Message::Batch(out, reservation)).is_ok())
+        };
+        let result = shared.table.scan_morsel(morsel, &shared.projection, batch_rows, &ctx.counters, &mut emit);
+        if let Err(e) = result {
+            let _ = tx.send(Message::Error(e));
+            return;
+        }
+        if tx.send(Message::MorselEnd).is_err() {
+            return;
+        }
+    }
+}
+
+fn in_flight_grow(r: &mut MemoryReservation, bytes: u64, shared: &Shared, ctx: &ExecContext) -> Result<()> {
+    let target = r.size() + bytes;
+    reserve_waiting(r, target, shared, ctx)
+}
+
+/// Resizes `r` to `bytes`; when the pool is full but the consumer still holds batches that it will
+/// release, waits for it instead of failing.
+fn reserve_waiting(r: &mut MemoryReservation, bytes: u64, shared: &Shared, ctx: &ExecContext) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match r.try_resize(bytes) {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                let can_wait = shared.held_by_consumer.load(Ordering::Acquire) > 0 && Instant::now() < deadline;
+                if !can_wait || shared.stop.load(Ordering::Relaxed) || ctx.cancel.load(Ordering::Relaxed) {
+                    return Err(e);
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    }
+}
+
+/// The consumer's end of a running pipeline: an iterator of record batches in input order.
+///
+/// A batch returned by `next` stays accounted in the memory pool until the following call to `next`
+/// (or until the stream is dropped).
+pub struct BatchStream {
+    schema: SchemaRef,
+    shared: Arc<Shared>,
+    receivers: Vec<Receiver<Message>>,
+    next_morsel: usize,
+    tail: Vec<operators::TailState>,
+    held: Option<MemoryReservation>,
+    cancel: Arc<AtomicBool>,
+    done: bool,
+}
+
+impl BatchStream {
+    /// The schema of every batch.
+    pub fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    /// The next batch together with the reservation that pays for it.
+    pub fn next_reserved(&mut self) -> Option<Result<(RecordBatch, MemoryReservation)>> {
+        self.release_held();
+        loop {
+            if self.done {
+                return None;
+            }
+            if self.cancel.load(Ordering::Relaxed) {
+                self.finish();
+                return Some(Err(Error::Cancelled));
+            }
+            if self.next_morsel >= self.shared.morsels.len() {
+                self.finish();
+                return None;
+            }
+            let rx = &self.receivers[self.next_morsel % self.receivers.len()];
+            let message = match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(m) => m,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    self.finish();
+                    return Some(Err(Error::Execution("a scan worker stopped unexpectedly".into())));
+                }
+            };
+            match message {
+                Message::MorselEnd => self.next_morsel += 1,
+                Message::Error(e) => {
+                    self.finish();
+                    return Some(Err(e));
+                }
+                Message::Batch(batch, reservation) => {
+                    let mut batch = Some(batch);
+                    for t in &mut self.tail {
+                        batch = match batch {
+                            Some(b) => match t.apply(b) {
+                                Ok(b) => b,
+                                Err(e) => {
+                                    self.finish();
+                                    return Some(Err(e));
+                                }
+                            },
+                            None => None,
+                        };
+                    }
+                    if self.tail.iter().any(|t| t.exhausted()) {
+                        // Everything the limit needs is here: stop the workers early.
+                        self.shared.stop.store(true, Ordering::Relaxed);
+                        if batch.is_none() {
+                            self.finish();
+                            return None;
+                        }
+                        self.next_morsel = self.shared.morsels.len();
+                    }
+                    if let Some(b) = batch {
+                        if b.num_rows() > 0 || self.schema.fields().is_empty() {
+                            self.shared.held_by_consumer.fetch_add(1, Ordering::AcqRel);
+                            return Some(Ok((b, reservation)));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn release_held(&mut self) {
+        if self.held.take().is_some() {
+            self.shared.held_by_consumer.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Tells the stream the caller is done with a batch taken by [`next_reserved`](Self::next_reserved).
+    pub fn release(&mut self, reservation: MemoryReservation) {
+        drop(reservation);
+        self.shared.held_by_consumer.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    fn finish(&mut self) {
+        self.done = true;
+        self.shared.stop.store(true, Ordering::Relaxed);
+        // Dropping the receivers unblocks workers waiting to send.
+        self.receivers.clear();
+        while self.shared.active_workers.load(Ordering::Acquire) > 0 {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+}
+
+impl Iterator for BatchStream {
+    type Item = Result<RecordBatch>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self.next_reserved()? {
+            Ok((batch, reservation)) => {
+                self.held = Some(reservation);
+                Some(Ok(batch))
+            }
+            Err(e) => Some(Err(e)),
+        }
+    }
+}
+
+impl Drop for BatchStream {
+    fn drop(&mut self) {
+        self.release_held();
+        self.finish();
+    }
+}

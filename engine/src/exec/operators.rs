@@ -1,0 +1,112 @@
+//! Stateless streaming operators (filter, projection) and the limit, which keeps a count.
+//!
+//! Filter and projection run on the workers, one batch at a time, and hold nothing between
+//! batches. A limit runs on the consumer, after batches are back in input order.
+
+use arrow::array::{RecordBatch, RecordBatchOptions};
+use arrow::datatypes::SchemaRef;
+
+use crate::error::Result;
+use crate::expr::Expr;
+
+/// One step of a streaming pipeline.
+#[derive(Debug, Clone)]
+pub enum Operator {
+    /// Keeps rows where the predicate is true.
+    Filter(Expr),
+    /// Computes the output columns.
+    Project {
+        /// One expression per output column.
+        exprs: Vec<Expr>,
+        /// The output schema.
+        schema: SchemaRef,
+    },
+    /// Skips, then passes a number of rows.
+    Limit {
+        /// Rows to skip.
+        skip: usize,
+        /// Rows to pass (`None`: all).
+        fetch: Option<usize>,
+    },
+}
+
+/// Runs stateless operators over a batch; `None` when a filter removed every row.
+pub(crate) fn apply(ops: &[Operator], mut batch: RecordBatch) -> Result<Option<RecordBatch>> {
+    for op in ops {
+        batch = match op {
+            Operator::Filter(predicate) => {
+                let mask = predicate.evaluate_predicate(&batch)?;
+                if mask.true_count() == batch.num_rows() {
+                    batch
+                } else {
+                    arrow::compute::filter_record_batch(&batch, &mask)?
+                }
+            }
+            Operator::Project { exprs, schema } => project(&batch, exprs, schema)?,
+            Operator::Limit { .. } => unreachable!("limits run on the consumer"),
+        };
+        if batch.num_rows() == 0 {
+            return Ok(None);
+        }
+    }
+    Ok(Some(batch))
+}
+
+fn project(batch: &RecordBatch, exprs: &[Expr], schema: &SchemaRef) -> Result<RecordBatch> {
+    let rows = batch.num_rows();
+    let columns = exprs.iter().map(|e| e.evaluate(batch)?.into_array(rows)).collect::<Result<Vec<_>>>()?;
+    // A literal may be typed NULL while the field says otherwise, or arrays may carry nulls in a
+    // field planned non-null: build with the planned schema, relaxing nullability where needed.
+    let fields: Vec<_> = schema
+        .fields()
+        .iter()
+        .zip(&columns)
+        .map(|(f, c)| if c.null_count() > 0 && !f.is_nullable() { f.as_ref().clone().with_nullable(true) } else { f.as_ref().clone() })
+        .collect();
+    let out_schema = if fields.iter().zip(schema.fields()).all(|(a, b)| a == b.as_ref()) {
+        schema.clone()
+    } else {
+        std::sync::Arc::new(arrow::datatypes::Schema::new(fields))
+    };
+    Ok(RecordBatch::try_new_with_options(out_schema, columns, &RecordBatchOptions::new().with_row_count(Some(rows)))?)
+}
+
+/// An operator that runs on the consumer, with its state.
+pub(crate) enum TailState {
+    Stateless(Operator),
+    Limit { skip: usize, left: Option<usize> },
+}
+
+impl TailState {
+    pub fn new(op: Operator) -> TailState {
+        match op {
+            Operator::Limit { skip, fetch } => TailState::Limit { skip, left: fetch },
+            other => TailState::Stateless(other),
+        }
+    }
+
+    /// True once a limit has passed all the rows it will.
+    pub fn exhausted(&self) -> bool {
+        matches!(self, TailState::Limit { left: Some(0), .. })
+    }
+
+    pub fn apply(&mut self, batch: RecordBatch) -> Result<Option<RecordBatch>> {
+        match self {
+            TailState::Stateless(op) => apply(std::slice::from_ref(op), batch),
+            TailState::Limit { skip, left } => {
+                let mut batch = batch;
+                if *skip > 0 {
+                    let n = (*skip).min(batch.num_rows());
+                    *skip -= n;
+                    batch = batch.slice(n, batch.num_rows() - n);
+                }
+                if let Some(l) = left {
+                    let n = (*l).min(batch.num_rows());
+                    *l -= n;
+                    batch = batch.slice(0, n);
+                }
+                Ok((batch.num_rows() > 0).then_some(batch))
+            }
+        }
+    }
+}

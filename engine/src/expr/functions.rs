@@ -1,0 +1,299 @@
+//! Scalar functions: `lower`, `upper`, `length`, `substr`, `trim`, `concat`, `coalesce`, `abs`,
+//! `round`, `extract`.
+
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, AsArray, Int64Array, StringArray, StringBuilder};
+use arrow::compute::kernels::{cmp, numeric, zip::zip};
+use arrow::compute::DatePart;
+use arrow::datatypes::{DataType, Decimal128Type, Float32Type, Float64Type};
+
+use super::{types, wrap, Value};
+use crate::error::{Error, Result};
+
+/// A scalar function.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Function {
+    /// `lower(s)`
+    Lower,
+    /// `upper(s)`
+    Upper,
+    /// `length(s)`: characters, not bytes.
+    Length,
+    /// `substr(s, start[, len])`: 1-based; a negative start counts from the end.
+    Substr,
+    /// `trim(s)`
+    Trim,
+    /// `ltrim(s)`
+    Ltrim,
+    /// `rtrim(s)`
+    Rtrim,
+    /// `concat(a, b, ...)`: nulls are skipped.
+    Concat,
+    /// `coalesce(a, b, ...)`
+    Coalesce,
+    /// `abs(x)`
+    Abs,
+    /// `round(x[, digits])`: half away from zero.
+    Round,
+    /// `extract(part FROM d)` / `date_part('part', d)`.
+    Extract(DatePartKind),
+}
+
+/// A part of a date that `extract` returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DatePartKind {
+    /// Year.
+    Year,
+    /// Quarter, 1-4.
+    Quarter,
+    /// Month, 1-12.
+    Month,
+    /// Day of month.
+    Day,
+    /// Hour.
+    Hour,
+    /// Minute.
+    Minute,
+    /// Second.
+    Second,
+    /// Day of week, Sunday = 0 (as DuckDB's `dow`).
+    DayOfWeek,
+    /// Day of year, 1-366.
+    DayOfYear,
+    /// ISO week.
+    Week,
+}
+
+impl DatePartKind {
+    /// Parses a part name (`year`, `month`, `dow`, ...).
+    pub fn parse(name: &str) -> Option<DatePartKind> {
+        Some(match name.to_ascii_lowercase().as_str() {
+            "year" | "years" | "y" => DatePartKind::Year,
+            "quarter" => DatePartKind::Quarter,
+            "month" | "months" | "mon" => DatePartKind::Month,
+            "day" | "days" | "d" => DatePartKind::Day,
+            "hour" | "hours" | "h" => DatePartKind::Hour,
+            "minute" | "minutes" | "m" => DatePartKind::Minute,
+            "second" | "seconds" | "s" => DatePartKind::Second,
+            "dow" | "dayofweek" => DatePartKind::DayOfWeek,
+            "doy" | "dayofyear" => DatePartKind::DayOfYear,
+            "week" | "weeks" | "w" => DatePartKind::Week,
+            _ => return None,
+        })
+    }
+    fn arrow(self) -> DatePart {
+        match self {
+            DatePartKind::Year => DatePart::Year,
+            DatePartKind::Quarter => DatePart::Quarter,
+            DatePartKind::Month => DatePart::Month,
+            DatePartKind::Day => DatePart::Day,
+            DatePartKind::Hour => DatePart::Hour,
+            DatePartKind::Minute => DatePart::Minute,
+            DatePartKind::Second => DatePart::Second,
+            DatePartKind::DayOfWeek => DatePart::DayOfWeekSunday0,
+            DatePartKind::DayOfYear => DatePart::DayOfYear,
+            DatePartKind::Week => DatePart::Week,
+        }
+    }
+}
+
+impl Function {
+    /// Looks a function up by its SQL name.
+    pub fn by_name(name: &str) -> Option<Function> {
+        Some(match name.to_ascii_lowercase().as_str() {
+            "lower" | "lcase" => Function::Lower,
+            "upper" | "ucase" => Function::Upper,
+            "length" | "char_length" | "character_length" | "len" => Function::Length,
+            "substr" | "substring" => Function::Substr,
+            "trim" => Function::Trim,
+            "ltrim" => Function::Ltrim,
+            "rtrim" => Function::Rtrim,
+            "concat" => Function::Concat,
+            "coalesce" | "ifnull" => Function::Coalesce,
+            "abs" => Function::Abs,
+            "round" => Function::Round,
+            _ => return None,
+        })
+    }
+
+    /// The SQL name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Function::Lower => "lower",
+            Function::Upper => "upper",
+            Function::Length => "length",
+            Function::Substr => "substr",
+            Function::Trim => "trim",
+            Function::Ltrim => "ltrim",
+            Function::Rtrim => "rtrim",
+            Function::Concat => "concat",
+            Function::Coalesce => "coalesce",
+            Function::Abs => "abs",
+            Function::Round => "round",
+            Function::Extract(_) => "extract",
+        }
+    }
+
+    pub(super) fn evaluate(&self, args: &[Value], data_type: &DataType, rows: usize) -> Result<Value> {
+        let scalar = args.iter().all(|a| a.is_scalar());
+        let n = if scalar { 1 } else { rows };
+        let arrays = args.iter().map(|a| a.clone().into_array(n)).collect::<Result<Vec<_>>>()?;
+        let out: ArrayRef = match self {
+            Function::Lower => map_str(&arrays[0], |s, out| out.push_str(&s.to_lowercase())),
+            Function::Upper => map_str(&arrays[0], |s, out| out.push_str(&s.to_uppercase())),
+            Function::Trim => map_str(&arrays[0], |s, out| out.push_str(s.trim_matches(' '))),
+            Function::Ltrim => map_str(&arrays[0], |s, out| out.push_str(s.trim_start_matches(' '))),
+            Function::Rtrim => map_str(&arrays[0], |s, out| out.push_str(s.trim_end_matches(' '))),
+            Function::Length => {
+                let s = arrays[0].as_string::<i32>();
+                Arc::new(s.iter().map(|v| v.map(|v| v.chars().count() as i64)).collect::<Int64Array>())
+            }
+            Function::Substr => substr(&arrays)?,
+            Function::Concat => concat_skip_nulls(&arrays, n),
+            Function::Coalesce => {
+                let mut acc = arrays[0].clone();
+                for next in &arrays[1..] {
+                    let present = arrow::compute::is_not_null(acc.as_ref())?;
+                    acc = zip(&present, &acc, next)?;
+                }
+                acc
+            }
+            Function::Abs => {
+                let a = &arrays[0];
+                let zero = types::cast_sql(&(Arc::new(Int64Array::from(vec![0])) as ArrayRef), a.data_type())?;
+                let negative = cmp::lt(a, &arrow::array::Scalar::new(zero))?;
+                let negated = numeric::neg(a.as_ref())?;
+                zip(&negative, &negated, a)?
+            }
+            Function::Round => round(&arrays, data_type)?,
+            Function::Extract(part) => {
+                let parts = arrow::compute::date_part(arrays[0].as_ref(), part.arrow())?;
+                arrow::compute::cast(&parts, &DataType::Int64)?
+            }
+        };
+        Ok(wrap(scalar, out))
+    }
+}
+
+fn map_str(a: &ArrayRef, f: impl Fn(&str, &mut String)) -> ArrayRef {
+    let s = a.as_string::<i32>();
+    let mut b = StringBuilder::with_capacity(s.len(), s.values().len());
+    let mut buf = String::new();
+    for v in s.iter() {
+        match v {
+            Some(v) => {
+                buf.clear();
+                f(v, &mut buf);
+                b.append_value(&buf);
+            }
+            None => b.append_null(),
+        }
+    }
+    Arc::new(b.finish())
+}
+
+/// `a || b`: null when either is null.
+pub(super) fn concat_strict(a: &ArrayRef, b: &ArrayRef) -> Result<ArrayRef> {
+    let (a, b) = (a.as_string::<i32>(), b.as_string::<i32>());
+    Ok(Arc::new(arrow::compute::kernels::concat_elements::concat_elements_utf8(a, b)?))
+}
+
+fn concat_skip_nulls(arrays: &[ArrayRef], rows: usize) -> ArrayRef {
+    let strings: Vec<&StringArray> = arrays.iter().map(|a| a.as_string::<i32>()).collect();
+    let mut b = StringBuilder::with_capacity(rows, strings.iter().map(|s| s.values().len()).sum());
+    let mut buf = String::new();
+    for row in 0..rows {
+        buf.clear();
+        for s in &strings {
+            if s.is_valid(row) {
+                buf.push_str(s.value(row));
+            }
+        }
+        b.append_value(&buf);
+    }
+    Arc::new(b.finish())
+}
+
+fn substr(arrays: &[ArrayRef]) -> Result<ArrayRef> {
+    let s = arrays[0].as_string::<i32>();
+    let start = arrow::compute::cast(&arrays[1], &DataType::Int64)?;
+    let start = start.as_primitive::<arrow::datatypes::Int64Type>();
+    let len = match arrays.get(2) {
+        Some(l) => Some(arrow::compute::cast(l, &DataType::Int64)?),
+        None => None,
+    };
+    let len = len.as_ref().map(|l| l.as_primitive::<arrow::datatypes::Int64Type>());
+    let mut b = StringBuilder::with_capacity(s.len(), s.values().len());
+    for i in 0..s.len() {
+        if s.is_null(i) || start.is_null(i) || len.is_some_and(|l| l.is_null(i)) {
+            b.append_null();
+            continue;
+        }
+        let text = s.value(i);
+        let chars = text.chars().count() as i64;
+        let from = start.value(i);
+        // DuckDB: positions are 1-based; a negative start counts from the end; start 0 is the
+        // position before the first character.
+        let begin = if from > 0 { from - 1 } else if from < 0 { chars + from } else { -1 };
+        let end = match len {
+            Some(l) => begin.saturating_add(l.value(i)),
+            None => chars,
+        };
+        let (lo, hi) = (begin.max(0), end.min(chars));
+        if lo >= hi {
+            b.append_value("");
+        } else {
+            let piece: String = text.chars().skip(lo as usize).take((hi - lo) as usize).collect();
+            b.append_value(piece);
+        }
+    }
+    Ok(Arc::new(b.finish()))
+}
+
+fn round(arrays: &[ArrayRef], data_type: &DataType) -> Result<ArrayRef> {
+    let a = &arrays[0];
+    let digits: i64 = match arrays.get(1) {
+        Some(d) => {
+            let d = arrow::compute::cast(d, &DataType::Int64)?;
+            let d = d.as_primitive::<arrow::datatypes::Int64Type>();
+            if d.is_null(0) {
+                return Ok(arrow::array::new_null_array(data_type, a.len()));
+            }
+            d.value(0)
+        }
+        None => 0,
+    };
+    Ok(match a.data_type() {
+        DataType::Float64 => {
+            let f = 10f64.powi(digits as i32);
+            Arc::new(a.as_primitive::<Float64Type>().unary::<_, Float64Type>(|v| (v * f).round() / f))
+        }
+        DataType::Float32 => {
+            let f = 10f32.powi(digits as i32);
+            Arc::new(a.as_primitive::<Float32Type>().unary::<_, Float32Type>(|v| (v * f).round() / f))
+        }
+        DataType::Decimal128(p, s) => {
+            let (p, s) = (*p, *s as i64);
+            if digits >= s {
+                a.clone()
+            } else {
+                // Round half away from zero to `digits` places, then store at the result's scale.
+                let drop = (s - digits) as u32;
+                let unit = 10i128.pow(drop);
+                let target_scale = digits.max(0);
+                let rescale = 10i128.pow((s - target_scale) as u32);
+                let rounded = a.as_primitive::<Decimal128Type>().unary::<_, Decimal128Type>(|v| {
+                    let q = v / unit;
+                    let r = v % unit;
+                    let q = if r.abs() * 2 >= unit { q + r.signum() } else { q };
+                    q * unit / rescale
+                });
+                Arc::new(rounded.with_precision_and_scale(p, target_scale as i8)?)
+            }
+        }
+        _ if a.data_type().is_integer() => a.clone(),
+        other => return Err(Error::Execution(format!("round() does not take {other}"))),
+    })
+}
+

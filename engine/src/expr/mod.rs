@@ -1,0 +1,526 @@
+//! Expressions, evaluated a whole batch at a time with Arrow compute kernels.
+//!
+//! The SQL planner ([`crate::sql`]) resolves names and types and inserts the casts that SQL's type
+//! rules call for (DuckDB's, including decimal precision and scale), so evaluation here never guesses:
+//! each node knows its inputs already have the types it expects.
+
+mod functions;
+pub(crate) mod types;
+
+use std::fmt;
+use std::sync::Arc;
+
+use arrow::array::{new_null_array, Array, ArrayRef, AsArray, BooleanArray, RecordBatch, Scalar, UInt32Array};
+use arrow::compute::kernels::{boolean, cmp, numeric};
+use arrow::datatypes::{DataType, Schema};
+
+pub use self::functions::{DatePartKind, Function};
+use crate::error::{Error, Result};
+
+/// A binary operator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BinaryOp {
+    /// `+`
+    Plus,
+    /// `-`
+    Minus,
+    /// `*`
+    Multiply,
+    /// `/` (always floating point, as in DuckDB)
+    Divide,
+    /// `%`
+    Modulo,
+    /// `=`
+    Eq,
+    /// `<>`
+    NotEq,
+    /// `<`
+    Lt,
+    /// `<=`
+    LtEq,
+    /// `>`
+    Gt,
+    /// `>=`
+    GtEq,
+    /// `AND` (three-valued)
+    And,
+    /// `OR` (three-valued)
+    Or,
+    /// `||` (null if either side is null)
+    Concat,
+}
+
+impl BinaryOp {
+    /// True for `= <> < <= > >=`.
+    pub fn is_comparison(self) -> bool {
+        matches!(self, BinaryOp::Eq | BinaryOp::NotEq | BinaryOp::Lt | BinaryOp::LtEq | BinaryOp::Gt | BinaryOp::GtEq)
+    }
+    /// True for `+ - * / %`.
+    pub fn is_arithmetic(self) -> bool {
+        matches!(self, BinaryOp::Plus | BinaryOp::Minus | BinaryOp::Multiply | BinaryOp::Divide | BinaryOp::Modulo)
+    }
+    /// The operator with its operands swapped (`a < b` is `b > a`).
+    pub fn swap(self) -> BinaryOp {
+        match self {
+            BinaryOp::Lt => BinaryOp::Gt,
+            BinaryOp::LtEq => BinaryOp::GtEq,
+            BinaryOp::Gt => BinaryOp::Lt,
+            BinaryOp::GtEq => BinaryOp::LtEq,
+            other => other,
+        }
+    }
+    fn symbol(self) -> &'static str {
+        match self {
+            BinaryOp::Plus => "+",
+            BinaryOp::Minus => "-",
+            BinaryOp::Multiply => "*",
+            BinaryOp::Divide => "/",
+            BinaryOp::Modulo => "%",
+            BinaryOp::Eq => "=",
+            BinaryOp::NotEq => "<>",
+            BinaryOp::Lt => "<",
+            BinaryOp::LtEq => "<=",
+            BinaryOp::Gt => ">",
+            BinaryOp::GtEq => ">=",
+            BinaryOp::And => "AND",
+            BinaryOp::Or => "OR",
+            BinaryOp::Concat => "||",
+        }
+    }
+}
+
+/// A typed expression over the columns of its input.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Expr {
+    /// The input's column `index`.
+    Column {
+        /// Position in the input batch.
+        index: usize,
+        /// Its name, for display.
+        name: String,
+    },
+    /// A constant: a one-element array.
+    Literal(ArrayRef),
+    /// `left op right`; operands already have the types the operator needs.
+    Binary {
+        /// The operator.
+        op: BinaryOp,
+        /// Left operand.
+        left: Box<Expr>,
+        /// Right operand.
+        right: Box<Expr>,
+        /// The result type.
+        data_type: DataType,
+    },
+    /// `NOT e`
+    Not(Box<Expr>),
+    /// `-e`
+    Negate(Box<Expr>),
+    /// `e IS [NOT] NULL`
+    IsNull {
+        /// Operand.
+        expr: Box<Expr>,
+        /// `IS NOT NULL` when true.
+        negated: bool,
+    },
+    /// `e [NOT] IN (list)`, with SQL's null semantics.
+    InList {
+        /// Operand.
+        expr: Box<Expr>,
+        /// Candidates, of the operand's type.
+        list: Vec<Expr>,
+        /// `NOT IN` when true.
+        negated: bool,
+    },
+    /// `e [NOT] [I]LIKE pattern`
+    Like {
+        /// Operand (a string).
+        expr: Box<Expr>,
+        /// Pattern (a string).
+        pattern: Box<Expr>,
+        /// `NOT LIKE` when true.
+        negated: bool,
+        /// `ILIKE` when true.
+        case_insensitive: bool,
+    },
+    /// `CASE WHEN c THEN v ... ELSE e END`; every branch already has `data_type`.
+    Case {
+        /// Conditions and values, in order.
+        whens: Vec<(Expr, Expr)>,
+        /// The value when no condition holds (null when absent).
+        otherwise: Option<Box<Expr>>,
+        /// The result type.
+        data_type: DataType,
+    },
+    /// `CAST(e AS t)`: an error on values that do not convert, as in DuckDB.
+    Cast {
+        /// Operand.
+        expr: Box<Expr>,
+        /// Target type.
+        to: DataType,
+    },
+    /// A scalar function call.
+    Function {
+        /// Which function.
+        func: Function,
+        /// Arguments, already cast to what the function takes.
+        args: Vec<Expr>,
+        /// The result type.
+        data_type: DataType,
+    },
+}
+
+/// The result of evaluating an expression: a column, or one value that stands for every row.
+#[derive(Debug, Clone)]
+pub enum Value {
+    /// One value a row.
+    Array(ArrayRef),
+    /// A single value (a one-element array) for all rows.
+    Scalar(ArrayRef),
+}
+
+impl Value {
+    /// The value as a column of `rows` rows.
+    pub fn into_array(self, rows: usize) -> Result<ArrayRef> {
+        match self {
+            Value::Array(a) => Ok(a),
+            Value::Scalar(s) => repeat(&s, rows),
+        }
+    }
+    fn is_scalar(&self) -> bool {
+        matches!(self, Value::Scalar(_))
+    }
+    fn data_type(&self) -> &DataType {
+        match self {
+            Value::Array(a) | Value::Scalar(a) => a.data_type(),
+        }
+    }
+}
+
+/// A one-element array repeated `rows` times.
+pub(crate) fn repeat(scalar: &ArrayRef, rows: usize) -> Result<ArrayRef> {
+    if scalar.is_null(0) {
+        return Ok(new_null_array(scalar.data_type(), rows));
+    }
+    let indices = UInt32Array::from(vec![0u32; rows]);
+    Ok(arrow::compute::take(scalar.as_ref(), &indices, None)?)
+}
+
+/// Runs a kernel that takes two `Datum`s, keeping scalars as scalars.
+fn with_datums<T>(l: &Value, r: &Value, f: impl FnOnce(&dyn arrow::array::Datum, &dyn arrow::array::Datum) -> T) -> T {
+    match (l, r) {
+        (Value::Array(a), Value::Array(b)) => f(a, b),
+        (Value::Array(a), Value::Scalar(b)) => f(a, &Scalar::new(b.clone())),
+        (Value::Scalar(a), Value::Array(b)) => f(&Scalar::new(a.clone()), b),
+        (Value::Scalar(a), Value::Scalar(b)) => f(&Scalar::new(a.clone()), &Scalar::new(b.clone())),
+    }
+}
+
+fn wrap(scalar: bool, array: ArrayRef) -> Value {
+    if scalar {
+        Value::Scalar(array)
+    } else {
+        Value::Array(array)
+    }
+}
+
+impl Expr {
+    /// A column reference.
+    pub fn column(index: usize, name: impl Into<String>) -> Expr {
+        Expr::Column { index, name: name.into() }
+    }
+
+    /// The type of the values this expression yields over `input`.
+    pub fn data_type(&self, input: &Schema) -> DataType {
+        match self {
+            Expr::Column { index, .. } => input.field(*index).data_type().clone(),
+            Expr::Literal(a) => a.data_type().clone(),
+            Expr::Binary { data_type, .. } | Expr::Case { data_type, .. } | Expr::Function { data_type, .. } => {
+                data_type.clone()
+            }
+            Expr::Not(_) | Expr::IsNull { .. } | Expr::InList { .. } | Expr::Like { .. } => DataType::Boolean,
+            Expr::Negate(e) => e.data_type(input),
+            Expr::Cast { to, .. } => to.clone(),
+        }
+    }
+
+    /// Whether the expression can yield null over `input`.
+    pub fn nullable(&self, input: &Schema) -> bool {
+        match self {
+            Expr::Column { index, .. } => input.field(*index).is_nullable(),
+            Expr::Literal(a) => a.is_null(0),
+            Expr::IsNull { .. } => false,
+            _ => true,
+        }
+    }
+
+    /// Calls `f` on every column index the expression reads.
+    pub fn visit_columns(&self, f: &mut dyn FnMut(usize)) {
+        match self {
+            Expr::Column { index, .. } => f(*index),
+            Expr::Literal(_) => {}
+            Expr::Binary { left, right, .. } => {
+                left.visit_columns(f);
+                right.visit_columns(f);
+            }
+            Expr::Not(e) | Expr::Negate(e) | Expr::IsNull { expr: e, .. } | Expr::Cast { expr: e, .. } => e.visit_columns(f),
+            Expr::InList { expr, list, .. } => {
+                expr.visit_columns(f);
+                list.iter().for_each(|e| e.visit_columns(f));
+            }
+            Expr::Like { expr, pattern, .. } => {
+                expr.visit_columns(f);
+                pattern.visit_columns(f);
+            }
+            Expr::Case { whens, otherwise, .. } => {
+                for (c, v) in whens {
+                    c.visit_columns(f);
+                    v.visit_columns(f);
+                }
+                if let Some(e) = otherwise {
+                    e.visit_columns(f);
+                }
+            }
+            Expr::Function { args, .. } => args.iter().for_each(|e| e.visit_columns(f)),
+        }
+    }
+
+    /// The same expression with every column index mapped through `map`.
+    pub fn remap_columns(&self, map: &dyn Fn(usize) -> usize) -> Expr {
+        let r = |e: &Expr| Box::new(e.remap_columns(map));
+        match self {
+            Expr::Column { index, name } => Expr::Column { index: map(*index), name: name.clone() },
+            Expr::Literal(a) => Expr::Literal(a.clone()),
+            Expr::Binary { op, left, right, data_type } => {
+                Expr::Binary { op: *op, left: r(left), right: r(right), data_type: data_type.clone() }
+            }
+            Expr::Not(e) => Expr::Not(r(e)),
+            Expr::Negate(e) => Expr::Negate(r(e)),
+            Expr::IsNull { expr, negated } => Expr::IsNull { expr: r(expr), negated: *negated },
+            Expr::InList { expr, list, negated } => Expr::InList {
+                expr: r(expr),
+                list: list.iter().map(|e| e.remap_columns(map)).collect(),
+                negated: *negated,
+            },
+            Expr::Like { expr, pattern, negated, case_insensitive } => Expr::Like {
+                expr: r(expr),
+                pattern: r(pattern),
+                negated: *negated,
+                case_insensitive: *case_insensitive,
+            },
+            Expr::Case { whens, otherwise, data_type } => Expr::Case {
+                whens: whens.iter().map(|(c, v)| (c.remap_columns(map), v.remap_columns(map))).collect(),
+                otherwise: otherwise.as_ref().map(|e| r(e)),
+                data_type: data_type.clone(),
+            },
+            Expr::Cast { expr, to } => Expr::Cast { expr: r(expr), to: to.clone() },
+            Expr::Function { func, args, data_type } => Expr::Function {
+                func: *func,
+                args: args.iter().map(|e| e.remap_columns(map)).collect(),
+                data_type: data_type.clone(),
+            },
+        }
+    }
+
+    /// Evaluates over a batch.
+    pub fn evaluate(&self, batch: &RecordBatch) -> Result<Value> {
+        Ok(match self {
+            Expr::Column { index, .. } => Value::Array(batch.column(*index).clone()),
+            Expr::Literal(a) => Value::Scalar(a.clone()),
+            Expr::Binary { op, left, right, data_type } => {
+                let l = left.evaluate(batch)?;
+                let r = right.evaluate(batch)?;
+                binary(*op, &l, &r, data_type, batch.num_rows())?
+            }
+            Expr::Not(e) => {
+                let v = e.evaluate(batch)?;
+                let scalar = v.is_scalar();
+                let a = v.into_array(if scalar { 1 } else { batch.num_rows() })?;
+                wrap(scalar, Arc::new(boolean::not(a.as_boolean())?))
+            }
+            Expr::Negate(e) => {
+                let v = e.evaluate(batch)?;
+                let scalar = v.is_scalar();
+                let a = v.into_array(1)?;
+                wrap(scalar, numeric::neg(a.as_ref())?)
+            }
+            Expr::IsNull { expr, negated } => {
+                let v = expr.evaluate(batch)?;
+                let scalar = v.is_scalar();
+                let a = v.into_array(1)?;
+                let r = if *negated { arrow::compute::is_not_null(a.as_ref())? } else { arrow::compute::is_null(a.as_ref())? };
+                wrap(scalar, Arc::new(r))
+            }
+            Expr::InList { expr, list, negated } => {
+                let v = expr.evaluate(batch)?;
+                let mut acc: Option<BooleanArray> = None;
+                for item in list {
+                    let c = item.evaluate(batch)?;
+                    let eq = with_datums(&v, &c, |a, b| cmp::eq(a, b))?;
+                    let eq = if eq.len() == 1 && batch.num_rows() != 1 { expand_bool(&eq, batch.num_rows())? } else { eq };
+                    acc = Some(match acc {
+                        None => eq,
+                        Some(prev) => boolean::or_kleene(&prev, &eq)?,
+                    });
+                }
+                let r = acc.unwrap_or_else(|| BooleanArray::from(vec![false; batch.num_rows()]));
+                let r = if *negated { boolean::not(&r)? } else { r };
+                Value::Array(Arc::new(r))
+            }
+            Expr::Like { expr, pattern, negated, case_insensitive } => {
+                let v = expr.evaluate(batch)?;
+                let p = pattern.evaluate(batch)?;
+                let scalar = v.is_scalar() && p.is_scalar();
+                let r = with_datums(&v, &p, |a, b| match (negated, case_insensitive) {
+                    (false, false) => arrow::compute::kernels::comparison::like(a, b),
+                    (false, true) => arrow::compute::kernels::comparison::ilike(a, b),
+                    (true, false) => arrow::compute::kernels::comparison::nlike(a, b),
+                    (true, true) => arrow::compute::kernels::comparison::nilike(a, b),
+                })?;
+                wrap(scalar, Arc::new(r))
+            }
+            Expr::Case { whens, otherwise, data_type } => {
+                let rows = batch.num_rows();
+                let mut result = match otherwise {
+                    Some(e) => e.evaluate(batch)?.into_array(rows)?,
+                    None => new_null_array(data_type, rows),
+                };
+                for (cond, value) in whens.iter().rev() {
+                    let c = cond.evaluate(batch)?.into_array(rows)?;
+                    // A null condition does not hold.
+                    let mask = arrow::compute::prep_null_mask_filter(c.as_boolean());
+                    let v = value.evaluate(batch)?.into_array(rows)?;
+                    result = arrow::compute::kernels::zip::zip(&mask, &v, &result)?;
+                }
+                Value::Array(result)
+            }
+            Expr::Cast { expr, to } => {
+                let v = expr.evaluate(batch)?;
+                let scalar = v.is_scalar();
+                let a = v.into_array(1)?;
+                wrap(scalar, types::cast_sql(&a, to)?)
+            }
+            Expr::Function { func, args, data_type } => {
+                let values = args.iter().map(|a| a.evaluate(batch)).collect::<Result<Vec<_>>>()?;
+                func.evaluate(&values, data_type, batch.num_rows())?
+            }
+        })
+    }
+
+    /// Evaluates to a boolean column of `batch.num_rows()` rows.
+    pub fn evaluate_predicate(&self, batch: &RecordBatch) -> Result<BooleanArray> {
+        let a = self.evaluate(batch)?.into_array(batch.num_rows())?;
+        match a.data_type() {
+            DataType::Boolean => Ok(a.as_boolean().clone()),
+            DataType::Null => Ok(BooleanArray::new_null(a.len())),
+            other => Err(Error::Plan(format!("filter must be boolean, got {other}"))),
+        }
+    }
+
+    /// Splits a conjunction `a AND b AND c` into its parts.
+    pub fn conjuncts(&self) -> Vec<&Expr> {
+        match self {
+            Expr::Binary { op: BinaryOp::And, left, right, .. } => {
+                let mut v = left.conjuncts();
+                v.extend(right.conjuncts());
+                v
+            }
+            other => vec![other],
+        }
+    }
+}
+
+fn expand_bool(a: &BooleanArray, rows: usize) -> Result<BooleanArray> {
+    let arr: ArrayRef = Arc::new(a.clone());
+    Ok(repeat(&arr, rows)?.as_boolean().clone())
+}
+
+fn binary(op: BinaryOp, l: &Value, r: &Value, data_type: &DataType, rows: usize) -> Result<Value> {
+    let scalar = l.is_scalar() && r.is_scalar();
+    let out: ArrayRef = match op {
+        BinaryOp::Plus => with_datums(l, r, |a, b| numeric::add(a, b))?,
+        BinaryOp::Minus => with_datums(l, r, |a, b| numeric::sub(a, b))?,
+        BinaryOp::Multiply => with_datums(l, r, |a, b| numeric::mul(a, b))?,
+        BinaryOp::Divide => with_datums(l, r, |a, b| numeric::div(a, b))?,
+        BinaryOp::Modulo => with_datums(l, r, |a, b| numeric::rem(a, b))?,
+        BinaryOp::Eq => Arc::new(with_datums(l, r, |a, b| cmp::eq(a, b))?),
+        BinaryOp::NotEq => Arc::new(with_datums(l, r, |a, b| cmp::neq(a, b))?),
+        BinaryOp::Lt => Arc::new(with_datums(l, r, |a, b| cmp::lt(a, b))?),
+        BinaryOp::LtEq => Arc::new(with_datums(l, r, |a, b| cmp::lt_eq(a, b))?),
+        BinaryOp::Gt => Arc::new(with_datums(l, r, |a, b| cmp::gt(a, b))?),
+        BinaryOp::GtEq => Arc::new(with_datums(l, r, |a, b| cmp::gt_eq(a, b))?),
+        BinaryOp::And | BinaryOp::Or => {
+            let n = if scalar { 1 } else { rows };
+            let a = l.clone().into_array(n)?;
+            let b = r.clone().into_array(n)?;
+            let (a, b) = (as_bool(&a)?, as_bool(&b)?);
+            Arc::new(if op == BinaryOp::And { boolean::and_kleene(&a, &b)? } else { boolean::or_kleene(&a, &b)? })
+        }
+        BinaryOp::Concat => {
+            let n = if scalar { 1 } else { rows };
+            functions::concat_strict(&l.clone().into_array(n)?, &r.clone().into_array(n)?)?
+        }
+    };
+    // Decimal results: Arrow picks its own precision; use SQL's (checking values fit).
+    let out = if out.data_type() != data_type && l.data_type() != &DataType::Null {
+        types::cast_sql(&out, data_type)?
+    } else {
+        out
+    };
+    Ok(wrap(scalar, out))
+}
+
+fn as_bool(a: &ArrayRef) -> Result<BooleanArray> {
+    match a.data_type() {
+        DataType::Boolean => Ok(a.as_boolean().clone()),
+        DataType::Null => Ok(BooleanArray::new_null(a.len())),
+        other => Err(Error::Execution(format!("expected a boolean, got {other}"))),
+    }
+}
+
+impl fmt::Display for Expr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Expr::Column { name, .. } => write!(f, "{name}"),
+            Expr::Literal(a) => {
+                let s = arrow::util::display::array_value_to_string(a, 0).unwrap_or_default();
+                if a.is_null(0) {
+                    write!(f, "NULL")
+                } else if matches!(a.data_type(), DataType::Utf8) {
+                    write!(f, "'{}'", s.replace('\'', "''"))
+                } else {
+                    write!(f, "{s}")
+                }
+            }
+            Expr::Binary { op, left, right, .. } => write!(f, "({left} {} {right})", op.symbol()),
+            Expr::Not(e) => write!(f, "(NOT {e})"),
+            Expr::Negate(e) => write!(f, "(-{e})"),
+            Expr::IsNull { expr, negated } => write!(f, "({expr} IS {}NULL)", if *negated { "NOT " } else { "" }),
+            Expr::InList { expr, list, negated } => {
+                let items: Vec<String> = list.iter().map(|e| e.to_string()).collect();
+                write!(f, "({expr} {}IN ({}))", if *negated { "NOT " } else { "" }, items.join(", "))
+            }
+            Expr::Like { expr, pattern, negated, case_insensitive } => write!(
+                f,
+                "({expr} {}{} {pattern})",
+                if *negated { "NOT " } else { "" },
+                if *case_insensitive { "ILIKE" } else { "LIKE" }
+            ),
+            Expr::Case { whens, otherwise, .. } => {
+                write!(f, "CASE")?;
+                for (c, v) in whens {
+                    write!(f, " WHEN {c} THEN {v}")?;
+                }
+                if let Some(e) = otherwise {
+                    write!(f, " ELSE {e}")?;
+                }
+                write!(f, " END")
+            }
+            Expr::Cast { expr, to } => write!(f, "CAST({expr} AS {})", types::sql_type_name(to)),
+            Expr::Function { func, args, .. } => {
+                let items: Vec<String> = args.iter().map(|e| e.to_string()).collect();
+                write!(f, "{}({})", func.name(), items.join(", "))
+            }
+        }
+    }
+}

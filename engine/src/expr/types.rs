@@ -1,0 +1,336 @@
+//! SQL's type rules, as DuckDB applies them: common types, decimal precision and scale, casts.
+
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, AsArray, Float64Array};
+use arrow::compute::CastOptions;
+use arrow::datatypes::{DataType, Float32Type, Float64Type, TimeUnit};
+use arrow::util::display::FormatOptions;
+
+use super::BinaryOp;
+use crate::error::{Error, Result};
+
+/// Most digits a `Decimal128` holds.
+pub const MAX_PRECISION: u8 = 38;
+/// Most digits of a decimal stored in 64 bits (DuckDB avoids growing past it on its own).
+const MAX_PRECISION_INT64: u8 = 18;
+
+/// The decimal an integer type converts to without loss (DuckDB: INTEGER is DECIMAL(10,0)).
+pub fn integer_as_decimal(t: &DataType) -> Option<(u8, i8)> {
+    Some(match t {
+        DataType::Int8 | DataType::UInt8 => (3, 0),
+        DataType::Int16 | DataType::UInt16 => (5, 0),
+        DataType::Int32 | DataType::UInt32 => (10, 0),
+        DataType::Int64 => (19, 0),
+        DataType::UInt64 => (20, 0),
+        DataType::Decimal128(p, s) => (*p, *s),
+        _ => return None,
+    })
+}
+
+fn int_rank(t: &DataType) -> Option<u8> {
+    Some(match t {
+        DataType::Int8 => 1,
+        DataType::UInt8 | DataType::Int16 => 2,
+        DataType::UInt16 | DataType::Int32 => 3,
+        DataType::UInt32 | DataType::Int64 => 4,
+        DataType::UInt64 => 5,
+        _ => return None,
+    })
+}
+
+fn int_of_rank(r: u8) -> DataType {
+    match r {
+        1 => DataType::Int8,
+        2 => DataType::Int16,
+        3 => DataType::Int32,
+        4 => DataType::Int64,
+        // UINT64 mixed with signed: DuckDB widens to HUGEINT; the nearest exact type here is a decimal.
+        _ => DataType::Decimal128(20, 0),
+    }
+}
+
+/// True for integer, float and decimal types.
+pub fn is_numeric(t: &DataType) -> bool {
+    t.is_integer() || t.is_floating() || matches!(t, DataType::Decimal128(..))
+}
+
+/// True for string types.
+pub fn is_string(t: &DataType) -> bool {
+    matches!(t, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View)
+}
+
+/// True for date and timestamp types.
+pub fn is_temporal(t: &DataType) -> bool {
+    matches!(t, DataType::Date32 | DataType::Date64 | DataType::Timestamp(..))
+}
+
+/// The type two values are compared or combined in (`CASE` branches, `IN` lists, `coalesce`).
+pub fn common_type(a: &DataType, b: &DataType) -> Option<DataType> {
+    use DataType::*;
+    if a == b {
+        return Some(a.clone());
+    }
+    Some(match (a, b) {
+        (Null, t) | (t, Null) => t.clone(),
+        _ if int_rank(a).is_some() && int_rank(b).is_some() => {
+            let (ra, rb) = (int_rank(a).unwrap(), int_rank(b).unwrap());
+            if a.is_unsigned_integer() == b.is_unsigned_integer() {
+                if ra >= rb { a.clone() } else { b.clone() }
+            } else {
+                int_of_rank(ra.max(rb) + u8::from(ra == rb))
+            }
+        }
+        (Float64, t) | (t, Float64) if is_numeric(t) => Float64,
+        (Float32, t) | (t, Float32) if is_numeric(t) => {
+            if matches!(t, Decimal128(..)) { Float64 } else { Float32 }
+        }
+        _ if is_numeric(a) && is_numeric(b) => {
+            let (p1, s1) = integer_as_decimal(a)?;
+            let (p2, s2) = integer_as_decimal(b)?;
+            let scale = s1.max(s2);
+            let digits = (p1 as i16 - s1 as i16).max(p2 as i16 - s2 as i16);
+            Decimal128(((digits + scale as i16) as u8).min(MAX_PRECISION), scale)
+        }
+        (Date32, Timestamp(u, tz)) | (Timestamp(u, tz), Date32) => Timestamp(*u, tz.clone()),
+        (Timestamp(u1, tz1), Timestamp(u2, tz2)) if tz1 == tz2 => Timestamp(finer(*u1, *u2), tz1.clone()),
+        (Utf8, t) | (t, Utf8) if is_string(t) => Utf8,
+        _ => return None,
+    })
+}
+
+fn finer(a: TimeUnit, b: TimeUnit) -> TimeUnit {
+    let rank = |u: TimeUnit| match u {
+        TimeUnit::Second => 0,
+        TimeUnit::Millisecond => 1,
+        TimeUnit::Microsecond => 2,
+        TimeUnit::Nanosecond => 3,
+    };
+    if rank(a) >= rank(b) {
+        a
+    } else {
+        b
+    }
+}
+
+/// For an arithmetic operator: the type both operands are cast to, and the result type.
+pub fn arithmetic_types(op: BinaryOp, a: &DataType, b: &DataType) -> Option<(DataType, DataType, DataType)> {
+    use DataType::*;
+    let (a, b) = (if a == &Null { b } else { a }, if b == &Null { a } else { b });
+    if !is_numeric(a) || !is_numeric(b) {
+        return None;
+    }
+    if op == BinaryOp::Divide {
+        return Some((Float64, Float64, Float64));
+    }
+    if a.is_floating() || b.is_floating() {
+        let t = common_type(a, b)?;
+        return Some((t.clone(), t.clone(), t));
+    }
+    if int_rank(a).is_some() && int_rank(b).is_some() {
+        let t = common_type(a, b)?;
+        return Some((t.clone(), t.clone(), t));
+    }
+    // At least one decimal: DuckDB's BindDecimalAddSubtract / Multiply / Modulo.
+    let (p1, s1) = integer_as_decimal(a)?;
+    let (p2, s2) = integer_as_decimal(b)?;
+    let max_width = p1.max(p2);
+    let max_scale = s1.max(s2);
+    let max_digits = (p1 as i16 - s1 as i16).max(p2 as i16 - s2 as i16);
+    let (result, left, right) = match op {
+        BinaryOp::Plus | BinaryOp::Minus => {
+            let mut width = ((max_scale as i16 + max_digits) as u8).max(max_width);
+            if width < MAX_PRECISION {
+                width += 1;
+            }
+            let left = Decimal128(width.min(MAX_PRECISION), max_scale);
+            (Decimal128(width.min(MAX_PRECISION), max_scale), left.clone(), left)
+        }
+        BinaryOp::Multiply => {
+            let scale = s1 + s2;
+            if scale as u8 > MAX_PRECISION {
+                return None;
+            }
+            let mut width = p1 + p2;
+            if width > MAX_PRECISION_INT64 && max_width <= MAX_PRECISION_INT64 && (scale as u8) < MAX_PRECISION_INT64 {
+                width = MAX_PRECISION_INT64;
+            }
+            (Decimal128(width.min(MAX_PRECISION), scale), Decimal128(p1, s1), Decimal128(p2, s2))
+        }
+        BinaryOp::Modulo => {
+            let width = ((max_digits + max_scale as i16) as u8).min(MAX_PRECISION);
+            let t = Decimal128(width, max_scale);
+            (t.clone(), t.clone(), t)
+        }
+        _ => return None,
+    };
+    Some((left, right, result))
+}
+
+/// Casts as SQL's `CAST` does in DuckDB: errors on values that do not fit, rounds (not truncates)
+/// floats and decimals to integers, and parses strings strictly.
+pub fn cast_sql(array: &ArrayRef, to: &DataType) -> Result<ArrayRef> {
+    if array.data_type() == to {
+        return Ok(array.clone());
+    }
+    let options = CastOptions { safe: false, format_options: FormatOptions::default() };
+    let from = array.data_type();
+    let rounded: ArrayRef = if to.is_integer() {
+        match from {
+            DataType::Float64 => {
+                Arc::new(array.as_primitive::<Float64Type>().unary::<_, Float64Type>(|v| v.round_ties_even()))
+            }
+            DataType::Float32 => Arc::new(Float64Array::from_iter(
+                array.as_primitive::<Float32Type>().iter().map(|v| v.map(|v| (v as f64).round_ties_even())),
+            )),
+            DataType::Decimal128(p, s) if *s > 0 => {
+                // Decimal rescaling rounds half away from zero.
+                arrow::compute::cast_with_options(array, &DataType::Decimal128(*p, 0), &options)
+                    .map_err(|e| cast_error(from, to, e))?
+            }
+            _ => array.clone(),
+        }
+    } else {
+        array.clone()
+    };
+    arrow::compute::cast_with_options(&rounded, to, &options).map_err(|e| cast_error(from, to, e))
+}
+
+fn cast_error(from: &DataType, to: &DataType, e: arrow::error::ArrowError) -> Error {
+    let msg = e.to_string();
+    let msg = msg.strip_prefix("Cast error: ").unwrap_or(&msg).to_string();
+    Error::Execution(format!("cannot cast {} to {}: {msg}", sql_type_name(from), sql_type_name(to)))
+}
+
+/// DuckDB's name for a type, for messages and `EXPLAIN`.
+pub fn sql_type_name(t: &DataType) -> String {
+    match t {
+        DataType::Null => "NULL".into(),
+        DataType::Boolean => "BOOLEAN".into(),
+        DataType::Int8 => "TINYINT".into(),
+        DataType::Int16 => "SMALLINT".into(),
+        DataType::Int32 => "INTEGER".into(),
+        DataType::Int64 => "BIGINT".into(),
+        DataType::UInt8 => "UTINYINT".into(),
+        DataType::UInt16 => "USMALLINT".into(),
+        DataType::UInt32 => "UINTEGER".into(),
+        DataType::UInt64 => "UBIGINT".into(),
+        DataType::Float32 => "FLOAT".into(),
+        DataType::Float64 => "DOUBLE".into(),
+        DataType::Decimal128(p, s) => format!("DECIMAL({p},{s})"),
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => "VARCHAR".into(),
+        DataType::Binary | DataType::LargeBinary | DataType::BinaryView => "BLOB".into(),
+        DataType::Date32 | DataType::Date64 => "DATE".into(),
+        DataType::Timestamp(TimeUnit::Second, None) => "TIMESTAMP_S".into(),
+        DataType::Timestamp(TimeUnit::Millisecond, None) => "TIMESTAMP_MS".into(),
+        DataType::Timestamp(TimeUnit::Microsecond, None) => "TIMESTAMP".into(),
+        DataType::Timestamp(TimeUnit::Nanosecond, None) => "TIMESTAMP_NS".into(),
+        DataType::Timestamp(_, Some(_)) => "TIMESTAMP WITH TIME ZONE".into(),
+        other => other.to_string(),
+    }
+}
+
+/// The Arrow type for a SQL type name (as sqlparser prints it).
+pub fn parse_sql_type(t: &sqlparser::ast::DataType) -> Result<DataType> {
+    use sqlparser::ast::{DataType as S, ExactNumberInfo};
+    Ok(match t {
+        S::Boolean | S::Bool => DataType::Boolean,
+        S::TinyInt(_) => DataType::Int8,
+        S::SmallInt(_) | S::Int2(_) => DataType::Int16,
+        S::Int(_) | S::Integer(_) | S::Int4(_) => DataType::Int32,
+        S::BigInt(_) | S::Int8(_) | S::Int64 => DataType::Int64,
+        S::Real | S::Float4 | S::Float(_) => DataType::Float32,
+        S::Double(_) | S::DoublePrecision | S::Float8 | S::Float64 => DataType::Float64,
+        S::Decimal(info) | S::Numeric(info) | S::Dec(info) => match info {
+            ExactNumberInfo::None => DataType::Decimal128(18, 3),
+            ExactNumberInfo::Precision(p) => DataType::Decimal128(check_precision(*p)?, 0),
+            ExactNumberInfo::PrecisionAndScale(p, s) => {
+                let p = check_precision(*p)?;
+                if *s < 0 || *s as u64 > p as u64 {
+                    return Err(Error::Plan(format!("decimal scale {s} must be between 0 and the precision {p}")));
+                }
+                DataType::Decimal128(p, *s as i8)
+            }
+        },
+        S::Varchar(_) | S::Text | S::String(_) | S::Char(_) | S::CharacterVarying(_) | S::Character(_) | S::Nvarchar(_) => {
+            DataType::Utf8
+        }
+        S::Date => DataType::Date32,
+        S::Timestamp(_, tz) => match tz {
+            sqlparser::ast::TimezoneInfo::WithTimeZone | sqlparser::ast::TimezoneInfo::Tz => {
+                DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+            }
+            _ => DataType::Timestamp(TimeUnit::Microsecond, None),
+        },
+        S::Datetime(_) => DataType::Timestamp(TimeUnit::Microsecond, None),
+        S::Blob(_) | S::Bytea | S::Binary(_) | S::Varbinary(_) => DataType::Binary,
+        S::Custom(name, args) => {
+            let n = name.to_string().to_ascii_uppercase();
+            match (n.as_str(), args.len()) {
+                ("HUGEINT", 0) => DataType::Decimal128(38, 0),
+                ("UBIGINT", 0) => DataType::UInt64,
+                ("UINTEGER", 0) => DataType::UInt32,
+                ("USMALLINT", 0) => DataType::UInt16,
+                ("UTINYINT", 0) => DataType::UInt8,
+                ("TIMESTAMP_NS", 0) => DataType::Timestamp(TimeUnit::Nanosecond, None),
+                ("TIMESTAMP_MS", 0) => DataType::Timestamp(TimeUnit::Millisecond, None),
+                ("TIMESTAMP_S", 0) => DataType::Timestamp(TimeUnit::Second, None),
+                ("TIMESTAMPTZ", 0) => DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+                _ => return Err(Error::NotSupported(format!("type {t}"))),
+            }
+        }
+        other => return Err(Error::NotSupported(format!("type {other}"))),
+    })
+}
+
+fn check_precision(p: u64) -> Result<u8> {
+    if p == 0 || p > MAX_PRECISION as u64 {
+        return Err(Error::Plan(format!("decimal precision {p} must be between 1 and 38")));
+    }
+    Ok(p as u8)
+}
+
+/// The type named in a pipeline file's declared schema (`"BIGINT"`, `"DECIMAL(15,2)"`, ...).
+pub fn parse_type_name(name: &str) -> Result<DataType> {
+    let sql = format!("SELECT CAST(NULL AS {name})");
+    let dialect = sqlparser::dialect::DuckDbDialect {};
+    let bad = || Error::Config(format!("unknown type '{name}'"));
+    let stmts = sqlparser::parser::Parser::parse_sql(&dialect, &sql).map_err(|_| bad())?;
+    if let Some(sqlparser::ast::Statement::Query(q)) = stmts.first() {
+        if let sqlparser::ast::SetExpr::Select(s) = q.body.as_ref() {
+            if let Some(sqlparser::ast::SelectItem::UnnamedExpr(sqlparser::ast::Expr::Cast { data_type, .. })) =
+                s.projection.first()
+            {
+                return parse_sql_type(data_type).map_err(|_| bad());
+            }
+        }
+    }
+    Err(bad())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use DataType::*;
+
+    #[test]
+    fn decimal_rules_match_duckdb() {
+        let d = |p, s| Decimal128(p, s);
+        let res = |op, a, b| arithmetic_types(op, &a, &b).unwrap().2;
+        assert_eq!(res(BinaryOp::Minus, Int32, d(15, 2)), d(16, 2));
+        assert_eq!(res(BinaryOp::Plus, Int64, d(15, 2)), d(22, 2));
+        assert_eq!(res(BinaryOp::Plus, d(18, 2), d(18, 2)), d(19, 2));
+        assert_eq!(res(BinaryOp::Plus, d(10, 2), d(18, 9)), d(19, 9));
+        assert_eq!(res(BinaryOp::Multiply, d(15, 2), d(15, 2)), d(18, 4));
+        assert_eq!(res(BinaryOp::Multiply, d(10, 2), d(18, 9)), d(18, 11));
+        assert_eq!(res(BinaryOp::Multiply, d(18, 2), d(20, 2)), d(38, 4));
+        assert_eq!(res(BinaryOp::Multiply, d(15, 2), Int32), d(18, 2));
+        assert_eq!(res(BinaryOp::Multiply, Int64, d(2, 1)), d(21, 1));
+        assert_eq!(res(BinaryOp::Modulo, d(15, 2), d(15, 3)), d(16, 3));
+        assert_eq!(res(BinaryOp::Modulo, d(15, 2), Int32), d(15, 2));
+        assert_eq!(res(BinaryOp::Divide, d(15, 2), d(15, 2)), Float64);
+        assert_eq!(res(BinaryOp::Plus, Float32, Int32), Float32);
+        assert_eq!(res(BinaryOp::Plus, Int8, Int16), Int16);
+        assert_eq!(common_type(&Int32, &d(2, 1)), Some(d(11, 1)));
+    }
+}

@@ -1,0 +1,280 @@
+//! The memory pool: one byte budget per run, shared by named consumers.
+//!
+//! Every buffer that holds data is reserved here before it is filled. A consumer registers once
+//! ([`MemoryPool::register`]) and gets a [`MemoryReservation`]: `try_grow` before allocating, `shrink`
+//! after freeing, and everything is returned when the reservation drops. A request that does not fit
+//! fails with [`Error::ResourcesExhausted`], which names the consumer, the request, what is in use and
+//! the largest holders.
+//!
+//! The pool only counts; it does not allocate. The `flow` binary also installs
+//! [`CountingAllocator`](crate::alloc::CountingAllocator) so the report can show the accounted peak
+//! next to the real one.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use crate::error::{Error, Result};
+
+/// A run's memory budget. Cheap to clone: clones share the same budget.
+#[derive(Clone, Debug)]
+pub struct MemoryPool {
+    inner: Arc<PoolInner>,
+}
+
+#[derive(Debug)]
+struct PoolInner {
+    budget: u64,
+    state: Mutex<PoolState>,
+}
+
+#[derive(Debug, Default)]
+struct PoolState {
+    used: u64,
+    peak: u64,
+    next_id: u64,
+    consumers: BTreeMap<u64, ConsumerState>,
+}
+
+#[derive(Debug)]
+struct ConsumerState {
+    name: String,
+    spillable: bool,
+    bytes: u64,
+    /// Live reservations of this consumer (a split makes one more).
+    handles: usize,
+}
+
+/// A snapshot of one consumer's reservation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerUsage {
+    /// The consumer's name, e.g. `ParquetScan[lineitem]`.
+    pub name: String,
+    /// Whether it can give memory back by spilling.
+    pub spillable: bool,
+    /// Bytes it holds.
+    pub bytes: u64,
+}
+
+impl MemoryPool {
+    /// A pool holding at most `budget` bytes.
+    pub fn new(budget: u64) -> Self {
+        MemoryPool { inner: Arc::new(PoolInner { budget, state: Mutex::new(PoolState::default()) }) }
+    }
+
+    /// A pool with no limit, for tests and reference runs.
+    pub fn unlimited() -> Self {
+        Self::new(u64::MAX)
+    }
+
+    /// The budget in bytes.
+    pub fn budget(&self) -> u64 {
+        self.inner.budget
+    }
+
+    /// Bytes reserved right now.
+    pub fn reserved(&self) -> u64 {
+        self.lock().used
+    }
+
+    /// The most bytes ever reserved at once.
+    pub fn peak(&self) -> u64 {
+        self.lock().peak
+    }
+
+    /// Starts measuring the peak afresh from what is reserved now (between pipeline steps, say).
+    pub fn reset_peak(&self) {
+        let mut state = self.lock();
+        state.peak = state.used;
+    }
+
+    /// Bytes still free.
+    pub fn available(&self) -> u64 {
+        self.inner.budget.saturating_sub(self.reserved())
+    }
+
+    /// Registers a consumer and returns its empty reservation.
+    pub fn register(&self, name: impl Into<String>, spillable: bool) -> MemoryReservation {
+        let mut state = self.lock();
+        let id = state.next_id;
+        state.next_id += 1;
+        state.consumers.insert(id, ConsumerState { name: name.into(), spillable, bytes: 0, handles: 1 });
+        MemoryReservation { pool: self.clone(), id, size: 0 }
+    }
+
+    /// The consumers holding memory, largest first.
+    pub fn consumers(&self) -> Vec<ConsumerUsage> {
+        let state = self.lock();
+        let mut all: Vec<ConsumerUsage> = state
+            .consumers
+            .values()
+            .map(|c| ConsumerUsage { name: c.name.clone(), spillable: c.spillable, bytes: c.bytes })
+            .collect();
+        all.sort_by(|a, b| b.bytes.cmp(&a.bytes).then_with(|| a.name.cmp(&b.name)));
+        all
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, PoolState> {
+        // A panic while holding the lock leaves consistent counters (updates are single statements).
+        self.inner.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Bytes held by one consumer. Grows with [`try_grow`](Self::try_grow), shrinks with
+/// [`shrink`](Self::shrink), and gives everything back when dropped.
+#[derive(Debug)]
+pub struct MemoryReservation {
+    pool: MemoryPool,
+    id: u64,
+    size: u64,
+}
+
+impl MemoryReservation {
+    /// Bytes held.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// The pool this reservation draws from.
+    pub fn pool(&self) -> &MemoryPool {
+        &self.pool
+    }
+
+    /// The consumer's name.
+    pub fn consumer_name(&self) -> String {
+        self.pool.lock().consumers.get(&self.id).map(|c| c.name.clone()).unwrap_or_default()
+    }
+
+    /// Reserves `bytes` more, or fails without changing anything.
+    pub fn try_grow(&mut self, bytes: u64) -> Result<()> {
+        if bytes == 0 {
+            return Ok(());
+        }
+        let mut state = self.pool.lock();
+        let budget = self.pool.inner.budget;
+        if state.used.saturating_add(bytes) > budget {
+            let mut largest: Vec<(String, u64)> =
+                state.consumers.values().filter(|c| c.bytes > 0).map(|c| (c.name.clone(), c.bytes)).collect();
+            largest.sort_by(|a, b| b.1.cmp(&a.1));
+            largest.truncate(3);
+            return Err(Error::ResourcesExhausted {
+                consumer: state.consumers.get(&self.id).map(|c| c.name.clone()).unwrap_or_default(),
+                requested: bytes,
+                in_use: state.used,
+                budget,
+                largest,
+            });
+        }
+        state.used += bytes;
+        state.peak = state.peak.max(state.used);
+        if let Some(c) = state.consumers.get_mut(&self.id) {
+            c.bytes += bytes;
+        }
+        self.size += bytes;
+        Ok(())
+    }
+
+    /// Gives back `bytes` (at most what is held).
+    pub fn shrink(&mut self, bytes: u64) {
+        let bytes = bytes.min(self.size);
+        if bytes == 0 {
+            return;
+        }
+        let mut state = self.pool.lock();
+        state.used -= bytes;
+        if let Some(c) = state.consumers.get_mut(&self.id) {
+            c.bytes -= bytes;
+        }
+        self.size -= bytes;
+    }
+
+    /// Grows or shrinks to exactly `bytes`.
+    pub fn try_resize(&mut self, bytes: u64) -> Result<()> {
+        if bytes > self.size {
+            self.try_grow(bytes - self.size)
+        } else {
+            self.shrink(self.size - bytes);
+            Ok(())
+        }
+    }
+
+    /// Gives back everything held and returns how much that was.
+    pub fn free(&mut self) -> u64 {
+        let size = self.size;
+        self.shrink(size);
+        size
+    }
+
+    /// Moves `bytes` of this reservation into a new reservation of the same consumer, so the bytes
+    /// can travel with the data they pay for (a batch sent to another thread, say).
+    pub fn split(&mut self, bytes: u64) -> MemoryReservation {
+        let bytes = bytes.min(self.size);
+        self.size -= bytes;
+        if let Some(c) = self.pool.lock().consumers.get_mut(&self.id) {
+            c.handles += 1;
+        }
+        MemoryReservation { pool: self.pool.clone(), id: self.id, size: bytes }
+    }
+
+    /// Adds another reservation of the same pool into this one.
+    pub fn merge(&mut self, mut other: MemoryReservation) {
+        let bytes = other.size;
+        other.size = 0;
+        if other.id != self.id {
+            let mut state = self.pool.lock();
+            if let Some(c) = state.consumers.get_mut(&other.id) {
+                c.bytes -= bytes;
+            }
+            if let Some(c) = state.consumers.get_mut(&self.id) {
+                c.bytes += bytes;
+            }
+        }
+        self.size += bytes;
+    }
+}
+
+impl Drop for MemoryReservation {
+    fn drop(&mut self) {
+        let mut state = self.pool.lock();
+        state.used -= self.size;
+        let gone = match state.consumers.get_mut(&self.id) {
+            Some(c) => {
+                c.bytes -= self.size;
+                c.handles -= 1;
+                c.handles == 0
+            }
+            None => false,
+        };
+        if gone {
+            state.consumers.remove(&self.id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grow_shrink_and_drop() {
+        let pool = MemoryPool::new(100);
+        let mut a = pool.register("a", false);
+        let mut b = pool.register("b", true);
+        a.try_grow(60).unwrap();
+        let err = b.try_grow(50).unwrap_err().to_string();
+        assert!(err.contains("failed to reserve 50 B for b"), "{err}");
+        assert!(err.contains("60 B of 100 B in use"), "{err}");
+        assert!(err.contains("largest: a 60 B"), "{err}");
+        assert_eq!(b.size(), 0);
+        a.shrink(20);
+        b.try_grow(50).unwrap();
+        assert_eq!(pool.reserved(), 90);
+        assert_eq!(pool.peak(), 90);
+        let half = b.split(30);
+        assert_eq!((b.size(), half.size()), (20, 30));
+        drop(half);
+        assert_eq!(pool.reserved(), 60);
+        drop(a);
+        drop(b);
+        assert_eq!(pool.reserved(), 0);
+    }
+}

@@ -1,0 +1,386 @@
+//! Sources: Parquet, CSV and NDJSON files, one file, a glob or a directory, read in morsels.
+//!
+//! A [`Table`] resolves its files once, reads each file's schema (Parquet footers, or a sample of
+//! CSV/NDJSON rows) and unifies them: a column missing from some files reads as nulls there, integer
+//! widths and float widths widen, string flavours (`Utf8`, `LargeUtf8`, `Utf8View`) become `Utf8`.
+//! Columns whose types cannot be reconciled are an error naming both files.
+//!
+//! The unit of parallel work is a [`Morsel`]: a row group of a Parquet file, or a whole CSV/NDJSON
+//! file. [`Table::scan_morsel`] decodes one morsel in batches, reading only the projected columns.
+
+mod csv;
+mod json;
+mod parquet;
+mod pruning;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::array::{new_null_array, ArrayRef, RecordBatch, RecordBatchOptions};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+
+pub use self::csv::CsvOptions;
+pub use self::pruning::PruningPredicate;
+use crate::error::{Error, Result};
+
+/// The format of a source's files.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Format {
+    /// Apache Parquet.
+    Parquet,
+    /// Delimited text.
+    Csv(CsvOptions),
+    /// Newline-delimited JSON, one object a line.
+    Json,
+}
+
+impl Format {
+    /// The format a path's extension implies (`.parquet`, `.csv`/`.tsv`, `.json`/`.ndjson`/`.jsonl`).
+    pub fn from_path(path: &str) -> Option<Format> {
+        let lower = path.to_ascii_lowercase();
+        let lower = lower.trim_end_matches(".gz");
+        if lower.ends_with(".parquet") || lower.ends_with(".pq") {
+            Some(Format::Parquet)
+        } else if lower.ends_with(".csv") || lower.ends_with(".txt") {
+            Some(Format::Csv(CsvOptions::default()))
+        } else if lower.ends_with(".tsv") {
+            Some(Format::Csv(CsvOptions { delimiter: b'\t', ..CsvOptions::default() }))
+        } else if lower.ends_with(".json") || lower.ends_with(".ndjson") || lower.ends_with(".jsonl") {
+            Some(Format::Json)
+        } else {
+            None
+        }
+    }
+}
+
+/// One file of a table, with what was learnt about it when the table was opened.
+#[derive(Debug)]
+pub(crate) struct SourceFile {
+    pub path: PathBuf,
+    pub schema: SchemaRef,
+    pub parquet: Option<::parquet::arrow::arrow_reader::ArrowReaderMetadata>,
+}
+
+/// A unit of parallel scan work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Morsel {
+    /// Index of the file in the table.
+    pub file: usize,
+    /// Row group of a Parquet file; 0 for other formats.
+    pub row_group: usize,
+}
+
+/// A set of files read as one table.
+#[derive(Debug)]
+pub struct Table {
+    name: String,
+    format: Format,
+    files: Vec<SourceFile>,
+    schema: SchemaRef,
+}
+
+/// Counters a scan updates as it reads, for progress display and reports.
+#[derive(Debug, Default)]
+pub struct ScanCounters {
+    /// Rows decoded.
+    pub rows: std::sync::atomic::AtomicU64,
+    /// Bytes of input files read (compressed size of the column chunks, or file bytes).
+    pub bytes: std::sync::atomic::AtomicU64,
+}
+
+impl Table {
+    /// Opens `location` (a file, a glob such as `data/*.parquet`, or a directory) in `format`; with
+    /// `None` the format comes from the file extension.
+    pub fn open(name: &str, location: &str, format: Option<Format>) -> Result<Table> {
+        let paths = resolve_paths(location)?;
+        let format = match format {
+            Some(f) => f,
+            None => Format::from_path(location)
+                .or_else(|| paths.first().and_then(|p| Format::from_path(&p.to_string_lossy())))
+                .ok_or_else(|| {
+                    Error::Config(format!(
+                        "source '{name}': cannot tell the format of '{location}' from its extension (hint: give format = \"parquet\", \"csv\" or \"json\")"
+                    ))
+                })?,
+        };
+        let mut files = Vec::with_capacity(paths.len());
+        for path in paths {
+            let (schema, parquet) = match &format {
+                Format::Parquet => {
+                    let meta = parquet::open_metadata(&path)?;
+                    (meta.schema().clone(), Some(meta))
+                }
+                Format::Csv(options) => (csv::infer_schema(&path, options)?, None),
+                Format::Json => (json::infer_schema(&path)?, None),
+            };
+            files.push(SourceFile { path, schema, parquet });
+        }
+        let schema = unify_schemas(&files)?;
+        Ok(Table { name: name.to_string(), format, files, schema })
+    }
+
+    /// The table's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The unified schema of all its files.
+    pub fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    /// The format of its files.
+    pub fn format(&self) -> &Format {
+        &self.format
+    }
+
+    /// Its files.
+    pub fn paths(&self) -> impl Iterator<Item = &Path> {
+        self.files.iter().map(|f| f.path.as_path())
+    }
+
+    /// Total rows, when the format records it (Parquet).
+    pub fn row_count(&self) -> Option<u64> {
+        self.files.iter().map(|f| f.parquet.as_ref().map(|m| m.metadata().file_metadata().num_rows() as u64)).sum()
+    }
+
+    /// The morsels to scan: every row group that `pruning` cannot rule out, or every file.
+    pub fn morsels(&self, pruning: Option<&PruningPredicate>) -> Vec<Morsel> {
+        let mut out = Vec::new();
+        for (i, file) in self.files.iter().enumerate() {
+            match &file.parquet {
+                Some(meta) => {
+                    let keep = pruning.map(|p| p.row_groups_to_scan(meta, &self.schema));
+                    for rg in 0..meta.metadata().num_row_groups() {
+                        if keep.as_ref().is_none_or(|k| k[rg]) {
+                            out.push(Morsel { file: i, row_group: rg });
+                        }
+                    }
+                }
+                None => out.push(Morsel { file: i, row_group: 0 }),
+            }
+        }
+        out
+    }
+
+    /// Row groups in the table (for reports on pruning).
+    pub fn row_group_count(&self) -> usize {
+        self.files.iter().map(|f| f.parquet.as_ref().map_or(1, |m| m.metadata().num_row_groups())).sum()
+    }
+
+    /// Estimated decoded bytes per row of the given columns in a morsel, from Parquet metadata where
+    /// there is some, else from the column types.
+    pub fn estimated_row_bytes(&self, morsel: Morsel, projection: &[usize]) -> u64 {
+        let file = &self.files[morsel.file];
+        let from_types = || projection.iter().map(|&c| type_width(self.schema.field(c).data_type())).sum::<u64>();
+        match &file.parquet {
+            Some(meta) => parquet::estimated_row_bytes(meta, morsel.row_group, &self.schema, projection).max(from_types()),
+            None => from_types(),
+        }
+    }
+
+    /// Bytes of raw input that one morsel reads for the given columns, so the reader's page buffers
+    /// can be sized: the largest column chunk's share, capped at one page per column.
+    pub fn page_buffer_bytes(&self, morsel: Morsel, projection: &[usize]) -> u64 {
+        let file = &self.files[morsel.file];
+        match &file.parquet {
+            Some(meta) => parquet::page_buffer_bytes(meta, morsel.row_group, &self.schema, projection),
+            // CSV and JSON readers buffer a block of the file at a time.
+            None => csv::READ_BUFFER_BYTES,
+        }
+    }
+
+    /// Decodes one morsel, `batch_rows` rows at a time, with only the `projection` columns (indices into
+    /// [`Table::schema`]), calling `emit` with each batch until it returns `false`.
+    pub fn scan_morsel(
+        &self,
+        morsel: Morsel,
+        projection: &[usize],
+        batch_rows: usize,
+        counters: &ScanCounters,
+        emit: &mut dyn FnMut(RecordBatch) -> Result<bool>,
+    ) -> Result<()> {
+        let file = &self.files[morsel.file];
+        let out_schema = Arc::new(self.schema.project(projection)?);
+        let mut adapt = |batch: RecordBatch| -> Result<bool> {
+            let batch = adapt_batch(batch, &out_schema).map_err(|e| Error::bad_file(&file.path, e))?;
+            counters.rows.fetch_add(batch.num_rows() as u64, std::sync::atomic::Ordering::Relaxed);
+            emit(batch)
+        };
+        match &self.format {
+            Format::Parquet => parquet::scan(file, morsel.row_group, &out_schema, batch_rows, counters, &mut adapt),
+            Format::Csv(options) => csv::scan(file, options, &out_schema, batch_rows, counters, &mut adapt),
+            Format::Json => json::scan(file, &out_schema, batch_rows, counters, &mut adapt),
+        }
+    }
+}
+
+/// Finds the files a location names: a file, a directory (its files, sorted, hidden ones skipped) or
+/// a glob (sorted).
+fn resolve_paths(location: &str) -> Result<Vec<PathBuf>> {
+    let path = Path::new(location);
+    if path.is_file() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let mut found = Vec::new();
+    if path.is_dir() {
+        collect_dir(path, &mut found).map_err(|e| Error::bad_file(path, e))?;
+    } else if location.contains(['*', '?', '[']) {
+        let entries = glob::glob(location).map_err(|e| Error::Config(format!("bad glob '{location}': {e}")))?;
+        for entry in entries {
+            let p = entry.map_err(|e| Error::bad_file(e.path(), e.error()))?;
+            if p.is_file() {
+                found.push(p);
+            }
+        }
+    } else {
+        return Err(Error::bad_file(path, "no such file or directory"));
+    }
+    if found.is_empty() {
+        return Err(Error::bad_file(path, "no files match"));
+    }
+    found.sort();
+    Ok(found)
+}
+
+fn collect_dir(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with('.') || name.starts_with('_') {
+            continue;
+        }
+        let p = entry.path();
+        if p.is_dir() {
+            collect_dir(&p, out)?;
+        } else {
+            out.push(p);
+        }
+    }
+    Ok(())
+}
+
+/// The type flow computes with for a type found in a file.
+pub(crate) fn normalize_type(t: &DataType) -> DataType {
+    match t {
+        DataType::LargeUtf8 | DataType::Utf8View => DataType::Utf8,
+        DataType::LargeBinary | DataType::BinaryView => DataType::Binary,
+        DataType::Dictionary(_, v) => normalize_type(v),
+        other => other.clone(),
+    }
+}
+
+/// The type two files' columns unify to, if any.
+fn unify_types(a: &DataType, b: &DataType) -> Option<DataType> {
+    use DataType::*;
+    if a == b {
+        return Some(a.clone());
+    }
+    let int_rank = |t: &DataType| match t {
+        Int8 => Some(1),
+        Int16 | UInt8 => Some(2),
+        Int32 | UInt16 => Some(3),
+        Int64 | UInt32 => Some(4),
+        _ => None,
+    };
+    Some(match (a, b) {
+        (Null, t) | (t, Null) => t.clone(),
+        _ if int_rank(a).is_some() && int_rank(b).is_some() => match int_rank(a).max(int_rank(b)) {
+            Some(1) => Int8,
+            Some(2) => Int16,
+            Some(3) => Int32,
+            _ => Int64,
+        },
+        (Float32 | Float64, Float32 | Float64) => Float64,
+        (Float32 | Float64, t) | (t, Float32 | Float64) if int_rank(t).is_some() => Float64,
+        (Decimal128(p1, s1), Decimal128(p2, s2)) => {
+            let scale = (*s1).max(*s2);
+            let int_digits = (*p1 as i8 - *s1).max(*p2 as i8 - *s2);
+            Decimal128(((int_digits + scale) as u8).min(38), scale)
+        }
+        (Timestamp(u1, tz1), Timestamp(u2, tz2)) if tz1 == tz2 => {
+            use arrow::datatypes::TimeUnit::*;
+            let rank = |u: &arrow::datatypes::TimeUnit| match u {
+                Second => 0,
+                Millisecond => 1,
+                Microsecond => 2,
+                Nanosecond => 3,
+            };
+            Timestamp(if rank(u1) >= rank(u2) { *u1 } else { *u2 }, tz1.clone())
+        }
+        (Date32, Timestamp(u, tz)) | (Timestamp(u, tz), Date32) => Timestamp(*u, tz.clone()),
+        _ => return None,
+    })
+}
+
+fn unify_schemas(files: &[SourceFile]) -> Result<SchemaRef> {
+    let mut fields: Vec<Field> = Vec::new();
+    let mut origin: Vec<usize> = Vec::new();
+    for (i, file) in files.iter().enumerate() {
+        for f in file.schema.fields() {
+            let t = normalize_type(f.data_type());
+            match fields.iter().position(|g| g.name() == f.name()) {
+                Some(j) => {
+                    let unified = unify_types(fields[j].data_type(), &t).ok_or_else(|| {
+                        Error::Schema(format!(
+                            "column '{}' is {} in {} but {} in {} (hint: cast it in one of the files, or read them as separate sources)",
+                            f.name(),
+                            fields[j].data_type(),
+                            files[origin[j]].path.display(),
+                            f.data_type(),
+                            file.path.display()
+                        ))
+                    })?;
+                    fields[j] = Field::new(f.name(), unified, true);
+                }
+                None => {
+                    fields.push(Field::new(f.name(), t, true));
+                    origin.push(i);
+                }
+            }
+        }
+    }
+    Ok(Arc::new(Schema::new(fields)))
+}
+
+/// Casts a decoded batch to the table's (projected) schema: columns by name, missing ones as nulls,
+/// types widened or normalized.
+fn adapt_batch(batch: RecordBatch, schema: &SchemaRef) -> std::result::Result<RecordBatch, String> {
+    if batch.schema().fields().len() == schema.fields().len()
+        && batch.schema().fields().iter().zip(schema.fields()).all(|(a, b)| a.name() == b.name() && a.data_type() == b.data_type())
+    {
+        return RecordBatch::try_new_with_options(
+            schema.clone(),
+            batch.columns().to_vec(),
+            &RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
+        )
+        .map_err(|e| e.to_string());
+    }
+    let rows = batch.num_rows();
+    let columns: Vec<ArrayRef> = schema
+        .fields()
+        .iter()
+        .map(|f| match batch.column_by_name(f.name()) {
+            Some(col) if col.data_type() == f.data_type() => Ok(col.clone()),
+            Some(col) => arrow::compute::cast(col, f.data_type()).map_err(|e| format!("column '{}': {e}", f.name())),
+            None => Ok(new_null_array(f.data_type(), rows)),
+        })
+        .collect::<std::result::Result<_, _>>()?;
+    RecordBatch::try_new_with_options(schema.clone(), columns, &RecordBatchOptions::new().with_row_count(Some(rows)))
+        .map_err(|e| e.to_string())
+}
+
+/// Bytes a value of this type takes in an Arrow array, roughly (strings: offsets plus a guess).
+pub(crate) fn type_width(t: &DataType) -> u64 {
+    match t.primitive_width() {
+        Some(w) => w as u64,
+        None => match t {
+            DataType::Boolean | DataType::Null => 1,
+            DataType::Utf8 | DataType::Binary => 4 + 16,
+            DataType::LargeUtf8 | DataType::LargeBinary => 8 + 16,
+            DataType::Utf8View | DataType::BinaryView => 16 + 16,
+            _ => 32,
+        },
+    }
+}

@@ -1,0 +1,114 @@
+//! Parquet files: footers read once when the table opens, row groups decoded on demand.
+
+use std::fs::File;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder};
+use parquet::arrow::ProjectionMask;
+
+use super::{ScanCounters, SourceFile};
+use crate::error::{Error, Result};
+
+/// Most bytes one page buffer is assumed to take. parquet-rs, pyarrow and DuckDB write pages of about
+/// 1 MiB; the reader holds one compressed and one decompressed page per column.
+const PAGE_BYTES: u64 = 1 << 20;
+
+pub(super) fn open_metadata(path: &Path) -> Result<ArrowReaderMetadata> {
+    let file = File::open(path).map_err(|e| Error::bad_file(path, e))?;
+    ArrowReaderMetadata::load(&file, ArrowReaderOptions::new())
+        .map_err(|e| Error::bad_file(path, format!("not a readable parquet file: {e}")))
+}
+
+/// Leaf columns of the file that belong to the named top-level columns.
+fn leaves_of(meta: &ArrowReaderMetadata, names: &[&str]) -> Vec<usize> {
+    let descr = meta.parquet_schema();
+    let roots: Vec<usize> = names.iter().filter_map(|n| meta.schema().index_of(n).ok()).collect();
+    (0..descr.num_columns()).filter(|&leaf| roots.contains(&descr.get_column_root_idx(leaf))).collect()
+}
+
+fn projected_names<'a>(schema: &'a arrow::datatypes::Schema, projection: &[usize]) -> Vec<&'a str> {
+    projection.iter().map(|&i| schema.field(i).name().as_str()).collect()
+}
+
+pub(super) fn estimated_row_bytes(
+    meta: &ArrowReaderMetadata,
+    row_group: usize,
+    table_schema: &arrow::datatypes::Schema,
+    projection: &[usize],
+) -> u64 {
+    let rg = meta.metadata().row_group(row_group);
+    let rows = rg.num_rows().max(1) as u64;
+    let names = projected_names(table_schema, projection);
+    let bytes: u64 = leaves_of(meta, &names).iter().map(|&l| rg.column(l).uncompressed_size().max(0) as u64).sum();
+    bytes.div_ceil(rows)
+}
+
+pub(super) fn page_buffer_bytes(
+    meta: &ArrowReaderMetadata,
+    row_group: usize,
+    table_schema: &arrow::datatypes::Schema,
+    projection: &[usize],
+) -> u64 {
+    let rg = meta.metadata().row_group(row_group);
+    let names = projected_names(table_schema, projection);
+    leaves_of(meta, &names)
+        .iter()
+        .map(|&l| {
+            let c = rg.column(l);
+            (c.compressed_size().max(0) as u64).min(PAGE_BYTES) + (c.uncompressed_size().max(0) as u64).min(PAGE_BYTES)
+        })
+        .sum()
+}
+
+pub(super) fn scan(
+    file: &SourceFile,
+    row_group: usize,
+    out_schema: &SchemaRef,
+    batch_rows: usize,
+    counters: &ScanCounters,
+    emit: &mut dyn FnMut(RecordBatch) -> Result<bool>,
+) -> Result<()> {
+    let meta = file.parquet.as_ref().expect("parquet file has metadata");
+    let bad = |e: &dyn std::fmt::Display| Error::bad_file(&file.path, format!("row group {row_group}: {e}"));
+    let names: Vec<&str> = out_schema.fields().iter().map(|f| f.name().as_str()).collect();
+    let roots: Vec<usize> = names.iter().filter_map(|n| meta.schema().index_of(n).ok()).collect();
+    let rg = meta.metadata().row_group(row_group);
+    let read: u64 = leaves_of(meta, &names).iter().map(|&l| rg.column(l).compressed_size().max(0) as u64).sum();
+    counters.bytes.fetch_add(read, Ordering::Relaxed);
+
+    if roots.is_empty() {
+        // Only a row count is needed (e.g. `SELECT count(*)` later, or constants): no column to decode.
+        let mut left = rg.num_rows().max(0) as usize;
+        while left > 0 {
+            let n = left.min(batch_rows);
+            left -= n;
+            let batch = RecordBatch::try_new_with_options(
+                std::sync::Arc::new(arrow::datatypes::Schema::empty()),
+                vec![],
+                &arrow::array::RecordBatchOptions::new().with_row_count(Some(n)),
+            )?;
+            if !emit(batch)? {
+                break;
+            }
+        }
+        return Ok(());
+    }
+    let handle = File::open(&file.path).map_err(|e| Error::bad_file(&file.path, e))?;
+    let mask = ProjectionMask::roots(meta.parquet_schema(), roots);
+    let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(handle, meta.clone())
+        .with_projection(mask)
+        .with_row_groups(vec![row_group])
+        .with_batch_size(batch_rows.max(1))
+        .build()
+        .map_err(|e| bad(&e))?;
+    for batch in reader {
+        let batch = batch.map_err(|e| bad(&e))?;
+        if !emit(batch)? {
+            break;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,358 @@
+//! Spill files: record batches written to Parquet in a private temp folder and read back through
+//! memory maps.
+//!
+//! * Each run owns one folder `flow-spill-*` under the spill dir, with a `pid` file naming its owner.
+//!   At start, folders whose owner is dead are removed ([`SpillManager::new`]).
+//! * A [`SpillWriter`] writes each batch as one row group (LZ4_RAW, no statistics, no dictionary), so
+//!   the writer never buffers more than the batch it was given. The bytes on disk are counted against
+//!   `--max-spill`; a write that would pass it fails with [`Error::SpillLimit`] and removes its file.
+//! * A [`SpillFile`] deletes itself when dropped. Its [`SpillReader`] maps the file (memmap2), hands
+//!   the Parquet reader zero-copy [`Bytes`] slices of the map, and after each row group tells the
+//!   kernel to drop the pages it has read (`MADV_DONTNEED`), so mapped pages do not pile up in RSS.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use bytes::Bytes;
+use memmap2::{Mmap, UncheckedAdvice};
+use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder};
+use parquet::arrow::ArrowWriter;
+use parquet::basic::Compression;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+
+use crate::error::{Error, Result};
+
+const DIR_PREFIX: &str = "flow-spill-";
+
+/// Counters of what a run spilled.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct SpillStats {
+    /// Spill files written.
+    pub files: u64,
+    /// Bytes written to spill files.
+    pub bytes: u64,
+    /// Rows written to spill files.
+    pub rows: u64,
+    /// The most bytes of spill files on disk at once.
+    pub peak_on_disk: u64,
+}
+
+/// Owns a run's spill folder. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct SpillManager {
+    inner: Arc<SpillInner>,
+}
+
+#[derive(Debug)]
+struct SpillInner {
+    dir: tempfile::TempDir,
+    max_bytes: u64,
+    on_disk: AtomicU64,
+    peak_on_disk: AtomicU64,
+    files: AtomicU64,
+    bytes: AtomicU64,
+    rows: AtomicU64,
+    next: AtomicU64,
+}
+
+impl SpillManager {
+    /// Makes a private folder under `parent` (after removing folders of dead runs there), holding at
+    /// most `max_bytes` of spill files at once.
+    pub fn new(parent: &Path, max_bytes: u64) -> Result<Self> {
+        std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+        remove_orphans(parent);
+        let dir = tempfile::Builder::new().prefix(DIR_PREFIX).tempdir_in(parent).map_err(|e| Error::io(parent, e))?;
+        let pid_path = dir.path().join("pid");
+        std::fs::write(&pid_path, std::process::id().to_string()).map_err(|e| Error::io(pid_path, e))?;
+        Ok(SpillManager {
+            inner: Arc::new(SpillInner {
+                dir,
+                max_bytes,
+                on_disk: AtomicU64::new(0),
+                peak_on_disk: AtomicU64::new(0),
+                files: AtomicU64::new(0),
+                bytes: AtomicU64::new(0),
+                rows: AtomicU64::new(0),
+                next: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    /// The private folder.
+    pub fn dir(&self) -> &Path {
+        self.inner.dir.path()
+    }
+
+    /// What has been spilled so far.
+    pub fn stats(&self) -> SpillStats {
+        let i = &self.inner;
+        SpillStats {
+            files: i.files.load(Ordering::Relaxed),
+            bytes: i.bytes.load(Ordering::Relaxed),
+            rows: i.rows.load(Ordering::Relaxed),
+            peak_on_disk: i.peak_on_disk.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Bytes of spill files on disk now.
+    pub fn on_disk(&self) -> u64 {
+        self.inner.on_disk.load(Ordering::Relaxed)
+    }
+
+    /// Starts a spill file for batches of `schema`. `label` names the operator, for the file name.
+    pub fn create(&self, schema: SchemaRef, label: &str) -> Result<SpillWriter> {
+        let n = self.inner.next.fetch_add(1, Ordering::Relaxed);
+        let clean: String = label.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
+        let path = self.dir().join(format!("{n:06}-{clean}.parquet"));
+        let file = File::create(&path).map_err(|e| Error::io(&path, e))?;
+        let props = WriterProperties::builder()
+            .set_compression(Compression::LZ4_RAW)
+            .set_statistics_enabled(EnabledStatistics::None)
+            .set_dictionary_enabled(false)
+            .build();
+        let writer = ArrowWriter::try_new(file, schema.clone(), Some(props))
+            .map_err(|e| Error::Execution(format!("spill file {}: {e}", path.display())))?;
+        self.inner.files.fetch_add(1, Ordering::Relaxed);
+        Ok(SpillWriter {
+            file: Some(SpillFile { path, schema, rows: 0, bytes: 0, manager: self.clone() }),
+            writer: Some(writer),
+            counted: 0,
+        })
+    }
+
+    fn charge(&self, bytes: u64) -> Result<()> {
+        let i = &self.inner;
+        let used = i.on_disk.fetch_add(bytes, Ordering::Relaxed);
+        if used.saturating_add(bytes) > i.max_bytes {
+            i.on_disk.fetch_sub(bytes, Ordering::Relaxed);
+            return Err(Error::SpillLimit { requested: bytes, used, limit: i.max_bytes });
+        }
+        i.bytes.fetch_add(bytes, Ordering::Relaxed);
+        i.peak_on_disk.fetch_max(used + bytes, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// Writes one spill file. Dropping it without [`finish`](Self::finish) removes the file.
+pub struct SpillWriter {
+    file: Option<SpillFile>,
+    writer: Option<ArrowWriter<File>>,
+    /// Bytes of this file already charged to the manager.
+    counted: u64,
+}
+
+impl SpillWriter {
+    /// Appends a batch as one row group.
+    pub fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        let (Some(writer), Some(file)) = (self.writer.as_mut(), self.file.as_mut()) else {
+            return Err(Error::Execution("spill writer used after finish".into()));
+        };
+        let path = file.path.clone();
+        let err = |e: parquet::errors::ParquetError| Error::Execution(format!("writing spill file {}: {e}", path.display()));
+        writer.write(batch).map_err(err)?;
+        writer.flush().map_err(err)?;
+        file.rows += batch.num_rows() as u64;
+        self.charge_written()
+    }
+
+    fn charge_written(&mut self) -> Result<()> {
+        let (Some(writer), Some(file)) = (self.writer.as_ref(), self.file.as_mut()) else { return Ok(()) };
+        let written = writer.bytes_written() as u64;
+        if written > self.counted {
+            file.manager.charge(written - self.counted)?;
+            // Charged bytes are released by SpillFile's drop.
+            file.bytes += written - self.counted;
+            self.counted = written;
+        }
+        Ok(())
+    }
+
+    /// Writes the footer and returns the finished file.
+    pub fn finish(mut self) -> Result<SpillFile> {
+        let mut writer = self.writer.take().expect("spill writer finished twice");
+        let path = self.file.as_ref().map(|f| f.path.clone()).unwrap_or_default();
+        writer.finish().map_err(|e| Error::Execution(format!("writing spill file {}: {e}", path.display())))?;
+        let written = writer.bytes_written() as u64;
+        drop(writer);
+        let mut file = self.file.take().expect("spill file present");
+        if written > self.counted {
+            file.manager.charge(written - self.counted)?;
+            file.bytes += written - self.counted;
+        }
+        file.manager.inner.rows.fetch_add(file.rows, Ordering::Relaxed);
+        Ok(file)
+    }
+}
+
+/// A finished spill file. Removed from disk when dropped.
+#[derive(Debug)]
+pub struct SpillFile {
+    path: PathBuf,
+    schema: SchemaRef,
+    rows: u64,
+    bytes: u64,
+    manager: SpillManager,
+}
+
+impl SpillFile {
+    /// Where the file is.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+    /// Rows in the file.
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+    /// Bytes on disk.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+    /// The schema of its batches.
+    pub fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    /// Opens the file for reading through a memory map.
+    pub fn reader(&self) -> Result<SpillReader> {
+        let err = |e: &dyn std::fmt::Display| Error::Execution(format!("reading spill file {}: {e}", self.path.display()));
+        let file = File::open(&self.path).map_err(|e| Error::io(&self.path, e))?;
+        // SAFETY: spill files are private to this run and never modified after `finish`.
+        let map = Arc::new(unsafe { Mmap::map(&file) }.map_err(|e| Error::io(&self.path, e))?);
+        let bytes = Bytes::from_owner(SharedMap(map.clone()));
+        let meta = ArrowReaderMetadata::load(&bytes, ArrowReaderOptions::new().with_schema(self.schema.clone()))
+            .map_err(|e| err(&e))?;
+        Ok(SpillReader { path: self.path.clone(), map, bytes, meta, next_group: 0 })
+    }
+}
+
+impl Drop for SpillFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+        self.manager.inner.on_disk.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
+}
+
+impl Drop for SpillWriter {
+    fn drop(&mut self) {
+        // An unfinished writer: drop the Parquet writer first so the file is closed, then the
+        // SpillFile's drop removes it and returns the charged bytes.
+        self.writer.take();
+    }
+}
+
+struct SharedMap(Arc<Mmap>);
+
+impl AsRef<[u8]> for SharedMap {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+/// Reads a spill file back, one row group (one spilled batch) at a time.
+pub struct SpillReader {
+    path: PathBuf,
+    map: Arc<Mmap>,
+    bytes: Bytes,
+    meta: ArrowReaderMetadata,
+    next_group: usize,
+}
+
+impl SpillReader {
+    /// The next spilled batch, or `None` at the end. Pages of the previous batch are released.
+    pub fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
+        let groups = self.meta.metadata().num_row_groups();
+        if self.next_group >= groups {
+            return Ok(None);
+        }
+        let g = self.next_group;
+        self.next_group += 1;
+        let rows = self.meta.metadata().row_group(g).num_rows() as usize;
+        let err = |e: &dyn std::fmt::Display| Error::Execution(format!("reading spill file {}: {e}", self.path.display()));
+        let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(self.bytes.clone(), self.meta.clone())
+            .with_row_groups(vec![g])
+            .with_batch_size(rows.max(1))
+            .build()
+            .map_err(|e| err(&e))?;
+        let mut batches = Vec::with_capacity(1);
+        for batch in reader {
+            batches.push(batch.map_err(|e| err(&e))?);
+        }
+        self.release_group(g);
+        let batch = match batches.len() {
+            0 => RecordBatch::new_empty(self.meta.schema().clone()),
+            1 => batches.pop().unwrap(),
+            _ => arrow::compute::concat_batches(self.meta.schema(), &batches)?,
+        };
+        Ok(Some(batch))
+    }
+
+    /// Tells the kernel it may drop the mapped pages of row group `g`: they were decoded into
+    /// Arrow buffers and will not be read again.
+    fn release_group(&self, g: usize) {
+        let rg = self.meta.metadata().row_group(g);
+        let (mut start, mut end) = (u64::MAX, 0u64);
+        for col in rg.columns() {
+            let (s, len) = col.byte_range();
+            start = start.min(s);
+            end = end.max(s + len);
+        }
+        let page = 4096u64;
+        let start = start.div_ceil(page) * page;
+        let end = (end / page) * page;
+        if end > start && (end as usize) <= self.map.len() {
+            // SAFETY: a read-only, file-backed private mapping: dropped pages are re-read from the
+            // file if touched again, so no data is lost.
+            let _ = unsafe { self.map.unchecked_advise_range(UncheckedAdvice::DontNeed, start as usize, (end - start) as usize) };
+        }
+    }
+}
+
+impl Iterator for SpillReader {
+    type Item = Result<RecordBatch>;
+    fn next(&mut self) -> Option<Self::Item> {
+        self.next_batch().transpose()
+    }
+}
+
+/// Removes spill folders under `parent` whose owning process is gone.
+fn remove_orphans(parent: &Path) {
+    let Ok(entries) = std::fs::read_dir(parent) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if !name.to_string_lossy().starts_with(DIR_PREFIX) {
+            continue;
+        }
+        let path = entry.path();
+        let owner = std::fs::read_to_string(path.join("pid")).ok().and_then(|s| s.trim().parse::<i32>().ok());
+        let dead = match owner {
+            Some(pid) => !process_alive(pid),
+            // No pid file: either a run that is just starting, or one that died right away. Only
+            // remove it once it is clearly old.
+            None => entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .map(|t| t.elapsed().map(|d| d.as_secs() > 3600).unwrap_or(false))
+                .unwrap_or(false),
+        };
+        if dead {
+            let _ = std::fs::remove_dir_all(&path);
+        }
+    }
+}
+
+fn process_alive(pid: i32) -> bool {
+    if pid <= 0 {
+        return false;
+    }
+    // SAFETY: kill with signal 0 only checks that the process exists.
+    let r = unsafe { libc::kill(pid, 0) };
+    r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+#[cfg(test)]
+#[path = "spill_tests.rs"]
+mod tests;

@@ -1,0 +1,77 @@
+use std::sync::Arc;
+
+use arrow::array::{Int64Array, StringArray};
+use arrow::datatypes::{DataType, Field, Schema};
+
+use super::*;
+
+fn batch(start: i64, n: usize) -> RecordBatch {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("k", DataType::Int64, false),
+        Field::new("s", DataType::Utf8, true),
+    ]));
+    let k = Int64Array::from_iter_values(start..start + n as i64);
+    let s = StringArray::from_iter((0..n).map(|i| (i % 3 != 0).then(|| format!("value-{}", start + i as i64))));
+    RecordBatch::try_new(schema, vec![Arc::new(k), Arc::new(s)]).unwrap()
+}
+
+#[test]
+fn round_trip_counts_and_cleans_up() {
+    let parent = tempfile::tempdir().unwrap();
+    let spill = SpillManager::new(parent.path(), u64::MAX).unwrap();
+    let b1 = batch(0, 1000);
+    let b2 = batch(1000, 500);
+    let mut w = spill.create(b1.schema(), "Sort[0]").unwrap();
+    w.write(&b1).unwrap();
+    w.write(&b2).unwrap();
+    let file = w.finish().unwrap();
+    assert_eq!(file.rows(), 1500);
+    assert!(file.bytes() > 0 && spill.on_disk() == file.bytes());
+    let back: Vec<RecordBatch> = file.reader().unwrap().collect::<Result<_>>().unwrap();
+    assert_eq!(back, vec![b1, b2]);
+    let stats = spill.stats();
+    assert_eq!((stats.files, stats.rows), (1, 1500));
+    let path = file.path().to_path_buf();
+    drop(file);
+    assert!(!path.exists());
+    assert_eq!(spill.on_disk(), 0);
+    let dir = spill.dir().to_path_buf();
+    drop(spill);
+    assert!(!dir.exists());
+}
+
+#[test]
+fn disk_limit_is_enforced_and_leaves_nothing() {
+    let parent = tempfile::tempdir().unwrap();
+    let spill = SpillManager::new(parent.path(), 20_000).unwrap();
+    let mut w = spill.create(batch(0, 1).schema(), "Agg").unwrap();
+    let mut failed = None;
+    for i in 0..100 {
+        if let Err(e) = w.write(&batch(i * 1000, 1000)) {
+            failed = Some(e);
+            break;
+        }
+    }
+    let err = failed.expect("limit must trip").to_string();
+    assert!(err.starts_with("spill limit reached"), "{err}");
+    drop(w);
+    assert_eq!(spill.on_disk(), 0);
+    let left: Vec<_> = std::fs::read_dir(spill.dir()).unwrap().flatten().filter(|e| e.file_name() != "pid").collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn orphans_of_dead_runs_are_removed() {
+    let parent = tempfile::tempdir().unwrap();
+    let orphan = parent.path().join("flow-spill-dead");
+    std::fs::create_dir(&orphan).unwrap();
+    // pid_max is at most 2^22 on Linux: this pid cannot exist.
+    std::fs::write(orphan.join("pid"), "99999999").unwrap();
+    std::fs::write(orphan.join("000001-x.parquet"), b"junk").unwrap();
+    let alive = parent.path().join("flow-spill-alive");
+    std::fs::create_dir(&alive).unwrap();
+    std::fs::write(alive.join("pid"), std::process::id().to_string()).unwrap();
+    let _spill = SpillManager::new(parent.path(), u64::MAX).unwrap();
+    assert!(!orphan.exists());
+    assert!(alive.exists());
+}

@@ -1,0 +1,683 @@
+//! Planning SQL expressions: names to column indices, literals to typed constants, implicit casts.
+
+use std::sync::Arc;
+
+use arrow::array::{new_null_array, Array, ArrayRef, BooleanArray, Decimal128Array, Float64Array, Int32Array, Int64Array, StringArray};
+use arrow::datatypes::{DataType, SchemaRef};
+use sqlparser::ast::{self, BinaryOperator, UnaryOperator};
+
+use crate::error::{Error, Result};
+use crate::expr::types::{self, arithmetic_types, common_type, is_numeric, is_temporal, sql_type_name};
+use crate::expr::{BinaryOp, Expr, Function};
+use crate::expr::DatePartKind;
+
+/// The columns an expression can name: one entry per input column.
+#[derive(Debug, Clone)]
+pub(crate) struct Scope {
+    columns: Vec<(Option<String>, String)>,
+}
+
+impl Scope {
+    /// Columns of `schema`, qualified by `qualifier`, renamed by a table alias's column list.
+    pub fn new(schema: &SchemaRef, qualifier: Option<&str>, renames: Option<&[ast::TableAliasColumnDef]>) -> Result<Scope> {
+        let renames = renames.unwrap_or(&[]);
+        if renames.len() > schema.fields().len() {
+            return Err(Error::Plan(format!(
+                "table alias names {} columns but the table has {}",
+                renames.len(),
+                schema.fields().len()
+            )));
+        }
+        let columns = schema
+            .fields()
+            .iter()
+            .enumerate()
+            .map(|(i, f)| {
+                let name = renames.get(i).map(|r| r.name.value.clone()).unwrap_or_else(|| f.name().clone());
+                (qualifier.map(|q| q.to_string()), name)
+            })
+            .collect();
+        Ok(Scope { columns })
+    }
+
+    /// Column indices belonging to a qualifier.
+    pub fn columns_of(&self, qualifier: &str) -> Vec<usize> {
+        (0..self.columns.len())
+            .filter(|&i| self.columns[i].0.as_deref().is_some_and(|q| q.eq_ignore_ascii_case(qualifier)))
+            .collect()
+    }
+
+    fn resolve(&self, qualifier: Option<&ast::Ident>, ident: &ast::Ident) -> Result<(usize, String)> {
+        let quoted = ident.quote_style.is_some();
+        let matches_name = |n: &str| if quoted { n == ident.value } else { n.eq_ignore_ascii_case(&ident.value) };
+        let found: Vec<usize> = (0..self.columns.len())
+            .filter(|&i| {
+                let (q, n) = &self.columns[i];
+                matches_name(n)
+                    && qualifier.is_none_or(|want| q.as_deref().is_some_and(|q| q.eq_ignore_ascii_case(&want.value)))
+            })
+            .collect();
+        // An exact-case match wins over case-insensitive ones.
+        let found = if found.len() > 1 {
+            let exact: Vec<usize> = found.iter().copied().filter(|&i| self.columns[i].1 == ident.value).collect();
+            if exact.len() == 1 {
+                exact
+            } else {
+                found
+            }
+        } else {
+            found
+        };
+        let full = match qualifier {
+            Some(q) => format!("{}.{}", q.value, ident.value),
+            None => ident.value.clone(),
+        };
+        match found.as_slice() {
+            [i] => Ok((*i, self.columns[*i].1.clone())),
+            [] => {
+                let hint = closest(&ident.value, self.columns.iter().map(|(_, n)| n.as_str()))
+                    .map(|c| format!(" (hint: did you mean {c}?)"))
+                    .unwrap_or_default();
+                Err(Error::Sql {
+                    message: format!("unknown column '{full}'{hint}"),
+                    line: ident.span.start.line,
+                    column: ident.span.start.column,
+                })
+            }
+            _ => Err(Error::Sql {
+                message: format!("column reference '{full}' is ambiguous"),
+                line: ident.span.start.line,
+                column: ident.span.start.column,
+            }),
+        }
+    }
+}
+
+/// The candidate closest to `name` by edit distance, if it is close enough to be a likely typo.
+pub(crate) fn closest<'a>(name: &str, candidates: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    let lower = name.to_ascii_lowercase();
+    candidates
+        .map(|c| (edit_distance(&lower, &c.to_ascii_lowercase()), c))
+        .filter(|(d, c)| *d <= (c.len().max(name.len()) / 3).max(1))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let cost = usize::from(ca != *cb);
+            cur.push((prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+/// Plans expressions over one input.
+pub(crate) struct ExprPlanner<'a> {
+    scope: &'a Scope,
+    schema: SchemaRef,
+}
+
+fn literal(a: ArrayRef) -> Expr {
+    Expr::Literal(a)
+}
+
+fn null_literal() -> Expr {
+    Expr::Literal(new_null_array(&DataType::Null, 1))
+}
+
+impl<'a> ExprPlanner<'a> {
+    pub fn new(scope: &'a Scope, schema: SchemaRef) -> Self {
+        ExprPlanner { scope, schema }
+    }
+
+    fn ty(&self, e: &Expr) -> DataType {
+        e.data_type(&self.schema)
+    }
+
+    /// Plans a boolean condition (`WHERE`, `HAVING`, `ON`).
+    pub fn plan_predicate(&self, e: &ast::Expr, clause: &str) -> Result<Expr> {
+        let planned = self.plan(e)?;
+        match self.ty(&planned) {
+            DataType::Boolean | DataType::Null => Ok(planned),
+            other => Err(Error::Plan(format!("{clause} must be a boolean condition, got {} ({e})", sql_type_name(&other)))),
+        }
+    }
+
+    /// Casts `e` to `to`: at plan time for constants, else with a cast node.
+    fn coerce(&self, e: Expr, to: &DataType) -> Result<Expr> {
+        let from = self.ty(&e);
+        if &from == to {
+            return Ok(e);
+        }
+        if let Expr::Literal(a) = &e {
+            return types::cast_sql(a, to).map(Expr::Literal).map_err(|err| Error::Plan(err.to_string()));
+        }
+        Ok(Expr::Cast { expr: Box::new(e), to: to.clone() })
+    }
+
+    pub fn plan(&self, e: &ast::Expr) -> Result<Expr> {
+        use ast::Expr as A;
+        Ok(match e {
+            A::Identifier(id) => {
+                let (index, name) = self.scope.resolve(None, id)?;
+                Expr::Column { index, name }
+            }
+            A::CompoundIdentifier(ids) => match ids.as_slice() {
+                [q, c] => {
+                    let (index, name) = self.scope.resolve(Some(q), c)?;
+                    Expr::Column { index, name }
+                }
+                _ => return Err(Error::NotSupported(format!("nested column reference {e}"))),
+            },
+            A::Value(v) => plan_value(&v.value)?,
+            A::TypedString(ts) => {
+                let text = match &ts.value.value {
+                    ast::Value::SingleQuotedString(s) | ast::Value::DoubleQuotedString(s) => s.clone(),
+                    other => return Err(Error::Plan(format!("bad typed literal {other}"))),
+                };
+                let to = types::parse_sql_type(&ts.data_type)?;
+                let s: ArrayRef = Arc::new(StringArray::from(vec![text.clone()]));
+                let v = types::cast_sql(&s, &to)
+                    .map_err(|_| Error::Plan(format!("invalid {} literal '{text}'", sql_type_name(&to))))?;
+                literal(v)
+            }
+            A::Nested(inner) => self.plan(inner)?,
+            A::UnaryOp { op, expr } => match op {
+                UnaryOperator::Not => Expr::Not(Box::new(self.boolean(expr, "NOT")?)),
+                UnaryOperator::Plus => self.plan(expr)?,
+                UnaryOperator::Minus => {
+                    // Fold `-literal` so `-2147483648` and `-0.5` are the constants they read as.
+                    if let A::Value(v) = expr.as_ref() {
+                        if let ast::Value::Number(n, _) = &v.value {
+                            return plan_number(&format!("-{n}"));
+                        }
+                    }
+                    let inner = self.plan(expr)?;
+                    let t = self.ty(&inner);
+                    if !is_numeric(&t) && t != DataType::Null {
+                        return Err(Error::Plan(format!("cannot negate {} ({expr})", sql_type_name(&t))));
+                    }
+                    Expr::Negate(Box::new(inner))
+                }
+                other => return Err(Error::NotSupported(format!("operator {other}"))),
+            },
+            A::BinaryOp { left, op, right } => self.plan_binary(left, op, right)?,
+            A::IsNull(inner) => Expr::IsNull { expr: Box::new(self.plan(inner)?), negated: false },
+            A::IsNotNull(inner) => Expr::IsNull { expr: Box::new(self.plan(inner)?), negated: true },
+            A::In { expr, target: ast::InTarget::List(list), negated, .. } => {
+                let operand = self.plan(expr)?;
+                let items = list.iter().map(|i| self.plan(i)).collect::<Result<Vec<_>>>()?;
+                let mut t = self.ty(&operand);
+                for i in &items {
+                    let it = self.ty(i);
+                    t = self.comparison_type(&t, &it, i, expr)?;
+                }
+                let operand = self.coerce(operand, &t)?;
+                let items = items.into_iter().map(|i| self.coerce(i, &t)).collect::<Result<Vec<_>>>()?;
+                Expr::InList { expr: Box::new(operand), list: items, negated: *negated }
+            }
+            A::In { .. } => return Err(Error::NotSupported("IN (subquery)".into())),
+            A::Between { expr, negated, low, high } => {
+                let ge = A::BinaryOp { left: expr.clone(), op: BinaryOperator::GtEq, right: low.clone() };
+                let le = A::BinaryOp { left: expr.clone(), op: BinaryOperator::LtEq, right: high.clone() };
+                let both = self.plan_binary(&ge, &BinaryOperator::And, &le)?;
+                if *negated {
+                    Expr::Not(Box::new(both))
+                } else {
+                    both
+                }
+            }
+            A::Like { negated, any, expr, pattern, escape_char } | A::ILike { negated, any, expr, pattern, escape_char } => {
+                if *any || escape_char.is_some() {
+                    return Err(Error::NotSupported("LIKE ANY / ESCAPE".into()));
+                }
+                let case_insensitive = matches!(e, A::ILike { .. });
+                let operand = self.string(expr, "LIKE")?;
+                let pattern = self.string(pattern, "LIKE")?;
+                Expr::Like { expr: Box::new(operand), pattern: Box::new(pattern), negated: *negated, case_insensitive }
+            }
+            A::Case { operand, conditions, else_result, .. } => {
+                let operand = operand.as_ref().map(|o| self.plan(o)).transpose()?;
+                let mut whens = Vec::new();
+                for w in conditions {
+                    let cond = match &operand {
+                        Some(op) => {
+                            let v = self.plan(&w.condition)?;
+                            self.compare(BinaryOp::Eq, op.clone(), v, &w.condition, &w.condition)?
+                        }
+                        None => self.boolean(&w.condition, "CASE WHEN")?,
+                    };
+                    whens.push((cond, self.plan(&w.result)?));
+                }
+                let otherwise = else_result.as_ref().map(|e| self.plan(e)).transpose()?;
+                let mut t = DataType::Null;
+                for v in whens.iter().map(|(_, v)| v).chain(otherwise.iter()) {
+                    let vt = self.ty(v);
+                    t = common_type(&t, &vt).ok_or_else(|| {
+                        Error::Plan(format!("CASE branches have incompatible types {} and {}", sql_type_name(&t), sql_type_name(&vt)))
+                    })?;
+                }
+                let whens = whens.into_iter().map(|(c, v)| Ok((c, self.coerce(v, &t)?))).collect::<Result<Vec<_>>>()?;
+                let otherwise = otherwise.map(|o| self.coerce(o, &t)).transpose()?.map(Box::new);
+                Expr::Case { whens, otherwise, data_type: t }
+            }
+            A::Cast { kind, expr, data_type, format } => {
+                if format.is_some() {
+                    return Err(Error::NotSupported("CAST ... FORMAT".into()));
+                }
+                if matches!(kind, ast::CastKind::TryCast | ast::CastKind::SafeCast) {
+                    return Err(Error::NotSupported("TRY_CAST".into()));
+                }
+                let to = types::parse_sql_type(data_type)?;
+                let inner = self.plan(expr)?;
+                let from = self.ty(&inner);
+                if !castable(&from, &to) {
+                    return Err(Error::Plan(format!("cannot cast {} to {} ({e})", sql_type_name(&from), sql_type_name(&to))));
+                }
+                self.coerce(inner, &to)?
+            }
+            A::Extract { field, expr, .. } => {
+                let part = DatePartKind::parse(&field.to_string())
+                    .ok_or_else(|| Error::NotSupported(format!("EXTRACT({field})")))?;
+                self.extract(part, expr)?
+            }
+            A::Substring { expr, substring_from, substring_for, .. } => {
+                let mut args = vec![self.string(expr, "substring")?];
+                let from = match substring_from {
+                    Some(f) => self.integer(f, "substring")?,
+                    None => literal(Arc::new(Int64Array::from(vec![1]))),
+                };
+                args.push(from);
+                if let Some(n) = substring_for {
+                    args.push(self.integer(n, "substring")?);
+                }
+                Expr::Function { func: Function::Substr, args, data_type: DataType::Utf8 }
+            }
+            A::Trim { expr, trim_where, trim_what, trim_characters } => {
+                if trim_what.is_some() || trim_characters.is_some() {
+                    return Err(Error::NotSupported("TRIM of characters other than spaces".into()));
+                }
+                let func = match trim_where {
+                    None | Some(ast::TrimWhereField::Both) => Function::Trim,
+                    Some(ast::TrimWhereField::Leading) => Function::Ltrim,
+                    Some(ast::TrimWhereField::Trailing) => Function::Rtrim,
+                };
+                Expr::Function { func, args: vec![self.string(expr, "trim")?], data_type: DataType::Utf8 }
+            }
+            A::Function(f) => self.plan_function(f)?,
+            A::Subquery(_) | A::Exists { .. } => return Err(Error::NotSupported("subqueries".into())),
+            A::Interval(_) => return Err(Error::NotSupported("INTERVAL".into())),
+            other => return Err(Error::NotSupported(format!("expression {other}"))),
+        })
+    }
+
+    fn boolean(&self, e: &ast::Expr, what: &str) -> Result<Expr> {
+        let p = self.plan(e)?;
+        match self.ty(&p) {
+            DataType::Boolean => Ok(p),
+            DataType::Null => self.coerce(p, &DataType::Boolean),
+            other => Err(Error::Plan(format!("{what} needs a boolean, got {} ({e})", sql_type_name(&other)))),
+        }
+    }
+
+    fn string(&self, e: &ast::Expr, what: &str) -> Result<Expr> {
+        let p = self.plan(e)?;
+        match self.ty(&p) {
+            DataType::Utf8 => Ok(p),
+            DataType::Null | DataType::LargeUtf8 | DataType::Utf8View => self.coerce(p, &DataType::Utf8),
+            other => Err(Error::Plan(format!("{what} needs a string, got {} ({e})", sql_type_name(&other)))),
+        }
+    }
+
+    fn integer(&self, e: &ast::Expr, what: &str) -> Result<Expr> {
+        let p = self.plan(e)?;
+        match self.ty(&p) {
+            t if t.is_integer() || t == DataType::Null => self.coerce(p, &DataType::Int64),
+            other => Err(Error::Plan(format!("{what} needs an integer, got {} ({e})", sql_type_name(&other)))),
+        }
+    }
+
+    fn extract(&self, part: DatePartKind, e: &ast::Expr) -> Result<Expr> {
+        let p = self.plan(e)?;
+        let t = self.ty(&p);
+        if !is_temporal(&t) {
+            return Err(Error::Plan(format!("EXTRACT needs a date or timestamp, got {} ({e})", sql_type_name(&t))));
+        }
+        Ok(Expr::Function { func: Function::Extract(part), args: vec![p], data_type: DataType::Int64 })
+    }
+
+    /// The type `a` and `b` are compared in, or an error naming both types.
+    fn comparison_type(&self, a: &DataType, b: &DataType, _be: &Expr, ast_e: &ast::Expr) -> Result<DataType> {
+        common_type(a, b).ok_or_else(|| {
+            Error::Plan(format!("cannot compare {} with {} ({ast_e})", sql_type_name(a), sql_type_name(b)))
+        })
+    }
+
+    fn compare(&self, op: BinaryOp, l: Expr, r: Expr, le: &ast::Expr, re: &ast::Expr) -> Result<Expr> {
+        let (lt, rt) = (self.ty(&l), self.ty(&r));
+        // A string constant next to a date, timestamp, number or boolean is read as that type, as in
+        // DuckDB (`l_shipdate < '1995-01-01'`).
+        let (l, r) = match (&l, &r) {
+            (Expr::Literal(_), _) if lt == DataType::Utf8 && rt != DataType::Utf8 && rt != DataType::Null => {
+                (self.coerce(l, &rt).map_err(|_| self.bad_compare(&lt, &rt, le, re))?, r)
+            }
+            (_, Expr::Literal(_)) if rt == DataType::Utf8 && lt != DataType::Utf8 && lt != DataType::Null => {
+                let r = self.coerce(r, &lt).map_err(|_| self.bad_compare(&lt, &rt, le, re))?;
+                (l, r)
+            }
+            _ => (l, r),
+        };
+        let (lt, rt) = (self.ty(&l), self.ty(&r));
+        let t = common_type(&lt, &rt).ok_or_else(|| self.bad_compare(&lt, &rt, le, re))?;
+        let t = if t == DataType::Null { DataType::Boolean } else { t };
+        Ok(Expr::Binary {
+            op,
+            left: Box::new(self.coerce(l, &t)?),
+            right: Box::new(self.coerce(r, &t)?),
+            data_type: DataType::Boolean,
+        })
+    }
+
+    fn bad_compare(&self, a: &DataType, b: &DataType, le: &ast::Expr, re: &ast::Expr) -> Error {
+        Error::Plan(format!("cannot compare {} with {} ({le} vs {re})", sql_type_name(a), sql_type_name(b)))
+    }
+
+    fn plan_binary(&self, left: &ast::Expr, op: &BinaryOperator, right: &ast::Expr) -> Result<Expr> {
+        let op = match op {
+            BinaryOperator::Plus => BinaryOp::Plus,
+            BinaryOperator::Minus => BinaryOp::Minus,
+            BinaryOperator::Multiply => BinaryOp::Multiply,
+            BinaryOperator::Divide => BinaryOp::Divide,
+            BinaryOperator::Modulo => BinaryOp::Modulo,
+            BinaryOperator::Eq => BinaryOp::Eq,
+            BinaryOperator::NotEq => BinaryOp::NotEq,
+            BinaryOperator::Lt => BinaryOp::Lt,
+            BinaryOperator::LtEq => BinaryOp::LtEq,
+            BinaryOperator::Gt => BinaryOp::Gt,
+            BinaryOperator::GtEq => BinaryOp::GtEq,
+            BinaryOperator::And => BinaryOp::And,
+            BinaryOperator::Or => BinaryOp::Or,
+            BinaryOperator::StringConcat => BinaryOp::Concat,
+            other => return Err(Error::NotSupported(format!("operator {other}"))),
+        };
+        match op {
+            BinaryOp::And | BinaryOp::Or => {
+                let l = self.boolean(left, "AND/OR")?;
+                let r = self.boolean(right, "AND/OR")?;
+                Ok(Expr::Binary { op, left: Box::new(l), right: Box::new(r), data_type: DataType::Boolean })
+            }
+            BinaryOp::Concat => {
+                let l = self.plan(left)?;
+                let r = self.plan(right)?;
+                let (l, r) = (self.to_string_expr(l)?, self.to_string_expr(r)?);
+                Ok(Expr::Binary { op, left: Box::new(l), right: Box::new(r), data_type: DataType::Utf8 })
+            }
+            _ if op.is_comparison() => {
+                let l = self.plan(left)?;
+                let r = self.plan(right)?;
+                self.compare(op, l, r, left, right)
+            }
+            _ => {
+                let l = self.plan(left)?;
+                let r = self.plan(right)?;
+                let (lt, rt) = (self.ty(&l), self.ty(&r));
+                if lt == DataType::Null && rt == DataType::Null {
+                    return Ok(null_literal());
+                }
+                let (ct_l, ct_r, result) = arithmetic_types(op, &lt, &rt).ok_or_else(|| {
+                    Error::Plan(format!(
+                        "cannot apply {} to {} and {} ({left} {} {right})",
+                        op_name(op),
+                        sql_type_name(&lt),
+                        sql_type_name(&rt),
+                        op_symbol(op)
+                    ))
+                })?;
+                Ok(Expr::Binary {
+                    op,
+                    left: Box::new(self.coerce(l, &ct_l)?),
+                    right: Box::new(self.coerce(r, &ct_r)?),
+                    data_type: result,
+                })
+            }
+        }
+    }
+
+    fn to_string_expr(&self, e: Expr) -> Result<Expr> {
+        match self.ty(&e) {
+            DataType::Utf8 => Ok(e),
+            _ => self.coerce(e, &DataType::Utf8),
+        }
+    }
+
+    fn plan_function(&self, f: &ast::Function) -> Result<Expr> {
+        let name = f.name.to_string().to_ascii_lowercase();
+        if f.over.is_some() {
+            return Err(Error::NotSupported(format!("window function {name}() OVER")));
+        }
+        if f.filter.is_some() || !f.within_group.is_empty() {
+            return Err(Error::NotSupported(format!("{name}() with FILTER / WITHIN GROUP")));
+        }
+        let args: Vec<&ast::Expr> = match &f.args {
+            ast::FunctionArguments::None => vec![],
+            ast::FunctionArguments::Subquery(_) => return Err(Error::NotSupported("subqueries".into())),
+            ast::FunctionArguments::List(list) => {
+                if list.duplicate_treatment.is_some() || !list.clauses.is_empty() {
+                    if is_aggregate(&name) {
+                        return Err(aggregate_error(&name));
+                    }
+                    return Err(Error::NotSupported(format!("{name}() with DISTINCT or clauses")));
+                }
+                list.args
+                    .iter()
+                    .map(|a| match a {
+                        ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(e)) => Ok(e),
+                        ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Wildcard) if is_aggregate(&name) => {
+                            Err(aggregate_error(&name))
+                        }
+                        other => Err(Error::NotSupported(format!("argument {other} of {name}()"))),
+                    })
+                    .collect::<Result<_>>()?
+            }
+        };
+        if is_aggregate(&name) {
+            return Err(aggregate_error(&name));
+        }
+        let arity = |lo: usize, hi: usize| -> Result<()> {
+            if args.len() < lo || args.len() > hi {
+                let want = if lo == hi { format!("{lo}") } else { format!("{lo} to {hi}") };
+                return Err(Error::Plan(format!("{name}() takes {want} arguments, got {}", args.len())));
+            }
+            Ok(())
+        };
+        if name == "date_part" || name == "datepart" {
+            arity(2, 2)?;
+            let part = match self.plan(args[0])? {
+                Expr::Literal(a) if a.data_type() == &DataType::Utf8 => {
+                    a.as_any().downcast_ref::<StringArray>().map(|s| s.value(0).to_string()).unwrap_or_default()
+                }
+                _ => return Err(Error::Plan("date_part() takes the part as a string constant".into())),
+            };
+            let kind = DatePartKind::parse(&part).ok_or_else(|| Error::NotSupported(format!("date_part('{part}')")))?;
+            return self.extract(kind, args[1]);
+        }
+        let func = Function::by_name(&name).ok_or_else(|| {
+            let known = ["lower", "upper", "length", "substr", "trim", "ltrim", "rtrim", "concat", "coalesce", "abs", "round", "date_part"];
+            let hint = closest(&name, known.into_iter()).map(|c| format!(" (hint: did you mean {c}?)")).unwrap_or_default();
+            Error::NotSupported(format!("function {name}(){hint}"))
+        })?;
+        Ok(match func {
+            Function::Lower | Function::Upper | Function::Trim | Function::Ltrim | Function::Rtrim => {
+                arity(1, 1)?;
+                Expr::Function { func, args: vec![self.string(args[0], &name)?], data_type: DataType::Utf8 }
+            }
+            Function::Length => {
+                arity(1, 1)?;
+                Expr::Function { func, args: vec![self.string(args[0], &name)?], data_type: DataType::Int64 }
+            }
+            Function::Substr => {
+                arity(2, 3)?;
+                let mut planned = vec![self.string(args[0], &name)?];
+                for a in &args[1..] {
+                    planned.push(self.integer(a, &name)?);
+                }
+                Expr::Function { func, args: planned, data_type: DataType::Utf8 }
+            }
+            Function::Concat => {
+                if args.is_empty() {
+                    return Err(Error::Plan("concat() needs at least one argument".into()));
+                }
+                let planned = args
+                    .iter()
+                    .map(|a| self.plan(a).and_then(|p| self.to_string_expr(p)))
+                    .collect::<Result<Vec<_>>>()?;
+                Expr::Function { func, args: planned, data_type: DataType::Utf8 }
+            }
+            Function::Coalesce => {
+                if args.is_empty() {
+                    return Err(Error::Plan("coalesce() needs at least one argument".into()));
+                }
+                let planned = args.iter().map(|a| self.plan(a)).collect::<Result<Vec<_>>>()?;
+                let mut t = DataType::Null;
+                for p in &planned {
+                    let pt = self.ty(p);
+                    t = common_type(&t, &pt).ok_or_else(|| {
+                        Error::Plan(format!("coalesce() arguments have incompatible types {} and {}", sql_type_name(&t), sql_type_name(&pt)))
+                    })?;
+                }
+                let planned = planned.into_iter().map(|p| self.coerce(p, &t)).collect::<Result<Vec<_>>>()?;
+                Expr::Function { func, args: planned, data_type: t }
+            }
+            Function::Abs => {
+                arity(1, 1)?;
+                let p = self.plan(args[0])?;
+                let t = self.ty(&p);
+                if !is_numeric(&t) {
+                    return Err(Error::Plan(format!("abs() needs a number, got {}", sql_type_name(&t))));
+                }
+                Expr::Function { func, args: vec![p], data_type: t }
+            }
+            Function::Round => {
+                arity(1, 2)?;
+                let p = self.plan(args[0])?;
+                let t = self.ty(&p);
+                let digits = match args.get(1) {
+                    Some(d) => match self.integer(d, "round")? {
+                        Expr::Literal(a) => a,
+                        _ => return Err(Error::NotSupported("round() with a non-constant number of digits".into())),
+                    },
+                    None => Arc::new(Int64Array::from(vec![0])) as ArrayRef,
+                };
+                let n = digits.as_any().downcast_ref::<Int64Array>().filter(|a| a.is_valid(0)).map(|a| a.value(0));
+                let data_type = match (&t, n) {
+                    (DataType::Decimal128(p, s), Some(n)) if n < *s as i64 => DataType::Decimal128(*p, n.max(0) as i8),
+                    _ if is_numeric(&t) => t.clone(),
+                    _ => return Err(Error::Plan(format!("round() needs a number, got {}", sql_type_name(&t)))),
+                };
+                Expr::Function { func, args: vec![p, literal(digits)], data_type }
+            }
+            Function::Extract(_) => unreachable!("extract is planned from EXTRACT or date_part"),
+        })
+    }
+}
+
+fn is_aggregate(name: &str) -> bool {
+    matches!(
+        name,
+        "count" | "sum" | "avg" | "min" | "max" | "stddev" | "stddev_samp" | "stddev_pop" | "variance" | "var_samp" | "var_pop" | "mean"
+    )
+}
+
+fn aggregate_error(name: &str) -> Error {
+    Error::NotSupported(format!("aggregate function {name}() (GROUP BY and aggregates are not available yet)"))
+}
+
+fn op_name(op: BinaryOp) -> &'static str {
+    match op {
+        BinaryOp::Plus => "+",
+        BinaryOp::Minus => "-",
+        BinaryOp::Multiply => "*",
+        BinaryOp::Divide => "/",
+        BinaryOp::Modulo => "%",
+        _ => "operator",
+    }
+}
+
+fn op_symbol(op: BinaryOp) -> &'static str {
+    op_name(op)
+}
+
+fn castable(from: &DataType, to: &DataType) -> bool {
+    from == to || *from == DataType::Null || arrow::compute::can_cast_types(from, to)
+}
+
+fn plan_value(v: &ast::Value) -> Result<Expr> {
+    Ok(match v {
+        ast::Value::Number(n, _) => plan_number(n)?,
+        ast::Value::SingleQuotedString(s) => literal(Arc::new(StringArray::from(vec![s.clone()]))),
+        ast::Value::Boolean(b) => literal(Arc::new(BooleanArray::from(vec![*b]))),
+        ast::Value::Null => null_literal(),
+        other => return Err(Error::NotSupported(format!("literal {other}"))),
+    })
+}
+
+/// Number literals as DuckDB types them: INTEGER, then BIGINT, then DECIMAL(w, s) for decimals with
+/// a point (width counting every digit), DOUBLE for exponents or more than 38 digits.
+fn plan_number(text: &str) -> Result<Expr> {
+    if let Ok(v) = text.parse::<i32>() {
+        return Ok(literal(Arc::new(Int32Array::from(vec![v]))));
+    }
+    if let Ok(v) = text.parse::<i64>() {
+        return Ok(literal(Arc::new(Int64Array::from(vec![v]))));
+    }
+    let bad = || Error::Plan(format!("bad number literal {text}"));
+    let negative = text.starts_with('-');
+    let digits = text.trim_start_matches('-');
+    if !digits.contains(['e', 'E']) {
+        let (int_part, frac_part) = digits.split_once('.').unwrap_or((digits, ""));
+        let int_part = if int_part.is_empty() { "0" } else { int_part };
+        let width = int_part.len() + frac_part.len();
+        let scale = frac_part.len();
+        if width <= 38 && int_part.chars().chain(frac_part.chars()).all(|c| c.is_ascii_digit()) {
+            let mut unscaled: i128 = format!("{int_part}{frac_part}").parse().map_err(|_| bad())?;
+            if negative {
+                unscaled = -unscaled;
+            }
+            let a = Decimal128Array::from(vec![unscaled]).with_precision_and_scale(width as u8, scale as i8)?;
+            return Ok(literal(Arc::new(a)));
+        }
+    }
+    let v: f64 = text.parse().map_err(|_| bad())?;
+    Ok(literal(Arc::new(Float64Array::from(vec![v]))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn closest_names() {
+        let names = ["l_shipdate", "l_orderkey", "l_quantity"];
+        assert_eq!(closest("l_shipdat", names.into_iter()), Some("l_shipdate"));
+        assert_eq!(closest("zzz", names.into_iter()), None);
+    }
+
+    #[test]
+    fn number_literals() {
+        let ty = |s: &str| match plan_number(s).unwrap() {
+            Expr::Literal(a) => a.data_type().clone(),
+            _ => unreachable!(),
+        };
+        assert_eq!(ty("10"), DataType::Int32);
+        assert_eq!(ty("2147483648"), DataType::Int64);
+        assert_eq!(ty("0.05"), DataType::Decimal128(3, 2));
+        assert_eq!(ty("100.00"), DataType::Decimal128(5, 2));
+        assert_eq!(ty("1e3"), DataType::Float64);
+    }
+}

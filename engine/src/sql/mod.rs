@@ -1,0 +1,396 @@
+//! SQL to logical plan: parsing with `sqlparser` (DuckDB dialect), name resolution and typing.
+//!
+//! Supported now: `SELECT expr [AS name], ... FROM source [WHERE ...] [LIMIT n [OFFSET m]]`, where a
+//! source is a registered name, a quoted path or glob (`'data/*.parquet'`), a table function
+//! (`read_parquet`, `read_csv`, `read_json`) or a subquery in parentheses. Everything else is an
+//! [`Error::NotSupported`] naming the construct, never a silent wrong answer.
+
+mod expr;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::datatypes::{Field, Schema};
+use sqlparser::ast::{self, SelectItem, SetExpr, Statement, TableFactor};
+use sqlparser::dialect::DuckDbDialect;
+use sqlparser::parser::{Parser, ParserError};
+
+use self::expr::{ExprPlanner, Scope};
+use crate::error::{Error, Result};
+use crate::plan::LogicalPlan;
+use crate::source::{CsvOptions, Format, Table};
+
+/// A name the SQL can read from.
+#[derive(Debug, Clone)]
+pub enum Relation {
+    /// A set of files.
+    Table(Arc<Table>),
+    /// A named query (a pipeline step without output, or a registered view).
+    View(LogicalPlan),
+}
+
+/// The names SQL can refer to, and where relative paths start.
+#[derive(Debug, Clone, Default)]
+pub struct Catalog {
+    relations: HashMap<String, Relation>,
+    base_dir: Option<PathBuf>,
+}
+
+impl Catalog {
+    /// Adds or replaces a name (case-insensitive).
+    pub fn insert(&mut self, name: &str, relation: Relation) {
+        self.relations.insert(name.to_ascii_lowercase(), relation);
+    }
+    /// Looks a name up (case-insensitive).
+    pub fn get(&self, name: &str) -> Option<&Relation> {
+        self.relations.get(&name.to_ascii_lowercase())
+    }
+    /// The registered names, sorted.
+    pub fn names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.relations.keys().cloned().collect();
+        v.sort();
+        v
+    }
+    /// Sets the folder relative paths in SQL are resolved against.
+    pub fn set_base_dir(&mut self, dir: impl Into<PathBuf>) {
+        self.base_dir = Some(dir.into());
+    }
+    /// Resolves a path written in SQL or a pipeline file.
+    pub fn resolve_path(&self, path: &str) -> String {
+        match &self.base_dir {
+            Some(base) if Path::new(path).is_relative() => base.join(path).to_string_lossy().into_owned(),
+            _ => path.to_string(),
+        }
+    }
+}
+
+/// Parses one SQL statement and plans it against `catalog`.
+pub fn plan_sql(sql: &str, catalog: &Catalog) -> Result<LogicalPlan> {
+    let statements = Parser::parse_sql(&DuckDbDialect {}, sql).map_err(parse_error)?;
+    let statement = match statements.len() {
+        1 => statements.into_iter().next().unwrap(),
+        0 => return Err(Error::sql("empty statement")),
+        n => return Err(Error::sql(format!("expected one statement, found {n}"))),
+    };
+    match statement {
+        Statement::Query(query) => plan_query(&query, catalog),
+        other => Err(Error::NotSupported(format!("statement {}", first_words(&other.to_string())))),
+    }
+}
+
+fn first_words(s: &str) -> String {
+    s.split_whitespace().take(2).collect::<Vec<_>>().join(" ")
+}
+
+/// sqlparser's messages end with "at Line: L, Column: C"; lift those into the error's position.
+fn parse_error(e: ParserError) -> Error {
+    let text = match e {
+        ParserError::ParserError(s) | ParserError::TokenizerError(s) => s,
+        ParserError::RecursionLimitExceeded => "query nests too deeply".into(),
+    };
+    if let Some(at) = text.rfind(" at Line: ") {
+        let tail = &text[at + " at Line: ".len()..];
+        let mut parts = tail.split(", Column: ");
+        let line = parts.next().and_then(|l| l.trim().parse().ok()).unwrap_or(0);
+        let column = parts.next().and_then(|c| c.trim().parse().ok()).unwrap_or(0);
+        return Error::Sql { message: lower_first(&text[..at]), line, column };
+    }
+    Error::sql(lower_first(&text))
+}
+
+fn lower_first(s: &str) -> String {
+    let mut c = s.chars();
+    match c.next() {
+        Some(f) => f.to_lowercase().collect::<String>() + c.as_str(),
+        None => String::new(),
+    }
+}
+
+fn plan_query(query: &ast::Query, catalog: &Catalog) -> Result<LogicalPlan> {
+    if query.with.is_some() {
+        return Err(Error::NotSupported("WITH (common table expressions)".into()));
+    }
+    if query.order_by.is_some() {
+        return Err(Error::NotSupported("ORDER BY".into()));
+    }
+    if query.fetch.is_some() {
+        return Err(Error::NotSupported("FETCH".into()));
+    }
+    if !query.locks.is_empty() || query.for_clause.is_some() || query.settings.is_some() || query.format_clause.is_some() {
+        return Err(Error::NotSupported("query clause".into()));
+    }
+    if !query.pipe_operators.is_empty() {
+        return Err(Error::NotSupported("pipe operators".into()));
+    }
+    let select = match query.body.as_ref() {
+        SetExpr::Select(select) => select,
+        SetExpr::Query(inner) => return plan_query(inner, catalog),
+        SetExpr::SetOperation { op, .. } => return Err(Error::NotSupported(format!("{op}"))),
+        SetExpr::Values(_) => return Err(Error::NotSupported("VALUES".into())),
+        other => return Err(Error::NotSupported(first_words(&other.to_string()))),
+    };
+    let mut plan = plan_select(select, catalog)?;
+    if let Some(limit) = &query.limit_clause {
+        let (limit, offset) = match limit {
+            ast::LimitClause::LimitOffset { limit, offset, limit_by } => {
+                if !limit_by.is_empty() {
+                    return Err(Error::NotSupported("LIMIT BY".into()));
+                }
+                (limit.as_ref(), offset.as_ref().map(|o| &o.value))
+            }
+            ast::LimitClause::OffsetCommaLimit { offset, limit } => (Some(limit), Some(offset)),
+        };
+        let fetch = limit.map(|e| count_literal(e, "LIMIT")).transpose()?.flatten();
+        let skip = offset.map(|e| count_literal(e, "OFFSET")).transpose()?.flatten().unwrap_or(0);
+        plan = LogicalPlan::Limit { input: Box::new(plan), skip, fetch };
+    }
+    Ok(plan)
+}
+
+/// A LIMIT or OFFSET count: a non-negative integer (`LIMIT NULL` / `LIMIT ALL` mean no limit).
+fn count_literal(e: &ast::Expr, clause: &str) -> Result<Option<usize>> {
+    match e {
+        ast::Expr::Value(v) => match &v.value {
+            ast::Value::Number(n, _) => n
+                .parse::<usize>()
+                .map(Some)
+                .map_err(|_| Error::Plan(format!("{clause} must be a non-negative integer, got {n}"))),
+            ast::Value::Null => Ok(None),
+            other => Err(Error::Plan(format!("{clause} must be a non-negative integer, got {other}"))),
+        },
+        ast::Expr::Identifier(id) if id.value.eq_ignore_ascii_case("all") => Ok(None),
+        other => Err(Error::NotSupported(format!("{clause} with an expression ({other})"))),
+    }
+}
+
+fn plan_select(select: &ast::Select, catalog: &Catalog) -> Result<LogicalPlan> {
+    if select.distinct.is_some() {
+        return Err(Error::NotSupported("SELECT DISTINCT".into()));
+    }
+    if select.top.is_some() || select.into.is_some() {
+        return Err(Error::NotSupported("TOP / INTO".into()));
+    }
+    match &select.group_by {
+        ast::GroupByExpr::Expressions(e, m) if e.is_empty() && m.is_empty() => {}
+        _ => return Err(Error::NotSupported("GROUP BY".into())),
+    }
+    if select.having.is_some() {
+        return Err(Error::NotSupported("HAVING".into()));
+    }
+    if select.qualify.is_some() || !select.named_window.is_empty() {
+        return Err(Error::NotSupported("window functions".into()));
+    }
+    if !select.sort_by.is_empty() || !select.cluster_by.is_empty() || !select.distribute_by.is_empty() {
+        return Err(Error::NotSupported("SORT BY / CLUSTER BY".into()));
+    }
+    if !select.lateral_views.is_empty() || select.prewhere.is_some() || !select.connect_by.is_empty() {
+        return Err(Error::NotSupported("LATERAL VIEW / PREWHERE / CONNECT BY".into()));
+    }
+    let (mut plan, scope) = match select.from.as_slice() {
+        [] => return Err(Error::NotSupported("SELECT without FROM".into())),
+        [one] => {
+            if !one.joins.is_empty() {
+                return Err(Error::NotSupported("JOIN".into()));
+            }
+            plan_relation(&one.relation, catalog)?
+        }
+        _ => return Err(Error::NotSupported("several tables in FROM (joins)".into())),
+    };
+    let planner = ExprPlanner::new(&scope, plan.schema());
+    if let Some(selection) = &select.selection {
+        let predicate = planner.plan_predicate(selection, "WHERE")?;
+        plan = LogicalPlan::Filter { input: Box::new(plan), predicate };
+    }
+    let input_schema = plan.schema();
+    let mut exprs = Vec::new();
+    let mut fields = Vec::new();
+    for item in &select.projection {
+        match item {
+            SelectItem::UnnamedExpr(e) => {
+                let planned = planner.plan(e)?;
+                fields.push(Field::new(output_name(e), planned.data_type(&input_schema), planned.nullable(&input_schema)));
+                exprs.push(planned);
+            }
+            SelectItem::ExprWithAlias { expr, alias } => {
+                let planned = planner.plan(expr)?;
+                fields.push(Field::new(&alias.value, planned.data_type(&input_schema), planned.nullable(&input_schema)));
+                exprs.push(planned);
+            }
+            SelectItem::Wildcard(options) => {
+                if options.opt_exclude.is_some() || options.opt_replace.is_some() || options.opt_rename.is_some() {
+                    return Err(Error::NotSupported("* EXCLUDE / REPLACE / RENAME".into()));
+                }
+                for (i, f) in input_schema.fields().iter().enumerate() {
+                    exprs.push(crate::expr::Expr::column(i, f.name()));
+                    fields.push(f.as_ref().clone());
+                }
+            }
+            SelectItem::QualifiedWildcard(kind, _) => {
+                let name = kind.to_string();
+                let columns = scope.columns_of(&name);
+                if columns.is_empty() {
+                    return Err(Error::Plan(format!("no table named '{name}' in FROM")));
+                }
+                for i in columns {
+                    let f = input_schema.field(i);
+                    exprs.push(crate::expr::Expr::column(i, f.name()));
+                    fields.push(f.clone());
+                }
+            }
+            other => return Err(Error::NotSupported(format!("select item {other}"))),
+        }
+    }
+    let schema = Arc::new(Schema::new(fields));
+    Ok(LogicalPlan::Projection { input: Box::new(plan), exprs, schema })
+}
+
+/// The column name DuckDB gives an unaliased select item.
+fn output_name(e: &ast::Expr) -> String {
+    match e {
+        ast::Expr::Identifier(id) => id.value.clone(),
+        ast::Expr::CompoundIdentifier(ids) => ids.last().map(|i| i.value.clone()).unwrap_or_default(),
+        other => other.to_string(),
+    }
+}
+
+fn plan_relation(relation: &TableFactor, catalog: &Catalog) -> Result<(LogicalPlan, Scope)> {
+    match relation {
+        TableFactor::Table { name, alias, args, .. } => {
+            let parts: Vec<&ast::Ident> = name.0.iter().filter_map(|p| p.as_ident()).collect();
+            let [ident] = parts.as_slice() else {
+                return Err(Error::NotSupported(format!("qualified table name {name}")));
+            };
+            let (plan, default_name) = match args {
+                Some(args) => (plan_table_function(&ident.value, &args.args, catalog)?, ident.value.clone()),
+                None if ident.quote_style == Some('\'') => {
+                    let table = Table::open(&ident.value, &catalog.resolve_path(&ident.value), None)?;
+                    (LogicalPlan::scan(Arc::new(table)), file_stem(&ident.value))
+                }
+                None => match catalog.get(&ident.value) {
+                    Some(Relation::Table(t)) => (LogicalPlan::scan(t.clone()), ident.value.clone()),
+                    Some(Relation::View(plan)) => (plan.clone(), ident.value.clone()),
+                    None => {
+                        let names = catalog.names();
+                        let hint = expr::closest(&ident.value, names.iter().map(|s| s.as_str()))
+                            .map(|c| format!(" (hint: did you mean {c}?)"))
+                            .unwrap_or_else(|| {
+                                if names.is_empty() {
+                                    String::new()
+                                } else {
+                                    format!(" (known: {})", names.join(", "))
+                                }
+                            });
+                        return Err(Error::Sql {
+                            message: format!("unknown table '{}'{hint}", ident.value),
+                            line: ident.span.start.line,
+                            column: ident.span.start.column,
+                        });
+                    }
+                },
+            };
+            let qualifier = alias.as_ref().map(|a| a.name.value.clone()).unwrap_or(default_name);
+            let scope = Scope::new(&plan.schema(), Some(&qualifier), alias.as_ref().map(|a| &a.columns[..]))?;
+            Ok((plan, scope))
+        }
+        TableFactor::Derived { lateral, subquery, alias, .. } => {
+            if *lateral {
+                return Err(Error::NotSupported("LATERAL".into()));
+            }
+            let plan = plan_query(subquery, catalog)?;
+            let qualifier = alias.as_ref().map(|a| a.name.value.clone());
+            let scope = Scope::new(&plan.schema(), qualifier.as_deref(), alias.as_ref().map(|a| &a.columns[..]))?;
+            Ok((plan, scope))
+        }
+        other => Err(Error::NotSupported(format!("FROM {}", first_words(&other.to_string())))),
+    }
+}
+
+fn file_stem(path: &str) -> String {
+    Path::new(path).file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| path.to_string())
+}
+
+/// `read_parquet('path')`, `read_csv('path', delim=';', header=false)`, `read_json('path')`.
+fn plan_table_function(name: &str, args: &[ast::FunctionArg], catalog: &Catalog) -> Result<LogicalPlan> {
+    let lower = name.to_ascii_lowercase();
+    let mut path: Option<String> = None;
+    let mut options: Vec<(String, ast::Expr)> = Vec::new();
+    for arg in args {
+        match arg {
+            ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(e)) if path.is_none() => {
+                path = Some(string_literal(e).ok_or_else(|| Error::Plan(format!("{name}() takes a path as a string")))?);
+            }
+            ast::FunctionArg::Named { name: n, arg: ast::FunctionArgExpr::Expr(e), .. } => {
+                options.push((n.value.to_ascii_lowercase(), e.clone()));
+            }
+            ast::FunctionArg::ExprNamed { name: ast::Expr::Identifier(n), arg: ast::FunctionArgExpr::Expr(e), .. } => {
+                options.push((n.value.to_ascii_lowercase(), e.clone()));
+            }
+            other => return Err(Error::Plan(format!("unexpected argument {other} to {name}()"))),
+        }
+    }
+    let path = path.ok_or_else(|| Error::Plan(format!("{name}() needs a path")))?;
+    let format = match lower.as_str() {
+        "read_parquet" | "parquet_scan" => {
+            if let Some((k, _)) = options.first() {
+                return Err(Error::NotSupported(format!("read_parquet option '{k}'")));
+            }
+            Format::Parquet
+        }
+        "read_json" | "read_ndjson" | "read_json_auto" | "read_ndjson_auto" => {
+            if let Some((k, _)) = options.first() {
+                return Err(Error::NotSupported(format!("read_json option '{k}'")));
+            }
+            Format::Json
+        }
+        "read_csv" | "read_csv_auto" => {
+            let mut csv = CsvOptions::default();
+            for (k, v) in &options {
+                match k.as_str() {
+                    "delim" | "sep" | "delimiter" => csv.delimiter = single_byte(v, k)?,
+                    "quote" => csv.quote = single_byte(v, k)?,
+                    "header" => {
+                        csv.has_header = match v {
+                            ast::Expr::Value(b) => match &b.value {
+                                ast::Value::Boolean(b) => *b,
+                                _ => return Err(Error::Plan("read_csv header must be true or false".into())),
+                            },
+                            _ => return Err(Error::Plan("read_csv header must be true or false".into())),
+                        }
+                    }
+                    "sample_size" => {
+                        csv.infer_rows = count_literal(v, "sample_size")?.unwrap_or(usize::MAX);
+                    }
+                    _ => return Err(Error::NotSupported(format!("read_csv option '{k}'"))),
+                }
+            }
+            Format::Csv(csv)
+        }
+        _ => {
+            return Err(Error::NotSupported(format!(
+                "table function {name}() (hint: read_parquet, read_csv and read_json are available)"
+            )))
+        }
+    };
+    let table = Table::open(&path, &catalog.resolve_path(&path), Some(format))?;
+    Ok(LogicalPlan::scan(Arc::new(table)))
+}
+
+fn string_literal(e: &ast::Expr) -> Option<String> {
+    match e {
+        ast::Expr::Value(v) => match &v.value {
+            ast::Value::SingleQuotedString(s) | ast::Value::DoubleQuotedString(s) => Some(s.clone()),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+fn single_byte(e: &ast::Expr, option: &str) -> Result<u8> {
+    let s = string_literal(e).ok_or_else(|| Error::Plan(format!("read_csv {option} must be a string")))?;
+    let s = if s == "\\t" { "\t".to_string() } else { s };
+    match s.as_bytes() {
+        [b] => Ok(*b),
+        _ => Err(Error::Plan(format!("read_csv {option} must be one character, got '{s}'"))),
+    }
+}
