@@ -78,7 +78,8 @@ impl Config {
 /// ```
 pub fn parse_size(text: &str) -> Result<u64> {
     let trimmed = text.trim();
-    let bad = |why: &str| Error::Config(format!("invalid size '{text}': {why} (hint: use e.g. 512MiB, 3GiB or plain bytes)"));
+    let bad =
+        |why: &str| Error::Config(format!("invalid size '{text}': {why} (hint: use e.g. 512MiB, 3GiB or plain bytes)"));
     if trimmed.is_empty() {
         return Err(bad("empty"));
     }

@@ -255,7 +255,13 @@ fn snapshot(engine: &Engine) -> (u64, u64) {
     (c.rows.load(Ordering::Relaxed), c.bytes.load(Ordering::Relaxed))
 }
 
-fn metrics(engine: &Engine, before: (u64, u64), rows_out: u64, start: Instant, pipeline: PipelineStats) -> QueryMetrics {
+fn metrics(
+    engine: &Engine,
+    before: (u64, u64),
+    rows_out: u64,
+    start: Instant,
+    pipeline: PipelineStats,
+) -> QueryMetrics {
     let c = &engine.ctx.counters;
     QueryMetrics {
         rows_read: c.rows.load(Ordering::Relaxed) - before.0,

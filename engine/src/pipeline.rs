@@ -125,7 +125,11 @@ impl PipelineFile {
         let text = std::fs::read_to_string(path).map_err(|e| Error::bad_file(path, e))?;
         let mut file: PipelineFile = toml::from_str(&text).map_err(|e| {
             let msg = e.message().to_string();
-            let at = e.span().map(|s| line_col(&text, s.start)).map(|(l, c)| format!(" at line {l}, column {c}")).unwrap_or_default();
+            let at = e
+                .span()
+                .map(|s| line_col(&text, s.start))
+                .map(|(l, c)| format!(" at line {l}, column {c}"))
+                .unwrap_or_default();
             Error::Config(format!("{}{at}: {msg}", path.display()))
         })?;
         file.base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
@@ -243,7 +247,8 @@ impl SourceSpec {
                     .trim()
                     .split_once(char::is_whitespace)
                     .ok_or_else(|| bad(format!("column '{c}' needs a name and a type, e.g. \"id BIGINT\"")))?;
-                let ty = parse_type_name(ty.trim()).map_err(|_| bad(format!("column '{n}': unknown type '{}'", ty.trim())))?;
+                let ty = parse_type_name(ty.trim())
+                    .map_err(|_| bad(format!("column '{n}': unknown type '{}'", ty.trim())))?;
                 fields.push(Field::new(n, ty, true));
             }
             csv.schema = Some(Arc::new(Schema::new(fields)));
@@ -263,7 +268,9 @@ impl OutputSpec {
     /// The output format.
     pub fn format(&self) -> Result<OutputFormat> {
         match self {
-            OutputSpec::Path(p) | OutputSpec::Table { path: p, format: None } => Ok(OutputFormat::from_path(Path::new(p))),
+            OutputSpec::Path(p) | OutputSpec::Table { path: p, format: None } => {
+                Ok(OutputFormat::from_path(Path::new(p)))
+            }
             OutputSpec::Table { format: Some(f), .. } => match f.to_ascii_lowercase().as_str() {
                 "parquet" => Ok(OutputFormat::Parquet),
                 "csv" => Ok(OutputFormat::Csv),

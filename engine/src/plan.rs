@@ -100,7 +100,15 @@ impl LogicalPlan {
                 let items: Vec<String> = exprs
                     .iter()
                     .zip(schema.fields())
-                    .map(|(e, f)| if &e.to_string() == f.name() { e.to_string() } else { format!("{e} AS {}", f.name()) })
+                    .map(
+                        |(e, f)| {
+                            if &e.to_string() == f.name() {
+                                e.to_string()
+                            } else {
+                                format!("{e} AS {}", f.name())
+                            }
+                        },
+                    )
                     .collect();
                 let _ = writeln!(out, "{pad}Projection: {}", items.join(", "));
                 input.write_tree(out, depth + 1);
@@ -187,7 +195,9 @@ fn push_pruning(plan: LogicalPlan) -> LogicalPlan {
         LogicalPlan::Projection { input, exprs, schema } => {
             LogicalPlan::Projection { input: Box::new(push_pruning(*input)), exprs, schema }
         }
-        LogicalPlan::Limit { input, skip, fetch } => LogicalPlan::Limit { input: Box::new(push_pruning(*input)), skip, fetch },
+        LogicalPlan::Limit { input, skip, fetch } => {
+            LogicalPlan::Limit { input: Box::new(push_pruning(*input)), skip, fetch }
+        }
         scan @ LogicalPlan::Scan { .. } => scan,
     }
 }

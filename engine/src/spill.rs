@@ -152,7 +152,8 @@ impl SpillWriter {
             return Err(Error::Execution("spill writer used after finish".into()));
         };
         let path = file.path.clone();
-        let err = |e: parquet::errors::ParquetError| Error::Execution(format!("writing spill file {}: {e}", path.display()));
+        let err =
+            |e: parquet::errors::ParquetError| Error::Execution(format!("writing spill file {}: {e}", path.display()));
         writer.write(batch).map_err(err)?;
         writer.flush().map_err(err)?;
         file.rows += batch.num_rows() as u64;
@@ -218,7 +219,8 @@ impl SpillFile {
 
     /// Opens the file for reading through a memory map.
     pub fn reader(&self) -> Result<SpillReader> {
-        let err = |e: &dyn std::fmt::Display| Error::Execution(format!("reading spill file {}: {e}", self.path.display()));
+        let err =
+            |e: &dyn std::fmt::Display| Error::Execution(format!("reading spill file {}: {e}", self.path.display()));
         let file = File::open(&self.path).map_err(|e| Error::io(&self.path, e))?;
         // SAFETY: spill files are private to this run and never modified after `finish`.
         let map = Arc::new(unsafe { Mmap::map(&file) }.map_err(|e| Error::io(&self.path, e))?);
@@ -271,7 +273,8 @@ impl SpillReader {
         let g = self.next_group;
         self.next_group += 1;
         let rows = self.meta.metadata().row_group(g).num_rows() as usize;
-        let err = |e: &dyn std::fmt::Display| Error::Execution(format!("reading spill file {}: {e}", self.path.display()));
+        let err =
+            |e: &dyn std::fmt::Display| Error::Execution(format!("reading spill file {}: {e}", self.path.display()));
         let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(self.bytes.clone(), self.meta.clone())
             .with_row_groups(vec![g])
             .with_batch_size(rows.max(1))
@@ -306,7 +309,9 @@ impl SpillReader {
         if end > start && (end as usize) <= self.map.len() {
             // SAFETY: a read-only, file-backed private mapping: dropped pages are re-read from the
             // file if touched again, so no data is lost.
-            let _ = unsafe { self.map.unchecked_advise_range(UncheckedAdvice::DontNeed, start as usize, (end - start) as usize) };
+            let _ = unsafe {
+                self.map.unchecked_advise_range(UncheckedAdvice::DontNeed, start as usize, (end - start) as usize)
+            };
         }
     }
 }

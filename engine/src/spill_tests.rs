@@ -6,10 +6,8 @@ use arrow::datatypes::{DataType, Field, Schema};
 use super::*;
 
 fn batch(start: i64, n: usize) -> RecordBatch {
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("k", DataType::Int64, false),
-        Field::new("s", DataType::Utf8, true),
-    ]));
+    let schema =
+        Arc::new(Schema::new(vec![Field::new("k", DataType::Int64, false), Field::new("s", DataType::Utf8, true)]));
     let k = Int64Array::from_iter_values(start..start + n as i64);
     let s = StringArray::from_iter((0..n).map(|i| (i % 3 != 0).then(|| format!("value-{}", start + i as i64))));
     RecordBatch::try_new(schema, vec![Arc::new(k), Arc::new(s)]).unwrap()

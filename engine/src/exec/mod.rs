@@ -109,7 +109,14 @@ impl Pipeline {
         let split = ops.iter().position(|o| matches!(o, Operator::Limit { .. })).unwrap_or(ops.len());
         let tail_ops = ops.split_off(split);
         let morsels = table.morsels(pruning.as_ref());
-        Ok(Pipeline { table: table.clone(), projection: projection.clone(), morsels, worker_ops: ops, tail_ops, schema })
+        Ok(Pipeline {
+            table: table.clone(),
+            projection: projection.clone(),
+            morsels,
+            worker_ops: ops,
+            tail_ops,
+            schema,
+        })
     }
 
     pub(crate) fn stats(&self, ctx: &ExecContext) -> PipelineStats {
@@ -149,7 +156,19 @@ impl Pipeline {
             let shared = shared.clone();
             let ctx2 = ctx.clone();
             ctx.threads.spawn(move || {
-                worker(w, workers, &shared, &ctx2, tx);
+                // A panic must become an error for the consumer, not an abort of the process.
+                let panic_tx = tx.clone();
+                let run =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| worker(w, workers, &shared, &ctx2, tx)));
+                if let Err(panic) = run {
+                    let what = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "unknown panic".into());
+                    let _ = panic_tx
+                        .send(Message::Error(Error::Execution(format!("internal error in a scan worker: {what}"))));
+                }
                 shared.active_workers.fetch_sub(1, Ordering::AcqRel);
             });
         }

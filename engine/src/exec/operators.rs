@@ -61,7 +61,13 @@ fn project(batch: &RecordBatch, exprs: &[Expr], schema: &SchemaRef) -> Result<Re
         .fields()
         .iter()
         .zip(&columns)
-        .map(|(f, c)| if c.null_count() > 0 && !f.is_nullable() { f.as_ref().clone().with_nullable(true) } else { f.as_ref().clone() })
+        .map(|(f, c)| {
+            if c.null_count() > 0 && !f.is_nullable() {
+                f.as_ref().clone().with_nullable(true)
+            } else {
+                f.as_ref().clone()
+            }
+        })
         .collect();
     let out_schema = if fields.iter().zip(schema.fields()).all(|(a, b)| a == b.as_ref()) {
         schema.clone()

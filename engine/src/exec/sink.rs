@@ -126,7 +126,15 @@ fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
         .columns()
         .iter()
         .zip(schema.fields())
-        .map(|(c, f)| if c.data_type() == f.data_type() { Ok(c.clone()) } else { arrow::compute::cast(c, f.data_type()) })
+        .map(
+            |(c, f)| {
+                if c.data_type() == f.data_type() {
+                    Ok(c.clone())
+                } else {
+                    arrow::compute::cast(c, f.data_type())
+                }
+            },
+        )
         .collect::<std::result::Result<Vec<_>, _>>()?;
     Ok(RecordBatch::try_new(schema.clone(), columns)?)
 }
@@ -232,9 +240,8 @@ impl CsvSink {
         let mut reservation = pool.register(format!("CsvSink[{}]", target.display()), false);
         reservation.try_grow(CSV_BUFFER_BYTES as u64)?;
         let (pending, file) = PendingFile::create(target)?;
-        let writer = arrow::csv::WriterBuilder::new()
-            .with_header(true)
-            .build(BufWriter::with_capacity(CSV_BUFFER_BYTES, file));
+        let writer =
+            arrow::csv::WriterBuilder::new().with_header(true).build(BufWriter::with_capacity(CSV_BUFFER_BYTES, file));
         Ok(CsvSink { pending, writer, _reservation: reservation, rows: 0 })
     }
 }

@@ -235,7 +235,13 @@ fn substr(arrays: &[ArrayRef]) -> Result<ArrayRef> {
         let from = start.value(i);
         // DuckDB: positions are 1-based; a negative start counts from the end; start 0 is the
         // position before the first character.
-        let begin = if from > 0 { from - 1 } else if from < 0 { chars + from } else { -1 };
+        let begin = if from > 0 {
+            from - 1
+        } else if from < 0 {
+            chars + from
+        } else {
+            -1
+        };
         let end = match len {
             Some(l) => begin.saturating_add(l.value(i)),
             None => chars,
@@ -296,4 +302,3 @@ fn round(arrays: &[ArrayRef], data_type: &DataType) -> Result<ArrayRef> {
         other => return Err(Error::Execution(format!("round() does not take {other}"))),
     })
 }
-

@@ -263,7 +263,9 @@ impl Expr {
                 left.visit_columns(f);
                 right.visit_columns(f);
             }
-            Expr::Not(e) | Expr::Negate(e) | Expr::IsNull { expr: e, .. } | Expr::Cast { expr: e, .. } => e.visit_columns(f),
+            Expr::Not(e) | Expr::Negate(e) | Expr::IsNull { expr: e, .. } | Expr::Cast { expr: e, .. } => {
+                e.visit_columns(f)
+            }
             Expr::InList { expr, list, .. } => {
                 expr.visit_columns(f);
                 list.iter().for_each(|e| e.visit_columns(f));
@@ -348,7 +350,11 @@ impl Expr {
                 let v = expr.evaluate(batch)?;
                 let scalar = v.is_scalar();
                 let a = v.into_array(1)?;
-                let r = if *negated { arrow::compute::is_not_null(a.as_ref())? } else { arrow::compute::is_null(a.as_ref())? };
+                let r = if *negated {
+                    arrow::compute::is_not_null(a.as_ref())?
+                } else {
+                    arrow::compute::is_null(a.as_ref())?
+                };
                 wrap(scalar, Arc::new(r))
             }
             Expr::InList { expr, list, negated } => {
@@ -357,7 +363,8 @@ impl Expr {
                 for item in list {
                     let c = item.evaluate(batch)?;
                     let eq = with_datums(&v, &c, |a, b| cmp::eq(a, b))?;
-                    let eq = if eq.len() == 1 && batch.num_rows() != 1 { expand_bool(&eq, batch.num_rows())? } else { eq };
+                    let eq =
+                        if eq.len() == 1 && batch.num_rows() != 1 { expand_bool(&eq, batch.num_rows())? } else { eq };
                     acc = Some(match acc {
                         None => eq,
                         Some(prev) => boolean::or_kleene(&prev, &eq)?,
@@ -388,7 +395,7 @@ impl Expr {
                 for (cond, value) in whens.iter().rev() {
                     let c = cond.evaluate(batch)?.into_array(rows)?;
                     // A null condition does not hold.
-                    let mask = arrow::compute::prep_null_mask_filter(c.as_boolean());
+                    let mask = not_null_true(c.as_boolean());
                     let v = value.evaluate(batch)?.into_array(rows)?;
                     result = arrow::compute::kernels::zip::zip(&mask, &v, &result)?;
                 }
@@ -427,6 +434,15 @@ impl Expr {
             }
             other => vec![other],
         }
+    }
+}
+
+/// The mask with nulls turned to false (a null condition does not hold).
+pub(crate) fn not_null_true(mask: &BooleanArray) -> BooleanArray {
+    if mask.null_count() == 0 {
+        mask.clone()
+    } else {
+        arrow::compute::prep_null_mask_filter(mask)
     }
 }
 

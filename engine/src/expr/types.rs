@@ -76,14 +76,22 @@ pub fn common_type(a: &DataType, b: &DataType) -> Option<DataType> {
         _ if int_rank(a).is_some() && int_rank(b).is_some() => {
             let (ra, rb) = (int_rank(a).unwrap(), int_rank(b).unwrap());
             if a.is_unsigned_integer() == b.is_unsigned_integer() {
-                if ra >= rb { a.clone() } else { b.clone() }
+                if ra >= rb {
+                    a.clone()
+                } else {
+                    b.clone()
+                }
             } else {
                 int_of_rank(ra.max(rb) + u8::from(ra == rb))
             }
         }
         (Float64, t) | (t, Float64) if is_numeric(t) => Float64,
         (Float32, t) | (t, Float32) if is_numeric(t) => {
-            if matches!(t, Decimal128(..)) { Float64 } else { Float32 }
+            if matches!(t, Decimal128(..)) {
+                Float64
+            } else {
+                Float32
+            }
         }
         _ if is_numeric(a) && is_numeric(b) => {
             let (p1, s1) = integer_as_decimal(a)?;
@@ -252,9 +260,13 @@ pub fn parse_sql_type(t: &sqlparser::ast::DataType) -> Result<DataType> {
                 DataType::Decimal128(p, *s as i8)
             }
         },
-        S::Varchar(_) | S::Text | S::String(_) | S::Char(_) | S::CharacterVarying(_) | S::Character(_) | S::Nvarchar(_) => {
-            DataType::Utf8
-        }
+        S::Varchar(_)
+        | S::Text
+        | S::String(_)
+        | S::Char(_)
+        | S::CharacterVarying(_)
+        | S::Character(_)
+        | S::Nvarchar(_) => DataType::Utf8,
         S::Date => DataType::Date32,
         S::Timestamp(_, tz) => match tz {
             sqlparser::ast::TimezoneInfo::WithTimeZone | sqlparser::ast::TimezoneInfo::Tz => {

@@ -7,8 +7,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
-use arrow::datatypes::{Schema, SchemaRef};
 use arrow::csv::reader::Format as CsvFormat;
+use arrow::datatypes::{Schema, SchemaRef};
 
 use super::{ScanCounters, SourceFile};
 use crate::error::{Error, Result};

@@ -28,11 +28,8 @@ pub(super) fn scan(
 ) -> Result<()> {
     let path = &file.path;
     // Decode only the needed fields, with the file's own types; the caller casts to the table's.
-    let fields: Vec<_> = out_schema
-        .fields()
-        .iter()
-        .filter_map(|f| file.schema.field_with_name(f.name()).ok().cloned())
-        .collect();
+    let fields: Vec<_> =
+        out_schema.fields().iter().filter_map(|f| file.schema.field_with_name(f.name()).ok().cloned()).collect();
     let decode_schema = Arc::new(Schema::new(fields));
     let handle = File::open(path).map_err(|e| Error::bad_file(path, e))?;
     let counting = CountingRead { inner: handle, counters };

@@ -174,7 +174,9 @@ impl Table {
         let file = &self.files[morsel.file];
         let from_types = || projection.iter().map(|&c| type_width(self.schema.field(c).data_type())).sum::<u64>();
         match &file.parquet {
-            Some(meta) => parquet::estimated_row_bytes(meta, morsel.row_group, &self.schema, projection).max(from_types()),
+            Some(meta) => {
+                parquet::estimated_row_bytes(meta, morsel.row_group, &self.schema, projection).max(from_types())
+            }
             None => from_types(),
         }
     }
@@ -348,7 +350,12 @@ fn unify_schemas(files: &[SourceFile]) -> Result<SchemaRef> {
 /// types widened or normalized.
 fn adapt_batch(batch: RecordBatch, schema: &SchemaRef) -> std::result::Result<RecordBatch, String> {
     if batch.schema().fields().len() == schema.fields().len()
-        && batch.schema().fields().iter().zip(schema.fields()).all(|(a, b)| a.name() == b.name() && a.data_type() == b.data_type())
+        && batch
+            .schema()
+            .fields()
+            .iter()
+            .zip(schema.fields())
+            .all(|(a, b)| a.name() == b.name() && a.data_type() == b.data_type())
     {
         return RecordBatch::try_new_with_options(
             schema.clone(),

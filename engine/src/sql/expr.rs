@@ -2,14 +2,16 @@
 
 use std::sync::Arc;
 
-use arrow::array::{new_null_array, Array, ArrayRef, BooleanArray, Decimal128Array, Float64Array, Int32Array, Int64Array, StringArray};
+use arrow::array::{
+    new_null_array, Array, ArrayRef, BooleanArray, Decimal128Array, Float64Array, Int32Array, Int64Array, StringArray,
+};
 use arrow::datatypes::{DataType, SchemaRef};
 use sqlparser::ast::{self, BinaryOperator, UnaryOperator};
 
 use crate::error::{Error, Result};
 use crate::expr::types::{self, arithmetic_types, common_type, is_numeric, is_temporal, sql_type_name};
-use crate::expr::{BinaryOp, Expr, Function};
 use crate::expr::DatePartKind;
+use crate::expr::{BinaryOp, Expr, Function};
 
 /// The columns an expression can name: one entry per input column.
 #[derive(Debug, Clone)]
@@ -19,7 +21,11 @@ pub(crate) struct Scope {
 
 impl Scope {
     /// Columns of `schema`, qualified by `qualifier`, renamed by a table alias's column list.
-    pub fn new(schema: &SchemaRef, qualifier: Option<&str>, renames: Option<&[ast::TableAliasColumnDef]>) -> Result<Scope> {
+    pub fn new(
+        schema: &SchemaRef,
+        qualifier: Option<&str>,
+        renames: Option<&[ast::TableAliasColumnDef]>,
+    ) -> Result<Scope> {
         let renames = renames.unwrap_or(&[]);
         if renames.len() > schema.fields().len() {
             return Err(Error::Plan(format!(
@@ -145,7 +151,9 @@ impl<'a> ExprPlanner<'a> {
         let planned = self.plan(e)?;
         match self.ty(&planned) {
             DataType::Boolean | DataType::Null => Ok(planned),
-            other => Err(Error::Plan(format!("{clause} must be a boolean condition, got {} ({e})", sql_type_name(&other)))),
+            other => {
+                Err(Error::Plan(format!("{clause} must be a boolean condition, got {} ({e})", sql_type_name(&other))))
+            }
         }
     }
 
@@ -233,7 +241,8 @@ impl<'a> ExprPlanner<'a> {
                     both
                 }
             }
-            A::Like { negated, any, expr, pattern, escape_char } | A::ILike { negated, any, expr, pattern, escape_char } => {
+            A::Like { negated, any, expr, pattern, escape_char }
+            | A::ILike { negated, any, expr, pattern, escape_char } => {
                 if *any || escape_char.is_some() {
                     return Err(Error::NotSupported("LIKE ANY / ESCAPE".into()));
                 }
@@ -260,7 +269,11 @@ impl<'a> ExprPlanner<'a> {
                 for v in whens.iter().map(|(_, v)| v).chain(otherwise.iter()) {
                     let vt = self.ty(v);
                     t = common_type(&t, &vt).ok_or_else(|| {
-                        Error::Plan(format!("CASE branches have incompatible types {} and {}", sql_type_name(&t), sql_type_name(&vt)))
+                        Error::Plan(format!(
+                            "CASE branches have incompatible types {} and {}",
+                            sql_type_name(&t),
+                            sql_type_name(&vt)
+                        ))
                     })?;
                 }
                 let whens = whens.into_iter().map(|(c, v)| Ok((c, self.coerce(v, &t)?))).collect::<Result<Vec<_>>>()?;
@@ -278,7 +291,11 @@ impl<'a> ExprPlanner<'a> {
                 let inner = self.plan(expr)?;
                 let from = self.ty(&inner);
                 if !castable(&from, &to) {
-                    return Err(Error::Plan(format!("cannot cast {} to {} ({e})", sql_type_name(&from), sql_type_name(&to))));
+                    return Err(Error::Plan(format!(
+                        "cannot cast {} to {} ({e})",
+                        sql_type_name(&from),
+                        sql_type_name(&to)
+                    )));
                 }
                 self.coerce(inner, &to)?
             }
@@ -508,8 +525,22 @@ impl<'a> ExprPlanner<'a> {
             return self.extract(kind, args[1]);
         }
         let func = Function::by_name(&name).ok_or_else(|| {
-            let known = ["lower", "upper", "length", "substr", "trim", "ltrim", "rtrim", "concat", "coalesce", "abs", "round", "date_part"];
-            let hint = closest(&name, known.into_iter()).map(|c| format!(" (hint: did you mean {c}?)")).unwrap_or_default();
+            let known = [
+                "lower",
+                "upper",
+                "length",
+                "substr",
+                "trim",
+                "ltrim",
+                "rtrim",
+                "concat",
+                "coalesce",
+                "abs",
+                "round",
+                "date_part",
+            ];
+            let hint =
+                closest(&name, known.into_iter()).map(|c| format!(" (hint: did you mean {c}?)")).unwrap_or_default();
             Error::NotSupported(format!("function {name}(){hint}"))
         })?;
         Ok(match func {
@@ -548,7 +579,11 @@ impl<'a> ExprPlanner<'a> {
                 for p in &planned {
                     let pt = self.ty(p);
                     t = common_type(&t, &pt).ok_or_else(|| {
-                        Error::Plan(format!("coalesce() arguments have incompatible types {} and {}", sql_type_name(&t), sql_type_name(&pt)))
+                        Error::Plan(format!(
+                            "coalesce() arguments have incompatible types {} and {}",
+                            sql_type_name(&t),
+                            sql_type_name(&pt)
+                        ))
                     })?;
                 }
                 let planned = planned.into_iter().map(|p| self.coerce(p, &t)).collect::<Result<Vec<_>>>()?;
@@ -590,7 +625,18 @@ impl<'a> ExprPlanner<'a> {
 fn is_aggregate(name: &str) -> bool {
     matches!(
         name,
-        "count" | "sum" | "avg" | "min" | "max" | "stddev" | "stddev_samp" | "stddev_pop" | "variance" | "var_samp" | "var_pop" | "mean"
+        "count"
+            | "sum"
+            | "avg"
+            | "min"
+            | "max"
+            | "stddev"
+            | "stddev_samp"
+            | "stddev_pop"
+            | "variance"
+            | "var_samp"
+            | "var_pop"
+            | "mean"
     )
 }
 

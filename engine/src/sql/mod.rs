@@ -117,7 +117,11 @@ fn plan_query(query: &ast::Query, catalog: &Catalog) -> Result<LogicalPlan> {
     if query.fetch.is_some() {
         return Err(Error::NotSupported("FETCH".into()));
     }
-    if !query.locks.is_empty() || query.for_clause.is_some() || query.settings.is_some() || query.format_clause.is_some() {
+    if !query.locks.is_empty()
+        || query.for_clause.is_some()
+        || query.settings.is_some()
+        || query.format_clause.is_some()
+    {
         return Err(Error::NotSupported("query clause".into()));
     }
     if !query.pipe_operators.is_empty() {
@@ -209,12 +213,20 @@ fn plan_select(select: &ast::Select, catalog: &Catalog) -> Result<LogicalPlan> {
         match item {
             SelectItem::UnnamedExpr(e) => {
                 let planned = planner.plan(e)?;
-                fields.push(Field::new(output_name(e), planned.data_type(&input_schema), planned.nullable(&input_schema)));
+                fields.push(Field::new(
+                    output_name(e),
+                    planned.data_type(&input_schema),
+                    planned.nullable(&input_schema),
+                ));
                 exprs.push(planned);
             }
             SelectItem::ExprWithAlias { expr, alias } => {
                 let planned = planner.plan(expr)?;
-                fields.push(Field::new(&alias.value, planned.data_type(&input_schema), planned.nullable(&input_schema)));
+                fields.push(Field::new(
+                    &alias.value,
+                    planned.data_type(&input_schema),
+                    planned.nullable(&input_schema),
+                ));
                 exprs.push(planned);
             }
             SelectItem::Wildcard(options) => {
@@ -318,12 +330,15 @@ fn plan_table_function(name: &str, args: &[ast::FunctionArg], catalog: &Catalog)
     for arg in args {
         match arg {
             ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(e)) if path.is_none() => {
-                path = Some(string_literal(e).ok_or_else(|| Error::Plan(format!("{name}() takes a path as a string")))?);
+                path =
+                    Some(string_literal(e).ok_or_else(|| Error::Plan(format!("{name}() takes a path as a string")))?);
             }
             ast::FunctionArg::Named { name: n, arg: ast::FunctionArgExpr::Expr(e), .. } => {
                 options.push((n.value.to_ascii_lowercase(), e.clone()));
             }
-            ast::FunctionArg::ExprNamed { name: ast::Expr::Identifier(n), arg: ast::FunctionArgExpr::Expr(e), .. } => {
+            ast::FunctionArg::ExprNamed {
+                name: ast::Expr::Identifier(n), arg: ast::FunctionArgExpr::Expr(e), ..
+            } => {
                 options.push((n.value.to_ascii_lowercase(), e.clone()));
             }
             other => return Err(Error::Plan(format!("unexpected argument {other} to {name}()"))),

@@ -1,0 +1,105 @@
+//! The end-of-run summary line and the `--report` JSON.
+
+use std::path::Path;
+use std::time::Instant;
+
+use flow_engine::{human, Config, Engine, Error, QueryMetrics, SpillStats, WriteSummary};
+use serde::Serialize;
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub mem_budget: u64,
+    pub threads: usize,
+    pub steps: Vec<StepReport>,
+    pub elapsed_ms: u128,
+    /// The most bytes reserved from the pool at once, over the run.
+    pub peak_accounted: u64,
+    /// The most heap bytes live at once, from the counting allocator.
+    pub peak_allocated: Option<u64>,
+    /// The process's peak resident set size.
+    pub peak_rss: Option<u64>,
+    pub spill: SpillStats,
+}
+
+#[derive(Debug, Serialize)]
+pub struct StepReport {
+    pub name: String,
+    pub output: Option<String>,
+    pub rows_read: u64,
+    pub bytes_read: u64,
+    pub rows_out: u64,
+    pub bytes_written: u64,
+    pub elapsed_ms: u128,
+    pub row_groups_total: usize,
+    pub row_groups_scanned: usize,
+    pub peak_accounted: u64,
+    pub spill: SpillStats,
+}
+
+impl StepReport {
+    pub fn new(name: &str, summary: Option<&WriteSummary>, m: &QueryMetrics) -> StepReport {
+        StepReport {
+            name: name.to_string(),
+            output: summary.map(|s| s.path.display().to_string()),
+            rows_read: m.rows_read,
+            bytes_read: m.bytes_read,
+            rows_out: m.rows_out,
+            bytes_written: summary.map_or(0, |s| s.bytes),
+            elapsed_ms: m.elapsed.as_millis(),
+            row_groups_total: m.pipeline.row_groups_total,
+            row_groups_scanned: m.pipeline.row_groups_scanned,
+            peak_accounted: m.peak_reserved,
+            spill: m.spill,
+        }
+    }
+}
+
+impl Report {
+    pub fn new(config: &Config) -> Report {
+        Report {
+            mem_budget: config.mem_budget,
+            threads: config.threads,
+            steps: Vec::new(),
+            elapsed_ms: 0,
+            peak_accounted: 0,
+            peak_allocated: None,
+            peak_rss: None,
+            spill: SpillStats::default(),
+        }
+    }
+
+    pub fn finish(&mut self, engine: &Engine, started: Instant) {
+        self.elapsed_ms = started.elapsed().as_millis();
+        self.peak_accounted = self.steps.iter().map(|s| s.peak_accounted).max().unwrap_or(0).max(engine.pool().peak());
+        self.peak_allocated = flow_engine::alloc::allocated_peak();
+        self.peak_rss = flow_engine::alloc::peak_rss();
+        self.spill = engine.spill().stats();
+    }
+
+    pub fn summary_line(&self) -> String {
+        let rows_read: u64 = self.steps.iter().map(|s| s.rows_read).sum();
+        let bytes_read: u64 = self.steps.iter().map(|s| s.bytes_read).sum();
+        let rows_out: u64 = self.steps.iter().map(|s| s.rows_out).sum();
+        let opt = |v: Option<u64>| v.map(human).unwrap_or_else(|| "n/a".into());
+        format!(
+            "flow: {} step{} in {:.2}s: read {} rows ({}), wrote {} rows; memory peak {} accounted, {} allocated, {} RSS (budget {}); spilled {} in {} files",
+            self.steps.len(),
+            if self.steps.len() == 1 { "" } else { "s" },
+            self.elapsed_ms as f64 / 1000.0,
+            rows_read,
+            human(bytes_read),
+            rows_out,
+            human(self.peak_accounted),
+            opt(self.peak_allocated),
+            opt(self.peak_rss),
+            human(self.mem_budget),
+            human(self.spill.bytes),
+            self.spill.files,
+        )
+    }
+
+    pub fn write(&self, path: &Path) -> Result<(), Error> {
+        let json = serde_json::to_string_pretty(self).map_err(|e| Error::Execution(e.to_string()))?;
+        std::fs::write(path, json + "\n").map_err(|e| Error::Io { path: path.to_path_buf(), source: e })
+    }
+}
