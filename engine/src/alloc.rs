@@ -3,7 +3,7 @@
 //! Install it in a binary with
 //! ```ignore
 //! #[global_allocator]
-//! static ALLOC: flow_engine::alloc::CountingAllocator = flow_engine::alloc::CountingAllocator;
+//! static ALLOC: flow_engine::alloc::CountingAllocator = flow_engine::alloc::CountingAllocator::system();
 //! ```
 //! Each thread keeps a private running delta and publishes it to the global counters only when it
 //! passes [`FLUSH_BYTES`], so the cost per allocation is a thread-local add. The published figure is
@@ -24,8 +24,15 @@ thread_local! {
     static DELTA: Cell<i64> = const { Cell::new(0) };
 }
 
-/// The system allocator, counting live bytes.
-pub struct CountingAllocator;
+/// An allocator (the system's by default) that counts live bytes.
+pub struct CountingAllocator<A = System>(pub A);
+
+impl CountingAllocator<System> {
+    /// Counting over the system allocator.
+    pub const fn system() -> Self {
+        CountingAllocator(System)
+    }
+}
 
 fn record(bytes: i64) {
     let publish = DELTA
@@ -48,28 +55,28 @@ fn record(bytes: i64) {
     }
 }
 
-unsafe impl GlobalAlloc for CountingAllocator {
+unsafe impl<A: GlobalAlloc> GlobalAlloc for CountingAllocator<A> {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         INSTALLED.store(true, Ordering::Relaxed);
-        let p = System.alloc(layout);
+        let p = self.0.alloc(layout);
         if !p.is_null() {
             record(layout.size() as i64);
         }
         p
     }
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        let p = System.alloc_zeroed(layout);
+        let p = self.0.alloc_zeroed(layout);
         if !p.is_null() {
             record(layout.size() as i64);
         }
         p
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        System.dealloc(ptr, layout);
+        self.0.dealloc(ptr, layout);
         record(-(layout.size() as i64));
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let p = System.realloc(ptr, layout, new_size);
+        let p = self.0.realloc(ptr, layout, new_size);
         if !p.is_null() {
             record(new_size as i64 - layout.size() as i64);
         }

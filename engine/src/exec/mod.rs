@@ -127,19 +127,40 @@ impl Pipeline {
         }
     }
 
-    /// The least memory the workers and the consumer need: for each worker, the largest morsel's page
-    /// buffers plus three batches; one more batch at the consumer.
-    pub(crate) fn min_memory(&self, ctx: &ExecContext) -> u64 {
-        let workers = ctx.config.threads.min(self.morsels.len()).max(1) as u64;
+    /// Memory one worker needs (the largest morsel's page buffers and three batches) and one batch
+    /// at the consumer.
+    fn worker_memory(&self, ctx: &ExecContext) -> (u64, u64) {
         let pages = self.morsels.iter().map(|m| self.table.page_buffer_bytes(*m, &self.projection)).max().unwrap_or(0);
         let row = self.morsels.iter().map(|m| self.table.estimated_row_bytes(*m, &self.projection)).max().unwrap_or(0);
-        let batch = row.max(1) * 64; // the smallest batch the scan will make
-        workers * (pages + 3 * batch) + batch
+        let batch = (row.max(1) * ctx.config.batch_size as u64).min(ctx.batch_bytes_target()).max(row * 64);
+        (pages + 3 * batch, batch)
+    }
+
+    /// The least memory the pipeline runs in: one worker and the consumer.
+    pub(crate) fn min_memory(&self, ctx: &ExecContext) -> u64 {
+        let (worker, batch) = self.worker_memory(ctx);
+        worker + batch
+    }
+
+    /// As many workers as there are threads, morsels, and room in the pool for.
+    fn workers(&self, ctx: &ExecContext) -> Result<usize> {
+        let (worker, batch) = self.worker_memory(ctx);
+        let available = ctx.pool.available();
+        let fit = available.saturating_sub(batch) / worker.max(1);
+        if fit == 0 {
+            let budget = ctx.pool.budget();
+            return Err(Error::BudgetTooSmall {
+                what: format!("scanning {}", self.table.name()),
+                needed: budget - available + worker + batch,
+                budget,
+            });
+        }
+        Ok(ctx.config.threads.min(self.morsels.len()).min(fit as usize).max(1))
     }
 
     /// Starts the workers and returns the consumer's end.
     pub(crate) fn execute(self, ctx: &ExecContext) -> Result<BatchStream> {
-        let workers = ctx.config.threads.min(self.morsels.len()).max(1);
+        let workers = self.workers(ctx)?;
         let shared = Arc::new(Shared {
             table: self.table,
             projection: self.projection,

@@ -162,12 +162,12 @@ impl ParquetSink {
     pub fn create(target: &Path, schema: &Schema, pool: &MemoryPool) -> Result<ParquetSink> {
         let schema = portable_schema(schema);
         let columns = schema.fields().len().max(1);
-        // Row groups are flushed by bytes: a quarter of the budget, between 1 MiB and 128 MiB. Pages
+        // Row groups are flushed by bytes: an eighth of the budget, between 1 MiB and 128 MiB. Pages
         // shrink with many columns so that every column's open page fits in the same share.
-        let row_group_bytes = (pool.budget() / 4).clamp(1 << 20, 128 << 20) as usize;
+        let row_group_bytes = (pool.budget() / 8).clamp(1 << 20, 128 << 20) as usize;
         let page_bytes = (row_group_bytes / (4 * columns)).clamp(64 << 10, 1 << 20);
         let props = WriterProperties::builder()
-            .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).expect("valid zstd level")))
+            .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).expect("valid zstd level")))
             .set_statistics_enabled(EnabledStatistics::Page)
             .set_data_page_size_limit(page_bytes)
             .set_dictionary_page_size_limit(page_bytes)

@@ -12,13 +12,10 @@ use parquet::arrow::ProjectionMask;
 use super::{ScanCounters, SourceFile};
 use crate::error::{Error, Result};
 
-/// Most bytes one page buffer is assumed to take. parquet-rs, pyarrow and DuckDB write pages of about
-/// 1 MiB; the reader holds one compressed and one decompressed page per column.
-const PAGE_BYTES: u64 = 1 << 20;
-
 pub(super) fn open_metadata(path: &Path) -> Result<ArrowReaderMetadata> {
     let file = File::open(path).map_err(|e| Error::bad_file(path, e))?;
-    ArrowReaderMetadata::load(&file, ArrowReaderOptions::new())
+    // Full page encoding stats: they tell how many pages a column chunk has, so how big one page is.
+    ArrowReaderMetadata::load(&file, ArrowReaderOptions::new().with_encoding_stats_as_mask(false))
         .map_err(|e| Error::bad_file(path, format!("not a readable parquet file: {e}")))
 }
 
@@ -46,19 +43,39 @@ pub(super) fn estimated_row_bytes(
     bytes.div_ceil(rows)
 }
 
+/// Memory the page reader holds for one morsel: for each projected column, its largest page, once
+/// compressed and once decompressed. Page sizes come from the page encoding stats (pages per chunk);
+/// a writer that records none is assumed to have written the whole chunk as one page.
 pub(super) fn page_buffer_bytes(
     meta: &ArrowReaderMetadata,
     row_group: usize,
     table_schema: &arrow::datatypes::Schema,
     projection: &[usize],
 ) -> u64 {
+    use parquet::basic::{Compression, PageType};
     let rg = meta.metadata().row_group(row_group);
     let names = projected_names(table_schema, projection);
     leaves_of(meta, &names)
         .iter()
         .map(|&l| {
             let c = rg.column(l);
-            (c.compressed_size().max(0) as u64).min(PAGE_BYTES) + (c.uncompressed_size().max(0) as u64).min(PAGE_BYTES)
+            let pages = c
+                .page_encoding_stats()
+                .map(|stats| {
+                    stats
+                        .iter()
+                        .filter(|s| matches!(s.page_type, PageType::DATA_PAGE | PageType::DATA_PAGE_V2))
+                        .map(|s| s.count.max(0) as u64)
+                        .sum::<u64>()
+                })
+                .filter(|&n| n > 0)
+                .unwrap_or(1);
+            let uncompressed = c.uncompressed_size().max(0) as u64;
+            let compressed = c.compressed_size().max(0) as u64;
+            // Pages of one chunk vary in size: allow half again the average.
+            let page = |total: u64| (total.div_ceil(pages) * 3 / 2).min(total);
+            let read = if c.compression() == Compression::UNCOMPRESSED { 0 } else { page(compressed) };
+            page(uncompressed) + read
         })
         .sum()
 }

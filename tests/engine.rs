@@ -1,0 +1,365 @@
+//! The `flow_engine` library: answers (checked against values worked out by hand with DuckDB's
+//! rules), types, sources, schema unification, pruning, and the pool back at zero after every query.
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, Float64Array, Int32Array, Int64Array, LargeStringArray, RecordBatch, StringArray, StringViewArray,
+};
+use arrow::datatypes::{DataType, Field, Schema};
+use arrow::util::display::{ArrayFormatter, FormatOptions};
+use common::*;
+use flow_engine::{Config, Engine, Error};
+
+const T_CSV: &str = "id,name,price,qty,day,flag\n\
+1,Apple,1.50,3,2024-01-15,true\n\
+2,pear,,5,2024-02-29,false\n\
+3,\"Plum, red\",3.25,,2023-12-31,\n\
+4,  kiwi ,0.05,10,,true\n";
+
+fn engine(dir: &Path) -> Engine {
+    let config = Config::default().with_mem_budget(256 << 20).with_threads(2).with_spill_dir(dir);
+    let mut engine = Engine::new(config).unwrap();
+    std::fs::write(dir.join("t.csv"), T_CSV).unwrap();
+    let format = flow_engine::source::Format::Csv(flow_engine::source::CsvOptions {
+        schema: Some(Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, true),
+            Field::new("name", DataType::Utf8, true),
+            Field::new("price", DataType::Decimal128(10, 2), true),
+            Field::new("qty", DataType::Int32, true),
+            Field::new("day", DataType::Date32, true),
+            Field::new("flag", DataType::Boolean, true),
+        ]))),
+        ..Default::default()
+    });
+    engine.register_with_format("t", dir.join("t.csv").to_str().unwrap(), Some(format)).unwrap();
+    engine
+}
+
+/// Runs a query and renders every value as text (NULL for nulls), with the column types.
+fn rows(engine: &Engine, sql: &str) -> (Vec<DataType>, Vec<Vec<String>>) {
+    let query = engine.sql(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let types: Vec<DataType> = query.schema().fields().iter().map(|f| f.data_type().clone()).collect();
+    let batches = query.collect().unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let mut out = Vec::new();
+    let opts = FormatOptions::default().with_null("NULL");
+    for b in &batches {
+        let fmts: Vec<ArrayFormatter> =
+            b.columns().iter().map(|c| ArrayFormatter::try_new(c.as_ref(), &opts).unwrap()).collect();
+        for r in 0..b.num_rows() {
+            out.push(fmts.iter().map(|f| f.value(r).to_string()).collect());
+        }
+    }
+    assert_eq!(engine.pool().reserved(), 0, "pool back to zero after {sql}");
+    (types, out)
+}
+
+fn column(engine: &Engine, sql: &str) -> (DataType, Vec<String>) {
+    let (types, rows) = rows(engine, sql);
+    (types[0].clone(), rows.into_iter().map(|r| r[0].clone()).collect())
+}
+
+fn check(engine: &Engine, sql: &str, want_type: DataType, want: &[&str]) {
+    let (t, got) = column(engine, sql);
+    assert_eq!(t, want_type, "type of {sql}");
+    assert_eq!(got, want, "values of {sql}");
+}
+
+#[test]
+fn arithmetic_and_decimal_types_follow_duckdb() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = engine(dir.path());
+    check(&e, "SELECT price * qty FROM t", DataType::Decimal128(18, 2), &["4.50", "NULL", "NULL", "0.50"]);
+    check(&e, "SELECT 1 - price FROM t", DataType::Decimal128(13, 2), &["-0.50", "NULL", "-2.25", "0.95"]);
+    check(&e, "SELECT price + price FROM t", DataType::Decimal128(11, 2), &["3.00", "NULL", "6.50", "0.10"]);
+    check(&e, "SELECT price * 1.5 FROM t", DataType::Decimal128(12, 3), &["2.250", "NULL", "4.875", "0.075"]);
+    check(&e, "SELECT price / qty FROM t", DataType::Float64, &["0.5", "NULL", "NULL", "0.005"]);
+    check(&e, "SELECT qty / 0 FROM t WHERE id = 1", DataType::Float64, &["inf"]);
+    check(&e, "SELECT id % 3 FROM t", DataType::Int64, &["1", "2", "0", "1"]);
+    check(&e, "SELECT qty + 1 FROM t", DataType::Int32, &["4", "6", "NULL", "11"]);
+    check(&e, "SELECT -id FROM t WHERE id < 3", DataType::Int64, &["-1", "-2"]);
+    check(&e, "SELECT abs(1 - qty) FROM t", DataType::Int32, &["2", "4", "NULL", "9"]);
+    check(&e, "SELECT round(price, 1) FROM t", DataType::Decimal128(10, 1), &["1.5", "NULL", "3.3", "0.1"]);
+    check(&e, "SELECT round(price) FROM t", DataType::Decimal128(10, 0), &["2", "NULL", "3", "0"]);
+    check(&e, "SELECT CAST(price AS INTEGER) FROM t", DataType::Int32, &["2", "NULL", "3", "0"]);
+    check(&e, "SELECT CAST(qty AS DOUBLE) / 4 FROM t WHERE id = 1", DataType::Float64, &["0.75"]);
+    check(&e, "SELECT coalesce(price, 0) FROM t", DataType::Decimal128(12, 2), &["1.50", "0.00", "3.25", "0.05"]);
+    let err = e.sql("SELECT qty % 0 FROM t").unwrap().collect().unwrap_err();
+    assert!(err.to_string().contains("division by zero"), "{err}");
+    let err = e.sql("SELECT CAST(2147483647 AS INTEGER) + qty FROM t").unwrap().collect().unwrap_err();
+    assert!(err.to_string().contains("overflow"), "{err}");
+}
+
+#[test]
+fn strings_predicates_and_case() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = engine(dir.path());
+    check(&e, "SELECT upper(name) FROM t", DataType::Utf8, &["APPLE", "PEAR", "PLUM, RED", "  KIWI "]);
+    check(&e, "SELECT length(name) FROM t", DataType::Int64, &["5", "4", "9", "7"]);
+    check(&e, "SELECT trim(name) || '!' FROM t", DataType::Utf8, &["Apple!", "pear!", "Plum, red!", "kiwi!"]);
+    check(&e, "SELECT substr(name, 2, 3) FROM t", DataType::Utf8, &["ppl", "ear", "lum", " ki"]);
+    check(&e, "SELECT SUBSTRING(name FROM -3) FROM t", DataType::Utf8, &["ple", "ear", "red", "wi "]);
+    check(
+        &e,
+        "SELECT concat(name, '-', qty) FROM t",
+        DataType::Utf8,
+        &["Apple-3", "pear-5", "Plum, red-", "  kiwi -10"],
+    );
+    check(&e, "SELECT name || qty FROM t", DataType::Utf8, &["Apple3", "pear5", "NULL", "  kiwi 10"]);
+    check(&e, "SELECT name LIKE 'P%' FROM t", DataType::Boolean, &["false", "false", "true", "false"]);
+    check(&e, "SELECT name ILIKE 'p%' FROM t", DataType::Boolean, &["false", "true", "true", "false"]);
+    check(&e, "SELECT name NOT LIKE '%e_' FROM t", DataType::Boolean, &["true", "true", "false", "true"]);
+    check(&e, "SELECT qty IN (3, 10) FROM t", DataType::Boolean, &["true", "false", "NULL", "true"]);
+    check(&e, "SELECT qty NOT IN (3, NULL) FROM t", DataType::Boolean, &["false", "NULL", "NULL", "NULL"]);
+    check(&e, "SELECT qty BETWEEN 4 AND 10 FROM t", DataType::Boolean, &["false", "true", "NULL", "true"]);
+    check(&e, "SELECT flag AND qty > 4 FROM t", DataType::Boolean, &["false", "false", "NULL", "true"]);
+    check(&e, "SELECT flag OR qty > 4 FROM t", DataType::Boolean, &["true", "true", "NULL", "true"]);
+    check(&e, "SELECT NOT flag FROM t", DataType::Boolean, &["false", "true", "NULL", "false"]);
+    check(&e, "SELECT price IS NULL FROM t", DataType::Boolean, &["false", "true", "false", "false"]);
+    check(
+        &e,
+        "SELECT CASE WHEN qty > 4 THEN 'big' WHEN qty IS NULL THEN 'none' ELSE 'small' END FROM t",
+        DataType::Utf8,
+        &["small", "big", "none", "big"],
+    );
+    check(
+        &e,
+        "SELECT CASE qty WHEN 3 THEN 1 WHEN 5 THEN 2.5 END FROM t",
+        DataType::Decimal128(11, 1),
+        &["1.0", "2.5", "NULL", "NULL"],
+    );
+}
+
+#[test]
+fn dates_filters_and_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = engine(dir.path());
+    check(&e, "SELECT EXTRACT(year FROM day) FROM t", DataType::Int64, &["2024", "2024", "2023", "NULL"]);
+    check(&e, "SELECT date_part('month', day) FROM t", DataType::Int64, &["1", "2", "12", "NULL"]);
+    check(&e, "SELECT id FROM t WHERE day > '2024-01-31'", DataType::Int64, &["2"]);
+    check(&e, "SELECT id FROM t WHERE day < DATE '2024-01-31' AND flag IS NULL", DataType::Int64, &["3"]);
+    check(
+        &e,
+        "SELECT CAST(TIMESTAMP '2024-03-01 10:30:00' AS DATE) FROM t WHERE id = 1",
+        DataType::Date32,
+        &["2024-03-01"],
+    );
+    check(&e, "SELECT id FROM t LIMIT 2 OFFSET 1", DataType::Int64, &["2", "3"]);
+    check(&e, "SELECT id FROM t WHERE id > 100", DataType::Int64, &[]);
+    check(&e, "SELECT i FROM (SELECT id * 10 AS i FROM t WHERE id > 1) s WHERE i < 40", DataType::Int64, &["20", "30"]);
+    let (_, all) = rows(&e, "SELECT * FROM t WHERE id = 3");
+    assert_eq!(all, vec![vec!["3", "Plum, red", "3.25", "NULL", "2023-12-31", "NULL"]]);
+}
+
+#[test]
+fn plan_errors_name_what_is_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = engine(dir.path());
+    let err = |sql: &str| e.sql(sql).err().unwrap_or_else(|| panic!("{sql} should fail"));
+    assert!(matches!(err("SELECT nme FROM t"), Error::Sql { line: 1, column: 8, .. }));
+    assert!(err("SELECT nme FROM t").to_string().contains("did you mean name?"));
+    assert!(err("SELECT name FROM tt").to_string().contains("did you mean t?"));
+    assert!(err("SELECT id FROM t WHERE name").to_string().contains("WHERE must be a boolean condition, got VARCHAR"));
+    assert!(err("SELECT upper(id) FROM t").to_string().contains("upper needs a string, got BIGINT"));
+    assert!(err("SELECT frobnicate(id) FROM t").to_string().contains("function frobnicate()"));
+    assert!(matches!(err("SELECT id FROM t GROUP BY id"), Error::NotSupported(_)));
+    assert!(matches!(err("SELECT id FROM t UNION ALL SELECT id FROM t"), Error::NotSupported(_)));
+    assert!(matches!(err("SELECT sum(id) FROM t"), Error::NotSupported(_)));
+    assert!(matches!(err("SELECT CAST(day AS BOOLEAN) FROM t"), Error::Plan(_)));
+}
+
+fn write(path: &Path, columns: Vec<(&str, ArrayRef)>) {
+    let batch = RecordBatch::try_from_iter(columns).unwrap();
+    write_parquet(path, &[batch], None);
+}
+
+#[test]
+fn compatible_files_unify_and_incompatible_ones_fail() {
+    let dir = tempfile::tempdir().unwrap();
+    let u = dir.path().join("u");
+    std::fs::create_dir(&u).unwrap();
+    write(
+        &u.join("a.parquet"),
+        vec![
+            ("x", Arc::new(Int32Array::from(vec![1, 2])) as ArrayRef),
+            ("y", Arc::new(StringArray::from(vec!["p", "q"]))),
+        ],
+    );
+    write(
+        &u.join("b.parquet"),
+        vec![("x", Arc::new(Int64Array::from(vec![3])) as ArrayRef), ("z", Arc::new(Float64Array::from(vec![0.5])))],
+    );
+    write(
+        &u.join("c.parquet"),
+        vec![
+            ("y", Arc::new(LargeStringArray::from(vec!["r"])) as ArrayRef),
+            ("x", Arc::new(Int32Array::from(vec![4]))),
+        ],
+    );
+    write(
+        &u.join("d.parquet"),
+        vec![("x", Arc::new(Int64Array::from(vec![5])) as ArrayRef), ("y", Arc::new(StringViewArray::from(vec!["s"])))],
+    );
+    let e = engine(dir.path());
+    let glob = format!("SELECT x, y, z FROM '{}/u/*.parquet'", dir.path().display());
+    let (types, got) = rows(&e, &glob);
+    assert_eq!(types, vec![DataType::Int64, DataType::Utf8, DataType::Float64]);
+    assert_eq!(
+        got,
+        vec![["1", "p", "NULL"], ["2", "q", "NULL"], ["3", "NULL", "0.5"], ["4", "r", "NULL"], ["5", "s", "NULL"]]
+    );
+    // A directory reads the same files.
+    let (_, by_dir) = rows(&e, &format!("SELECT x FROM read_parquet('{}/u')", dir.path().display()));
+    assert_eq!(by_dir.len(), 5);
+    write(&u.join("e.parquet"), vec![("x", Arc::new(StringArray::from(vec!["oops"])) as ArrayRef)]);
+    let err = e.sql(&glob).err().expect("incompatible files");
+    let msg = err.to_string();
+    assert!(
+        matches!(err, Error::Schema(_))
+            && msg.contains("column 'x'")
+            && msg.contains("a.parquet")
+            && msg.contains("e.parquet"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn ndjson_and_csv_options() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = engine(dir.path());
+    std::fs::write(
+        dir.path().join("j.json"),
+        "{\"a\": 1, \"b\": \"x\"}\n{\"a\": 2}\n{\"a\": 3, \"b\": \"z\", \"c\": true}\n",
+    )
+    .unwrap();
+    let (types, got) = rows(&e, &format!("SELECT a, b, c FROM '{}/j.json' WHERE a > 1", dir.path().display()));
+    assert_eq!(types, vec![DataType::Int64, DataType::Utf8, DataType::Boolean]);
+    assert_eq!(got, vec![["2", "NULL", "NULL"], ["3", "z", "true"]]);
+    std::fs::write(dir.path().join("s.txt"), "1|a\n2|b\n").unwrap();
+    let (_, got) =
+        rows(&e, &format!("SELECT column_2 FROM read_csv('{}/s.txt', delim='|', header=false)", dir.path().display()));
+    assert_eq!(got, vec![["a"], ["b"]]);
+}
+
+#[test]
+fn row_groups_are_pruned_by_statistics() {
+    let dir = tempfile::tempdir().unwrap();
+    let schema =
+        Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false), Field::new("tag", DataType::Utf8, true)]));
+    let batches: Vec<RecordBatch> = (0..10)
+        .map(|g| {
+            let ids: Vec<i64> = (g * 100..(g + 1) * 100).collect();
+            let tags: StringArray = ids.iter().map(|i| Some(format!("g{}", i / 100))).collect();
+            RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from(ids)), Arc::new(tags)]).unwrap()
+        })
+        .collect();
+    let props = parquet::file::properties::WriterProperties::builder().set_max_row_group_row_count(Some(100)).build();
+    write_parquet(&dir.path().join("p.parquet"), &batches, Some(props));
+    let mut e = engine(dir.path());
+    e.register("p", dir.path().join("p.parquet").to_str().unwrap()).unwrap();
+    for (sql, groups, count) in [
+        ("SELECT id FROM p WHERE id >= 950", 1, 50),
+        ("SELECT id FROM p WHERE id BETWEEN 150 AND 250", 2, 101),
+        ("SELECT id FROM p WHERE id IN (5, 905)", 2, 2),
+        ("SELECT id FROM p WHERE tag = 'g3'", 1, 100),
+        ("SELECT id FROM p WHERE 500 > id AND id > 480", 1, 19),
+        ("SELECT id FROM p WHERE id < 0", 0, 0),
+        ("SELECT id FROM p WHERE id % 2 = 0 OR id = 3", 10, 501),
+    ] {
+        let metrics = e.sql(sql).unwrap().for_each(|_| Ok(())).unwrap();
+        assert_eq!(metrics.pipeline.row_groups_total, 10);
+        assert_eq!(metrics.pipeline.row_groups_scanned, groups, "{sql}");
+        assert_eq!(metrics.rows_out, count, "{sql}");
+    }
+    assert_eq!(e.pool().reserved(), 0);
+}
+
+#[test]
+fn limits_stop_early_and_release_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false)]));
+    let batches: Vec<RecordBatch> = (0..50)
+        .map(|g| {
+            RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from_iter_values(g * 1000..(g + 1) * 1000))])
+                .unwrap()
+        })
+        .collect();
+    let props = parquet::file::properties::WriterProperties::builder().set_max_row_group_row_count(Some(1000)).build();
+    write_parquet(&dir.path().join("n.parquet"), &batches, Some(props));
+    let mut e = engine(dir.path());
+    e.register("n", dir.path().join("n.parquet").to_str().unwrap()).unwrap();
+    let metrics = e.sql("SELECT id FROM n LIMIT 10").unwrap().for_each(|_| Ok(())).unwrap();
+    assert_eq!(metrics.rows_out, 10);
+    assert!(metrics.rows_read < 50_000, "the scan stopped early: read {}", metrics.rows_read);
+    check(
+        &e,
+        "SELECT id FROM n WHERE id % 1000 = 999 LIMIT 3 OFFSET 47",
+        DataType::Int64,
+        &["47999", "48999", "49999"],
+    );
+    // A stream dropped half-way gives everything back.
+    let mut stream = e.sql("SELECT id FROM n").unwrap().stream().unwrap();
+    let first = stream.next().unwrap().unwrap();
+    assert_eq!(first.num_rows(), 1000);
+    drop(stream);
+    assert_eq!(e.pool().reserved(), 0);
+    // Cancelling stops a running query with a clear error.
+    e.cancel_flag().store(true, std::sync::atomic::Ordering::SeqCst);
+    let err = e.sql("SELECT id FROM n").unwrap().collect().unwrap_err();
+    assert!(err.is_cancelled());
+    assert_eq!(e.pool().reserved(), 0);
+}
+
+#[test]
+fn types_round_trip_through_parquet_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = engine(dir.path());
+    let out = dir.path().join("o.parquet");
+    let (summary, metrics) = e
+        .sql("SELECT id, name, price, qty, day, flag, CAST(day AS TIMESTAMP) AS ts FROM t")
+        .unwrap()
+        .write(&out)
+        .unwrap();
+    assert_eq!((summary.rows, metrics.rows_out), (4, 4));
+    assert_eq!(e.pool().reserved(), 0);
+    let back = concat(&read_parquet(&out));
+    let types: Vec<DataType> = back.schema().fields().iter().map(|f| f.data_type().clone()).collect();
+    assert_eq!(
+        types,
+        vec![
+            DataType::Int64,
+            DataType::Utf8,
+            DataType::Decimal128(10, 2),
+            DataType::Int32,
+            DataType::Date32,
+            DataType::Boolean,
+            DataType::Timestamp(arrow::datatypes::TimeUnit::Microsecond, None)
+        ]
+    );
+    assert_eq!(back.column(2).null_count(), 1);
+    assert_eq!(back.column(6).null_count(), 1);
+    // Statistics are on, so other readers (and flow itself) can prune.
+    let meta = parquet::file::reader::FileReader::metadata(
+        &parquet::file::reader::SerializedFileReader::new(std::fs::File::open(&out).unwrap()).unwrap(),
+    )
+    .clone();
+    assert!(meta.row_group(0).column(0).statistics().is_some());
+}
+
+#[test]
+fn tiny_budgets_are_refused_up_front() {
+    let dir = tempfile::tempdir().unwrap();
+    let schema = Arc::new(Schema::new(vec![Field::new("s", DataType::Utf8, false)]));
+    let big: StringArray = (0..20_000).map(|i| Some(format!("{i:0>200}"))).collect();
+    write_parquet(&dir.path().join("w.parquet"), &[RecordBatch::try_new(schema, vec![Arc::new(big)]).unwrap()], None);
+    let config = Config::default().with_mem_budget(256 << 10).with_threads(2).with_spill_dir(dir.path());
+    let mut e = Engine::new(config).unwrap();
+    e.register("w", dir.path().join("w.parquet").to_str().unwrap()).unwrap();
+    match e.sql("SELECT s FROM w").err() {
+        Some(Error::BudgetTooSmall { needed, budget, .. }) => assert!(needed > budget),
+        other => panic!("expected BudgetTooSmall, got {other:?}"),
+    }
+}

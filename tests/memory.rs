@@ -1,0 +1,109 @@
+//! The budget is a promise: the real `flow` process streams a Parquet input many times the budget
+//! through filter and projection to Parquet, and its peak RSS stays within `1.1 * budget + 24 MiB`.
+
+mod common;
+
+use std::sync::Arc;
+
+use arrow::array::{Float64Array, Int64Array, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Schema};
+use common::*;
+use parquet::basic::Compression;
+use parquet::file::properties::WriterProperties;
+use rand::{Rng, SeedableRng};
+
+const MIB: u64 = 1 << 20;
+
+/// Writes `rows` rows of (id, value, x, text ~48 chars) without compression, in row groups of
+/// 128K rows; returns the decoded (Arrow) size.
+fn make_input(path: &std::path::Path, rows: usize) -> u64 {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new("value", DataType::Int64, true),
+        Field::new("x", DataType::Float64, false),
+        Field::new("text", DataType::Utf8, true),
+    ]));
+    let props = WriterProperties::builder()
+        .set_compression(Compression::UNCOMPRESSED)
+        .set_dictionary_enabled(false)
+        .set_max_row_group_row_count(Some(128 * 1024))
+        .build();
+    let file = std::fs::File::create(path).unwrap();
+    let mut writer = parquet::arrow::ArrowWriter::try_new(file, schema.clone(), Some(props)).unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let mut decoded = 0u64;
+    let chunk = 64 * 1024;
+    for start in (0..rows).step_by(chunk) {
+        let n = chunk.min(rows - start);
+        let id = Int64Array::from_iter_values(start as i64..(start + n) as i64);
+        let value: Int64Array = (0..n).map(|i| (i % 10 != 0).then(|| rng.random_range(0..1_000_000))).collect();
+        let x = Float64Array::from_iter_values((0..n).map(|_| rng.random::<f64>()));
+        let text: StringArray = (0..n)
+            .map(|_| {
+                let k: u64 = rng.random();
+                Some(format!("{k:020}-{:027x}", k.wrapping_mul(0x9E37_79B9_7F4A_7C15) as u128 * 31))
+            })
+            .collect();
+        let batch =
+            RecordBatch::try_new(schema.clone(), vec![Arc::new(id), Arc::new(value), Arc::new(x), Arc::new(text)])
+                .unwrap();
+        decoded += batch.get_array_memory_size() as u64;
+        writer.write(&batch).unwrap();
+    }
+    writer.close().unwrap();
+    decoded
+}
+
+#[test]
+fn streaming_filter_project_stays_in_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("big.parquet");
+    let budget = 32 * MIB;
+    let decoded = make_input(&input, 5_000_000);
+    let on_disk = std::fs::metadata(&input).unwrap().len();
+    assert!(on_disk >= 10 * budget, "input is {on_disk} bytes on disk, want at least 10x the budget");
+    assert!(decoded >= 10 * budget);
+
+    let run = flow(
+        dir.path(),
+        &[
+            "sql",
+            "--mem-budget",
+            "32MiB",
+            "--threads",
+            "2",
+            "--report",
+            "report.json",
+            "-o",
+            "out.parquet",
+            "SELECT id, value * 2 AS v2, x + 1.0 AS x1, upper(text) AS t FROM 'big.parquet' WHERE value % 3 <> 0 OR value IS NULL",
+        ],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let limit = budget + budget / 10 + 24 * MIB;
+    eprintln!("peak RSS {:.1} MiB (limit {} MiB); {}", run.max_rss as f64 / MIB as f64, limit / MIB, run.stderr.trim());
+    assert!(run.max_rss <= limit, "peak RSS {} MiB > limit {} MiB; {}", run.max_rss / MIB, limit / MIB, run.stderr);
+
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("report.json")).unwrap()).unwrap();
+    let step = &report["steps"][0];
+    assert_eq!(step["rows_read"], 5_000_000);
+    assert!(report["peak_accounted"].as_u64().unwrap() <= budget);
+
+    // The answer: every row with value null or not divisible by 3, in input order.
+    let mut rows = 0usize;
+    let mut last_id = -1i64;
+    let file = std::fs::File::open(dir.path().join("out.parquet")).unwrap();
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file).unwrap().build().unwrap();
+    for batch in reader {
+        let batch = batch.unwrap();
+        let id = batch.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+        for i in 0..id.len() {
+            assert!(id.value(i) > last_id, "input order kept");
+            last_id = id.value(i);
+        }
+        rows += batch.num_rows();
+    }
+    assert_eq!(step["rows_out"], rows as u64);
+    assert!(rows > 3_200_000 && rows < 3_700_000, "{rows}");
+}
