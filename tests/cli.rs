@@ -2,6 +2,8 @@
 //! exit code (and nothing left behind) for every kind of bad input.
 
 mod common;
+#[path = "common/process.rs"]
+mod process;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -9,6 +11,7 @@ use std::sync::Arc;
 use arrow::array::{Array, AsArray, Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Int64Type, Schema};
 use common::*;
+use process::*;
 
 /// A small Parquet table `t.parquet` (a: 0..1000, s: "s{a}", null every 7th) and a CSV `c.csv`.
 fn fixture() -> tempfile::TempDir {

@@ -2,6 +2,8 @@
 //! through filter and projection to Parquet, and its peak RSS stays within `1.1 * budget + 24 MiB`.
 
 mod common;
+#[path = "common/process.rs"]
+mod process;
 
 use std::sync::Arc;
 
@@ -10,13 +12,14 @@ use arrow::datatypes::{DataType, Field, Schema};
 use common::*;
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
+use process::*;
 use rand::{Rng, SeedableRng};
 
 const MIB: u64 = 1 << 20;
 
 /// Writes `rows` rows of (id, value, x, text ~48 chars) without compression, in row groups of
-/// 128K rows; returns the decoded (Arrow) size.
-fn make_input(path: &std::path::Path, rows: usize) -> u64 {
+/// 128K rows; returns the decoded (Arrow) size and how many rows the test's filter keeps.
+fn make_input(path: &std::path::Path, rows: usize) -> (u64, u64) {
     let schema = Arc::new(Schema::new(vec![
         Field::new("id", DataType::Int64, false),
         Field::new("value", DataType::Int64, true),
@@ -32,11 +35,13 @@ fn make_input(path: &std::path::Path, rows: usize) -> u64 {
     let mut writer = parquet::arrow::ArrowWriter::try_new(file, schema.clone(), Some(props)).unwrap();
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     let mut decoded = 0u64;
+    let mut kept = 0u64;
     let chunk = 64 * 1024;
     for start in (0..rows).step_by(chunk) {
         let n = chunk.min(rows - start);
         let id = Int64Array::from_iter_values(start as i64..(start + n) as i64);
         let value: Int64Array = (0..n).map(|i| (i % 10 != 0).then(|| rng.random_range(0..1_000_000))).collect();
+        kept += value.iter().filter(|v| v.is_none_or(|v| v % 3 != 0)).count() as u64;
         let x = Float64Array::from_iter_values((0..n).map(|_| rng.random::<f64>()));
         let text: StringArray = (0..n)
             .map(|_| {
@@ -51,7 +56,7 @@ fn make_input(path: &std::path::Path, rows: usize) -> u64 {
         writer.write(&batch).unwrap();
     }
     writer.close().unwrap();
-    decoded
+    (decoded, kept)
 }
 
 #[test]
@@ -59,7 +64,7 @@ fn streaming_filter_project_stays_in_budget() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("big.parquet");
     let budget = 32 * MIB;
-    let decoded = make_input(&input, 5_000_000);
+    let (decoded, expected) = make_input(&input, 5_000_000);
     let on_disk = std::fs::metadata(&input).unwrap().len();
     assert!(on_disk >= 10 * budget, "input is {on_disk} bytes on disk, want at least 10x the budget");
     assert!(decoded >= 10 * budget);
@@ -105,5 +110,29 @@ fn streaming_filter_project_stays_in_budget() {
         rows += batch.num_rows();
     }
     assert_eq!(step["rows_out"], rows as u64);
-    assert!(rows > 3_200_000 && rows < 3_700_000, "{rows}");
+    assert_eq!(rows as u64, expected);
+
+    // Ctrl-C half-way: exit code 130, nothing at the output path, no temporary file left behind.
+    let pid = spawn_flow(
+        dir.path(),
+        &[
+            "sql",
+            "--threads",
+            "1",
+            "--mem-budget",
+            "32MiB",
+            "-o",
+            "cut.parquet",
+            "SELECT id, upper(text) AS t FROM 'big.parquet'",
+        ],
+    );
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(pid, libc::SIGINT) };
+    let (code, _) = wait_with_rusage(pid);
+    let stderr = std::fs::read_to_string(dir.path().join(".stderr")).unwrap();
+    assert_eq!(code, 130, "{stderr}");
+    assert_eq!(stderr.trim(), "error: interrupted");
+    let left: Vec<String> = files_in(dir.path()).into_iter().filter(|f| f.contains("cut")).collect();
+    assert!(left.is_empty(), "{left:?}");
 }

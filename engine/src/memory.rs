@@ -154,7 +154,7 @@ impl MemoryReservation {
         if state.used.saturating_add(bytes) > budget {
             let mut largest: Vec<(String, u64)> =
                 state.consumers.values().filter(|c| c.bytes > 0).map(|c| (c.name.clone(), c.bytes)).collect();
-            largest.sort_by(|a, b| b.1.cmp(&a.1));
+            largest.sort_by_key(|c| std::cmp::Reverse(c.1));
             largest.truncate(3);
             return Err(Error::ResourcesExhausted {
                 consumer: state.consumers.get(&self.id).map(|c| c.name.clone()).unwrap_or_default(),

@@ -4,69 +4,12 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ArrowWriter;
 use parquet::file::properties::WriterProperties;
-
-/// The `flow` binary built for these tests.
-pub fn flow_bin() -> PathBuf {
-    PathBuf::from(option_env!("CARGO_BIN_EXE_flow").expect("only the flow-cli tests run the binary"))
-}
-
-/// What a finished `flow` process did.
-#[derive(Debug)]
-pub struct Run {
-    pub code: i32,
-    pub stdout: String,
-    pub stderr: String,
-    /// Peak resident set size in bytes, as the kernel reports it for the child (`ru_maxrss`).
-    pub max_rss: u64,
-}
-
-/// Runs `flow` with `args` in `dir`, without inheriting FLOW_* settings from the environment.
-pub fn flow(dir: &Path, args: &[&str]) -> Run {
-    flow_env(dir, args, &[])
-}
-
-/// Runs `flow` with extra environment variables.
-pub fn flow_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
-    let out_path = dir.join(".stdout");
-    let err_path = dir.join(".stderr");
-    let mut cmd = Command::new(flow_bin());
-    cmd.args(args)
-        .current_dir(dir)
-        .env_remove("FLOW_MEM_BUDGET")
-        .env_remove("FLOW_THREADS")
-        .stdin(Stdio::null())
-        .stdout(File::create(&out_path).unwrap())
-        .stderr(File::create(&err_path).unwrap());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let child = cmd.spawn().expect("start flow");
-    let (code, max_rss) = wait_with_rusage(child.id() as i32);
-    Run {
-        code,
-        stdout: std::fs::read_to_string(&out_path).unwrap(),
-        stderr: std::fs::read_to_string(&err_path).unwrap(),
-        max_rss,
-    }
-}
-
-/// Waits for one child and returns its exit code (128 + signal when killed) and peak RSS in bytes.
-fn wait_with_rusage(pid: i32) -> (i32, u64) {
-    let mut status = 0;
-    // SAFETY: plain syscalls on a child of this process, with valid out-pointers.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    assert_eq!(r, pid, "wait4 failed");
-    let code = if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { 128 + libc::WTERMSIG(status) };
-    (code, usage.ru_maxrss as u64 * 1024)
-}
 
 /// Writes batches to a Parquet file.
 pub fn write_parquet(path: &Path, batches: &[RecordBatch], props: Option<WriterProperties>) {
