@@ -224,9 +224,10 @@ impl<'e> Query<'e> {
 
     /// Runs the query, handing each batch to `f`; returns the metrics.
     pub fn for_each(self, mut f: impl FnMut(&RecordBatch) -> Result<()>) -> Result<QueryMetrics> {
-        let (engine, start, stats) = (self.engine, Instant::now(), self.pipeline.stats(&self.engine.ctx));
+        let (engine, start) = (self.engine, Instant::now());
         let before = snapshot(engine);
         let mut stream = self.stream()?;
+        let stats = stream.stats();
         let mut rows = 0;
         while let Some(item) = stream.next_reserved() {
             let (batch, reservation) = item?;

@@ -66,7 +66,10 @@ impl ExecContext {
 pub(crate) struct Pipeline {
     table: Arc<Table>,
     projection: Vec<usize>,
-    morsels: Vec<Morsel>,
+    pruning: Option<crate::source::PruningPredicate>,
+    /// Row groups or slices to scan: known at planning for Parquet (footers are in memory), found
+    /// when the scan starts for CSV (finding record boundaries reads the file).
+    morsels: Option<Vec<Morsel>>,
     worker_ops: Vec<Operator>,
     tail_ops: Vec<Operator>,
     schema: SchemaRef,
@@ -108,10 +111,11 @@ impl Pipeline {
         ops.reverse();
         let split = ops.iter().position(|o| matches!(o, Operator::Limit { .. })).unwrap_or(ops.len());
         let tail_ops = ops.split_off(split);
-        let morsels = table.morsels(pruning.as_ref());
+        let morsels = if table.is_parquet() { Some(table.morsels(pruning.as_ref())?) } else { None };
         Ok(Pipeline {
             table: table.clone(),
             projection: projection.clone(),
+            pruning: pruning.clone(),
             morsels,
             worker_ops: ops,
             tail_ops,
@@ -119,10 +123,21 @@ impl Pipeline {
         })
     }
 
+    fn morsels(&mut self) -> Result<&[Morsel]> {
+        if self.morsels.is_none() {
+            self.morsels = Some(self.table.morsels(self.pruning.as_ref())?);
+        }
+        Ok(self.morsels.as_deref().unwrap_or(&[]))
+    }
+
+    /// Sizes of the scan; for CSV the slices are counted once the scan has started.
     pub(crate) fn stats(&self, ctx: &ExecContext) -> PipelineStats {
+        let files = self.table.row_group_count();
+        let scanned = self.morsels.as_ref().map_or(files, |m| m.len());
         PipelineStats {
-            row_groups_total: self.table.row_group_count(),
-            row_groups_scanned: self.morsels.len(),
+            // Text files have no row groups: count their slices.
+            row_groups_total: if self.table.is_parquet() { files } else { scanned },
+            row_groups_scanned: scanned,
             min_memory: self.min_memory(ctx),
         }
     }
@@ -130,8 +145,11 @@ impl Pipeline {
     /// Memory one worker needs (the largest morsel's page buffers and three batches) and one batch
     /// at the consumer.
     fn worker_memory(&self, ctx: &ExecContext) -> (u64, u64) {
-        let pages = self.morsels.iter().map(|m| self.table.page_buffer_bytes(*m, &self.projection)).max().unwrap_or(0);
-        let row = self.morsels.iter().map(|m| self.table.estimated_row_bytes(*m, &self.projection)).max().unwrap_or(0);
+        // Text formats need the same buffers for every morsel.
+        let any = [Morsel { file: 0, row_group: 0, range: None }];
+        let morsels = self.morsels.as_deref().unwrap_or(&any);
+        let pages = morsels.iter().map(|m| self.table.page_buffer_bytes(*m, &self.projection)).max().unwrap_or(0);
+        let row = morsels.iter().map(|m| self.table.estimated_row_bytes(*m, &self.projection)).max().unwrap_or(0);
         let batch = (row.max(1) * ctx.config.batch_size as u64).min(ctx.batch_bytes_target()).max(row * 64);
         (pages + 3 * batch, batch)
     }
@@ -143,7 +161,7 @@ impl Pipeline {
     }
 
     /// As many workers as there are threads, morsels, and room in the pool for.
-    fn workers(&self, ctx: &ExecContext) -> Result<usize> {
+    fn workers(&self, ctx: &ExecContext, morsels: usize) -> Result<usize> {
         let (worker, batch) = self.worker_memory(ctx);
         let available = ctx.pool.available();
         let fit = available.saturating_sub(batch) / worker.max(1);
@@ -155,16 +173,18 @@ impl Pipeline {
                 budget,
             });
         }
-        Ok(ctx.config.threads.min(self.morsels.len()).min(fit as usize).max(1))
+        Ok(ctx.config.threads.min(morsels).min(fit as usize).max(1))
     }
 
     /// Starts the workers and returns the consumer's end.
-    pub(crate) fn execute(self, ctx: &ExecContext) -> Result<BatchStream> {
-        let workers = self.workers(ctx)?;
+    pub(crate) fn execute(mut self, ctx: &ExecContext) -> Result<BatchStream> {
+        let count = ctx.threads.install(|| self.morsels().map(|m| m.len()))?;
+        let workers = self.workers(ctx, count)?;
+        let stats = self.stats(ctx);
         let shared = Arc::new(Shared {
             table: self.table,
             projection: self.projection,
-            morsels: self.morsels,
+            morsels: self.morsels.unwrap_or_default(),
             ops: self.worker_ops,
             stop: AtomicBool::new(false),
             held_by_consumer: AtomicUsize::new(0),
@@ -194,6 +214,7 @@ impl Pipeline {
             });
         }
         Ok(BatchStream {
+            stats,
             schema: self.schema,
             shared,
             receivers,
@@ -299,6 +320,7 @@ fn reserve_waiting(r: &mut MemoryReservation, bytes: u64, shared: &Shared, ctx: 
 /// A batch returned by `next` stays accounted in the memory pool until the following call to `next`
 /// (or until the stream is dropped).
 pub struct BatchStream {
+    stats: PipelineStats,
     schema: SchemaRef,
     shared: Arc<Shared>,
     receivers: Vec<Receiver<Message>>,
@@ -313,6 +335,11 @@ impl BatchStream {
     /// The schema of every batch.
     pub fn schema(&self) -> SchemaRef {
         self.schema.clone()
+    }
+
+    /// Sizes of the scan (row groups or slices, before and after pruning).
+    pub fn stats(&self) -> PipelineStats {
+        self.stats
     }
 
     /// The next batch together with the reservation that pays for it.

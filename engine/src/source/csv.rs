@@ -1,7 +1,7 @@
 //! Delimited text files.
 
 use std::fs::File;
-use std::io::{BufReader, Read, Seek};
+use std::io::{BufRead, BufReader, Read, Seek};
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -70,8 +70,89 @@ pub(super) fn infer_schema(path: &Path, options: &CsvOptions) -> Result<SchemaRe
     Ok(Arc::new(schema))
 }
 
+/// Files larger than twice this are scanned in slices of about this size, in parallel.
+pub const SLICE_BYTES: u64 = 32 << 20;
+
+/// Cuts a CSV file into slices of whole records, so several workers can parse one file.
+///
+/// A newline ends a record only outside quotes, and whether a byte is inside quotes depends on every
+/// quote before it. So: count the quote characters of each slice (in parallel), turn the counts
+/// into the quote parity at each slice's start, then move each cut forward to the first newline
+/// with even parity. Doubled quotes (`""`) toggle twice and change nothing, as RFC 4180 wants.
+/// Small files are one slice (`None`).
+pub(super) fn slices(path: &Path, options: &CsvOptions) -> Result<Vec<Option<(u64, u64)>>> {
+    use rayon::prelude::*;
+    let size = std::fs::metadata(path).map_err(|e| Error::bad_file(path, e))?.len();
+    if size <= 2 * SLICE_BYTES {
+        return Ok(vec![None]);
+    }
+    let n = size.div_ceil(SLICE_BYTES);
+    let read_range = |start: u64, end: u64, f: &mut dyn FnMut(&[u8]) -> bool| -> std::io::Result<()> {
+        let mut file = File::open(path)?;
+        file.seek(std::io::SeekFrom::Start(start))?;
+        let mut reader = BufReader::with_capacity(256 << 10, file.take(end - start));
+        loop {
+            let buf = reader.fill_buf()?;
+            if buf.is_empty() || !f(buf) {
+                return Ok(());
+            }
+            let len = buf.len();
+            reader.consume(len);
+        }
+    };
+    let quote = options.quote;
+    let counts: Vec<u64> = (0..n)
+        .into_par_iter()
+        .map(|i| {
+            let mut count = 0u64;
+            read_range(i * SLICE_BYTES, ((i + 1) * SLICE_BYTES).min(size), &mut |buf| {
+                count += buf.iter().filter(|&&b| b == quote).count() as u64;
+                true
+            })
+            .map(|_| count)
+        })
+        .collect::<std::io::Result<_>>()
+        .map_err(|e| Error::bad_file(path, e))?;
+    let mut odd_before = Vec::with_capacity(n as usize);
+    let mut total = 0u64;
+    for c in &counts {
+        odd_before.push(total % 2 == 1);
+        total += c;
+    }
+    // Cut i (i >= 1): just past the first newline at or after i * SLICE_BYTES outside quotes.
+    let cuts: Vec<u64> = (1..n)
+        .into_par_iter()
+        .map(|i| {
+            let start = i * SLICE_BYTES;
+            let mut inside = odd_before[i as usize];
+            let mut pos = start;
+            let mut found = None;
+            read_range(start, size, &mut |buf| {
+                for &b in buf {
+                    pos += 1;
+                    if b == quote {
+                        inside = !inside;
+                    } else if b == b'\n' && !inside {
+                        found = Some(pos);
+                        return false;
+                    }
+                }
+                true
+            })
+            .map(|_| found.unwrap_or(size))
+        })
+        .collect::<std::io::Result<_>>()
+        .map_err(|e| Error::bad_file(path, e))?;
+    let mut bounds = vec![0u64];
+    bounds.extend(cuts);
+    bounds.push(size);
+    bounds.dedup();
+    Ok(bounds.windows(2).filter(|w| w[1] > w[0]).map(|w| Some((w[0], w[1]))).collect())
+}
+
 pub(super) fn scan(
     file: &SourceFile,
+    range: Option<(u64, u64)>,
     options: &CsvOptions,
     out_schema: &SchemaRef,
     batch_rows: usize,
@@ -82,18 +163,21 @@ pub(super) fn scan(
     let projection: Vec<usize> =
         out_schema.fields().iter().filter_map(|f| file.schema.index_of(f.name()).ok()).collect();
     let mut handle = File::open(path).map_err(|e| Error::bad_file(path, e))?;
-    handle.rewind().map_err(|e| Error::bad_file(path, e))?;
-    let counting = CountingRead { inner: handle, counters };
+    let (start, end) = range.unwrap_or((0, u64::MAX));
+    handle.seek(std::io::SeekFrom::Start(start)).map_err(|e| Error::bad_file(path, e))?;
+    let counting = CountingRead { inner: handle.take(end - start), counters };
+    // Only the first slice holds the header line.
+    let format = options.format().with_header(options.has_header && start == 0);
     let reader = arrow::csv::ReaderBuilder::new(file.schema.clone())
-        .with_format(options.format())
+        .with_format(format)
         .with_batch_size(batch_rows.max(1))
         .with_projection(projection.clone())
         .build(BufReader::with_capacity(READ_BUFFER_BYTES as usize, counting))
         .map_err(|e| Error::bad_file(path, e))?;
-    let rows_before = if options.has_header { 1 } else { 0 };
+    let rows_before = if options.has_header && start == 0 { 1 } else { 0 };
     let mut seen = 0u64;
     for batch in reader {
-        let batch = batch.map_err(|e| Error::bad_file(path, csv_error(e, seen + rows_before)))?;
+        let batch = batch.map_err(|e| Error::bad_file(path, csv_error(e, seen + rows_before, start)))?;
         seen += batch.num_rows() as u64;
         let batch = if projection.is_empty() {
             RecordBatch::try_new_with_options(
@@ -112,10 +196,14 @@ pub(super) fn scan(
 }
 
 /// Arrow's CSV errors count lines from the start of the current batch; say where in the file.
-fn csv_error(e: arrow::error::ArrowError, lines_before: u64) -> String {
+fn csv_error(e: arrow::error::ArrowError, lines_before: u64, slice_start: u64) -> String {
     let text = e.to_string();
     let text = text.strip_prefix("Csv error: ").unwrap_or(&text).to_string();
-    format!("{text} (after line {lines_before})")
+    if slice_start == 0 {
+        format!("{text} (after line {lines_before})")
+    } else {
+        format!("{text} (after record {lines_before} of the slice at byte {slice_start})")
+    }
 }
 
 pub(super) struct CountingRead<'a, R> {

@@ -68,6 +68,8 @@ pub struct Morsel {
     pub file: usize,
     /// Row group of a Parquet file; 0 for other formats.
     pub row_group: usize,
+    /// Byte range of a CSV file slice (whole records only); `None` for the whole file.
+    pub range: Option<(u64, u64)>,
 }
 
 /// A set of files read as one table.
@@ -144,23 +146,35 @@ impl Table {
         self.files.iter().map(|f| f.parquet.as_ref().map(|m| m.metadata().file_metadata().num_rows() as u64)).sum()
     }
 
-    /// The morsels to scan: every row group that `pruning` cannot rule out, or every file.
-    pub fn morsels(&self, pruning: Option<&PruningPredicate>) -> Vec<Morsel> {
+    /// The morsels to scan: every row group that `pruning` cannot rule out; slices of large CSV
+    /// files (cut at record boundaries, see [`csv::slices`]); whole NDJSON files. Reads large CSV
+    /// files to find the boundaries, so call it when about to scan.
+    pub fn morsels(&self, pruning: Option<&PruningPredicate>) -> Result<Vec<Morsel>> {
         let mut out = Vec::new();
         for (i, file) in self.files.iter().enumerate() {
-            match &file.parquet {
-                Some(meta) => {
+            match (&file.parquet, &self.format) {
+                (Some(meta), _) => {
                     let keep = pruning.map(|p| p.row_groups_to_scan(meta, &self.schema));
                     for rg in 0..meta.metadata().num_row_groups() {
                         if keep.as_ref().is_none_or(|k| k[rg]) {
-                            out.push(Morsel { file: i, row_group: rg });
+                            out.push(Morsel { file: i, row_group: rg, range: None });
                         }
                     }
                 }
-                None => out.push(Morsel { file: i, row_group: 0 }),
+                (None, Format::Csv(options)) => {
+                    for range in csv::slices(&file.path, options)? {
+                        out.push(Morsel { file: i, row_group: 0, range });
+                    }
+                }
+                (None, _) => out.push(Morsel { file: i, row_group: 0, range: None }),
             }
         }
-        out
+        Ok(out)
+    }
+
+    /// Whether the files are Parquet (whose morsels are row groups with known sizes).
+    pub fn is_parquet(&self) -> bool {
+        self.format == Format::Parquet
     }
 
     /// Row groups in the table (for reports on pruning).
@@ -211,7 +225,9 @@ impl Table {
         };
         match &self.format {
             Format::Parquet => parquet::scan(file, morsel.row_group, &out_schema, batch_rows, counters, &mut adapt),
-            Format::Csv(options) => csv::scan(file, options, &out_schema, batch_rows, counters, &mut adapt),
+            Format::Csv(options) => {
+                csv::scan(file, morsel.range, options, &out_schema, batch_rows, counters, &mut adapt)
+            }
             Format::Json => json::scan(file, &out_schema, batch_rows, counters, &mut adapt),
         }
     }
