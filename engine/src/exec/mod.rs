@@ -22,8 +22,8 @@
 mod operators;
 pub mod sink;
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -180,6 +180,14 @@ impl Pipeline {
     pub(crate) fn execute(mut self, ctx: &ExecContext) -> Result<BatchStream> {
         let count = ctx.threads.install(|| self.morsels().map(|m| m.len()))?;
         let workers = self.workers(ctx, count)?;
+        // Output keeps input order, so the consumer drains one worker's morsel while the others
+        // run ahead: give each worker a queue of batches, bounded in bytes by its share of what
+        // the pool has left, so they all keep decoding.
+        let (worker_bytes, batch_bytes) = self.worker_memory(ctx);
+        let spare = ctx.pool.available().saturating_sub(workers as u64 * worker_bytes + batch_bytes);
+        // Half the spare memory: the rest is headroom for what no reservation sees (allocator slack,
+        // encoder scratch space).
+        let queue_limit = (spare / (2 * workers as u64)).clamp(2 * batch_bytes, 256 << 20);
         let stats = self.stats(ctx);
         let shared = Arc::new(Shared {
             table: self.table,
@@ -188,11 +196,15 @@ impl Pipeline {
             ops: self.worker_ops,
             stop: AtomicBool::new(false),
             held_by_consumer: AtomicUsize::new(0),
+            queued: (0..workers).map(|_| AtomicU64::new(0)).collect(),
+            queue_limit,
             active_workers: AtomicUsize::new(workers),
         });
         let mut receivers = Vec::with_capacity(workers);
         for w in 0..workers {
-            let (tx, rx) = sync_channel::<Message>(1);
+            // Unbounded in count (a bounded channel allocates all its slots up front): bounded in
+            // bytes by `queue_limit` instead.
+            let (tx, rx) = channel::<Message>();
             receivers.push(rx);
             let shared = shared.clone();
             let ctx2 = ctx.clone();
@@ -236,18 +248,22 @@ struct Shared {
     /// Batches the consumer has taken and not yet released, so a worker short of memory knows
     /// whether waiting can help.
     held_by_consumer: AtomicUsize,
+    /// Bytes of batches each worker has sent and the consumer has not yet taken.
+    queued: Vec<AtomicU64>,
+    /// Most bytes a worker may have queued.
+    queue_limit: u64,
     /// Workers still running: the stream waits for them when it finishes, so that everything they
     /// reserved is back in the pool when the stream is gone.
     active_workers: AtomicUsize,
 }
 
 enum Message {
-    Batch(RecordBatch, MemoryReservation),
+    Batch(RecordBatch, MemoryReservation, u64),
     MorselEnd,
     Error(Error),
 }
 
-fn worker(w: usize, workers: usize, shared: &Shared, ctx: &ExecContext, tx: SyncSender<Message>) {
+fn worker(w: usize, workers: usize, shared: &Shared, ctx: &ExecContext, tx: Sender<Message>) {
     let name = format!("Scan[{}]#{w}", shared.table.name());
     let mut decode = ctx.pool.register(format!("{name} decode"), false);
     let mut in_flight = ctx.pool.register(format!("{name} batches"), false);
@@ -277,9 +293,17 @@ fn worker(w: usize, workers: usize, shared: &Shared, ctx: &ExecContext, tx: Sync
             }
             let Some(out) = operators::apply(&shared.ops, batch)? else { return Ok(true) };
             let bytes = out.get_array_memory_size() as u64;
+            let queued = &shared.queued[w];
+            while queued.load(Ordering::Acquire) > 0 && queued.load(Ordering::Acquire) + bytes > shared.queue_limit {
+                if stopped() {
+                    return Ok(false);
+                }
+                std::thread::sleep(Duration::from_micros(100));
+            }
             in_flight_grow(&mut in_flight, bytes, shared, ctx)?;
             let reservation = in_flight.split(bytes);
-            Ok(tx.send(Message::Batch(out, reservation)).is_ok())
+            queued.fetch_add(bytes, Ordering::AcqRel);
+            Ok(tx.send(Message::Batch(out, reservation, bytes)).is_ok())
         };
         let result = shared.table.scan_morsel(morsel, &shared.projection, batch_rows, &ctx.counters, &mut emit);
         if let Err(e) = result {
@@ -357,7 +381,8 @@ impl BatchStream {
                 self.finish();
                 return None;
             }
-            let rx = &self.receivers[self.next_morsel % self.receivers.len()];
+            let from = self.next_morsel % self.receivers.len();
+            let rx = &self.receivers[from];
             let message = match rx.recv_timeout(Duration::from_millis(100)) {
                 Ok(m) => m,
                 Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
@@ -372,7 +397,8 @@ impl BatchStream {
                     self.finish();
                     return Some(Err(e));
                 }
-                Message::Batch(batch, reservation) => {
+                Message::Batch(batch, reservation, bytes) => {
+                    self.shared.queued[from].fetch_sub(bytes, Ordering::AcqRel);
                     let mut batch = Some(batch);
                     for t in &mut self.tail {
                         batch = match batch {

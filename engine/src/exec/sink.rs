@@ -196,7 +196,8 @@ impl Sink for ParquetSink {
         let before = self.reservation.size();
         if self.reservation.try_grow(incoming).is_err() {
             self.writer.flush().map_err(|e| self.error(e))?;
-            self.reservation.try_resize((self.writer.memory_size() as u64).max(before))?;
+            self.reservation
+                .try_resize(((self.writer.memory_size() + self.writer.in_progress_size()) as u64).max(before))?;
             self.reservation.try_grow(incoming)?;
         }
         self.writer.write(&batch).map_err(|e| self.error(e))?;
@@ -205,8 +206,9 @@ impl Sink for ParquetSink {
             self.writer.flush().map_err(|e| self.error(e))?;
         }
         // Hold what the writer really holds now, but never less than the page buffers it will
-        // fill again.
-        let held = (self.writer.memory_size() as u64).max(before);
+        // fill again. Its own estimate leaves out encoder scratch space, so count the encoded row
+        // group on top of it.
+        let held = ((self.writer.memory_size() + self.writer.in_progress_size()) as u64).max(before);
         self.reservation.try_resize(held)?;
         Ok(())
     }

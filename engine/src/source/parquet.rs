@@ -14,9 +14,25 @@ use crate::error::{Error, Result};
 
 pub(super) fn open_metadata(path: &Path) -> Result<ArrowReaderMetadata> {
     let file = File::open(path).map_err(|e| Error::bad_file(path, e))?;
+    let bad = |e: parquet::errors::ParquetError| Error::bad_file(path, format!("not a readable parquet file: {e}"));
     // Full page encoding stats: they tell how many pages a column chunk has, so how big one page is.
-    ArrowReaderMetadata::load(&file, ArrowReaderOptions::new().with_encoding_stats_as_mask(false))
-        .map_err(|e| Error::bad_file(path, format!("not a readable parquet file: {e}")))
+    let options = ArrowReaderOptions::new().with_encoding_stats_as_mask(false);
+    let meta = ArrowReaderMetadata::load(&file, options.clone()).map_err(bad)?;
+    // Decode string views, large strings and dictionaries straight into the types flow computes
+    // with, instead of decoding one way and casting.
+    let schema = meta.schema();
+    let normalized: Vec<arrow::datatypes::Field> = schema
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone().with_data_type(super::normalize_type(f.data_type())))
+        .collect();
+    if normalized.iter().zip(schema.fields()).all(|(a, b)| a.data_type() == b.data_type()) {
+        return Ok(meta);
+    }
+    let hinted =
+        std::sync::Arc::new(arrow::datatypes::Schema::new_with_metadata(normalized, schema.metadata().clone()));
+    // A hint the reader cannot honour falls back to decoding as written (the scan casts).
+    Ok(ArrowReaderMetadata::try_new(meta.metadata().clone(), options.with_schema(hinted)).unwrap_or(meta))
 }
 
 /// Leaf columns of the file that belong to the named top-level columns.

@@ -1,0 +1,81 @@
+"""Scan + filter + project to Parquet, flow against DuckDB, side by side on the same files and threads.
+
+    cargo install tpchgen-cli && tpchgen-cli parquet -s 1 -o /tmp/tpch-sf1
+    cargo build --release -p flow-cli
+    python3 -m venv .venv && .venv/bin/pip install duckdb
+    .venv/bin/python benches/compare_duckdb.py /tmp/tpch-sf1 --threads 2 --budget 512MiB --runs 5
+
+Each run is a fresh process (timed from outside, peak RSS from the kernel via wait4); the engines
+alternate, and the table shows the median wall time and the largest peak RSS of each.
+"""
+import argparse
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+QUERIES = {
+    "q_filter_project": (
+        "SELECT l_orderkey, l_extendedprice * (1 - l_discount) AS net, l_shipmode "
+        "FROM {lineitem} WHERE l_shipdate >= DATE '1995-01-01' AND l_quantity < 24"
+    ),
+    "q_wide_strings": (
+        "SELECT l_orderkey, l_partkey, upper(l_comment) AS c, l_shipinstruct, l_shipdate "
+        "FROM {lineitem} WHERE l_comment LIKE '%carefully%'"
+    ),
+    "q_all_columns": "SELECT * FROM {lineitem} WHERE l_discount BETWEEN 0.05 AND 0.07",
+}
+
+
+def run(cmd):
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    elapsed = time.perf_counter() - start
+    stderr = proc.stderr.read().decode()
+    if os.waitstatus_to_exitcode(status) != 0:
+        sys.exit(f"failed: {' '.join(cmd)}\n{stderr}")
+    return elapsed, usage.ru_maxrss * 1024
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("tpch_dir")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--budget", default="512MiB")
+    ap.add_argument("--duckdb-limit", default="512MB")
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--flow", default="target/release/flow")
+    args = ap.parse_args()
+    lineitem = os.path.join(args.tpch_dir, "lineitem.parquet")
+    if not os.path.exists(lineitem):
+        lineitem = os.path.join(args.tpch_dir, "lineitem", "*.parquet")
+    out = tempfile.mkdtemp()
+    print(f"| query | flow s | DuckDB s | flow/DuckDB | flow peak RSS | DuckDB peak RSS |")
+    print(f"| --- | --- | --- | --- | --- | --- |")
+    for name, sql in QUERIES.items():
+        q = sql.format(lineitem=f"'{lineitem}'")
+        flow_cmd = [args.flow, "sql", "--mem-budget", args.budget, "--threads", str(args.threads),
+                    "-o", os.path.join(out, "flow.parquet"), q]
+        duck_script = (
+            "import duckdb; c = duckdb.connect(); "
+            f"c.execute(\"SET threads={args.threads}\"); c.execute(\"SET memory_limit='{args.duckdb_limit}'\"); "
+            f"c.execute(\"COPY ({q}) TO '{os.path.join(out, 'duck.parquet')}' (FORMAT parquet)\")"
+        )
+        duck_cmd = [sys.executable, "-c", duck_script]
+        times = {"flow": [], "duckdb": []}
+        rss = {"flow": 0, "duckdb": 0}
+        for _ in range(args.runs):
+            for engine, cmd in (("flow", flow_cmd), ("duckdb", duck_cmd)):
+                t, r = run(cmd)
+                times[engine].append(t)
+                rss[engine] = max(rss[engine], r)
+        f, d = statistics.median(times["flow"]), statistics.median(times["duckdb"])
+        print(f"| {name} | {f:.2f} | {d:.2f} | {f / d:.2f} | {rss['flow'] / 2**20:.0f} MiB | {rss['duckdb'] / 2**20:.0f} MiB |")
+
+
+if __name__ == "__main__":
+    main()
