@@ -31,14 +31,18 @@ QUERIES = {
 
 
 def run(cmd):
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    elapsed = time.perf_counter() - start
-    stderr = proc.stderr.read().decode()
-    if os.waitstatus_to_exitcode(status) != 0:
-        sys.exit(f"failed: {' '.join(cmd)}\n{stderr}")
-    return elapsed, usage.ru_maxrss * 1024
+    """Runs a command; returns (wall seconds, peak RSS bytes, stdout)."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)
+        elapsed = time.perf_counter() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        if proc.returncode != 0:
+            sys.exit(f"failed: {' '.join(cmd)}\n{err.read().decode()}")
+        return elapsed, usage.ru_maxrss * 1024, out.read().decode()
 
 
 def main():
@@ -49,32 +53,38 @@ def main():
     ap.add_argument("--duckdb-limit", default="512MB")
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--flow", default="target/release/flow")
+    ap.add_argument("--duckdb-compression", default="snappy", help="DuckDB's COPY codec (its default: snappy; flow writes zstd)")
     args = ap.parse_args()
     lineitem = os.path.join(args.tpch_dir, "lineitem.parquet")
     if not os.path.exists(lineitem):
         lineitem = os.path.join(args.tpch_dir, "lineitem", "*.parquet")
     out = tempfile.mkdtemp()
-    print(f"| query | flow s | DuckDB s | flow/DuckDB | flow peak RSS | DuckDB peak RSS |")
-    print(f"| --- | --- | --- | --- | --- | --- |")
+    print("| query | flow s | DuckDB s (process) | DuckDB s (query only) | flow / DuckDB process | flow peak RSS | DuckDB peak RSS |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for name, sql in QUERIES.items():
         q = sql.format(lineitem=f"'{lineitem}'")
         flow_cmd = [args.flow, "sql", "--mem-budget", args.budget, "--threads", str(args.threads),
                     "-o", os.path.join(out, "flow.parquet"), q]
         duck_script = (
-            "import duckdb; c = duckdb.connect(); "
+            "import duckdb, time; c = duckdb.connect(); "
             f"c.execute(\"SET threads={args.threads}\"); c.execute(\"SET memory_limit='{args.duckdb_limit}'\"); "
-            f"c.execute(\"COPY ({q}) TO '{os.path.join(out, 'duck.parquet')}' (FORMAT parquet)\")"
+            "t = time.perf_counter(); "
+            f"c.execute(\"COPY ({q}) TO '{os.path.join(out, 'duck.parquet')}' (FORMAT parquet, COMPRESSION {args.duckdb_compression})\"); "
+            "print(time.perf_counter() - t)"
         )
         duck_cmd = [sys.executable, "-c", duck_script]
-        times = {"flow": [], "duckdb": []}
-        rss = {"flow": 0, "duckdb": 0}
+        flow_t, duck_t, duck_q = [], [], []
+        flow_rss = duck_rss = 0
         for _ in range(args.runs):
-            for engine, cmd in (("flow", flow_cmd), ("duckdb", duck_cmd)):
-                t, r = run(cmd)
-                times[engine].append(t)
-                rss[engine] = max(rss[engine], r)
-        f, d = statistics.median(times["flow"]), statistics.median(times["duckdb"])
-        print(f"| {name} | {f:.2f} | {d:.2f} | {f / d:.2f} | {rss['flow'] / 2**20:.0f} MiB | {rss['duckdb'] / 2**20:.0f} MiB |")
+            t, r, _ = run(flow_cmd)
+            flow_t.append(t)
+            flow_rss = max(flow_rss, r)
+            t, r, printed = run(duck_cmd)
+            duck_t.append(t)
+            duck_q.append(float(printed.strip()))
+            duck_rss = max(duck_rss, r)
+        f, d, dq = statistics.median(flow_t), statistics.median(duck_t), statistics.median(duck_q)
+        print(f"| {name} | {f:.2f} | {d:.2f} | {dq:.2f} | {f / d:.2f} | {flow_rss / 2**20:.0f} MiB | {duck_rss / 2**20:.0f} MiB |")
 
 
 if __name__ == "__main__":
