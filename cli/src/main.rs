@@ -151,6 +151,8 @@ fn run_pipeline(common: &CommonArgs, path: &Path, verbose: bool) -> Result<(), E
         let Some(output) = &step.output else { continue };
         let label = step.label(i);
         progress.set_step(&label);
+        // Each step's report shows its own allocation peak.
+        flow_engine::alloc::reset_peak();
         let target = file.base_dir.join(output.path());
         let format = output.format()?;
         let query = engine.sql(&step.sql).map_err(|e| e.in_step(&label))?;

@@ -33,6 +33,8 @@ pub struct StepReport {
     pub row_groups_total: usize,
     pub row_groups_scanned: usize,
     pub peak_accounted: u64,
+    /// The most heap bytes live at once during the step, from the counting allocator.
+    pub peak_allocated: Option<u64>,
     pub spill: SpillStats,
 }
 
@@ -49,6 +51,7 @@ impl StepReport {
             row_groups_total: m.pipeline.row_groups_total,
             row_groups_scanned: m.pipeline.row_groups_scanned,
             peak_accounted: m.peak_reserved,
+            peak_allocated: flow_engine::alloc::allocated_peak(),
             spill: m.spill,
         }
     }
@@ -71,7 +74,8 @@ impl Report {
     pub fn finish(&mut self, engine: &Engine, started: Instant) {
         self.elapsed_ms = started.elapsed().as_millis();
         self.peak_accounted = self.steps.iter().map(|s| s.peak_accounted).max().unwrap_or(0).max(engine.pool().peak());
-        self.peak_allocated = flow_engine::alloc::allocated_peak();
+        let steps_peak = self.steps.iter().filter_map(|s| s.peak_allocated).max();
+        self.peak_allocated = flow_engine::alloc::allocated_peak().max(steps_peak);
         self.peak_rss = flow_engine::alloc::peak_rss();
         self.spill = engine.spill().stats();
     }

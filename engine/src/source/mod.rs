@@ -147,7 +147,7 @@ impl Table {
     }
 
     /// The morsels to scan: every row group that `pruning` cannot rule out; slices of large CSV
-    /// files (cut at record boundaries, see [`csv::slices`]); whole NDJSON files. Reads large CSV
+    /// files (cut at record boundaries, outside quotes); whole NDJSON files. Reads large CSV
     /// files to find the boundaries, so call it when about to scan.
     pub fn morsels(&self, pruning: Option<&PruningPredicate>) -> Result<Vec<Morsel>> {
         let mut out = Vec::new();
