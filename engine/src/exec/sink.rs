@@ -176,8 +176,10 @@ impl ParquetSink {
         let (pending, file) = PendingFile::create(target)?;
         let writer = ArrowWriter::try_new(file, schema.clone(), Some(props))
             .map_err(|e| Error::Execution(format!("writing {}: {e}", target.display())))?;
+        // Reserve the working size up front (open pages, one row group of encoded data), so that a
+        // scan filling the pool cannot starve the writer half-way.
         let mut reservation = pool.register(format!("ParquetSink[{}]", target.display()), false);
-        reservation.try_grow((columns * page_bytes * 2) as u64)?;
+        reservation.try_grow((columns * page_bytes * 2 + row_group_bytes) as u64)?;
         Ok(ParquetSink { pending, writer, schema, reservation, row_group_bytes, rows: 0 })
     }
 
