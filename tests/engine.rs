@@ -408,3 +408,135 @@ fn large_csv_is_split_at_record_boundaries() {
     assert!(metrics.pipeline.row_groups_scanned >= 3, "scanned in slices: {:?}", metrics.pipeline);
     assert_eq!(e.pool().reserved(), 0);
 }
+
+/// Rows with nulls, a skewed key (half the rows share one value), long strings and duplicates.
+fn sort_fixture(dir: &Path, rows: usize) -> Vec<(Option<i64>, Option<String>, i64)> {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    let data: Vec<(Option<i64>, Option<String>, i64)> = (0..rows as i64)
+        .map(|i| {
+            let k = if rng.random_bool(0.5) {
+                Some(7)
+            } else if rng.random_bool(0.1) {
+                None
+            } else {
+                Some(rng.random_range(-1000..1000))
+            };
+            let s = if rng.random_bool(0.05) {
+                None
+            } else {
+                let len = if rng.random_bool(0.01) { 300 } else { rng.random_range(0..12) };
+                Some((0..len).map(|_| rng.random_range(b'a'..=b'e') as char).collect())
+            };
+            (k, s, i)
+        })
+        .collect();
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("k", DataType::Int64, true),
+        Field::new("s", DataType::Utf8, true),
+        Field::new("id", DataType::Int64, false),
+    ]));
+    let batches: Vec<RecordBatch> = data
+        .chunks(10_000)
+        .map(|c| {
+            RecordBatch::try_new(
+                schema.clone(),
+                vec![
+                    Arc::new(Int64Array::from(c.iter().map(|r| r.0).collect::<Vec<_>>())),
+                    Arc::new(StringArray::from(c.iter().map(|r| r.1.clone()).collect::<Vec<_>>())),
+                    Arc::new(Int64Array::from(c.iter().map(|r| r.2).collect::<Vec<_>>())),
+                ],
+            )
+            .unwrap()
+        })
+        .collect();
+    let props =
+        parquet::file::properties::WriterProperties::builder().set_max_row_group_row_count(Some(20_000)).build();
+    write_parquet(&dir.join("sortme.parquet"), &batches, Some(props));
+    data
+}
+
+fn engine_with(dir: &Path, budget: u64) -> Engine {
+    let config = Config::default().with_mem_budget(budget).with_threads(2).with_spill_dir(dir).with_batch_size(1024);
+    let mut e = Engine::new(config).unwrap();
+    e.register("t", dir.join("sortme.parquet").to_str().unwrap()).unwrap();
+    e
+}
+
+#[test]
+fn order_by_is_the_same_spilled_or_not_and_matches_an_independent_sort() {
+    use std::cmp::Ordering;
+    let dir = tempfile::tempdir().unwrap();
+    let data = sort_fixture(dir.path(), 200_000);
+    // Independent answers: Rust's stable sort over the generated rows (input order breaks ties).
+    let nulls_last = |a: &Option<i64>, b: &Option<i64>| match (a, b) {
+        (None, None) => Ordering::Equal,
+        (None, _) => Ordering::Greater,
+        (_, None) => Ordering::Less,
+        (Some(x), Some(y)) => x.cmp(y),
+    };
+    let mut by_s = data.clone();
+    by_s.sort_by(|a, b| match (&a.1, &b.1) {
+        (None, None) => Ordering::Equal,
+        (None, _) => Ordering::Greater,
+        (_, None) => Ordering::Less,
+        (Some(x), Some(y)) => x.cmp(y),
+    });
+    let mut by_k_desc_nulls_first = data.clone();
+    by_k_desc_nulls_first.sort_by(|a, b| match (a.0, b.0) {
+        (None, None) => Ordering::Equal,
+        (None, _) => Ordering::Less,
+        (_, None) => Ordering::Greater,
+        (Some(x), Some(y)) => y.cmp(&x),
+    });
+    let mut by_expr = data.clone();
+    by_expr.sort_by(|a, b| nulls_last(&a.0.map(|k| k % 10), &b.0.map(|k| k % 10)).then(b.2.cmp(&a.2)));
+
+    let ids = |e: &Engine, sql: &str| -> (Vec<i64>, flow_engine::QueryMetrics) {
+        let mut out = Vec::new();
+        let metrics = e
+            .sql(sql)
+            .unwrap_or_else(|err| panic!("{sql}: {err}"))
+            .for_each(|b| {
+                let col = b.column(b.num_columns() - 1).as_any().downcast_ref::<Int64Array>().unwrap();
+                out.extend(col.values().iter().copied());
+                Ok(())
+            })
+            .unwrap_or_else(|err| panic!("{sql}: {err}"));
+        assert_eq!(e.pool().reserved(), 0, "pool back to zero after {sql}");
+        (out, metrics)
+    };
+    let cases: Vec<(&str, Vec<i64>)> = vec![
+        ("SELECT s, id FROM t ORDER BY s", by_s.iter().map(|r| r.2).collect()),
+        ("SELECT k, id FROM t ORDER BY 1 DESC NULLS FIRST", by_k_desc_nulls_first.iter().map(|r| r.2).collect()),
+        ("SELECT k AS key, id FROM t ORDER BY k % 10, id DESC", by_expr.iter().map(|r| r.2).collect()),
+        ("SELECT id FROM t ORDER BY s LIMIT 1000 OFFSET 10", by_s.iter().skip(10).take(1000).map(|r| r.2).collect()),
+        (
+            "SELECT id FROM t ORDER BY k DESC NULLS FIRST LIMIT 5",
+            by_k_desc_nulls_first.iter().take(5).map(|r| r.2).collect(),
+        ),
+        ("SELECT id FROM t WHERE id < 0 ORDER BY s", vec![]),
+    ];
+    let roomy = engine_with(dir.path(), 1 << 30);
+    let tight = engine_with(dir.path(), 3 << 20);
+    for (sql, want) in &cases {
+        let (got, m) = ids(&roomy, sql);
+        assert_eq!(&got, want, "unlimited: {sql}");
+        assert_eq!(m.spill.files, 0, "nothing spills with room: {sql}");
+        let (got, _) = ids(&tight, sql);
+        assert_eq!(&got, want, "spilled: {sql}");
+    }
+    let stats = tight.spill().stats();
+    assert!(stats.files > 10 && stats.bytes > 0, "the tight budget spilled runs: {stats:?}");
+    assert_eq!(tight.spill().on_disk(), 0, "spill files removed once merged");
+}
+
+#[test]
+fn order_by_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    sort_fixture(dir.path(), 100);
+    let e = engine_with(dir.path(), 1 << 30);
+    let err = |sql: &str| e.sql(sql).err().unwrap_or_else(|| panic!("{sql} should fail")).to_string();
+    assert!(err("SELECT k FROM t ORDER BY 3").contains("ORDER BY position 3 is not in the select list"));
+    assert!(err("SELECT k FROM t ORDER BY nope").contains("unknown column 'nope'"));
+}

@@ -136,3 +136,57 @@ fn streaming_filter_project_stays_in_budget() {
     let left: Vec<String> = files_in(dir.path()).into_iter().filter(|f| f.contains("cut")).collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+#[test]
+fn sort_by_string_key_spills_and_stays_in_budget() {
+    use arrow::array::{Array, AsArray};
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("big.parquet");
+    let _ = make_input(&input, 3_000_000);
+    let budget = 64 * MIB;
+    let run = flow(
+        dir.path(),
+        &[
+            "sql",
+            "--mem-budget",
+            "64MiB",
+            "--threads",
+            "2",
+            "--report",
+            "report.json",
+            "-o",
+            "sorted.parquet",
+            "SELECT text, id FROM 'big.parquet' ORDER BY text DESC, id",
+        ],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let limit = budget + budget / 10 + 24 * MIB;
+    eprintln!(
+        "sort: peak RSS {:.1} MiB (limit {} MiB); {}",
+        run.max_rss as f64 / MIB as f64,
+        limit / MIB,
+        run.stderr.trim()
+    );
+    assert!(run.max_rss <= limit, "peak RSS {} MiB > limit {} MiB", run.max_rss / MIB, limit / MIB);
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("report.json")).unwrap()).unwrap();
+    assert!(report["spill"]["files"].as_u64().unwrap() > 0, "the sort spilled: {report}");
+    assert!(report["peak_accounted"].as_u64().unwrap() <= budget);
+    // Sorted, complete, and no spill file left behind.
+    let file = std::fs::File::open(dir.path().join("sorted.parquet")).unwrap();
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file).unwrap().build().unwrap();
+    let (mut rows, mut last): (usize, Option<String>) = (0, None);
+    for batch in reader {
+        let batch = batch.unwrap();
+        let text = batch.column(0).as_string::<i32>();
+        for i in 0..text.len() {
+            let t = text.value(i);
+            if let Some(prev) = &last {
+                assert!(prev.as_str() >= t, "descending order at row {rows}");
+            }
+            last = Some(t.to_string());
+            rows += 1;
+        }
+    }
+    assert_eq!(rows, 3_000_000);
+}

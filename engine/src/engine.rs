@@ -43,6 +43,7 @@ impl Engine {
             threads: Arc::new(threads),
             counters: Arc::new(ScanCounters::default()),
             cancel: Arc::new(AtomicBool::new(false)),
+            spill: spill.clone(),
         };
         Ok(Engine { ctx, spill, catalog: Catalog::default() })
     }

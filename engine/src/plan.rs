@@ -3,8 +3,8 @@
 //! ```text
 //! Limit ── Projection ── Filter ── Scan(table, columns, pruning)
 //! ```
-//! The plans of this stage stream: a scan feeds stateless filters and projections, a limit cuts the
-//! stream. [`optimize`] pushes projections into scans (only needed columns are decoded) and hands
+//! A scan feeds stateless filters and projections, a limit cuts the stream; a sort is a pipeline
+//! breaker whose sorted output feeds the operators above it. [`optimize`] pushes projections into scans (only needed columns are decoded) and hands
 //! filters directly above a scan to it for row-group pruning.
 
 use std::collections::BTreeSet;
@@ -46,6 +46,16 @@ pub enum LogicalPlan {
         /// The output schema: one field per expression.
         schema: SchemaRef,
     },
+    /// Orders rows by key columns (a blocking operator that spills sorted runs, see
+    /// [`crate::exec`]). With `fetch`, only the first `fetch` rows are needed (top-k).
+    Sort {
+        /// Input.
+        input: Box<LogicalPlan>,
+        /// Sort keys, most significant first.
+        keys: Vec<SortKey>,
+        /// How many rows the consumer needs at most (`skip + fetch` of a limit above).
+        fetch: Option<usize>,
+    },
     /// Skips `skip` rows, then passes at most `fetch`.
     Limit {
         /// Input.
@@ -57,12 +67,25 @@ pub enum LogicalPlan {
     },
 }
 
+/// One ORDER BY key: a column of the sort's input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SortKey {
+    /// The column.
+    pub column: usize,
+    /// `DESC`.
+    pub descending: bool,
+    /// `NULLS FIRST` (DuckDB's default is NULLS LAST for both directions).
+    pub nulls_first: bool,
+}
+
 impl LogicalPlan {
     /// The plan's output schema.
     pub fn schema(&self) -> SchemaRef {
         match self {
             LogicalPlan::Scan { schema, .. } | LogicalPlan::Projection { schema, .. } => schema.clone(),
-            LogicalPlan::Filter { input, .. } | LogicalPlan::Limit { input, .. } => input.schema(),
+            LogicalPlan::Filter { input, .. } | LogicalPlan::Limit { input, .. } | LogicalPlan::Sort { input, .. } => {
+                input.schema()
+            }
         }
     }
 
@@ -111,6 +134,23 @@ impl LogicalPlan {
                     )
                     .collect();
                 let _ = writeln!(out, "{pad}Projection: {}", items.join(", "));
+                input.write_tree(out, depth + 1);
+            }
+            LogicalPlan::Sort { input, keys, fetch } => {
+                let schema = input.schema();
+                let items: Vec<String> = keys
+                    .iter()
+                    .map(|k| {
+                        format!(
+                            "{} {} NULLS {}",
+                            schema.field(k.column).name(),
+                            if k.descending { "DESC" } else { "ASC" },
+                            if k.nulls_first { "FIRST" } else { "LAST" }
+                        )
+                    })
+                    .collect();
+                let top = fetch.map(|f| format!(" (top {f})")).unwrap_or_default();
+                let _ = writeln!(out, "{pad}Sort: {}{top}", items.join(", "));
                 input.write_tree(out, depth + 1);
             }
             LogicalPlan::Limit { input, skip, fetch } => {
@@ -176,6 +216,13 @@ fn prune_columns(plan: LogicalPlan, needed: &BTreeSet<usize>) -> (LogicalPlan, V
             let (input, map) = prune_columns(*input, needed);
             (LogicalPlan::Limit { input: Box::new(input), skip, fetch }, map)
         }
+        LogicalPlan::Sort { input, keys, fetch } => {
+            let mut want = needed.clone();
+            want.extend(keys.iter().map(|k| k.column));
+            let (input, map) = prune_columns(*input, &want);
+            let keys = keys.iter().map(|k| SortKey { column: map[k.column].expect("sort key kept"), ..*k }).collect();
+            (LogicalPlan::Sort { input: Box::new(input), keys, fetch }, map)
+        }
     }
 }
 
@@ -197,6 +244,9 @@ fn push_pruning(plan: LogicalPlan) -> LogicalPlan {
         }
         LogicalPlan::Limit { input, skip, fetch } => {
             LogicalPlan::Limit { input: Box::new(push_pruning(*input)), skip, fetch }
+        }
+        LogicalPlan::Sort { input, keys, fetch } => {
+            LogicalPlan::Sort { input: Box::new(push_pruning(*input)), keys, fetch }
         }
         scan @ LogicalPlan::Scan { .. } => scan,
     }

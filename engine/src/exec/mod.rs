@@ -1,41 +1,36 @@
-//! Execution: morsel-driven streaming pipelines on a rayon pool.
+//! Execution: pipelines of streaming operators on a rayon pool, cut at blocking operators.
 //!
 //! ```text
-//!            morsels 0,2,4..  ┌──────────┐  bounded channel  ┌───────────────────────┐
-//!  Table ──┬────────────────> │ worker 0 │ ────────────────> │                       │
-//!          │ morsels 1,3,5..  ├──────────┤                   │ consumer: takes       │
-//!          └────────────────> │ worker 1 │ ────────────────> │ morsel 0, 1, 2, ...   │──> sink
-//!                             └──────────┘                   │ in order, then tail   │
-//!   scan → filter → project   (stateless ops, per worker)    │ ops (limit, ...)      │
-//!                                                            └───────────────────────┘
+//!   Scan ─> filter ─> project ─┐                       (workers, see [`scan`])
+//!                              ├─> consumer ─> limit ─> sink
+//!   Scan ─> ... ─> Sort ───────┘  (a sort consumes its input pipeline, spills sorted runs,
+//!                                  then merges them as the source of the operators above)
 //! ```
-//! Morsels are dealt round-robin to workers; each worker decodes its morsels in order, runs the
-//! stateless operators and sends each batch down its own channel (capacity one). The consumer reads
-//! morsel `k` from worker `k % N`, so output keeps input order (as DuckDB's insertion order does)
-//! while every core decodes and filters. Memory in flight is bounded by construction: per worker one
-//! batch being decoded, one being sent and one queued, plus the one the consumer holds. Each batch is
-//! reserved from the pool before it is sent and released when the consumer is done with it.
-//!
-//! A limit, and anything above it, runs on the consumer; when it is satisfied the stream cancels the
-//! workers, which stop at their next batch.
+//! A [`BatchStream`] is the consumer's end: batches come out in order, each reserved from the
+//! memory pool until the consumer releases it. Operators above a limit or a sort run on the
+//! consumer; when a limit is satisfied the stream stops its sources early.
 
 mod operators;
+mod scan;
 pub mod sink;
+mod sort;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 
 pub use self::operators::Operator;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::memory::{MemoryPool, MemoryReservation};
-use crate::plan::LogicalPlan;
-use crate::source::{Morsel, ScanCounters, Table};
+use crate::plan::{LogicalPlan, SortKey};
+use crate::source::ScanCounters;
+use crate::spill::SpillManager;
 use crate::Config;
+
+use self::scan::{ScanPipeline, ScanStream};
+use self::sort::SortStream;
 
 /// What a running query shares with its workers.
 #[derive(Clone)]
@@ -50,6 +45,8 @@ pub struct ExecContext {
     pub counters: Arc<ScanCounters>,
     /// Set to stop everything (Ctrl-C).
     pub cancel: Arc<AtomicBool>,
+    /// Where blocking operators spill.
+    pub spill: SpillManager,
 }
 
 impl ExecContext {
@@ -61,18 +58,17 @@ impl ExecContext {
     }
 }
 
-/// A streaming pipeline: a scan, the operators that run on the workers, the ones that run on the
-/// consumer.
+/// A pipeline: a source (a scan, or a sort fed by its own input pipeline) and the operators that
+/// run on the consumer above it.
 pub(crate) struct Pipeline {
-    table: Arc<Table>,
-    projection: Vec<usize>,
-    pruning: Option<crate::source::PruningPredicate>,
-    /// Row groups or slices to scan: known at planning for Parquet (footers are in memory), found
-    /// when the scan starts for CSV (finding record boundaries reads the file).
-    morsels: Option<Vec<Morsel>>,
-    worker_ops: Vec<Operator>,
+    source: Source,
     tail_ops: Vec<Operator>,
     schema: SchemaRef,
+}
+
+enum Source {
+    Scan(ScanPipeline),
+    Sort { input: Box<Pipeline>, keys: Vec<SortKey>, fetch: Option<usize> },
 }
 
 /// What the executor learnt about a plan before running it.
@@ -91,9 +87,26 @@ impl Pipeline {
         let schema = plan.schema();
         let mut ops = Vec::new();
         let mut node = plan;
-        let (table, projection, pruning) = loop {
+        loop {
             match node {
-                LogicalPlan::Scan { table, projection, pruning, .. } => break (table, projection, pruning),
+                LogicalPlan::Scan { table, projection, pruning, .. } => {
+                    ops.reverse();
+                    // Operators up to the first limit run on the workers; the rest need one
+                    // ordered stream and run on the consumer.
+                    let split = ops.iter().position(|o| matches!(o, Operator::Limit { .. })).unwrap_or(ops.len());
+                    let tail_ops = ops.split_off(split);
+                    let scan = ScanPipeline::new(table, projection, pruning, ops)?;
+                    return Ok(Pipeline { source: Source::Scan(scan), tail_ops, schema });
+                }
+                LogicalPlan::Sort { input, keys, fetch } => {
+                    ops.reverse();
+                    let input = Box::new(Pipeline::new(input)?);
+                    return Ok(Pipeline {
+                        source: Source::Sort { input, keys: keys.clone(), fetch: *fetch },
+                        tail_ops: ops,
+                        schema,
+                    });
+                }
                 LogicalPlan::Filter { input, predicate } => {
                     ops.push(Operator::Filter(predicate.clone()));
                     node = input;
@@ -107,130 +120,65 @@ impl Pipeline {
                     node = input;
                 }
             }
-        };
-        ops.reverse();
-        let split = ops.iter().position(|o| matches!(o, Operator::Limit { .. })).unwrap_or(ops.len());
-        let tail_ops = ops.split_off(split);
-        let morsels = if table.is_parquet() { Some(table.morsels(pruning.as_ref())?) } else { None };
-        Ok(Pipeline {
-            table: table.clone(),
-            projection: projection.clone(),
-            pruning: pruning.clone(),
-            morsels,
-            worker_ops: ops,
-            tail_ops,
-            schema,
-        })
-    }
-
-    fn morsels(&mut self) -> Result<&[Morsel]> {
-        if self.morsels.is_none() {
-            self.morsels = Some(self.table.morsels(self.pruning.as_ref())?);
         }
-        Ok(self.morsels.as_deref().unwrap_or(&[]))
     }
 
-    /// Sizes of the scan; for CSV the slices are counted once the scan has started.
+    /// Sizes of the scan at the bottom of the pipeline.
     pub(crate) fn stats(&self, ctx: &ExecContext) -> PipelineStats {
-        let files = self.table.row_group_count();
-        let scanned = self.morsels.as_ref().map_or(files, |m| m.len());
-        PipelineStats {
-            // Text files have no row groups: count their slices.
-            row_groups_total: if self.table.is_parquet() { files } else { scanned },
-            row_groups_scanned: scanned,
-            min_memory: self.min_memory(ctx),
+        match &self.source {
+            Source::Scan(scan) => scan.stats(ctx),
+            Source::Sort { input, .. } => {
+                let mut stats = input.stats(ctx);
+                stats.min_memory = self.min_memory(ctx);
+                stats
+            }
         }
     }
 
-    /// Memory one worker needs (the largest morsel's page buffers and three batches) and one batch
-    /// at the consumer.
-    fn worker_memory(&self, ctx: &ExecContext) -> (u64, u64) {
-        // Text formats need the same buffers for every morsel.
-        let any = [Morsel { file: 0, row_group: 0, range: None }];
-        let morsels = self.morsels.as_deref().unwrap_or(&any);
-        let pages = morsels.iter().map(|m| self.table.page_buffer_bytes(*m, &self.projection)).max().unwrap_or(0);
-        let row = morsels.iter().map(|m| self.table.estimated_row_bytes(*m, &self.projection)).max().unwrap_or(0);
-        let batch = (row.max(1) * ctx.config.batch_size as u64).min(ctx.batch_bytes_target()).max(row * 64);
-        (pages + 3 * batch, batch)
-    }
-
-    /// The least memory the pipeline runs in: one worker and the consumer.
+    /// The least memory the pipeline runs in.
     pub(crate) fn min_memory(&self, ctx: &ExecContext) -> u64 {
-        let (worker, batch) = self.worker_memory(ctx);
-        worker + batch
-    }
-
-    /// As many workers as there are threads, morsels, and room in the pool for.
-    fn workers(&self, ctx: &ExecContext, morsels: usize) -> Result<usize> {
-        let (worker, batch) = self.worker_memory(ctx);
-        let available = ctx.pool.available();
-        let fit = available.saturating_sub(batch) / worker.max(1);
-        if fit == 0 {
-            let budget = ctx.pool.budget();
-            return Err(Error::BudgetTooSmall {
-                what: format!("scanning {}", self.table.name()),
-                needed: budget - available + worker + batch,
-                budget,
-            });
+        match &self.source {
+            Source::Scan(scan) => scan.min_memory(ctx),
+            Source::Sort { input, .. } => input.min_memory(ctx) + sort::min_memory(ctx),
         }
-        Ok(ctx.config.threads.min(morsels).min(fit as usize).max(1))
     }
 
-    /// Starts the workers and returns the consumer's end.
-    pub(crate) fn execute(mut self, ctx: &ExecContext) -> Result<BatchStream> {
-        let count = ctx.threads.install(|| self.morsels().map(|m| m.len()))?;
-        let workers = self.workers(ctx, count)?;
-        // Output keeps input order, so the consumer drains one worker's morsel while the others
-        // run ahead: give each worker a queue of batches, bounded in bytes by its share of what
-        // the pool has left, so they all keep decoding.
-        let (worker_bytes, batch_bytes) = self.worker_memory(ctx);
-        let spare = ctx.pool.available().saturating_sub(workers as u64 * worker_bytes + batch_bytes);
-        // Half the spare memory: the rest is headroom for what no reservation sees (allocator slack,
-        // encoder scratch space).
-        let queue_limit = (spare / (2 * workers as u64)).clamp(2 * batch_bytes, 256 << 20);
+    /// The most memory the pipeline holds while running with scan queues of `queue_limit` bytes.
+    fn max_memory(&self, ctx: &ExecContext, queue_limit: u64) -> u64 {
+        match &self.source {
+            Source::Scan(scan) => scan.max_memory(ctx, queue_limit),
+            // A sort below a sort has finished its input before it produces anything.
+            Source::Sort { input, .. } => input.max_memory(ctx, queue_limit).max(sort::min_memory(ctx)),
+        }
+    }
+
+    /// Starts the pipeline and returns the consumer's end.
+    pub(crate) fn execute(self, ctx: &ExecContext) -> Result<BatchStream> {
+        self.execute_with(ctx, None)
+    }
+
+    /// `queue_limit` caps the scan's per-worker queues (an input of a blocking operator needs no
+    /// run-ahead: order does not matter to it, memory does).
+    fn execute_with(self, ctx: &ExecContext, queue_limit: Option<u64>) -> Result<BatchStream> {
         let stats = self.stats(ctx);
-        let shared = Arc::new(Shared {
-            table: self.table,
-            projection: self.projection,
-            morsels: self.morsels.unwrap_or_default(),
-            ops: self.worker_ops,
-            stop: AtomicBool::new(false),
-            held_by_consumer: AtomicUsize::new(0),
-            queued: (0..workers).map(|_| AtomicU64::new(0)).collect(),
-            queue_limit,
-            active_workers: AtomicUsize::new(workers),
-        });
-        let mut receivers = Vec::with_capacity(workers);
-        for w in 0..workers {
-            // Unbounded in count (a bounded channel allocates all its slots up front): bounded in
-            // bytes by `queue_limit` instead.
-            let (tx, rx) = channel::<Message>();
-            receivers.push(rx);
-            let shared = shared.clone();
-            let ctx2 = ctx.clone();
-            ctx.threads.spawn(move || {
-                // A panic must become an error for the consumer, not an abort of the process.
-                let panic_tx = tx.clone();
-                let run =
-                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| worker(w, workers, &shared, &ctx2, tx)));
-                if let Err(panic) = run {
-                    let what = panic
-                        .downcast_ref::<&str>()
-                        .map(|s| s.to_string())
-                        .or_else(|| panic.downcast_ref::<String>().cloned())
-                        .unwrap_or_else(|| "unknown panic".into());
-                    let _ = panic_tx
-                        .send(Message::Error(Error::Execution(format!("internal error in a scan worker: {what}"))));
-                }
-                shared.active_workers.fetch_sub(1, Ordering::AcqRel);
-            });
-        }
+        let source = match self.source {
+            Source::Scan(scan) => StreamSource::Scan(scan.execute(ctx, queue_limit)?),
+            Source::Sort { input, keys, fetch } => {
+                // The input runs beside the sort: leave it what it can hold at most.
+                let small = 2 * ctx.batch_bytes_target();
+                let child_max = input.max_memory(ctx, small);
+                let child = input.execute_with(ctx, Some(small))?;
+                StreamSource::Sort(Box::new(SortStream::new(child, keys, fetch, child_max, ctx)?))
+            }
+        };
+        let stats = match &source {
+            StreamSource::Scan(s) => s.stats(),
+            StreamSource::Sort(_) => stats,
+        };
         Ok(BatchStream {
             stats,
             schema: self.schema,
-            shared,
-            receivers,
-            next_morsel: 0,
+            source,
             tail: self.tail_ops.into_iter().map(operators::TailState::new).collect(),
             held: None,
             cancel: ctx.cancel.clone(),
@@ -239,116 +187,42 @@ impl Pipeline {
     }
 }
 
-struct Shared {
-    table: Arc<Table>,
-    projection: Vec<usize>,
-    morsels: Vec<Morsel>,
-    ops: Vec<Operator>,
-    stop: AtomicBool,
-    /// Batches the consumer has taken and not yet released, so a worker short of memory knows
-    /// whether waiting can help.
-    held_by_consumer: AtomicUsize,
-    /// Bytes of batches each worker has sent and the consumer has not yet taken.
-    queued: Vec<AtomicU64>,
-    /// Most bytes a worker may have queued.
-    queue_limit: u64,
-    /// Workers still running: the stream waits for them when it finishes, so that everything they
-    /// reserved is back in the pool when the stream is gone.
-    active_workers: AtomicUsize,
+enum StreamSource {
+    Scan(ScanStream),
+    Sort(Box<SortStream>),
 }
 
-enum Message {
-    Batch(RecordBatch, MemoryReservation, u64),
-    MorselEnd,
-    Error(Error),
-}
+impl StreamSource {
+    fn next_reserved(&mut self, cancel: &AtomicBool) -> Option<Result<(RecordBatch, MemoryReservation)>> {
+        match self {
+            StreamSource::Scan(s) => s.next_reserved(cancel),
+            StreamSource::Sort(s) => s.next_reserved(cancel),
+        }
+    }
 
-fn worker(w: usize, workers: usize, shared: &Shared, ctx: &ExecContext, tx: Sender<Message>) {
-    let name = format!("Scan[{}]#{w}", shared.table.name());
-    let mut decode = ctx.pool.register(format!("{name} decode"), false);
-    let mut in_flight = ctx.pool.register(format!("{name} batches"), false);
-    let target = ctx.batch_bytes_target();
-    let stopped = || shared.stop.load(Ordering::Relaxed) || ctx.cancel.load(Ordering::Relaxed);
-    for k in (w..shared.morsels.len()).step_by(workers) {
-        if stopped() {
-            return;
+    fn release(&self, reservation: MemoryReservation) {
+        match self {
+            StreamSource::Scan(s) => s.release(reservation),
+            StreamSource::Sort(_) => drop(reservation),
         }
-        let morsel = shared.morsels[k];
-        let row_bytes = shared.table.estimated_row_bytes(morsel, &shared.projection).max(1);
-        let batch_rows = ((target / row_bytes) as usize).clamp(64, ctx.config.batch_size.max(64));
-        let pages = shared.table.page_buffer_bytes(morsel, &shared.projection);
-        if let Err(e) = reserve_waiting(&mut decode, pages + batch_rows as u64 * row_bytes, shared, ctx) {
-            let _ = tx.send(Message::Error(e));
-            return;
-        }
-        let mut emit = |batch: RecordBatch| -> Result<bool> {
-            if stopped() {
-                return Ok(false);
-            }
-            // The estimate was short (dictionary-encoded strings decode larger than they are
-            // stored): account for what was really decoded.
-            let decoded = batch.get_array_memory_size() as u64;
-            if decoded > decode.size() {
-                reserve_waiting(&mut decode, decoded, shared, ctx)?;
-            }
-            let Some(out) = operators::apply(&shared.ops, batch)? else { return Ok(true) };
-            let bytes = out.get_array_memory_size() as u64;
-            let queued = &shared.queued[w];
-            while queued.load(Ordering::Acquire) > 0 && queued.load(Ordering::Acquire) + bytes > shared.queue_limit {
-                if stopped() {
-                    return Ok(false);
-                }
-                std::thread::sleep(Duration::from_micros(100));
-            }
-            in_flight_grow(&mut in_flight, bytes, shared, ctx)?;
-            let reservation = in_flight.split(bytes);
-            queued.fetch_add(bytes, Ordering::AcqRel);
-            Ok(tx.send(Message::Batch(out, reservation, bytes)).is_ok())
-        };
-        let result = shared.table.scan_morsel(morsel, &shared.projection, batch_rows, &ctx.counters, &mut emit);
-        if let Err(e) = result {
-            let _ = tx.send(Message::Error(e));
-            return;
-        }
-        if tx.send(Message::MorselEnd).is_err() {
-            return;
+    }
+
+    fn stop(&mut self) {
+        match self {
+            StreamSource::Scan(s) => s.stop(),
+            StreamSource::Sort(s) => s.stop(),
         }
     }
 }
 
-fn in_flight_grow(r: &mut MemoryReservation, bytes: u64, shared: &Shared, ctx: &ExecContext) -> Result<()> {
-    let target = r.size() + bytes;
-    reserve_waiting(r, target, shared, ctx)
-}
-
-/// Resizes `r` to `bytes`; when the pool is full but the consumer still holds batches that it will
-/// release, waits for it instead of failing.
-fn reserve_waiting(r: &mut MemoryReservation, bytes: u64, shared: &Shared, ctx: &ExecContext) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        match r.try_resize(bytes) {
-            Ok(()) => return Ok(()),
-            Err(e) => {
-                let can_wait = shared.held_by_consumer.load(Ordering::Acquire) > 0 && Instant::now() < deadline;
-                if !can_wait || shared.stop.load(Ordering::Relaxed) || ctx.cancel.load(Ordering::Relaxed) {
-                    return Err(e);
-                }
-                std::thread::sleep(Duration::from_millis(1));
-            }
-        }
-    }
-}
-
-/// The consumer's end of a running pipeline: an iterator of record batches in input order.
+/// The consumer's end of a running pipeline: an iterator of record batches in order.
 ///
 /// A batch returned by `next` stays accounted in the memory pool until the following call to `next`
 /// (or until the stream is dropped).
 pub struct BatchStream {
     stats: PipelineStats,
     schema: SchemaRef,
-    shared: Arc<Shared>,
-    receivers: Vec<Receiver<Message>>,
-    next_morsel: usize,
+    source: StreamSource,
     tail: Vec<operators::TailState>,
     held: Option<MemoryReservation>,
     cancel: Arc<AtomicBool>,
@@ -366,92 +240,65 @@ impl BatchStream {
         self.stats
     }
 
-    /// The next batch together with the reservation that pays for it.
+    /// The next batch together with the reservation that pays for it; give the reservation back
+    /// with [`release`](Self::release) when done with the batch.
     pub fn next_reserved(&mut self) -> Option<Result<(RecordBatch, MemoryReservation)>> {
         self.release_held();
         loop {
             if self.done {
                 return None;
             }
-            if self.cancel.load(Ordering::Relaxed) {
-                self.finish();
-                return Some(Err(Error::Cancelled));
-            }
-            if self.next_morsel >= self.shared.morsels.len() {
-                self.finish();
-                return None;
-            }
-            let from = self.next_morsel % self.receivers.len();
-            let rx = &self.receivers[from];
-            let message = match rx.recv_timeout(Duration::from_millis(100)) {
-                Ok(m) => m,
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
-                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+            let (batch, reservation) = match self.source.next_reserved(&self.cancel) {
+                None => {
                     self.finish();
-                    return Some(Err(Error::Execution("a scan worker stopped unexpectedly".into())));
+                    return None;
                 }
-            };
-            match message {
-                Message::MorselEnd => self.next_morsel += 1,
-                Message::Error(e) => {
+                Some(Err(e)) => {
                     self.finish();
                     return Some(Err(e));
                 }
-                Message::Batch(batch, reservation, bytes) => {
-                    self.shared.queued[from].fetch_sub(bytes, Ordering::AcqRel);
-                    let mut batch = Some(batch);
-                    for t in &mut self.tail {
-                        batch = match batch {
-                            Some(b) => match t.apply(b) {
-                                Ok(b) => b,
-                                Err(e) => {
-                                    self.finish();
-                                    return Some(Err(e));
-                                }
-                            },
-                            None => None,
-                        };
-                    }
-                    if self.tail.iter().any(|t| t.exhausted()) {
-                        // Everything the limit needs is here: stop the workers early.
-                        self.shared.stop.store(true, Ordering::Relaxed);
-                        if batch.is_none() {
+                Some(Ok(item)) => item,
+            };
+            let mut batch = Some(batch);
+            for t in &mut self.tail {
+                batch = match batch {
+                    Some(b) => match t.apply(b) {
+                        Ok(b) => b,
+                        Err(e) => {
+                            self.source.release(reservation);
                             self.finish();
-                            return None;
+                            return Some(Err(e));
                         }
-                        self.next_morsel = self.shared.morsels.len();
-                    }
-                    if let Some(b) = batch {
-                        if b.num_rows() > 0 || self.schema.fields().is_empty() {
-                            self.shared.held_by_consumer.fetch_add(1, Ordering::AcqRel);
-                            return Some(Ok((b, reservation)));
-                        }
-                    }
-                }
+                    },
+                    None => None,
+                };
+            }
+            if self.tail.iter().any(|t| t.exhausted()) {
+                // Everything the limit needs is here: stop the sources early.
+                self.source.stop();
+                self.done = true;
+            }
+            match batch {
+                Some(b) if b.num_rows() > 0 || self.schema.fields().is_empty() => return Some(Ok((b, reservation))),
+                _ => self.source.release(reservation),
             }
         }
     }
 
     fn release_held(&mut self) {
-        if self.held.take().is_some() {
-            self.shared.held_by_consumer.fetch_sub(1, Ordering::AcqRel);
+        if let Some(r) = self.held.take() {
+            self.source.release(r);
         }
     }
 
-    /// Tells the stream the caller is done with a batch taken by [`next_reserved`](Self::next_reserved).
+    /// Gives back the reservation of a batch taken by [`next_reserved`](Self::next_reserved).
     pub fn release(&mut self, reservation: MemoryReservation) {
-        drop(reservation);
-        self.shared.held_by_consumer.fetch_sub(1, Ordering::AcqRel);
+        self.source.release(reservation);
     }
 
     fn finish(&mut self) {
         self.done = true;
-        self.shared.stop.store(true, Ordering::Relaxed);
-        // Dropping the receivers unblocks workers waiting to send.
-        self.receivers.clear();
-        while self.shared.active_workers.load(Ordering::Acquire) > 0 {
-            std::thread::sleep(Duration::from_micros(200));
-        }
+        self.source.stop();
     }
 }
 

@@ -1,6 +1,6 @@
 //! SQL to logical plan: parsing with `sqlparser` (DuckDB dialect), name resolution and typing.
 //!
-//! Supported now: `SELECT expr [AS name], ... FROM source [WHERE ...] [LIMIT n [OFFSET m]]`, where a
+//! Supported now: `SELECT expr [AS name], ... FROM source [WHERE ...] [ORDER BY ...] [LIMIT n [OFFSET m]]`, where a
 //! source is a registered name, a quoted path or glob (`'data/*.parquet'`), a table function
 //! (`read_parquet`, `read_csv`, `read_json`) or a subquery in parentheses. Everything else is an
 //! [`Error::NotSupported`] naming the construct, never a silent wrong answer.
@@ -18,7 +18,7 @@ use sqlparser::parser::{Parser, ParserError};
 
 use self::expr::{ExprPlanner, Scope};
 use crate::error::{Error, Result};
-use crate::plan::LogicalPlan;
+use crate::plan::{LogicalPlan, SortKey};
 use crate::source::{CsvOptions, Format, Table};
 
 /// A name the SQL can read from.
@@ -111,9 +111,6 @@ fn plan_query(query: &ast::Query, catalog: &Catalog) -> Result<LogicalPlan> {
     if query.with.is_some() {
         return Err(Error::NotSupported("WITH (common table expressions)".into()));
     }
-    if query.order_by.is_some() {
-        return Err(Error::NotSupported("ORDER BY".into()));
-    }
     if query.fetch.is_some() {
         return Err(Error::NotSupported("FETCH".into()));
     }
@@ -129,12 +126,24 @@ fn plan_query(query: &ast::Query, catalog: &Catalog) -> Result<LogicalPlan> {
     }
     let select = match query.body.as_ref() {
         SetExpr::Select(select) => select,
-        SetExpr::Query(inner) => return plan_query(inner, catalog),
+        SetExpr::Query(inner) => {
+            if query.order_by.is_some() || query.limit_clause.is_some() {
+                return Err(Error::NotSupported("ORDER BY / LIMIT around a parenthesized query".into()));
+            }
+            return plan_query(inner, catalog);
+        }
         SetExpr::SetOperation { op, .. } => return Err(Error::NotSupported(format!("{op}"))),
         SetExpr::Values(_) => return Err(Error::NotSupported("VALUES".into())),
         other => return Err(Error::NotSupported(first_words(&other.to_string()))),
     };
-    let mut plan = plan_select(select, catalog)?;
+    let select = plan_select(select, catalog)?;
+    let mut plan = match &query.order_by {
+        None => select.project(),
+        Some(order_by) => {
+            let limit_rows = limit_rows(query)?;
+            plan_order_by(select, order_by, limit_rows)?
+        }
+    };
     if let Some(limit) = &query.limit_clause {
         let (limit, offset) = match limit {
             ast::LimitClause::LimitOffset { limit, offset, limit_by } => {
@@ -150,6 +159,112 @@ fn plan_query(query: &ast::Query, catalog: &Catalog) -> Result<LogicalPlan> {
         plan = LogicalPlan::Limit { input: Box::new(plan), skip, fetch };
     }
     Ok(plan)
+}
+
+/// `skip + fetch` of the query's LIMIT, if it has one: all a sort below it has to produce.
+fn limit_rows(query: &ast::Query) -> Result<Option<usize>> {
+    Ok(match &query.limit_clause {
+        Some(ast::LimitClause::LimitOffset { limit: Some(limit), offset, .. }) => {
+            let fetch = count_literal(limit, "LIMIT")?;
+            let skip = offset.as_ref().map(|o| count_literal(&o.value, "OFFSET")).transpose()?.flatten().unwrap_or(0);
+            fetch.map(|f| f.saturating_add(skip))
+        }
+        Some(ast::LimitClause::OffsetCommaLimit { offset, limit }) => {
+            let fetch = count_literal(limit, "LIMIT")?;
+            let skip = count_literal(offset, "OFFSET")?.unwrap_or(0);
+            fetch.map(|f| f.saturating_add(skip))
+        }
+        _ => None,
+    })
+}
+
+/// ORDER BY over a select: a key that names an output column (alias, or ordinal) sorts by it;
+/// any other expression is evaluated over the select's input as a hidden column, dropped after
+/// the sort.
+fn plan_order_by(mut select: SelectPlan, order_by: &ast::OrderBy, fetch: Option<usize>) -> Result<LogicalPlan> {
+    let items = match &order_by.kind {
+        ast::OrderByKind::Expressions(items) => items,
+        ast::OrderByKind::All(_) => return Err(Error::NotSupported("ORDER BY ALL".into())),
+    };
+    if order_by.interpolate.is_some() {
+        return Err(Error::NotSupported("ORDER BY ... INTERPOLATE".into()));
+    }
+    let visible = select.exprs.len();
+    let mut keys = Vec::new();
+    for item in items {
+        if item.with_fill.is_some() {
+            return Err(Error::NotSupported("ORDER BY ... WITH FILL".into()));
+        }
+        let descending = match item.options.sort {
+            None | Some(ast::OrderBySort::Asc) => false,
+            Some(ast::OrderBySort::Desc) => true,
+            Some(ast::OrderBySort::Using(_)) => return Err(Error::NotSupported("ORDER BY ... USING".into())),
+        };
+        let nulls_first = item.options.nulls_first.unwrap_or(false);
+        let column = match &item.expr {
+            ast::Expr::Value(v) if matches!(v.value, ast::Value::Number(..)) => {
+                let n = count_literal(&item.expr, "ORDER BY")?.unwrap_or(0);
+                if n == 0 || n > visible {
+                    return Err(Error::Plan(format!(
+                        "ORDER BY position {n} is not in the select list (1 to {visible})"
+                    )));
+                }
+                n - 1
+            }
+            ast::Expr::Identifier(id) if select.output_column(&id.value).is_some() => {
+                select.output_column(&id.value).unwrap()
+            }
+            other => {
+                let planner = ExprPlanner::new(&select.scope, select.input.schema());
+                let expr = planner.plan(other)?;
+                match select.exprs.iter().position(|e| e == &expr) {
+                    Some(i) => i,
+                    None => {
+                        let schema = select.input.schema();
+                        select.fields.push(Field::new(
+                            format!("__sort_{}", keys.len()),
+                            expr.data_type(&schema),
+                            expr.nullable(&schema),
+                        ));
+                        select.exprs.push(expr);
+                        select.exprs.len() - 1
+                    }
+                }
+            }
+        };
+        keys.push(SortKey { column, descending, nulls_first });
+    }
+    let fields = select.fields[..visible].to_vec();
+    let sorted = LogicalPlan::Sort { input: Box::new(select.project()), keys, fetch };
+    if sorted.schema().fields().len() == visible {
+        return Ok(sorted);
+    }
+    let schema = sorted.schema();
+    let exprs = (0..visible).map(|i| crate::expr::Expr::column(i, schema.field(i).name())).collect();
+    Ok(LogicalPlan::Projection { input: Box::new(sorted), exprs, schema: Arc::new(Schema::new(fields)) })
+}
+
+/// A planned SELECT before its projection is built, so ORDER BY can add hidden columns.
+struct SelectPlan {
+    input: LogicalPlan,
+    scope: Scope,
+    exprs: Vec<crate::expr::Expr>,
+    fields: Vec<Field>,
+}
+
+impl SelectPlan {
+    fn project(self) -> LogicalPlan {
+        let schema = Arc::new(Schema::new(self.fields));
+        LogicalPlan::Projection { input: Box::new(self.input), exprs: self.exprs, schema }
+    }
+
+    /// The output column an ORDER BY name refers to (exact name first, then case-insensitive).
+    fn output_column(&self, name: &str) -> Option<usize> {
+        self.fields
+            .iter()
+            .position(|f| f.name() == name)
+            .or_else(|| self.fields.iter().position(|f| f.name().eq_ignore_ascii_case(name)))
+    }
 }
 
 /// A LIMIT or OFFSET count: a non-negative integer (`LIMIT NULL` / `LIMIT ALL` mean no limit).
@@ -168,7 +283,7 @@ fn count_literal(e: &ast::Expr, clause: &str) -> Result<Option<usize>> {
     }
 }
 
-fn plan_select(select: &ast::Select, catalog: &Catalog) -> Result<LogicalPlan> {
+fn plan_select(select: &ast::Select, catalog: &Catalog) -> Result<SelectPlan> {
     if select.distinct.is_some() {
         return Err(Error::NotSupported("SELECT DISTINCT".into()));
     }
@@ -253,8 +368,7 @@ fn plan_select(select: &ast::Select, catalog: &Catalog) -> Result<LogicalPlan> {
             other => return Err(Error::NotSupported(format!("select item {other}"))),
         }
     }
-    let schema = Arc::new(Schema::new(fields));
-    Ok(LogicalPlan::Projection { input: Box::new(plan), exprs, schema })
+    Ok(SelectPlan { input: plan, scope, exprs, fields })
 }
 
 /// The column name DuckDB gives an unaliased select item.

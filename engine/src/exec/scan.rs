@@ -1,0 +1,353 @@
+//! The scan stage of a pipeline: morsels decoded, filtered and projected on the worker threads,
+//! handed to the consumer in input order.
+//!
+//! ```text
+//!            morsels 0,2,4..  ┌──────────┐   queue (bytes)   ┌───────────────────────┐
+//!  Table ──┬────────────────> │ worker 0 │ ────────────────> │                       │
+//!          │ morsels 1,3,5..  ├──────────┤                   │ consumer: takes       │
+//!          └────────────────> │ worker 1 │ ────────────────> │ morsel 0, 1, 2, ...   │──> sink
+//!                             └──────────┘                   │ in order              │
+//!   scan → filter → project   (stateless ops, per worker)    └───────────────────────┘
+//! ```
+//! Morsels are dealt round-robin to workers; each worker decodes its morsels in order, runs the
+//! stateless operators and sends each batch down its own queue. The consumer reads morsel `k` from
+//! worker `k % N`, so output keeps input order (as DuckDB's insertion order does) while every core
+//! decodes and filters. Each worker's queue is bounded in bytes by its share of the memory the pool
+//! has left; every batch is reserved from the pool before it is sent and released when the consumer
+//! is done with it. Per worker, the page buffers of the morsel being decoded are reserved too.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::RecordBatch;
+
+use super::operators::{self, Operator};
+use super::{ExecContext, PipelineStats};
+use crate::error::{Error, Result};
+use crate::memory::MemoryReservation;
+use crate::source::{Morsel, PruningPredicate, Table};
+
+/// A scan and the stateless operators that run on its workers.
+pub(crate) struct ScanPipeline {
+    table: Arc<Table>,
+    projection: Vec<usize>,
+    pruning: Option<PruningPredicate>,
+    /// Row groups or slices to scan: known at planning for Parquet (footers are in memory), found
+    /// when the scan starts for CSV (finding record boundaries reads the file).
+    morsels: Option<Vec<Morsel>>,
+    worker_ops: Vec<Operator>,
+}
+
+impl ScanPipeline {
+    pub(crate) fn new(
+        table: &Arc<Table>,
+        projection: &[usize],
+        pruning: &Option<PruningPredicate>,
+        worker_ops: Vec<Operator>,
+    ) -> Result<ScanPipeline> {
+        let morsels = if table.is_parquet() { Some(table.morsels(pruning.as_ref())?) } else { None };
+        Ok(ScanPipeline {
+            table: table.clone(),
+            projection: projection.to_vec(),
+            pruning: pruning.clone(),
+            morsels,
+            worker_ops,
+        })
+    }
+
+    fn morsels(&mut self) -> Result<&[Morsel]> {
+        if self.morsels.is_none() {
+            self.morsels = Some(self.table.morsels(self.pruning.as_ref())?);
+        }
+        Ok(self.morsels.as_deref().unwrap_or(&[]))
+    }
+
+    /// Sizes of the scan; for CSV the slices are counted once the scan has started.
+    pub(crate) fn stats(&self, ctx: &ExecContext) -> PipelineStats {
+        let files = self.table.row_group_count();
+        let scanned = self.morsels.as_ref().map_or(files, |m| m.len());
+        PipelineStats {
+            // Text files have no row groups: count their slices.
+            row_groups_total: if self.table.is_parquet() { files } else { scanned },
+            row_groups_scanned: scanned,
+            min_memory: self.min_memory(ctx),
+        }
+    }
+
+    /// Memory one worker needs (the largest morsel's page buffers and three batches) and one batch
+    /// at the consumer.
+    fn worker_memory(&self, ctx: &ExecContext) -> (u64, u64) {
+        // Text formats need the same buffers for every morsel.
+        let any = [Morsel { file: 0, row_group: 0, range: None }];
+        let morsels = self.morsels.as_deref().unwrap_or(&any);
+        let pages = morsels.iter().map(|m| self.table.page_buffer_bytes(*m, &self.projection)).max().unwrap_or(0);
+        let row = morsels.iter().map(|m| self.table.estimated_row_bytes(*m, &self.projection)).max().unwrap_or(0);
+        let batch = (row.max(1) * ctx.config.batch_size as u64).min(ctx.batch_bytes_target()).max(row * 64);
+        (pages + 3 * batch, batch)
+    }
+
+    /// The least memory the pipeline runs in: one worker and the consumer.
+    pub(crate) fn min_memory(&self, ctx: &ExecContext) -> u64 {
+        let (worker, batch) = self.worker_memory(ctx);
+        worker + batch
+    }
+
+    /// The most the scan holds when its queues are capped at `queue_limit` bytes per worker: every
+    /// thread a worker, each with its buffers and a full queue, and the consumer's batch.
+    pub(crate) fn max_memory(&self, ctx: &ExecContext, queue_limit: u64) -> u64 {
+        let (worker, batch) = self.worker_memory(ctx);
+        ctx.config.threads as u64 * (worker + queue_limit) + batch
+    }
+
+    /// As many workers as there are threads, morsels, and room in the pool for.
+    fn workers(&self, ctx: &ExecContext, morsels: usize) -> Result<usize> {
+        let (worker, batch) = self.worker_memory(ctx);
+        let available = ctx.pool.available();
+        let fit = available.saturating_sub(batch) / worker.max(1);
+        if fit == 0 {
+            let budget = ctx.pool.budget();
+            return Err(Error::BudgetTooSmall {
+                what: format!("scanning {}", self.table.name()),
+                needed: budget - available + worker + batch,
+                budget,
+            });
+        }
+        Ok(ctx.config.threads.min(morsels).min(fit as usize).max(1))
+    }
+
+    /// Starts the workers and returns the consumer's end.
+    pub(crate) fn execute(mut self, ctx: &ExecContext, queue_limit: Option<u64>) -> Result<ScanStream> {
+        let count = ctx.threads.install(|| self.morsels().map(|m| m.len()))?;
+        let workers = self.workers(ctx, count)?;
+        // Output keeps input order, so the consumer drains one worker's morsel while the others
+        // run ahead: give each worker a queue of batches, bounded in bytes by its share of what
+        // the pool has left, so they all keep decoding.
+        let (worker_bytes, batch_bytes) = self.worker_memory(ctx);
+        let spare = ctx.pool.available().saturating_sub(workers as u64 * worker_bytes + batch_bytes);
+        // Half the spare memory: the rest is headroom for what no reservation sees (allocator slack,
+        // encoder scratch space).
+        let queue_limit = queue_limit.unwrap_or((spare / (2 * workers as u64)).clamp(2 * batch_bytes, 256 << 20));
+        let stats = self.stats(ctx);
+        let shared = Arc::new(Shared {
+            table: self.table,
+            projection: self.projection,
+            morsels: self.morsels.unwrap_or_default(),
+            ops: self.worker_ops,
+            stop: AtomicBool::new(false),
+            held_by_consumer: AtomicUsize::new(0),
+            queued: (0..workers).map(|_| AtomicU64::new(0)).collect(),
+            queue_limit,
+            active_workers: AtomicUsize::new(workers),
+        });
+        let mut receivers = Vec::with_capacity(workers);
+        for w in 0..workers {
+            // Unbounded in count (a bounded channel allocates all its slots up front): bounded in
+            // bytes by `queue_limit` instead.
+            let (tx, rx) = channel::<Message>();
+            receivers.push(rx);
+            let shared = shared.clone();
+            let ctx2 = ctx.clone();
+            ctx.threads.spawn(move || {
+                // A panic must become an error for the consumer, not an abort of the process.
+                let panic_tx = tx.clone();
+                let run =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| worker(w, workers, &shared, &ctx2, tx)));
+                if let Err(panic) = run {
+                    let what = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "unknown panic".into());
+                    let _ = panic_tx
+                        .send(Message::Error(Error::Execution(format!("internal error in a scan worker: {what}"))));
+                }
+                shared.active_workers.fetch_sub(1, Ordering::AcqRel);
+            });
+        }
+        Ok(ScanStream { stats, shared, receivers, next_morsel: 0, done: false })
+    }
+}
+
+struct Shared {
+    table: Arc<Table>,
+    projection: Vec<usize>,
+    morsels: Vec<Morsel>,
+    ops: Vec<Operator>,
+    stop: AtomicBool,
+    /// Batches the consumer has taken and not yet released, so a worker short of memory knows
+    /// whether waiting can help.
+    held_by_consumer: AtomicUsize,
+    /// Bytes of batches each worker has sent and the consumer has not yet taken.
+    queued: Vec<AtomicU64>,
+    /// Most bytes a worker may have queued.
+    queue_limit: u64,
+    /// Workers still running: the stream waits for them when it finishes, so that everything they
+    /// reserved is back in the pool when the stream is gone.
+    active_workers: AtomicUsize,
+}
+
+enum Message {
+    Batch(RecordBatch, MemoryReservation, u64),
+    MorselEnd,
+    Error(Error),
+}
+
+fn worker(w: usize, workers: usize, shared: &Shared, ctx: &ExecContext, tx: Sender<Message>) {
+    let name = format!("Scan[{}]#{w}", shared.table.name());
+    let mut decode = ctx.pool.register(format!("{name} decode"), false);
+    let mut in_flight = ctx.pool.register(format!("{name} batches"), false);
+    let target = ctx.batch_bytes_target();
+    let stopped = || shared.stop.load(Ordering::Relaxed) || ctx.cancel.load(Ordering::Relaxed);
+    for k in (w..shared.morsels.len()).step_by(workers) {
+        if stopped() {
+            return;
+        }
+        let morsel = shared.morsels[k];
+        let row_bytes = shared.table.estimated_row_bytes(morsel, &shared.projection).max(1);
+        let batch_rows = ((target / row_bytes) as usize).clamp(64, ctx.config.batch_size.max(64));
+        let pages = shared.table.page_buffer_bytes(morsel, &shared.projection);
+        if let Err(e) = reserve_waiting(&mut decode, pages + batch_rows as u64 * row_bytes, shared, ctx) {
+            let _ = tx.send(Message::Error(e));
+            return;
+        }
+        let mut emit = |batch: RecordBatch| -> Result<bool> {
+            if stopped() {
+                return Ok(false);
+            }
+            // The estimate was short (dictionary-encoded strings decode larger than they are
+            // stored): account for what was really decoded.
+            let decoded = batch.get_array_memory_size() as u64;
+            if decoded > decode.size() {
+                reserve_waiting(&mut decode, decoded, shared, ctx)?;
+            }
+            let Some(out) = operators::apply(&shared.ops, batch)? else { return Ok(true) };
+            let bytes = out.get_array_memory_size() as u64;
+            let queued = &shared.queued[w];
+            while queued.load(Ordering::Acquire) > 0 && queued.load(Ordering::Acquire) + bytes > shared.queue_limit {
+                if stopped() {
+                    return Ok(false);
+                }
+                std::thread::sleep(Duration::from_micros(100));
+            }
+            in_flight_grow(&mut in_flight, bytes, shared, ctx)?;
+            let reservation = in_flight.split(bytes);
+            queued.fetch_add(bytes, Ordering::AcqRel);
+            Ok(tx.send(Message::Batch(out, reservation, bytes)).is_ok())
+        };
+        let result = shared.table.scan_morsel(morsel, &shared.projection, batch_rows, &ctx.counters, &mut emit);
+        if let Err(e) = result {
+            let _ = tx.send(Message::Error(e));
+            return;
+        }
+        if tx.send(Message::MorselEnd).is_err() {
+            return;
+        }
+    }
+}
+
+fn in_flight_grow(r: &mut MemoryReservation, bytes: u64, shared: &Shared, ctx: &ExecContext) -> Result<()> {
+    let target = r.size() + bytes;
+    reserve_waiting(r, target, shared, ctx)
+}
+
+/// Resizes `r` to `bytes`; when the pool is full but the consumer still holds batches that it will
+/// release, waits for it instead of failing.
+fn reserve_waiting(r: &mut MemoryReservation, bytes: u64, shared: &Shared, ctx: &ExecContext) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match r.try_resize(bytes) {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                let can_wait = shared.held_by_consumer.load(Ordering::Acquire) > 0 && Instant::now() < deadline;
+                if !can_wait || shared.stop.load(Ordering::Relaxed) || ctx.cancel.load(Ordering::Relaxed) {
+                    return Err(e);
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    }
+}
+
+/// The consumer's end of a running scan: its batches in input order, before any tail operator.
+pub(crate) struct ScanStream {
+    stats: PipelineStats,
+    shared: Arc<Shared>,
+    receivers: Vec<Receiver<Message>>,
+    next_morsel: usize,
+    done: bool,
+}
+
+impl ScanStream {
+    pub(crate) fn stats(&self) -> PipelineStats {
+        self.stats
+    }
+
+    /// The next batch and its reservation; the caller must hand the reservation back with
+    /// [`release`](Self::release) (or drop it after calling `released`).
+    pub(crate) fn next_reserved(&mut self, cancel: &AtomicBool) -> Option<Result<(RecordBatch, MemoryReservation)>> {
+        loop {
+            if self.done {
+                return None;
+            }
+            if cancel.load(Ordering::Relaxed) {
+                self.finish();
+                return Some(Err(Error::Cancelled));
+            }
+            if self.next_morsel >= self.shared.morsels.len() {
+                self.finish();
+                return None;
+            }
+            let from = self.next_morsel % self.receivers.len();
+            let rx = &self.receivers[from];
+            let message = match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(m) => m,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    self.finish();
+                    return Some(Err(Error::Execution("a scan worker stopped unexpectedly".into())));
+                }
+            };
+            match message {
+                Message::MorselEnd => self.next_morsel += 1,
+                Message::Error(e) => {
+                    self.finish();
+                    return Some(Err(e));
+                }
+                Message::Batch(batch, reservation, bytes) => {
+                    self.shared.queued[from].fetch_sub(bytes, Ordering::AcqRel);
+                    self.shared.held_by_consumer.fetch_add(1, Ordering::AcqRel);
+                    return Some(Ok((batch, reservation)));
+                }
+            }
+        }
+    }
+
+    /// The caller is done with a batch it took: its memory goes back to the pool.
+    pub(crate) fn release(&self, reservation: MemoryReservation) {
+        drop(reservation);
+        self.shared.held_by_consumer.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Stops the workers early (a limit is satisfied).
+    pub(crate) fn stop(&mut self) {
+        self.finish();
+    }
+
+    fn finish(&mut self) {
+        self.done = true;
+        self.shared.stop.store(true, Ordering::Relaxed);
+        // Dropping the receivers unblocks workers waiting to send.
+        self.receivers.clear();
+        while self.shared.active_workers.load(Ordering::Acquire) > 0 {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+}
+
+impl Drop for ScanStream {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}

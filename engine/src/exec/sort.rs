@@ -1,0 +1,560 @@
+//! External sort: `ORDER BY` over inputs of any size, and top-k for `ORDER BY ... LIMIT k`.
+//!
+//! Blocks: the whole input is consumed before the first row comes out. Spills: sorted runs to
+//! Parquet through the [`SpillManager`](crate::SpillManager).
+//!
+//! # Algorithm
+//!
+//! 1. **Run generation.** Input batches are buffered under the operator's reservation
+//!    (`ExternalSort`, spillable) up to half of its share of the pool; the other half is scratch
+//!    for sorting (keys in Arrow row format, one `u32` pair per row, one output chunk). When the
+//!    buffer is full it is sorted (stably: ties keep input order) and written as one run, in chunks
+//!    of `batch_size` rows. With a `fetch` (top-k), a full buffer is first cut to its best `k` rows
+//!    and kept in memory while those fit; only a `k` too big for memory spills.
+//! 2. **In memory.** If nothing was spilled, the buffer is sorted once and its chunks are produced
+//!    on demand from the sorted indices (no second copy of the data).
+//! 3. **Merge.** Each run costs one decoded chunk and its keys while it is merged. The fan-in is
+//!    what the pool has left divided by that cost, reserved before the merge starts. With more runs
+//!    than the fan-in, neighbouring runs are merged into longer runs first (a pass), keeping run
+//!    order so the sort stays stable; each merged run's file is removed as soon as it is read.
+//!
+//! ```text
+//!  input ─> [buffer ─ sort ─> run 1] [buffer ─ sort ─> run 2] ... [run n]
+//!                                                    │ passes while n > fan-in
+//!                              heap of run cursors (row-format keys) ─> sorted chunks
+//! ```
+
+use std::collections::VecDeque;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, RecordBatch};
+use arrow::compute::SortOptions;
+use arrow::datatypes::SchemaRef;
+use arrow_row::{RowConverter, Rows, SortField};
+
+use super::{BatchStream, ExecContext};
+use crate::error::{Error, Result};
+use crate::memory::MemoryReservation;
+use crate::plan::SortKey;
+use crate::spill::{SpillFile, SpillReader};
+
+/// The least memory a sort needs: a few batches to buffer, sort and merge.
+pub(crate) fn min_memory(ctx: &ExecContext) -> u64 {
+    4 * ctx.batch_bytes_target().min(1 << 20)
+}
+
+/// A sort in progress: consumes its input on the first call, then hands out sorted chunks.
+pub(crate) struct SortStream {
+    state: State,
+    sorter: Sorter,
+}
+
+enum State {
+    Pending(Box<BatchStream>),
+    /// One sorted run, all in memory: its chunks are the output.
+    Memory(VecDeque<RecordBatch>),
+    Merge(Merger),
+    Done,
+}
+
+impl SortStream {
+    /// `child_max` is the most the input pipeline holds while it runs beside the sort.
+    pub(crate) fn new(
+        child: BatchStream,
+        keys: Vec<SortKey>,
+        fetch: Option<usize>,
+        child_max: u64,
+        ctx: &ExecContext,
+    ) -> Result<SortStream> {
+        let schema = child.schema();
+        let fields = keys
+            .iter()
+            .map(|k| {
+                SortField::new_with_options(
+                    schema.field(k.column).data_type().clone(),
+                    SortOptions { descending: k.descending, nulls_first: k.nulls_first },
+                )
+            })
+            .collect();
+        let converter = RowConverter::new(fields)?;
+        let share = ctx.pool.available().saturating_sub(child_max);
+        let reservation = ctx.pool.register("ExternalSort", true);
+        let sorter = Sorter {
+            schema,
+            keys,
+            fetch,
+            converter,
+            buffer: Vec::new(),
+            buffer_bytes: 0,
+            reservation,
+            runs: Vec::new(),
+            // The rest is scratch: the row order (8 bytes a row) and one output chunk.
+            buffer_limit: (share * 3 / 4).max(min_memory(ctx) / 2),
+            run_bytes: (share * 3 / 8).clamp(min_memory(ctx) / 4, 32 << 20),
+            max_chunk_bytes: 0,
+            max_chunk_keys: 0,
+            ctx: ctx.clone(),
+        };
+        Ok(SortStream { state: State::Pending(Box::new(child)), sorter })
+    }
+
+    pub(crate) fn next_reserved(&mut self, cancel: &AtomicBool) -> Option<Result<(RecordBatch, MemoryReservation)>> {
+        loop {
+            let next = match &mut self.state {
+                State::Pending(child) => match self.sorter.consume(child, cancel) {
+                    Ok(state) => {
+                        self.state = state;
+                        continue;
+                    }
+                    Err(e) => Err(e),
+                },
+                State::Memory(chunks) => match chunks.pop_front() {
+                    Some(batch) => {
+                        // Its bytes move from the sort's reservation to the chunk's own.
+                        self.sorter.reservation.shrink(batch.get_array_memory_size() as u64);
+                        Ok(batch)
+                    }
+                    None => {
+                        self.state = State::Done;
+                        return None;
+                    }
+                },
+                State::Merge(merger) => match merger.next_chunk() {
+                    Some(batch) => batch,
+                    None => {
+                        self.state = State::Done;
+                        return None;
+                    }
+                },
+                State::Done => return None,
+            };
+            return Some(next.and_then(|batch| {
+                // The chunk travels with its own reservation; the consumer releases it.
+                let mut r = self.sorter.ctx.pool.register("ExternalSort output", false);
+                r.try_grow(batch.get_array_memory_size() as u64)?;
+                Ok((batch, r))
+            }));
+        }
+    }
+
+    pub(crate) fn stop(&mut self) {
+        self.state = State::Done;
+        self.sorter.buffer.clear();
+        self.sorter.runs.clear();
+        self.sorter.reservation.free();
+    }
+}
+
+struct Sorter {
+    schema: SchemaRef,
+    keys: Vec<SortKey>,
+    fetch: Option<usize>,
+    converter: RowConverter,
+    /// Buffered batches with their sort keys in row format (reserved together).
+    buffer: Vec<(RecordBatch, Rows)>,
+    /// Bytes of `buffer` (batches and keys).
+    buffer_bytes: u64,
+    /// Pays for the buffer and the runs kept in memory.
+    reservation: MemoryReservation,
+    /// Sorted runs, in input order.
+    runs: Vec<Run>,
+    /// Most bytes of buffer plus in-memory runs.
+    buffer_limit: u64,
+    /// Bytes of input sorted into one run: small enough to sort with good locality.
+    run_bytes: u64,
+    /// The largest chunk written to a run and the largest keys of one, which size the merge buffers.
+    max_chunk_bytes: u64,
+    max_chunk_keys: u64,
+    ctx: ExecContext,
+}
+
+impl Sorter {
+    fn batch_size(&self) -> usize {
+        self.ctx.config.batch_size.max(1)
+    }
+
+    fn keys_of(&self, batch: &RecordBatch) -> Result<Rows> {
+        let columns: Vec<ArrayRef> = self.keys.iter().map(|k| batch.column(k.column).clone()).collect();
+        Ok(self.converter.convert_columns(&columns)?)
+    }
+
+    /// Reads the whole input into sorted runs and picks the output state.
+    fn consume(&mut self, child: &mut BatchStream, cancel: &AtomicBool) -> Result<State> {
+        while let Some(item) = child.next_reserved() {
+            let (batch, child_reservation) = item?;
+            if cancel.load(std::sync::atomic::Ordering::Relaxed) {
+                return Err(Error::Cancelled);
+            }
+            let keys = self.keys_of(&batch)?;
+            let bytes = batch.get_array_memory_size() as u64 + keys.size() as u64;
+            // Move the batch's accounting from the stream to the sort: grow ours (batch and
+            // keys), then release the stream's.
+            if self.reservation.size() + bytes > self.buffer_limit || self.reservation.try_grow(bytes).is_err() {
+                self.spill_memory_runs()?;
+                if self.reservation.size() + bytes > self.buffer_limit || self.reservation.try_grow(bytes).is_err() {
+                    if self.buffer.is_empty() {
+                        child.release(child_reservation);
+                        return Err(self.too_small(bytes));
+                    }
+                    self.sort_run(false)?;
+                    self.spill_memory_runs()?;
+                    self.reservation.try_grow(bytes).map_err(|_| self.too_small(bytes))?;
+                }
+            }
+            child.release(child_reservation);
+            self.buffer.push((batch, keys));
+            self.buffer_bytes += bytes;
+            if self.buffer_bytes >= self.run_bytes {
+                self.sort_run(false)?;
+            }
+        }
+        // The input is done and its workers have stopped: the pool's threads are free.
+        if !self.buffer.is_empty() {
+            self.sort_run(true)?;
+        }
+        if self.runs.len() == 1 {
+            if let Run::Memory(chunks) = &mut self.runs[0] {
+                return Ok(State::Memory(std::mem::take(chunks)));
+            }
+        }
+        self.merge()
+    }
+
+    fn too_small(&self, bytes: u64) -> Error {
+        let budget = self.ctx.pool.budget();
+        Error::BudgetTooSmall {
+            what: "sorting".into(),
+            needed: budget.saturating_sub(self.ctx.pool.available()) + 4 * bytes,
+            budget,
+        }
+    }
+
+    /// Sorts the buffer into an in-memory run: stable, by row-format keys, cut to `fetch` rows.
+    /// `parallel` sorts on the worker threads, which must then be idle: while the input still
+    /// runs they are busy scanning (and waiting for this very thread), so runs cut during the input
+    /// are sorted on the consumer.
+    fn sort_run(&mut self, parallel: bool) -> Result<()> {
+        use rayon::prelude::*;
+        let buffered = std::mem::take(&mut self.buffer);
+        let total: usize = buffered.iter().map(|(b, _)| b.num_rows()).sum();
+        let mut scratch = self.ctx.pool.register("ExternalSort order", false);
+        scratch.try_grow(8 * total as u64).map_err(|_| self.too_small(8 * total as u64))?;
+        let mut order: Vec<(u32, u32)> = buffered
+            .iter()
+            .enumerate()
+            .flat_map(|(b, (batch, _))| (0..batch.num_rows() as u32).map(move |r| (b as u32, r)))
+            .collect();
+        let rows: Vec<&Rows> = buffered.iter().map(|(_, k)| k).collect();
+        let compare = |x: &(u32, u32), y: &(u32, u32)| {
+            rows[x.0 as usize].row(x.1 as usize).cmp(&rows[y.0 as usize].row(y.1 as usize))
+        };
+        if parallel {
+            self.ctx.threads.install(|| order.par_sort_by(compare));
+        } else {
+            order.sort_by(compare);
+        }
+        if let Some(k) = self.fetch {
+            order.truncate(k);
+        }
+        let batches: Vec<&RecordBatch> = buffered.iter().map(|(b, _)| b).collect();
+        let mut chunks = VecDeque::new();
+        for part in order.chunks(self.batch_size()) {
+            let indices: Vec<(usize, usize)> = part.iter().map(|&(b, r)| (b as usize, r as usize)).collect();
+            let chunk = interleave_batches(&self.schema, &batches, &indices)?;
+            let bytes = chunk.get_array_memory_size() as u64;
+            // Sorted chunks replace the buffer: account for them as they are made.
+            self.reservation.try_grow(bytes).map_err(|_| self.too_small(bytes))?;
+            chunks.push_back(chunk);
+        }
+        drop(batches);
+        drop(buffered);
+        self.reservation.shrink(self.buffer_bytes);
+        self.buffer_bytes = 0;
+        self.runs.push(Run::Memory(chunks));
+        Ok(())
+    }
+
+    /// Writes the runs kept in memory to spill files, in place, so the order of runs stays the
+    /// input order.
+    fn spill_memory_runs(&mut self) -> Result<()> {
+        for i in 0..self.runs.len() {
+            let Run::Memory(chunks) = &mut self.runs[i] else { continue };
+            let chunks = std::mem::take(chunks);
+            let mut writer = self.ctx.spill.create(self.schema.clone(), "ExternalSort")?;
+            let mut freed = 0;
+            for chunk in chunks {
+                let bytes = chunk.get_array_memory_size() as u64;
+                self.max_chunk_bytes = self.max_chunk_bytes.max(bytes);
+                self.max_chunk_keys = self.max_chunk_keys.max(self.keys_of(&chunk)?.size() as u64);
+                writer.write(&chunk)?;
+                freed += bytes;
+            }
+            self.runs[i] = Run::Spilled(writer.finish()?);
+            self.reservation.shrink(freed);
+        }
+        Ok(())
+    }
+
+    /// Merges the runs: when more runs are on disk than the fan-in allows, neighbouring runs are
+    /// merged into longer ones first (passes), then a final streaming merge.
+    fn merge(&mut self) -> Result<State> {
+        // One decoded chunk, its keys and the reader's page buffers, per run on disk.
+        let per_run = (2 * self.max_chunk_bytes + self.max_chunk_keys).max(1);
+        let available = self.ctx.pool.available();
+        let fan_in = ((available * 3 / 4) / per_run) as usize;
+        let spilled = self.runs.iter().filter(|r| matches!(r, Run::Spilled(_))).count();
+        if spilled > 0 && fan_in < 2 {
+            let budget = self.ctx.pool.budget();
+            return Err(Error::BudgetTooSmall {
+                what: "merging sorted runs".into(),
+                needed: budget - available + 3 * per_run,
+                budget,
+            });
+        }
+        if spilled > fan_in {
+            // Everything to disk, then passes over groups of neighbouring runs.
+            self.spill_memory_runs()?;
+            while self.runs.len() > fan_in {
+                let runs = std::mem::take(&mut self.runs);
+                let mut runs = runs.into_iter().peekable();
+                while runs.peek().is_some() {
+                    let group: Vec<Run> = runs.by_ref().take(fan_in).collect();
+                    if group.len() == 1 {
+                        self.runs.extend(group);
+                        continue;
+                    }
+                    let mut merger = Merger::new(self, group, None, per_run)?;
+                    let mut writer = self.ctx.spill.create(self.schema.clone(), "ExternalSort-merge")?;
+                    while let Some(chunk) = merger.next_chunk() {
+                        writer.write(&chunk?)?;
+                    }
+                    drop(merger);
+                    self.runs.push(Run::Spilled(writer.finish()?));
+                }
+            }
+        }
+        let runs = std::mem::take(&mut self.runs);
+        Ok(State::Merge(Merger::new(self, runs, self.fetch, per_run)?))
+    }
+}
+
+/// A sorted run: chunks kept in memory, or a spill file.
+enum Run {
+    Memory(VecDeque<RecordBatch>),
+    Spilled(SpillFile),
+}
+
+/// Reads a run back a chunk at a time.
+enum RunReader {
+    Memory(VecDeque<RecordBatch>),
+    /// The file is kept until the run is read to the end; dropping it removes the file.
+    Spilled {
+        reader: SpillReader,
+        _file: SpillFile,
+    },
+}
+
+impl RunReader {
+    fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
+        match self {
+            RunReader::Memory(chunks) => Ok(chunks.pop_front()),
+            RunReader::Spilled { reader, .. } => reader.next_batch(),
+        }
+    }
+}
+
+fn interleave_batches(schema: &SchemaRef, batches: &[&RecordBatch], indices: &[(usize, usize)]) -> Result<RecordBatch> {
+    let columns = (0..schema.fields().len())
+        .map(|c| {
+            let arrays: Vec<&dyn Array> = batches.iter().map(|b| b.column(c).as_ref()).collect();
+            arrow::compute::interleave(&arrays, indices)
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    Ok(RecordBatch::try_new_with_options(
+        schema.clone(),
+        columns,
+        &arrow::array::RecordBatchOptions::new().with_row_count(Some(indices.len())),
+    )?)
+}
+
+/// One run being merged.
+struct Cursor {
+    reader: RunReader,
+    batch: RecordBatch,
+    rows: Rows,
+    pos: usize,
+    /// Where the current batch sits in the output chunk's batch list, once it has been used.
+    slot: Option<usize>,
+}
+
+/// A k-way merge of sorted runs with a binary heap of cursors.
+struct Merger {
+    schema: SchemaRef,
+    converter: Arc<RowConverter>,
+    keys: Vec<usize>,
+    cursors: Vec<Option<Cursor>>,
+    /// Cursor indices ordered as a min-heap by current row (ties: lower run first, for stability).
+    heap: Vec<usize>,
+    left: Option<usize>,
+    batch_size: usize,
+    _buffers: MemoryReservation,
+}
+
+impl Merger {
+    fn new(sorter: &Sorter, runs: Vec<Run>, fetch: Option<usize>, per_run: u64) -> Result<Merger> {
+        // Merge buffers are reserved before the merge starts: one per run on disk (runs in memory
+        // are already paid for by the sort's reservation).
+        let on_disk = runs.iter().filter(|r| matches!(r, Run::Spilled(_))).count() as u64;
+        let mut buffers = sorter.ctx.pool.register("ExternalSort merge", false);
+        buffers.try_grow(per_run * on_disk)?;
+        let converter = Arc::new(RowConverter::new(
+            sorter
+                .keys
+                .iter()
+                .map(|k| {
+                    SortField::new_with_options(
+                        sorter.schema.field(k.column).data_type().clone(),
+                        SortOptions { descending: k.descending, nulls_first: k.nulls_first },
+                    )
+                })
+                .collect(),
+        )?);
+        let mut merger = Merger {
+            schema: sorter.schema.clone(),
+            converter,
+            keys: sorter.keys.iter().map(|k| k.column).collect(),
+            cursors: Vec::with_capacity(runs.len()),
+            heap: Vec::with_capacity(runs.len()),
+            left: fetch,
+            batch_size: sorter.batch_size(),
+            _buffers: buffers,
+        };
+        for run in runs {
+            let mut reader = match run {
+                Run::Memory(chunks) => RunReader::Memory(chunks),
+                Run::Spilled(file) => RunReader::Spilled { reader: file.reader()?, _file: file },
+            };
+            match reader.next_batch()? {
+                Some(batch) if batch.num_rows() > 0 => {
+                    let rows = merger.rows_of(&batch)?;
+                    merger.cursors.push(Some(Cursor { reader, batch, rows, pos: 0, slot: None }));
+                }
+                _ => merger.cursors.push(None),
+            }
+        }
+        for i in 0..merger.cursors.len() {
+            if merger.cursors[i].is_some() {
+                merger.heap.push(i);
+                let n = merger.heap.len() - 1;
+                merger.sift_up(n);
+            }
+        }
+        Ok(merger)
+    }
+
+    fn rows_of(&self, batch: &RecordBatch) -> Result<Rows> {
+        let columns: Vec<ArrayRef> = self.keys.iter().map(|&c| batch.column(c).clone()).collect();
+        Ok(self.converter.convert_columns(&columns)?)
+    }
+
+    fn less(&self, a: usize, b: usize) -> bool {
+        let (x, y) = (self.cursors[a].as_ref().unwrap(), self.cursors[b].as_ref().unwrap());
+        match x.rows.row(x.pos).cmp(&y.rows.row(y.pos)) {
+            std::cmp::Ordering::Less => true,
+            std::cmp::Ordering::Greater => false,
+            std::cmp::Ordering::Equal => a < b,
+        }
+    }
+
+    fn sift_up(&mut self, mut i: usize) {
+        while i > 0 {
+            let parent = (i - 1) / 2;
+            if self.less(self.heap[i], self.heap[parent]) {
+                self.heap.swap(i, parent);
+                i = parent;
+            } else {
+                break;
+            }
+        }
+    }
+
+    fn sift_down(&mut self, mut i: usize) {
+        loop {
+            let (l, r) = (2 * i + 1, 2 * i + 2);
+            let mut smallest = i;
+            if l < self.heap.len() && self.less(self.heap[l], self.heap[smallest]) {
+                smallest = l;
+            }
+            if r < self.heap.len() && self.less(self.heap[r], self.heap[smallest]) {
+                smallest = r;
+            }
+            if smallest == i {
+                return;
+            }
+            self.heap.swap(i, smallest);
+            i = smallest;
+        }
+    }
+
+    fn next_chunk(&mut self) -> Option<Result<RecordBatch>> {
+        let want = match self.left {
+            Some(0) => return None,
+            Some(left) => left.min(self.batch_size),
+            None => self.batch_size,
+        };
+        if self.heap.is_empty() {
+            return None;
+        }
+        let mut slots: Vec<RecordBatch> = Vec::new();
+        let mut indices: Vec<(usize, usize)> = Vec::with_capacity(want);
+        while indices.len() < want && !self.heap.is_empty() {
+            let top = self.heap[0];
+            let cursor = self.cursors[top].as_mut().unwrap();
+            let slot = *cursor.slot.get_or_insert_with(|| {
+                slots.push(cursor.batch.clone());
+                slots.len() - 1
+            });
+            indices.push((slot, cursor.pos));
+            cursor.pos += 1;
+            if cursor.pos == cursor.batch.num_rows() {
+                match cursor.reader.next_batch() {
+                    Ok(Some(batch)) if batch.num_rows() > 0 => {
+                        let rows = match self.rows_of(&batch) {
+                            Ok(r) => r,
+                            Err(e) => return Some(Err(e)),
+                        };
+                        let cursor = self.cursors[top].as_mut().unwrap();
+                        cursor.batch = batch;
+                        cursor.rows = rows;
+                        cursor.pos = 0;
+                        cursor.slot = None;
+                    }
+                    Ok(_) => {
+                        // The run is done: its file goes now.
+                        self.cursors[top] = None;
+                        let last = self.heap.pop().unwrap();
+                        if !self.heap.is_empty() {
+                            self.heap[0] = last;
+                        } else {
+                            continue;
+                        }
+                    }
+                    Err(e) => return Some(Err(e)),
+                }
+            }
+            self.sift_down(0);
+        }
+        for c in self.cursors.iter_mut().flatten() {
+            c.slot = None;
+        }
+        if let Some(left) = &mut self.left {
+            *left -= indices.len();
+        }
+        if indices.is_empty() {
+            return None;
+        }
+        let refs: Vec<&RecordBatch> = slots.iter().collect();
+        Some(interleave_batches(&self.schema, &refs, &indices))
+    }
+}
