@@ -83,6 +83,16 @@ fn sql_prints_a_table() {
 }
 
 #[test]
+fn sql_orders_rows() {
+    let dir = fixture();
+    let run = flow(dir.path(), &["sql", "--mem-budget", "16MiB", "SELECT a, s FROM 't.parquet' WHERE a < 30 ORDER BY s DESC NULLS FIRST, a LIMIT 4"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let rows: Vec<&str> = run.stdout.lines().skip(3).take(4).collect();
+    // Nulls first (a % 7 == 0: 0, 7, 14, 21, 28 by a), then strings descending.
+    assert!(rows[0].contains("| 0  |") && rows[3].contains("| 21 |"), "{}", run.stdout);
+}
+
+#[test]
 fn sql_writes_parquet_and_csv() {
     let dir = fixture();
     let run = flow(
@@ -152,7 +162,7 @@ fn unsupported_sql_is_an_error_not_a_wrong_answer() {
     for (sql, what) in [
         ("SELECT a, count(*) FROM 't.parquet' GROUP BY a", "GROUP BY"),
         ("SELECT count(*) FROM 't.parquet'", "aggregate function count()"),
-        ("SELECT a FROM 't.parquet' ORDER BY a", "ORDER BY"),
+        ("SELECT a FROM 't.parquet' UNION ALL SELECT a FROM 't.parquet'", "UNION"),
         ("SELECT x.a FROM 't.parquet' x JOIN 't.parquet' y ON x.a = y.a", "JOIN"),
         ("SELECT DISTINCT a FROM 't.parquet'", "DISTINCT"),
     ] {
