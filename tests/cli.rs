@@ -54,11 +54,17 @@ fn readme_demo_pipeline_runs() {
     let run =
         flow(out.path(), &["run", "--mem-budget", "256MiB", "--report", "report.json", "data/demo/pipeline.toml"]);
     assert_eq!(run.code, 0, "{}", run.stderr);
-    assert!(run.stderr.contains("flow: 2 steps"), "{}", run.stderr);
+    assert!(run.stderr.contains("flow: 3 steps"), "{}", run.stderr);
     let rows: usize = read_parquet(&out.path().join("out/demo/big_spend.parquet")).iter().map(|b| b.num_rows()).sum();
     assert_eq!(rows, 75078, "the demo's answer, checked against DuckDB");
     let csv = std::fs::read_to_string(out.path().join("out/demo/top_categories.csv")).unwrap();
     assert_eq!(csv.lines().count(), 7);
+    // The sort of ~300 MB of rows under 256 MiB spilled, and kept the promise.
+    let timeline: usize =
+        read_parquet(&out.path().join("out/demo/timeline.parquet")).iter().map(|b| b.num_rows()).sum();
+    assert_eq!(timeline, 300_000);
+    assert!(run.stderr.contains("spilled") && !run.stderr.contains("spilled 0 B"), "{}", run.stderr);
+    assert!(run.max_rss <= 256 * (1 << 20) * 11 / 10 + 24 * (1 << 20), "peak RSS {}", run.max_rss);
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.path().join("report.json")).unwrap()).unwrap();
     assert_eq!(report["steps"][0]["rows_read"], 300000);
@@ -85,7 +91,15 @@ fn sql_prints_a_table() {
 #[test]
 fn sql_orders_rows() {
     let dir = fixture();
-    let run = flow(dir.path(), &["sql", "--mem-budget", "16MiB", "SELECT a, s FROM 't.parquet' WHERE a < 30 ORDER BY s DESC NULLS FIRST, a LIMIT 4"]);
+    let run = flow(
+        dir.path(),
+        &[
+            "sql",
+            "--mem-budget",
+            "16MiB",
+            "SELECT a, s FROM 't.parquet' WHERE a < 30 ORDER BY s DESC NULLS FIRST, a LIMIT 4",
+        ],
+    );
     assert_eq!(run.code, 0, "{}", run.stderr);
     let rows: Vec<&str> = run.stdout.lines().skip(3).take(4).collect();
     // Nulls first (a % 7 == 0: 0, 7, 14, 21, 28 by a), then strings descending.
