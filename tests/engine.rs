@@ -372,7 +372,7 @@ fn large_csv_is_split_at_record_boundaries() {
     // ~80 MB: every 7th record has a quoted field with a newline, a comma and a doubled quote, so
     // slice cuts land inside quoted fields again and again.
     let text_of = |i: u64| -> String {
-        if i % 7 == 0 {
+        if i.is_multiple_of(7) {
             format!("line {i}\nsecond, \"part\"")
         } else {
             format!("plain-{i}-{}", "x".repeat((i % 50) as usize))
