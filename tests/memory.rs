@@ -85,9 +85,7 @@ fn streaming_filter_project_stays_in_budget() {
         ],
     );
     assert_eq!(run.code, 0, "{}", run.stderr);
-    let limit = budget + budget / 10 + 24 * MIB;
-    eprintln!("peak RSS {:.1} MiB (limit {} MiB); {}", run.max_rss as f64 / MIB as f64, limit / MIB, run.stderr.trim());
-    assert!(run.max_rss <= limit, "peak RSS {} MiB > limit {} MiB; {}", run.max_rss / MIB, limit / MIB, run.stderr);
+    assert_rss_within(&run, budget, "filter/project");
 
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("report.json")).unwrap()).unwrap();
@@ -160,14 +158,7 @@ fn sort_by_string_key_spills_and_stays_in_budget() {
         ],
     );
     assert_eq!(run.code, 0, "{}", run.stderr);
-    let limit = budget + budget / 10 + 24 * MIB;
-    eprintln!(
-        "sort: peak RSS {:.1} MiB (limit {} MiB); {}",
-        run.max_rss as f64 / MIB as f64,
-        limit / MIB,
-        run.stderr.trim()
-    );
-    assert!(run.max_rss <= limit, "peak RSS {} MiB > limit {} MiB", run.max_rss / MIB, limit / MIB);
+    assert_rss_within(&run, budget, "sort");
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("report.json")).unwrap()).unwrap();
     assert!(report["spill"]["files"].as_u64().unwrap() > 0, "the sort spilled: {report}");

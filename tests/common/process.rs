@@ -80,3 +80,11 @@ pub fn spawn_flow(dir: &Path, args: &[&str]) -> i32 {
     std::mem::forget(child);
     pid
 }
+
+/// Asserts the promise on a finished run: peak RSS within `1.1 * budget + 24 MiB`.
+pub fn assert_rss_within(run: &Run, budget: u64, what: &str) {
+    const MIB: u64 = 1 << 20;
+    let limit = budget + budget / 10 + 24 * MIB;
+    eprintln!("{what}: peak RSS {:.1} MiB (limit {} MiB); {}", run.max_rss as f64 / MIB as f64, limit / MIB, run.stderr.trim());
+    assert!(run.max_rss <= limit, "{what}: peak RSS {} MiB > limit {} MiB; {}", run.max_rss / MIB, limit / MIB, run.stderr);
+}
