@@ -85,6 +85,17 @@ pub fn spawn_flow(dir: &Path, args: &[&str]) -> i32 {
 pub fn assert_rss_within(run: &Run, budget: u64, what: &str) {
     const MIB: u64 = 1 << 20;
     let limit = budget + budget / 10 + 24 * MIB;
-    eprintln!("{what}: peak RSS {:.1} MiB (limit {} MiB); {}", run.max_rss as f64 / MIB as f64, limit / MIB, run.stderr.trim());
-    assert!(run.max_rss <= limit, "{what}: peak RSS {} MiB > limit {} MiB; {}", run.max_rss / MIB, limit / MIB, run.stderr);
+    eprintln!(
+        "{what}: peak RSS {:.1} MiB (limit {} MiB); {}",
+        run.max_rss as f64 / MIB as f64,
+        limit / MIB,
+        run.stderr.trim()
+    );
+    assert!(
+        run.max_rss <= limit,
+        "{what}: peak RSS {} MiB > limit {} MiB; {}",
+        run.max_rss / MIB,
+        limit / MIB,
+        run.stderr
+    );
 }

@@ -238,16 +238,20 @@ impl Sorter {
         use rayon::prelude::*;
         let buffered = std::mem::take(&mut self.buffer);
         let total: usize = buffered.iter().map(|(b, _)| b.num_rows()).sum();
+        // Each row's place: the first 8 bytes of its row-format key as an integer (most
+        // comparisons end there, without touching the keys), then batch and row.
         let mut scratch = self.ctx.pool.register("ExternalSort order", false);
-        scratch.try_grow(8 * total as u64).map_err(|_| self.too_small(8 * total as u64))?;
-        let mut order: Vec<(u32, u32)> = buffered
+        scratch.try_grow(16 * total as u64).map_err(|_| self.too_small(16 * total as u64))?;
+        let mut order: Vec<(u64, u32, u32)> = buffered
             .iter()
             .enumerate()
-            .flat_map(|(b, (batch, _))| (0..batch.num_rows() as u32).map(move |r| (b as u32, r)))
+            .flat_map(|(b, (batch, keys))| {
+                (0..batch.num_rows() as u32).map(move |r| (key_prefix(keys.row(r as usize).as_ref()), b as u32, r))
+            })
             .collect();
         let rows: Vec<&Rows> = buffered.iter().map(|(_, k)| k).collect();
-        let compare = |x: &(u32, u32), y: &(u32, u32)| {
-            rows[x.0 as usize].row(x.1 as usize).cmp(&rows[y.0 as usize].row(y.1 as usize))
+        let compare = |x: &(u64, u32, u32), y: &(u64, u32, u32)| {
+            x.0.cmp(&y.0).then_with(|| rows[x.1 as usize].row(x.2 as usize).cmp(&rows[y.1 as usize].row(y.2 as usize)))
         };
         if parallel {
             self.ctx.threads.install(|| order.par_sort_by(compare));
@@ -260,7 +264,7 @@ impl Sorter {
         let batches: Vec<&RecordBatch> = buffered.iter().map(|(b, _)| b).collect();
         let mut chunks = VecDeque::new();
         for part in order.chunks(self.batch_size()) {
-            let indices: Vec<(usize, usize)> = part.iter().map(|&(b, r)| (b as usize, r as usize)).collect();
+            let indices: Vec<(usize, usize)> = part.iter().map(|&(_, b, r)| (b as usize, r as usize)).collect();
             let chunk = interleave_batches(&self.schema, &batches, &indices)?;
             let bytes = chunk.get_array_memory_size() as u64;
             // Sorted chunks replace the buffer: account for them as they are made.
@@ -362,6 +366,15 @@ impl RunReader {
             RunReader::Spilled { reader, .. } => reader.next_batch(),
         }
     }
+}
+
+/// The first 8 bytes of a row-format key, big-endian, zero-padded: ordered as the keys are, up to
+/// ties.
+fn key_prefix(row: &[u8]) -> u64 {
+    let mut bytes = [0u8; 8];
+    let n = row.len().min(8);
+    bytes[..n].copy_from_slice(&row[..n]);
+    u64::from_be_bytes(bytes)
 }
 
 fn interleave_batches(schema: &SchemaRef, batches: &[&RecordBatch], indices: &[(usize, usize)]) -> Result<RecordBatch> {
