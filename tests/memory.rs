@@ -181,3 +181,40 @@ fn sort_by_string_key_spills_and_stays_in_budget() {
     }
     assert_eq!(rows, 3_000_000);
 }
+
+#[test]
+fn aggregate_with_millions_of_groups_spills_and_stays_in_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    make_input(&dir.path().join("big.parquet"), 3_000_000);
+    let budget = 64 * MIB;
+    let run = flow(
+        dir.path(),
+        &[
+            "sql",
+            "--mem-budget",
+            "64MiB",
+            "--threads",
+            "2",
+            "--report",
+            "report.json",
+            "-o",
+            "groups.parquet",
+            "SELECT id % 2000000 AS g, count(*) AS n, min(text) AS t, sum(value) AS s FROM 'big.parquet' GROUP BY g",
+        ],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_rss_within(&run, budget, "aggregate");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("report.json")).unwrap()).unwrap();
+    assert!(report["spill"]["files"].as_u64().unwrap() > 0, "the aggregation spilled: {report}");
+    // 2M groups: ids below 1M appear twice, the rest once.
+    let file = std::fs::File::open(dir.path().join("groups.parquet")).unwrap();
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file).unwrap().build().unwrap();
+    let (mut groups, mut rows) = (0u64, 0i64);
+    for batch in reader {
+        let batch = batch.unwrap();
+        groups += batch.num_rows() as u64;
+        rows += batch.column(1).as_any().downcast_ref::<Int64Array>().unwrap().values().iter().sum::<i64>();
+    }
+    assert_eq!((groups, rows), (2_000_000, 3_000_000));
+}

@@ -46,6 +46,19 @@ pub enum LogicalPlan {
         /// The output schema: one field per expression.
         schema: SchemaRef,
     },
+    /// Groups rows by `group_exprs` and computes `aggregates` per group: a blocking operator
+    /// (hybrid hash aggregation that spills partitions, see [`crate::exec`]). Output: the group
+    /// columns, then one column per aggregate.
+    Aggregate {
+        /// Input.
+        input: Box<LogicalPlan>,
+        /// Grouping expressions over the input (none: one group for the whole input).
+        group_exprs: Vec<Expr>,
+        /// Aggregates over the input.
+        aggregates: Vec<crate::expr::AggregateExpr>,
+        /// Output schema.
+        schema: SchemaRef,
+    },
     /// Orders rows by key columns (a blocking operator that spills sorted runs, see
     /// [`crate::exec`]). With `fetch`, only the first `fetch` rows are needed (top-k).
     Sort {
@@ -82,7 +95,9 @@ impl LogicalPlan {
     /// The plan's output schema.
     pub fn schema(&self) -> SchemaRef {
         match self {
-            LogicalPlan::Scan { schema, .. } | LogicalPlan::Projection { schema, .. } => schema.clone(),
+            LogicalPlan::Scan { schema, .. }
+            | LogicalPlan::Projection { schema, .. }
+            | LogicalPlan::Aggregate { schema, .. } => schema.clone(),
             LogicalPlan::Filter { input, .. } | LogicalPlan::Limit { input, .. } | LogicalPlan::Sort { input, .. } => {
                 input.schema()
             }
@@ -134,6 +149,13 @@ impl LogicalPlan {
                     )
                     .collect();
                 let _ = writeln!(out, "{pad}Projection: {}", items.join(", "));
+                input.write_tree(out, depth + 1);
+            }
+            LogicalPlan::Aggregate { input, group_exprs, aggregates, .. } => {
+                let groups: Vec<String> = group_exprs.iter().map(|e| e.to_string()).collect();
+                let aggs: Vec<String> = aggregates.iter().map(|a| a.to_string()).collect();
+                let _ =
+                    writeln!(out, "{pad}Aggregate: groups=[{}], aggregates=[{}]", groups.join(", "), aggs.join(", "));
                 input.write_tree(out, depth + 1);
             }
             LogicalPlan::Sort { input, keys, fetch } => {
@@ -216,6 +238,25 @@ fn prune_columns(plan: LogicalPlan, needed: &BTreeSet<usize>) -> (LogicalPlan, V
             let (input, map) = prune_columns(*input, needed);
             (LogicalPlan::Limit { input: Box::new(input), skip, fetch }, map)
         }
+        LogicalPlan::Aggregate { input, group_exprs, aggregates, schema } => {
+            // Every output column stays (the projection above picks); the input keeps what the
+            // groups and the aggregates read.
+            let mut want = BTreeSet::new();
+            for e in group_exprs.iter().chain(aggregates.iter().filter_map(|a| a.arg.as_ref())) {
+                e.visit_columns(&mut |c| {
+                    want.insert(c);
+                });
+            }
+            let (input, map) = prune_columns(*input, &want);
+            let remap = |e: &Expr| e.remap_columns(&|c| map[c].expect("aggregate input kept"));
+            let group_exprs = group_exprs.iter().map(remap).collect();
+            let aggregates = aggregates
+                .iter()
+                .map(|a| crate::expr::AggregateExpr { arg: a.arg.as_ref().map(remap), ..a.clone() })
+                .collect();
+            let identity = (0..schema.fields().len()).map(Some).collect();
+            (LogicalPlan::Aggregate { input: Box::new(input), group_exprs, aggregates, schema }, identity)
+        }
         LogicalPlan::Sort { input, keys, fetch } => {
             let mut want = needed.clone();
             want.extend(keys.iter().map(|k| k.column));
@@ -247,6 +288,9 @@ fn push_pruning(plan: LogicalPlan) -> LogicalPlan {
         }
         LogicalPlan::Sort { input, keys, fetch } => {
             LogicalPlan::Sort { input: Box::new(push_pruning(*input)), keys, fetch }
+        }
+        LogicalPlan::Aggregate { input, group_exprs, aggregates, schema } => {
+            LogicalPlan::Aggregate { input: Box::new(push_pruning(*input)), group_exprs, aggregates, schema }
         }
         scan @ LogicalPlan::Scan { .. } => scan,
     }

@@ -10,6 +10,7 @@
 //! memory pool until the consumer releases it. Operators above a limit or a sort run on the
 //! consumer; when a limit is satisfied the stream stops its sources early.
 
+mod aggregate;
 mod operators;
 mod scan;
 pub mod sink;
@@ -29,6 +30,7 @@ use crate::source::ScanCounters;
 use crate::spill::SpillManager;
 use crate::Config;
 
+use self::aggregate::AggregateStream;
 use self::scan::{ScanPipeline, ScanStream};
 use self::sort::SortStream;
 
@@ -68,7 +70,17 @@ pub(crate) struct Pipeline {
 
 enum Source {
     Scan(ScanPipeline),
-    Sort { input: Box<Pipeline>, keys: Vec<SortKey>, fetch: Option<usize> },
+    Sort {
+        input: Box<Pipeline>,
+        keys: Vec<SortKey>,
+        fetch: Option<usize>,
+    },
+    Aggregate {
+        input: Box<Pipeline>,
+        group_exprs: Vec<crate::expr::Expr>,
+        aggregates: Vec<crate::expr::AggregateExpr>,
+        schema: SchemaRef,
+    },
 }
 
 /// What the executor learnt about a plan before running it.
@@ -97,6 +109,17 @@ impl Pipeline {
                     let tail_ops = ops.split_off(split);
                     let scan = ScanPipeline::new(table, projection, pruning, ops)?;
                     return Ok(Pipeline { source: Source::Scan(scan), tail_ops, schema });
+                }
+                LogicalPlan::Aggregate { input, group_exprs, aggregates, schema: agg_schema } => {
+                    ops.reverse();
+                    let input = Box::new(Pipeline::new(input)?);
+                    let source = Source::Aggregate {
+                        input,
+                        group_exprs: group_exprs.clone(),
+                        aggregates: aggregates.clone(),
+                        schema: agg_schema.clone(),
+                    };
+                    return Ok(Pipeline { source, tail_ops: ops, schema });
                 }
                 LogicalPlan::Sort { input, keys, fetch } => {
                     ops.reverse();
@@ -127,7 +150,7 @@ impl Pipeline {
     pub(crate) fn stats(&self, ctx: &ExecContext) -> PipelineStats {
         match &self.source {
             Source::Scan(scan) => scan.stats(ctx),
-            Source::Sort { input, .. } => {
+            Source::Sort { input, .. } | Source::Aggregate { input, .. } => {
                 let mut stats = input.stats(ctx);
                 stats.min_memory = self.min_memory(ctx);
                 stats
@@ -140,6 +163,7 @@ impl Pipeline {
         match &self.source {
             Source::Scan(scan) => scan.min_memory(ctx),
             Source::Sort { input, .. } => input.min_memory(ctx) + sort::min_memory(ctx),
+            Source::Aggregate { input, .. } => input.min_memory(ctx) + aggregate::min_memory(ctx),
         }
     }
 
@@ -149,6 +173,7 @@ impl Pipeline {
             Source::Scan(scan) => scan.max_memory(ctx, queue_limit),
             // A sort below a sort has finished its input before it produces anything.
             Source::Sort { input, .. } => input.max_memory(ctx, queue_limit).max(sort::min_memory(ctx)),
+            Source::Aggregate { input, .. } => input.max_memory(ctx, queue_limit).max(aggregate::min_memory(ctx)),
         }
     }
 
@@ -170,10 +195,23 @@ impl Pipeline {
                 let child = input.execute_with(ctx, Some(small))?;
                 StreamSource::Sort(Box::new(SortStream::new(child, keys, fetch, child_max, ctx)?))
             }
+            Source::Aggregate { input, group_exprs, aggregates, schema } => {
+                let small = 2 * ctx.batch_bytes_target();
+                let child_max = input.max_memory(ctx, small);
+                let child = input.execute_with(ctx, Some(small))?;
+                StreamSource::Aggregate(Box::new(AggregateStream::new(
+                    child,
+                    group_exprs,
+                    aggregates,
+                    schema,
+                    child_max,
+                    ctx,
+                )?))
+            }
         };
         let stats = match &source {
             StreamSource::Scan(s) => s.stats(),
-            StreamSource::Sort(_) => stats,
+            StreamSource::Sort(_) | StreamSource::Aggregate(_) => stats,
         };
         Ok(BatchStream {
             stats,
@@ -190,6 +228,7 @@ impl Pipeline {
 enum StreamSource {
     Scan(ScanStream),
     Sort(Box<SortStream>),
+    Aggregate(Box<AggregateStream>),
 }
 
 impl StreamSource {
@@ -197,13 +236,14 @@ impl StreamSource {
         match self {
             StreamSource::Scan(s) => s.next_reserved(cancel),
             StreamSource::Sort(s) => s.next_reserved(cancel),
+            StreamSource::Aggregate(s) => s.next_reserved(cancel),
         }
     }
 
     fn release(&self, reservation: MemoryReservation) {
         match self {
             StreamSource::Scan(s) => s.release(reservation),
-            StreamSource::Sort(_) => drop(reservation),
+            StreamSource::Sort(_) | StreamSource::Aggregate(_) => drop(reservation),
         }
     }
 
@@ -211,6 +251,7 @@ impl StreamSource {
         match self {
             StreamSource::Scan(s) => s.stop(),
             StreamSource::Sort(s) => s.stop(),
+            StreamSource::Aggregate(s) => s.stop(),
         }
     }
 }

@@ -4,6 +4,7 @@
 //! rules call for (DuckDB's, including decimal precision and scale), so evaluation here never guesses:
 //! each node knows its inputs already have the types it expects.
 
+pub mod aggregate;
 mod functions;
 pub(crate) mod types;
 
@@ -14,6 +15,7 @@ use arrow::array::{new_null_array, Array, ArrayRef, AsArray, BooleanArray, Recor
 use arrow::compute::kernels::{boolean, cmp, numeric};
 use arrow::datatypes::{DataType, Schema};
 
+pub use self::aggregate::{AggregateExpr, AggregateFunction};
 pub use self::functions::{DatePartKind, Function};
 use crate::error::{Error, Result};
 
@@ -159,6 +161,14 @@ pub enum Expr {
         /// Target type.
         to: DataType,
     },
+    /// An aggregate's result while a grouped query is planned; the planner replaces it with a
+    /// column of the aggregate's output before anything runs.
+    AggregateRef {
+        /// Which aggregate of the query.
+        index: usize,
+        /// Its result type.
+        data_type: DataType,
+    },
     /// A scalar function call.
     Function {
         /// Which function.
@@ -235,9 +245,10 @@ impl Expr {
         match self {
             Expr::Column { index, .. } => input.field(*index).data_type().clone(),
             Expr::Literal(a) => a.data_type().clone(),
-            Expr::Binary { data_type, .. } | Expr::Case { data_type, .. } | Expr::Function { data_type, .. } => {
-                data_type.clone()
-            }
+            Expr::Binary { data_type, .. }
+            | Expr::Case { data_type, .. }
+            | Expr::Function { data_type, .. }
+            | Expr::AggregateRef { data_type, .. } => data_type.clone(),
             Expr::Not(_) | Expr::IsNull { .. } | Expr::InList { .. } | Expr::Like { .. } => DataType::Boolean,
             Expr::Negate(e) => e.data_type(input),
             Expr::Cast { to, .. } => to.clone(),
@@ -258,7 +269,7 @@ impl Expr {
     pub fn visit_columns(&self, f: &mut dyn FnMut(usize)) {
         match self {
             Expr::Column { index, .. } => f(*index),
-            Expr::Literal(_) => {}
+            Expr::Literal(_) | Expr::AggregateRef { .. } => {}
             Expr::Binary { left, right, .. } => {
                 left.visit_columns(f);
                 right.visit_columns(f);
@@ -293,6 +304,7 @@ impl Expr {
         match self {
             Expr::Column { index, name } => Expr::Column { index: map(*index), name: name.clone() },
             Expr::Literal(a) => Expr::Literal(a.clone()),
+            Expr::AggregateRef { .. } => self.clone(),
             Expr::Binary { op, left, right, data_type } => {
                 Expr::Binary { op: *op, left: r(left), right: r(right), data_type: data_type.clone() }
             }
@@ -411,6 +423,65 @@ impl Expr {
                 let values = args.iter().map(|a| a.evaluate(batch)).collect::<Result<Vec<_>>>()?;
                 func.evaluate(&values, data_type, batch.num_rows())?
             }
+            Expr::AggregateRef { .. } => {
+                return Err(Error::Execution("internal error: an aggregate was not planned".into()));
+            }
+        })
+    }
+
+    /// The same node with each direct child replaced by `f(child)`.
+    pub fn map_children(&self, f: &mut dyn FnMut(&Expr) -> Result<Expr>) -> Result<Expr> {
+        fn t(e: &Expr, f: &mut dyn FnMut(&Expr) -> Result<Expr>) -> Result<Box<Expr>> {
+            f(e).map(Box::new)
+        }
+        Ok(match self {
+            Expr::Column { .. } | Expr::Literal(_) | Expr::AggregateRef { .. } => self.clone(),
+            Expr::Binary { op, left, right, data_type } => {
+                Expr::Binary { op: *op, left: t(left, f)?, right: t(right, f)?, data_type: data_type.clone() }
+            }
+            Expr::Not(e) => Expr::Not(t(e, f)?),
+            Expr::Negate(e) => Expr::Negate(t(e, f)?),
+            Expr::IsNull { expr, negated } => Expr::IsNull { expr: t(expr, f)?, negated: *negated },
+            Expr::InList { expr, list, negated } => Expr::InList {
+                expr: t(expr, f)?,
+                list: {
+                    let mut out = Vec::with_capacity(list.len());
+                    for e in list {
+                        out.push(f(e)?);
+                    }
+                    out
+                },
+                negated: *negated,
+            },
+            Expr::Like { expr, pattern, negated, case_insensitive } => Expr::Like {
+                expr: t(expr, f)?,
+                pattern: t(pattern, f)?,
+                negated: *negated,
+                case_insensitive: *case_insensitive,
+            },
+            Expr::Case { whens, otherwise, data_type } => Expr::Case {
+                whens: {
+                    let mut out = Vec::with_capacity(whens.len());
+                    for (c, v) in whens {
+                        out.push((f(c)?, f(v)?));
+                    }
+                    out
+                },
+                otherwise: otherwise.as_ref().map(|e| t(e, f)).transpose()?,
+                data_type: data_type.clone(),
+            },
+            Expr::Cast { expr, to } => Expr::Cast { expr: t(expr, f)?, to: to.clone() },
+            Expr::Function { func, args, data_type } => Expr::Function {
+                func: *func,
+                args: {
+                    let mut out = Vec::with_capacity(args.len());
+                    for e in args {
+                        out.push(f(e)?);
+                    }
+                    out
+                },
+                data_type: data_type.clone(),
+            },
         })
     }
 
@@ -537,6 +608,7 @@ impl fmt::Display for Expr {
                 let items: Vec<String> = args.iter().map(|e| e.to_string()).collect();
                 write!(f, "{}({})", func.name(), items.join(", "))
             }
+            Expr::AggregateRef { index, .. } => write!(f, "aggregate#{index}"),
         }
     }
 }

@@ -11,7 +11,7 @@ use sqlparser::ast::{self, BinaryOperator, UnaryOperator};
 use crate::error::{Error, Result};
 use crate::expr::types::{self, arithmetic_types, common_type, is_numeric, is_temporal, sql_type_name};
 use crate::expr::DatePartKind;
-use crate::expr::{BinaryOp, Expr, Function};
+use crate::expr::{AggregateExpr, AggregateFunction, BinaryOp, Expr, Function};
 
 /// The columns an expression can name: one entry per input column.
 #[derive(Debug, Clone)]
@@ -127,6 +127,8 @@ fn edit_distance(a: &str, b: &str) -> usize {
 pub(crate) struct ExprPlanner<'a> {
     scope: &'a Scope,
     schema: SchemaRef,
+    /// Where aggregate calls go when they are allowed (SELECT and HAVING of a grouped query).
+    aggregates: Option<&'a std::cell::RefCell<Vec<AggregateExpr>>>,
 }
 
 fn literal(a: ArrayRef) -> Expr {
@@ -139,7 +141,62 @@ fn null_literal() -> Expr {
 
 impl<'a> ExprPlanner<'a> {
     pub fn new(scope: &'a Scope, schema: SchemaRef) -> Self {
-        ExprPlanner { scope, schema }
+        ExprPlanner { scope, schema, aggregates: None }
+    }
+
+    /// A planner that turns aggregate calls into [`Expr::AggregateRef`]s collected in `aggregates`.
+    pub fn with_aggregates(
+        scope: &'a Scope,
+        schema: SchemaRef,
+        aggregates: &'a std::cell::RefCell<Vec<AggregateExpr>>,
+    ) -> Self {
+        ExprPlanner { scope, schema, aggregates: Some(aggregates) }
+    }
+
+    fn plan_aggregate(&self, name: &str, f: &ast::Function) -> Result<Expr> {
+        let Some(aggregates) = self.aggregates else {
+            return Err(Error::Plan(format!(
+                "aggregate function {name}() is not allowed here (hint: aggregates go in SELECT or HAVING)"
+            )));
+        };
+        let list = match &f.args {
+            ast::FunctionArguments::List(list) => list,
+            _ => return Err(Error::Plan(format!("{name}() needs an argument"))),
+        };
+        if matches!(list.duplicate_treatment, Some(ast::DuplicateTreatment::Distinct)) {
+            return Err(Error::NotSupported(format!("{name}(DISTINCT ...)")));
+        }
+        if !list.clauses.is_empty() || f.filter.is_some() || !f.within_group.is_empty() {
+            return Err(Error::NotSupported(format!("{name}() with ORDER BY / FILTER / WITHIN GROUP")));
+        }
+        let inner = ExprPlanner::new(self.scope, self.schema.clone());
+        let (func, arg) = match list.args.as_slice() {
+            [ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Wildcard)] if name == "count" => {
+                (AggregateFunction::CountStar, None)
+            }
+            [ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(e))] => {
+                let func = AggregateFunction::by_name(name).expect("checked by is_aggregate");
+                let arg = inner.plan(e).map_err(|err| match err {
+                    Error::Plan(m) if m.contains("is not allowed here") => {
+                        Error::Plan(format!("aggregate functions cannot be nested ({f})"))
+                    }
+                    other => other,
+                })?;
+                (func, Some(arg))
+            }
+            _ => return Err(Error::Plan(format!("{name}() takes one argument"))),
+        };
+        let data_type = func.return_type(arg.as_ref().map(|a| self.ty(a)).as_ref())?;
+        let agg = AggregateExpr { func, arg, data_type: data_type.clone() };
+        let mut all = aggregates.borrow_mut();
+        let index = match all.iter().position(|a| a == &agg) {
+            Some(i) => i,
+            None => {
+                all.push(agg);
+                all.len() - 1
+            }
+        };
+        Ok(Expr::AggregateRef { index, data_type })
     }
 
     fn ty(&self, e: &Expr) -> DataType {
@@ -478,6 +535,9 @@ impl<'a> ExprPlanner<'a> {
         if f.over.is_some() {
             return Err(Error::NotSupported(format!("window function {name}() OVER")));
         }
+        if is_aggregate(&name) {
+            return self.plan_aggregate(&name, f);
+        }
         if f.filter.is_some() || !f.within_group.is_empty() {
             return Err(Error::NotSupported(format!("{name}() with FILTER / WITHIN GROUP")));
         }
@@ -486,26 +546,17 @@ impl<'a> ExprPlanner<'a> {
             ast::FunctionArguments::Subquery(_) => return Err(Error::NotSupported("subqueries".into())),
             ast::FunctionArguments::List(list) => {
                 if list.duplicate_treatment.is_some() || !list.clauses.is_empty() {
-                    if is_aggregate(&name) {
-                        return Err(aggregate_error(&name));
-                    }
                     return Err(Error::NotSupported(format!("{name}() with DISTINCT or clauses")));
                 }
                 list.args
                     .iter()
                     .map(|a| match a {
                         ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(e)) => Ok(e),
-                        ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Wildcard) if is_aggregate(&name) => {
-                            Err(aggregate_error(&name))
-                        }
                         other => Err(Error::NotSupported(format!("argument {other} of {name}()"))),
                     })
                     .collect::<Result<_>>()?
             }
         };
-        if is_aggregate(&name) {
-            return Err(aggregate_error(&name));
-        }
         let arity = |lo: usize, hi: usize| -> Result<()> {
             if args.len() < lo || args.len() > hi {
                 let want = if lo == hi { format!("{lo}") } else { format!("{lo} to {hi}") };
@@ -622,26 +673,8 @@ impl<'a> ExprPlanner<'a> {
     }
 }
 
-fn is_aggregate(name: &str) -> bool {
-    matches!(
-        name,
-        "count"
-            | "sum"
-            | "avg"
-            | "min"
-            | "max"
-            | "stddev"
-            | "stddev_samp"
-            | "stddev_pop"
-            | "variance"
-            | "var_samp"
-            | "var_pop"
-            | "mean"
-    )
-}
-
-fn aggregate_error(name: &str) -> Error {
-    Error::NotSupported(format!("aggregate function {name}() (GROUP BY and aggregates are not available yet)"))
+pub(crate) fn is_aggregate(name: &str) -> bool {
+    AggregateFunction::by_name(name).is_some()
 }
 
 fn op_name(op: BinaryOp) -> &'static str {

@@ -284,19 +284,18 @@ fn count_literal(e: &ast::Expr, clause: &str) -> Result<Option<usize>> {
 }
 
 fn plan_select(select: &ast::Select, catalog: &Catalog) -> Result<SelectPlan> {
-    if select.distinct.is_some() {
-        return Err(Error::NotSupported("SELECT DISTINCT".into()));
-    }
+    let distinct = match &select.distinct {
+        None | Some(ast::Distinct::All) => false,
+        Some(ast::Distinct::Distinct) => true,
+        Some(_) => return Err(Error::NotSupported("SELECT DISTINCT ON".into())),
+    };
     if select.top.is_some() || select.into.is_some() {
         return Err(Error::NotSupported("TOP / INTO".into()));
     }
-    match &select.group_by {
-        ast::GroupByExpr::Expressions(e, m) if e.is_empty() && m.is_empty() => {}
-        _ => return Err(Error::NotSupported("GROUP BY".into())),
-    }
-    if select.having.is_some() {
-        return Err(Error::NotSupported("HAVING".into()));
-    }
+    let group_asts: &[ast::Expr] = match &select.group_by {
+        ast::GroupByExpr::Expressions(e, m) if m.is_empty() => e,
+        _ => return Err(Error::NotSupported("GROUP BY ALL / ROLLUP / CUBE / GROUPING SETS".into())),
+    };
     if select.qualify.is_some() || !select.named_window.is_empty() {
         return Err(Error::NotSupported("window functions".into()));
     }
@@ -321,6 +320,8 @@ fn plan_select(select: &ast::Select, catalog: &Catalog) -> Result<SelectPlan> {
         let predicate = planner.plan_predicate(selection, "WHERE")?;
         plan = LogicalPlan::Filter { input: Box::new(plan), predicate };
     }
+    let aggregates = std::cell::RefCell::new(Vec::new());
+    let planner = ExprPlanner::with_aggregates(&scope, plan.schema(), &aggregates);
     let input_schema = plan.schema();
     let mut exprs = Vec::new();
     let mut fields = Vec::new();
@@ -368,7 +369,112 @@ fn plan_select(select: &ast::Select, catalog: &Catalog) -> Result<SelectPlan> {
             other => return Err(Error::NotSupported(format!("select item {other}"))),
         }
     }
+    let having = select.having.as_ref().map(|h| planner.plan_predicate(h, "HAVING")).transpose()?;
+    let grouped = !group_asts.is_empty() || !aggregates.borrow().is_empty() || having.is_some();
+    if !grouped && !distinct {
+        return Ok(SelectPlan { input: plan, scope, exprs, fields });
+    }
+    if grouped && distinct {
+        return Err(Error::NotSupported("SELECT DISTINCT with GROUP BY or aggregates".into()));
+    }
+    // Grouping: GROUP BY names input expressions, select positions or select aliases; SELECT
+    // DISTINCT groups by every select item.
+    let plain = ExprPlanner::new(&scope, input_schema.clone());
+    let mut group_exprs = Vec::new();
+    let mut group_fields = Vec::new();
+    if distinct {
+        group_exprs.clone_from(&exprs);
+        group_fields.clone_from(&fields);
+    }
+    for g in group_asts {
+        let item = match g {
+            ast::Expr::Value(v) if matches!(v.value, ast::Value::Number(..)) => {
+                let n = count_literal(g, "GROUP BY")?.unwrap_or(0);
+                let Some(e) = select_item_expr(select, n) else {
+                    return Err(Error::Plan(format!("GROUP BY position {n} is not in the select list")));
+                };
+                e
+            }
+            ast::Expr::Identifier(id) if plain.plan(g).is_err() => {
+                match select.projection.iter().find_map(|p| match p {
+                    SelectItem::ExprWithAlias { expr, alias } if alias.value.eq_ignore_ascii_case(&id.value) => {
+                        Some(expr)
+                    }
+                    _ => None,
+                }) {
+                    Some(e) => e,
+                    None => g,
+                }
+            }
+            other => other,
+        };
+        let expr = plain.plan(item).map_err(|e| match e {
+            Error::Plan(m) if m.contains("is not allowed here") => {
+                Error::Plan(format!("GROUP BY cannot hold an aggregate ({g})"))
+            }
+            other => other,
+        })?;
+        if !group_exprs.contains(&expr) {
+            group_fields.push(Field::new(output_name(item), expr.data_type(&input_schema), true));
+            group_exprs.push(expr);
+        }
+    }
+    let aggregates = aggregates.into_inner();
+    let mut out_fields = group_fields;
+    for (i, a) in aggregates.iter().enumerate() {
+        out_fields.push(Field::new(format!("__agg_{i}_{a}"), a.data_type.clone(), true));
+    }
+    let agg_schema = Arc::new(Schema::new(out_fields));
+    let rewrite = |e: &crate::expr::Expr| rewrite_grouped(e, &group_exprs, &agg_schema);
+    let exprs: Vec<crate::expr::Expr> = if distinct {
+        (0..exprs.len()).map(|i| crate::expr::Expr::column(i, agg_schema.field(i).name())).collect()
+    } else {
+        exprs.iter().map(rewrite).collect::<Result<_>>()?
+    };
+    let having = having.as_ref().map(rewrite).transpose()?;
+    let mut plan = LogicalPlan::Aggregate {
+        input: Box::new(plan),
+        group_exprs: group_exprs.clone(),
+        aggregates,
+        schema: agg_schema.clone(),
+    };
+    if let Some(predicate) = having {
+        plan = LogicalPlan::Filter { input: Box::new(plan), predicate };
+    }
+    let scope = Scope::new(&agg_schema, None, None)?;
     Ok(SelectPlan { input: plan, scope, exprs, fields })
+}
+
+/// The expression of select item `n` (1-based), if it is an expression.
+fn select_item_expr(select: &ast::Select, n: usize) -> Option<&ast::Expr> {
+    match select.projection.get(n.checked_sub(1)?)? {
+        SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => Some(e),
+        _ => None,
+    }
+}
+
+/// An expression over the input of a grouped query, rewritten over the aggregate's output: group
+/// expressions become group columns, aggregates their result columns; any other input column is an
+/// error, as in every SQL engine.
+fn rewrite_grouped(
+    e: &crate::expr::Expr,
+    groups: &[crate::expr::Expr],
+    schema: &arrow::datatypes::SchemaRef,
+) -> Result<crate::expr::Expr> {
+    use crate::expr::Expr;
+    if let Some(i) = groups.iter().position(|g| g == e) {
+        return Ok(Expr::column(i, schema.field(i).name()));
+    }
+    match e {
+        Expr::AggregateRef { index, .. } => {
+            let i = groups.len() + index;
+            Ok(Expr::column(i, schema.field(i).name()))
+        }
+        Expr::Column { name, .. } => Err(Error::Plan(format!(
+            "column '{name}' must appear in the GROUP BY clause or be used in an aggregate function"
+        ))),
+        other => other.map_children(&mut |c| rewrite_grouped(c, groups, schema)),
+    }
 }
 
 /// The column name DuckDB gives an unaliased select item.

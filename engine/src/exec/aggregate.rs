@@ -1,0 +1,764 @@
+//! Hash aggregation (`GROUP BY`, aggregates, `SELECT DISTINCT`) that spills.
+//!
+//! Blocks: the whole input is consumed before the first group comes out. Spills: input rows of
+//! groups that do not fit, partitioned by hash, to Parquet through the spill manager.
+//!
+//! # Algorithm (hybrid hash aggregation)
+//!
+//! 1. Each input batch is reduced to its group keys (row format) and aggregate arguments. Rows of
+//!    groups already in the table update their states in place; a new group is added while the
+//!    operator's reservation (`HashAggregate`, spillable) can grow for it.
+//! 2. Once it cannot, the table stops growing: rows of groups already in it still update them,
+//!    rows of any other group go, as they are, to one of 16 partitions chosen by a hash of the key,
+//!    buffered per partition and written to spill files. Every group is thus aggregated in exactly
+//!    one place: the table, or one partition.
+//! 3. The table's groups are emitted; then each partition is aggregated the same way with another
+//!    hash seed (repartitioning recursively when its groups still do not fit). A key with many rows
+//!    costs one group's state, however many rows it has.
+//!
+//! States: counts, 128-bit integer sums (exact for integers and decimals, as DuckDB's HUGEINT),
+//! float sums, Welford's mean and M2 for `stddev`/`variance`, and `min`/`max` kept in row format, so
+//! they work for every type (strings, dates, decimals) and compare as bytes.
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use arrow::array::{
+    new_null_array, Array, ArrayRef, AsArray, Decimal128Array, Float64Array, Int64Array, RecordBatch,
+    RecordBatchOptions, UInt32Array,
+};
+use arrow::datatypes::{DataType, Decimal128Type, Field, Float64Type, Schema, SchemaRef};
+use arrow_row::{RowConverter, Rows, SortField};
+
+use super::{BatchStream, ExecContext};
+use crate::error::{Error, Result};
+use crate::expr::{AggregateExpr, AggregateFunction, Expr};
+use crate::memory::MemoryReservation;
+use crate::spill::{SpillFile, SpillWriter};
+
+const PARTITIONS: usize = 16;
+const MAX_DEPTH: usize = 6;
+
+/// The least memory an aggregation needs.
+pub(crate) fn min_memory(ctx: &ExecContext) -> u64 {
+    4 * ctx.batch_bytes_target().min(1 << 20)
+}
+
+/// A grouped aggregation in progress.
+pub(crate) struct AggregateStream {
+    state: State,
+    spec: Arc<Spec>,
+    ctx: ExecContext,
+    /// Most bytes the first table may hold (its input runs beside it, and partitions need room).
+    first_limit: u64,
+}
+
+enum State {
+    Pending(Box<BatchStream>, Vec<Expr>, Vec<Option<Expr>>),
+    Emitting { table: Box<GroupTable>, next: usize, partitions: VecDeque<(SpillFile, usize)> },
+    Done,
+}
+
+/// What is aggregated, over the operator's own layout: key columns, then one argument column per
+/// aggregate that has one.
+struct Spec {
+    out_schema: SchemaRef,
+    /// Schema of the partitioned rows (keys, then arguments).
+    input_schema: SchemaRef,
+    key_count: usize,
+    aggregates: Vec<AggregateExpr>,
+    /// For each aggregate, its argument's column in the operator's layout.
+    arg_columns: Vec<Option<usize>>,
+    key_converter: Option<RowConverter>,
+}
+
+impl AggregateStream {
+    /// `child_max` is the most the input pipeline holds while it runs beside the aggregation.
+    pub(crate) fn new(
+        child: BatchStream,
+        group_exprs: Vec<Expr>,
+        aggregates: Vec<AggregateExpr>,
+        out_schema: SchemaRef,
+        child_max: u64,
+        ctx: &ExecContext,
+    ) -> Result<AggregateStream> {
+        let first_limit = table_limit(ctx.pool.available().saturating_sub(child_max), ctx);
+        let in_schema = child.schema();
+        let mut fields: Vec<Field> = group_exprs
+            .iter()
+            .enumerate()
+            .map(|(i, e)| Field::new(format!("k{i}"), e.data_type(&in_schema), true))
+            .collect();
+        let mut arg_columns = Vec::new();
+        let mut arg_exprs = Vec::new();
+        for a in &aggregates {
+            match &a.arg {
+                Some(e) => {
+                    arg_columns.push(Some(fields.len()));
+                    fields.push(Field::new(format!("a{}", fields.len()), e.data_type(&in_schema), true));
+                    arg_exprs.push(Some(e.clone()));
+                }
+                None => {
+                    arg_columns.push(None);
+                    arg_exprs.push(None);
+                }
+            }
+        }
+        let key_converter = if group_exprs.is_empty() {
+            None
+        } else {
+            Some(RowConverter::new(group_exprs.iter().map(|e| SortField::new(e.data_type(&in_schema))).collect())?)
+        };
+        let spec = Arc::new(Spec {
+            out_schema,
+            input_schema: Arc::new(Schema::new(fields)),
+            key_count: group_exprs.len(),
+            aggregates,
+            arg_columns,
+            key_converter,
+        });
+        Ok(AggregateStream {
+            state: State::Pending(Box::new(child), group_exprs, arg_exprs),
+            spec,
+            ctx: ctx.clone(),
+            first_limit,
+        })
+    }
+
+    pub(crate) fn next_reserved(&mut self, cancel: &AtomicBool) -> Option<Result<(RecordBatch, MemoryReservation)>> {
+        loop {
+            match &mut self.state {
+                State::Done => return None,
+                State::Pending(child, group_exprs, arg_exprs) => {
+                    let (group_exprs, arg_exprs) = (std::mem::take(group_exprs), std::mem::take(arg_exprs));
+                    let mut table = match GroupTable::new(&self.spec, &self.ctx, 0, self.first_limit) {
+                        Ok(t) => t,
+                        Err(e) => return Some(Err(e)),
+                    };
+                    let mut fill = || -> Result<()> {
+                        while let Some(item) = child.next_reserved() {
+                            let (batch, reservation) = item?;
+                            if cancel.load(std::sync::atomic::Ordering::Relaxed) {
+                                return Err(Error::Cancelled);
+                            }
+                            let input = project(&batch, &group_exprs, &arg_exprs, &self.spec.input_schema)?;
+                            child.release(reservation);
+                            table.add(&input)?;
+                        }
+                        if self.spec.key_count == 0 && table.groups() == 0 {
+                            // No GROUP BY: one group even for no rows (count 0, sum NULL).
+                            table.add_empty_group()?;
+                        }
+                        Ok(())
+                    };
+                    if let Err(e) = fill() {
+                        self.state = State::Done;
+                        return Some(Err(e));
+                    }
+                    let partitions = match table.finish_partitions() {
+                        Ok(p) => p.into_iter().map(|f| (f, 1)).collect(),
+                        Err(e) => return Some(Err(e)),
+                    };
+                    self.state = State::Emitting { table: Box::new(table), next: 0, partitions };
+                }
+                State::Emitting { table, next, partitions } => {
+                    if *next < table.groups() {
+                        let end = (*next + self.ctx.config.batch_size.max(1)).min(table.groups());
+                        let chunk = table.output(*next, end);
+                        *next = end;
+                        return Some(chunk.and_then(|batch| {
+                            let mut r = self.ctx.pool.register("HashAggregate output", false);
+                            r.try_grow(batch.get_array_memory_size() as u64)?;
+                            Ok((batch, r))
+                        }));
+                    }
+                    let Some((file, depth)) = partitions.pop_front() else {
+                        self.state = State::Done;
+                        return None;
+                    };
+                    // This table is done: free it before the next partition's is built.
+                    table.clear();
+                    let limit = table_limit(self.ctx.pool.available(), &self.ctx);
+                    **table = match GroupTable::new(&self.spec, &self.ctx, depth, limit) {
+                        Ok(t) => t,
+                        Err(e) => return Some(Err(e)),
+                    };
+                    *next = 0;
+                    let result = (|| -> Result<Vec<SpillFile>> {
+                        if depth > MAX_DEPTH {
+                            return Err(Error::Execution(
+                                "aggregation: groups still do not fit after repartitioning (hint: raise --mem-budget)"
+                                    .into(),
+                            ));
+                        }
+                        let mut reader = file.reader()?;
+                        while let Some(batch) = reader.next_batch()? {
+                            if cancel.load(std::sync::atomic::Ordering::Relaxed) {
+                                return Err(Error::Cancelled);
+                            }
+                            table.add(&batch)?;
+                        }
+                        drop(file);
+                        table.finish_partitions()
+                    })();
+                    match result {
+                        Ok(more) => {
+                            for f in more.into_iter().rev() {
+                                partitions.push_front((f, depth + 1));
+                            }
+                        }
+                        Err(e) => {
+                            self.state = State::Done;
+                            return Some(Err(e));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    pub(crate) fn stop(&mut self) {
+        self.state = State::Done;
+    }
+}
+
+/// The share of `available` a table may fill: the rest buffers partitions and output chunks.
+fn table_limit(available: u64, ctx: &ExecContext) -> u64 {
+    (available * 2 / 3).max(min_memory(ctx) / 2)
+}
+
+/// Evaluates group keys and aggregate arguments into the operator's layout.
+fn project(batch: &RecordBatch, groups: &[Expr], args: &[Option<Expr>], schema: &SchemaRef) -> Result<RecordBatch> {
+    let rows = batch.num_rows();
+    let mut columns = Vec::with_capacity(schema.fields().len());
+    for e in groups.iter().chain(args.iter().flatten()) {
+        columns.push(e.evaluate(batch)?.into_array(rows)?);
+    }
+    Ok(RecordBatch::try_new_with_options(
+        schema.clone(),
+        columns,
+        &RecordBatchOptions::new().with_row_count(Some(rows)),
+    )?)
+}
+
+/// One aggregate's states, a slot per group.
+enum Acc {
+    Count(Vec<i64>),
+    /// Exact sums of integers and decimals (unscaled), with whether any value was seen.
+    SumInt {
+        sum: Vec<i128>,
+        seen: Vec<bool>,
+    },
+    SumFloat {
+        sum: Vec<f64>,
+        seen: Vec<bool>,
+    },
+    /// Average: exact sum (unscaled by `scale`) or float sum, and count.
+    AvgInt {
+        sum: Vec<i128>,
+        count: Vec<i64>,
+        scale: i32,
+    },
+    AvgFloat {
+        sum: Vec<f64>,
+        count: Vec<i64>,
+    },
+    /// Min or max in row format.
+    Extreme {
+        values: Vec<Option<Box<[u8]>>>,
+        max: bool,
+        converter: RowConverter,
+    },
+    /// Welford: count, mean, M2.
+    Var {
+        n: Vec<f64>,
+        mean: Vec<f64>,
+        m2: Vec<f64>,
+        sqrt: bool,
+        sample: bool,
+    },
+}
+
+/// Bytes of state per group for an accumulator (not counting min/max values).
+fn slot_bytes(acc: &Acc) -> u64 {
+    match acc {
+        Acc::Count(_) => 8,
+        Acc::SumInt { .. } => 17,
+        Acc::SumFloat { .. } => 9,
+        Acc::AvgInt { .. } => 24,
+        Acc::AvgFloat { .. } => 16,
+        Acc::Extreme { .. } => 16,
+        Acc::Var { .. } => 24,
+    }
+}
+
+/// Groups and their states.
+struct GroupTable {
+    spec: Arc<Spec>,
+    ctx: ExecContext,
+    map: HashMap<Box<[u8]>, u32>,
+    accs: Vec<Acc>,
+    reservation: MemoryReservation,
+    /// Most bytes the table may reserve.
+    limit: u64,
+    /// Once set, the table no longer grows: rows of new groups go to the partitions.
+    partitions: Option<Partitions>,
+    seed: u64,
+}
+
+struct Partitions {
+    buffers: Vec<Vec<RecordBatch>>,
+    rows: Vec<usize>,
+    writers: Vec<Option<SpillWriter>>,
+    reservation: MemoryReservation,
+}
+
+impl GroupTable {
+    fn new(spec: &Arc<Spec>, ctx: &ExecContext, depth: usize, limit: u64) -> Result<GroupTable> {
+        let mut accs = Vec::with_capacity(spec.aggregates.len());
+        for (a, col) in spec.aggregates.iter().zip(&spec.arg_columns) {
+            let arg_type = col.map(|c| spec.input_schema.field(c).data_type().clone());
+            accs.push(match (a.func, arg_type) {
+                (AggregateFunction::CountStar | AggregateFunction::Count, _) => Acc::Count(Vec::new()),
+                (AggregateFunction::Sum, Some(DataType::Float32 | DataType::Float64)) => {
+                    Acc::SumFloat { sum: Vec::new(), seen: Vec::new() }
+                }
+                (AggregateFunction::Sum, Some(_)) => Acc::SumInt { sum: Vec::new(), seen: Vec::new() },
+                (AggregateFunction::Avg, Some(DataType::Float32 | DataType::Float64)) => {
+                    Acc::AvgFloat { sum: Vec::new(), count: Vec::new() }
+                }
+                (AggregateFunction::Avg, Some(t)) => {
+                    let scale = if let DataType::Decimal128(_, s) = t { s as i32 } else { 0 };
+                    Acc::AvgInt { sum: Vec::new(), count: Vec::new(), scale }
+                }
+                (AggregateFunction::Min | AggregateFunction::Max, Some(t)) => Acc::Extreme {
+                    values: Vec::new(),
+                    max: a.func == AggregateFunction::Max,
+                    converter: RowConverter::new(vec![SortField::new(t)])?,
+                },
+                (
+                    f @ (AggregateFunction::StddevSamp
+                    | AggregateFunction::StddevPop
+                    | AggregateFunction::VarSamp
+                    | AggregateFunction::VarPop),
+                    Some(_),
+                ) => Acc::Var {
+                    n: Vec::new(),
+                    mean: Vec::new(),
+                    m2: Vec::new(),
+                    sqrt: matches!(f, AggregateFunction::StddevSamp | AggregateFunction::StddevPop),
+                    sample: matches!(f, AggregateFunction::StddevSamp | AggregateFunction::VarSamp),
+                },
+                (f, None) => return Err(Error::Plan(format!("{}() needs an argument", f.name()))),
+            });
+        }
+        Ok(GroupTable {
+            spec: spec.clone(),
+            ctx: ctx.clone(),
+            map: HashMap::new(),
+            accs,
+            reservation: ctx.pool.register(format!("HashAggregate[{depth}]"), true),
+            limit,
+            partitions: None,
+            seed: depth as u64,
+        })
+    }
+
+    /// Frees the groups and their states.
+    fn clear(&mut self) {
+        self.map = HashMap::new();
+        self.accs.clear();
+        self.reservation.free();
+    }
+
+    fn groups(&self) -> usize {
+        self.map.len()
+    }
+
+    fn per_group_bytes(&self) -> u64 {
+        // Hash map entry and boxed key header, plus every state slot.
+        48 + self.accs.iter().map(slot_bytes).sum::<u64>()
+    }
+
+    fn push_group(&mut self) {
+        for acc in &mut self.accs {
+            match acc {
+                Acc::Count(v) => v.push(0),
+                Acc::SumInt { sum, seen } => {
+                    sum.push(0);
+                    seen.push(false);
+                }
+                Acc::SumFloat { sum, seen } => {
+                    sum.push(0.0);
+                    seen.push(false);
+                }
+                Acc::AvgInt { sum, count, .. } => {
+                    sum.push(0);
+                    count.push(0);
+                }
+                Acc::AvgFloat { sum, count } => {
+                    sum.push(0.0);
+                    count.push(0);
+                }
+                Acc::Extreme { values, .. } => values.push(None),
+                Acc::Var { n, mean, m2, .. } => {
+                    n.push(0.0);
+                    mean.push(0.0);
+                    m2.push(0.0);
+                }
+            }
+        }
+    }
+
+    fn add_empty_group(&mut self) -> Result<()> {
+        self.reservation.try_grow(self.per_group_bytes())?;
+        self.map.insert(Box::new([]), 0);
+        self.push_group();
+        Ok(())
+    }
+
+    /// Folds a batch (the operator's layout) into the table, or its new groups into partitions.
+    fn add(&mut self, batch: &RecordBatch) -> Result<()> {
+        let n = batch.num_rows();
+        let spec = self.spec.clone();
+        let keys: Option<Rows> = match &spec.key_converter {
+            Some(c) => Some(c.convert_columns(&batch.columns()[..spec.key_count])?),
+            None => None,
+        };
+        // Arguments in the forms the states take.
+        let mut args: Vec<Option<ArgValues>> = Vec::with_capacity(self.accs.len());
+        for (acc, col) in self.accs.iter().zip(&spec.arg_columns) {
+            args.push(match col {
+                Some(c) => Some(ArgValues::new(acc, batch.column(*c))?),
+                None => None,
+            });
+        }
+        let per_group = self.per_group_bytes();
+        // Min/max values grow when a longer value wins; counted after the batch.
+        let mut grown = 0u64;
+        let mut spilled: Vec<Vec<u32>> = Vec::new();
+        for row in 0..n {
+            let key: &[u8] = keys.as_ref().map_or(&[], |k| k.row(row).data());
+            let group = match self.map.get(key) {
+                Some(&g) => g as usize,
+                None => {
+                    let need = per_group + key.len() as u64;
+                    let fits = self.reservation.size() + need <= self.limit;
+                    if self.partitions.is_none() && fits && self.reservation.try_grow(need).is_ok() {
+                        let g = self.map.len();
+                        self.map.insert(key.into(), g as u32);
+                        self.push_group();
+                        g
+                    } else {
+                        // Full: this group's rows go to a partition, now and later.
+                        if self.partitions.is_none() {
+                            self.start_partitions()?;
+                        }
+                        if spilled.is_empty() {
+                            spilled = vec![Vec::new(); PARTITIONS];
+                        }
+                        spilled[partition_of(key, self.seed)].push(row as u32);
+                        continue;
+                    }
+                }
+            };
+            for (acc, arg) in self.accs.iter_mut().zip(&args) {
+                grown += update(acc, group, arg.as_ref(), row)?;
+            }
+        }
+        if grown > 0 && self.reservation.try_grow(grown).is_err() && self.partitions.is_none() {
+            // The values are already held; stop the table from growing any further instead.
+            self.start_partitions()?;
+        }
+        if !spilled.is_empty() {
+            self.partition_rows(batch, spilled)?;
+        }
+        Ok(())
+    }
+
+    fn start_partitions(&mut self) -> Result<()> {
+        self.partitions = Some(Partitions {
+            buffers: vec![Vec::new(); PARTITIONS],
+            rows: vec![0; PARTITIONS],
+            writers: (0..PARTITIONS).map(|_| None).collect(),
+            reservation: self.ctx.pool.register("HashAggregate partitions", false),
+        });
+        Ok(())
+    }
+
+    /// Buffers rows of groups not in the table by partition; a partition's buffer goes to its
+    /// spill file once it holds a batch's worth of rows, or when the pool is short.
+    fn partition_rows(&mut self, batch: &RecordBatch, spilled: Vec<Vec<u32>>) -> Result<()> {
+        let batch_size = self.ctx.config.batch_size.max(1);
+        let spill = self.ctx.spill.clone();
+        let schema = self.spec.input_schema.clone();
+        let parts = self.partitions.as_mut().expect("partitions started");
+        for (p, rows) in spilled.into_iter().enumerate() {
+            if rows.is_empty() {
+                continue;
+            }
+            let taken = arrow::compute::take_record_batch(batch, &UInt32Array::from(rows))?;
+            let bytes = taken.get_array_memory_size() as u64;
+            if parts.reservation.try_grow(bytes).is_err() {
+                parts.flush_all(&spill, &schema)?;
+                parts.reservation.try_grow(bytes)?;
+            }
+            parts.rows[p] += taken.num_rows();
+            parts.buffers[p].push(taken);
+            if parts.rows[p] >= batch_size {
+                parts.flush(p, &spill, &schema)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes out what the partitions still buffer and returns their spill files.
+    fn finish_partitions(&mut self) -> Result<Vec<SpillFile>> {
+        let Some(mut parts) = self.partitions.take() else { return Ok(Vec::new()) };
+        let spill = self.ctx.spill.clone();
+        parts.flush_all(&spill, &self.spec.input_schema)?;
+        let mut files = Vec::new();
+        for w in parts.writers.into_iter().flatten() {
+            files.push(w.finish()?);
+        }
+        Ok(files)
+    }
+
+    /// Output rows for groups `start..end` (in insertion order).
+    fn output(&self, start: usize, end: usize) -> Result<RecordBatch> {
+        let mut keys: Vec<&[u8]> = vec![&[]; end - start];
+        for (k, &g) in &self.map {
+            let g = g as usize;
+            if g >= start && g < end {
+                keys[g - start] = k;
+            }
+        }
+        let mut columns: Vec<ArrayRef> = Vec::with_capacity(self.spec.out_schema.fields().len());
+        if let Some(converter) = &self.spec.key_converter {
+            let parser = converter.parser();
+            columns.extend(converter.convert_rows(keys.iter().map(|k| parser.parse(k)))?);
+        }
+        for (i, acc) in self.accs.iter().enumerate() {
+            let field = self.spec.out_schema.field(self.spec.key_count + i);
+            columns.push(finish(acc, start, end, field.data_type())?);
+        }
+        // Key columns come back as the converter's types; conform to the plan's schema.
+        let columns = columns
+            .into_iter()
+            .zip(self.spec.out_schema.fields())
+            .map(
+                |(c, f)| {
+                    if c.data_type() == f.data_type() {
+                        Ok(c)
+                    } else {
+                        Ok(arrow::compute::cast(&c, f.data_type())?)
+                    }
+                },
+            )
+            .collect::<Result<Vec<_>>>()?;
+        Ok(RecordBatch::try_new_with_options(
+            self.spec.out_schema.clone(),
+            columns,
+            &RecordBatchOptions::new().with_row_count(Some(end - start)),
+        )?)
+    }
+}
+
+impl Partitions {
+    fn flush(&mut self, p: usize, spill: &crate::SpillManager, schema: &SchemaRef) -> Result<()> {
+        if self.buffers[p].is_empty() {
+            return Ok(());
+        }
+        let batches = std::mem::take(&mut self.buffers[p]);
+        self.rows[p] = 0;
+        let batch = arrow::compute::concat_batches(schema, &batches)?;
+        if self.writers[p].is_none() {
+            self.writers[p] = Some(spill.create(schema.clone(), &format!("HashAggregate-p{p}"))?);
+        }
+        self.writers[p].as_mut().expect("writer").write(&batch)?;
+        let freed: u64 = batches.iter().map(|b| b.get_array_memory_size() as u64).sum();
+        self.reservation.shrink(freed);
+        Ok(())
+    }
+
+    fn flush_all(&mut self, spill: &crate::SpillManager, schema: &SchemaRef) -> Result<()> {
+        for p in 0..PARTITIONS {
+            self.flush(p, spill, schema)?;
+        }
+        Ok(())
+    }
+}
+
+fn partition_of(key: &[u8], seed: u64) -> usize {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    seed.hash(&mut h);
+    key.hash(&mut h);
+    (h.finish() % PARTITIONS as u64) as usize
+}
+
+/// An argument column in the form its accumulator reads.
+enum ArgValues {
+    /// Unscaled 128-bit integers (integers and decimals).
+    Int(Decimal128Array),
+    Float(Float64Array),
+    /// Row-format values for min/max.
+    Rows(Rows, Option<arrow::buffer::NullBuffer>),
+    /// Only nullness matters (count).
+    Nulls(Option<arrow::buffer::NullBuffer>),
+}
+
+impl ArgValues {
+    fn new(acc: &Acc, column: &ArrayRef) -> Result<ArgValues> {
+        Ok(match acc {
+            Acc::Count(_) => ArgValues::Nulls(column.logical_nulls()),
+            Acc::SumInt { .. } | Acc::AvgInt { .. } => {
+                let target = match column.data_type() {
+                    DataType::Decimal128(_, s) => DataType::Decimal128(38, *s),
+                    _ => DataType::Decimal128(38, 0),
+                };
+                ArgValues::Int(arrow::compute::cast(column, &target)?.as_primitive::<Decimal128Type>().clone())
+            }
+            Acc::SumFloat { .. } | Acc::AvgFloat { .. } | Acc::Var { .. } => ArgValues::Float(
+                arrow::compute::cast(column, &DataType::Float64)?.as_primitive::<Float64Type>().clone(),
+            ),
+            Acc::Extreme { converter, .. } => {
+                ArgValues::Rows(converter.convert_columns(std::slice::from_ref(column))?, column.logical_nulls())
+            }
+        })
+    }
+}
+
+/// Folds row `row` of `arg` into group `g`; returns bytes the state grew by (min/max values).
+fn update(acc: &mut Acc, g: usize, arg: Option<&ArgValues>, row: usize) -> Result<u64> {
+    match (acc, arg) {
+        (Acc::Count(v), None) => v[g] += 1,
+        (Acc::Count(v), Some(ArgValues::Nulls(nulls))) => {
+            if nulls.as_ref().is_none_or(|n| n.is_valid(row)) {
+                v[g] += 1;
+            }
+        }
+        (Acc::SumInt { sum, seen }, Some(ArgValues::Int(a))) => {
+            if a.is_valid(row) {
+                sum[g] =
+                    sum[g].checked_add(a.value(row)).ok_or_else(|| Error::Execution("overflow in sum()".into()))?;
+                seen[g] = true;
+            }
+        }
+        (Acc::SumFloat { sum, seen }, Some(ArgValues::Float(a))) => {
+            if a.is_valid(row) {
+                sum[g] += a.value(row);
+                seen[g] = true;
+            }
+        }
+        (Acc::AvgInt { sum, count, .. }, Some(ArgValues::Int(a))) => {
+            if a.is_valid(row) {
+                sum[g] =
+                    sum[g].checked_add(a.value(row)).ok_or_else(|| Error::Execution("overflow in avg()".into()))?;
+                count[g] += 1;
+            }
+        }
+        (Acc::AvgFloat { sum, count }, Some(ArgValues::Float(a))) => {
+            if a.is_valid(row) {
+                sum[g] += a.value(row);
+                count[g] += 1;
+            }
+        }
+        (Acc::Var { n, mean, m2, .. }, Some(ArgValues::Float(a))) => {
+            if a.is_valid(row) {
+                let x = a.value(row);
+                n[g] += 1.0;
+                let delta = x - mean[g];
+                mean[g] += delta / n[g];
+                m2[g] += delta * (x - mean[g]);
+            }
+        }
+        (Acc::Extreme { values, max, .. }, Some(ArgValues::Rows(rows, nulls))) => {
+            if nulls.as_ref().is_none_or(|n| n.is_valid(row)) {
+                let candidate = rows.row(row);
+                let better = match &values[g] {
+                    None => true,
+                    Some(current) => {
+                        let c = candidate.data();
+                        if *max {
+                            c > &current[..]
+                        } else {
+                            c < &current[..]
+                        }
+                    }
+                };
+                if better {
+                    let old = values[g].as_ref().map_or(0, |v| v.len());
+                    let new: Box<[u8]> = candidate.data().into();
+                    let grew = new.len().saturating_sub(old) as u64;
+                    values[g] = Some(new);
+                    return Ok(grew);
+                }
+            }
+        }
+        _ => return Err(Error::Execution("internal error: aggregate argument of the wrong kind".into())),
+    }
+    Ok(0)
+}
+
+/// The result column of an accumulator for groups `start..end`.
+fn finish(acc: &Acc, start: usize, end: usize, out: &DataType) -> Result<ArrayRef> {
+    let r = start..end;
+    Ok(match acc {
+        Acc::Count(v) => Arc::new(Int64Array::from(v[r].to_vec())),
+        Acc::SumInt { sum, seen } => {
+            let (p, s) = match out {
+                DataType::Decimal128(p, s) => (*p, *s),
+                _ => (38, 0),
+            };
+            let a: Decimal128Array = sum[r.clone()].iter().zip(&seen[r]).map(|(v, s)| s.then_some(*v)).collect();
+            Arc::new(a.with_precision_and_scale(p, s)?)
+        }
+        Acc::SumFloat { sum, seen } => {
+            Arc::new(sum[r.clone()].iter().zip(&seen[r]).map(|(v, s)| s.then_some(*v)).collect::<Float64Array>())
+        }
+        Acc::AvgInt { sum, count, scale } => {
+            let div = 10f64.powi(*scale);
+            Arc::new(
+                sum[r.clone()]
+                    .iter()
+                    .zip(&count[r])
+                    .map(|(s, c)| (*c > 0).then(|| *s as f64 / div / *c as f64))
+                    .collect::<Float64Array>(),
+            )
+        }
+        Acc::AvgFloat { sum, count } => Arc::new(
+            sum[r.clone()]
+                .iter()
+                .zip(&count[r])
+                .map(|(s, c)| (*c > 0).then(|| s / *c as f64))
+                .collect::<Float64Array>(),
+        ),
+        Acc::Var { n, m2, sqrt, sample, .. } => Arc::new(
+            n[r.clone()]
+                .iter()
+                .zip(&m2[r])
+                .map(|(n, m2)| {
+                    let d = if *sample { n - 1.0 } else { *n };
+                    (d > 0.0).then(|| if *sqrt { (m2 / d).sqrt() } else { m2 / d })
+                })
+                .collect::<Float64Array>(),
+        ),
+        Acc::Extreme { values, converter, .. } => {
+            let slice = &values[r];
+            if slice.iter().all(|v| v.is_none()) {
+                return Ok(new_null_array(out, slice.len()));
+            }
+            // Rows for nulls: the converter's encoding of a null value.
+            let null_rows = converter.convert_columns(&[new_null_array(out, 1)])?;
+            let null_row = null_rows.row(0);
+            let parser = converter.parser();
+            let rows = slice.iter().map(|v| match v {
+                Some(bytes) => parser.parse(bytes),
+                None => null_row,
+            });
+            converter.convert_rows(rows)?.remove(0)
+        }
+    })
+}
