@@ -17,6 +17,11 @@ use rand::{Rng, SeedableRng};
 
 const MIB: u64 = 1 << 20;
 
+/// Runs `flow sql` with 2 threads, a report in `report.json` and the result in `out`.
+fn flow_sql(dir: &std::path::Path, budget: &str, out: &str, sql: &str) -> Run {
+    flow(dir, &["sql", "--mem-budget", budget, "--threads", "2", "--report", "report.json", "-o", out, sql])
+}
+
 /// Writes `rows` rows of (id, value, x, text ~48 chars) without compression, in row groups of
 /// 128K rows; returns the decoded (Arrow) size and how many rows the test's filter keeps.
 fn make_input(path: &std::path::Path, rows: usize) -> (u64, u64) {
@@ -69,21 +74,7 @@ fn streaming_filter_project_stays_in_budget() {
     assert!(on_disk >= 10 * budget, "input is {on_disk} bytes on disk, want at least 10x the budget");
     assert!(decoded >= 10 * budget);
 
-    let run = flow(
-        dir.path(),
-        &[
-            "sql",
-            "--mem-budget",
-            "32MiB",
-            "--threads",
-            "2",
-            "--report",
-            "report.json",
-            "-o",
-            "out.parquet",
-            "SELECT id, value * 2 AS v2, x + 1.0 AS x1, upper(text) AS t FROM 'big.parquet' WHERE value % 3 <> 0 OR value IS NULL",
-        ],
-    );
+    let run = flow_sql(dir.path(), "32MiB", "out.parquet", "SELECT id, value * 2 AS v2, x + 1.0 AS x1, upper(text) AS t FROM 'big.parquet' WHERE value % 3 <> 0 OR value IS NULL");
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert_rss_within(&run, budget, "filter/project");
 
@@ -142,21 +133,8 @@ fn sort_by_string_key_spills_and_stays_in_budget() {
     let input = dir.path().join("big.parquet");
     let _ = make_input(&input, 3_000_000);
     let budget = 64 * MIB;
-    let run = flow(
-        dir.path(),
-        &[
-            "sql",
-            "--mem-budget",
-            "64MiB",
-            "--threads",
-            "2",
-            "--report",
-            "report.json",
-            "-o",
-            "sorted.parquet",
-            "SELECT text, id FROM 'big.parquet' ORDER BY text DESC, id",
-        ],
-    );
+    let run =
+        flow_sql(dir.path(), "64MiB", "sorted.parquet", "SELECT text, id FROM 'big.parquet' ORDER BY text DESC, id");
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert_rss_within(&run, budget, "sort");
     let report: serde_json::Value =
@@ -187,20 +165,11 @@ fn aggregate_with_millions_of_groups_spills_and_stays_in_budget() {
     let dir = tempfile::tempdir().unwrap();
     make_input(&dir.path().join("big.parquet"), 3_000_000);
     let budget = 64 * MIB;
-    let run = flow(
+    let run = flow_sql(
         dir.path(),
-        &[
-            "sql",
-            "--mem-budget",
-            "64MiB",
-            "--threads",
-            "2",
-            "--report",
-            "report.json",
-            "-o",
-            "groups.parquet",
-            "SELECT id % 2000000 AS g, count(*) AS n, min(text) AS t, sum(value) AS s FROM 'big.parquet' GROUP BY g",
-        ],
+        "64MiB",
+        "groups.parquet",
+        "SELECT id % 2000000 AS g, count(*) AS n, min(text) AS t, sum(value) AS s FROM 'big.parquet' GROUP BY g",
     );
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert_rss_within(&run, budget, "aggregate");
