@@ -94,6 +94,7 @@ impl SortStream {
             run_bytes: (share * 3 / 8).clamp(min_memory(ctx) / 4, 32 << 20),
             max_chunk_bytes: 0,
             max_chunk_keys: 0,
+            key_row_bytes: 0,
             ctx: ctx.clone(),
         };
         Ok(SortStream { state: State::Pending(Box::new(child)), sorter })
@@ -166,6 +167,8 @@ struct Sorter {
     /// The largest chunk written to a run and the largest keys of one, which size the merge buffers.
     max_chunk_bytes: u64,
     max_chunk_keys: u64,
+    /// The most key bytes per row seen in the input, to size a chunk's keys without converting it.
+    key_row_bytes: u64,
     ctx: ExecContext,
 }
 
@@ -188,6 +191,7 @@ impl Sorter {
             }
             let keys = self.keys_of(&batch)?;
             let bytes = batch.get_array_memory_size() as u64 + keys.size() as u64;
+            self.key_row_bytes = self.key_row_bytes.max((keys.size() / batch.num_rows().max(1)) as u64 + 1);
             // Move the batch's accounting from the stream to the sort: grow ours (batch and
             // keys), then release the stream's.
             if self.reservation.size() + bytes > self.buffer_limit || self.reservation.try_grow(bytes).is_err() {
@@ -290,7 +294,7 @@ impl Sorter {
             for chunk in chunks {
                 let bytes = chunk.get_array_memory_size() as u64;
                 self.max_chunk_bytes = self.max_chunk_bytes.max(bytes);
-                self.max_chunk_keys = self.max_chunk_keys.max(self.keys_of(&chunk)?.size() as u64);
+                self.max_chunk_keys = self.max_chunk_keys.max(chunk.num_rows() as u64 * self.key_row_bytes);
                 writer.write(&chunk)?;
                 freed += bytes;
             }
