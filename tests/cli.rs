@@ -176,7 +176,7 @@ fn unsupported_sql_is_an_error_not_a_wrong_answer() {
     for (sql, what) in [
         ("SELECT count(DISTINCT a) FROM 't.parquet'", "count(DISTINCT"),
         ("SELECT a FROM 't.parquet' UNION ALL SELECT a FROM 't.parquet'", "UNION"),
-        ("SELECT x.a FROM 't.parquet' x JOIN 't.parquet' y ON x.a = y.a", "JOIN"),
+        ("SELECT x.a FROM 't.parquet' x NATURAL JOIN 't.parquet' y", "NATURAL JOIN"),
         ("SELECT DISTINCT ON (a) a FROM 't.parquet'", "DISTINCT ON"),
     ] {
         let run = flow(dir.path(), &["sql", "-o", "out.parquet", sql]);

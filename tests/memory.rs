@@ -187,3 +187,31 @@ fn aggregate_with_millions_of_groups_spills_and_stays_in_budget() {
     }
     assert_eq!((groups, rows), (2_000_000, 3_000_000));
 }
+
+#[test]
+fn join_with_a_build_side_ten_times_the_budget_spills_and_stays_in_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    make_input(&dir.path().join("big.parquet"), 3_000_000);
+    let budget = 64 * MIB;
+    // The right side (3M rows of a 240-character string: 750 MB decoded) builds.
+    let run = flow_sql(
+        dir.path(),
+        "64MiB",
+        "joined.parquet",
+        "SELECT count(*) AS n, sum(length(b.wide)) AS len, count(a.value) AS v \
+         FROM 'big.parquet' a \
+         JOIN (SELECT id, text || text || text || text || text AS wide FROM 'big.parquet') b ON a.id = b.id",
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_rss_within(&run, budget, "join");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("report.json")).unwrap()).unwrap();
+    // Every row of both sides went to partitions (the build side's 720 MB of strings compress well
+    // on disk, so count rows, not bytes).
+    assert!(report["spill"]["rows"].as_u64().unwrap() >= 6_000_000, "both sides spilled: {report}");
+    let batch = concat(&read_parquet(&dir.path().join("joined.parquet")));
+    let n = batch.column(0).as_any().downcast_ref::<Int64Array>().unwrap().value(0);
+    assert_eq!(n, 3_000_000);
+    let len = arrow::compute::cast(batch.column(1), &DataType::Int64).unwrap();
+    assert_eq!(len.as_any().downcast_ref::<Int64Array>().unwrap().value(0), 3_000_000 * 5 * 48);
+}

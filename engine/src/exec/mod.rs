@@ -11,7 +11,9 @@
 //! consumer; when a limit is satisfied the stream stops its sources early.
 
 mod aggregate;
+mod join;
 mod operators;
+mod partition;
 mod scan;
 pub mod sink;
 mod sort;
@@ -31,6 +33,7 @@ use crate::spill::SpillManager;
 use crate::Config;
 
 use self::aggregate::AggregateStream;
+use self::join::{JoinSpec, JoinStream};
 use self::scan::{ScanPipeline, ScanStream};
 use self::sort::SortStream;
 
@@ -81,6 +84,11 @@ enum Source {
         aggregates: Vec<crate::expr::AggregateExpr>,
         schema: SchemaRef,
     },
+    Join {
+        build: Box<Pipeline>,
+        probe: Box<Pipeline>,
+        spec: JoinSpec,
+    },
 }
 
 /// What the executor learnt about a plan before running it.
@@ -130,6 +138,29 @@ impl Pipeline {
                         schema,
                     });
                 }
+                LogicalPlan::Join { left, right, join_type, on, filter, schema: join_schema } => {
+                    ops.reverse();
+                    // The side expected to be smaller builds.
+                    let build_is_left = crate::plan::estimate_rows(left) < crate::plan::estimate_rows(right);
+                    let (build, probe) = if build_is_left { (left, right) } else { (right, left) };
+                    let (left_keys, right_keys): (Vec<_>, Vec<_>) = on.iter().cloned().unzip();
+                    let (build_keys, probe_keys) =
+                        if build_is_left { (left_keys, right_keys) } else { (right_keys, left_keys) };
+                    let spec = JoinSpec {
+                        join_type: *join_type,
+                        build_is_left,
+                        build_keys,
+                        probe_keys,
+                        filter: filter.clone(),
+                        schema: join_schema.clone(),
+                    };
+                    let source = Source::Join {
+                        build: Box::new(Pipeline::new(build)?),
+                        probe: Box::new(Pipeline::new(probe)?),
+                        spec,
+                    };
+                    return Ok(Pipeline { source, tail_ops: ops, schema });
+                }
                 LogicalPlan::Filter { input, predicate } => {
                     ops.push(Operator::Filter(predicate.clone()));
                     node = input;
@@ -155,6 +186,14 @@ impl Pipeline {
                 stats.min_memory = self.min_memory(ctx);
                 stats
             }
+            Source::Join { build, probe, .. } => {
+                let (b, p) = (build.stats(ctx), probe.stats(ctx));
+                PipelineStats {
+                    row_groups_total: b.row_groups_total + p.row_groups_total,
+                    row_groups_scanned: b.row_groups_scanned + p.row_groups_scanned,
+                    min_memory: self.min_memory(ctx),
+                }
+            }
         }
     }
 
@@ -164,6 +203,9 @@ impl Pipeline {
             Source::Scan(scan) => scan.min_memory(ctx),
             Source::Sort { input, .. } => input.min_memory(ctx) + sort::min_memory(ctx),
             Source::Aggregate { input, .. } => input.min_memory(ctx) + aggregate::min_memory(ctx),
+            Source::Join { build, probe, .. } => {
+                build.min_memory(ctx).max(probe.min_memory(ctx)) + join::min_memory(ctx)
+            }
         }
     }
 
@@ -174,6 +216,12 @@ impl Pipeline {
             // A sort below a sort has finished its input before it produces anything.
             Source::Sort { input, .. } => input.max_memory(ctx, queue_limit).max(sort::min_memory(ctx)),
             Source::Aggregate { input, .. } => input.max_memory(ctx, queue_limit).max(aggregate::min_memory(ctx)),
+            // The build table stays while the probe side runs: it takes the share a join would
+            // take if it started now.
+            Source::Join { build, probe, .. } => {
+                let children = build.max_memory(ctx, queue_limit).max(probe.max_memory(ctx, queue_limit));
+                children + join::table_limit(ctx.pool.available().saturating_sub(children), ctx)
+            }
         }
     }
 
@@ -208,10 +256,15 @@ impl Pipeline {
                     ctx,
                 )?))
             }
+            Source::Join { build, probe, spec } => {
+                let small = 2 * ctx.batch_bytes_target();
+                let children = build.max_memory(ctx, small).max(probe.max_memory(ctx, small));
+                StreamSource::Join(Box::new(JoinStream::new(spec, *build, *probe, children, small, ctx)?))
+            }
         };
         let stats = match &source {
             StreamSource::Scan(s) => s.stats(),
-            StreamSource::Sort(_) | StreamSource::Aggregate(_) => stats,
+            StreamSource::Sort(_) | StreamSource::Aggregate(_) | StreamSource::Join(_) => stats,
         };
         Ok(BatchStream {
             stats,
@@ -229,6 +282,7 @@ enum StreamSource {
     Scan(ScanStream),
     Sort(Box<SortStream>),
     Aggregate(Box<AggregateStream>),
+    Join(Box<JoinStream>),
 }
 
 impl StreamSource {
@@ -237,13 +291,14 @@ impl StreamSource {
             StreamSource::Scan(s) => s.next_reserved(cancel),
             StreamSource::Sort(s) => s.next_reserved(cancel),
             StreamSource::Aggregate(s) => s.next_reserved(cancel),
+            StreamSource::Join(s) => s.next_reserved(cancel),
         }
     }
 
     fn release(&self, reservation: MemoryReservation) {
         match self {
             StreamSource::Scan(s) => s.release(reservation),
-            StreamSource::Sort(_) | StreamSource::Aggregate(_) => drop(reservation),
+            StreamSource::Sort(_) | StreamSource::Aggregate(_) | StreamSource::Join(_) => drop(reservation),
         }
     }
 
@@ -252,6 +307,7 @@ impl StreamSource {
             StreamSource::Scan(s) => s.stop(),
             StreamSource::Sort(s) => s.stop(),
             StreamSource::Aggregate(s) => s.stop(),
+            StreamSource::Join(s) => s.stop(),
         }
     }
 }

@@ -16,7 +16,15 @@ use crate::expr::{AggregateExpr, AggregateFunction, BinaryOp, Expr, Function};
 /// The columns an expression can name: one entry per input column.
 #[derive(Debug, Clone)]
 pub(crate) struct Scope {
-    columns: Vec<(Option<String>, String)>,
+    columns: Vec<ScopeColumn>,
+}
+
+#[derive(Debug, Clone)]
+struct ScopeColumn {
+    qualifier: Option<String>,
+    name: String,
+    /// Only reachable with its qualifier, and not part of `*` (the right column of `JOIN USING`).
+    hidden: bool,
 }
 
 impl Scope {
@@ -38,18 +46,49 @@ impl Scope {
             .fields()
             .iter()
             .enumerate()
-            .map(|(i, f)| {
-                let name = renames.get(i).map(|r| r.name.value.clone()).unwrap_or_else(|| f.name().clone());
-                (qualifier.map(|q| q.to_string()), name)
+            .map(|(i, f)| ScopeColumn {
+                qualifier: qualifier.map(|q| q.to_string()),
+                name: renames.get(i).map(|r| r.name.value.clone()).unwrap_or_else(|| f.name().clone()),
+                hidden: false,
             })
             .collect();
         Ok(Scope { columns })
     }
 
+    /// The columns of a join: this scope's, then `right`'s.
+    pub fn join(&self, right: &Scope) -> Scope {
+        Scope { columns: self.columns.iter().chain(&right.columns).cloned().collect() }
+    }
+
+    /// Hides column `i` from unqualified names and `*`.
+    pub fn hide(&mut self, i: usize) {
+        self.columns[i].hidden = true;
+    }
+
+    /// How many columns there are.
+    pub fn len(&self) -> usize {
+        self.columns.len()
+    }
+
+    /// The name of column `i` (after renames).
+    pub fn name(&self, i: usize) -> &str {
+        &self.columns[i].name
+    }
+
+    /// The columns `*` stands for.
+    pub fn star(&self) -> Vec<usize> {
+        (0..self.columns.len()).filter(|&i| !self.columns[i].hidden).collect()
+    }
+
+    /// The column an unqualified name refers to, if exactly one.
+    pub fn find(&self, name: &str) -> Result<usize> {
+        self.resolve(None, &ast::Ident::new(name)).map(|(i, _)| i)
+    }
+
     /// Column indices belonging to a qualifier.
     pub fn columns_of(&self, qualifier: &str) -> Vec<usize> {
         (0..self.columns.len())
-            .filter(|&i| self.columns[i].0.as_deref().is_some_and(|q| q.eq_ignore_ascii_case(qualifier)))
+            .filter(|&i| self.columns[i].qualifier.as_deref().is_some_and(|q| q.eq_ignore_ascii_case(qualifier)))
             .collect()
     }
 
@@ -58,14 +97,17 @@ impl Scope {
         let matches_name = |n: &str| if quoted { n == ident.value } else { n.eq_ignore_ascii_case(&ident.value) };
         let found: Vec<usize> = (0..self.columns.len())
             .filter(|&i| {
-                let (q, n) = &self.columns[i];
-                matches_name(n)
-                    && qualifier.is_none_or(|want| q.as_deref().is_some_and(|q| q.eq_ignore_ascii_case(&want.value)))
+                let c = &self.columns[i];
+                matches_name(&c.name)
+                    && match qualifier {
+                        None => !c.hidden,
+                        Some(want) => c.qualifier.as_deref().is_some_and(|q| q.eq_ignore_ascii_case(&want.value)),
+                    }
             })
             .collect();
         // An exact-case match wins over case-insensitive ones.
         let found = if found.len() > 1 {
-            let exact: Vec<usize> = found.iter().copied().filter(|&i| self.columns[i].1 == ident.value).collect();
+            let exact: Vec<usize> = found.iter().copied().filter(|&i| self.columns[i].name == ident.value).collect();
             if exact.len() == 1 {
                 exact
             } else {
@@ -79,9 +121,9 @@ impl Scope {
             None => ident.value.clone(),
         };
         match found.as_slice() {
-            [i] => Ok((*i, self.columns[*i].1.clone())),
+            [i] => Ok((*i, self.columns[*i].name.clone())),
             [] => {
-                let hint = closest(&ident.value, self.columns.iter().map(|(_, n)| n.as_str()))
+                let hint = closest(&ident.value, self.columns.iter().map(|c| c.name.as_str()))
                     .map(|c| format!(" (hint: did you mean {c}?)"))
                     .unwrap_or_default();
                 Err(Error::Sql {
@@ -212,6 +254,20 @@ impl<'a> ExprPlanner<'a> {
                 Err(Error::Plan(format!("{clause} must be a boolean condition, got {} ({e})", sql_type_name(&other))))
             }
         }
+    }
+
+    /// `l = r` for two planned expressions (the keys of `JOIN ... USING`), cast to a common type.
+    pub fn equals(&self, l: Expr, r: Expr, what: &str) -> Result<Expr> {
+        let (lt, rt) = (self.ty(&l), self.ty(&r));
+        let t = common_type(&lt, &rt).ok_or_else(|| {
+            Error::Plan(format!("cannot compare {} with {} ({what})", sql_type_name(&lt), sql_type_name(&rt)))
+        })?;
+        Ok(Expr::Binary {
+            op: BinaryOp::Eq,
+            left: Box::new(self.coerce(l, &t)?),
+            right: Box::new(self.coerce(r, &t)?),
+            data_type: DataType::Boolean,
+        })
     }
 
     /// Casts `e` to `to`: at plan time for constants, else with a cast node.

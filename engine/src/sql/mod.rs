@@ -1,9 +1,11 @@
 //! SQL to logical plan: parsing with `sqlparser` (DuckDB dialect), name resolution and typing.
 //!
-//! Supported now: `SELECT expr [AS name], ... FROM source [WHERE ...] [ORDER BY ...] [LIMIT n [OFFSET m]]`, where a
-//! source is a registered name, a quoted path or glob (`'data/*.parquet'`), a table function
-//! (`read_parquet`, `read_csv`, `read_json`) or a subquery in parentheses. Everything else is an
-//! [`Error::NotSupported`] naming the construct, never a silent wrong answer.
+//! Supported now: `SELECT [DISTINCT] expr [AS name], ... FROM sources [WHERE ...] [GROUP BY ...]
+//! [HAVING ...] [ORDER BY ...] [LIMIT n [OFFSET m]]`, where a source is a registered name, a quoted
+//! path or glob (`'data/*.parquet'`), a table function (`read_parquet`, `read_csv`, `read_json`) or
+//! a subquery in parentheses, and sources are combined with `[INNER|LEFT|RIGHT|FULL|CROSS] JOIN ...
+//! ON/USING` or commas. Everything else is an [`Error::NotSupported`] naming the construct, never a
+//! silent wrong answer.
 
 mod expr;
 
@@ -18,7 +20,8 @@ use sqlparser::parser::{Parser, ParserError};
 
 use self::expr::{ExprPlanner, Scope};
 use crate::error::{Error, Result};
-use crate::plan::{LogicalPlan, SortKey};
+use crate::expr::Expr;
+use crate::plan::{JoinType, LogicalPlan, SortKey};
 use crate::source::{CsvOptions, Format, Table};
 
 /// A name the SQL can read from.
@@ -305,16 +308,10 @@ fn plan_select(select: &ast::Select, catalog: &Catalog) -> Result<SelectPlan> {
     if !select.lateral_views.is_empty() || select.prewhere.is_some() || !select.connect_by.is_empty() {
         return Err(Error::NotSupported("LATERAL VIEW / PREWHERE / CONNECT BY".into()));
     }
-    let (mut plan, scope) = match select.from.as_slice() {
-        [] => return Err(Error::NotSupported("SELECT without FROM".into())),
-        [one] => {
-            if !one.joins.is_empty() {
-                return Err(Error::NotSupported("JOIN".into()));
-            }
-            plan_relation(&one.relation, catalog)?
-        }
-        _ => return Err(Error::NotSupported("several tables in FROM (joins)".into())),
-    };
+    if select.from.is_empty() {
+        return Err(Error::NotSupported("SELECT without FROM".into()));
+    }
+    let (mut plan, scope) = plan_from(&select.from, catalog)?;
     let planner = ExprPlanner::new(&scope, plan.schema());
     if let Some(selection) = &select.selection {
         let predicate = planner.plan_predicate(selection, "WHERE")?;
@@ -349,9 +346,10 @@ fn plan_select(select: &ast::Select, catalog: &Catalog) -> Result<SelectPlan> {
                 if options.opt_exclude.is_some() || options.opt_replace.is_some() || options.opt_rename.is_some() {
                     return Err(Error::NotSupported("* EXCLUDE / REPLACE / RENAME".into()));
                 }
-                for (i, f) in input_schema.fields().iter().enumerate() {
-                    exprs.push(crate::expr::Expr::column(i, f.name()));
-                    fields.push(f.as_ref().clone());
+                for i in scope.star() {
+                    let f = input_schema.field(i);
+                    exprs.push(crate::expr::Expr::column(i, scope.name(i)));
+                    fields.push(f.clone().with_name(scope.name(i)));
                 }
             }
             SelectItem::QualifiedWildcard(kind, _) => {
@@ -362,8 +360,8 @@ fn plan_select(select: &ast::Select, catalog: &Catalog) -> Result<SelectPlan> {
                 }
                 for i in columns {
                     let f = input_schema.field(i);
-                    exprs.push(crate::expr::Expr::column(i, f.name()));
-                    fields.push(f.clone());
+                    exprs.push(crate::expr::Expr::column(i, scope.name(i)));
+                    fields.push(f.clone().with_name(scope.name(i)));
                 }
             }
             other => return Err(Error::NotSupported(format!("select item {other}"))),
@@ -486,8 +484,125 @@ fn output_name(e: &ast::Expr) -> String {
     }
 }
 
+/// The FROM clause: each item with its joins; items separated by commas are cross joined (the
+/// optimizer turns `WHERE` equalities between them into join keys).
+fn plan_from(from: &[ast::TableWithJoins], catalog: &Catalog) -> Result<(LogicalPlan, Scope)> {
+    let mut acc: Option<(LogicalPlan, Scope)> = None;
+    for item in from {
+        let mut current = plan_relation(&item.relation, catalog)?;
+        for join in &item.joins {
+            current = plan_join(current, join, catalog)?;
+        }
+        acc = Some(match acc {
+            None => current,
+            Some((plan, scope)) => {
+                let scope = scope.join(&current.1);
+                (LogicalPlan::join(plan, current.0, JoinType::Inner, Vec::new(), None), scope)
+            }
+        });
+    }
+    acc.ok_or_else(|| Error::NotSupported("SELECT without FROM".into()))
+}
+
+/// `left <join> right ON ... | USING (...)`.
+fn plan_join(left: (LogicalPlan, Scope), join: &ast::Join, catalog: &Catalog) -> Result<(LogicalPlan, Scope)> {
+    use ast::JoinOperator as J;
+    let (join_type, constraint) = match &join.join_operator {
+        J::Join(c) | J::Inner(c) | J::CrossJoin(c) => (JoinType::Inner, c),
+        J::Left(c) | J::LeftOuter(c) => (JoinType::Left, c),
+        J::Right(c) | J::RightOuter(c) => (JoinType::Right, c),
+        J::FullOuter(c) => (JoinType::Full, c),
+        other => {
+            let text = other_join_name(other);
+            return Err(Error::NotSupported(text));
+        }
+    };
+    let (left_plan, left_scope) = left;
+    let (right_plan, right_scope) = plan_relation(&join.relation, catalog)?;
+    let nl = left_scope.len();
+    let mut scope = left_scope.join(&right_scope);
+    let schema = crate::plan::join_schema(&left_plan.schema(), &right_plan.schema());
+    let planner = ExprPlanner::new(&scope, schema.clone());
+    let mut coalesce = Vec::new();
+    let mut hidden = Vec::new();
+    let filter = match constraint {
+        ast::JoinConstraint::On(e) => Some(planner.plan_predicate(e, "ON")?),
+        ast::JoinConstraint::None => None,
+        ast::JoinConstraint::Using(names) => {
+            let mut conditions = Vec::new();
+            for name in names {
+                let text = name.to_string();
+                let (Some(l), Some(r)) = (find_in(&left_scope, &text, "left")?, find_in(&right_scope, &text, "right")?)
+                else {
+                    unreachable!("find_in errors on a missing column")
+                };
+                let (le, re) = (Expr::column(l, left_scope.name(l)), Expr::column(nl + r, right_scope.name(r)));
+                let eq = planner.equals(le, re, &format!("USING ({text})"))?;
+                if join_type.keeps_right() {
+                    coalesce.push((l, eq.clone()));
+                }
+                conditions.push(eq);
+                hidden.push(nl + r);
+            }
+            conditions.into_iter().reduce(|a, b| Expr::Binary {
+                op: crate::expr::BinaryOp::And,
+                left: Box::new(a),
+                right: Box::new(b),
+                data_type: arrow::datatypes::DataType::Boolean,
+            })
+        }
+        ast::JoinConstraint::Natural => return Err(Error::NotSupported("NATURAL JOIN".into())),
+        ast::JoinConstraint::UsingAlias(..) => return Err(Error::NotSupported("JOIN USING (...) AS alias".into())),
+    };
+    drop(planner);
+    for i in hidden {
+        scope.hide(i);
+    }
+    let mut plan = LogicalPlan::join(left_plan, right_plan, join_type, Vec::new(), filter);
+    if !coalesce.is_empty() {
+        // RIGHT and FULL JOIN USING: the shared column is the value from whichever side has one.
+        let mut exprs: Vec<Expr> =
+            (0..schema.fields().len()).map(|i| Expr::column(i, schema.field(i).name())).collect();
+        let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+        for (l, eq) in coalesce {
+            let Expr::Binary { left: lk, right: rk, .. } = eq else { unreachable!("equals builds a comparison") };
+            let data_type = lk.data_type(&schema);
+            fields[l] = Field::new(schema.field(l).name(), data_type.clone(), true);
+            exprs[l] = Expr::Function { func: crate::expr::Function::Coalesce, args: vec![*lk, *rk], data_type };
+        }
+        plan = LogicalPlan::Projection { input: Box::new(plan), exprs, schema: Arc::new(Schema::new(fields)) };
+    }
+    Ok((plan, scope))
+}
+
+fn other_join_name(op: &ast::JoinOperator) -> String {
+    use ast::JoinOperator as J;
+    match op {
+        J::Semi(_) | J::LeftSemi(_) | J::RightSemi(_) => "SEMI JOIN".into(),
+        J::Anti(_) | J::LeftAnti(_) | J::RightAnti(_) => "ANTI JOIN".into(),
+        J::CrossApply | J::OuterApply => "APPLY".into(),
+        J::AsOf { .. } => "ASOF JOIN".into(),
+        J::StraightJoin(_) => "STRAIGHT_JOIN".into(),
+        _ => "ARRAY JOIN".into(),
+    }
+}
+
+/// The column `name` of one side of `JOIN ... USING`.
+fn find_in(scope: &Scope, name: &str, side: &str) -> Result<Option<usize>> {
+    scope
+        .find(name)
+        .map(Some)
+        .map_err(|_| Error::Plan(format!("column '{name}' in USING is not a column of the {side} side of the join")))
+}
+
 fn plan_relation(relation: &TableFactor, catalog: &Catalog) -> Result<(LogicalPlan, Scope)> {
     match relation {
+        TableFactor::NestedJoin { table_with_joins, alias } => {
+            if alias.is_some() {
+                return Err(Error::NotSupported("an alias on a parenthesized join".into()));
+            }
+            plan_from(std::slice::from_ref(table_with_joins), catalog)
+        }
         TableFactor::Table { name, alias, args, .. } => {
             let parts: Vec<&ast::Ident> = name.0.iter().filter_map(|p| p.as_ident()).collect();
             let [ident] = parts.as_slice() else {

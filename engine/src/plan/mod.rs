@@ -2,10 +2,16 @@
 //!
 //! ```text
 //! Limit ── Projection ── Filter ── Scan(table, columns, pruning)
+//!                               └─ Join ── Scan
+//!                                       └─ Scan
 //! ```
-//! A scan feeds stateless filters and projections, a limit cuts the stream; a sort is a pipeline
-//! breaker whose sorted output feeds the operators above it. [`optimize`] pushes projections into scans (only needed columns are decoded) and hands
-//! filters directly above a scan to it for row-group pruning.
+//! A scan feeds stateless filters and projections, a limit cuts the stream; sorts, aggregations
+//! and joins are pipeline breakers whose output feeds the operators above them. [`optimize`]
+//! orders inner joins from row-count estimates, pushes filters down through joins (turning
+//! equalities between the two sides into join keys), pushes projections into scans (only needed
+//! columns are decoded) and hands filters directly above a scan to it for row-group pruning.
+
+mod joins;
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
@@ -15,6 +21,8 @@ use arrow::datatypes::{Field, Schema, SchemaRef};
 
 use crate::expr::Expr;
 use crate::source::{PruningPredicate, Table};
+
+pub use self::joins::estimate_rows;
 
 /// A relational plan.
 #[derive(Debug, Clone)]
@@ -69,6 +77,24 @@ pub enum LogicalPlan {
         /// How many rows the consumer needs at most (`skip + fetch` of a limit above).
         fetch: Option<usize>,
     },
+    /// Pairs rows of `left` and `right` (a blocking operator on the side that builds, see
+    /// [`crate::exec`]). Output: the left columns, then the right columns.
+    Join {
+        /// Left input.
+        left: Box<LogicalPlan>,
+        /// Right input.
+        right: Box<LogicalPlan>,
+        /// Which unmatched rows are kept.
+        join_type: JoinType,
+        /// Equality keys: an expression over the left input and one over the right, of the same
+        /// type. A pair matches when every key is equal and not null. None: every pair is a
+        /// candidate (a cross join, or a join on other conditions only).
+        on: Vec<(Expr, Expr)>,
+        /// Further conditions a candidate pair must meet, over the output columns.
+        filter: Option<Expr>,
+        /// Output schema (every field nullable).
+        schema: SchemaRef,
+    },
     /// Skips `skip` rows, then passes at most `fetch`.
     Limit {
         /// Input.
@@ -78,6 +104,38 @@ pub enum LogicalPlan {
         /// Rows to pass after skipping (`None`: all).
         fetch: Option<usize>,
     },
+}
+
+/// Which rows a join keeps besides matching pairs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JoinType {
+    /// Matching pairs only (also `CROSS JOIN`, with no keys).
+    Inner,
+    /// Also left rows without a match, with nulls for the right columns.
+    Left,
+    /// Also right rows without a match, with nulls for the left columns.
+    Right,
+    /// Both.
+    Full,
+}
+
+impl JoinType {
+    /// Left rows without a partner are in the output.
+    pub fn keeps_left(self) -> bool {
+        matches!(self, JoinType::Left | JoinType::Full)
+    }
+    /// Right rows without a partner are in the output.
+    pub fn keeps_right(self) -> bool {
+        matches!(self, JoinType::Right | JoinType::Full)
+    }
+    fn name(self) -> &'static str {
+        match self {
+            JoinType::Inner => "INNER",
+            JoinType::Left => "LEFT",
+            JoinType::Right => "RIGHT",
+            JoinType::Full => "FULL",
+        }
+    }
 }
 
 /// One ORDER BY key: a column of the sort's input.
@@ -97,7 +155,8 @@ impl LogicalPlan {
         match self {
             LogicalPlan::Scan { schema, .. }
             | LogicalPlan::Projection { schema, .. }
-            | LogicalPlan::Aggregate { schema, .. } => schema.clone(),
+            | LogicalPlan::Aggregate { schema, .. }
+            | LogicalPlan::Join { schema, .. } => schema.clone(),
             LogicalPlan::Filter { input, .. } | LogicalPlan::Limit { input, .. } | LogicalPlan::Sort { input, .. } => {
                 input.schema()
             }
@@ -108,6 +167,18 @@ impl LogicalPlan {
     pub fn scan(table: Arc<Table>) -> LogicalPlan {
         let schema = table.schema().clone();
         LogicalPlan::Scan { projection: (0..schema.fields().len()).collect(), table, pruning: None, schema }
+    }
+
+    /// A join of `left` and `right`.
+    pub fn join(
+        left: LogicalPlan,
+        right: LogicalPlan,
+        join_type: JoinType,
+        on: Vec<(Expr, Expr)>,
+        filter: Option<Expr>,
+    ) -> LogicalPlan {
+        let schema = join_schema(&left.schema(), &right.schema());
+        LogicalPlan::Join { left: Box::new(left), right: Box::new(right), join_type, on, filter, schema }
     }
 
     /// Renders the plan as an indented tree, one node per line.
@@ -175,6 +246,16 @@ impl LogicalPlan {
                 let _ = writeln!(out, "{pad}Sort: {}{top}", items.join(", "));
                 input.write_tree(out, depth + 1);
             }
+            LogicalPlan::Join { left, right, join_type, on, filter, .. } => {
+                let mut parts: Vec<String> = on.iter().map(|(l, r)| format!("{l} = {r}")).collect();
+                if let Some(f) = filter {
+                    parts.push(f.to_string());
+                }
+                let on = if parts.is_empty() { "true".to_string() } else { parts.join(" AND ") };
+                let _ = writeln!(out, "{pad}Join: {} on {on}", join_type.name());
+                left.write_tree(out, depth + 1);
+                right.write_tree(out, depth + 1);
+            }
             LogicalPlan::Limit { input, skip, fetch } => {
                 let _ = writeln!(
                     out,
@@ -187,8 +268,19 @@ impl LogicalPlan {
     }
 }
 
-/// Runs the optimizer passes: projection pushdown, then filter-to-scan pruning.
+/// The schema of a join's output: left fields, then right fields, every one nullable (an outer
+/// join fills the missing side with nulls).
+pub fn join_schema(left: &Schema, right: &Schema) -> SchemaRef {
+    let fields: Vec<Field> =
+        left.fields().iter().chain(right.fields()).map(|f| f.as_ref().clone().with_nullable(true)).collect();
+    Arc::new(Schema::new(fields))
+}
+
+/// Runs the optimizer passes: join ordering, filter pushdown, projection pushdown, then
+/// filter-to-scan pruning.
 pub fn optimize(plan: LogicalPlan) -> LogicalPlan {
+    let plan = joins::reorder(plan);
+    let plan = joins::push_filters(plan);
     let all: BTreeSet<usize> = (0..plan.schema().fields().len()).collect();
     let (plan, _) = prune_columns(plan, &all);
     push_pruning(plan)
@@ -257,6 +349,46 @@ fn prune_columns(plan: LogicalPlan, needed: &BTreeSet<usize>) -> (LogicalPlan, V
             let identity = (0..schema.fields().len()).map(Some).collect();
             (LogicalPlan::Aggregate { input: Box::new(input), group_exprs, aggregates, schema }, identity)
         }
+        LogicalPlan::Join { left, right, join_type, on, filter, .. } => {
+            let nl = left.schema().fields().len();
+            let mut want_left = BTreeSet::new();
+            let mut want_right = BTreeSet::new();
+            let mut want = |c: usize| {
+                if c < nl {
+                    want_left.insert(c);
+                } else {
+                    want_right.insert(c - nl);
+                }
+            };
+            needed.iter().for_each(|&c| want(c));
+            if let Some(f) = &filter {
+                f.visit_columns(&mut want);
+            }
+            for (l, r) in &on {
+                l.visit_columns(&mut |c| {
+                    want_left.insert(c);
+                });
+                r.visit_columns(&mut |c| {
+                    want_right.insert(c);
+                });
+            }
+            let (left, left_map) = prune_columns(*left, &want_left);
+            let (right, right_map) = prune_columns(*right, &want_right);
+            let new_nl = left.schema().fields().len();
+            let map: Vec<Option<usize>> =
+                left_map.iter().copied().chain(right_map.iter().map(|m| m.map(|c| c + new_nl))).collect();
+            let on = on
+                .iter()
+                .map(|(l, r)| {
+                    (
+                        l.remap_columns(&|c| left_map[c].expect("join key kept")),
+                        r.remap_columns(&|c| right_map[c].expect("join key kept")),
+                    )
+                })
+                .collect();
+            let filter = filter.map(|f| f.remap_columns(&|c| map[c].expect("join condition column kept")));
+            (LogicalPlan::join(left, right, join_type, on, filter), map)
+        }
         LogicalPlan::Sort { input, keys, fetch } => {
             let mut want = needed.clone();
             want.extend(keys.iter().map(|k| k.column));
@@ -292,6 +424,14 @@ fn push_pruning(plan: LogicalPlan) -> LogicalPlan {
         LogicalPlan::Aggregate { input, group_exprs, aggregates, schema } => {
             LogicalPlan::Aggregate { input: Box::new(push_pruning(*input)), group_exprs, aggregates, schema }
         }
+        LogicalPlan::Join { left, right, join_type, on, filter, schema } => LogicalPlan::Join {
+            left: Box::new(push_pruning(*left)),
+            right: Box::new(push_pruning(*right)),
+            join_type,
+            on,
+            filter,
+            schema,
+        },
         scan @ LogicalPlan::Scan { .. } => scan,
     }
 }

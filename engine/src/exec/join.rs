@@ -1,0 +1,1011 @@
+//! Hash join (inner, left, right, full and cross) that spills.
+//!
+//! Blocks on the build side (the input estimated smaller), then streams the probe side through.
+//! Spills: both inputs, hash-partitioned, to Parquet through the spill manager.
+//!
+//! # Algorithm
+//!
+//! 1. **Build.** Build batches are kept as they come, with their keys in row format; each row is
+//!    linked into a chain of rows with the same key, found through a hash table of chain heads.
+//!    Rows with a null key are kept (an outer join returns them) but never linked: SQL's `=` never
+//!    matches a null.
+//! 2. **Probe in memory.** When the whole build side fits the operator's share, each probe batch
+//!    walks the chains of its keys; pairs are produced a chunk at a time (a key with millions of
+//!    matches never makes one huge batch), checked against the join's other conditions, and
+//!    marked as matched on both sides. Unmatched probe rows of an outer join come out after their
+//!    batch; unmatched build rows at the end.
+//! 3. **Grace partitions.** When the build side does not fit, it and then the probe side are split
+//!    into 16 partitions by a hash of the key, written to spill files; each pair of partitions is a
+//!    smaller join, done the same way with another hash seed (recursively) when its build side
+//!    still does not fit.
+//! 4. **Chunks.** A partition that cannot be split any further (one key with more rows than
+//!    memory, or a cross join) is joined a chunk of build rows at a time: each chunk reads the
+//!    whole probe partition; the probe rows matched by any chunk are remembered in a bitmap, so an
+//!    outer join still returns each unmatched probe row exactly once, at the end.
+//!
+//! Memory: the build rows and their table are reserved (`HashJoin`, spillable) before they are
+//! added, up to the share fixed when the join starts; partitions buffer under their own
+//! reservation; every output chunk is reserved before it is handed on.
+
+use std::collections::VecDeque;
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use arrow::array::{new_null_array, Array, ArrayRef, AsArray, RecordBatch, RecordBatchOptions, UInt32Array};
+use arrow::buffer::{NullBuffer, ScalarBuffer};
+use arrow::datatypes::{DataType, Int64Type, SchemaRef};
+use arrow_row::{RowConverter, Rows, SortField};
+use foldhash::fast::FixedState;
+use hashbrown::HashTable;
+
+use super::partition::SpillPartitions;
+use super::{BatchStream, ExecContext, Pipeline};
+use crate::error::{Error, Result};
+use crate::expr::Expr;
+use crate::memory::MemoryReservation;
+use crate::plan::JoinType;
+use crate::spill::{SpillFile, SpillReader};
+
+const PARTITIONS: usize = 16;
+const MAX_DEPTH: usize = 6;
+/// End of a chain.
+const NONE: u32 = u32::MAX;
+const TABLE_SEED: u64 = 0x5eed_7ab1e;
+
+/// The least memory a join needs: a few batches of build rows, partition buffers, a probe chunk.
+pub(crate) fn min_memory(ctx: &ExecContext) -> u64 {
+    6 * ctx.batch_bytes_target().min(1 << 20)
+}
+
+/// The share of `available` the build table may fill; the rest is for partition buffers and
+/// output chunks, and for the operators above.
+pub(crate) fn table_limit(available: u64, ctx: &ExecContext) -> u64 {
+    (available * 2 / 3).max(min_memory(ctx) / 2)
+}
+
+/// What is joined, and how.
+pub(crate) struct JoinSpec {
+    pub join_type: JoinType,
+    /// The build side is the plan's left input.
+    pub build_is_left: bool,
+    /// Key expressions over the build input and the probe input, pairwise of the same type.
+    pub build_keys: Vec<Expr>,
+    pub probe_keys: Vec<Expr>,
+    /// Other conditions, over the output layout.
+    pub filter: Option<Expr>,
+    /// Output schema: left columns, then right columns.
+    pub schema: SchemaRef,
+}
+
+/// The spec with what execution derives from it.
+struct Shared {
+    spec: JoinSpec,
+    build_schema: SchemaRef,
+    probe_schema: SchemaRef,
+    key_kind: KeyKind,
+    keep_build: bool,
+    keep_probe: bool,
+}
+
+/// How keys are compared.
+enum KeyKind {
+    /// No keys: every pair is a candidate.
+    None,
+    /// One integer-like key, compared as `i64` (the common case: ids, dates).
+    Int,
+    /// Anything else, in row format.
+    Rows(RowConverter),
+}
+
+/// The keys of one batch.
+enum Keys {
+    None,
+    Int(ScalarBuffer<i64>),
+    Rows(Rows),
+}
+
+impl Keys {
+    fn hash(&self, i: usize, seed: u64) -> u64 {
+        match self {
+            Keys::None => 0,
+            Keys::Int(v) => FixedState::with_seed(seed).hash_one(v[i]),
+            Keys::Rows(r) => hash_key(r.row(i).data(), seed),
+        }
+    }
+    fn bytes(&self) -> usize {
+        match self {
+            Keys::None => 0,
+            Keys::Int(v) => v.len() * 8,
+            Keys::Rows(r) => r.size(),
+        }
+    }
+}
+
+impl Shared {
+    /// Keys of a batch of one side, and which rows have no null key.
+    fn keys(&self, batch: &RecordBatch, build: bool) -> Result<(Keys, Option<NullBuffer>)> {
+        if matches!(self.key_kind, KeyKind::None) {
+            return Ok((Keys::None, None));
+        }
+        let exprs = if build { &self.spec.build_keys } else { &self.spec.probe_keys };
+        let rows = batch.num_rows();
+        let columns = exprs.iter().map(|e| e.evaluate(batch)?.into_array(rows)).collect::<Result<Vec<ArrayRef>>>()?;
+        let mut valid: Option<NullBuffer> = None;
+        for c in &columns {
+            valid = NullBuffer::union(valid.as_ref(), c.logical_nulls().as_ref());
+        }
+        let keys = match &self.key_kind {
+            KeyKind::None => Keys::None,
+            KeyKind::Int => {
+                let ints = arrow::compute::cast(&columns[0], &DataType::Int64)?;
+                Keys::Int(ints.as_primitive::<Int64Type>().values().clone())
+            }
+            KeyKind::Rows(converter) => Keys::Rows(converter.convert_columns(&columns)?),
+        };
+        Ok((keys, valid))
+    }
+
+    /// An output batch from build and probe columns.
+    fn assemble(&self, build: Vec<ArrayRef>, probe: Vec<ArrayRef>, rows: usize) -> Result<RecordBatch> {
+        let columns = if self.spec.build_is_left { [build, probe].concat() } else { [probe, build].concat() };
+        Ok(RecordBatch::try_new_with_options(
+            self.spec.schema.clone(),
+            columns,
+            &RecordBatchOptions::new().with_row_count(Some(rows)),
+        )?)
+    }
+
+    fn nulls(schema: &SchemaRef, rows: usize) -> Vec<ArrayRef> {
+        schema.fields().iter().map(|f| new_null_array(f.data_type(), rows)).collect()
+    }
+}
+
+/// Types whose values convert to `i64` one-to-one.
+fn int_like(t: &DataType) -> bool {
+    matches!(
+        t,
+        DataType::Int8
+            | DataType::Int16
+            | DataType::Int32
+            | DataType::Int64
+            | DataType::UInt8
+            | DataType::UInt16
+            | DataType::UInt32
+            | DataType::Date32
+            | DataType::Date64
+            | DataType::Timestamp(..)
+            | DataType::Time32(_)
+            | DataType::Time64(_)
+    )
+}
+
+fn hash_key(key: &[u8], seed: u64) -> u64 {
+    FixedState::with_seed(seed).hash_one(key)
+}
+
+/// Build rows in memory, with the chains of equal keys.
+struct BuildTable {
+    batches: Vec<RecordBatch>,
+    /// First row (global id) of each batch.
+    starts: Vec<u32>,
+    rows: usize,
+    /// Row-format keys of all rows, concatenated (empty for a row with a null key).
+    key_data: Vec<u8>,
+    key_offsets: Vec<usize>,
+    /// Chain heads by row-format key.
+    table: HashTable<u32>,
+    /// Chain heads by integer key (the key kept inline: one memory access less per lookup).
+    int_table: HashTable<(i64, u32)>,
+    /// The next row of each row's chain.
+    next: Vec<u32>,
+    /// Rows that found a partner (outer joins keeping build rows).
+    matched: Vec<bool>,
+    /// With no keys every row is in the one chain starting here.
+    all_head: u32,
+    reservation: MemoryReservation,
+    /// Most bytes the table may hold.
+    limit: u64,
+}
+
+impl BuildTable {
+    fn new(ctx: &ExecContext, limit: u64) -> BuildTable {
+        BuildTable {
+            batches: Vec::new(),
+            starts: Vec::new(),
+            rows: 0,
+            key_data: Vec::new(),
+            key_offsets: vec![0],
+            table: HashTable::new(),
+            int_table: HashTable::new(),
+            next: Vec::new(),
+            matched: Vec::new(),
+            all_head: NONE,
+            reservation: ctx.pool.register("HashJoin", true),
+            limit,
+        }
+    }
+
+    fn key(&self, id: u32) -> &[u8] {
+        let i = id as usize;
+        &self.key_data[self.key_offsets[i]..self.key_offsets[i + 1]]
+    }
+
+    /// Bytes held now.
+    fn heap_bytes(&self) -> u64 {
+        let batches: usize = self.batches.iter().map(|b| b.get_array_memory_size()).sum();
+        (batches
+            + self.key_data.capacity()
+            + self.key_offsets.capacity() * 8
+            + self.next.capacity() * 4
+            + self.matched.capacity()
+            + table_bytes(self.table.capacity(), 4)
+            + table_bytes(self.int_table.capacity(), 16)) as u64
+    }
+
+    /// Adds a batch if its rows, keys and table growth fit; gives it back when they do not.
+    fn try_add(&mut self, shared: &Shared, batch: RecordBatch) -> Result<Option<RecordBatch>> {
+        let n = batch.num_rows();
+        if self.rows + n >= NONE as usize {
+            return Ok(Some(batch));
+        }
+        let (keys, valid) = shared.keys(&batch, true)?;
+        // Vectors may double while growing, and a growing hash table holds old and new at once.
+        let grown_table = match &keys {
+            Keys::None => 0,
+            Keys::Int(_) if self.int_table.len() + n > self.int_table.capacity() => {
+                table_bytes(self.int_table.capacity(), 16) + table_bytes(2 * (self.int_table.len() + n), 16)
+            }
+            Keys::Rows(_) if self.table.len() + n > self.table.capacity() => {
+                table_bytes(self.table.capacity(), 4) + table_bytes(2 * (self.table.len() + n), 4)
+            }
+            _ => 0,
+        };
+        let key_bytes = if matches!(keys, Keys::Rows(_)) { keys.bytes() + n * 8 } else { 0 };
+        let need = (batch.get_array_memory_size() + 2 * (key_bytes + n * 5) + grown_table) as u64;
+        if self.reservation.size() + need > self.limit || self.reservation.try_grow(need).is_err() {
+            if !self.batches.is_empty() {
+                return Ok(Some(batch));
+            }
+            // An empty table takes one batch whatever its size: there is no progress otherwise.
+            self.reservation.try_grow(need)?;
+        }
+        let first = self.rows as u32;
+        self.starts.push(first);
+        self.next.resize(self.rows + n, NONE);
+        if shared.keep_build {
+            self.matched.resize(self.rows + n, false);
+        }
+        let valid_row = |i: usize| valid.as_ref().is_none_or(|v| v.is_valid(i));
+        match &keys {
+            Keys::None => {
+                // No keys: one chain of every row.
+                for i in 0..n {
+                    let id = first + i as u32;
+                    self.next[id as usize] = self.all_head;
+                    self.all_head = id;
+                }
+            }
+            Keys::Int(values) => {
+                let state = FixedState::with_seed(TABLE_SEED);
+                for (i, &key) in values.iter().enumerate() {
+                    if !valid_row(i) {
+                        continue;
+                    }
+                    let id = first + i as u32;
+                    let h = state.hash_one(key);
+                    match self.int_table.find_mut(h, |&(k, _)| k == key) {
+                        Some((_, head)) => {
+                            self.next[id as usize] = *head;
+                            *head = id;
+                        }
+                        None => {
+                            self.int_table.insert_unique(h, (key, id), |&(k, _)| state.hash_one(k));
+                        }
+                    }
+                }
+            }
+            Keys::Rows(rows) => {
+                let table = &mut self.table;
+                for i in 0..n {
+                    let id = first + i as u32;
+                    if valid_row(i) {
+                        let key = rows.row(i).data();
+                        self.key_data.extend_from_slice(key);
+                        self.key_offsets.push(self.key_data.len());
+                        let h = hash_key(key, TABLE_SEED);
+                        let (data, offsets) = (&self.key_data, &self.key_offsets);
+                        let key_of = |r: u32| &data[offsets[r as usize]..offsets[r as usize + 1]];
+                        match table.find_mut(h, |&head| key_of(head) == key) {
+                            Some(head) => {
+                                self.next[id as usize] = *head;
+                                *head = id;
+                            }
+                            None => {
+                                table.insert_unique(h, id, |&r| hash_key(key_of(r), TABLE_SEED));
+                            }
+                        }
+                    } else {
+                        self.key_offsets.push(self.key_data.len());
+                    }
+                }
+            }
+        }
+        self.rows += n;
+        self.batches.push(batch);
+        let held = self.heap_bytes();
+        if held < self.reservation.size() {
+            self.reservation.shrink(self.reservation.size() - held);
+        } else {
+            // Over the estimate (it never should be): account for it anyway.
+            self.reservation.try_grow(held - self.reservation.size())?;
+        }
+        Ok(None)
+    }
+
+    /// The first build row of the chain for probe row `i` of `keys`.
+    fn head(&self, keys: &Keys, i: usize) -> u32 {
+        match keys {
+            Keys::None => self.all_head,
+            Keys::Int(values) => {
+                let key = values[i];
+                let h = FixedState::with_seed(TABLE_SEED).hash_one(key);
+                self.int_table.find(h, |&(k, _)| k == key).map_or(NONE, |&(_, head)| head)
+            }
+            Keys::Rows(rows) => {
+                let key = rows.row(i).data();
+                let h = hash_key(key, TABLE_SEED);
+                self.table.find(h, |&head| self.key(head) == key).copied().unwrap_or(NONE)
+            }
+        }
+    }
+
+    /// Columns of build rows `ids`.
+    fn gather(&self, ids: &[u32]) -> Result<Vec<ArrayRef>> {
+        let indices: Vec<(usize, usize)> = ids
+            .iter()
+            .map(|&id| {
+                let b = self.starts.partition_point(|&s| s <= id) - 1;
+                (b, (id - self.starts[b]) as usize)
+            })
+            .collect();
+        let width = self.batches.first().map_or(0, |b| b.num_columns());
+        (0..width)
+            .map(|c| {
+                let arrays: Vec<&dyn Array> = self.batches.iter().map(|b| b.column(c).as_ref()).collect();
+                Ok(arrow::compute::interleave(&arrays, &indices)?)
+            })
+            .collect()
+    }
+
+    /// Average bytes of a build row, to size output chunks.
+    fn row_bytes(&self) -> usize {
+        let bytes: usize = self.batches.iter().map(|b| b.get_array_memory_size()).sum();
+        bytes / self.rows.max(1) + 1
+    }
+
+    /// Takes the batches back out (to partition them), freeing the rest.
+    fn into_batches(mut self) -> Vec<RecordBatch> {
+        self.reservation.free();
+        std::mem::take(&mut self.batches)
+    }
+}
+
+/// Bytes of a hash table of `capacity` entries of `entry` bytes (buckets and control bytes).
+fn table_bytes(capacity: usize, entry: usize) -> usize {
+    if capacity == 0 {
+        return 0;
+    }
+    let buckets = (capacity * 8 / 7).next_power_of_two();
+    buckets * (entry + 1) + 16
+}
+
+/// A probe batch being joined.
+struct ProbeBatch {
+    batch: RecordBatch,
+    keys: Keys,
+    valid: Option<NullBuffer>,
+    /// The next probe row to look up, and the build row its chain continues at.
+    row: usize,
+    chain: u32,
+    matched: Vec<bool>,
+    /// Row number of the batch's first row in its input (for the chunked bitmap).
+    offset: u64,
+    reservation: Option<MemoryReservation>,
+}
+
+impl ProbeBatch {
+    fn done(&self) -> bool {
+        self.row >= self.batch.num_rows()
+    }
+}
+
+/// Where probe batches come from.
+enum ProbeInput {
+    Stream(Box<BatchStream>),
+    /// A spill file, owned here unless the chunks it is read for own it.
+    File {
+        reader: SpillReader,
+        _owned: Option<SpillFile>,
+    },
+}
+
+/// Matched flags of every row of a probe partition, kept over build chunks.
+struct Bitmap {
+    bits: Vec<u64>,
+    _reservation: MemoryReservation,
+}
+
+impl Bitmap {
+    fn new(rows: u64, ctx: &ExecContext) -> Result<Bitmap> {
+        let words = rows.div_ceil(64) as usize;
+        let mut reservation = ctx.pool.register("HashJoin probe bitmap", false);
+        reservation.try_grow(words as u64 * 8)?;
+        Ok(Bitmap { bits: vec![0; words], _reservation: reservation })
+    }
+    fn set(&mut self, i: u64) {
+        self.bits[(i / 64) as usize] |= 1 << (i % 64);
+    }
+    fn get(&self, i: u64) -> bool {
+        self.bits[(i / 64) as usize] & (1 << (i % 64)) != 0
+    }
+}
+
+/// The rest of a partition joined in chunks.
+struct Chunks {
+    build_reader: SpillReader,
+    _build_file: SpillFile,
+    /// A build batch read but not yet placed in a chunk.
+    pending: Option<RecordBatch>,
+    probe_file: SpillFile,
+}
+
+/// One build table and the probe input streaming through it.
+struct Probe {
+    table: BuildTable,
+    input: Option<ProbeInput>,
+    rows_read: u64,
+    current: Option<ProbeBatch>,
+    /// Chunked mode: matched probe rows over all chunks, and what comes after this chunk.
+    bitmap: Option<Bitmap>,
+    chunks: Option<Chunks>,
+    /// Once the probe input is done: the next build row to check for being unmatched.
+    unmatched_from: Option<u32>,
+}
+
+/// A pair of partitions still to join.
+struct Task {
+    build: SpillFile,
+    probe: SpillFile,
+    depth: usize,
+    /// Rows of the partition this one was split from.
+    parent_rows: u64,
+}
+
+enum State {
+    Start {
+        build: Box<Pipeline>,
+        probe: Box<Pipeline>,
+    },
+    Probe(Box<Probe>),
+    /// Chunked mode, after the last chunk: probe rows no chunk matched.
+    ProbeUnmatched {
+        reader: SpillReader,
+        _file: SpillFile,
+        bitmap: Bitmap,
+        offset: u64,
+    },
+    NextTask,
+    Done,
+}
+
+/// A hash join in progress.
+pub(crate) struct JoinStream {
+    shared: Arc<Shared>,
+    ctx: ExecContext,
+    state: State,
+    tasks: VecDeque<Task>,
+    /// Most bytes the first build table may hold.
+    first_limit: u64,
+    /// Scan queue limit for the inputs.
+    queue_limit: u64,
+    output: MemoryReservation,
+}
+
+impl JoinStream {
+    /// `children_max` is the most either input holds while it runs beside the join.
+    pub(crate) fn new(
+        spec: JoinSpec,
+        build: Pipeline,
+        probe: Pipeline,
+        children_max: u64,
+        queue_limit: u64,
+        ctx: &ExecContext,
+    ) -> Result<JoinStream> {
+        let build_schema = build.schema.clone();
+        let probe_schema = probe.schema.clone();
+        let key_types: Vec<DataType> = spec.build_keys.iter().map(|e| e.data_type(&build_schema)).collect();
+        let key_kind = match key_types.as_slice() {
+            [] => KeyKind::None,
+            [t] if int_like(t) => KeyKind::Int,
+            _ => KeyKind::Rows(RowConverter::new(key_types.into_iter().map(SortField::new).collect())?),
+        };
+        let (keep_left, keep_right) = (spec.join_type.keeps_left(), spec.join_type.keeps_right());
+        let (keep_build, keep_probe) =
+            if spec.build_is_left { (keep_left, keep_right) } else { (keep_right, keep_left) };
+        let first_limit = table_limit(ctx.pool.available().saturating_sub(children_max), ctx);
+        Ok(JoinStream {
+            shared: Arc::new(Shared { spec, build_schema, probe_schema, key_kind, keep_build, keep_probe }),
+            ctx: ctx.clone(),
+            state: State::Start { build: Box::new(build), probe: Box::new(probe) },
+            tasks: VecDeque::new(),
+            first_limit,
+            queue_limit,
+            output: ctx.pool.register("HashJoin output", false),
+        })
+    }
+
+    pub(crate) fn next_reserved(&mut self, cancel: &AtomicBool) -> Option<Result<(RecordBatch, MemoryReservation)>> {
+        match self.next_batch(cancel) {
+            Ok(Some(batch)) => Some((|| {
+                let mut r = self.output.pool().register("HashJoin output", false);
+                r.try_grow(batch.get_array_memory_size() as u64)?;
+                Ok((batch, r))
+            })()),
+            Ok(None) => {
+                self.state = State::Done;
+                None
+            }
+            Err(e) => {
+                self.stop();
+                Some(Err(e))
+            }
+        }
+    }
+
+    pub(crate) fn stop(&mut self) {
+        self.state = State::Done;
+        self.tasks.clear();
+    }
+
+    fn next_batch(&mut self, cancel: &AtomicBool) -> Result<Option<RecordBatch>> {
+        loop {
+            if cancel.load(Ordering::Relaxed) {
+                return Err(Error::Cancelled);
+            }
+            match std::mem::replace(&mut self.state, State::Done) {
+                State::Done => return Ok(None),
+                State::Start { build, probe } => self.start(*build, *probe, cancel)?,
+                State::Probe(mut probe) => match self.probe_next(&mut probe)? {
+                    Some(batch) => {
+                        self.state = State::Probe(probe);
+                        return Ok(Some(batch));
+                    }
+                    None => self.after_probe(*probe)?,
+                },
+                State::ProbeUnmatched { mut reader, _file, bitmap, offset } => match reader.next_batch()? {
+                    Some(batch) => {
+                        let n = batch.num_rows() as u64;
+                        let rows: Vec<u32> = (0..n).filter(|&i| !bitmap.get(offset + i)).map(|i| i as u32).collect();
+                        self.state = State::ProbeUnmatched { reader, _file, bitmap, offset: offset + n };
+                        if let Some(out) = self.probe_rows_alone(&batch, rows)? {
+                            return Ok(Some(out));
+                        }
+                    }
+                    None => self.state = State::NextTask,
+                },
+                State::NextTask => match self.tasks.pop_front() {
+                    Some(task) => self.run_task(task)?,
+                    None => return Ok(None),
+                },
+            }
+        }
+    }
+
+    /// Builds from the build input; probes in memory if it fit, else partitions both inputs.
+    fn start(&mut self, build: Pipeline, probe: Pipeline, cancel: &AtomicBool) -> Result<()> {
+        let shared = self.shared.clone();
+        let mut table = BuildTable::new(&self.ctx, self.first_limit);
+        let mut input = build.execute_with(&self.ctx, Some(self.queue_limit))?;
+        let mut overflow = None;
+        for batch in input.by_ref() {
+            let batch = batch?;
+            if let Some(back) = table.try_add(&shared, batch)? {
+                overflow = Some(back);
+                break;
+            }
+        }
+        let Some(pending) = overflow else {
+            drop(input);
+            let stream = probe.execute_with(&self.ctx, Some(self.queue_limit))?;
+            self.state = State::Probe(Box::new(Probe::new(table, ProbeInput::Stream(Box::new(stream)), None, None)));
+            return Ok(());
+        };
+        // Grace: partition the build side (what is held, then the rest), then the probe side.
+        let mut parts = Partitioner::new(&shared, &self.ctx, 0, true, self.first_limit);
+        for batch in table.into_batches().into_iter().chain(std::iter::once(pending)) {
+            parts.add(&batch)?;
+        }
+        for batch in input.by_ref() {
+            if cancel.load(Ordering::Relaxed) {
+                return Err(Error::Cancelled);
+            }
+            parts.add(&batch?)?;
+        }
+        drop(input);
+        let builds = parts.finish()?;
+        let mut parts = Partitioner::new(&shared, &self.ctx, 0, false, self.first_limit);
+        let mut input = probe.execute_with(&self.ctx, Some(self.queue_limit))?;
+        for batch in input.by_ref() {
+            if cancel.load(Ordering::Relaxed) {
+                return Err(Error::Cancelled);
+            }
+            parts.add(&batch?)?;
+        }
+        drop(input);
+        let probes = parts.finish()?;
+        self.queue_tasks(builds, probes, 1, u64::MAX)?;
+        self.state = State::NextTask;
+        Ok(())
+    }
+
+    /// Queues partition pairs (in front: depth first, so partitions on disk stay few).
+    fn queue_tasks(
+        &mut self,
+        builds: Vec<Option<SpillFile>>,
+        probes: Vec<Option<SpillFile>>,
+        depth: usize,
+        parent_rows: u64,
+    ) -> Result<()> {
+        let mut new = Vec::new();
+        for (b, p) in builds.into_iter().zip(probes) {
+            let empty = |f: &Option<SpillFile>| f.as_ref().is_none_or(|f| f.rows() == 0);
+            // Nothing can come out of a pair whose missing side is not kept.
+            if (empty(&b) && !self.shared.keep_probe) || (empty(&p) && !self.shared.keep_build) {
+                continue;
+            }
+            if empty(&b) && empty(&p) {
+                continue;
+            }
+            let build = match b {
+                Some(f) => f,
+                None => self.ctx.spill.create(self.shared.build_schema.clone(), "HashJoin-empty")?.finish()?,
+            };
+            let probe = match p {
+                Some(f) => f,
+                None => self.ctx.spill.create(self.shared.probe_schema.clone(), "HashJoin-empty")?.finish()?,
+            };
+            new.push(Task { build, probe, depth, parent_rows });
+        }
+        for t in new.into_iter().rev() {
+            self.tasks.push_front(t);
+        }
+        Ok(())
+    }
+
+    /// Joins a pair of partitions: in memory if its build side fits, else split again, else in
+    /// chunks.
+    fn run_task(&mut self, task: Task) -> Result<()> {
+        let shared = self.shared.clone();
+        let limit = table_limit(self.ctx.pool.available(), &self.ctx);
+        let mut table = BuildTable::new(&self.ctx, limit);
+        let mut reader = task.build.reader()?;
+        let mut overflow = None;
+        while let Some(batch) = reader.next_batch()? {
+            if let Some(back) = table.try_add(&shared, batch)? {
+                overflow = Some(back);
+                break;
+            }
+        }
+        let Some(pending) = overflow else {
+            drop(reader);
+            drop(task.build);
+            let input = ProbeInput::File { reader: task.probe.reader()?, _owned: Some(task.probe) };
+            self.state = State::Probe(Box::new(Probe::new(table, input, None, None)));
+            return Ok(());
+        };
+        // A split that left nine tenths of its rows in one partition will not do better again: one
+        // key holds them.
+        let splittable = !matches!(shared.key_kind, KeyKind::None)
+            && task.depth < MAX_DEPTH
+            && task.build.rows() < task.parent_rows / 10 * 9;
+        if splittable {
+            let mut parts = Partitioner::new(&shared, &self.ctx, task.depth, true, limit);
+            for batch in table.into_batches().into_iter().chain(std::iter::once(pending)) {
+                parts.add(&batch)?;
+            }
+            while let Some(batch) = reader.next_batch()? {
+                parts.add(&batch)?;
+            }
+            let rows = task.build.rows();
+            drop(reader);
+            drop(task.build);
+            let builds = parts.finish()?;
+            let mut parts = Partitioner::new(&shared, &self.ctx, task.depth, false, limit);
+            let mut probe_reader = task.probe.reader()?;
+            while let Some(batch) = probe_reader.next_batch()? {
+                parts.add(&batch)?;
+            }
+            drop(probe_reader);
+            drop(task.probe);
+            let probes = parts.finish()?;
+            self.queue_tasks(builds, probes, task.depth + 1, rows)?;
+            self.state = State::NextTask;
+            return Ok(());
+        }
+        // One key (or a cross join) larger than memory: join a chunk of build rows at a time.
+        let bitmap = if shared.keep_probe { Some(Bitmap::new(task.probe.rows(), &self.ctx)?) } else { None };
+        let input = ProbeInput::File { reader: task.probe.reader()?, _owned: None };
+        let chunks =
+            Chunks { build_reader: reader, _build_file: task.build, pending: Some(pending), probe_file: task.probe };
+        self.state = State::Probe(Box::new(Probe::new(table, input, bitmap, Some(chunks))));
+        Ok(())
+    }
+
+    /// What follows a finished probe pass: the next chunk, the unmatched probe rows of a chunked
+    /// partition, or the next task.
+    fn after_probe(&mut self, probe: Probe) -> Result<()> {
+        let Probe { table, bitmap, chunks, .. } = probe;
+        let Some(mut chunks) = chunks else {
+            self.state = State::NextTask;
+            return Ok(());
+        };
+        let limit = table.limit;
+        drop(table);
+        let shared = self.shared.clone();
+        let mut table = BuildTable::new(&self.ctx, limit);
+        let mut next = chunks.pending.take();
+        loop {
+            let batch = match next.take() {
+                Some(b) => b,
+                None => match chunks.build_reader.next_batch()? {
+                    Some(b) => b,
+                    None => break,
+                },
+            };
+            if let Some(back) = table.try_add(&shared, batch)? {
+                chunks.pending = Some(back);
+                break;
+            }
+        }
+        if table.rows > 0 {
+            let input = ProbeInput::File { reader: chunks.probe_file.reader()?, _owned: None };
+            self.state = State::Probe(Box::new(Probe::new(table, input, bitmap, Some(chunks))));
+            return Ok(());
+        }
+        // Every chunk is done.
+        match bitmap {
+            Some(bitmap) => {
+                let reader = chunks.probe_file.reader()?;
+                self.state = State::ProbeUnmatched { reader, _file: chunks.probe_file, bitmap, offset: 0 };
+            }
+            None => self.state = State::NextTask,
+        }
+        Ok(())
+    }
+
+    /// The next output chunk of a probe pass, or `None` when the pass is done.
+    fn probe_next(&mut self, probe: &mut Probe) -> Result<Option<RecordBatch>> {
+        let shared = self.shared.clone();
+        loop {
+            if let Some(current) = &mut probe.current {
+                if !current.done() {
+                    if let Some(out) = self.join_chunk(&mut probe.table, current, probe.bitmap.as_mut())? {
+                        return Ok(Some(out));
+                    }
+                    continue;
+                }
+                let current = probe.current.take().expect("current batch");
+                if shared.keep_probe && probe.bitmap.is_none() {
+                    let rows: Vec<u32> =
+                        (0..current.batch.num_rows()).filter(|&i| !current.matched[i]).map(|i| i as u32).collect();
+                    if let Some(out) = self.probe_rows_alone(&current.batch, rows)? {
+                        return Ok(Some(out));
+                    }
+                }
+                continue;
+            }
+            if let Some(input) = &mut probe.input {
+                let next = match input {
+                    ProbeInput::Stream(s) => match s.next_reserved() {
+                        Some(item) => {
+                            let (batch, r) = item?;
+                            Some((batch, Some(r)))
+                        }
+                        None => None,
+                    },
+                    ProbeInput::File { reader, .. } => reader.next_batch()?.map(|b| (b, None)),
+                };
+                match next {
+                    Some((batch, reservation)) => {
+                        let (keys, valid) = shared.keys(&batch, false)?;
+                        let n = batch.num_rows();
+                        let offset = probe.rows_read;
+                        probe.rows_read += n as u64;
+                        let track = shared.keep_probe && probe.bitmap.is_none();
+                        probe.current = Some(ProbeBatch {
+                            batch,
+                            keys,
+                            valid,
+                            row: 0,
+                            chain: NONE,
+                            matched: if track { vec![false; n] } else { Vec::new() },
+                            offset,
+                            reservation,
+                        });
+                    }
+                    None => {
+                        probe.input = None;
+                        probe.unmatched_from = shared.keep_build.then_some(0);
+                    }
+                }
+                continue;
+            }
+            // The probe side is done: build rows that never matched.
+            let Some(from) = probe.unmatched_from else { return Ok(None) };
+            let table = &probe.table;
+            let max = self.chunk_rows(table.row_bytes());
+            let mut ids = Vec::new();
+            let mut id = from as usize;
+            while id < table.rows && ids.len() < max {
+                if !table.matched[id] {
+                    ids.push(id as u32);
+                }
+                id += 1;
+            }
+            probe.unmatched_from = (id < table.rows).then_some(id as u32);
+            if !ids.is_empty() {
+                let build = table.gather(&ids)?;
+                let probe_nulls = Shared::nulls(&shared.probe_schema, ids.len());
+                return Ok(Some(shared.assemble(build, probe_nulls, ids.len())?));
+            }
+        }
+    }
+
+    /// Rows per output chunk: a batch's worth, fewer for wide rows.
+    fn chunk_rows(&self, row_bytes: usize) -> usize {
+        let target = self.ctx.batch_bytes_target() as usize;
+        (target / row_bytes.max(1)).clamp(1, self.ctx.config.batch_size.max(1))
+    }
+
+    /// Probe rows `rows` of `batch` with nulls for the build side (an outer join's unmatched rows).
+    fn probe_rows_alone(&self, batch: &RecordBatch, rows: Vec<u32>) -> Result<Option<RecordBatch>> {
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        let n = rows.len();
+        let probe = if n == batch.num_rows() {
+            batch.columns().to_vec()
+        } else {
+            arrow::compute::take_record_batch(batch, &UInt32Array::from(rows))?.columns().to_vec()
+        };
+        let build = Shared::nulls(&self.shared.build_schema, n);
+        Ok(Some(self.shared.assemble(build, probe, n)?))
+    }
+
+    /// Walks chains from where `current` stopped until a chunk's worth of pairs; returns the pairs
+    /// that meet the join's conditions (`None` when none did).
+    fn join_chunk(
+        &self,
+        table: &mut BuildTable,
+        current: &mut ProbeBatch,
+        mut bitmap: Option<&mut Bitmap>,
+    ) -> Result<Option<RecordBatch>> {
+        let shared = &self.shared;
+        let probe_row_bytes = current.batch.get_array_memory_size() / current.batch.num_rows().max(1) + 1;
+        let max = self.chunk_rows(table.row_bytes() + probe_row_bytes);
+        let n = current.batch.num_rows();
+        let mut probe_ids: Vec<u32> = Vec::new();
+        let mut build_ids: Vec<u32> = Vec::new();
+        while current.row < n && probe_ids.len() < max {
+            if current.chain == NONE {
+                let row = current.row;
+                let valid = current.valid.as_ref().is_none_or(|v| v.is_valid(row));
+                current.chain = if valid { table.head(&current.keys, row) } else { NONE };
+                if current.chain == NONE {
+                    current.row += 1;
+                    continue;
+                }
+            }
+            while current.chain != NONE && probe_ids.len() < max {
+                probe_ids.push(current.row as u32);
+                build_ids.push(current.chain);
+                current.chain = table.next[current.chain as usize];
+            }
+            if current.chain == NONE {
+                current.row += 1;
+            }
+        }
+        if current.done() {
+            // The batch's own reservation goes once its last chunk is cut.
+            current.reservation.take();
+        }
+        if probe_ids.is_empty() {
+            return Ok(None);
+        }
+        let probe_cols = arrow::compute::take_record_batch(&current.batch, &UInt32Array::from(probe_ids.clone()))?;
+        let build_cols = table.gather(&build_ids)?;
+        let mut out = shared.assemble(build_cols, probe_cols.columns().to_vec(), probe_ids.len())?;
+        let mut keep: Option<Vec<bool>> = None;
+        if let Some(filter) = &shared.spec.filter {
+            let mask = crate::expr::not_null_true(&filter.evaluate_predicate(&out)?);
+            keep = Some(mask.iter().map(|v| v == Some(true)).collect());
+            out = arrow::compute::filter_record_batch(&out, &mask)?;
+        }
+        let kept = |k: usize| keep.as_ref().is_none_or(|m| m[k]);
+        if shared.keep_build {
+            for (k, &b) in build_ids.iter().enumerate() {
+                if kept(k) {
+                    table.matched[b as usize] = true;
+                }
+            }
+        }
+        if shared.keep_probe {
+            for (k, &p) in probe_ids.iter().enumerate() {
+                if kept(k) {
+                    match bitmap.as_deref_mut() {
+                        Some(bits) => bits.set(current.offset + p as u64),
+                        None => current.matched[p as usize] = true,
+                    }
+                }
+            }
+        }
+        Ok((out.num_rows() > 0).then_some(out))
+    }
+}
+
+impl Probe {
+    fn new(table: BuildTable, input: ProbeInput, bitmap: Option<Bitmap>, chunks: Option<Chunks>) -> Probe {
+        Probe { table, input: Some(input), rows_read: 0, current: None, bitmap, chunks, unmatched_from: None }
+    }
+}
+
+/// Splits one side's rows into spill partitions by a hash of their key.
+struct Partitioner {
+    shared: Arc<Shared>,
+    parts: SpillPartitions,
+    seed: u64,
+    build: bool,
+}
+
+impl Partitioner {
+    fn new(shared: &Arc<Shared>, ctx: &ExecContext, depth: usize, build: bool, limit: u64) -> Partitioner {
+        let (schema, label) = if build {
+            (shared.build_schema.clone(), "HashJoin-build")
+        } else {
+            (shared.probe_schema.clone(), "HashJoin-probe")
+        };
+        Partitioner {
+            shared: shared.clone(),
+            parts: SpillPartitions::new(ctx, schema, label, PARTITIONS, limit),
+            seed: depth as u64 + 1,
+            build,
+        }
+    }
+
+    fn add(&mut self, batch: &RecordBatch) -> Result<()> {
+        let (keys, valid) = self.shared.keys(batch, self.build)?;
+        if matches!(keys, Keys::None) {
+            return self.parts.push(0, batch.clone());
+        }
+        // A row with a null key never matches: it only matters if its side is kept.
+        let keep_unmatched = if self.build { self.shared.keep_build } else { self.shared.keep_probe };
+        let mut rows: Vec<Vec<u32>> = vec![Vec::new(); PARTITIONS];
+        for i in 0..batch.num_rows() {
+            if valid.as_ref().is_none_or(|v| v.is_valid(i)) {
+                let h = keys.hash(i, self.seed);
+                rows[(h >> 60) as usize % PARTITIONS].push(i as u32);
+            } else if keep_unmatched {
+                rows[0].push(i as u32);
+            }
+        }
+        for (p, r) in rows.into_iter().enumerate() {
+            self.parts.push_rows(p, batch, r)?;
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> Result<Vec<Option<SpillFile>>> {
+        self.parts.finish()
+    }
+}

@@ -1,0 +1,253 @@
+//! Joins through the `flow_engine` library: every join type against an independent nested-loop
+//! join, with nulls, a skewed key and long strings, unlimited and under budgets small enough to
+//! spill partitions (and to join the skewed key in chunks); plus plan-time errors.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow::array::{Array, Int64Array, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Schema};
+use common::*;
+use flow_engine::{Config, Engine};
+use rand::{Rng, SeedableRng};
+
+/// One side's rows: key (nulls; one value for half the rows if asked), a string, an id.
+type Rows = Vec<(Option<i64>, Option<String>, i64)>;
+
+/// A join's extra condition on (left id, right id).
+type Condition<'a> = &'a dyn Fn(i64, i64) -> bool;
+
+fn side(dir: &Path, name: &str, rows: usize, seed: u64, hot: f64, max_len: usize) -> Rows {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let data: Rows = (0..rows as i64)
+        .map(|i| {
+            let k = if rng.random_bool(hot) {
+                Some(7)
+            } else if rng.random_bool(0.1) {
+                None
+            } else {
+                Some(rng.random_range(0..rows as i64 / 2))
+            };
+            let s = if rng.random_bool(0.05) {
+                None
+            } else {
+                let len = if rng.random_bool(0.02) { 400 } else { rng.random_range(0..max_len) };
+                Some((0..len).map(|_| rng.random_range(b'a'..=b'z') as char).collect())
+            };
+            (k, s, i)
+        })
+        .collect();
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("k", DataType::Int64, true),
+        Field::new("s", DataType::Utf8, true),
+        Field::new("id", DataType::Int64, false),
+    ]));
+    let batches: Vec<RecordBatch> = data
+        .chunks(5_000)
+        .map(|c| {
+            RecordBatch::try_new(
+                schema.clone(),
+                vec![
+                    Arc::new(Int64Array::from(c.iter().map(|r| r.0).collect::<Vec<_>>())),
+                    Arc::new(StringArray::from(c.iter().map(|r| r.1.clone()).collect::<Vec<_>>())),
+                    Arc::new(Int64Array::from(c.iter().map(|r| r.2).collect::<Vec<_>>())),
+                ],
+            )
+            .unwrap()
+        })
+        .collect();
+    write_parquet(&dir.join(format!("{name}.parquet")), &batches, Some(small_row_groups()));
+    data
+}
+
+fn small_row_groups() -> parquet::file::properties::WriterProperties {
+    parquet::file::properties::WriterProperties::builder().set_max_row_group_row_count(Some(5_000)).build()
+}
+
+fn engine(dir: &Path, budget: u64) -> Engine {
+    let config = Config::default().with_mem_budget(budget).with_threads(2).with_spill_dir(dir).with_batch_size(1024);
+    let mut e = Engine::new(config).unwrap();
+    for name in ["l", "r"] {
+        e.register(name, dir.join(format!("{name}.parquet")).to_str().unwrap()).unwrap();
+    }
+    e
+}
+
+/// Pairs of (left id, right id) a query returns, sorted; `None` for a null-extended side.
+fn pairs(e: &Engine, sql: &str) -> Vec<(Option<i64>, Option<i64>)> {
+    let mut out = Vec::new();
+    e.sql(sql)
+        .unwrap_or_else(|err| panic!("{sql}: {err}"))
+        .for_each(|b| {
+            let l = b.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+            let r = b.column(1).as_any().downcast_ref::<Int64Array>().unwrap();
+            out.extend(
+                (0..b.num_rows()).map(|i| (l.is_valid(i).then(|| l.value(i)), r.is_valid(i).then(|| r.value(i)))),
+            );
+            Ok(())
+        })
+        .unwrap_or_else(|err| panic!("{sql}: {err}"));
+    assert_eq!(e.pool().reserved(), 0, "pool back to zero after {sql}");
+    out.sort_unstable();
+    out
+}
+
+/// The independent answer: a nested loop over rows grouped by key.
+fn expected(
+    left: &Rows,
+    right: &Rows,
+    keep_left: bool,
+    keep_right: bool,
+    cond: &dyn Fn(i64, i64) -> bool,
+) -> Vec<(Option<i64>, Option<i64>)> {
+    let mut by_key: HashMap<i64, Vec<i64>> = HashMap::new();
+    for (k, _, id) in right {
+        if let Some(k) = k {
+            by_key.entry(*k).or_default().push(*id);
+        }
+    }
+    let mut right_matched = vec![false; right.len()];
+    let mut out = Vec::new();
+    for (k, _, lid) in left {
+        let mut any = false;
+        for &rid in k.and_then(|k| by_key.get(&k)).map(|v| v.as_slice()).unwrap_or(&[]) {
+            if cond(*lid, rid) {
+                out.push((Some(*lid), Some(rid)));
+                right_matched[rid as usize] = true;
+                any = true;
+            }
+        }
+        if !any && keep_left {
+            out.push((Some(*lid), None));
+        }
+    }
+    if keep_right {
+        out.extend(right.iter().filter(|r| !right_matched[r.2 as usize]).map(|r| (None, Some(r.2))));
+    }
+    out.sort_unstable();
+    out
+}
+
+#[test]
+fn every_join_type_matches_a_nested_loop_spilled_or_not() {
+    let dir = tempfile::tempdir().unwrap();
+    // Half the right rows (the smaller side, which builds) share key 7, which 12 left rows have:
+    // 240K pairs for that key alone, and more build rows for it than fit in the tight budget.
+    let mut left = side(dir.path(), "l", 60_000, 1, 0.0, 16);
+    let right = side(dir.path(), "r", 40_000, 2, 0.5, 200);
+    for l in left.iter_mut().take(12) {
+        l.0 = Some(7);
+    }
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("k", DataType::Int64, true),
+        Field::new("s", DataType::Utf8, true),
+        Field::new("id", DataType::Int64, false),
+    ]));
+    let batch = RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(Int64Array::from(left.iter().map(|r| r.0).collect::<Vec<_>>())),
+            Arc::new(StringArray::from(left.iter().map(|r| r.1.clone()).collect::<Vec<_>>())),
+            Arc::new(Int64Array::from(left.iter().map(|r| r.2).collect::<Vec<_>>())),
+        ],
+    )
+    .unwrap();
+    let chunks: Vec<RecordBatch> = (0..left.len()).step_by(5_000).map(|i| batch.slice(i, 5_000)).collect();
+    write_parquet(&dir.path().join("l.parquet"), &chunks, Some(small_row_groups()));
+
+    let always = |_: i64, _: i64| true;
+    let odd = |l: i64, r: i64| (l + r) % 3 != 0;
+    let same_parity = |l: i64, r: i64| l % 2 == r % 2;
+    let roomy = engine(dir.path(), 1 << 30);
+    // Small enough that the build side (with its strings) spills, and the hot key is joined in chunks.
+    let tight = engine(dir.path(), 3 << 20);
+    for (join, keep_left, keep_right) in
+        [("JOIN", false, false), ("LEFT JOIN", true, false), ("RIGHT JOIN", false, true), ("FULL JOIN", true, true)]
+    {
+        let cases: Vec<(String, Condition)> = vec![
+            (format!("SELECT l.id, r.id, l.s, r.s FROM l {join} r ON l.k = r.k"), &always),
+            (format!("SELECT l.id, r.id FROM l {join} r ON l.k = r.k AND (l.id + r.id) % 3 <> 0"), &odd),
+            // Two keys: compared in row format.
+            (format!("SELECT l.id, r.id, r.s FROM l {join} r ON r.k = l.k AND l.id % 2 = r.id % 2"), &same_parity),
+        ];
+        for (sql, cond) in cases {
+            let want = expected(&left, &right, keep_left, keep_right, cond);
+            assert_eq!(pairs(&roomy, &sql), want, "unlimited: {sql}");
+            assert_eq!(pairs(&tight, &sql), want, "spilled: {sql}");
+        }
+    }
+    assert_eq!(roomy.spill().stats().files, 0, "nothing spills with room");
+    let stats = tight.spill().stats();
+    assert!(stats.files > 16 && stats.rows > 0, "the tight budget partitioned both sides: {stats:?}");
+    assert_eq!(tight.spill().on_disk(), 0, "partitions removed once joined");
+}
+
+#[test]
+fn cross_comma_and_multi_table_joins() {
+    let dir = tempfile::tempdir().unwrap();
+    let left = side(dir.path(), "l", 3_000, 3, 0.0, 16);
+    let right = side(dir.path(), "r", 2_000, 4, 0.0, 16);
+    for budget in [1u64 << 30, 3 << 20] {
+        let e = engine(dir.path(), budget);
+        // CROSS JOIN, and a comma join whose WHERE equality becomes the key.
+        let got = pairs(&e, "SELECT l.id, r.id FROM l CROSS JOIN r WHERE l.id < 40 AND r.id < 30");
+        let want: Vec<_> = (0..40).flat_map(|l| (0..30).map(move |r| (Some(l), Some(r)))).collect();
+        assert_eq!(got, want);
+        let got = pairs(&e, "SELECT l.id, r.id FROM l, r WHERE l.k = r.k AND l.id > 100");
+        let want = expected(&left, &right, false, false, &|l, _| l > 100);
+        assert_eq!(got, want);
+        // Three tables, written in the worst order (the first two share no condition).
+        let got = pairs(
+            &e,
+            "SELECT a.id, c.id FROM l a, l c, r b WHERE a.k = b.k AND b.id = c.id AND a.id % 10 = 0 ORDER BY 1, 2",
+        );
+        let mut want = expected(&left, &right, false, false, &|l, _| l % 10 == 0);
+        want.sort_unstable();
+        assert_eq!(got, want, "c.id equals b.id");
+        // USING: one shared column, from whichever side has it.
+        let (_, rows) = flow_rows(&e, "SELECT * FROM l FULL JOIN r USING (id) WHERE id >= 2998 ORDER BY id");
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].len(), 5, "id once, then l's k and s, then r's k and s: {rows:?}");
+        assert_eq!(rows[0][2], "2998");
+        // An empty side.
+        let got = pairs(&e, "SELECT l.id, r.id FROM l LEFT JOIN (SELECT * FROM r WHERE id < 0) r ON l.k = r.k");
+        assert_eq!(got, left.iter().map(|r| (Some(r.2), None)).collect::<Vec<_>>());
+        let got = pairs(&e, "SELECT l.id, r.id FROM (SELECT * FROM l WHERE id < 0) l JOIN r ON l.k = r.k");
+        assert!(got.is_empty());
+    }
+}
+
+/// Every value of a query as text, with the column names.
+fn flow_rows(e: &Engine, sql: &str) -> (Vec<String>, Vec<Vec<String>>) {
+    use arrow::util::display::{ArrayFormatter, FormatOptions};
+    let query = e.sql(sql).unwrap_or_else(|err| panic!("{sql}: {err}"));
+    let names = query.schema().fields().iter().map(|f| f.name().clone()).collect();
+    let opts = FormatOptions::default().with_null("NULL");
+    let mut out = Vec::new();
+    for b in query.collect().unwrap() {
+        let fmts: Vec<ArrayFormatter> =
+            b.columns().iter().map(|c| ArrayFormatter::try_new(c.as_ref(), &opts).unwrap()).collect();
+        out.extend((0..b.num_rows()).map(|r| fmts.iter().map(|f| f.value(r).to_string()).collect()));
+    }
+    (names, out)
+}
+
+#[test]
+fn join_errors_are_clear_at_plan_time() {
+    let dir = tempfile::tempdir().unwrap();
+    side(dir.path(), "l", 10, 5, 0.0, 16);
+    side(dir.path(), "r", 10, 6, 0.0, 16);
+    let e = engine(dir.path(), 1 << 30);
+    let err = |sql: &str| e.sql(sql).err().unwrap_or_else(|| panic!("{sql} should fail")).to_string();
+    assert!(err("SELECT k FROM l JOIN r ON l.k = r.k").contains("column reference 'k' is ambiguous"));
+    assert!(err("SELECT l.id FROM l JOIN r ON l.k = r.s").contains("cannot compare BIGINT with VARCHAR"));
+    assert!(err("SELECT l.id FROM l JOIN r ON l.k = r.kk").contains("unknown column 'r.kk'"));
+    assert!(err("SELECT id FROM l JOIN r USING (nope)").contains("'nope' in USING is not a column of the left side"));
+    assert!(err("SELECT l.id FROM l JOIN r ON l.id").contains("ON must be a boolean condition"));
+    assert!(err("SELECT l.id FROM l NATURAL JOIN r").contains("NATURAL JOIN"));
+    assert!(err("SELECT l.id, r.s, count(*) FROM l JOIN r ON l.k = r.k GROUP BY l.id")
+        .contains("column 's' must appear in the GROUP BY clause"));
+}
