@@ -166,8 +166,8 @@ fn plan_errors_name_what_is_wrong() {
     assert!(err("SELECT upper(id) FROM t").to_string().contains("upper needs a string, got BIGINT"));
     assert!(err("SELECT frobnicate(id) FROM t").to_string().contains("function frobnicate()"));
     assert!(matches!(err("SELECT id, name FROM t GROUP BY id"), Error::Plan(_)));
-    assert!(matches!(err("SELECT id FROM t UNION ALL SELECT id FROM t"), Error::NotSupported(_)));
-    assert!(matches!(err("SELECT count(DISTINCT id) FROM t"), Error::NotSupported(_)));
+    assert!(matches!(err("SELECT id FROM t EXCEPT SELECT id FROM t"), Error::NotSupported(_)));
+    assert!(matches!(err("SELECT count(DISTINCT id), count(DISTINCT name) FROM t"), Error::NotSupported(_)));
     assert!(matches!(err("SELECT CAST(day AS BOOLEAN) FROM t"), Error::Plan(_)));
 }
 
@@ -615,5 +615,96 @@ fn group_by_errors() {
     assert!(err("SELECT count(*) FROM t GROUP BY nope").contains("unknown column 'nope'"));
     assert!(err("SELECT k FROM t WHERE sum(id) > 1").contains("not allowed here"));
     assert!(err("SELECT sum(s) FROM t").contains("sum() does not take VARCHAR"));
-    assert!(err("SELECT count(DISTINCT s) FROM t").contains("not supported yet"));
+    assert!(err("SELECT count(DISTINCT s), count(DISTINCT k) FROM t").contains("not supported yet"));
+    assert!(err("SELECT count(DISTINCT *) FROM t").contains("count(DISTINCT *) is not valid"));
+}
+
+#[test]
+fn count_distinct_is_the_same_spilled_or_not_and_matches_an_independent_count() {
+    use std::collections::{BTreeMap, HashSet};
+    let dir = tempfile::tempdir().unwrap();
+    let data = sort_fixture(dir.path(), 200_000);
+    // Per k: count(DISTINCT s), count(*), sum(id), count(s), max(s).
+    type Group = (HashSet<String>, i64, i128, i64, Option<String>);
+    let mut want: BTreeMap<Option<i64>, Group> = BTreeMap::new();
+    for (k, s, id) in &data {
+        let e = want.entry(*k).or_default();
+        e.1 += 1;
+        e.2 += *id as i128;
+        if let Some(s) = s {
+            e.0.insert(s.clone());
+            e.3 += 1;
+            if e.4.as_ref().is_none_or(|m| s > m) {
+                e.4 = Some(s.clone());
+            }
+        }
+    }
+    let expected: Vec<Vec<String>> = want
+        .iter()
+        .map(|(k, (set, n, sum, ns, mx))| {
+            vec![
+                k.map_or("NULL".into(), |k| k.to_string()),
+                set.len().to_string(),
+                n.to_string(),
+                sum.to_string(),
+                ns.to_string(),
+                mx.clone().unwrap_or_else(|| "NULL".into()),
+            ]
+        })
+        .collect();
+    let all_distinct: HashSet<&String> = data.iter().filter_map(|r| r.1.as_ref()).collect();
+    let sql =
+        "SELECT k, count(DISTINCT s), count(*), sum(id), count(s), max(s) FROM t GROUP BY k ORDER BY k NULLS FIRST";
+    for budget in [1u64 << 30, 3 << 20] {
+        let e = engine_with(dir.path(), budget);
+        let (types, got) = rows(&e, sql);
+        assert_eq!(types[1], DataType::Int64);
+        assert_eq!(types[2], DataType::Int64);
+        assert_eq!(got, expected, "budget {budget}");
+        let (_, got) = rows(&e, "SELECT count(DISTINCT s), count(*) FROM t");
+        assert_eq!(got, vec![vec![all_distinct.len().to_string(), "200000".to_string()]], "budget {budget}");
+        let (_, got) = rows(&e, "SELECT count(DISTINCT k % 2), count(*), sum(DISTINCT k % 2) FROM t WHERE id < 0");
+        assert_eq!(got, vec![vec!["0", "0", "NULL"]], "empty input, budget {budget}");
+    }
+    // A distinct count over 200K values under a tight budget spills.
+    let e = engine_with(dir.path(), 3 << 20);
+    let (_, got) = rows(&e, "SELECT count(DISTINCT id) FROM t");
+    assert_eq!(got, vec![vec!["200000"]]);
+    assert!(e.spill().stats().files > 0, "spilled: {:?}", e.spill().stats());
+}
+
+#[test]
+fn union_all_and_union_follow_duckdb() {
+    use std::collections::BTreeSet;
+    let dir = tempfile::tempdir().unwrap();
+    let data = sort_fixture(dir.path(), 50_000);
+    for budget in [1u64 << 30, 3 << 20] {
+        let e = engine_with(dir.path(), budget);
+        let (_, got) = rows(&e, "SELECT id FROM t WHERE id < 3 UNION ALL SELECT id FROM t WHERE id < 2 ORDER BY id");
+        assert_eq!(got, vec![vec!["0"], vec!["0"], vec!["1"], vec!["1"], vec!["2"]]);
+        // UNION removes duplicates across and within inputs.
+        let want: BTreeSet<i64> = data.iter().filter_map(|r| r.0).map(|k| k.rem_euclid(7)).collect();
+        let (_, got) = rows(
+            &e,
+            "SELECT (k % 7 + 7) % 7 AS m FROM t WHERE k IS NOT NULL UNION SELECT (k % 7 + 7) % 7 FROM t \
+             WHERE k > 0 ORDER BY m",
+        );
+        assert_eq!(got, want.iter().map(|m| vec![m.to_string()]).collect::<Vec<_>>());
+        // Types are unified (a string with anything is a string), names come from the first input.
+        let (types, got) =
+            rows(&e, "SELECT id AS x FROM t WHERE id = 1 UNION ALL SELECT s FROM t WHERE id = 0 ORDER BY 1");
+        assert_eq!(types, vec![DataType::Utf8]);
+        assert_eq!(got[0], vec!["1"]);
+        let query = e.sql("SELECT id AS x, 1 FROM t UNION ALL SELECT id, 2.5 FROM t").unwrap();
+        assert_eq!(query.schema().field(0).name(), "x");
+        assert_eq!(query.schema().field(1).data_type(), &DataType::Decimal128(11, 1));
+        // Nested, and under a count.
+        let (_, got) =
+            rows(&e, "SELECT count(*) FROM (SELECT id FROM t UNION ALL SELECT id FROM t UNION ALL SELECT k FROM t) u");
+        assert_eq!(got, vec![vec!["150000"]]);
+    }
+    let e = engine_with(dir.path(), 1 << 30);
+    let err = |sql: &str| e.sql(sql).err().unwrap_or_else(|| panic!("{sql} should fail")).to_string();
+    assert!(err("SELECT id FROM t UNION SELECT id, k FROM t").contains("same number of columns (1 and 2)"));
+    assert!(err("SELECT id FROM t INTERSECT SELECT id FROM t").contains("not supported yet"));
 }

@@ -27,16 +27,17 @@ use std::sync::Arc;
 
 use arrow::array::{
     new_null_array, Array, ArrayRef, AsArray, Decimal128Array, Float64Array, Int64Array, RecordBatch,
-    RecordBatchOptions, UInt32Array,
+    RecordBatchOptions,
 };
 use arrow::datatypes::{DataType, Decimal128Type, Field, Float64Type, Schema, SchemaRef};
 use arrow_row::{RowConverter, Rows, SortField};
 
+use super::partition::SpillPartitions;
 use super::{BatchStream, ExecContext};
 use crate::error::{Error, Result};
 use crate::expr::{AggregateExpr, AggregateFunction, Expr};
 use crate::memory::MemoryReservation;
-use crate::spill::{SpillFile, SpillWriter};
+use crate::spill::SpillFile;
 
 const PARTITIONS: usize = 16;
 const MAX_DEPTH: usize = 6;
@@ -304,15 +305,8 @@ struct GroupTable {
     /// Most bytes the table may reserve.
     limit: u64,
     /// Once set, the table no longer grows: rows of new groups go to the partitions.
-    partitions: Option<Partitions>,
+    partitions: Option<SpillPartitions>,
     seed: u64,
-}
-
-struct Partitions {
-    buffers: Vec<Vec<RecordBatch>>,
-    rows: Vec<usize>,
-    writers: Vec<Option<SpillWriter>>,
-    reservation: MemoryReservation,
 }
 
 impl GroupTable {
@@ -479,51 +473,27 @@ impl GroupTable {
     }
 
     fn start_partitions(&mut self) -> Result<()> {
-        self.partitions = Some(Partitions {
-            buffers: vec![Vec::new(); PARTITIONS],
-            rows: vec![0; PARTITIONS],
-            writers: (0..PARTITIONS).map(|_| None).collect(),
-            reservation: self.ctx.pool.register("HashAggregate partitions", false),
-        });
+        // The table keeps what it holds; partition buffers get a share of the rest, so the input
+        // still running beside the table has room.
+        let limit = (self.limit / 4).max(min_memory(&self.ctx) / 2);
+        let schema = self.spec.input_schema.clone();
+        self.partitions = Some(SpillPartitions::new(&self.ctx, schema, "HashAggregate", PARTITIONS, limit));
         Ok(())
     }
 
-    /// Buffers rows of groups not in the table by partition; a partition's buffer goes to its
-    /// spill file once it holds a batch's worth of rows, or when the pool is short.
+    /// Adds the rows of groups not in the table to their partitions.
     fn partition_rows(&mut self, batch: &RecordBatch, spilled: Vec<Vec<u32>>) -> Result<()> {
-        let batch_size = self.ctx.config.batch_size.max(1);
-        let spill = self.ctx.spill.clone();
-        let schema = self.spec.input_schema.clone();
         let parts = self.partitions.as_mut().expect("partitions started");
         for (p, rows) in spilled.into_iter().enumerate() {
-            if rows.is_empty() {
-                continue;
-            }
-            let taken = arrow::compute::take_record_batch(batch, &UInt32Array::from(rows))?;
-            let bytes = taken.get_array_memory_size() as u64;
-            if parts.reservation.try_grow(bytes).is_err() {
-                parts.flush_all(&spill, &schema)?;
-                parts.reservation.try_grow(bytes)?;
-            }
-            parts.rows[p] += taken.num_rows();
-            parts.buffers[p].push(taken);
-            if parts.rows[p] >= batch_size {
-                parts.flush(p, &spill, &schema)?;
-            }
+            parts.push_rows(p, batch, rows)?;
         }
         Ok(())
     }
 
     /// Writes out what the partitions still buffer and returns their spill files.
     fn finish_partitions(&mut self) -> Result<Vec<SpillFile>> {
-        let Some(mut parts) = self.partitions.take() else { return Ok(Vec::new()) };
-        let spill = self.ctx.spill.clone();
-        parts.flush_all(&spill, &self.spec.input_schema)?;
-        let mut files = Vec::new();
-        for w in parts.writers.into_iter().flatten() {
-            files.push(w.finish()?);
-        }
-        Ok(files)
+        let Some(parts) = self.partitions.take() else { return Ok(Vec::new()) };
+        Ok(parts.finish()?.into_iter().flatten().collect())
     }
 
     /// Output rows for groups `start..end` (in insertion order).
@@ -563,31 +533,6 @@ impl GroupTable {
             columns,
             &RecordBatchOptions::new().with_row_count(Some(end - start)),
         )?)
-    }
-}
-
-impl Partitions {
-    fn flush(&mut self, p: usize, spill: &crate::SpillManager, schema: &SchemaRef) -> Result<()> {
-        if self.buffers[p].is_empty() {
-            return Ok(());
-        }
-        let batches = std::mem::take(&mut self.buffers[p]);
-        self.rows[p] = 0;
-        let batch = arrow::compute::concat_batches(schema, &batches)?;
-        if self.writers[p].is_none() {
-            self.writers[p] = Some(spill.create(schema.clone(), &format!("HashAggregate-p{p}"))?);
-        }
-        self.writers[p].as_mut().expect("writer").write(&batch)?;
-        let freed: u64 = batches.iter().map(|b| b.get_array_memory_size() as u64).sum();
-        self.reservation.shrink(freed);
-        Ok(())
-    }
-
-    fn flush_all(&mut self, spill: &crate::SpillManager, schema: &SchemaRef) -> Result<()> {
-        for p in 0..PARTITIONS {
-            self.flush(p, spill, schema)?;
-        }
-        Ok(())
     }
 }
 
@@ -724,7 +669,8 @@ fn finish(acc: &Acc, start: usize, end: usize, out: &DataType) -> Result<ArrayRe
                 sum[r.clone()]
                     .iter()
                     .zip(&count[r])
-                    .map(|(s, c)| (*c > 0).then(|| *s as f64 / div / *c as f64))
+                    // As DuckDB: the exact sum over count * 10^scale, one rounding.
+                    .map(|(s, c)| (*c > 0).then(|| *s as f64 / (*c as f64 * div)))
                     .collect::<Float64Array>(),
             )
         }

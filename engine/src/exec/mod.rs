@@ -89,6 +89,8 @@ enum Source {
         probe: Box<Pipeline>,
         spec: JoinSpec,
     },
+    /// Inputs run one after another.
+    Union(Vec<Pipeline>),
 }
 
 /// What the executor learnt about a plan before running it.
@@ -161,6 +163,11 @@ impl Pipeline {
                     };
                     return Ok(Pipeline { source, tail_ops: ops, schema });
                 }
+                LogicalPlan::Union { inputs, .. } => {
+                    ops.reverse();
+                    let inputs = inputs.iter().map(Pipeline::new).collect::<Result<Vec<_>>>()?;
+                    return Ok(Pipeline { source: Source::Union(inputs), tail_ops: ops, schema });
+                }
                 LogicalPlan::Filter { input, predicate } => {
                     ops.push(Operator::Filter(predicate.clone()));
                     node = input;
@@ -194,6 +201,14 @@ impl Pipeline {
                     min_memory: self.min_memory(ctx),
                 }
             }
+            Source::Union(inputs) => {
+                let mut stats = PipelineStats { min_memory: self.min_memory(ctx), ..Default::default() };
+                for s in inputs.iter().map(|i| i.stats(ctx)) {
+                    stats.row_groups_total += s.row_groups_total;
+                    stats.row_groups_scanned += s.row_groups_scanned;
+                }
+                stats
+            }
         }
     }
 
@@ -206,6 +221,7 @@ impl Pipeline {
             Source::Join { build, probe, .. } => {
                 build.min_memory(ctx).max(probe.min_memory(ctx)) + join::min_memory(ctx)
             }
+            Source::Union(inputs) => inputs.iter().map(|i| i.min_memory(ctx)).max().unwrap_or(0),
         }
     }
 
@@ -222,6 +238,7 @@ impl Pipeline {
                 let children = build.max_memory(ctx, queue_limit).max(probe.max_memory(ctx, queue_limit));
                 children + join::table_limit(ctx.pool.available().saturating_sub(children), ctx)
             }
+            Source::Union(inputs) => inputs.iter().map(|i| i.max_memory(ctx, queue_limit)).max().unwrap_or(0),
         }
     }
 
@@ -261,10 +278,16 @@ impl Pipeline {
                 let children = build.max_memory(ctx, small).max(probe.max_memory(ctx, small));
                 StreamSource::Join(Box::new(JoinStream::new(spec, *build, *probe, children, small, ctx)?))
             }
+            Source::Union(inputs) => StreamSource::Union(Box::new(UnionStream {
+                pending: inputs.into(),
+                current: None,
+                queue_limit,
+                ctx: ctx.clone(),
+            })),
         };
         let stats = match &source {
             StreamSource::Scan(s) => s.stats(),
-            StreamSource::Sort(_) | StreamSource::Aggregate(_) | StreamSource::Join(_) => stats,
+            _ => stats,
         };
         Ok(BatchStream {
             stats,
@@ -283,6 +306,45 @@ enum StreamSource {
     Sort(Box<SortStream>),
     Aggregate(Box<AggregateStream>),
     Join(Box<JoinStream>),
+    Union(Box<UnionStream>),
+}
+
+/// `UNION ALL`: each input pipeline runs once the one before it is done.
+struct UnionStream {
+    pending: std::collections::VecDeque<Pipeline>,
+    current: Option<BatchStream>,
+    queue_limit: Option<u64>,
+    ctx: ExecContext,
+}
+
+impl UnionStream {
+    fn next_reserved(&mut self) -> Option<Result<(RecordBatch, MemoryReservation)>> {
+        loop {
+            if let Some(current) = &mut self.current {
+                match current.next_reserved() {
+                    Some(Ok((batch, mut reservation))) => {
+                        // The batch travels on under its own reservation; the input gets its
+                        // reservation back at once (empty), so its flow control moves on.
+                        let moved = reservation.split(reservation.size());
+                        current.release(reservation);
+                        return Some(Ok((batch, moved)));
+                    }
+                    Some(Err(e)) => return Some(Err(e)),
+                    None => self.current = None,
+                }
+            }
+            let next = self.pending.pop_front()?;
+            match next.execute_with(&self.ctx, self.queue_limit) {
+                Ok(stream) => self.current = Some(stream),
+                Err(e) => return Some(Err(e)),
+            }
+        }
+    }
+
+    fn stop(&mut self) {
+        self.pending.clear();
+        self.current = None;
+    }
 }
 
 impl StreamSource {
@@ -292,13 +354,14 @@ impl StreamSource {
             StreamSource::Sort(s) => s.next_reserved(cancel),
             StreamSource::Aggregate(s) => s.next_reserved(cancel),
             StreamSource::Join(s) => s.next_reserved(cancel),
+            StreamSource::Union(s) => s.next_reserved(),
         }
     }
 
     fn release(&self, reservation: MemoryReservation) {
         match self {
             StreamSource::Scan(s) => s.release(reservation),
-            StreamSource::Sort(_) | StreamSource::Aggregate(_) | StreamSource::Join(_) => drop(reservation),
+            _ => drop(reservation),
         }
     }
 
@@ -308,6 +371,7 @@ impl StreamSource {
             StreamSource::Sort(s) => s.stop(),
             StreamSource::Aggregate(s) => s.stop(),
             StreamSource::Join(s) => s.stop(),
+            StreamSource::Union(s) => s.stop(),
         }
     }
 }

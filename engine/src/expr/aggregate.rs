@@ -93,6 +93,9 @@ pub struct AggregateExpr {
     pub func: AggregateFunction,
     /// Its argument (none for `count(*)`).
     pub arg: Option<Expr>,
+    /// Over distinct argument values only (`count(DISTINCT x)`). The planner turns these into
+    /// two plain aggregations before anything runs.
+    pub distinct: bool,
     /// The result type.
     pub data_type: DataType,
 }
@@ -100,7 +103,7 @@ pub struct AggregateExpr {
 impl fmt::Display for AggregateExpr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.arg {
-            Some(arg) => write!(f, "{}({arg})", self.func.name()),
+            Some(arg) => write!(f, "{}({}{arg})", self.func.name(), if self.distinct { "DISTINCT " } else { "" }),
             None => write!(f, "count_star()"),
         }
     }

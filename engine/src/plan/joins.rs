@@ -38,6 +38,7 @@ pub fn estimate_rows(plan: &LogicalPlan) -> f64 {
                 estimate_rows(input) * 0.5
             }
         }
+        LogicalPlan::Union { inputs, .. } => inputs.iter().map(estimate_rows).sum(),
         LogicalPlan::Join { left, right, on, join_type, .. } => {
             let (l, r) = (estimate_rows(left), estimate_rows(right));
             match (on.is_empty(), join_type) {
@@ -79,6 +80,9 @@ fn map_inputs(plan: LogicalPlan, f: fn(LogicalPlan) -> LogicalPlan) -> LogicalPl
         LogicalPlan::Limit { input, skip, fetch } => LogicalPlan::Limit { input: Box::new(f(*input)), skip, fetch },
         LogicalPlan::Join { left, right, join_type, on, filter, schema } => {
             LogicalPlan::Join { left: Box::new(f(*left)), right: Box::new(f(*right)), join_type, on, filter, schema }
+        }
+        LogicalPlan::Union { inputs, schema } => {
+            LogicalPlan::Union { inputs: inputs.into_iter().map(f).collect(), schema }
         }
     }
 }

@@ -95,6 +95,14 @@ pub enum LogicalPlan {
         /// Output schema (every field nullable).
         schema: SchemaRef,
     },
+    /// The rows of every input, one input after another (`UNION ALL`); inputs have the union's
+    /// column types.
+    Union {
+        /// Inputs, in order.
+        inputs: Vec<LogicalPlan>,
+        /// Output schema: names of the first input, types common to all.
+        schema: SchemaRef,
+    },
     /// Skips `skip` rows, then passes at most `fetch`.
     Limit {
         /// Input.
@@ -156,7 +164,8 @@ impl LogicalPlan {
             LogicalPlan::Scan { schema, .. }
             | LogicalPlan::Projection { schema, .. }
             | LogicalPlan::Aggregate { schema, .. }
-            | LogicalPlan::Join { schema, .. } => schema.clone(),
+            | LogicalPlan::Join { schema, .. }
+            | LogicalPlan::Union { schema, .. } => schema.clone(),
             LogicalPlan::Filter { input, .. } | LogicalPlan::Limit { input, .. } | LogicalPlan::Sort { input, .. } => {
                 input.schema()
             }
@@ -255,6 +264,12 @@ impl LogicalPlan {
                 let _ = writeln!(out, "{pad}Join: {} on {on}", join_type.name());
                 left.write_tree(out, depth + 1);
                 right.write_tree(out, depth + 1);
+            }
+            LogicalPlan::Union { inputs, .. } => {
+                let _ = writeln!(out, "{pad}Union: {} inputs", inputs.len());
+                for input in inputs {
+                    input.write_tree(out, depth + 1);
+                }
             }
             LogicalPlan::Limit { input, skip, fetch } => {
                 let _ = writeln!(
@@ -389,6 +404,37 @@ fn prune_columns(plan: LogicalPlan, needed: &BTreeSet<usize>) -> (LogicalPlan, V
             let filter = filter.map(|f| f.remap_columns(&|c| map[c].expect("join condition column kept")));
             (LogicalPlan::join(left, right, join_type, on, filter), map)
         }
+        LogicalPlan::Union { inputs, schema } => {
+            // Every input keeps exactly the needed columns, in the union's order.
+            let kept: Vec<usize> = needed.iter().copied().collect();
+            let inputs = inputs
+                .into_iter()
+                .map(|input| {
+                    let (input, map) = prune_columns(input, needed);
+                    let input_schema = input.schema();
+                    let exprs: Vec<Expr> = kept
+                        .iter()
+                        .map(|&c| {
+                            let at = map[c].expect("needed column kept");
+                            Expr::column(at, input_schema.field(at).name())
+                        })
+                        .collect();
+                    if exprs.len() == input_schema.fields().len()
+                        && exprs.iter().enumerate().all(|(i, e)| matches!(e, Expr::Column { index, .. } if *index == i))
+                    {
+                        return input;
+                    }
+                    let fields: Vec<Field> = kept.iter().map(|&c| schema.field(c).clone()).collect();
+                    LogicalPlan::Projection { input: Box::new(input), exprs, schema: Arc::new(Schema::new(fields)) }
+                })
+                .collect();
+            let mut map = vec![None; schema.fields().len()];
+            for (new, &old) in kept.iter().enumerate() {
+                map[old] = Some(new);
+            }
+            let schema = Arc::new(schema.project(&kept).expect("union columns"));
+            (LogicalPlan::Union { inputs, schema }, map)
+        }
         LogicalPlan::Sort { input, keys, fetch } => {
             let mut want = needed.clone();
             want.extend(keys.iter().map(|k| k.column));
@@ -432,6 +478,9 @@ fn push_pruning(plan: LogicalPlan) -> LogicalPlan {
             filter,
             schema,
         },
+        LogicalPlan::Union { inputs, schema } => {
+            LogicalPlan::Union { inputs: inputs.into_iter().map(push_pruning).collect(), schema }
+        }
         scan @ LogicalPlan::Scan { .. } => scan,
     }
 }

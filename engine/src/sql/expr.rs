@@ -205,9 +205,7 @@ impl<'a> ExprPlanner<'a> {
             ast::FunctionArguments::List(list) => list,
             _ => return Err(Error::Plan(format!("{name}() needs an argument"))),
         };
-        if matches!(list.duplicate_treatment, Some(ast::DuplicateTreatment::Distinct)) {
-            return Err(Error::NotSupported(format!("{name}(DISTINCT ...)")));
-        }
+        let distinct = matches!(list.duplicate_treatment, Some(ast::DuplicateTreatment::Distinct));
         if !list.clauses.is_empty() || f.filter.is_some() || !f.within_group.is_empty() {
             return Err(Error::NotSupported(format!("{name}() with ORDER BY / FILTER / WITHIN GROUP")));
         }
@@ -229,7 +227,10 @@ impl<'a> ExprPlanner<'a> {
             _ => return Err(Error::Plan(format!("{name}() takes one argument"))),
         };
         let data_type = func.return_type(arg.as_ref().map(|a| self.ty(a)).as_ref())?;
-        let agg = AggregateExpr { func, arg, data_type: data_type.clone() };
+        if distinct && arg.is_none() {
+            return Err(Error::Plan("count(DISTINCT *) is not valid (hint: count(DISTINCT column))".into()));
+        }
+        let agg = AggregateExpr { func, arg, distinct, data_type: data_type.clone() };
         let mut all = aggregates.borrow_mut();
         let index = match all.iter().position(|a| a == &agg) {
             Some(i) => i,

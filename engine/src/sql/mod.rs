@@ -128,18 +128,17 @@ fn plan_query(query: &ast::Query, catalog: &Catalog) -> Result<LogicalPlan> {
         return Err(Error::NotSupported("pipe operators".into()));
     }
     let select = match query.body.as_ref() {
-        SetExpr::Select(select) => select,
+        SetExpr::Select(select) => plan_select(select, catalog)?,
         SetExpr::Query(inner) => {
             if query.order_by.is_some() || query.limit_clause.is_some() {
                 return Err(Error::NotSupported("ORDER BY / LIMIT around a parenthesized query".into()));
             }
             return plan_query(inner, catalog);
         }
-        SetExpr::SetOperation { op, .. } => return Err(Error::NotSupported(format!("{op}"))),
+        set @ SetExpr::SetOperation { .. } => SelectPlan::over(plan_set_expr(set, catalog)?)?,
         SetExpr::Values(_) => return Err(Error::NotSupported("VALUES".into())),
         other => return Err(Error::NotSupported(first_words(&other.to_string()))),
     };
-    let select = plan_select(select, catalog)?;
     let mut plan = match &query.order_by {
         None => select.project(),
         Some(order_by) => {
@@ -256,6 +255,16 @@ struct SelectPlan {
 }
 
 impl SelectPlan {
+    /// Every column of `plan`, as they are (the output of a set operation, which ORDER BY then
+    /// refers to by name or position).
+    fn over(plan: LogicalPlan) -> Result<SelectPlan> {
+        let schema = plan.schema();
+        let scope = Scope::new(&schema, None, None)?;
+        let exprs = schema.fields().iter().enumerate().map(|(i, f)| Expr::column(i, f.name())).collect();
+        let fields = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+        Ok(SelectPlan { input: plan, scope, exprs, fields })
+    }
+
     fn project(self) -> LogicalPlan {
         let schema = Arc::new(Schema::new(self.fields));
         LogicalPlan::Projection { input: Box::new(self.input), exprs: self.exprs, schema }
@@ -430,17 +439,124 @@ fn plan_select(select: &ast::Select, catalog: &Catalog) -> Result<SelectPlan> {
         exprs.iter().map(rewrite).collect::<Result<_>>()?
     };
     let having = having.as_ref().map(rewrite).transpose()?;
-    let mut plan = LogicalPlan::Aggregate {
-        input: Box::new(plan),
-        group_exprs: group_exprs.clone(),
-        aggregates,
-        schema: agg_schema.clone(),
-    };
+    let mut plan = aggregate(plan, group_exprs.clone(), aggregates, agg_schema.clone())?;
     if let Some(predicate) = having {
         plan = LogicalPlan::Filter { input: Box::new(plan), predicate };
     }
     let scope = Scope::new(&agg_schema, None, None)?;
     Ok(SelectPlan { input: plan, scope, exprs, fields })
+}
+
+/// An aggregation. With `DISTINCT` aggregates, two: the first groups by the keys and the distinct
+/// argument (computing partial results of the other aggregates), the second by the keys alone,
+/// where each distinct value is one row. Both spill like any aggregation, so a group with millions
+/// of distinct values costs no more memory than millions of groups.
+fn aggregate(
+    input: LogicalPlan,
+    group_exprs: Vec<Expr>,
+    aggregates: Vec<crate::expr::AggregateExpr>,
+    schema: arrow::datatypes::SchemaRef,
+) -> Result<LogicalPlan> {
+    use crate::expr::{AggregateExpr, AggregateFunction as F, BinaryOp, Function};
+    use arrow::datatypes::DataType;
+    let distinct_args: Vec<&Expr> = aggregates.iter().filter(|a| a.distinct).filter_map(|a| a.arg.as_ref()).collect();
+    let Some(&x) = distinct_args.first() else {
+        return Ok(LogicalPlan::Aggregate { input: Box::new(input), group_exprs, aggregates, schema });
+    };
+    if distinct_args.iter().any(|a| *a != x) {
+        return Err(Error::NotSupported("DISTINCT aggregates over different arguments in one query".into()));
+    }
+    let in_schema = input.schema();
+    let keys = group_exprs.len();
+    let mut first_groups = group_exprs.clone();
+    first_groups.push(x.clone());
+    // First level: partial results of the plain aggregates, per (keys, x).
+    let mut partials: Vec<AggregateExpr> = Vec::new();
+    let partial = |func: F, arg: &Option<Expr>, partials: &mut Vec<AggregateExpr>| -> Result<usize> {
+        let data_type = func.return_type(arg.as_ref().map(|a| a.data_type(&in_schema)).as_ref())?;
+        partials.push(AggregateExpr { func, arg: arg.clone(), distinct: false, data_type });
+        Ok(keys + 1 + partials.len() - 1)
+    };
+    enum Final {
+        /// The aggregate over the distinct values (the first level's column `keys`).
+        OverDistinct(F),
+        /// `count`: the sum of partial counts, 0 when there are none.
+        Count(usize),
+        /// `sum`, `min`, `max` of the partial column.
+        Again(F, usize),
+        /// `avg`: sum of partial sums over sum of partial counts.
+        Avg(usize, usize),
+    }
+    let mut finals = Vec::new();
+    for a in &aggregates {
+        finals.push(match (a.distinct, a.func) {
+            (true, f) => Final::OverDistinct(f),
+            (false, F::CountStar | F::Count) => Final::Count(partial(a.func, &a.arg, &mut partials)?),
+            (false, f @ (F::Sum | F::Min | F::Max)) => Final::Again(f, partial(f, &a.arg, &mut partials)?),
+            (false, F::Avg) => {
+                Final::Avg(partial(F::Sum, &a.arg, &mut partials)?, partial(F::Count, &a.arg, &mut partials)?)
+            }
+            (false, f) => {
+                return Err(Error::NotSupported(format!("{}() together with a DISTINCT aggregate", f.name())));
+            }
+        });
+    }
+    let mut fields: Vec<Field> = first_groups
+        .iter()
+        .enumerate()
+        .map(|(i, e)| Field::new(format!("__k{i}"), e.data_type(&in_schema), true))
+        .collect();
+    fields.extend(partials.iter().enumerate().map(|(i, a)| Field::new(format!("__p{i}"), a.data_type.clone(), true)));
+    let first_schema = Arc::new(Schema::new(fields));
+    let first = LogicalPlan::Aggregate {
+        input: Box::new(input),
+        group_exprs: first_groups,
+        aggregates: partials,
+        schema: first_schema.clone(),
+    };
+    // Second level: per keys.
+    let col = |i: usize| Expr::column(i, first_schema.field(i).name());
+    let mut second_aggs: Vec<AggregateExpr> = Vec::new();
+    let mut add = |func: F, column: usize| -> Result<Expr> {
+        let data_type = func.return_type(Some(first_schema.field(column).data_type()))?;
+        second_aggs.push(AggregateExpr { func, arg: Some(col(column)), distinct: false, data_type });
+        Ok(Expr::column(keys + second_aggs.len() - 1, format!("__s{}", second_aggs.len() - 1)))
+    };
+    let mut outputs = Vec::new();
+    for f in finals {
+        outputs.push(match f {
+            Final::OverDistinct(func) => add(func, keys)?,
+            Final::Again(func, c) => add(func, c)?,
+            Final::Count(c) => {
+                let sum = Expr::Cast { expr: Box::new(add(F::Sum, c)?), to: DataType::Int64 };
+                let zero = Expr::Literal(Arc::new(arrow::array::Int64Array::from(vec![0])));
+                Expr::Function { func: Function::Coalesce, args: vec![sum, zero], data_type: DataType::Int64 }
+            }
+            Final::Avg(s, c) => {
+                let double = |e: Expr| Expr::Cast { expr: Box::new(e), to: DataType::Float64 };
+                Expr::Binary {
+                    op: BinaryOp::Divide,
+                    left: Box::new(double(add(F::Sum, s)?)),
+                    right: Box::new(double(add(F::Sum, c)?)),
+                    data_type: DataType::Float64,
+                }
+            }
+        });
+    }
+    let mut fields: Vec<Field> = (0..keys).map(|i| first_schema.field(i).clone()).collect();
+    fields
+        .extend(second_aggs.iter().enumerate().map(|(i, a)| Field::new(format!("__s{i}"), a.data_type.clone(), true)));
+    let second_schema = Arc::new(Schema::new(fields));
+    let second = LogicalPlan::Aggregate {
+        input: Box::new(first),
+        group_exprs: (0..keys).map(col).collect(),
+        aggregates: second_aggs,
+        schema: second_schema.clone(),
+    };
+    // The layout the rest of the query was planned against: keys, then one column per aggregate.
+    let mut exprs: Vec<Expr> = (0..keys).map(|i| Expr::column(i, second_schema.field(i).name())).collect();
+    exprs.extend(outputs);
+    Ok(LogicalPlan::Projection { input: Box::new(second), exprs, schema })
 }
 
 /// The expression of select item `n` (1-based), if it is an expression.
@@ -482,6 +598,107 @@ fn output_name(e: &ast::Expr) -> String {
         ast::Expr::CompoundIdentifier(ids) => ids.last().map(|i| i.value.clone()).unwrap_or_default(),
         other => other.to_string(),
     }
+}
+
+/// One operand of a set operation, or a set operation: `UNION ALL` concatenates its inputs (nested
+/// ones flattened), `UNION` also removes duplicate rows (a grouping on every column, which spills
+/// like any other).
+fn plan_set_expr(e: &SetExpr, catalog: &Catalog) -> Result<LogicalPlan> {
+    match e {
+        SetExpr::Select(select) => Ok(plan_select(select, catalog)?.project()),
+        SetExpr::Query(q) => plan_query(q, catalog),
+        SetExpr::SetOperation { op: ast::SetOperator::Union, set_quantifier, left, right } => {
+            let all = match set_quantifier {
+                ast::SetQuantifier::All => true,
+                ast::SetQuantifier::Distinct | ast::SetQuantifier::None => false,
+                other => return Err(Error::NotSupported(format!("UNION {other}"))),
+            };
+            let mut inputs = Vec::new();
+            for side in [left, right] {
+                match (plan_set_expr(side, catalog)?, side.as_ref()) {
+                    // UNION ALL of a UNION ALL: one list.
+                    (LogicalPlan::Union { inputs: inner, .. }, SetExpr::SetOperation { .. }) if all => {
+                        inputs.extend(inner)
+                    }
+                    (plan, _) => inputs.push(plan),
+                }
+            }
+            let union = union_all(inputs)?;
+            if all {
+                return Ok(union);
+            }
+            let schema = union.schema();
+            let group_exprs: Vec<Expr> =
+                schema.fields().iter().enumerate().map(|(i, f)| Expr::column(i, f.name())).collect();
+            Ok(LogicalPlan::Aggregate { input: Box::new(union), group_exprs, aggregates: Vec::new(), schema })
+        }
+        SetExpr::SetOperation { op, .. } => Err(Error::NotSupported(format!("{op}"))),
+        SetExpr::Values(_) => Err(Error::NotSupported("VALUES".into())),
+        other => Err(Error::NotSupported(first_words(&other.to_string()))),
+    }
+}
+
+/// Inputs of a union, cast to the column types common to all of them.
+fn union_all(inputs: Vec<LogicalPlan>) -> Result<LogicalPlan> {
+    let first = inputs[0].schema();
+    let width = first.fields().len();
+    let mut types: Vec<arrow::datatypes::DataType> = first.fields().iter().map(|f| f.data_type().clone()).collect();
+    for input in &inputs[1..] {
+        let schema = input.schema();
+        if schema.fields().len() != width {
+            return Err(Error::Plan(format!(
+                "UNION inputs must have the same number of columns ({width} and {})",
+                schema.fields().len()
+            )));
+        }
+        for (i, f) in schema.fields().iter().enumerate() {
+            // As in DuckDB, a union of a string with anything else is a string.
+            let as_string = |a: &arrow::datatypes::DataType, b: &arrow::datatypes::DataType| {
+                (crate::expr::types::is_string(a) || crate::expr::types::is_string(b))
+                    .then_some(arrow::datatypes::DataType::Utf8)
+            };
+            let common = crate::expr::types::common_type(&types[i], f.data_type())
+                .or_else(|| as_string(&types[i], f.data_type()));
+            types[i] = common.ok_or_else(|| {
+                Error::Plan(format!(
+                    "UNION column {} ('{}') is {} in one input and {} in another",
+                    i + 1,
+                    first.field(i).name(),
+                    crate::expr::types::sql_type_name(&types[i]),
+                    crate::expr::types::sql_type_name(f.data_type())
+                ))
+            })?;
+        }
+    }
+    let types: Vec<_> = types
+        .into_iter()
+        .map(|t| if t == arrow::datatypes::DataType::Null { arrow::datatypes::DataType::Int32 } else { t })
+        .collect();
+    let fields: Vec<Field> =
+        first.fields().iter().zip(&types).map(|(f, t)| Field::new(f.name(), t.clone(), true)).collect();
+    let schema = Arc::new(Schema::new(fields));
+    let inputs = inputs
+        .into_iter()
+        .map(|input| {
+            let in_schema = input.schema();
+            let exprs: Vec<Expr> = (0..width)
+                .map(|i| {
+                    let column = Expr::column(i, in_schema.field(i).name());
+                    if in_schema.field(i).data_type() == &types[i] {
+                        column
+                    } else {
+                        Expr::Cast { expr: Box::new(column), to: types[i].clone() }
+                    }
+                })
+                .collect();
+            if exprs.iter().all(|e| matches!(e, Expr::Column { .. })) {
+                input
+            } else {
+                LogicalPlan::Projection { input: Box::new(input), exprs, schema: schema.clone() }
+            }
+        })
+        .collect();
+    Ok(LogicalPlan::Union { inputs, schema })
 }
 
 /// The FROM clause: each item with its joins; items separated by commas are cross joined (the
