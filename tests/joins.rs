@@ -251,3 +251,27 @@ fn join_errors_are_clear_at_plan_time() {
     assert!(err("SELECT l.id, r.s, count(*) FROM l JOIN r ON l.k = r.k GROUP BY l.id")
         .contains("column 's' must appear in the GROUP BY clause"));
 }
+
+#[test]
+fn operators_report_their_rows_memory_and_spilling() {
+    let dir = tempfile::tempdir().unwrap();
+    let left = side(dir.path(), "l", 60_000, 7, 0.0, 64);
+    let right = side(dir.path(), "r", 40_000, 8, 0.0, 64);
+    let sql = "SELECT l.k, count(*) AS n FROM l JOIN r ON l.k = r.k AND l.s <> r.s GROUP BY l.k ORDER BY n DESC";
+    for (budget, spills) in [(1u64 << 30, false), (3 << 20, true)] {
+        let e = engine(dir.path(), budget);
+        let metrics = e.sql(sql).unwrap().for_each(|_| Ok(())).unwrap();
+        let names: Vec<&str> = metrics.operators.iter().map(|o| o.name.as_str()).collect();
+        assert_eq!(names, ["ExternalSort", "HashAggregate", "HashJoin", "Scan", "Scan"], "{metrics:?}");
+        let join = &metrics.operators[2];
+        assert_eq!(join.rows_in, (left.len() + right.len()) as u64, "both inputs: {join:?}");
+        assert!(join.detail.contains("build side right"), "the smaller side builds: {join:?}");
+        assert!(join.peak_reserved > 0);
+        assert_eq!(join.spill_files > 0, spills, "{join:?}");
+        assert_eq!(join.passes > 0, spills, "{join:?}");
+        let aggregate = &metrics.operators[1];
+        assert_eq!(aggregate.rows_in, join.rows_out);
+        assert_eq!(metrics.operators[0].rows_in, aggregate.rows_out);
+        assert_eq!(metrics.operators[0].rows_out, metrics.rows_out);
+    }
+}

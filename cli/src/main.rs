@@ -161,7 +161,7 @@ fn run_pipeline(common: &CommonArgs, path: &Path, verbose: bool) -> Result<(), E
     }
     progress.finish();
     report.finish(&engine, started);
-    eprintln!("{}", report.summary_line());
+    eprintln!("{}", report.summary());
     if let Some(path) = &common.report {
         report.write(path)?;
     }
@@ -182,7 +182,7 @@ fn run_sql(common: &CommonArgs, output: Option<&Path>, sql: &str, verbose: bool)
             progress.finish();
             report.steps.push(StepReport::new("sql", Some(&summary), &metrics));
             report.finish(&engine, started);
-            eprintln!("{}", report.summary_line());
+            eprintln!("{}", report.summary());
         }
         None => {
             let schema = query.schema();
@@ -205,7 +205,7 @@ fn run_sql(common: &CommonArgs, output: Option<&Path>, sql: &str, verbose: bool)
             }
             if verbose {
                 report.finish(&engine, started);
-                eprintln!("{}", report.summary_line());
+                eprintln!("{}", report.summary());
             }
         }
     }

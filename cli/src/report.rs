@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::time::Instant;
 
-use flow_engine::{human, Config, Engine, Error, QueryMetrics, SpillStats, WriteSummary};
+use flow_engine::{human, Config, Engine, Error, OperatorStats, QueryMetrics, SpillStats, WriteSummary};
 use serde::Serialize;
 
 #[derive(Debug, Serialize)]
@@ -36,6 +36,8 @@ pub struct StepReport {
     /// The most heap bytes live at once during the step, from the counting allocator.
     pub peak_allocated: Option<u64>,
     pub spill: SpillStats,
+    /// What each operator did, in the order they started.
+    pub operators: Vec<OperatorStats>,
 }
 
 impl StepReport {
@@ -53,6 +55,7 @@ impl StepReport {
             peak_accounted: m.peak_reserved,
             peak_allocated: flow_engine::alloc::allocated_peak(),
             spill: m.spill,
+            operators: m.operators.clone(),
         }
     }
 }
@@ -100,6 +103,41 @@ impl Report {
             human(self.spill.bytes),
             self.spill.files,
         )
+    }
+
+    /// The summary line, then one line per blocking operator (joins, aggregations, sorts).
+    pub fn summary(&self) -> String {
+        let mut out = self.summary_line();
+        for step in &self.steps {
+            for op in step.operators.iter().filter(|o| o.name != "Scan" && o.name != "Union") {
+                let spill = if op.spill_files > 0 {
+                    let passes = match op.passes {
+                        0 => String::new(),
+                        1 => ", 1 pass".to_string(),
+                        n => format!(", {n} passes"),
+                    };
+                    format!(
+                        ", spilled {} in {} files ({} rows{passes})",
+                        human(op.spill_bytes),
+                        op.spill_files,
+                        op.spill_rows
+                    )
+                } else {
+                    String::new()
+                };
+                let prefix = if self.steps.len() > 1 { format!("{}: ", step.name) } else { String::new() };
+                out.push_str(&format!(
+                    "\n  {prefix}{} {}: {} rows in, {} out, {:.2}s, peak {}{spill}",
+                    op.name,
+                    op.detail,
+                    op.rows_in,
+                    op.rows_out,
+                    op.elapsed_ms as f64 / 1000.0,
+                    human(op.peak_reserved),
+                ));
+            }
+        }
+        out
     }
 
     pub fn write(&self, path: &Path) -> Result<(), Error> {

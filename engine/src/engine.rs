@@ -44,6 +44,7 @@ impl Engine {
             counters: Arc::new(ScanCounters::default()),
             cancel: Arc::new(AtomicBool::new(false)),
             spill: spill.clone(),
+            operators: Default::default(),
         };
         Ok(Engine { ctx, spill, catalog: Catalog::default() })
     }
@@ -134,6 +135,8 @@ pub struct QueryMetrics {
     pub peak_reserved: u64,
     /// Spilling done by the engine so far.
     pub spill: SpillStats,
+    /// What each operator did, in the order they started.
+    pub operators: Vec<crate::exec::OperatorStats>,
 }
 
 /// A planned query.
@@ -178,7 +181,9 @@ impl<'e> Query<'e> {
 
     /// Starts the query and returns its batches as they are produced, in input order.
     pub fn stream(self) -> Result<BatchStream> {
-        self.pipeline.execute(&self.engine.ctx)
+        // Each query counts its own operators.
+        let ctx = ExecContext { operators: Default::default(), ..self.engine.ctx.clone() };
+        self.pipeline.execute(&ctx)
     }
 
     /// Runs the query and returns every batch. The batches are reserved from the pool while they
@@ -236,8 +241,9 @@ impl<'e> Query<'e> {
             f(&batch)?;
             stream.release(reservation);
         }
+        let operators = stream.operators();
         drop(stream);
-        Ok(metrics(engine, before, rows, start, stats))
+        Ok(QueryMetrics { operators, ..metrics(engine, before, rows, start, stats) })
     }
 
     fn run_into(self, mut sink: Box<dyn Sink>) -> Result<(WriteSummary, QueryMetrics)> {
@@ -273,5 +279,6 @@ fn metrics(
         pipeline,
         peak_reserved: engine.ctx.pool.peak(),
         spill: engine.spill.stats(),
+        operators: Vec::new(),
     }
 }

@@ -49,5 +49,6 @@ pub use config::{available_memory, default_mem_budget, parse_size, Config};
 pub use engine::{Engine, Query, QueryMetrics};
 pub use error::{human, Error, Result};
 pub use exec::sink::{OutputFormat, WriteSummary};
+pub use exec::OperatorStats;
 pub use memory::{MemoryPool, MemoryReservation};
 pub use spill::{SpillManager, SpillStats};

@@ -33,7 +33,7 @@ use arrow::datatypes::{DataType, Decimal128Type, Field, Float64Type, Schema, Sch
 use arrow_row::{RowConverter, Rows, SortField};
 
 use super::partition::SpillPartitions;
-use super::{BatchStream, ExecContext};
+use super::{BatchStream, ExecContext, OperatorMetrics};
 use crate::error::{Error, Result};
 use crate::expr::{AggregateExpr, AggregateFunction, Expr};
 use crate::memory::MemoryReservation;
@@ -73,6 +73,7 @@ struct Spec {
     /// For each aggregate, its argument's column in the operator's layout.
     arg_columns: Vec<Option<usize>>,
     key_converter: Option<RowConverter>,
+    metrics: Arc<OperatorMetrics>,
 }
 
 impl AggregateStream {
@@ -84,6 +85,7 @@ impl AggregateStream {
         out_schema: SchemaRef,
         child_max: u64,
         ctx: &ExecContext,
+        metrics: Arc<OperatorMetrics>,
     ) -> Result<AggregateStream> {
         let first_limit = table_limit(ctx.pool.available().saturating_sub(child_max), ctx);
         let in_schema = child.schema();
@@ -119,6 +121,7 @@ impl AggregateStream {
             aggregates,
             arg_columns,
             key_converter,
+            metrics,
         });
         Ok(AggregateStream {
             state: State::Pending(Box::new(child), group_exprs, arg_exprs),
@@ -146,7 +149,9 @@ impl AggregateStream {
                             }
                             let input = project(&batch, &group_exprs, &arg_exprs, &self.spec.input_schema)?;
                             child.release(reservation);
+                            self.spec.metrics.rows_in(input.num_rows());
                             table.add(&input)?;
+                            self.spec.metrics.reserved(table.reservation.size());
                         }
                         if self.spec.key_count == 0 && table.groups() == 0 {
                             // No GROUP BY: one group even for no rows (count 0, sum NULL).
@@ -477,7 +482,8 @@ impl GroupTable {
         // still running beside the table has room.
         let limit = (self.limit / 4).max(min_memory(&self.ctx) / 2);
         let schema = self.spec.input_schema.clone();
-        self.partitions = Some(SpillPartitions::new(&self.ctx, schema, "HashAggregate", PARTITIONS, limit));
+        let metrics = &self.spec.metrics;
+        self.partitions = Some(SpillPartitions::new(&self.ctx, metrics, schema, "HashAggregate", PARTITIONS, limit));
         Ok(())
     }
 
@@ -493,6 +499,7 @@ impl GroupTable {
     /// Writes out what the partitions still buffer and returns their spill files.
     fn finish_partitions(&mut self) -> Result<Vec<SpillFile>> {
         let Some(parts) = self.partitions.take() else { return Ok(Vec::new()) };
+        self.spec.metrics.pass();
         Ok(parts.finish()?.into_iter().flatten().collect())
     }
 

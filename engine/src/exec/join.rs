@@ -40,7 +40,7 @@ use foldhash::fast::FixedState;
 use hashbrown::HashTable;
 
 use super::partition::SpillPartitions;
-use super::{BatchStream, ExecContext, Pipeline};
+use super::{BatchStream, ExecContext, OperatorMetrics, Pipeline};
 use crate::error::{Error, Result};
 use crate::expr::Expr;
 use crate::memory::MemoryReservation;
@@ -86,6 +86,7 @@ struct Shared {
     key_kind: KeyKind,
     keep_build: bool,
     keep_probe: bool,
+    metrics: Arc<OperatorMetrics>,
 }
 
 /// How keys are compared.
@@ -340,6 +341,7 @@ impl BuildTable {
             // Over the estimate (it never should be): account for it anyway.
             self.reservation.try_grow(held - self.reservation.size())?;
         }
+        shared.metrics.reserved(self.reservation.size());
         Ok(None)
     }
 
@@ -521,6 +523,7 @@ impl JoinStream {
         children_max: u64,
         queue_limit: u64,
         ctx: &ExecContext,
+        metrics: Arc<OperatorMetrics>,
     ) -> Result<JoinStream> {
         let build_schema = build.schema.clone();
         let probe_schema = probe.schema.clone();
@@ -535,7 +538,7 @@ impl JoinStream {
             if spec.build_is_left { (keep_left, keep_right) } else { (keep_right, keep_left) };
         let first_limit = table_limit(ctx.pool.available().saturating_sub(children_max), ctx);
         Ok(JoinStream {
-            shared: Arc::new(Shared { spec, build_schema, probe_schema, key_kind, keep_build, keep_probe }),
+            shared: Arc::new(Shared { spec, build_schema, probe_schema, key_kind, keep_build, keep_probe, metrics }),
             ctx: ctx.clone(),
             state: State::Start { build: Box::new(build), probe: Box::new(probe) },
             tasks: VecDeque::new(),
@@ -610,6 +613,7 @@ impl JoinStream {
         let mut overflow = None;
         for batch in input.by_ref() {
             let batch = batch?;
+            shared.metrics.rows_in(batch.num_rows());
             if let Some(back) = table.try_add(&shared, batch)? {
                 overflow = Some(back);
                 break;
@@ -622,6 +626,7 @@ impl JoinStream {
             return Ok(());
         };
         // Grace: partition the build side (what is held, then the rest), then the probe side.
+        shared.metrics.pass();
         let mut parts = Partitioner::new(&shared, &self.ctx, 0, true, self.first_limit);
         for batch in table.into_batches().into_iter().chain(std::iter::once(pending)) {
             parts.add(&batch)?;
@@ -630,7 +635,9 @@ impl JoinStream {
             if cancel.load(Ordering::Relaxed) {
                 return Err(Error::Cancelled);
             }
-            parts.add(&batch?)?;
+            let batch = batch?;
+            shared.metrics.rows_in(batch.num_rows());
+            parts.add(&batch)?;
         }
         drop(input);
         let builds = parts.finish()?;
@@ -640,7 +647,9 @@ impl JoinStream {
             if cancel.load(Ordering::Relaxed) {
                 return Err(Error::Cancelled);
             }
-            parts.add(&batch?)?;
+            let batch = batch?;
+            shared.metrics.rows_in(batch.num_rows());
+            parts.add(&batch)?;
         }
         drop(input);
         let probes = parts.finish()?;
@@ -710,6 +719,7 @@ impl JoinStream {
             && task.depth < MAX_DEPTH
             && task.build.rows() < task.parent_rows / 10 * 9;
         if splittable {
+            shared.metrics.pass();
             let mut parts = Partitioner::new(&shared, &self.ctx, task.depth, true, limit);
             for batch in table.into_batches().into_iter().chain(std::iter::once(pending)) {
                 parts.add(&batch)?;
@@ -810,6 +820,7 @@ impl JoinStream {
                     ProbeInput::Stream(s) => match s.next_reserved() {
                         Some(item) => {
                             let (batch, r) = item?;
+                            shared.metrics.rows_in(batch.num_rows());
                             Some((batch, Some(r)))
                         }
                         None => None,
@@ -977,7 +988,7 @@ impl Partitioner {
         };
         Partitioner {
             shared: shared.clone(),
-            parts: SpillPartitions::new(ctx, schema, label, PARTITIONS, limit),
+            parts: SpillPartitions::new(ctx, &shared.metrics, schema, label, PARTITIONS, limit),
             seed: depth as u64 + 1,
             build,
         }

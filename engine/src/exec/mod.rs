@@ -12,6 +12,7 @@
 
 mod aggregate;
 mod join;
+mod metrics;
 mod operators;
 mod partition;
 mod scan;
@@ -24,6 +25,8 @@ use std::sync::Arc;
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 
+pub use self::metrics::OperatorStats;
+pub(crate) use self::metrics::{OperatorMetrics, OperatorRegistry};
 pub use self::operators::Operator;
 use crate::error::Result;
 use crate::memory::{MemoryPool, MemoryReservation};
@@ -52,6 +55,8 @@ pub struct ExecContext {
     pub cancel: Arc<AtomicBool>,
     /// Where blocking operators spill.
     pub spill: SpillManager,
+    /// The running query's operators.
+    pub(crate) operators: OperatorRegistry,
 }
 
 impl ExecContext {
@@ -242,6 +247,39 @@ impl Pipeline {
         }
     }
 
+    /// Registers the pipeline's source operator in the query's metrics.
+    fn register(&self, ctx: &ExecContext) -> Arc<OperatorMetrics> {
+        let exprs = |v: &[crate::expr::Expr]| v.iter().map(|e| e.to_string()).collect::<Vec<_>>().join(", ");
+        let (name, detail) = match &self.source {
+            Source::Scan(scan) => ("Scan", scan.describe()),
+            Source::Sort { input, keys, fetch } => {
+                let schema = input.schema.clone();
+                let keys: Vec<String> = keys
+                    .iter()
+                    .map(|k| format!("{}{}", schema.field(k.column).name(), if k.descending { " DESC" } else { "" }))
+                    .collect();
+                let top = fetch.map(|f| format!(" (top {f})")).unwrap_or_default();
+                ("ExternalSort", format!("by {}{top}", keys.join(", ")))
+            }
+            Source::Aggregate { group_exprs, aggregates, .. } => {
+                let aggs: Vec<String> = aggregates.iter().map(|a| a.to_string()).collect();
+                ("HashAggregate", format!("groups [{}], aggregates [{}]", exprs(group_exprs), aggs.join(", ")))
+            }
+            Source::Join { spec, .. } => (
+                "HashJoin",
+                format!(
+                    "{:?}, build side {}, keys [{}]{}",
+                    spec.join_type,
+                    if spec.build_is_left { "left" } else { "right" },
+                    exprs(&spec.build_keys),
+                    spec.filter.as_ref().map(|f| format!(", condition {f}")).unwrap_or_default()
+                ),
+            ),
+            Source::Union(inputs) => ("Union", format!("{} inputs", inputs.len())),
+        };
+        ctx.operators.register(name, detail)
+    }
+
     /// Starts the pipeline and returns the consumer's end.
     pub(crate) fn execute(self, ctx: &ExecContext) -> Result<BatchStream> {
         self.execute_with(ctx, None)
@@ -251,6 +289,7 @@ impl Pipeline {
     /// run-ahead: order does not matter to it, memory does).
     fn execute_with(self, ctx: &ExecContext, queue_limit: Option<u64>) -> Result<BatchStream> {
         let stats = self.stats(ctx);
+        let metrics = self.register(ctx);
         let source = match self.source {
             Source::Scan(scan) => StreamSource::Scan(scan.execute(ctx, queue_limit)?),
             Source::Sort { input, keys, fetch } => {
@@ -258,7 +297,7 @@ impl Pipeline {
                 let small = 2 * ctx.batch_bytes_target();
                 let child_max = input.max_memory(ctx, small);
                 let child = input.execute_with(ctx, Some(small))?;
-                StreamSource::Sort(Box::new(SortStream::new(child, keys, fetch, child_max, ctx)?))
+                StreamSource::Sort(Box::new(SortStream::new(child, keys, fetch, child_max, ctx, metrics.clone())?))
             }
             Source::Aggregate { input, group_exprs, aggregates, schema } => {
                 let small = 2 * ctx.batch_bytes_target();
@@ -271,14 +310,17 @@ impl Pipeline {
                     schema,
                     child_max,
                     ctx,
+                    metrics.clone(),
                 )?))
             }
             Source::Join { build, probe, spec } => {
                 let small = 2 * ctx.batch_bytes_target();
                 let children = build.max_memory(ctx, small).max(probe.max_memory(ctx, small));
-                StreamSource::Join(Box::new(JoinStream::new(spec, *build, *probe, children, small, ctx)?))
+                let m = metrics.clone();
+                StreamSource::Join(Box::new(JoinStream::new(spec, *build, *probe, children, small, ctx, m)?))
             }
             Source::Union(inputs) => StreamSource::Union(Box::new(UnionStream {
+                metrics: metrics.clone(),
                 pending: inputs.into(),
                 current: None,
                 queue_limit,
@@ -292,6 +334,8 @@ impl Pipeline {
         Ok(BatchStream {
             stats,
             schema: self.schema,
+            metrics,
+            operators: ctx.operators.clone(),
             source,
             tail: self.tail_ops.into_iter().map(operators::TailState::new).collect(),
             held: None,
@@ -311,6 +355,7 @@ enum StreamSource {
 
 /// `UNION ALL`: each input pipeline runs once the one before it is done.
 struct UnionStream {
+    metrics: Arc<OperatorMetrics>,
     pending: std::collections::VecDeque<Pipeline>,
     current: Option<BatchStream>,
     queue_limit: Option<u64>,
@@ -323,6 +368,7 @@ impl UnionStream {
             if let Some(current) = &mut self.current {
                 match current.next_reserved() {
                     Some(Ok((batch, mut reservation))) => {
+                        self.metrics.rows_in(batch.num_rows());
                         // The batch travels on under its own reservation; the input gets its
                         // reservation back at once (empty), so its flow control moves on.
                         let moved = reservation.split(reservation.size());
@@ -383,6 +429,9 @@ impl StreamSource {
 pub struct BatchStream {
     stats: PipelineStats,
     schema: SchemaRef,
+    /// The source operator's record, and every operator of the query.
+    metrics: Arc<OperatorMetrics>,
+    operators: OperatorRegistry,
     source: StreamSource,
     tail: Vec<operators::TailState>,
     held: Option<MemoryReservation>,
@@ -401,6 +450,11 @@ impl BatchStream {
         self.stats
     }
 
+    /// What each operator of the query has done so far.
+    pub fn operators(&self) -> Vec<OperatorStats> {
+        self.operators.stats()
+    }
+
     /// The next batch together with the reservation that pays for it; give the reservation back
     /// with [`release`](Self::release) when done with the batch.
     pub fn next_reserved(&mut self) -> Option<Result<(RecordBatch, MemoryReservation)>> {
@@ -409,7 +463,13 @@ impl BatchStream {
             if self.done {
                 return None;
             }
-            let (batch, reservation) = match self.source.next_reserved(&self.cancel) {
+            let started = std::time::Instant::now();
+            let next = self.source.next_reserved(&self.cancel);
+            self.metrics.time(started);
+            if let Some(Ok((b, _))) = &next {
+                self.metrics.rows_out(b.num_rows());
+            }
+            let (batch, reservation) = match next {
                 None => {
                     self.finish();
                     return None;

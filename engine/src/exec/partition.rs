@@ -6,7 +6,9 @@
 use arrow::array::{RecordBatch, UInt32Array};
 use arrow::datatypes::SchemaRef;
 
-use super::ExecContext;
+use std::sync::Arc;
+
+use super::{ExecContext, OperatorMetrics};
 use crate::error::Result;
 use crate::memory::MemoryReservation;
 use crate::spill::{SpillFile, SpillWriter};
@@ -23,10 +25,18 @@ pub(crate) struct SpillPartitions {
     /// Most bytes buffered at once (the input still running beside needs the rest).
     limit: u64,
     ctx: ExecContext,
+    metrics: Arc<OperatorMetrics>,
 }
 
 impl SpillPartitions {
-    pub fn new(ctx: &ExecContext, schema: SchemaRef, label: &str, partitions: usize, limit: u64) -> SpillPartitions {
+    pub fn new(
+        ctx: &ExecContext,
+        metrics: &Arc<OperatorMetrics>,
+        schema: SchemaRef,
+        label: &str,
+        partitions: usize,
+        limit: u64,
+    ) -> SpillPartitions {
         SpillPartitions {
             label: label.to_string(),
             schema,
@@ -37,6 +47,7 @@ impl SpillPartitions {
             reservation: ctx.pool.register(format!("{label} partitions"), false),
             limit,
             ctx: ctx.clone(),
+            metrics: metrics.clone(),
         }
     }
 
@@ -103,6 +114,9 @@ impl SpillPartitions {
     /// Writes what is buffered and returns one file per partition (`None` for an empty one).
     pub fn finish(mut self) -> Result<Vec<Option<SpillFile>>> {
         self.flush_all()?;
-        self.writers.into_iter().map(|w| w.map(|w| w.finish()).transpose()).collect()
+        let files: Vec<Option<SpillFile>> =
+            self.writers.into_iter().map(|w| w.map(|w| w.finish()).transpose()).collect::<Result<_>>()?;
+        files.iter().flatten().for_each(|f| self.metrics.spilled(f));
+        Ok(files)
     }
 }

@@ -41,6 +41,13 @@ pub(crate) struct ScanPipeline {
 }
 
 impl ScanPipeline {
+    /// The table's name and the columns read, for metrics.
+    pub(crate) fn describe(&self) -> String {
+        let schema = self.table.schema();
+        let cols: Vec<&str> = self.projection.iter().map(|&i| schema.field(i).name().as_str()).collect();
+        format!("{} [{}]", self.table.name(), cols.join(", "))
+    }
+
     pub(crate) fn new(
         table: &Arc<Table>,
         projection: &[usize],

@@ -33,7 +33,7 @@ use arrow::compute::SortOptions;
 use arrow::datatypes::SchemaRef;
 use arrow_row::{RowConverter, Rows, SortField};
 
-use super::{BatchStream, ExecContext};
+use super::{BatchStream, ExecContext, OperatorMetrics};
 use crate::error::{Error, Result};
 use crate::memory::MemoryReservation;
 use crate::plan::SortKey;
@@ -66,6 +66,7 @@ impl SortStream {
         fetch: Option<usize>,
         child_max: u64,
         ctx: &ExecContext,
+        metrics: Arc<OperatorMetrics>,
     ) -> Result<SortStream> {
         let schema = child.schema();
         let fields = keys
@@ -96,6 +97,7 @@ impl SortStream {
             max_chunk_keys: 0,
             key_row_bytes: 0,
             ctx: ctx.clone(),
+            metrics,
         };
         Ok(SortStream { state: State::Pending(Box::new(child)), sorter })
     }
@@ -170,6 +172,7 @@ struct Sorter {
     /// The most key bytes per row seen in the input, to size a chunk's keys without converting it.
     key_row_bytes: u64,
     ctx: ExecContext,
+    metrics: Arc<OperatorMetrics>,
 }
 
 impl Sorter {
@@ -207,6 +210,8 @@ impl Sorter {
                 }
             }
             child.release(child_reservation);
+            self.metrics.rows_in(batch.num_rows());
+            self.metrics.reserved(self.reservation.size());
             self.buffer.push((batch, keys));
             self.buffer_bytes += bytes;
             if self.buffer_bytes >= self.run_bytes {
@@ -298,7 +303,9 @@ impl Sorter {
                 writer.write(&chunk)?;
                 freed += bytes;
             }
-            self.runs[i] = Run::Spilled(writer.finish()?);
+            let file = writer.finish()?;
+            self.metrics.spilled(&file);
+            self.runs[i] = Run::Spilled(file);
             self.reservation.shrink(freed);
         }
         Ok(())
@@ -324,6 +331,7 @@ impl Sorter {
             // Everything to disk, then passes over groups of neighbouring runs.
             self.spill_memory_runs()?;
             while self.runs.len() > fan_in {
+                self.metrics.pass();
                 let runs = std::mem::take(&mut self.runs);
                 let mut runs = runs.into_iter().peekable();
                 while runs.peek().is_some() {
@@ -338,7 +346,9 @@ impl Sorter {
                         writer.write(&chunk?)?;
                     }
                     drop(merger);
-                    self.runs.push(Run::Spilled(writer.finish()?));
+                    let file = writer.finish()?;
+                    self.metrics.spilled(&file);
+                    self.runs.push(Run::Spilled(file));
                 }
             }
         }
