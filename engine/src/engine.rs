@@ -152,7 +152,9 @@ impl<'e> Query<'e> {
         let needed = pipeline.min_memory(&engine.ctx);
         let budget = engine.ctx.config.mem_budget;
         if needed > budget {
-            return Err(Error::BudgetTooSmall { what: "the scan".into(), needed, budget });
+            // The minimums of every operator that can run at once: scans (a row group's decode
+            // buffers), and the working memory of sorts, aggregations and joins.
+            return Err(Error::BudgetTooSmall { what: "this query".into(), needed, budget });
         }
         Ok(Query { engine, plan, pipeline })
     }

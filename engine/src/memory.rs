@@ -215,6 +215,15 @@ impl MemoryReservation {
         MemoryReservation { pool: self.pool.clone(), id: self.id, size: bytes }
     }
 
+    /// Moves everything `other` holds into this reservation (no new bytes are reserved); returns
+    /// how much moved. How an operator takes over the memory of a batch it keeps.
+    pub fn take(&mut self, other: &mut MemoryReservation) -> u64 {
+        let moved = other.split(other.size());
+        let bytes = moved.size();
+        self.merge(moved);
+        bytes
+    }
+
     /// Adds another reservation of the same pool into this one.
     pub fn merge(&mut self, mut other: MemoryReservation) {
         let bytes = other.size;

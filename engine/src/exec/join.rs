@@ -609,7 +609,10 @@ impl JoinStream {
     fn start(&mut self, build: Pipeline, probe: Pipeline, cancel: &AtomicBool) -> Result<()> {
         let shared = self.shared.clone();
         let mut table = BuildTable::new(&self.ctx, self.first_limit);
-        let mut input = build.execute_with(&self.ctx, Some(self.queue_limit))?;
+        let minimum = min_memory(&self.ctx);
+        let mut input = super::start_beside(&self.ctx, "HashJoin", minimum, || {
+            build.execute_with(&self.ctx, Some(self.queue_limit))
+        })?;
         let mut overflow = None;
         for batch in input.by_ref() {
             let batch = batch?;
@@ -621,7 +624,9 @@ impl JoinStream {
         }
         let Some(pending) = overflow else {
             drop(input);
-            let stream = probe.execute_with(&self.ctx, Some(self.queue_limit))?;
+            let stream = super::start_beside(&self.ctx, "HashJoin", min_memory(&self.ctx), || {
+                probe.execute_with(&self.ctx, Some(self.queue_limit))
+            })?;
             self.state = State::Probe(Box::new(Probe::new(table, ProbeInput::Stream(Box::new(stream)), None, None)));
             return Ok(());
         };
@@ -642,7 +647,9 @@ impl JoinStream {
         drop(input);
         let builds = parts.finish()?;
         let mut parts = Partitioner::new(&shared, &self.ctx, 0, false, self.first_limit);
-        let mut input = probe.execute_with(&self.ctx, Some(self.queue_limit))?;
+        let mut input = super::start_beside(&self.ctx, "HashJoin", min_memory(&self.ctx), || {
+            probe.execute_with(&self.ctx, Some(self.queue_limit))
+        })?;
         for batch in input.by_ref() {
             if cancel.load(Ordering::Relaxed) {
                 return Err(Error::Cancelled);

@@ -296,13 +296,16 @@ impl Pipeline {
                 // The input runs beside the sort: leave it what it can hold at most.
                 let small = 2 * ctx.batch_bytes_target();
                 let child_max = input.max_memory(ctx, small);
-                let child = input.execute_with(ctx, Some(small))?;
+                let child =
+                    start_beside(ctx, "ExternalSort", sort::min_memory(ctx), || input.execute_with(ctx, Some(small)))?;
                 StreamSource::Sort(Box::new(SortStream::new(child, keys, fetch, child_max, ctx, metrics.clone())?))
             }
             Source::Aggregate { input, group_exprs, aggregates, schema } => {
                 let small = 2 * ctx.batch_bytes_target();
                 let child_max = input.max_memory(ctx, small);
-                let child = input.execute_with(ctx, Some(small))?;
+                let child = start_beside(ctx, "HashAggregate", aggregate::min_memory(ctx), || {
+                    input.execute_with(ctx, Some(small))
+                })?;
                 StreamSource::Aggregate(Box::new(AggregateStream::new(
                     child,
                     group_exprs,
@@ -343,6 +346,25 @@ impl Pipeline {
             done: false,
         })
     }
+}
+
+/// Starts the input of a blocking operator while holding the operator's declared minimum, so the
+/// input (a scan picks its worker count from what the pool has free) leaves room for it.
+pub(crate) fn start_beside(
+    ctx: &ExecContext,
+    operator: &str,
+    minimum: u64,
+    start: impl FnOnce() -> Result<BatchStream>,
+) -> Result<BatchStream> {
+    let mut floor = ctx.pool.register(format!("{operator} minimum"), false);
+    floor.try_grow(minimum).map_err(|_| crate::Error::BudgetTooSmall {
+        what: operator.to_string(),
+        needed: ctx.pool.budget() - ctx.pool.available() + minimum,
+        budget: ctx.pool.budget(),
+    })?;
+    let stream = start()?;
+    drop(floor);
+    Ok(stream)
 }
 
 enum StreamSource {

@@ -9,7 +9,7 @@
 //!    (`ExternalSort`, spillable) up to half of its share of the pool; the other half is scratch
 //!    for sorting (keys in Arrow row format, one `u32` pair per row, one output chunk). When the
 //!    buffer is full it is sorted (stably: ties keep input order) and written as one run, in chunks
-//!    of `batch_size` rows. With a `fetch` (top-k), a full buffer is first cut to its best `k` rows
+//!    of `batch_size` rows (fewer for wide rows: a chunk is about a batch's worth of bytes). With a `fetch` (top-k), a full buffer is first cut to its best `k` rows
 //!    and kept in memory while those fit; only a `k` too big for memory spills.
 //! 2. **In memory.** If nothing was spilled, the buffer is sorted once and its chunks are produced
 //!    on demand from the sorted indices (no second copy of the data).
@@ -188,28 +188,41 @@ impl Sorter {
     /// Reads the whole input into sorted runs and picks the output state.
     fn consume(&mut self, child: &mut BatchStream, cancel: &AtomicBool) -> Result<State> {
         while let Some(item) = child.next_reserved() {
-            let (batch, child_reservation) = item?;
+            let (batch, mut child_reservation) = item?;
             if cancel.load(std::sync::atomic::Ordering::Relaxed) {
                 return Err(Error::Cancelled);
             }
             let keys = self.keys_of(&batch)?;
             let bytes = batch.get_array_memory_size() as u64 + keys.size() as u64;
             self.key_row_bytes = self.key_row_bytes.max((keys.size() / batch.num_rows().max(1)) as u64 + 1);
-            // Move the batch's accounting from the stream to the sort: grow ours (batch and
-            // keys), then release the stream's.
-            if self.reservation.size() + bytes > self.buffer_limit || self.reservation.try_grow(bytes).is_err() {
+            // Take the batch's reservation over from the stream (whose flow control then moves
+            // on): only its keys, and any shortfall, are new.
+            let moved = self.reservation.take(&mut child_reservation);
+            child.release(child_reservation);
+            if moved > bytes {
+                self.reservation.shrink(moved - bytes);
+            }
+            let extra = bytes.saturating_sub(moved);
+            let over = |s: &Self| s.reservation.size() + extra > s.buffer_limit;
+            if over(self) || self.reservation.try_grow(extra).is_err() {
                 self.spill_memory_runs()?;
-                if self.reservation.size() + bytes > self.buffer_limit || self.reservation.try_grow(bytes).is_err() {
+                if over(self) || self.reservation.try_grow(extra).is_err() {
                     if self.buffer.is_empty() {
-                        child.release(child_reservation);
-                        return Err(self.too_small(bytes));
+                        // The buffer's size is a target for runs; one batch larger than it is
+                        // still sorted, as long as the pool can hold it.
+                        self.reservation.try_grow(extra).map_err(|_| self.too_small(bytes))?;
+                        self.metrics.rows_in(batch.num_rows());
+                        self.metrics.reserved(self.reservation.size());
+                        self.buffer.push((batch, keys));
+                        self.buffer_bytes += bytes;
+                        self.sort_run(false)?;
+                        continue;
                     }
                     self.sort_run(false)?;
                     self.spill_memory_runs()?;
-                    self.reservation.try_grow(bytes).map_err(|_| self.too_small(bytes))?;
+                    self.reservation.try_grow(extra).map_err(|_| self.too_small(bytes))?;
                 }
             }
-            child.release(child_reservation);
             self.metrics.rows_in(batch.num_rows());
             self.metrics.reserved(self.reservation.size());
             self.buffer.push((batch, keys));
@@ -271,8 +284,13 @@ impl Sorter {
             order.truncate(k);
         }
         let batches: Vec<&RecordBatch> = buffered.iter().map(|(b, _)| b).collect();
+        // Chunks of a batch's worth of rows, fewer when rows are wide: chunks are what the merge
+        // holds per run, and what comes out.
+        let data_bytes: usize = batches.iter().map(|b| b.get_array_memory_size()).sum();
+        let row_bytes = data_bytes / total.max(1) + 1;
+        let chunk_rows = (self.ctx.batch_bytes_target() as usize / row_bytes).clamp(1, self.batch_size());
         let mut chunks = VecDeque::new();
-        for part in order.chunks(self.batch_size()) {
+        for part in order.chunks(chunk_rows) {
             let indices: Vec<(usize, usize)> = part.iter().map(|&(_, b, r)| (b as usize, r as usize)).collect();
             let chunk = interleave_batches(&self.schema, &batches, &indices)?;
             let bytes = chunk.get_array_memory_size() as u64;
@@ -316,9 +334,16 @@ impl Sorter {
     fn merge(&mut self) -> Result<State> {
         // One decoded chunk, its keys and the reader's page buffers, per run on disk.
         let per_run = (2 * self.max_chunk_bytes + self.max_chunk_keys).max(1);
+        let fan_in_now = |pool: &crate::memory::MemoryPool| ((pool.available() * 3 / 4) / per_run) as usize;
+        let mut fan_in = fan_in_now(&self.ctx.pool);
+        let mut spilled = self.runs.iter().filter(|r| matches!(r, Run::Spilled(_))).count();
+        if spilled > 0 && fan_in < self.runs.len() {
+            // Runs kept in memory hold what the merge buffers need: they go to disk first.
+            self.spill_memory_runs()?;
+            spilled = self.runs.len();
+            fan_in = fan_in_now(&self.ctx.pool);
+        }
         let available = self.ctx.pool.available();
-        let fan_in = ((available * 3 / 4) / per_run) as usize;
-        let spilled = self.runs.iter().filter(|r| matches!(r, Run::Spilled(_))).count();
         if spilled > 0 && fan_in < 2 {
             let budget = self.ctx.pool.budget();
             return Err(Error::BudgetTooSmall {
@@ -410,6 +435,8 @@ struct Cursor {
     reader: RunReader,
     batch: RecordBatch,
     rows: Rows,
+    /// Average bytes of a row of `batch`, to cut output chunks by size.
+    row_bytes: usize,
     pos: usize,
     /// Where the current batch sits in the output chunk's batch list, once it has been used.
     slot: Option<usize>,
@@ -425,6 +452,8 @@ struct Merger {
     heap: Vec<usize>,
     left: Option<usize>,
     batch_size: usize,
+    /// Output chunks stop at about this many bytes.
+    chunk_bytes: usize,
     _buffers: MemoryReservation,
 }
 
@@ -455,6 +484,7 @@ impl Merger {
             heap: Vec::with_capacity(runs.len()),
             left: fetch,
             batch_size: sorter.batch_size(),
+            chunk_bytes: sorter.ctx.batch_bytes_target() as usize,
             _buffers: buffers,
         };
         for run in runs {
@@ -465,7 +495,8 @@ impl Merger {
             match reader.next_batch()? {
                 Some(batch) if batch.num_rows() > 0 => {
                     let rows = merger.rows_of(&batch)?;
-                    merger.cursors.push(Some(Cursor { reader, batch, rows, pos: 0, slot: None }));
+                    let row_bytes = batch.get_array_memory_size() / batch.num_rows() + 1;
+                    merger.cursors.push(Some(Cursor { reader, batch, rows, row_bytes, pos: 0, slot: None }));
                 }
                 _ => merger.cursors.push(None),
             }
@@ -535,7 +566,8 @@ impl Merger {
         }
         let mut slots: Vec<RecordBatch> = Vec::new();
         let mut indices: Vec<(usize, usize)> = Vec::with_capacity(want);
-        while indices.len() < want && !self.heap.is_empty() {
+        let mut bytes = 0;
+        while indices.len() < want && bytes < self.chunk_bytes && !self.heap.is_empty() {
             let top = self.heap[0];
             let cursor = self.cursors[top].as_mut().unwrap();
             let slot = *cursor.slot.get_or_insert_with(|| {
@@ -543,6 +575,7 @@ impl Merger {
                 slots.len() - 1
             });
             indices.push((slot, cursor.pos));
+            bytes += cursor.row_bytes;
             cursor.pos += 1;
             if cursor.pos == cursor.batch.num_rows() {
                 match cursor.reader.next_batch() {
@@ -552,6 +585,7 @@ impl Merger {
                             Err(e) => return Some(Err(e)),
                         };
                         let cursor = self.cursors[top].as_mut().unwrap();
+                        cursor.row_bytes = batch.get_array_memory_size() / batch.num_rows() + 1;
                         cursor.batch = batch;
                         cursor.rows = rows;
                         cursor.pos = 0;

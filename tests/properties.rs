@@ -1,0 +1,179 @@
+//! Property tests: for random data (nulls, duplicate keys, strings up to 8 KB), random batch sizes,
+//! row-group sizes and budgets (some small enough to spill), joins, grouping, DISTINCT and ORDER BY
+//! give the answers of plain Rust implementations, and the pool is back at zero after each query.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow::array::{Int64Array, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Schema};
+use common::*;
+use flow_engine::{Config, Engine};
+use proptest::prelude::*;
+
+/// A row: key (few distinct values, nulls), a string (nulls, up to 2 KB), a unique id.
+type Row = (Option<i64>, Option<String>, i64);
+
+fn rows(max: usize) -> impl Strategy<Value = Vec<Row>> {
+    let key = prop_oneof![1 => Just(None), 8 => (0i64..40).prop_map(Some)];
+    let text = prop_oneof![
+        1 => Just(None),
+        6 => "[a-c]{0,6}".prop_map(Some),
+        2 => (0usize..8192, any::<u8>()).prop_map(|(n, c)| Some(((b'a' + c % 26) as char).to_string().repeat(n))),
+    ];
+    proptest::collection::vec((key, text), 0..max)
+        .prop_map(|v| v.into_iter().enumerate().map(|(i, (k, s))| (k, s, i as i64)).collect())
+}
+
+fn write(dir: &Path, name: &str, rows: &[Row], row_group: usize) {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("k", DataType::Int64, true),
+        Field::new("s", DataType::Utf8, true),
+        Field::new("id", DataType::Int64, false),
+    ]));
+    let batch = RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(Int64Array::from(rows.iter().map(|r| r.0).collect::<Vec<_>>())),
+            Arc::new(StringArray::from(rows.iter().map(|r| r.1.clone()).collect::<Vec<_>>())),
+            Arc::new(Int64Array::from(rows.iter().map(|r| r.2).collect::<Vec<_>>())),
+        ],
+    )
+    .unwrap();
+    let props =
+        parquet::file::properties::WriterProperties::builder().set_max_row_group_row_count(Some(row_group)).build();
+    write_parquet(&dir.join(format!("{name}.parquet")), &[batch], Some(props));
+}
+
+fn engine(dir: &Path, budget: u64, batch_size: usize) -> Engine {
+    let config =
+        Config::default().with_mem_budget(budget).with_threads(2).with_spill_dir(dir).with_batch_size(batch_size);
+    let mut e = Engine::new(config).unwrap();
+    for name in ["l", "r"] {
+        e.register(name, dir.join(format!("{name}.parquet")).to_str().unwrap()).unwrap();
+    }
+    e
+}
+
+/// Every row of a query as text, in the order produced; `None` when the budget is refused before
+/// running (it must then name a larger one). Any error while running fails the test.
+fn run(e: &Engine, sql: &str) -> Option<Vec<Vec<String>>> {
+    use arrow::util::display::{ArrayFormatter, FormatOptions};
+    let opts = FormatOptions::default().with_null("NULL");
+    let mut out = Vec::new();
+    let query = match e.sql(sql) {
+        Ok(q) => q,
+        Err(flow_engine::Error::BudgetTooSmall { needed, budget, .. }) => {
+            assert!(needed > budget, "{sql}: refused, naming {needed} > {budget}");
+            return None;
+        }
+        Err(err) => panic!("{sql}: {err}"),
+    };
+    query
+        .for_each(|b| {
+            let fmts: Vec<ArrayFormatter> =
+                b.columns().iter().map(|c| ArrayFormatter::try_new(c.as_ref(), &opts).unwrap()).collect();
+            out.extend((0..b.num_rows()).map(|r| fmts.iter().map(|f| f.value(r).to_string()).collect::<Vec<_>>()));
+            Ok(())
+        })
+        .unwrap_or_else(|err| panic!("{sql}: {err}"));
+    assert_eq!(e.pool().reserved(), 0, "pool back to zero after {sql}");
+    Some(out)
+}
+
+fn text(v: Option<i64>) -> String {
+    v.map_or("NULL".into(), |v| v.to_string())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    #[test]
+    fn operators_match_plain_rust(
+        left in rows(3_000),
+        right in rows(2_000),
+        batch_size in prop_oneof![Just(1usize), Just(7), Just(100), Just(4096)],
+        row_group in 1usize..2_000,
+        budget in prop_oneof![Just(3u64 << 20), Just(6 << 20), Just(1 << 30)],
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "l", &left, row_group);
+        write(dir.path(), "r", &right, row_group);
+        let e = engine(dir.path(), budget, batch_size);
+
+        // FULL JOIN on the key: pairs of ids, null-extended on either side.
+        let mut by_key: HashMap<i64, Vec<i64>> = HashMap::new();
+        for (k, _, id) in &right {
+            if let Some(k) = k {
+                by_key.entry(*k).or_default().push(*id);
+            }
+        }
+        let mut matched = vec![false; right.len()];
+        let mut want = Vec::new();
+        for (k, _, lid) in &left {
+            let partners = k.and_then(|k| by_key.get(&k)).cloned().unwrap_or_default();
+            for &rid in &partners {
+                want.push(vec![lid.to_string(), rid.to_string()]);
+                matched[rid as usize] = true;
+            }
+            if partners.is_empty() {
+                want.push(vec![lid.to_string(), "NULL".into()]);
+            }
+        }
+        want.extend(right.iter().filter(|r| !matched[r.2 as usize]).map(|r| vec!["NULL".into(), r.2.to_string()]));
+        want.sort();
+        if let Some(mut got) = run(&e, "SELECT l.id, r.id, l.s, r.s FROM l FULL JOIN r ON l.k = r.k") {
+            got.iter_mut().for_each(|r| r.truncate(2));
+            got.sort();
+            prop_assert_eq!(got, want);
+        }
+
+        // GROUP BY with count, count(DISTINCT), sum and max of strings.
+        type Group = (i64, std::collections::BTreeSet<String>, i64, Option<String>);
+        let mut groups: BTreeMap<Option<i64>, Group> = BTreeMap::new();
+        for (k, s, id) in &left {
+            let g = groups.entry(*k).or_default();
+            g.0 += 1;
+            g.2 += id;
+            if let Some(s) = s {
+                g.1.insert(s.clone());
+                if g.3.as_ref().is_none_or(|m| s > m) {
+                    g.3 = Some(s.clone());
+                }
+            }
+        }
+        let want: Vec<Vec<String>> = groups
+            .iter()
+            .map(|(k, (n, set, sum, max))| {
+                vec![text(*k), n.to_string(), set.len().to_string(), sum.to_string(), max.clone().unwrap_or("NULL".into())]
+            })
+            .collect();
+        if let Some(got) = run(&e, "SELECT k, count(*), count(DISTINCT s), sum(id), max(s) FROM l GROUP BY k ORDER BY k NULLS FIRST") {
+            prop_assert_eq!(got, want);
+        }
+
+        // ORDER BY a string DESC, then id: a stable, total order.
+        let mut sorted = left.clone();
+        sorted.sort_by(|a, b| match (&a.1, &b.1) {
+            (None, None) => a.2.cmp(&b.2),
+            (None, _) => std::cmp::Ordering::Greater,
+            (_, None) => std::cmp::Ordering::Less,
+            (Some(x), Some(y)) => y.cmp(x).then(a.2.cmp(&b.2)),
+        });
+        let want: Vec<Vec<String>> = sorted.iter().map(|r| vec![r.2.to_string()]).collect();
+        if let Some(got) = run(&e, "SELECT id FROM l ORDER BY s DESC, id") {
+            prop_assert_eq!(got, want);
+        }
+
+        // UNION of keys from both sides.
+        let keys: std::collections::BTreeSet<Option<i64>> = left.iter().chain(&right).map(|r| r.0).collect();
+        let want: Vec<Vec<String>> = keys.iter().map(|k| vec![text(*k)]).collect();
+        if let Some(got) = run(&e, "SELECT k FROM l UNION SELECT k FROM r ORDER BY k NULLS FIRST") {
+            prop_assert_eq!(got, want);
+        }
+        prop_assert_eq!(e.spill().on_disk(), 0);
+    }
+}
