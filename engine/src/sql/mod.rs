@@ -459,27 +459,81 @@ fn aggregate(
 ) -> Result<LogicalPlan> {
     use crate::expr::{AggregateExpr, AggregateFunction as F, BinaryOp, Function};
     use arrow::datatypes::DataType;
-    let distinct_args: Vec<&Expr> = aggregates.iter().filter(|a| a.distinct).filter_map(|a| a.arg.as_ref()).collect();
-    let Some(&x) = distinct_args.first() else {
-        return Ok(LogicalPlan::Aggregate { input: Box::new(input), group_exprs, aggregates, schema });
-    };
-    if distinct_args.iter().any(|a| *a != x) {
-        return Err(Error::NotSupported("DISTINCT aggregates over different arguments in one query".into()));
+    let mut distinct_args: Vec<Expr> = Vec::new();
+    for a in aggregates.iter().filter(|a| a.distinct) {
+        let arg = a.arg.clone().expect("DISTINCT aggregates have an argument");
+        if !distinct_args.contains(&arg) {
+            distinct_args.push(arg);
+        }
     }
-    let in_schema = input.schema();
+    if distinct_args.is_empty() {
+        return Ok(LogicalPlan::Aggregate { input: Box::new(input), group_exprs, aggregates, schema });
+    }
     let keys = group_exprs.len();
-    let mut first_groups = group_exprs.clone();
-    first_groups.push(x.clone());
-    // First level: partial results of the plain aggregates, per (keys, x).
+    let m = distinct_args.len();
+    // The first level groups by the keys and the distinct values. With one distinct argument it
+    // reads the input as it is. With several it reads a union of one branch per argument (its
+    // values, a tag, nulls for the other arguments) and one for the plain aggregates' arguments,
+    // so each argument's distinct values are grouped apart.
+    let (first_input, first_groups, distinct_column, plain_arg) = if m == 1 {
+        let mut groups = group_exprs.clone();
+        groups.push(distinct_args[0].clone());
+        let plain: Vec<Option<Expr>> =
+            aggregates.iter().map(|a| if a.distinct { None } else { a.arg.clone() }).collect();
+        (input, groups, vec![keys], plain)
+    } else {
+        let in_schema = input.schema();
+        let null = |t: &DataType| Expr::Literal(arrow::array::new_null_array(t, 1));
+        let int = |v: i64| Expr::Literal(Arc::new(arrow::array::Int64Array::from(vec![v])));
+        let plain: Vec<usize> = (0..aggregates.len()).filter(|&i| !aggregates[i].distinct).collect();
+        let mut fields: Vec<Field> = group_exprs
+            .iter()
+            .enumerate()
+            .map(|(i, e)| Field::new(format!("__k{i}"), e.data_type(&in_schema), true))
+            .collect();
+        fields.push(Field::new("__tag", DataType::Int64, true));
+        fields.extend(
+            distinct_args.iter().enumerate().map(|(j, e)| Field::new(format!("__d{j}"), e.data_type(&in_schema), true)),
+        );
+        let arg_type = |i: usize| aggregates[i].arg.as_ref().map_or(DataType::Int64, |e| e.data_type(&in_schema));
+        fields.extend(plain.iter().map(|&i| Field::new(format!("__a{i}"), arg_type(i), true)));
+        let union_schema = Arc::new(Schema::new(fields));
+        let branches = (0..=m)
+            .map(|branch| {
+                let mut exprs = group_exprs.clone();
+                exprs.push(int(branch as i64));
+                for (j, x) in distinct_args.iter().enumerate() {
+                    exprs.push(if j == branch { x.clone() } else { null(&x.data_type(&in_schema)) });
+                }
+                for &i in &plain {
+                    // count(*) counts the plain branch's rows: a 1 in each.
+                    let arg = aggregates[i].arg.clone().unwrap_or_else(|| int(1));
+                    exprs.push(if branch == m { arg } else { null(&arg_type(i)) });
+                }
+                LogicalPlan::Projection { input: Box::new(input.clone()), exprs, schema: union_schema.clone() }
+            })
+            .collect();
+        let col = |i: usize| Expr::column(i, union_schema.field(i).name());
+        let groups = (0..keys + 1 + m).map(col).collect();
+        let mut args = vec![None; aggregates.len()];
+        for (n, &i) in plain.iter().enumerate() {
+            args[i] = Some(col(keys + 1 + m + n));
+        }
+        let union = LogicalPlan::Union { inputs: branches, schema: union_schema };
+        (union, groups, (0..m).map(|j| keys + 1 + j).collect::<Vec<usize>>(), args)
+    };
+    let in_schema = first_input.schema();
+    let first_width = first_groups.len();
+    // First level: partial results of the plain aggregates, per (keys, distinct values).
     let mut partials: Vec<AggregateExpr> = Vec::new();
     let partial = |func: F, arg: &Option<Expr>, partials: &mut Vec<AggregateExpr>| -> Result<usize> {
         let data_type = func.return_type(arg.as_ref().map(|a| a.data_type(&in_schema)).as_ref())?;
         partials.push(AggregateExpr { func, arg: arg.clone(), distinct: false, data_type });
-        Ok(keys + 1 + partials.len() - 1)
+        Ok(first_width + partials.len() - 1)
     };
     enum Final {
-        /// The aggregate over the distinct values (the first level's column `keys`).
-        OverDistinct(F),
+        /// The aggregate over the distinct values (a column of the first level's keys).
+        OverDistinct(F, usize),
         /// `count`: the sum of partial counts, 0 when there are none.
         Count(usize),
         /// `sum`, `min`, `max` of the partial column.
@@ -488,14 +542,17 @@ fn aggregate(
         Avg(usize, usize),
     }
     let mut finals = Vec::new();
-    for a in &aggregates {
-        finals.push(match (a.distinct, a.func) {
-            (true, f) => Final::OverDistinct(f),
-            (false, F::CountStar | F::Count) => Final::Count(partial(a.func, &a.arg, &mut partials)?),
-            (false, f @ (F::Sum | F::Min | F::Max)) => Final::Again(f, partial(f, &a.arg, &mut partials)?),
-            (false, F::Avg) => {
-                Final::Avg(partial(F::Sum, &a.arg, &mut partials)?, partial(F::Count, &a.arg, &mut partials)?)
+    for (a, arg) in aggregates.iter().zip(&plain_arg) {
+        // With a union, `count(*)` counts the plain branch's 1s.
+        let func = if m > 1 && a.func == F::CountStar { F::Count } else { a.func };
+        finals.push(match (a.distinct, func) {
+            (true, f) => {
+                let j = distinct_args.iter().position(|x| Some(x) == a.arg.as_ref()).expect("collected above");
+                Final::OverDistinct(f, distinct_column[j])
             }
+            (false, F::CountStar | F::Count) => Final::Count(partial(func, arg, &mut partials)?),
+            (false, f @ (F::Sum | F::Min | F::Max)) => Final::Again(f, partial(f, arg, &mut partials)?),
+            (false, F::Avg) => Final::Avg(partial(F::Sum, arg, &mut partials)?, partial(F::Count, arg, &mut partials)?),
             (false, f) => {
                 return Err(Error::NotSupported(format!("{}() together with a DISTINCT aggregate", f.name())));
             }
@@ -509,7 +566,7 @@ fn aggregate(
     fields.extend(partials.iter().enumerate().map(|(i, a)| Field::new(format!("__p{i}"), a.data_type.clone(), true)));
     let first_schema = Arc::new(Schema::new(fields));
     let first = LogicalPlan::Aggregate {
-        input: Box::new(input),
+        input: Box::new(first_input),
         group_exprs: first_groups,
         aggregates: partials,
         schema: first_schema.clone(),
@@ -525,7 +582,7 @@ fn aggregate(
     let mut outputs = Vec::new();
     for f in finals {
         outputs.push(match f {
-            Final::OverDistinct(func) => add(func, keys)?,
+            Final::OverDistinct(func, c) => add(func, c)?,
             Final::Again(func, c) => add(func, c)?,
             Final::Count(c) => {
                 let sum = Expr::Cast { expr: Box::new(add(F::Sum, c)?), to: DataType::Int64 };
