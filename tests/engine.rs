@@ -667,7 +667,8 @@ fn count_distinct_is_the_same_spilled_or_not_and_matches_an_independent_count() 
         assert_eq!(got, vec![vec!["0", "0", "NULL"]], "empty input, budget {budget}");
     }
     // Several distinct arguments at once, with plain aggregates beside them.
-    let mut per_k: BTreeMap<Option<i64>, (HashSet<String>, HashSet<i64>, i64, i128)> = BTreeMap::new();
+    type Distincts = (HashSet<String>, HashSet<i64>, i64, i128);
+    let mut per_k: BTreeMap<Option<i64>, Distincts> = BTreeMap::new();
     for (k, s, id) in &data {
         let e = per_k.entry(*k).or_default();
         if let Some(s) = s {

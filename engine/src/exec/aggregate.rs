@@ -20,8 +20,8 @@
 //! float sums, Welford's mean and M2 for `stddev`/`variance`, and `min`/`max` kept in row format, so
 //! they work for every type (strings, dates, decimals) and compare as bytes.
 
-use std::collections::{HashMap, VecDeque};
-use std::hash::{Hash, Hasher};
+use std::collections::VecDeque;
+use std::hash::BuildHasher;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
@@ -31,6 +31,8 @@ use arrow::array::{
 };
 use arrow::datatypes::{DataType, Decimal128Type, Field, Float64Type, Schema, SchemaRef};
 use arrow_row::{RowConverter, Rows, SortField};
+use foldhash::fast::FixedState;
+use hashbrown::HashTable;
 
 use super::partition::SpillPartitions;
 use super::{BatchStream, ExecContext, OperatorMetrics};
@@ -109,10 +111,12 @@ impl AggregateStream {
                 }
             }
         }
-        let key_converter = if group_exprs.is_empty() {
-            None
-        } else {
-            Some(RowConverter::new(group_exprs.iter().map(|e| SortField::new(e.data_type(&in_schema))).collect())?)
+        // One integer-like key is kept as `i64` (inline in the hash table); other keys in row format.
+        let key_types: Vec<DataType> = group_exprs.iter().map(|e| e.data_type(&in_schema)).collect();
+        let key_converter = match key_types.as_slice() {
+            [] => None,
+            [t] if int_like(t) => None,
+            _ => Some(RowConverter::new(key_types.iter().cloned().map(SortField::new).collect())?),
         };
         let spec = Arc::new(Spec {
             out_schema,
@@ -287,6 +291,56 @@ enum Acc {
     },
 }
 
+/// Types whose values convert to and from `i64` one-to-one.
+fn int_like(t: &DataType) -> bool {
+    use arrow::compute::can_cast_types;
+    matches!(
+        t,
+        DataType::Int8
+            | DataType::Int16
+            | DataType::Int32
+            | DataType::Int64
+            | DataType::UInt8
+            | DataType::UInt16
+            | DataType::UInt32
+            | DataType::Date32
+            | DataType::Date64
+            | DataType::Timestamp(..)
+    ) && can_cast_types(t, &DataType::Int64)
+        && can_cast_types(&DataType::Int64, t)
+}
+
+impl Acc {
+    /// Makes room for `additional` more groups.
+    fn reserve(&mut self, additional: usize) {
+        match self {
+            Acc::Count(v) => v.reserve_exact(additional),
+            Acc::SumInt { sum, seen } => {
+                sum.reserve_exact(additional);
+                seen.reserve_exact(additional);
+            }
+            Acc::SumFloat { sum, seen } => {
+                sum.reserve_exact(additional);
+                seen.reserve_exact(additional);
+            }
+            Acc::AvgInt { sum, count, .. } => {
+                sum.reserve_exact(additional);
+                count.reserve_exact(additional);
+            }
+            Acc::AvgFloat { sum, count } => {
+                sum.reserve_exact(additional);
+                count.reserve_exact(additional);
+            }
+            Acc::Extreme { values, .. } => values.reserve_exact(additional),
+            Acc::Var { n, mean, m2, .. } => {
+                n.reserve_exact(additional);
+                mean.reserve_exact(additional);
+                m2.reserve_exact(additional);
+            }
+        }
+    }
+}
+
 /// Bytes of state per group for an accumulator (not counting min/max values).
 fn slot_bytes(acc: &Acc) -> u64 {
     match acc {
@@ -304,7 +358,11 @@ fn slot_bytes(acc: &Acc) -> u64 {
 struct GroupTable {
     spec: Arc<Spec>,
     ctx: ExecContext,
-    map: HashMap<Box<[u8]>, u32>,
+    index: GroupIndex,
+    /// Groups in the table, numbered in insertion order.
+    groups: usize,
+    /// Groups the index and every state vector have room for (reserved).
+    capacity: usize,
     accs: Vec<Acc>,
     reservation: MemoryReservation,
     /// Most bytes the table may reserve.
@@ -356,7 +414,9 @@ impl GroupTable {
         Ok(GroupTable {
             spec: spec.clone(),
             ctx: ctx.clone(),
-            map: HashMap::new(),
+            index: GroupIndex::new(spec),
+            groups: 0,
+            capacity: 0,
             accs,
             reservation: ctx.pool.register(format!("HashAggregate[{depth}]"), true),
             limit,
@@ -367,18 +427,66 @@ impl GroupTable {
 
     /// Frees the groups and their states.
     fn clear(&mut self) {
-        self.map = HashMap::new();
+        self.index = GroupIndex::new(&self.spec);
+        self.groups = 0;
+        self.capacity = 0;
         self.accs.clear();
         self.reservation.free();
     }
 
     fn groups(&self) -> usize {
-        self.map.len()
+        self.groups
     }
 
-    fn per_group_bytes(&self) -> u64 {
-        // Hash map entry and boxed key header, plus every state slot.
-        48 + self.accs.iter().map(slot_bytes).sum::<u64>()
+    /// Bytes of the index and the state vectors for `capacity` groups (keys of variable length
+    /// not included).
+    fn fixed_bytes(&self, capacity: usize) -> u64 {
+        let states: u64 = self.accs.iter().map(slot_bytes).sum();
+        self.index.bytes(capacity) + capacity as u64 * states
+    }
+
+    /// Makes room for one more group: grows the index and every state vector to twice the
+    /// capacity, reserving the new size and, for the moment of the move, the old copies too.
+    /// False when that does not fit the table's share of the pool.
+    fn ensure_capacity(&mut self) -> bool {
+        if self.groups < self.capacity {
+            return true;
+        }
+        let new_capacity = (self.capacity * 2).max(1024);
+        let (old, new) = (self.fixed_bytes(self.capacity), self.fixed_bytes(new_capacity));
+        let need = new; // the old copy is already reserved
+        if self.reservation.size() + need > self.limit || self.reservation.try_grow(need).is_err() {
+            return false;
+        }
+        let additional = new_capacity - self.groups;
+        self.index.reserve(additional);
+        for acc in &mut self.accs {
+            acc.reserve(additional);
+        }
+        self.capacity = new_capacity;
+        self.reservation.shrink(old);
+        true
+    }
+
+    /// Adds the group for row `row` of `keys` if it fits; its number.
+    fn try_insert(&mut self, keys: &BatchKeys, row: usize) -> Option<usize> {
+        if self.partitions.is_some() || !self.ensure_capacity() {
+            return None;
+        }
+        // Variable-length keys grow their buffer the same way: new size reserved first.
+        let key_len = keys.len(row);
+        if let Some((old, new)) = self.index.key_growth(key_len) {
+            if self.reservation.size() + new > self.limit || self.reservation.try_grow(new).is_err() {
+                return None;
+            }
+            self.index.grow_keys(new as usize);
+            self.reservation.shrink(old);
+        }
+        let g = self.groups;
+        self.index.insert(keys, row, g as u32);
+        self.groups += 1;
+        self.push_group();
+        Some(g)
     }
 
     fn push_group(&mut self) {
@@ -412,8 +520,10 @@ impl GroupTable {
     }
 
     fn add_empty_group(&mut self) -> Result<()> {
-        self.reservation.try_grow(self.per_group_bytes())?;
-        self.map.insert(Box::new([]), 0);
+        if !self.ensure_capacity() {
+            self.reservation.try_grow(self.fixed_bytes(1))?;
+        }
+        self.groups = 1;
         self.push_group();
         Ok(())
     }
@@ -422,10 +532,7 @@ impl GroupTable {
     fn add(&mut self, batch: &RecordBatch) -> Result<()> {
         let n = batch.num_rows();
         let spec = self.spec.clone();
-        let keys: Option<Rows> = match &spec.key_converter {
-            Some(c) => Some(c.convert_columns(&batch.columns()[..spec.key_count])?),
-            None => None,
-        };
+        let keys = BatchKeys::new(&spec, batch)?;
         // Arguments in the forms the states take.
         let mut args: Vec<Option<ArgValues>> = Vec::with_capacity(self.accs.len());
         for (acc, col) in self.accs.iter().zip(&spec.arg_columns) {
@@ -434,33 +541,26 @@ impl GroupTable {
                 None => None,
             });
         }
-        let per_group = self.per_group_bytes();
         // Min/max values grow when a longer value wins; counted after the batch.
         let mut grown = 0u64;
         let mut spilled: Vec<Vec<u32>> = Vec::new();
         for row in 0..n {
-            let key: &[u8] = keys.as_ref().map_or(&[], |k| k.row(row).data());
-            let group = match self.map.get(key) {
-                Some(&g) => g as usize,
+            let found = match &self.index {
+                GroupIndex::Single => (self.groups > 0).then_some(0),
+                index => index.find(&keys, row),
+            };
+            let group = match found.or_else(|| self.try_insert(&keys, row)) {
+                Some(g) => g,
                 None => {
-                    let need = per_group + key.len() as u64;
-                    let fits = self.reservation.size() + need <= self.limit;
-                    if self.partitions.is_none() && fits && self.reservation.try_grow(need).is_ok() {
-                        let g = self.map.len();
-                        self.map.insert(key.into(), g as u32);
-                        self.push_group();
-                        g
-                    } else {
-                        // Full: this group's rows go to a partition, now and later.
-                        if self.partitions.is_none() {
-                            self.start_partitions()?;
-                        }
-                        if spilled.is_empty() {
-                            spilled = vec![Vec::new(); PARTITIONS];
-                        }
-                        spilled[partition_of(key, self.seed)].push(row as u32);
-                        continue;
+                    // Full: this group's rows go to a partition, now and later.
+                    if self.partitions.is_none() {
+                        self.start_partitions()?;
                     }
+                    if spilled.is_empty() {
+                        spilled = vec![Vec::new(); PARTITIONS];
+                    }
+                    spilled[keys.partition(row, self.seed)].push(row as u32);
+                    continue;
                 }
             };
             for (acc, arg) in self.accs.iter_mut().zip(&args) {
@@ -505,17 +605,18 @@ impl GroupTable {
 
     /// Output rows for groups `start..end` (in insertion order).
     fn output(&self, start: usize, end: usize) -> Result<RecordBatch> {
-        let mut keys: Vec<&[u8]> = vec![&[]; end - start];
-        for (k, &g) in &self.map {
-            let g = g as usize;
-            if g >= start && g < end {
-                keys[g - start] = k;
-            }
-        }
         let mut columns: Vec<ArrayRef> = Vec::with_capacity(self.spec.out_schema.fields().len());
-        if let Some(converter) = &self.spec.key_converter {
-            let parser = converter.parser();
-            columns.extend(converter.convert_rows(keys.iter().map(|k| parser.parse(k)))?);
+        match &self.index {
+            GroupIndex::Single => {}
+            GroupIndex::Int { keys, nulls, .. } => {
+                let values = keys[start..end].iter().zip(&nulls[start..end]).map(|(k, null)| (!null).then_some(*k));
+                columns.push(Arc::new(values.collect::<Int64Array>()));
+            }
+            GroupIndex::Rows { .. } => {
+                let converter = self.spec.key_converter.as_ref().expect("row-format keys have a converter");
+                let parser = converter.parser();
+                columns.extend(converter.convert_rows((start..end).map(|g| parser.parse(self.index.key(g))))?);
+            }
         }
         for (i, acc) in self.accs.iter().enumerate() {
             let field = self.spec.out_schema.field(self.spec.key_count + i);
@@ -543,11 +644,173 @@ impl GroupTable {
     }
 }
 
-fn partition_of(key: &[u8], seed: u64) -> usize {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    seed.hash(&mut h);
-    key.hash(&mut h);
-    (h.finish() % PARTITIONS as u64) as usize
+const TABLE_SEED: u64 = 0x9e37_79b9;
+
+/// The group keys of one batch.
+enum BatchKeys {
+    None,
+    /// One integer-like key as `i64`, with its nulls.
+    Int(Int64Array),
+    Rows(Rows),
+}
+
+impl BatchKeys {
+    fn new(spec: &Spec, batch: &RecordBatch) -> Result<BatchKeys> {
+        Ok(match (&spec.key_converter, spec.key_count) {
+            (_, 0) => BatchKeys::None,
+            (None, _) => {
+                let ints = arrow::compute::cast(batch.column(0), &DataType::Int64)?;
+                BatchKeys::Int(ints.as_primitive::<arrow::datatypes::Int64Type>().clone())
+            }
+            (Some(c), n) => BatchKeys::Rows(c.convert_columns(&batch.columns()[..n])?),
+        })
+    }
+
+    fn len(&self, row: usize) -> usize {
+        match self {
+            BatchKeys::Rows(r) => r.row(row).data().len(),
+            _ => 0,
+        }
+    }
+
+    fn hash(&self, row: usize, seed: u64) -> u64 {
+        let state = FixedState::with_seed(seed);
+        match self {
+            BatchKeys::None => 0,
+            BatchKeys::Int(a) if a.is_null(row) => state.hash_one(u64::MAX),
+            BatchKeys::Int(a) => state.hash_one(a.value(row)),
+            BatchKeys::Rows(r) => state.hash_one(r.row(row).data()),
+        }
+    }
+
+    /// The spill partition of row `row` at a recursion level's `seed`.
+    fn partition(&self, row: usize, seed: u64) -> usize {
+        (self.hash(row, seed + 1) >> 60) as usize % PARTITIONS
+    }
+}
+
+/// How groups are found by key.
+enum GroupIndex {
+    /// No GROUP BY: one group.
+    Single,
+    /// One integer-like key, kept inline in the hash table (and by group, for output); the null key
+    /// is a group of its own.
+    Int { table: HashTable<(i64, u32)>, keys: Vec<i64>, nulls: Vec<bool>, null_group: Option<u32> },
+    /// Keys in row format, concatenated, found through a table of group numbers.
+    Rows { table: HashTable<u32>, data: Vec<u8>, offsets: Vec<usize> },
+}
+
+impl GroupIndex {
+    fn new(spec: &Spec) -> GroupIndex {
+        match (&spec.key_converter, spec.key_count) {
+            (_, 0) => GroupIndex::Single,
+            (None, _) => {
+                GroupIndex::Int { table: HashTable::new(), keys: Vec::new(), nulls: Vec::new(), null_group: None }
+            }
+            (Some(_), _) => GroupIndex::Rows { table: HashTable::new(), data: Vec::new(), offsets: vec![0] },
+        }
+    }
+
+    /// Bytes for `capacity` groups: hash table buckets and control bytes, and the per-group vectors.
+    fn bytes(&self, capacity: usize) -> u64 {
+        let table = |entry: usize| {
+            if capacity == 0 {
+                0
+            } else {
+                (capacity * 8 / 7).next_power_of_two() * (entry + 1) + 16
+            }
+        };
+        (match self {
+            GroupIndex::Single => 0,
+            GroupIndex::Int { .. } => table(16) + capacity * 9,
+            GroupIndex::Rows { .. } => table(4) + capacity * 8,
+        }) as u64
+    }
+
+    fn reserve(&mut self, additional: usize) {
+        match self {
+            GroupIndex::Single => {}
+            GroupIndex::Int { table, keys, nulls, .. } => {
+                let state = FixedState::with_seed(TABLE_SEED);
+                table.reserve(additional, |&(k, _)| state.hash_one(k));
+                keys.reserve_exact(additional);
+                nulls.reserve_exact(additional);
+            }
+            GroupIndex::Rows { table, data, offsets } => {
+                let state = FixedState::with_seed(TABLE_SEED);
+                table.reserve(additional, |&g| state.hash_one(&data[offsets[g as usize]..offsets[g as usize + 1]]));
+                offsets.reserve_exact(additional);
+            }
+        }
+    }
+
+    /// The (old, new) capacity in bytes of the key buffer if a key of `len` bytes does not fit.
+    fn key_growth(&self, len: usize) -> Option<(u64, u64)> {
+        match self {
+            GroupIndex::Rows { data, .. } if data.len() + len > data.capacity() => {
+                let new = (data.capacity() * 2).max(data.len() + len).max(64 << 10);
+                Some((data.capacity() as u64, new as u64))
+            }
+            _ => None,
+        }
+    }
+
+    fn grow_keys(&mut self, capacity: usize) {
+        if let GroupIndex::Rows { data, .. } = self {
+            data.reserve_exact(capacity - data.len());
+        }
+    }
+
+    fn key(&self, g: usize) -> &[u8] {
+        match self {
+            GroupIndex::Rows { data, offsets, .. } => &data[offsets[g]..offsets[g + 1]],
+            _ => &[],
+        }
+    }
+
+    fn find(&self, keys: &BatchKeys, row: usize) -> Option<usize> {
+        match (self, keys) {
+            (GroupIndex::Single, _) => Some(0),
+            (GroupIndex::Int { null_group, .. }, BatchKeys::Int(a)) if a.is_null(row) => null_group.map(|g| g as usize),
+            (GroupIndex::Int { table, .. }, BatchKeys::Int(a)) => {
+                let k = a.value(row);
+                table.find(keys.hash(row, TABLE_SEED), |&(x, _)| x == k).map(|&(_, g)| g as usize)
+            }
+            (GroupIndex::Rows { table, data, offsets }, BatchKeys::Rows(r)) => {
+                let key = r.row(row).data();
+                let h = keys.hash(row, TABLE_SEED);
+                table.find(h, |&g| &data[offsets[g as usize]..offsets[g as usize + 1]] == key).map(|&g| g as usize)
+            }
+            _ => unreachable!("keys and index of the same kind"),
+        }
+    }
+
+    /// Adds group `g` for row `row` (room was made by `reserve` and `grow_keys`).
+    fn insert(&mut self, keys: &BatchKeys, row: usize, g: u32) {
+        let h = keys.hash(row, TABLE_SEED);
+        match (self, keys) {
+            (GroupIndex::Single, _) => {}
+            (GroupIndex::Int { table, keys: ks, nulls, null_group }, BatchKeys::Int(a)) => {
+                if a.is_null(row) {
+                    *null_group = Some(g);
+                    ks.push(0);
+                    nulls.push(true);
+                } else {
+                    let state = FixedState::with_seed(TABLE_SEED);
+                    table.insert_unique(h, (a.value(row), g), |&(k, _)| state.hash_one(k));
+                    ks.push(a.value(row));
+                    nulls.push(false);
+                }
+            }
+            (GroupIndex::Rows { table, data, offsets }, BatchKeys::Rows(r)) => {
+                data.extend_from_slice(r.row(row).data());
+                offsets.push(data.len());
+                let state = FixedState::with_seed(TABLE_SEED);
+                table.insert_unique(h, g, |&x| state.hash_one(&data[offsets[x as usize]..offsets[x as usize + 1]]));
+            }
+            _ => unreachable!("keys and index of the same kind"),
+        }
+    }
 }
 
 /// An argument column in the form its accumulator reads.
@@ -641,9 +904,11 @@ fn update(acc: &mut Acc, g: usize, arg: Option<&ArgValues>, row: usize) -> Resul
                     }
                 };
                 if better {
-                    let old = values[g].as_ref().map_or(0, |v| v.len());
+                    // A boxed value costs its bytes rounded up by the allocator (16 bytes of slack
+                    // counted per value).
+                    let old = values[g].as_ref().map_or(0, |v| v.len() + 16);
                     let new: Box<[u8]> = candidate.data().into();
-                    let grew = new.len().saturating_sub(old) as u64;
+                    let grew = (new.len() + 16).saturating_sub(old) as u64;
                     values[g] = Some(new);
                     return Ok(grew);
                 }

@@ -498,7 +498,9 @@ fn aggregate(
         let arg_type = |i: usize| aggregates[i].arg.as_ref().map_or(DataType::Int64, |e| e.data_type(&in_schema));
         fields.extend(plain.iter().map(|&i| Field::new(format!("__a{i}"), arg_type(i), true)));
         let union_schema = Arc::new(Schema::new(fields));
-        let branches = (0..=m)
+        // The plain aggregates' branch only when there are plain aggregates.
+        let branch_count = if plain.is_empty() { m } else { m + 1 };
+        let branches = (0..branch_count)
             .map(|branch| {
                 let mut exprs = group_exprs.clone();
                 exprs.push(int(branch as i64));
