@@ -54,11 +54,20 @@ fn readme_demo_pipeline_runs() {
     let run =
         flow(out.path(), &["run", "--mem-budget", "256MiB", "--report", "report.json", "data/demo/pipeline.toml"]);
     assert_eq!(run.code, 0, "{}", run.stderr);
-    assert!(run.stderr.contains("flow: 3 steps"), "{}", run.stderr);
+    assert!(run.stderr.contains("flow: 4 steps"), "{}", run.stderr);
     let rows: usize = read_parquet(&out.path().join("out/demo/big_spend.parquet")).iter().map(|b| b.num_rows()).sum();
     assert_eq!(rows, 75078, "the demo's answer, checked against DuckDB");
     let csv = std::fs::read_to_string(out.path().join("out/demo/top_categories.csv")).unwrap();
     assert_eq!(csv.lines().count(), 7);
+    // The join with the categories, grouped with a distinct count: DuckDB's totals over its rows.
+    let csv = std::fs::read_to_string(out.path().join("out/demo/department_spend.csv")).unwrap();
+    let rows: Vec<Vec<&str>> = csv.lines().skip(1).map(|l| l.split(',').collect()).collect();
+    assert_eq!(rows.len(), 24);
+    assert_eq!(rows[0], ["food", "1", "3166", "2178", "1588647.66"]);
+    let total = |i: usize| rows.iter().map(|r| r[i].parse::<f64>().unwrap()).sum::<f64>();
+    assert_eq!((total(2), total(3)), (150010.0, 74251.0));
+    assert!((total(4) - 74994469.05).abs() < 0.01);
+    assert!(run.stderr.contains("HashJoin Inner, build side right"), "the summary shows the join: {}", run.stderr);
     // The sort of ~300 MB of rows under 256 MiB spilled, and kept the promise.
     let timeline: usize =
         read_parquet(&out.path().join("out/demo/timeline.parquet")).iter().map(|b| b.num_rows()).sum();

@@ -212,6 +212,15 @@ fn cross_comma_and_multi_table_joins() {
         assert_eq!(rows.len(), 2);
         assert_eq!(rows[0].len(), 5, "id once, then l's k and s, then r's k and s: {rows:?}");
         assert_eq!(rows[0][2], "2998");
+        // Grouped, then ordered by a qualified name.
+        let (_, rows) =
+            flow_rows(&e, "SELECT l.k, count(*) AS n FROM l JOIN r ON l.k = r.k GROUP BY l.k ORDER BY l.k LIMIT 2");
+        let mut counts: std::collections::BTreeMap<i64, usize> = Default::default();
+        for (l, _) in expected(&left, &right, false, false, &|_, _| true) {
+            *counts.entry(left[l.unwrap() as usize].0.unwrap()).or_default() += 1;
+        }
+        let want: Vec<Vec<String>> = counts.iter().take(2).map(|(k, n)| vec![k.to_string(), n.to_string()]).collect();
+        assert_eq!(rows, want);
         // An empty side.
         let got = pairs(&e, "SELECT l.id, r.id FROM l LEFT JOIN (SELECT * FROM r WHERE id < 0) r ON l.k = r.k");
         assert_eq!(got, left.iter().map(|r| (Some(r.2), None)).collect::<Vec<_>>());

@@ -55,6 +55,24 @@ impl Scope {
         Ok(Scope { columns })
     }
 
+    /// The columns of a grouped query's output: a group column that is an input column keeps that
+    /// column's qualifier (`ORDER BY t.a` after `GROUP BY t.a`); the rest are unqualified.
+    pub fn grouped(&self, groups: &[Expr], schema: &SchemaRef) -> Scope {
+        let columns = schema
+            .fields()
+            .iter()
+            .enumerate()
+            .map(|(i, f)| {
+                let qualifier = match groups.get(i) {
+                    Some(Expr::Column { index, .. }) => self.columns[*index].qualifier.clone(),
+                    _ => None,
+                };
+                ScopeColumn { qualifier, name: f.name().clone(), hidden: false }
+            })
+            .collect();
+        Scope { columns }
+    }
+
     /// The columns of a join: this scope's, then `right`'s.
     pub fn join(&self, right: &Scope) -> Scope {
         Scope { columns: self.columns.iter().chain(&right.columns).cloned().collect() }

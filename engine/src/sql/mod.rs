@@ -443,7 +443,7 @@ fn plan_select(select: &ast::Select, catalog: &Catalog) -> Result<SelectPlan> {
     if let Some(predicate) = having {
         plan = LogicalPlan::Filter { input: Box::new(plan), predicate };
     }
-    let scope = Scope::new(&agg_schema, None, None)?;
+    let scope = scope.grouped(&group_exprs, &agg_schema);
     Ok(SelectPlan { input: plan, scope, exprs, fields })
 }
 
