@@ -39,6 +39,7 @@ use arrow_row::{RowConverter, Rows, SortField};
 use foldhash::fast::FixedState;
 use hashbrown::HashTable;
 
+use super::operators::Expand;
 use super::partition::SpillPartitions;
 use super::{BatchStream, ExecContext, OperatorMetrics, Pipeline};
 use crate::error::{Error, Result};
@@ -87,6 +88,9 @@ struct Shared {
     keep_build: bool,
     keep_probe: bool,
     metrics: Arc<OperatorMetrics>,
+    /// Output chunks stop at about this many bytes, and at this many rows.
+    chunk_bytes: usize,
+    batch_size: usize,
 }
 
 /// How keys are compared.
@@ -162,6 +166,155 @@ impl Shared {
     }
 }
 
+impl Shared {
+    /// Rows per output chunk: a batch's worth, fewer for wide rows.
+    fn chunk_rows(&self, row_bytes: usize) -> usize {
+        (self.chunk_bytes / row_bytes.max(1)).clamp(1, self.batch_size)
+    }
+
+    /// Probe rows `rows` of `batch` with nulls for the build side (an outer join's unmatched rows).
+    fn probe_rows_alone(&self, batch: &RecordBatch, rows: Vec<u32>) -> Result<Option<RecordBatch>> {
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        let n = rows.len();
+        let probe = if n == batch.num_rows() {
+            batch.columns().to_vec()
+        } else {
+            arrow::compute::take_record_batch(batch, &UInt32Array::from(rows))?.columns().to_vec()
+        };
+        let build = Shared::nulls(&self.build_schema, n);
+        Ok(Some(self.assemble(build, probe, n)?))
+    }
+
+    /// Walks chains from where `current` stopped until a chunk's worth of pairs; returns the pairs
+    /// that meet the join's conditions (`None` when none did).
+    fn join_chunk(
+        &self,
+        table: &BuildTable,
+        current: &mut ProbeBatch,
+        mut bitmap: Option<&mut Bitmap>,
+    ) -> Result<Option<RecordBatch>> {
+        let shared = self;
+        let probe_row_bytes = current.batch.get_array_memory_size() / current.batch.num_rows().max(1) + 1;
+        let max = self.chunk_rows(table.row_bytes() + probe_row_bytes);
+        let n = current.batch.num_rows();
+        let mut probe_ids: Vec<u32> = Vec::new();
+        let mut build_ids: Vec<u32> = Vec::new();
+        while current.row < n && probe_ids.len() < max {
+            if current.chain == NONE {
+                let row = current.row;
+                let valid = current.valid.as_ref().is_none_or(|v| v.is_valid(row));
+                current.chain = if valid { table.head(&current.keys, row) } else { NONE };
+                if current.chain == NONE {
+                    current.row += 1;
+                    continue;
+                }
+            }
+            while current.chain != NONE && probe_ids.len() < max {
+                probe_ids.push(current.row as u32);
+                build_ids.push(current.chain);
+                current.chain = table.next[current.chain as usize];
+            }
+            if current.chain == NONE {
+                current.row += 1;
+            }
+        }
+        if current.done() {
+            // The batch's own reservation goes once its last chunk is cut.
+            current.reservation.take();
+        }
+        if probe_ids.is_empty() {
+            return Ok(None);
+        }
+        let probe_cols = arrow::compute::take_record_batch(&current.batch, &UInt32Array::from(probe_ids.clone()))?;
+        let build_cols = table.gather(&build_ids)?;
+        let mut out = shared.assemble(build_cols, probe_cols.columns().to_vec(), probe_ids.len())?;
+        let mut keep: Option<Vec<bool>> = None;
+        if let Some(filter) = &shared.spec.filter {
+            let mask = crate::expr::not_null_true(&filter.evaluate_predicate(&out)?);
+            keep = Some(mask.iter().map(|v| v == Some(true)).collect());
+            out = arrow::compute::filter_record_batch(&out, &mask)?;
+        }
+        let kept = |k: usize| keep.as_ref().is_none_or(|m| m[k]);
+        if shared.keep_build {
+            for (k, &b) in build_ids.iter().enumerate() {
+                if kept(k) {
+                    table.matched[b as usize].store(true, Ordering::Relaxed);
+                }
+            }
+        }
+        if shared.keep_probe {
+            for (k, &p) in probe_ids.iter().enumerate() {
+                if kept(k) {
+                    match bitmap.as_deref_mut() {
+                        Some(bits) => bits.set(current.offset + p as u64),
+                        None => current.matched[p as usize] = true,
+                    }
+                }
+            }
+        }
+        Ok((out.num_rows() > 0).then_some(out))
+    }
+
+    /// A probe batch ready to be joined: its keys, and matched flags when its unmatched rows are
+    /// returned right after it.
+    fn probe_batch(
+        &self,
+        batch: RecordBatch,
+        offset: u64,
+        track: bool,
+        reservation: Option<MemoryReservation>,
+    ) -> Result<ProbeBatch> {
+        let (keys, valid) = self.keys(&batch, false)?;
+        let n = batch.num_rows();
+        Ok(ProbeBatch {
+            batch,
+            keys,
+            valid,
+            row: 0,
+            chain: NONE,
+            matched: if track { vec![false; n] } else { Vec::new() },
+            offset,
+            reservation,
+        })
+    }
+
+    /// The rows of a finished probe batch that found no partner, null-extended (outer joins that
+    /// keep probe rows).
+    fn unmatched_probe_rows(&self, current: &ProbeBatch) -> Result<Option<RecordBatch>> {
+        let rows: Vec<u32> = (0..current.batch.num_rows()).filter(|&i| !current.matched[i]).map(|i| i as u32).collect();
+        self.probe_rows_alone(&current.batch, rows)
+    }
+}
+
+/// Probes batches against a finished in-memory table, on the scan workers of the probe side.
+struct Prober {
+    shared: Arc<Shared>,
+    table: Arc<BuildTable>,
+}
+
+impl Expand for Prober {
+    fn expand(&self, batch: RecordBatch, emit: &mut dyn FnMut(RecordBatch) -> Result<bool>) -> Result<bool> {
+        let shared = &self.shared;
+        shared.metrics.rows_in(batch.num_rows());
+        let mut current = shared.probe_batch(batch, 0, shared.keep_probe, None)?;
+        while !current.done() {
+            if let Some(out) = shared.join_chunk(&self.table, &mut current, None)? {
+                if !emit(out)? {
+                    return Ok(false);
+                }
+            }
+        }
+        if shared.keep_probe {
+            if let Some(out) = shared.unmatched_probe_rows(&current)? {
+                return emit(out);
+            }
+        }
+        Ok(true)
+    }
+}
+
 /// Types whose values convert to `i64` one-to-one.
 fn int_like(t: &DataType) -> bool {
     matches!(
@@ -201,7 +354,7 @@ struct BuildTable {
     /// The next row of each row's chain.
     next: Vec<u32>,
     /// Rows that found a partner (outer joins keeping build rows).
-    matched: Vec<bool>,
+    matched: Vec<AtomicBool>,
     /// With no keys every row is in the one chain starting here.
     all_head: u32,
     reservation: MemoryReservation,
@@ -275,7 +428,7 @@ impl BuildTable {
         self.starts.push(first);
         self.next.resize(self.rows + n, NONE);
         if shared.keep_build {
-            self.matched.resize(self.rows + n, false);
+            self.matched.extend((0..n).map(|_| AtomicBool::new(false)));
         }
         let valid_row = |i: usize| valid.as_ref().is_none_or(|v| v.is_valid(i));
         match &keys {
@@ -464,8 +617,10 @@ struct Chunks {
 
 /// One build table and the probe input streaming through it.
 struct Probe {
-    table: BuildTable,
+    table: Arc<BuildTable>,
     input: Option<ProbeInput>,
+    /// The input's batches are joined already (the scan workers probe, see [`Prober`]).
+    joined: bool,
     rows_read: u64,
     current: Option<ProbeBatch>,
     /// Chunked mode: matched probe rows over all chunks, and what comes after this chunk.
@@ -538,7 +693,17 @@ impl JoinStream {
             if spec.build_is_left { (keep_left, keep_right) } else { (keep_right, keep_left) };
         let first_limit = table_limit(ctx.pool.available().saturating_sub(children_max), ctx);
         Ok(JoinStream {
-            shared: Arc::new(Shared { spec, build_schema, probe_schema, key_kind, keep_build, keep_probe, metrics }),
+            shared: Arc::new(Shared {
+                spec,
+                build_schema,
+                probe_schema,
+                key_kind,
+                keep_build,
+                keep_probe,
+                metrics,
+                chunk_bytes: ctx.batch_bytes_target() as usize,
+                batch_size: ctx.config.batch_size.max(1),
+            }),
             ctx: ctx.clone(),
             state: State::Start { build: Box::new(build), probe: Box::new(probe) },
             tasks: VecDeque::new(),
@@ -550,7 +715,8 @@ impl JoinStream {
 
     pub(crate) fn next_reserved(&mut self, cancel: &AtomicBool) -> Option<Result<(RecordBatch, MemoryReservation)>> {
         match self.next_batch(cancel) {
-            Ok(Some(batch)) => Some((|| {
+            Ok(Some((batch, Some(r)))) => Some(Ok((batch, r))),
+            Ok(Some((batch, None))) => Some((|| {
                 let mut r = self.output.pool().register("HashJoin output", false);
                 r.try_grow(batch.get_array_memory_size() as u64)?;
                 Ok((batch, r))
@@ -571,7 +737,7 @@ impl JoinStream {
         self.tasks.clear();
     }
 
-    fn next_batch(&mut self, cancel: &AtomicBool) -> Result<Option<RecordBatch>> {
+    fn next_batch(&mut self, cancel: &AtomicBool) -> Result<Option<(RecordBatch, Option<MemoryReservation>)>> {
         loop {
             if cancel.load(Ordering::Relaxed) {
                 return Err(Error::Cancelled);
@@ -591,8 +757,8 @@ impl JoinStream {
                         let n = batch.num_rows() as u64;
                         let rows: Vec<u32> = (0..n).filter(|&i| !bitmap.get(offset + i)).map(|i| i as u32).collect();
                         self.state = State::ProbeUnmatched { reader, _file, bitmap, offset: offset + n };
-                        if let Some(out) = self.probe_rows_alone(&batch, rows)? {
-                            return Ok(Some(out));
+                        if let Some(out) = self.shared.probe_rows_alone(&batch, rows)? {
+                            return Ok(Some((out, None)));
                         }
                     }
                     None => self.state = State::NextTask,
@@ -624,10 +790,17 @@ impl JoinStream {
         }
         let Some(pending) = overflow else {
             drop(input);
+            // Everything fits: when the probe side is a scan, its workers probe (in parallel);
+            // otherwise this thread does.
+            let table = Arc::new(table);
+            let mut probe = probe;
+            let prober = Arc::new(Prober { shared: shared.clone(), table: table.clone() });
+            let joined = probe.try_set_expand(prober);
             let stream = super::start_beside(&self.ctx, "HashJoin", min_memory(&self.ctx), || {
                 probe.execute_with(&self.ctx, Some(self.queue_limit))
             })?;
-            self.state = State::Probe(Box::new(Probe::new(table, ProbeInput::Stream(Box::new(stream)), None, None)));
+            let input = ProbeInput::Stream(Box::new(stream));
+            self.state = State::Probe(Box::new(Probe::shared(table, input, joined, None, None)));
             return Ok(());
         };
         // Grace: partition the build side (what is held, then the rest), then the probe side.
@@ -801,23 +974,22 @@ impl JoinStream {
         Ok(())
     }
 
-    /// The next output chunk of a probe pass, or `None` when the pass is done.
-    fn probe_next(&mut self, probe: &mut Probe) -> Result<Option<RecordBatch>> {
+    /// The next output chunk of a probe pass (with its reservation when it already has one), or
+    /// `None` when the pass is done.
+    fn probe_next(&mut self, probe: &mut Probe) -> Result<Option<(RecordBatch, Option<MemoryReservation>)>> {
         let shared = self.shared.clone();
         loop {
             if let Some(current) = &mut probe.current {
                 if !current.done() {
-                    if let Some(out) = self.join_chunk(&mut probe.table, current, probe.bitmap.as_mut())? {
-                        return Ok(Some(out));
+                    if let Some(out) = shared.join_chunk(&probe.table, current, probe.bitmap.as_mut())? {
+                        return Ok(Some((out, None)));
                     }
                     continue;
                 }
                 let current = probe.current.take().expect("current batch");
                 if shared.keep_probe && probe.bitmap.is_none() {
-                    let rows: Vec<u32> =
-                        (0..current.batch.num_rows()).filter(|&i| !current.matched[i]).map(|i| i as u32).collect();
-                    if let Some(out) = self.probe_rows_alone(&current.batch, rows)? {
-                        return Ok(Some(out));
+                    if let Some(out) = shared.unmatched_probe_rows(&current)? {
+                        return Ok(Some((out, None)));
                     }
                 }
                 continue;
@@ -826,31 +998,30 @@ impl JoinStream {
                 let next = match input {
                     ProbeInput::Stream(s) => match s.next_reserved() {
                         Some(item) => {
-                            let (batch, r) = item?;
-                            shared.metrics.rows_in(batch.num_rows());
-                            Some((batch, Some(r)))
+                            let (batch, mut r) = item?;
+                            if !probe.joined {
+                                shared.metrics.rows_in(batch.num_rows());
+                            }
+                            // Take the batch's reservation over: the stream's flow control moves on.
+                            let mut own = self.output.pool().register("HashJoin probe batch", false);
+                            own.take(&mut r);
+                            s.release(r);
+                            Some((batch, Some(own)))
                         }
                         None => None,
                     },
                     ProbeInput::File { reader, .. } => reader.next_batch()?.map(|b| (b, None)),
                 };
                 match next {
+                    Some((batch, reservation)) if probe.joined => {
+                        // Joined on the workers already: pass it on, under its own reservation.
+                        return Ok(Some((batch, reservation)));
+                    }
                     Some((batch, reservation)) => {
-                        let (keys, valid) = shared.keys(&batch, false)?;
-                        let n = batch.num_rows();
                         let offset = probe.rows_read;
-                        probe.rows_read += n as u64;
+                        probe.rows_read += batch.num_rows() as u64;
                         let track = shared.keep_probe && probe.bitmap.is_none();
-                        probe.current = Some(ProbeBatch {
-                            batch,
-                            keys,
-                            valid,
-                            row: 0,
-                            chain: NONE,
-                            matched: if track { vec![false; n] } else { Vec::new() },
-                            offset,
-                            reservation,
-                        });
+                        probe.current = Some(shared.probe_batch(batch, offset, track, reservation)?);
                     }
                     None => {
                         probe.input = None;
@@ -862,11 +1033,11 @@ impl JoinStream {
             // The probe side is done: build rows that never matched.
             let Some(from) = probe.unmatched_from else { return Ok(None) };
             let table = &probe.table;
-            let max = self.chunk_rows(table.row_bytes());
+            let max = shared.chunk_rows(table.row_bytes());
             let mut ids = Vec::new();
             let mut id = from as usize;
             while id < table.rows && ids.len() < max {
-                if !table.matched[id] {
+                if !table.matched[id].load(Ordering::Relaxed) {
                     ids.push(id as u32);
                 }
                 id += 1;
@@ -875,106 +1046,25 @@ impl JoinStream {
             if !ids.is_empty() {
                 let build = table.gather(&ids)?;
                 let probe_nulls = Shared::nulls(&shared.probe_schema, ids.len());
-                return Ok(Some(shared.assemble(build, probe_nulls, ids.len())?));
+                return Ok(Some((shared.assemble(build, probe_nulls, ids.len())?, None)));
             }
         }
-    }
-
-    /// Rows per output chunk: a batch's worth, fewer for wide rows.
-    fn chunk_rows(&self, row_bytes: usize) -> usize {
-        let target = self.ctx.batch_bytes_target() as usize;
-        (target / row_bytes.max(1)).clamp(1, self.ctx.config.batch_size.max(1))
-    }
-
-    /// Probe rows `rows` of `batch` with nulls for the build side (an outer join's unmatched rows).
-    fn probe_rows_alone(&self, batch: &RecordBatch, rows: Vec<u32>) -> Result<Option<RecordBatch>> {
-        if rows.is_empty() {
-            return Ok(None);
-        }
-        let n = rows.len();
-        let probe = if n == batch.num_rows() {
-            batch.columns().to_vec()
-        } else {
-            arrow::compute::take_record_batch(batch, &UInt32Array::from(rows))?.columns().to_vec()
-        };
-        let build = Shared::nulls(&self.shared.build_schema, n);
-        Ok(Some(self.shared.assemble(build, probe, n)?))
-    }
-
-    /// Walks chains from where `current` stopped until a chunk's worth of pairs; returns the pairs
-    /// that meet the join's conditions (`None` when none did).
-    fn join_chunk(
-        &self,
-        table: &mut BuildTable,
-        current: &mut ProbeBatch,
-        mut bitmap: Option<&mut Bitmap>,
-    ) -> Result<Option<RecordBatch>> {
-        let shared = &self.shared;
-        let probe_row_bytes = current.batch.get_array_memory_size() / current.batch.num_rows().max(1) + 1;
-        let max = self.chunk_rows(table.row_bytes() + probe_row_bytes);
-        let n = current.batch.num_rows();
-        let mut probe_ids: Vec<u32> = Vec::new();
-        let mut build_ids: Vec<u32> = Vec::new();
-        while current.row < n && probe_ids.len() < max {
-            if current.chain == NONE {
-                let row = current.row;
-                let valid = current.valid.as_ref().is_none_or(|v| v.is_valid(row));
-                current.chain = if valid { table.head(&current.keys, row) } else { NONE };
-                if current.chain == NONE {
-                    current.row += 1;
-                    continue;
-                }
-            }
-            while current.chain != NONE && probe_ids.len() < max {
-                probe_ids.push(current.row as u32);
-                build_ids.push(current.chain);
-                current.chain = table.next[current.chain as usize];
-            }
-            if current.chain == NONE {
-                current.row += 1;
-            }
-        }
-        if current.done() {
-            // The batch's own reservation goes once its last chunk is cut.
-            current.reservation.take();
-        }
-        if probe_ids.is_empty() {
-            return Ok(None);
-        }
-        let probe_cols = arrow::compute::take_record_batch(&current.batch, &UInt32Array::from(probe_ids.clone()))?;
-        let build_cols = table.gather(&build_ids)?;
-        let mut out = shared.assemble(build_cols, probe_cols.columns().to_vec(), probe_ids.len())?;
-        let mut keep: Option<Vec<bool>> = None;
-        if let Some(filter) = &shared.spec.filter {
-            let mask = crate::expr::not_null_true(&filter.evaluate_predicate(&out)?);
-            keep = Some(mask.iter().map(|v| v == Some(true)).collect());
-            out = arrow::compute::filter_record_batch(&out, &mask)?;
-        }
-        let kept = |k: usize| keep.as_ref().is_none_or(|m| m[k]);
-        if shared.keep_build {
-            for (k, &b) in build_ids.iter().enumerate() {
-                if kept(k) {
-                    table.matched[b as usize] = true;
-                }
-            }
-        }
-        if shared.keep_probe {
-            for (k, &p) in probe_ids.iter().enumerate() {
-                if kept(k) {
-                    match bitmap.as_deref_mut() {
-                        Some(bits) => bits.set(current.offset + p as u64),
-                        None => current.matched[p as usize] = true,
-                    }
-                }
-            }
-        }
-        Ok((out.num_rows() > 0).then_some(out))
     }
 }
 
 impl Probe {
     fn new(table: BuildTable, input: ProbeInput, bitmap: Option<Bitmap>, chunks: Option<Chunks>) -> Probe {
-        Probe { table, input: Some(input), rows_read: 0, current: None, bitmap, chunks, unmatched_from: None }
+        Probe::shared(Arc::new(table), input, false, bitmap, chunks)
+    }
+
+    fn shared(
+        table: Arc<BuildTable>,
+        input: ProbeInput,
+        joined: bool,
+        bitmap: Option<Bitmap>,
+        chunks: Option<Chunks>,
+    ) -> Probe {
+        Probe { table, input: Some(input), joined, rows_read: 0, current: None, bitmap, chunks, unmatched_from: None }
     }
 }
 

@@ -189,6 +189,18 @@ impl Pipeline {
         }
     }
 
+    /// Has the scan workers run `expand` over their output, when this pipeline is a scan whose
+    /// operators all run on the workers. False (nothing changed) otherwise.
+    pub(crate) fn try_set_expand(&mut self, expand: Arc<dyn operators::Expand>) -> bool {
+        match &mut self.source {
+            Source::Scan(scan) if self.tail_ops.is_empty() => {
+                scan.set_expand(expand);
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Sizes of the scan at the bottom of the pipeline.
     pub(crate) fn stats(&self, ctx: &ExecContext) -> PipelineStats {
         match &self.source {

@@ -30,6 +30,14 @@ pub enum Operator {
     },
 }
 
+/// An operator that turns one batch into any number of batches and holds only read-only state
+/// (a join's probe against a built table): it can run on the scan workers, after their operators.
+pub(crate) trait Expand: Send + Sync {
+    /// Hands every output batch of `batch` to `emit`, stopping early (returning false) when
+    /// `emit` does.
+    fn expand(&self, batch: RecordBatch, emit: &mut dyn FnMut(RecordBatch) -> Result<bool>) -> Result<bool>;
+}
+
 /// Runs stateless operators over a batch; `None` when a filter removed every row.
 pub(crate) fn apply(ops: &[Operator], mut batch: RecordBatch) -> Result<Option<RecordBatch>> {
     for op in ops {

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
 
-use super::operators::{self, Operator};
+use super::operators::{self, Expand, Operator};
 use super::{ExecContext, PipelineStats};
 use crate::error::{Error, Result};
 use crate::memory::MemoryReservation;
@@ -38,9 +38,16 @@ pub(crate) struct ScanPipeline {
     /// when the scan starts for CSV (finding record boundaries reads the file).
     morsels: Option<Vec<Morsel>>,
     worker_ops: Vec<Operator>,
+    /// Runs on the workers after `worker_ops`, if set.
+    expand: Option<Arc<dyn Expand>>,
 }
 
 impl ScanPipeline {
+    /// Has the workers run `expand` over their output.
+    pub(crate) fn set_expand(&mut self, expand: Arc<dyn Expand>) {
+        self.expand = Some(expand);
+    }
+
     /// The table's name and the columns read, for metrics.
     pub(crate) fn describe(&self) -> String {
         let schema = self.table.schema();
@@ -61,6 +68,7 @@ impl ScanPipeline {
             pruning: pruning.clone(),
             morsels,
             worker_ops,
+            expand: None,
         })
     }
 
@@ -142,6 +150,7 @@ impl ScanPipeline {
             projection: self.projection,
             morsels: self.morsels.unwrap_or_default(),
             ops: self.worker_ops,
+            expand: self.expand,
             stop: AtomicBool::new(false),
             held_by_consumer: AtomicUsize::new(0),
             queued: (0..workers).map(|_| AtomicU64::new(0)).collect(),
@@ -182,6 +191,7 @@ struct Shared {
     projection: Vec<usize>,
     morsels: Vec<Morsel>,
     ops: Vec<Operator>,
+    expand: Option<Arc<dyn Expand>>,
     stop: AtomicBool,
     /// Batches the consumer has taken and not yet released, so a worker short of memory knows
     /// whether waiting can help.
@@ -230,18 +240,25 @@ fn worker(w: usize, workers: usize, shared: &Shared, ctx: &ExecContext, tx: Send
                 reserve_waiting(&mut decode, decoded, shared, ctx)?;
             }
             let Some(out) = operators::apply(&shared.ops, batch)? else { return Ok(true) };
-            let bytes = out.get_array_memory_size() as u64;
-            let queued = &shared.queued[w];
-            while queued.load(Ordering::Acquire) > 0 && queued.load(Ordering::Acquire) + bytes > shared.queue_limit {
-                if stopped() {
-                    return Ok(false);
+            let mut send = |out: RecordBatch| -> Result<bool> {
+                let bytes = out.get_array_memory_size() as u64;
+                let queued = &shared.queued[w];
+                while queued.load(Ordering::Acquire) > 0 && queued.load(Ordering::Acquire) + bytes > shared.queue_limit
+                {
+                    if stopped() {
+                        return Ok(false);
+                    }
+                    std::thread::sleep(Duration::from_micros(100));
                 }
-                std::thread::sleep(Duration::from_micros(100));
+                in_flight_grow(&mut in_flight, bytes, shared, ctx)?;
+                let reservation = in_flight.split(bytes);
+                queued.fetch_add(bytes, Ordering::AcqRel);
+                Ok(tx.send(Message::Batch(out, reservation, bytes)).is_ok())
+            };
+            match &shared.expand {
+                Some(expand) => expand.expand(out, &mut send),
+                None => send(out),
             }
-            in_flight_grow(&mut in_flight, bytes, shared, ctx)?;
-            let reservation = in_flight.split(bytes);
-            queued.fetch_add(bytes, Ordering::AcqRel);
-            Ok(tx.send(Message::Batch(out, reservation, bytes)).is_ok())
         };
         let result = shared.table.scan_morsel(morsel, &shared.projection, batch_rows, &ctx.counters, &mut emit);
         if let Err(e) = result {
