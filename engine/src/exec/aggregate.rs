@@ -34,8 +34,9 @@ use arrow_row::{RowConverter, Rows, SortField};
 use foldhash::fast::FixedState;
 use hashbrown::HashTable;
 
+use super::operators::Expand;
 use super::partition::SpillPartitions;
-use super::{BatchStream, ExecContext, OperatorMetrics};
+use super::{BatchStream, ExecContext, OperatorMetrics, OperatorRegistry};
 use crate::error::{Error, Result};
 use crate::expr::{AggregateExpr, AggregateFunction, Expr};
 use crate::memory::MemoryReservation;
@@ -90,43 +91,7 @@ impl AggregateStream {
         metrics: Arc<OperatorMetrics>,
     ) -> Result<AggregateStream> {
         let first_limit = table_limit(ctx.pool.available().saturating_sub(child_max), ctx);
-        let in_schema = child.schema();
-        let mut fields: Vec<Field> = group_exprs
-            .iter()
-            .enumerate()
-            .map(|(i, e)| Field::new(format!("k{i}"), e.data_type(&in_schema), true))
-            .collect();
-        let mut arg_columns = Vec::new();
-        let mut arg_exprs = Vec::new();
-        for a in &aggregates {
-            match &a.arg {
-                Some(e) => {
-                    arg_columns.push(Some(fields.len()));
-                    fields.push(Field::new(format!("a{}", fields.len()), e.data_type(&in_schema), true));
-                    arg_exprs.push(Some(e.clone()));
-                }
-                None => {
-                    arg_columns.push(None);
-                    arg_exprs.push(None);
-                }
-            }
-        }
-        // One integer-like key is kept as `i64` (inline in the hash table); other keys in row format.
-        let key_types: Vec<DataType> = group_exprs.iter().map(|e| e.data_type(&in_schema)).collect();
-        let key_converter = match key_types.as_slice() {
-            [] => None,
-            [t] if int_like(t) => None,
-            _ => Some(RowConverter::new(key_types.iter().cloned().map(SortField::new).collect())?),
-        };
-        let spec = Arc::new(Spec {
-            out_schema,
-            input_schema: Arc::new(Schema::new(fields)),
-            key_count: group_exprs.len(),
-            aggregates,
-            arg_columns,
-            key_converter,
-            metrics,
-        });
+        let (spec, arg_exprs) = build_spec(&child.schema(), &group_exprs, aggregates, out_schema, metrics)?;
         Ok(AggregateStream {
             state: State::Pending(Box::new(child), group_exprs, arg_exprs),
             spec,
@@ -232,6 +197,179 @@ impl AggregateStream {
     pub(crate) fn stop(&mut self) {
         self.state = State::Done;
     }
+}
+
+/// The spec of an aggregation over `in_schema`, and the argument expressions it evaluates.
+fn build_spec(
+    in_schema: &SchemaRef,
+    group_exprs: &[Expr],
+    aggregates: Vec<AggregateExpr>,
+    out_schema: SchemaRef,
+    metrics: Arc<OperatorMetrics>,
+) -> Result<(Arc<Spec>, Vec<Option<Expr>>)> {
+    let mut fields: Vec<Field> = group_exprs
+        .iter()
+        .enumerate()
+        .map(|(i, e)| Field::new(format!("k{i}"), e.data_type(in_schema), true))
+        .collect();
+    let mut arg_columns = Vec::new();
+    let mut arg_exprs = Vec::new();
+    for a in &aggregates {
+        match &a.arg {
+            Some(e) => {
+                arg_columns.push(Some(fields.len()));
+                fields.push(Field::new(format!("a{}", fields.len()), e.data_type(in_schema), true));
+                arg_exprs.push(Some(e.clone()));
+            }
+            None => {
+                arg_columns.push(None);
+                arg_exprs.push(None);
+            }
+        }
+    }
+    // One integer-like key is kept as `i64` (inline in the hash table); other keys in row format.
+    let key_types: Vec<DataType> = group_exprs.iter().map(|e| e.data_type(in_schema)).collect();
+    let key_converter = match key_types.as_slice() {
+        [] => None,
+        [t] if int_like(t) => None,
+        _ => Some(RowConverter::new(key_types.iter().cloned().map(SortField::new).collect())?),
+    };
+    let spec = Arc::new(Spec {
+        out_schema,
+        input_schema: Arc::new(Schema::new(fields)),
+        key_count: group_exprs.len(),
+        aggregates,
+        arg_columns,
+        key_converter,
+        metrics,
+    });
+    Ok((spec, arg_exprs))
+}
+
+/// An aggregation split in two: a partial step on the scan workers, which aggregates each batch
+/// on its own (no state between batches, nothing spilled), and the final, spilling aggregation on
+/// the consumer, which merges the partial rows.
+pub(crate) struct TwoPhase {
+    pub partial: Arc<dyn Expand>,
+    /// The partial rows: keys, then one column per aggregate.
+    pub partial_schema: SchemaRef,
+    pub final_groups: Vec<Expr>,
+    pub final_aggregates: Vec<AggregateExpr>,
+    pub final_schema: SchemaRef,
+    /// Over the final output: the plan's layout (merged counts back to BIGINT).
+    pub output: Vec<Expr>,
+}
+
+/// The two-phase form of an aggregation, when it has one: grouped, and only `count`, `sum`, `min`
+/// and `max`, which merge exactly. (`avg` stays one-phase: DuckDB divides the exact sum once, and
+/// so does flow; `stddev` and `DISTINCT` have their own plans.)
+pub(crate) fn two_phase(
+    in_schema: &SchemaRef,
+    group_exprs: &[Expr],
+    aggregates: &[AggregateExpr],
+    out_schema: &SchemaRef,
+    ctx: &ExecContext,
+) -> Result<Option<TwoPhase>> {
+    use AggregateFunction as F;
+    let mergeable =
+        |a: &AggregateExpr| !a.distinct && matches!(a.func, F::CountStar | F::Count | F::Sum | F::Min | F::Max);
+    if group_exprs.is_empty() || !aggregates.iter().all(mergeable) {
+        return Ok(None);
+    }
+    let keys = group_exprs.len();
+    let partial_schema = out_schema.clone();
+    let metrics = OperatorRegistry::default().register("PartialAggregate", String::new());
+    let (spec, arg_exprs) = build_spec(in_schema, group_exprs, aggregates.to_vec(), partial_schema.clone(), metrics)?;
+    let col = |i: usize| Expr::column(i, partial_schema.field(i).name());
+    let mut final_aggregates = Vec::new();
+    let mut output: Vec<Expr> = (0..keys).map(col).collect();
+    for (i, a) in aggregates.iter().enumerate() {
+        let c = keys + i;
+        let func = match a.func {
+            F::CountStar | F::Count => F::Sum,
+            f => f,
+        };
+        let data_type = func.return_type(Some(partial_schema.field(c).data_type()))?;
+        final_aggregates.push(AggregateExpr { func, arg: Some(col(c)), distinct: false, data_type: data_type.clone() });
+        let merged = Expr::column(c, partial_schema.field(c).name());
+        output.push(if data_type == *out_schema.field(c).data_type() {
+            merged
+        } else {
+            Expr::Cast { expr: Box::new(merged), to: out_schema.field(c).data_type().clone() }
+        });
+    }
+    let mut fields: Vec<Field> = (0..keys).map(|i| partial_schema.field(i).clone()).collect();
+    fields.extend(
+        final_aggregates.iter().enumerate().map(|(i, a)| Field::new(format!("m{i}"), a.data_type.clone(), true)),
+    );
+    let partial = PartialAggregator {
+        spec,
+        group_exprs: group_exprs.to_vec(),
+        arg_exprs,
+        ctx: ctx.clone(),
+        limit: (8 * ctx.batch_bytes_target()).max(1 << 20),
+    };
+    let final_groups = (0..keys).map(col).collect();
+    Ok(Some(TwoPhase {
+        partial: Arc::new(partial),
+        partial_schema: partial_schema.clone(),
+        final_groups,
+        final_aggregates,
+        final_schema: Arc::new(Schema::new(fields)),
+        output,
+    }))
+}
+
+/// Aggregates each batch on its own, on a scan worker.
+struct PartialAggregator {
+    spec: Arc<Spec>,
+    group_exprs: Vec<Expr>,
+    arg_exprs: Vec<Option<Expr>>,
+    ctx: ExecContext,
+    /// Most bytes one batch's table may reserve.
+    limit: u64,
+}
+
+impl Expand for PartialAggregator {
+    fn expand(&self, batch: RecordBatch, emit: &mut dyn FnMut(RecordBatch) -> Result<bool>) -> Result<bool> {
+        let input = project(&batch, &self.group_exprs, &self.arg_exprs, &self.spec.input_schema)?;
+        drop(batch);
+        let mut table = GroupTable::new(&self.spec, &self.ctx, 0, self.limit)?;
+        table.no_spill = true;
+        let out = if table.add(&input)? {
+            table.output(0, table.groups())?
+        } else {
+            // No room for this batch's groups: its rows go on as partial rows of one row each.
+            drop(table);
+            raw_partials(&self.spec, &input)?
+        };
+        emit(out)
+    }
+}
+
+/// Each row of `input` (the operator's layout) as a partial row of its own: count 1 (or 0 for a
+/// null argument), the value as its own sum, minimum and maximum.
+fn raw_partials(spec: &Spec, input: &RecordBatch) -> Result<RecordBatch> {
+    let n = input.num_rows();
+    let mut columns: Vec<ArrayRef> = Vec::with_capacity(spec.out_schema.fields().len());
+    for i in 0..spec.key_count {
+        columns.push(arrow::compute::cast(input.column(i), spec.out_schema.field(i).data_type())?);
+    }
+    for (a, arg) in spec.aggregates.iter().zip(&spec.arg_columns) {
+        columns.push(match (a.func, arg) {
+            (AggregateFunction::CountStar, _) => Arc::new(Int64Array::from(vec![1i64; n])),
+            (AggregateFunction::Count, Some(c)) => {
+                arrow::compute::cast(&arrow::compute::is_not_null(input.column(*c))?, &DataType::Int64)?
+            }
+            (_, Some(c)) => arrow::compute::cast(input.column(*c), &a.data_type)?,
+            (f, None) => return Err(Error::Plan(format!("{}() needs an argument", f.name()))),
+        });
+    }
+    Ok(RecordBatch::try_new_with_options(
+        spec.out_schema.clone(),
+        columns,
+        &RecordBatchOptions::new().with_row_count(Some(n)),
+    )?)
 }
 
 /// The share of `available` a table may fill: the rest buffers partitions and output chunks.
@@ -370,6 +508,9 @@ struct GroupTable {
     /// Once set, the table no longer grows: rows of new groups go to the partitions.
     partitions: Option<SpillPartitions>,
     seed: u64,
+    /// A table that must not spill (a worker's per-batch pre-aggregation): when full, `add` stops
+    /// and says so.
+    no_spill: bool,
 }
 
 impl GroupTable {
@@ -422,6 +563,7 @@ impl GroupTable {
             limit,
             partitions: None,
             seed: depth as u64,
+            no_spill: false,
         })
     }
 
@@ -529,7 +671,8 @@ impl GroupTable {
     }
 
     /// Folds a batch (the operator's layout) into the table, or its new groups into partitions.
-    fn add(&mut self, batch: &RecordBatch) -> Result<()> {
+    /// False only for a `no_spill` table that filled up (its states are then incomplete).
+    fn add(&mut self, batch: &RecordBatch) -> Result<bool> {
         let n = batch.num_rows();
         let spec = self.spec.clone();
         let keys = BatchKeys::new(&spec, batch)?;
@@ -551,6 +694,7 @@ impl GroupTable {
             };
             let group = match found.or_else(|| self.try_insert(&keys, row)) {
                 Some(g) => g,
+                None if self.no_spill => return Ok(false),
                 None => {
                     // Full: this group's rows go to a partition, now and later.
                     if self.partitions.is_none() {
@@ -567,14 +711,19 @@ impl GroupTable {
                 grown += update(acc, group, arg.as_ref(), row)?;
             }
         }
-        if grown > 0 && self.reservation.try_grow(grown).is_err() && self.partitions.is_none() {
-            // The values are already held; stop the table from growing any further instead.
-            self.start_partitions()?;
+        if grown > 0 && self.reservation.try_grow(grown).is_err() {
+            if self.no_spill {
+                return Ok(false);
+            }
+            if self.partitions.is_none() {
+                // The values are already held; stop the table from growing any further instead.
+                self.start_partitions()?;
+            }
         }
         if !spilled.is_empty() {
             self.partition_rows(batch, spilled)?;
         }
-        Ok(())
+        Ok(true)
     }
 
     fn start_partitions(&mut self) -> Result<()> {

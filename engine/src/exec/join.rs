@@ -795,7 +795,7 @@ impl JoinStream {
             let table = Arc::new(table);
             let mut probe = probe;
             let prober = Arc::new(Prober { shared: shared.clone(), table: table.clone() });
-            let joined = probe.try_set_expand(prober);
+            let joined = probe.try_set_expand(prober, shared.spec.schema.clone());
             let stream = super::start_beside(&self.ctx, "HashJoin", min_memory(&self.ctx), || {
                 probe.execute_with(&self.ctx, Some(self.queue_limit))
             })?;

@@ -191,10 +191,12 @@ impl Pipeline {
 
     /// Has the scan workers run `expand` over their output, when this pipeline is a scan whose
     /// operators all run on the workers. False (nothing changed) otherwise.
-    pub(crate) fn try_set_expand(&mut self, expand: Arc<dyn operators::Expand>) -> bool {
+    /// `schema` is what the pipeline then produces.
+    pub(crate) fn try_set_expand(&mut self, expand: Arc<dyn operators::Expand>, schema: SchemaRef) -> bool {
         match &mut self.source {
             Source::Scan(scan) if self.tail_ops.is_empty() => {
                 scan.set_expand(expand);
+                self.schema = schema;
                 true
             }
             _ => false,
@@ -302,6 +304,9 @@ impl Pipeline {
     fn execute_with(self, ctx: &ExecContext, queue_limit: Option<u64>) -> Result<BatchStream> {
         let stats = self.stats(ctx);
         let metrics = self.register(ctx);
+        // Operators that run on this thread before the pipeline's own (a two-phase aggregation's
+        // final projection).
+        let mut head_ops: Vec<Operator> = Vec::new();
         let source = match self.source {
             Source::Scan(scan) => StreamSource::Scan(scan.execute(ctx, queue_limit)?),
             Source::Sort { input, keys, fetch } => {
@@ -312,7 +317,17 @@ impl Pipeline {
                     start_beside(ctx, "ExternalSort", sort::min_memory(ctx), || input.execute_with(ctx, Some(small)))?;
                 StreamSource::Sort(Box::new(SortStream::new(child, keys, fetch, child_max, ctx, metrics.clone())?))
             }
-            Source::Aggregate { input, group_exprs, aggregates, schema } => {
+            Source::Aggregate { mut input, group_exprs, aggregates, schema } => {
+                // Over a scan, count/sum/min/max aggregate in two phases: each worker reduces its
+                // batches, this thread merges the partial rows.
+                let split = aggregate::two_phase(&input.schema, &group_exprs, &aggregates, &schema, ctx)?;
+                let (group_exprs, aggregates, schema) = match split {
+                    Some(tp) if input.try_set_expand(tp.partial.clone(), tp.partial_schema.clone()) => {
+                        head_ops.push(Operator::Project { exprs: tp.output, schema: schema.clone() });
+                        (tp.final_groups, tp.final_aggregates, tp.final_schema)
+                    }
+                    _ => (group_exprs, aggregates, schema),
+                };
                 let small = 2 * ctx.batch_bytes_target();
                 let child_max = input.max_memory(ctx, small);
                 let child = start_beside(ctx, "HashAggregate", aggregate::min_memory(ctx), || {
@@ -352,7 +367,7 @@ impl Pipeline {
             metrics,
             operators: ctx.operators.clone(),
             source,
-            tail: self.tail_ops.into_iter().map(operators::TailState::new).collect(),
+            tail: head_ops.into_iter().chain(self.tail_ops).map(operators::TailState::new).collect(),
             held: None,
             cancel: ctx.cancel.clone(),
             done: false,
