@@ -61,7 +61,13 @@ pub(crate) struct AggregateStream {
 
 enum State {
     Pending(Box<BatchStream>, Vec<Expr>, Vec<Option<Expr>>),
-    Emitting { table: Box<GroupTable>, next: usize, partitions: VecDeque<(SpillFile, usize)> },
+    /// Tables whose groups come out in turn (the first from `next` on), and partitions still to
+    /// aggregate (with their depth).
+    Emitting {
+        tables: VecDeque<GroupTable>,
+        next: usize,
+        partitions: VecDeque<(SpillFile, usize)>,
+    },
     Done,
 }
 
@@ -136,38 +142,43 @@ impl AggregateStream {
                         Ok(p) => p.into_iter().map(|f| (f, 1)).collect(),
                         Err(e) => return Some(Err(e)),
                     };
-                    self.state = State::Emitting { table: Box::new(table), next: 0, partitions };
+                    self.state = State::Emitting { tables: VecDeque::from([table]), next: 0, partitions };
                 }
-                State::Emitting { table, next, partitions } => {
-                    if *next < table.groups() {
-                        let end = (*next + self.ctx.config.batch_size.max(1)).min(table.groups());
-                        let chunk = table.output(*next, end);
-                        *next = end;
-                        return Some(chunk.and_then(|batch| {
-                            let mut r = self.ctx.pool.register("HashAggregate output", false);
-                            r.try_grow(batch.get_array_memory_size() as u64)?;
-                            Ok((batch, r))
-                        }));
+                State::Emitting { tables, next, partitions } => {
+                    if let Some(table) = tables.front() {
+                        if *next < table.groups() {
+                            let end = (*next + self.ctx.config.batch_size.max(1)).min(table.groups());
+                            let chunk = table.output(*next, end);
+                            *next = end;
+                            return Some(chunk.and_then(|batch| {
+                                let mut r = self.ctx.pool.register("HashAggregate output", false);
+                                r.try_grow(batch.get_array_memory_size() as u64)?;
+                                Ok((batch, r))
+                            }));
+                        }
+                        // This table is done: free it before the next partitions' tables are built.
+                        tables.pop_front();
+                        *next = 0;
+                        continue;
                     }
-                    let Some((file, depth)) = partitions.pop_front() else {
+                    if partitions.is_empty() {
                         self.state = State::Done;
                         return None;
-                    };
-                    // This table is done: free it before the next partition's is built.
-                    table.clear();
-                    let limit = table_limit(self.ctx.pool.available(), &self.ctx);
-                    **table = match GroupTable::new(&self.spec, &self.ctx, depth, limit) {
-                        Ok(t) => t,
-                        Err(e) => return Some(Err(e)),
-                    };
-                    *next = 0;
-                    let result = (|| -> Result<Vec<SpillFile>> {
+                    }
+                    // Partitions are independent: with the input done and no scan running, as many
+                    // as there are threads are aggregated at once, each in its slice of the share.
+                    let idle = self.ctx.counters.workers.load(std::sync::atomic::Ordering::Acquire) == 0;
+                    let at_once = if idle { self.ctx.config.threads.max(1).min(partitions.len()) } else { 1 };
+                    let limit = table_limit(self.ctx.pool.available(), &self.ctx) / at_once as u64;
+                    let batch: Vec<(SpillFile, usize)> = partitions.drain(..at_once).collect();
+                    let run = |(file, depth): (SpillFile, usize)| -> Result<(GroupTable, Vec<SpillFile>, usize)> {
                         if depth > MAX_DEPTH {
                             return Err(Error::Execution(
                                 "aggregation: groups still do not fit after repartitioning (hint: raise --mem-budget)"
                                     .into(),
                             ));
                         }
+                        let mut table = GroupTable::new(&self.spec, &self.ctx, depth, limit)?;
                         let mut reader = file.reader()?;
                         while let Some(batch) = reader.next_batch()? {
                             if cancel.load(std::sync::atomic::Ordering::Relaxed) {
@@ -175,19 +186,32 @@ impl AggregateStream {
                             }
                             table.add(&batch)?;
                         }
+                        drop(reader);
                         drop(file);
-                        table.finish_partitions()
-                    })();
-                    match result {
-                        Ok(more) => {
-                            for f in more.into_iter().rev() {
-                                partitions.push_front((f, depth + 1));
+                        let more = table.finish_partitions()?;
+                        Ok((table, more, depth))
+                    };
+                    let results: Vec<Result<(GroupTable, Vec<SpillFile>, usize)>> = if at_once > 1 {
+                        use rayon::prelude::*;
+                        self.ctx.threads.install(|| batch.into_par_iter().map(run).collect())
+                    } else {
+                        batch.into_iter().map(run).collect()
+                    };
+                    let mut deeper = Vec::new();
+                    for result in results {
+                        match result {
+                            Ok((table, more, depth)) => {
+                                tables.push_back(table);
+                                deeper.extend(more.into_iter().map(|f| (f, depth + 1)));
+                            }
+                            Err(e) => {
+                                self.state = State::Done;
+                                return Some(Err(e));
                             }
                         }
-                        Err(e) => {
-                            self.state = State::Done;
-                            return Some(Err(e));
-                        }
+                    }
+                    for p in deeper.into_iter().rev() {
+                        partitions.push_front(p);
                     }
                 }
             }
@@ -565,15 +589,6 @@ impl GroupTable {
             seed: depth as u64,
             no_spill: false,
         })
-    }
-
-    /// Frees the groups and their states.
-    fn clear(&mut self) {
-        self.index = GroupIndex::new(&self.spec);
-        self.groups = 0;
-        self.capacity = 0;
-        self.accs.clear();
-        self.reservation.free();
     }
 
     fn groups(&self) -> usize {

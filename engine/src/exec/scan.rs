@@ -165,6 +165,7 @@ impl ScanPipeline {
             receivers.push(rx);
             let shared = shared.clone();
             let ctx2 = ctx.clone();
+            ctx.counters.workers.fetch_add(1, Ordering::AcqRel);
             ctx.threads.spawn(move || {
                 // A panic must become an error for the consumer, not an abort of the process.
                 let panic_tx = tx.clone();
@@ -179,6 +180,7 @@ impl ScanPipeline {
                     let _ = panic_tx
                         .send(Message::Error(Error::Execution(format!("internal error in a scan worker: {what}"))));
                 }
+                ctx2.counters.workers.fetch_sub(1, Ordering::AcqRel);
                 shared.active_workers.fetch_sub(1, Ordering::AcqRel);
             });
         }

@@ -88,6 +88,8 @@ pub struct ScanCounters {
     pub rows: std::sync::atomic::AtomicU64,
     /// Bytes of input files read (compressed size of the column chunks, or file bytes).
     pub bytes: std::sync::atomic::AtomicU64,
+    /// Scan workers running now (on the engine's thread pool).
+    pub workers: std::sync::atomic::AtomicUsize,
 }
 
 impl Table {
