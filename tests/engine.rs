@@ -431,28 +431,7 @@ fn sort_fixture(dir: &Path, rows: usize) -> Vec<(Option<i64>, Option<String>, i6
             (k, s, i)
         })
         .collect();
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("k", DataType::Int64, true),
-        Field::new("s", DataType::Utf8, true),
-        Field::new("id", DataType::Int64, false),
-    ]));
-    let batches: Vec<RecordBatch> = data
-        .chunks(10_000)
-        .map(|c| {
-            RecordBatch::try_new(
-                schema.clone(),
-                vec![
-                    Arc::new(Int64Array::from(c.iter().map(|r| r.0).collect::<Vec<_>>())),
-                    Arc::new(StringArray::from(c.iter().map(|r| r.1.clone()).collect::<Vec<_>>())),
-                    Arc::new(Int64Array::from(c.iter().map(|r| r.2).collect::<Vec<_>>())),
-                ],
-            )
-            .unwrap()
-        })
-        .collect();
-    let props =
-        parquet::file::properties::WriterProperties::builder().set_max_row_group_row_count(Some(20_000)).build();
-    write_parquet(&dir.join("sortme.parquet"), &batches, Some(props));
+    write_key_rows(&dir.join("sortme.parquet"), &data, 20_000);
     data
 }
 

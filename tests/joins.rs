@@ -4,18 +4,15 @@
 
 mod common;
 
-use std::collections::HashMap;
-use std::path::Path;
-use std::sync::Arc;
-
-use arrow::array::{Array, Int64Array, RecordBatch, StringArray};
-use arrow::datatypes::{DataType, Field, Schema};
+use arrow::array::{Array, Int64Array};
 use common::*;
 use flow_engine::{Config, Engine};
 use rand::{Rng, SeedableRng};
+use std::collections::HashMap;
+use std::path::Path;
 
 /// One side's rows: key (nulls; one value for half the rows if asked), a string, an id.
-type Rows = Vec<(Option<i64>, Option<String>, i64)>;
+type Rows = Vec<KeyRow>;
 
 /// A join's extra condition on (left id, right id).
 type Condition<'a> = &'a dyn Fn(i64, i64) -> bool;
@@ -40,31 +37,8 @@ fn side(dir: &Path, name: &str, rows: usize, seed: u64, hot: f64, max_len: usize
             (k, s, i)
         })
         .collect();
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("k", DataType::Int64, true),
-        Field::new("s", DataType::Utf8, true),
-        Field::new("id", DataType::Int64, false),
-    ]));
-    let batches: Vec<RecordBatch> = data
-        .chunks(5_000)
-        .map(|c| {
-            RecordBatch::try_new(
-                schema.clone(),
-                vec![
-                    Arc::new(Int64Array::from(c.iter().map(|r| r.0).collect::<Vec<_>>())),
-                    Arc::new(StringArray::from(c.iter().map(|r| r.1.clone()).collect::<Vec<_>>())),
-                    Arc::new(Int64Array::from(c.iter().map(|r| r.2).collect::<Vec<_>>())),
-                ],
-            )
-            .unwrap()
-        })
-        .collect();
-    write_parquet(&dir.join(format!("{name}.parquet")), &batches, Some(small_row_groups()));
+    write_key_rows(&dir.join(format!("{name}.parquet")), &data, 5_000);
     data
-}
-
-fn small_row_groups() -> parquet::file::properties::WriterProperties {
-    parquet::file::properties::WriterProperties::builder().set_max_row_group_row_count(Some(5_000)).build()
 }
 
 fn engine(dir: &Path, budget: u64) -> Engine {
@@ -141,22 +115,7 @@ fn every_join_type_matches_a_nested_loop_spilled_or_not() {
     for l in left.iter_mut().take(12) {
         l.0 = Some(7);
     }
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("k", DataType::Int64, true),
-        Field::new("s", DataType::Utf8, true),
-        Field::new("id", DataType::Int64, false),
-    ]));
-    let batch = RecordBatch::try_new(
-        schema,
-        vec![
-            Arc::new(Int64Array::from(left.iter().map(|r| r.0).collect::<Vec<_>>())),
-            Arc::new(StringArray::from(left.iter().map(|r| r.1.clone()).collect::<Vec<_>>())),
-            Arc::new(Int64Array::from(left.iter().map(|r| r.2).collect::<Vec<_>>())),
-        ],
-    )
-    .unwrap();
-    let chunks: Vec<RecordBatch> = (0..left.len()).step_by(5_000).map(|i| batch.slice(i, 5_000)).collect();
-    write_parquet(&dir.path().join("l.parquet"), &chunks, Some(small_row_groups()));
+    write_key_rows(&dir.path().join("l.parquet"), &left, 5_000);
 
     let always = |_: i64, _: i64| true;
     let odd = |l: i64, r: i64| (l + r) % 3 != 0;

@@ -22,6 +22,11 @@ fn flow_sql(dir: &std::path::Path, budget: &str, out: &str, sql: &str) -> Run {
     flow(dir, &["sql", "--mem-budget", budget, "--threads", "2", "--report", "report.json", "-o", out, sql])
 }
 
+/// The `--report` JSON a run wrote in `dir`.
+fn report(dir: &std::path::Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap()
+}
+
 /// Writes `rows` rows of (id, value, x, text ~48 chars) without compression, in row groups of
 /// 128K rows; returns the decoded (Arrow) size and how many rows the test's filter keeps.
 fn make_input(path: &std::path::Path, rows: usize) -> (u64, u64) {
@@ -78,8 +83,7 @@ fn streaming_filter_project_stays_in_budget() {
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert_rss_within(&run, budget, "filter/project");
 
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.path().join("report.json")).unwrap()).unwrap();
+    let report = report(dir.path());
     let step = &report["steps"][0];
     assert_eq!(step["rows_read"], 5_000_000);
     assert!(report["peak_accounted"].as_u64().unwrap() <= budget);
@@ -137,8 +141,7 @@ fn sort_by_string_key_spills_and_stays_in_budget() {
         flow_sql(dir.path(), "64MiB", "sorted.parquet", "SELECT text, id FROM 'big.parquet' ORDER BY text DESC, id");
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert_rss_within(&run, budget, "sort");
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.path().join("report.json")).unwrap()).unwrap();
+    let report = report(dir.path());
     assert!(report["spill"]["files"].as_u64().unwrap() > 0, "the sort spilled: {report}");
     assert!(report["peak_accounted"].as_u64().unwrap() <= budget);
     // Sorted, complete, and no spill file left behind.
@@ -173,8 +176,7 @@ fn aggregate_with_millions_of_groups_spills_and_stays_in_budget() {
     );
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert_rss_within(&run, budget, "aggregate");
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.path().join("report.json")).unwrap()).unwrap();
+    let report = report(dir.path());
     assert!(report["spill"]["files"].as_u64().unwrap() > 0, "the aggregation spilled: {report}");
     // 2M groups: ids below 1M appear twice, the rest once.
     let file = std::fs::File::open(dir.path().join("groups.parquet")).unwrap();
@@ -204,8 +206,7 @@ fn join_with_a_build_side_ten_times_the_budget_spills_and_stays_in_budget() {
     );
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert_rss_within(&run, budget, "join");
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.path().join("report.json")).unwrap()).unwrap();
+    let report = report(dir.path());
     // Every row of both sides went to partitions (the build side's 720 MB of strings compress well
     // on disk, so count rows, not bytes).
     assert!(report["spill"]["rows"].as_u64().unwrap() >= 6_000_000, "both sides spilled: {report}");

@@ -4,18 +4,14 @@
 
 mod common;
 
-use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
-use std::sync::Arc;
-
-use arrow::array::{Int64Array, RecordBatch, StringArray};
-use arrow::datatypes::{DataType, Field, Schema};
 use common::*;
 use flow_engine::{Config, Engine};
 use proptest::prelude::*;
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
 
-/// A row: key (few distinct values, nulls), a string (nulls, up to 2 KB), a unique id.
-type Row = (Option<i64>, Option<String>, i64);
+/// A row: key (few distinct values, nulls), a string (nulls, up to 8 KB), a unique id.
+type Row = KeyRow;
 
 fn rows(max: usize) -> impl Strategy<Value = Vec<Row>> {
     let key = prop_oneof![1 => Just(None), 8 => (0i64..40).prop_map(Some)];
@@ -29,23 +25,7 @@ fn rows(max: usize) -> impl Strategy<Value = Vec<Row>> {
 }
 
 fn write(dir: &Path, name: &str, rows: &[Row], row_group: usize) {
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("k", DataType::Int64, true),
-        Field::new("s", DataType::Utf8, true),
-        Field::new("id", DataType::Int64, false),
-    ]));
-    let batch = RecordBatch::try_new(
-        schema,
-        vec![
-            Arc::new(Int64Array::from(rows.iter().map(|r| r.0).collect::<Vec<_>>())),
-            Arc::new(StringArray::from(rows.iter().map(|r| r.1.clone()).collect::<Vec<_>>())),
-            Arc::new(Int64Array::from(rows.iter().map(|r| r.2).collect::<Vec<_>>())),
-        ],
-    )
-    .unwrap();
-    let props =
-        parquet::file::properties::WriterProperties::builder().set_max_row_group_row_count(Some(row_group)).build();
-    write_parquet(&dir.join(format!("{name}.parquet")), &[batch], Some(props));
+    write_key_rows(&dir.join(format!("{name}.parquet")), rows, row_group);
 }
 
 fn engine(dir: &Path, budget: u64, batch_size: usize) -> Engine {

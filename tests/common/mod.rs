@@ -59,3 +59,35 @@ pub fn repo_root() -> PathBuf {
 pub fn arc<T>(t: T) -> Arc<T> {
     Arc::new(t)
 }
+
+/// A row of the test tables: key (nullable), string (nullable), id.
+pub type KeyRow = (Option<i64>, Option<String>, i64);
+
+/// Writes `rows` as columns `k BIGINT, s VARCHAR, id BIGINT` to a Parquet file, in batches and
+/// row groups of `chunk` rows.
+pub fn write_key_rows(path: &Path, rows: &[KeyRow], chunk: usize) {
+    use arrow::array::{Int64Array, StringArray};
+    use arrow::datatypes::{DataType, Field, Schema};
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("k", DataType::Int64, true),
+        Field::new("s", DataType::Utf8, true),
+        Field::new("id", DataType::Int64, false),
+    ]));
+    let batches: Vec<RecordBatch> = rows
+        .chunks(chunk.max(1))
+        .map(|c| {
+            RecordBatch::try_new(
+                schema.clone(),
+                vec![
+                    Arc::new(Int64Array::from(c.iter().map(|r| r.0).collect::<Vec<_>>())),
+                    Arc::new(StringArray::from(c.iter().map(|r| r.1.clone()).collect::<Vec<_>>())),
+                    Arc::new(Int64Array::from(c.iter().map(|r| r.2).collect::<Vec<_>>())),
+                ],
+            )
+            .unwrap()
+        })
+        .collect();
+    let batches = if batches.is_empty() { vec![RecordBatch::new_empty(schema)] } else { batches };
+    let props = WriterProperties::builder().set_max_row_group_row_count(Some(chunk.max(1))).build();
+    write_parquet(path, &batches, Some(props));
+}

@@ -36,7 +36,7 @@ use hashbrown::HashTable;
 
 use super::operators::Expand;
 use super::partition::SpillPartitions;
-use super::{BatchStream, ExecContext, OperatorMetrics, OperatorRegistry};
+use super::{int_like, BatchStream, ExecContext, OperatorMetrics, OperatorRegistry};
 use crate::error::{Error, Result};
 use crate::expr::{AggregateExpr, AggregateFunction, Expr};
 use crate::memory::MemoryReservation;
@@ -451,25 +451,6 @@ enum Acc {
         sqrt: bool,
         sample: bool,
     },
-}
-
-/// Types whose values convert to and from `i64` one-to-one.
-fn int_like(t: &DataType) -> bool {
-    use arrow::compute::can_cast_types;
-    matches!(
-        t,
-        DataType::Int8
-            | DataType::Int16
-            | DataType::Int32
-            | DataType::Int64
-            | DataType::UInt8
-            | DataType::UInt16
-            | DataType::UInt32
-            | DataType::Date32
-            | DataType::Date64
-            | DataType::Timestamp(..)
-    ) && can_cast_types(t, &DataType::Int64)
-        && can_cast_types(&DataType::Int64, t)
 }
 
 impl Acc {

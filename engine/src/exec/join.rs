@@ -41,7 +41,7 @@ use hashbrown::HashTable;
 
 use super::operators::Expand;
 use super::partition::SpillPartitions;
-use super::{BatchStream, ExecContext, OperatorMetrics, Pipeline};
+use super::{int_like, BatchStream, ExecContext, OperatorMetrics, Pipeline};
 use crate::error::{Error, Result};
 use crate::expr::Expr;
 use crate::memory::MemoryReservation;
@@ -313,25 +313,6 @@ impl Expand for Prober {
         }
         Ok(true)
     }
-}
-
-/// Types whose values convert to `i64` one-to-one.
-fn int_like(t: &DataType) -> bool {
-    matches!(
-        t,
-        DataType::Int8
-            | DataType::Int16
-            | DataType::Int32
-            | DataType::Int64
-            | DataType::UInt8
-            | DataType::UInt16
-            | DataType::UInt32
-            | DataType::Date32
-            | DataType::Date64
-            | DataType::Timestamp(..)
-            | DataType::Time32(_)
-            | DataType::Time64(_)
-    )
 }
 
 fn hash_key(key: &[u8], seed: u64) -> u64 {
@@ -809,30 +790,12 @@ impl JoinStream {
         for batch in table.into_batches().into_iter().chain(std::iter::once(pending)) {
             parts.add(&batch)?;
         }
-        for batch in input.by_ref() {
-            if cancel.load(Ordering::Relaxed) {
-                return Err(Error::Cancelled);
-            }
-            let batch = batch?;
-            shared.metrics.rows_in(batch.num_rows());
-            parts.add(&batch)?;
-        }
-        drop(input);
-        let builds = parts.finish()?;
-        let mut parts = Partitioner::new(&shared, &self.ctx, 0, false, self.first_limit);
-        let mut input = super::start_beside(&self.ctx, "HashJoin", min_memory(&self.ctx), || {
+        let builds = parts.add_stream(input, cancel)?;
+        let parts = Partitioner::new(&shared, &self.ctx, 0, false, self.first_limit);
+        let input = super::start_beside(&self.ctx, "HashJoin", min_memory(&self.ctx), || {
             probe.execute_with(&self.ctx, Some(self.queue_limit))
         })?;
-        for batch in input.by_ref() {
-            if cancel.load(Ordering::Relaxed) {
-                return Err(Error::Cancelled);
-            }
-            let batch = batch?;
-            shared.metrics.rows_in(batch.num_rows());
-            parts.add(&batch)?;
-        }
-        drop(input);
-        let probes = parts.finish()?;
+        let probes = parts.add_stream(input, cancel)?;
         self.queue_tasks(builds, probes, 1, u64::MAX)?;
         self.state = State::NextTask;
         Ok(())
@@ -1115,5 +1078,20 @@ impl Partitioner {
 
     fn finish(self) -> Result<Vec<Option<SpillFile>>> {
         self.parts.finish()
+    }
+
+    /// Partitions the rest of an input stream (counting its rows as the join's input), then
+    /// finishes the files.
+    fn add_stream(mut self, mut input: BatchStream, cancel: &AtomicBool) -> Result<Vec<Option<SpillFile>>> {
+        for batch in input.by_ref() {
+            if cancel.load(Ordering::Relaxed) {
+                return Err(Error::Cancelled);
+            }
+            let batch = batch?;
+            self.shared.metrics.rows_in(batch.num_rows());
+            self.add(&batch)?;
+        }
+        drop(input);
+        self.finish()
     }
 }

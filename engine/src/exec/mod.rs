@@ -40,6 +40,29 @@ use self::join::{JoinSpec, JoinStream};
 use self::scan::{ScanPipeline, ScanStream};
 use self::sort::SortStream;
 
+/// Types whose values convert to and from `i64` one-to-one: a single key of such a type is kept as
+/// an `i64` inline in hash tables (joins, aggregations).
+pub(crate) fn int_like(t: &arrow::datatypes::DataType) -> bool {
+    use arrow::compute::can_cast_types;
+    use arrow::datatypes::DataType;
+    matches!(
+        t,
+        DataType::Int8
+            | DataType::Int16
+            | DataType::Int32
+            | DataType::Int64
+            | DataType::UInt8
+            | DataType::UInt16
+            | DataType::UInt32
+            | DataType::Date32
+            | DataType::Date64
+            | DataType::Timestamp(..)
+            | DataType::Time32(_)
+            | DataType::Time64(_)
+    ) && can_cast_types(t, &DataType::Int64)
+        && can_cast_types(&DataType::Int64, t)
+}
+
 /// What a running query shares with its workers.
 #[derive(Clone)]
 pub struct ExecContext {
