@@ -243,3 +243,20 @@ fn operators_report_their_rows_memory_and_spilling() {
         assert_eq!(metrics.operators[0].rows_out, metrics.rows_out);
     }
 }
+
+#[test]
+fn explain_shows_the_join_order_keys_and_pushed_filters() {
+    let dir = tempfile::tempdir().unwrap();
+    side(dir.path(), "l", 3_000, 9, 0.0, 16);
+    side(dir.path(), "r", 200, 10, 0.0, 16);
+    let e = engine(dir.path(), 1 << 30);
+    // Written with the two left tables first, though they share no condition.
+    let plan =
+        e.sql("SELECT a.id FROM l a, l c, r b WHERE a.k = b.k AND b.id = c.id AND b.s LIKE 'a%'").unwrap().explain();
+    // Each join has a key (no cross product), and the filter on b sits right above its scan.
+    assert!(plan.contains("Join: INNER on k = k") && plan.contains("Join: INNER on id = id"), "{plan}");
+    assert!(!plan.contains("on true"), "{plan}");
+    assert!(plan.contains("Filter: (s LIKE 'a%')\n          Scan: r [k, s, id]"), "{plan}");
+    // The small input is joined first (the inner join, printed second), the other large one last.
+    assert!(plan.find("on k = k").unwrap() < plan.find("on id = id").unwrap(), "{plan}");
+}
