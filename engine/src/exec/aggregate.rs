@@ -5,16 +5,22 @@
 //!
 //! # Algorithm (hybrid hash aggregation)
 //!
-//! 1. Each input batch is reduced to its group keys (row format) and aggregate arguments. Rows of
-//!    groups already in the table update their states in place; a new group is added while the
-//!    operator's reservation (`HashAggregate`, spillable) can grow for it.
+//! 0. Over a scan, `count`/`sum`/`min`/`max` aggregate in two phases: each scan worker first
+//!    aggregates every batch it produces on its own (see [`two_phase`]), so far fewer rows reach
+//!    the steps below, which then merge partial results.
+//! 1. Each input batch is reduced to its group keys (one integer-like key as an `i64`, others in
+//!    row format) and aggregate arguments. Rows of groups already in the table update their states
+//!    in place; a new group is added while the operator's reservation (`HashAggregate`,
+//!    spillable) can grow for it. The table grows in steps (its capacity doubles), each reserved
+//!    before it is made, the old and the new copy both counted while they coexist.
 //! 2. Once it cannot, the table stops growing: rows of groups already in it still update them,
 //!    rows of any other group go, as they are, to one of 16 partitions chosen by a hash of the key,
 //!    buffered per partition and written to spill files. Every group is thus aggregated in exactly
 //!    one place: the table, or one partition.
 //! 3. The table's groups are emitted; then each partition is aggregated the same way with another
-//!    hash seed (repartitioning recursively when its groups still do not fit). A key with many rows
-//!    costs one group's state, however many rows it has.
+//!    hash seed (repartitioning recursively when its groups still do not fit), several at once on
+//!    the worker threads when no scan is running. A key with many rows costs one group's state,
+//!    however many rows it has.
 //!
 //! States: counts, 128-bit integer sums (exact for integers and decimals, as DuckDB's HUGEINT),
 //! float sums, Welford's mean and M2 for `stddev`/`variance`, and `min`/`max` kept in row format, so

@@ -5,15 +5,16 @@
 //!
 //! # Algorithm
 //!
-//! 1. **Build.** Build batches are kept as they come, with their keys in row format; each row is
-//!    linked into a chain of rows with the same key, found through a hash table of chain heads.
-//!    Rows with a null key are kept (an outer join returns them) but never linked: SQL's `=` never
-//!    matches a null.
+//! 1. **Build.** Build batches are kept as they come, with their keys (one integer-like key as an
+//!    `i64` inline in the hash table, others in row format); each row is linked into a chain of
+//!    rows with the same key, found through a hash table of chain heads. Rows with a null key are
+//!    kept (an outer join returns them) but never linked: SQL's `=` never matches a null.
 //! 2. **Probe in memory.** When the whole build side fits the operator's share, each probe batch
 //!    walks the chains of its keys; pairs are produced a chunk at a time (a key with millions of
 //!    matches never makes one huge batch), checked against the join's other conditions, and
 //!    marked as matched on both sides. Unmatched probe rows of an outer join come out after their
-//!    batch; unmatched build rows at the end.
+//!    batch; unmatched build rows at the end. When the probe side is a scan, its workers do this
+//!    (the table is read-only by then; matched flags are atomics), see [`Prober`].
 //! 3. **Grace partitions.** When the build side does not fit, it and then the probe side are split
 //!    into 16 partitions by a hash of the key, written to spill files; each pair of partitions is a
 //!    smaller join, done the same way with another hash seed (recursively) when its build side

@@ -6,9 +6,14 @@
 //!   Scan ─> ... ─> Sort ───────┘  (a sort consumes its input pipeline, spills sorted runs,
 //!                                  then merges them as the source of the operators above)
 //! ```
+//! Blocking operators (sort, aggregation, join, and a union's inputs run one after another) are a
+//! pipeline's source, fed by the pipelines below them. Work that needs no state across batches
+//! runs on the scan workers: filters, projections, a join's probe into a finished table, and the
+//! partial step of a two-phase aggregation (each an `Expand` set on the scan).
+//!
 //! A [`BatchStream`] is the consumer's end: batches come out in order, each reserved from the
-//! memory pool until the consumer releases it. Operators above a limit or a sort run on the
-//! consumer; when a limit is satisfied the stream stops its sources early.
+//! memory pool until the consumer releases it. Operators above a limit or a blocking operator run
+//! on the consumer; when a limit is satisfied the stream stops its sources early.
 
 mod aggregate;
 mod join;
