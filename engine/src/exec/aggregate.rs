@@ -42,7 +42,7 @@ use hashbrown::HashTable;
 
 use super::operators::Expand;
 use super::partition::SpillPartitions;
-use super::{int_like, BatchStream, ExecContext, OperatorMetrics, OperatorRegistry};
+use super::{hash_table_bytes, int_like, BatchStream, ExecContext, OperatorMetrics, OperatorRegistry};
 use crate::error::{Error, Result};
 use crate::expr::{AggregateExpr, AggregateFunction, Expr};
 use crate::memory::MemoryReservation;
@@ -186,12 +186,16 @@ impl AggregateStream {
                         }
                         let mut table = GroupTable::new(&self.spec, &self.ctx, depth, limit)?;
                         let mut reader = file.reader()?;
+                        // Each batch read back is paid for while it is added.
+                        let mut held = self.ctx.pool.register("HashAggregate read batch", false);
                         while let Some(batch) = reader.next_batch()? {
                             if cancel.load(std::sync::atomic::Ordering::Relaxed) {
                                 return Err(Error::Cancelled);
                             }
+                            held.try_resize(batch.get_array_memory_size() as u64)?;
                             table.add(&batch)?;
                         }
+                        drop(held);
                         drop(reader);
                         drop(file);
                         let more = table.finish_partitions()?;
@@ -864,13 +868,7 @@ impl GroupIndex {
 
     /// Bytes for `capacity` groups: hash table buckets and control bytes, and the per-group vectors.
     fn bytes(&self, capacity: usize) -> u64 {
-        let table = |entry: usize| {
-            if capacity == 0 {
-                0
-            } else {
-                (capacity * 8 / 7).next_power_of_two() * (entry + 1) + 16
-            }
-        };
+        let table = |entry: usize| hash_table_bytes(capacity, entry);
         (match self {
             GroupIndex::Single => 0,
             GroupIndex::Int { .. } => table(16) + capacity * 9,

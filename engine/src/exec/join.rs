@@ -42,7 +42,7 @@ use hashbrown::HashTable;
 
 use super::operators::Expand;
 use super::partition::SpillPartitions;
-use super::{int_like, BatchStream, ExecContext, OperatorMetrics, Pipeline};
+use super::{hash_table_bytes, int_like, BatchStream, ExecContext, OperatorMetrics, Pipeline};
 use crate::error::{Error, Result};
 use crate::expr::Expr;
 use crate::memory::MemoryReservation;
@@ -228,7 +228,8 @@ impl Shared {
         if probe_ids.is_empty() {
             return Ok(None);
         }
-        let probe_cols = arrow::compute::take_record_batch(&current.batch, &UInt32Array::from(probe_ids.clone()))?;
+        let probe_ids = UInt32Array::from(probe_ids);
+        let probe_cols = arrow::compute::take_record_batch(&current.batch, &probe_ids)?;
         let build_cols = table.gather(&build_ids)?;
         let mut out = shared.assemble(build_cols, probe_cols.columns().to_vec(), probe_ids.len())?;
         let mut keep: Option<Vec<bool>> = None;
@@ -246,7 +247,7 @@ impl Shared {
             }
         }
         if shared.keep_probe {
-            for (k, &p) in probe_ids.iter().enumerate() {
+            for (k, &p) in probe_ids.values().iter().enumerate() {
                 if kept(k) {
                     match bitmap.as_deref_mut() {
                         Some(bits) => bits.set(current.offset + p as u64),
@@ -375,8 +376,8 @@ impl BuildTable {
             + self.key_offsets.capacity() * 8
             + self.next.capacity() * 4
             + self.matched.capacity()
-            + table_bytes(self.table.capacity(), 4)
-            + table_bytes(self.int_table.capacity(), 16)) as u64
+            + hash_table_bytes(self.table.capacity(), 4)
+            + hash_table_bytes(self.int_table.capacity(), 16)) as u64
     }
 
     /// Adds a batch if its rows, keys and table growth fit; gives it back when they do not.
@@ -390,10 +391,10 @@ impl BuildTable {
         let grown_table = match &keys {
             Keys::None => 0,
             Keys::Int(_) if self.int_table.len() + n > self.int_table.capacity() => {
-                table_bytes(self.int_table.capacity(), 16) + table_bytes(2 * (self.int_table.len() + n), 16)
+                hash_table_bytes(self.int_table.capacity(), 16) + hash_table_bytes(2 * (self.int_table.len() + n), 16)
             }
             Keys::Rows(_) if self.table.len() + n > self.table.capacity() => {
-                table_bytes(self.table.capacity(), 4) + table_bytes(2 * (self.table.len() + n), 4)
+                hash_table_bytes(self.table.capacity(), 4) + hash_table_bytes(2 * (self.table.len() + n), 4)
             }
             _ => 0,
         };
@@ -528,15 +529,6 @@ impl BuildTable {
     }
 }
 
-/// Bytes of a hash table of `capacity` entries of `entry` bytes (buckets and control bytes).
-fn table_bytes(capacity: usize, entry: usize) -> usize {
-    if capacity == 0 {
-        return 0;
-    }
-    let buckets = (capacity * 8 / 7).next_power_of_two();
-    buckets * (entry + 1) + 16
-}
-
 /// A probe batch being joined.
 struct ProbeBatch {
     batch: RecordBatch,
@@ -594,6 +586,8 @@ struct Chunks {
     _build_file: SpillFile,
     /// A build batch read but not yet placed in a chunk.
     pending: Option<RecordBatch>,
+    /// Pays for `pending`.
+    pending_reservation: MemoryReservation,
     probe_file: SpillFile,
 }
 
@@ -648,7 +642,6 @@ pub(crate) struct JoinStream {
     first_limit: u64,
     /// Scan queue limit for the inputs.
     queue_limit: u64,
-    output: MemoryReservation,
 }
 
 impl JoinStream {
@@ -691,7 +684,6 @@ impl JoinStream {
             tasks: VecDeque::new(),
             first_limit,
             queue_limit,
-            output: ctx.pool.register("HashJoin output", false),
         })
     }
 
@@ -699,7 +691,7 @@ impl JoinStream {
         match self.next_batch(cancel) {
             Ok(Some((batch, Some(r)))) => Some(Ok((batch, r))),
             Ok(Some((batch, None))) => Some((|| {
-                let mut r = self.output.pool().register("HashJoin output", false);
+                let mut r = self.ctx.pool.register("HashJoin output", false);
                 r.try_grow(batch.get_array_memory_size() as u64)?;
                 Ok((batch, r))
             })()),
@@ -719,6 +711,13 @@ impl JoinStream {
         self.tasks.clear();
     }
 
+    /// A reservation for a batch read back from a spill file, held while the join works on it.
+    fn reserve_read(&self, batch: &RecordBatch) -> Result<MemoryReservation> {
+        let mut r = self.ctx.pool.register("HashJoin read batch", false);
+        r.try_grow(batch.get_array_memory_size() as u64)?;
+        Ok(r)
+    }
+
     fn next_batch(&mut self, cancel: &AtomicBool) -> Result<Option<(RecordBatch, Option<MemoryReservation>)>> {
         loop {
             if cancel.load(Ordering::Relaxed) {
@@ -736,6 +735,7 @@ impl JoinStream {
                 },
                 State::ProbeUnmatched { mut reader, _file, bitmap, offset } => match reader.next_batch()? {
                     Some(batch) => {
+                        let _held = self.reserve_read(&batch)?;
                         let n = batch.num_rows() as u64;
                         let rows: Vec<u32> = (0..n).filter(|&i| !bitmap.get(offset + i)).map(|i| i as u32).collect();
                         self.state = State::ProbeUnmatched { reader, _file, bitmap, offset: offset + n };
@@ -890,8 +890,13 @@ impl JoinStream {
         // One key (or a cross join) larger than memory: join a chunk of build rows at a time.
         let bitmap = if shared.keep_probe { Some(Bitmap::new(task.probe.rows(), &self.ctx)?) } else { None };
         let input = ProbeInput::File { reader: task.probe.reader()?, _owned: None };
-        let chunks =
-            Chunks { build_reader: reader, _build_file: task.build, pending: Some(pending), probe_file: task.probe };
+        let chunks = Chunks {
+            build_reader: reader,
+            _build_file: task.build,
+            pending_reservation: self.reserve_read(&pending)?,
+            pending: Some(pending),
+            probe_file: task.probe,
+        };
         self.state = State::Probe(Box::new(Probe::new(table, input, bitmap, Some(chunks))));
         Ok(())
     }
@@ -909,6 +914,7 @@ impl JoinStream {
         let shared = self.shared.clone();
         let mut table = BuildTable::new(&self.ctx, limit);
         let mut next = chunks.pending.take();
+        chunks.pending_reservation.free();
         loop {
             let batch = match next.take() {
                 Some(b) => b,
@@ -918,6 +924,7 @@ impl JoinStream {
                 },
             };
             if let Some(back) = table.try_add(&shared, batch)? {
+                chunks.pending_reservation = self.reserve_read(&back)?;
                 chunks.pending = Some(back);
                 break;
             }
@@ -967,14 +974,20 @@ impl JoinStream {
                                 shared.metrics.rows_in(batch.num_rows());
                             }
                             // Take the batch's reservation over: the stream's flow control moves on.
-                            let mut own = self.output.pool().register("HashJoin probe batch", false);
+                            let mut own = self.ctx.pool.register("HashJoin probe batch", false);
                             own.take(&mut r);
                             s.release(r);
                             Some((batch, Some(own)))
                         }
                         None => None,
                     },
-                    ProbeInput::File { reader, .. } => reader.next_batch()?.map(|b| (b, None)),
+                    ProbeInput::File { reader, .. } => match reader.next_batch()? {
+                        Some(b) => {
+                            let r = self.reserve_read(&b)?;
+                            Some((b, Some(r)))
+                        }
+                        None => None,
+                    },
                 };
                 match next {
                     Some((batch, reservation)) if probe.joined => {

@@ -68,6 +68,15 @@ pub(crate) fn int_like(t: &arrow::datatypes::DataType) -> bool {
         && can_cast_types(&DataType::Int64, t)
 }
 
+/// Bytes of a hashbrown table with room for `capacity` entries of `entry` bytes: its buckets (a
+/// power of two, at most 7/8 full) and a control byte each.
+pub(crate) fn hash_table_bytes(capacity: usize, entry: usize) -> usize {
+    if capacity == 0 {
+        return 0;
+    }
+    (capacity * 8 / 7).next_power_of_two() * (entry + 1) + 16
+}
+
 /// What a running query shares with its workers.
 #[derive(Clone)]
 pub struct ExecContext {

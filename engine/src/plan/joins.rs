@@ -178,7 +178,7 @@ fn reorder_tree(plan: LogicalPlan) -> LogicalPlan {
 }
 
 /// `a AND b AND ...`, or `None` for no conditions.
-fn conjunction(conditions: Vec<Expr>) -> Option<Expr> {
+pub fn conjunction(conditions: Vec<Expr>) -> Option<Expr> {
     conditions.into_iter().reduce(|a, b| Expr::Binary {
         op: BinaryOp::And,
         left: Box::new(a),

@@ -22,7 +22,7 @@ use arrow::datatypes::{Field, Schema, SchemaRef};
 use crate::expr::Expr;
 use crate::source::{PruningPredicate, Table};
 
-pub use self::joins::estimate_rows;
+pub use self::joins::{conjunction, estimate_rows};
 
 /// A relational plan.
 #[derive(Debug, Clone)]

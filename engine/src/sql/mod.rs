@@ -820,12 +820,7 @@ fn plan_join(left: (LogicalPlan, Scope), join: &ast::Join, catalog: &Catalog) ->
                 conditions.push(eq);
                 hidden.push(nl + r);
             }
-            conditions.into_iter().reduce(|a, b| Expr::Binary {
-                op: crate::expr::BinaryOp::And,
-                left: Box::new(a),
-                right: Box::new(b),
-                data_type: arrow::datatypes::DataType::Boolean,
-            })
+            crate::plan::conjunction(conditions)
         }
         ast::JoinConstraint::Natural => return Err(Error::NotSupported("NATURAL JOIN".into())),
         ast::JoinConstraint::UsingAlias(..) => return Err(Error::NotSupported("JOIN USING (...) AS alias".into())),
