@@ -22,6 +22,26 @@ pub enum Command {
     Run {
         #[command(flatten)]
         common: CommonArgs,
+        #[command(flatten)]
+        units: UnitArgs,
+        /// Run every unit again, ignoring what earlier runs committed.
+        #[arg(long)]
+        restart: bool,
+        /// Run a failing unit up to N more times before giving up on it (bad input is not retried).
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        retries: u32,
+        /// Go on with the other units when one fails; exit non-zero at the end with the list.
+        #[arg(long)]
+        keep_going: bool,
+        /// The pipeline file (TOML).
+        pipeline: PathBuf,
+    },
+    /// List the units of a pipeline's steps as committed, pending or failed.
+    Status {
+        #[command(flatten)]
+        common: CommonArgs,
+        #[command(flatten)]
+        units: UnitArgs,
         /// The pipeline file (TOML).
         pipeline: PathBuf,
     },
@@ -56,4 +76,16 @@ pub struct CommonArgs {
     /// Write a JSON report of the run here.
     #[arg(long, value_name = "FILE.json")]
     pub report: Option<PathBuf>,
+}
+
+/// Which units this process runs, for one pipeline spread over several processes or machines.
+#[derive(Debug, Args, Clone, Copy)]
+pub struct UnitArgs {
+    /// This worker's number, from 0 (e.g. a Kubernetes Indexed Job's completion index or a
+    /// Slurm array task id).
+    #[arg(long = "unit", env = "FLOW_UNIT", value_name = "I", default_value_t = 0)]
+    pub worker: usize,
+    /// How many workers share the units; worker I takes units I, I+N, I+2N, ... in priority order.
+    #[arg(long = "units", env = "FLOW_UNITS", value_name = "N", default_value_t = 1)]
+    pub workers: usize,
 }

@@ -1,7 +1,13 @@
 //! `flow`: run pipelines and SQL over data bigger than memory.
 //!
-//! Exit codes: 0 success; 2 bad input (usage, pipeline file, SQL, schema, missing or corrupt file);
-//! 1 failure while running (I/O, disk limit, a budget that cannot be met); 130 interrupted (Ctrl-C).
+//! Exit codes separate "fix the input" from "run me again":
+//! - 0 success;
+//! - 2 bad input (usage, pipeline file, SQL, schema, missing or corrupt file): permanent;
+//! - 1 a failure while running that another attempt would repeat (a budget that cannot be met, a
+//!   bad value in the data): permanent;
+//! - 75 a failure another attempt may not hit (I/O errors such as a full disk, the spill limit):
+//!   retry;
+//! - 130 interrupted (Ctrl-C or SIGTERM): retry; committed units are kept.
 
 mod args;
 mod progress;
@@ -17,8 +23,21 @@ use clap::Parser;
 use flow_engine::pipeline::PipelineFile;
 use flow_engine::{human, Config, Engine, Error, OutputFormat};
 
-use crate::args::{Cli, Command, CommonArgs};
-use crate::report::{Report, StepReport};
+use crate::args::{Cli, Command, CommonArgs, UnitArgs};
+use crate::report::{Report, StepReport, UnitReport};
+use flow_engine::units::{assigned, StepJob, Unit, UnitState};
+
+/// Exit code for failures worth retrying (`EX_TEMPFAIL`).
+const EXIT_RETRY: u8 = 75;
+
+/// How `flow run` treats units.
+#[derive(Debug, Clone, Copy)]
+struct RunOptions {
+    restart: bool,
+    retries: u32,
+    keep_going: bool,
+    units: UnitArgs,
+}
 
 #[global_allocator]
 static ALLOC: flow_engine::alloc::CountingAllocator = flow_engine::alloc::CountingAllocator::system();
@@ -55,7 +74,11 @@ fn main() -> ExitCode {
         std::panic::set_hook(Box::new(|_| {}));
     }
     let result = match &cli.command {
-        Command::Run { common, pipeline } => run_pipeline(common, pipeline, cli.verbose),
+        Command::Run { common, units, restart, retries, keep_going, pipeline } => {
+            let options = RunOptions { restart: *restart, retries: *retries, keep_going: *keep_going, units: *units };
+            run_pipeline(common, options, pipeline, cli.verbose)
+        }
+        Command::Status { common, units, pipeline } => status(common, *units, pipeline),
         Command::Sql { common, output, query } => run_sql(common, output.as_deref(), query, cli.verbose),
     };
     match result {
@@ -66,8 +89,18 @@ fn main() -> ExitCode {
         }
         Err(e) => {
             eprintln!("error: {e}");
-            ExitCode::from(if e.is_bad_input() { 2 } else { 1 })
+            ExitCode::from(exit_code(&e))
         }
+    }
+}
+
+fn exit_code(e: &Error) -> u8 {
+    if e.is_bad_input() {
+        2
+    } else if e.is_transient() {
+        EXIT_RETRY
+    } else {
+        1
     }
 }
 
@@ -121,12 +154,12 @@ fn config(
     Ok(config)
 }
 
-fn run_pipeline(common: &CommonArgs, path: &Path, verbose: bool) -> Result<(), Error> {
-    let started = Instant::now();
+/// Loads a pipeline file into an engine: sources registered, every step planned (so a mistake in
+/// the last step costs nothing), and a job for every step that writes a folder unit by unit.
+fn open_pipeline(common: &CommonArgs, path: &Path, verbose: bool) -> Result<(PipelineFile, Engine), Error> {
     let file = PipelineFile::load(path)?;
     let config = config(common, Some(&file.settings), verbose)?;
     let mut engine = Engine::new(config)?;
-    signal::watch(engine.cancel_flag());
     engine.set_base_dir(&file.base_dir);
     for (name, spec) in &file.sources {
         let format = spec.format(name)?;
@@ -134,7 +167,6 @@ fn run_pipeline(common: &CommonArgs, path: &Path, verbose: bool) -> Result<(), E
             .register_with_format(name, spec.path(), format)
             .map_err(|e| Error::Config(format!("source '{name}': {e}")))?;
     }
-    // Plan every step before running any, so a mistake in the last step costs nothing.
     for (i, step) in file.steps.iter().enumerate() {
         let label = step.label(i);
         match &step.name {
@@ -145,11 +177,85 @@ fn run_pipeline(common: &CommonArgs, path: &Path, verbose: bool) -> Result<(), E
             drop(engine.sql(&step.sql).map_err(|e| e.in_step(&label))?);
         }
     }
+    Ok((file, engine))
+}
+
+/// Whether a step writes a folder unit by unit (it has units or partitioned output).
+fn has_units(step: &flow_engine::pipeline::StepSpec) -> bool {
+    step.units.is_some() || step.output.as_ref().is_some_and(|o| !o.partition_by().is_empty())
+}
+
+fn unit_jobs<'e>(file: &PipelineFile, engine: &'e Engine) -> Result<Vec<Option<StepJob<'e>>>, Error> {
+    file.steps
+        .iter()
+        .enumerate()
+        .map(|(i, step)| {
+            let label = step.label(i);
+            has_units(step)
+                .then(|| StepJob::new(engine, step, &label, &file.base_dir).map_err(|e| e.in_step(&label)))
+                .transpose()
+        })
+        .collect()
+}
+
+fn check_workers(units: UnitArgs) -> Result<(), Error> {
+    if units.workers == 0 || units.worker >= units.workers {
+        return Err(Error::Config(format!(
+            "--unit {} --units {}: the worker number must be below the number of workers",
+            units.worker, units.workers
+        )));
+    }
+    Ok(())
+}
+
+fn run_pipeline(common: &CommonArgs, options: RunOptions, path: &Path, verbose: bool) -> Result<(), Error> {
+    let started = Instant::now();
+    check_workers(options.units)?;
+    let (file, engine) = open_pipeline(common, path, verbose)?;
+    signal::watch(engine.cancel_flag());
+    let jobs = unit_jobs(&file, &engine)?;
     let mut report = Report::new(engine.config());
     let progress = progress::Progress::start(&engine);
+    let mut failed = Vec::new();
+    let result = run_steps(&file, &engine, &jobs, options, &progress, &mut report, &mut failed);
+    progress.finish();
+    report.finish(&engine, started);
+    if result.is_ok() || !report.units.is_empty() {
+        eprintln!("{}", report.summary());
+    }
+    // The report is written whatever happened: it lists the units that failed and why.
+    if let Some(path) = &common.report {
+        report.write(path)?;
+    }
+    result?;
+    if failed.is_empty() {
+        return Ok(());
+    }
+    // The exit code follows the failures: retry only when every one of them may pass next time.
+    let transient = failed.iter().all(|(_, e)| e.is_transient());
+    Err(Error::UnitsFailed { failures: failed.iter().map(|(unit, e)| format!("{unit}: {e}")).collect(), transient })
+}
+
+fn run_steps(
+    file: &PipelineFile,
+    engine: &Engine,
+    jobs: &[Option<StepJob<'_>>],
+    options: RunOptions,
+    progress: &progress::Progress,
+    report: &mut Report,
+    failed: &mut Vec<(String, Error)>,
+) -> Result<(), Error> {
     for (i, step) in file.steps.iter().enumerate() {
         let Some(output) = &step.output else { continue };
         let label = step.label(i);
+        if let Some(job) = &jobs[i] {
+            failed.extend(run_units(engine, job, &label, options, progress, report)?);
+            continue;
+        }
+        if options.units.worker != 0 {
+            // Steps without units run once, on the first worker.
+            continue;
+        }
         progress.set_step(&label);
         // Each step's report shows its own allocation peak.
         flow_engine::alloc::reset_peak();
@@ -159,12 +265,195 @@ fn run_pipeline(common: &CommonArgs, path: &Path, verbose: bool) -> Result<(), E
         let (summary, metrics) = query.write_as(&target, format).map_err(|e| e.in_step(&label))?;
         report.steps.push(StepReport::new(&label, Some(&summary), &metrics));
     }
-    progress.finish();
-    report.finish(&engine, started);
-    eprintln!("{}", report.summary());
-    if let Some(path) = &common.report {
-        report.write(path)?;
+    Ok(())
+}
+
+/// Runs this worker's units of one step in priority order, skipping those already committed.
+/// Returns the units that failed (with `--keep-going`; otherwise the first failure is the error).
+fn run_units(
+    engine: &Engine,
+    job: &StepJob<'_>,
+    label: &str,
+    options: RunOptions,
+    progress: &progress::Progress,
+    report: &mut Report,
+) -> Result<Vec<(String, Error)>, Error> {
+    let in_step = |e: Error| e.in_step(label);
+    if options.restart {
+        job.forget().map_err(in_step)?;
     }
+    let units = job.units(options.restart).map_err(in_step)?;
+    job.remove_stale(&units).map_err(in_step)?;
+    let mine = assigned(&units, options.units.worker, options.units.workers);
+    progress.println(&describe_units(label, &units, &mine, options.units));
+    progress.start_units(label, mine.len());
+    let mut failed = Vec::new();
+    for unit in &mine {
+        let name = format!("{label} [{}]", unit.label);
+        progress.set_step(&name);
+        if let UnitState::Committed(record) = job.state(unit).map_err(in_step)? {
+            report.units.push(UnitReport {
+                status: "skipped",
+                rows: record.rows,
+                files: record.files.len(),
+                ..unit_report(label, unit, 0)
+            });
+            progress.unit_done();
+            continue;
+        }
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            flow_engine::alloc::reset_peak();
+            let spill_before = engine.spill().stats();
+            let result = job.run(unit);
+            let mut entry = unit_report(label, unit, attempts);
+            match result {
+                Ok(outcome) => {
+                    let m = &outcome.metrics;
+                    release_memory(engine, &mut entry);
+                    report.units.push(UnitReport {
+                        status: "committed",
+                        rows: outcome.rows,
+                        files: outcome.files.len(),
+                        rows_read: m.rows_read,
+                        bytes_read: m.bytes_read,
+                        elapsed_ms: m.elapsed.as_millis(),
+                        peak_accounted: m.peak_reserved,
+                        peak_allocated: flow_engine::alloc::allocated_peak(),
+                        spill: spill_delta(engine.spill().stats(), spill_before),
+                        ..entry
+                    });
+                    break;
+                }
+                Err(e) if e.is_cancelled() || signal::interrupted() => return Err(Error::Cancelled),
+                Err(e) => {
+                    let e = e.in_step(&name);
+                    release_memory(engine, &mut entry);
+                    if attempts <= options.retries && !e.is_bad_input() {
+                        progress
+                            .println(&format!("flow: {e} (attempt {attempts} of {}; retrying)", options.retries + 1));
+                        continue;
+                    }
+                    job.record_failure(unit, &e, attempts).map_err(in_step)?;
+                    report.units.push(UnitReport { status: "failed", error: Some(e.to_string()), ..entry });
+                    if !options.keep_going {
+                        return Err(e);
+                    }
+                    progress.println(&format!("flow: {e} (going on with the other units)"));
+                    failed.push((name.clone(), e));
+                    break;
+                }
+            }
+        }
+        progress.unit_done();
+    }
+    Ok(failed)
+}
+
+fn unit_report(step: &str, unit: &Unit, attempts: u32) -> UnitReport {
+    UnitReport {
+        step: step.to_string(),
+        unit: unit.label.clone(),
+        id: unit.id.clone(),
+        status: "pending",
+        attempts,
+        error: None,
+        rows: 0,
+        files: 0,
+        rows_read: 0,
+        bytes_read: 0,
+        elapsed_ms: 0,
+        peak_accounted: 0,
+        peak_allocated: None,
+        spill: Default::default(),
+        reserved_after: 0,
+        rss_after: None,
+    }
+}
+
+/// After a unit: every reservation is back in the pool, and freed heap goes back to the system.
+fn release_memory(engine: &Engine, entry: &mut UnitReport) {
+    flow_engine::alloc::release_free_memory();
+    entry.reserved_after = engine.pool().reserved();
+    entry.rss_after = flow_engine::alloc::current_rss();
+}
+
+fn spill_delta(after: flow_engine::SpillStats, before: flow_engine::SpillStats) -> flow_engine::SpillStats {
+    flow_engine::SpillStats {
+        files: after.files - before.files,
+        bytes: after.bytes - before.bytes,
+        rows: after.rows - before.rows,
+        peak_on_disk: after.peak_on_disk,
+    }
+}
+
+/// `per_category: 12 units in priority order: B (5000), A (3100), ... ; this worker (1 of 3) takes 4`
+fn describe_units(step: &str, units: &[Unit], mine: &[Unit], workers: UnitArgs) -> String {
+    let shown: Vec<String> = units
+        .iter()
+        .take(10)
+        .map(|u| match &u.priority {
+            Some(p) => format!("{} ({p})", u.label),
+            None => u.label.clone(),
+        })
+        .collect();
+    let more = if units.len() > 10 { format!(", ... {} more", units.len() - 10) } else { String::new() };
+    let share = if workers.workers > 1 {
+        format!("; worker {} of {} takes {}", workers.worker, workers.workers, mine.len())
+    } else {
+        String::new()
+    };
+    format!(
+        "flow: {step}: {} unit{} in priority order: {}{more}{share}",
+        units.len(),
+        if units.len() == 1 { "" } else { "s" },
+        shown.join(", ")
+    )
+}
+
+/// `flow status`: every unit of every step with units, as committed, pending or failed.
+fn status(common: &CommonArgs, workers: UnitArgs, path: &Path) -> Result<(), Error> {
+    check_workers(workers)?;
+    let (file, engine) = open_pipeline(common, path, false)?;
+    let jobs = unit_jobs(&file, &engine)?;
+    let mut out = String::new();
+    for (i, job) in jobs.iter().enumerate() {
+        let Some(job) = job else { continue };
+        let label = file.steps[i].label(i);
+        let units = job.units(false).map_err(|e| e.in_step(&label))?;
+        let mine = assigned(&units, workers.worker, workers.workers);
+        let mut lines = Vec::new();
+        let (mut committed, mut pending, mut failed) = (0, 0, 0);
+        for unit in &mine {
+            let (state, detail) = match job.state(unit).map_err(|e| e.in_step(&label))? {
+                UnitState::Committed(r) => {
+                    committed += 1;
+                    ("committed", format!("{} rows in {} files", r.rows, r.files.len()))
+                }
+                UnitState::Pending(reason) => {
+                    pending += 1;
+                    ("pending", reason)
+                }
+                UnitState::Failed(f) => {
+                    failed += 1;
+                    let kind = if f.transient { "may pass on retry" } else { "permanent" };
+                    ("failed", format!("after {} attempts ({kind}): {}", f.attempts, f.error))
+                }
+            };
+            lines.push(format!("  {state:<9} {}  {detail}", unit.label));
+        }
+        out.push_str(&format!(
+            "{label} -> {}: {} units: {committed} committed, {pending} pending, {failed} failed\n{}\n",
+            job.dir().display(),
+            mine.len(),
+            lines.join("\n")
+        ));
+    }
+    if out.is_empty() {
+        out = "no step has units or partition_by\n".into();
+    }
+    print!("{out}");
     Ok(())
 }
 

@@ -11,6 +11,8 @@ pub struct Report {
     pub mem_budget: u64,
     pub threads: usize,
     pub steps: Vec<StepReport>,
+    /// Every unit of every step with units, in the order they were taken.
+    pub units: Vec<UnitReport>,
     pub elapsed_ms: u128,
     /// The most bytes reserved from the pool at once, over the run.
     pub peak_accounted: u64,
@@ -60,12 +62,38 @@ impl StepReport {
     }
 }
 
+/// One unit of work.
+#[derive(Debug, Serialize)]
+pub struct UnitReport {
+    pub step: String,
+    pub unit: String,
+    pub id: String,
+    /// `committed` (ran and committed now), `skipped` (committed before, inputs unchanged) or
+    /// `failed`.
+    pub status: &'static str,
+    pub attempts: u32,
+    pub error: Option<String>,
+    pub rows: u64,
+    pub files: usize,
+    pub rows_read: u64,
+    pub bytes_read: u64,
+    pub elapsed_ms: u128,
+    pub peak_accounted: u64,
+    pub peak_allocated: Option<u64>,
+    pub spill: SpillStats,
+    /// Bytes still reserved from the pool once the unit was done (always 0).
+    pub reserved_after: u64,
+    /// The process's resident set size once the unit was done and memory released.
+    pub rss_after: Option<u64>,
+}
+
 impl Report {
     pub fn new(config: &Config) -> Report {
         Report {
             mem_budget: config.mem_budget,
             threads: config.threads,
             steps: Vec::new(),
+            units: Vec::new(),
             elapsed_ms: 0,
             peak_accounted: 0,
             peak_allocated: None,
@@ -84,14 +112,20 @@ impl Report {
     }
 
     pub fn summary_line(&self) -> String {
-        let rows_read: u64 = self.steps.iter().map(|s| s.rows_read).sum();
-        let bytes_read: u64 = self.steps.iter().map(|s| s.bytes_read).sum();
-        let rows_out: u64 = self.steps.iter().map(|s| s.rows_out).sum();
+        let rows_read: u64 =
+            self.steps.iter().map(|s| s.rows_read).sum::<u64>() + self.units.iter().map(|u| u.rows_read).sum::<u64>();
+        let bytes_read: u64 =
+            self.steps.iter().map(|s| s.bytes_read).sum::<u64>() + self.units.iter().map(|u| u.bytes_read).sum::<u64>();
+        let rows_out: u64 = self.steps.iter().map(|s| s.rows_out).sum::<u64>()
+            + self.units.iter().filter(|u| u.status == "committed").map(|u| u.rows).sum::<u64>();
+        let mut unit_steps: Vec<&str> = self.units.iter().map(|u| u.step.as_str()).collect();
+        unit_steps.dedup();
+        let steps = self.steps.len() + unit_steps.len();
         let opt = |v: Option<u64>| v.map(human).unwrap_or_else(|| "n/a".into());
         format!(
             "flow: {} step{} in {:.2}s: read {} rows ({}), wrote {} rows; memory peak {} accounted, {} allocated, {} RSS (budget {}); spilled {} in {} files",
-            self.steps.len(),
-            if self.steps.len() == 1 { "" } else { "s" },
+            steps,
+            if steps == 1 { "" } else { "s" },
             self.elapsed_ms as f64 / 1000.0,
             rows_read,
             human(bytes_read),
@@ -105,9 +139,24 @@ impl Report {
         )
     }
 
-    /// The summary line, then one line per blocking operator (joins, aggregations, sorts).
+    /// The summary line, a line per step with units, then one line per blocking operator (joins,
+    /// aggregations, sorts).
     pub fn summary(&self) -> String {
         let mut out = self.summary_line();
+        let mut unit_steps: Vec<&str> = self.units.iter().map(|u| u.step.as_str()).collect();
+        unit_steps.dedup();
+        for step in unit_steps {
+            let of_step = || self.units.iter().filter(move |u| u.step == step);
+            let count = |status: &str| of_step().filter(|u| u.status == status).count();
+            out.push_str(&format!(
+                "\n  {step}: {} units: {} committed, {} already committed, {} failed; {} rows written",
+                of_step().count(),
+                count("committed"),
+                count("skipped"),
+                count("failed"),
+                of_step().filter(|u| u.status == "committed").map(|u| u.rows).sum::<u64>(),
+            ));
+        }
         for step in &self.steps {
             for op in step.operators.iter().filter(|o| o.name != "Scan" && o.name != "Union") {
                 let spill = if op.spill_files > 0 {

@@ -11,7 +11,7 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 
 use crate::error::{Error, Result};
-use crate::exec::sink::{CsvSink, OutputFormat, ParquetSink, Sink, WriteSummary};
+use crate::exec::sink::{CsvSink, OutputFormat, ParquetSink, PartitionedOutput, PartitionedWriter, Sink, WriteSummary};
 use crate::exec::{BatchStream, ExecContext, Pipeline, PipelineStats};
 use crate::memory::MemoryPool;
 use crate::plan::{optimize, LogicalPlan};
@@ -116,6 +116,22 @@ impl Engine {
         let plan = optimize(plan_sql(sql, &self.catalog)?);
         Query::new(self, plan)
     }
+
+    /// Plans `sql` with the table or view `name` narrowed to its rows where `predicate` (SQL over
+    /// its columns) holds. The optimizer pushes the predicate down like any filter, into the scan
+    /// and its row-group pruning. This is how a unit of work reads only its share.
+    pub fn sql_where(&self, sql: &str, name: &str, predicate: &str) -> Result<Query<'_>> {
+        let narrowed = format!("SELECT * FROM {} WHERE {predicate}", crate::sql::quote_ident(name));
+        let mut catalog = self.catalog.clone();
+        catalog.insert(name, Relation::View(plan_sql(&narrowed, &self.catalog)?));
+        let plan = optimize(plan_sql(sql, &catalog)?);
+        Query::new(self, plan)
+    }
+
+    /// Whether `name` is a registered table or view.
+    pub fn has_relation(&self, name: &str) -> bool {
+        self.catalog.get(name).is_some()
+    }
 }
 
 /// What running a query did.
@@ -167,6 +183,16 @@ impl<'e> Query<'e> {
     /// The optimized logical plan.
     pub fn plan(&self) -> &LogicalPlan {
         &self.plan
+    }
+
+    /// The files the query will read: every file of its inputs that has a row group left after
+    /// pruning, each once, sorted.
+    pub fn input_files(&self) -> Vec<std::path::PathBuf> {
+        let mut files = Vec::new();
+        self.pipeline.input_files(&mut files);
+        files.sort();
+        files.dedup();
+        files
     }
 
     /// A readable plan tree.
@@ -228,6 +254,18 @@ impl<'e> Query<'e> {
             OutputFormat::Csv => Box::new(CsvSink::create(path, pool)?),
         };
         self.run_into(sink)
+    }
+
+    /// Runs the query into a folder: one file, or one per partition in a hive layout (see
+    /// [`PartitionedWriter`]). Files appear only once complete.
+    pub fn write_partitioned(self, out: PartitionedOutput) -> Result<(Vec<WriteSummary>, QueryMetrics)> {
+        let engine = self.engine;
+        let mut writer = PartitionedWriter::new(out, &self.schema(), &engine.ctx.pool)?;
+        let metrics = self.for_each(|batch| writer.write(batch))?;
+        if engine.ctx.cancel.load(Ordering::Relaxed) {
+            return Err(Error::Cancelled);
+        }
+        Ok((writer.finish()?, metrics))
     }
 
     /// Runs the query, handing each batch to `f`; returns the metrics.

@@ -92,6 +92,14 @@ pub enum Error {
     /// Evaluation failed on the data (overflow, bad cast, division by zero, ...).
     #[error("{0}")]
     Execution(String),
+    /// Units of work that failed in a run that went on without them (`--keep-going`).
+    #[error("{} failed:{}", plural(failures.len(), "unit"), failures.iter().map(|f| format!("\n  {f}")).collect::<String>())]
+    UnitsFailed {
+        /// `unit: error`, one per failed unit.
+        failures: Vec<String>,
+        /// Whether every failure may pass on another attempt.
+        transient: bool,
+    },
     /// The run was cancelled (Ctrl-C).
     #[error("cancelled")]
     Cancelled,
@@ -118,6 +126,33 @@ impl Error {
             | Error::Config(_)
             | Error::BadFile { .. } => true,
             Error::Step { source, .. } => source.is_bad_input(),
+            _ => false,
+        }
+    }
+
+    /// True when running again may succeed: a full disk or quota, a failing or lost mount, the
+    /// spill limit, an interruption. Bad input, a path that cannot be written (a file where a
+    /// folder should be, no permission) and a budget too small for the query are permanent.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Io { source, .. } => matches!(
+                source.raw_os_error(),
+                Some(
+                    libc::ENOSPC
+                        | libc::EDQUOT
+                        | libc::EFBIG
+                        | libc::EIO
+                        | libc::EAGAIN
+                        | libc::EINTR
+                        | libc::EBUSY
+                        | libc::ETIMEDOUT
+                        | libc::ESTALE
+                        | libc::ENOLCK
+                )
+            ),
+            Error::SpillLimit { .. } | Error::Cancelled => true,
+            Error::UnitsFailed { transient, .. } => *transient,
+            Error::Step { source, .. } => source.is_transient(),
             _ => false,
         }
     }
@@ -164,6 +199,10 @@ impl From<arrow::error::ArrowError> for Error {
             other => Error::Execution(other.to_string()),
         }
     }
+}
+
+fn plural(n: usize, what: &str) -> String {
+    format!("{n} {what}{}", if n == 1 { "" } else { "s" })
 }
 
 fn position_suffix(line: u64, column: u64) -> String {

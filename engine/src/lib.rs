@@ -44,6 +44,7 @@ pub mod plan;
 pub mod source;
 pub mod spill;
 pub mod sql;
+pub mod units;
 
 pub use config::{available_memory, default_mem_budget, parse_size, Config};
 pub use engine::{Engine, Query, QueryMetrics};

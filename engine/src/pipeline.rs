@@ -13,6 +13,15 @@
 //! sql = "SELECT l_orderkey FROM lineitem WHERE l_quantity < 5"
 //! output = "out/cheap.parquet"                                # or { path = "...", format = "csv" }
 //! ```
+//! A step can be split into units of work that commit one at a time (see [`crate::units`]):
+//! ```toml
+//! [[steps]]
+//! name = "per_category"
+//! sql = "SELECT category, day, count(*) AS n FROM events GROUP BY category, day"
+//! output = { path = "out/daily", partition_by = ["category"] }  # hive layout: out/daily/category=A/...
+//! units = "category"              # one unit per distinct value; or { by = "user_id", buckets = 16 }
+//! priority = "sum(amount) DESC"   # optional: which units go first; or a list of values
+//! ```
 //! Relative paths are relative to the pipeline file. A step with a name becomes a view later steps
 //! can query; a step with an output writes it. Everything is checked, and every step planned, before
 //! anything runs: a malformed file, an unknown key, a missing source, a duplicate step name or bad SQL
@@ -102,6 +111,40 @@ pub struct StepSpec {
     pub sql: String,
     /// Where its result goes, if anywhere.
     pub output: Option<OutputSpec>,
+    /// Split the step into units of work: one per distinct value of an expression over its input,
+    /// or a number of hash buckets.
+    pub units: Option<UnitsSpec>,
+    /// The input (source or earlier step) the unit expression reads; needed only when several of
+    /// the step's inputs have its columns.
+    pub units_from: Option<String>,
+    /// The order units run in: an aggregate over each unit's input rows with `ASC`/`DESC`
+    /// (`"sum(amount) DESC"`), or a list of unit values that go first, in that order.
+    pub priority: Option<PrioritySpec>,
+}
+
+/// How a step is split into units.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum UnitsSpec {
+    /// `units = "category"`: one unit per distinct value of this SQL expression.
+    Expr(String),
+    /// `units = { by = "user_id", buckets = 16 }`: `buckets` units, by hash of the expression.
+    Buckets {
+        /// The expression hashed.
+        by: String,
+        /// How many units.
+        buckets: u32,
+    },
+}
+
+/// Which units go first.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum PrioritySpec {
+    /// An aggregate over the unit's input rows, with an optional `ASC`/`DESC` and `NULLS FIRST/LAST`.
+    Expr(String),
+    /// Unit values that go first, in this order; the others follow in value order.
+    List(Vec<toml::Value>),
 }
 
 /// An output: a path, or a path with a format.
@@ -111,12 +154,20 @@ pub enum OutputSpec {
     /// `output = "out/x.parquet"`
     Path(String),
     /// `output = { path = "out/x.csv", format = "csv" }`
-    Table {
-        /// Where.
-        path: String,
-        /// `parquet` or `csv` (default: from the extension).
-        format: Option<String>,
-    },
+    Table(OutputTable),
+}
+
+/// An output with options.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputTable {
+    /// Where: a file, or a folder for a step with units or `partition_by`.
+    pub path: String,
+    /// `parquet` or `csv` (default: from the extension, or Parquet for a folder).
+    pub format: Option<String>,
+    /// Columns whose values make a hive layout: `path/col=value/part-....parquet`.
+    #[serde(default)]
+    pub partition_by: Vec<String>,
 }
 
 impl PipelineFile {
@@ -160,6 +211,21 @@ impl PipelineFile {
             }
             if let Some(out) = &step.output {
                 out.format()?;
+            }
+            let at = |what: &str| Error::Config(format!("{}: step '{label}': {what}", path.display()));
+            if step.output.is_none() && (step.units.is_some() || step.priority.is_some()) {
+                return Err(at("units need an output folder"));
+            }
+            if step.units.is_none() && (step.priority.is_some() || step.units_from.is_some()) {
+                return Err(at("priority and units_from need units"));
+            }
+            if let Some(UnitsSpec::Buckets { buckets: 0, .. }) = &step.units {
+                return Err(at("buckets must be at least 1"));
+            }
+            if let Some(PrioritySpec::List(values)) = &step.priority {
+                if let Some(v) = values.iter().find(|v| priority_label(v).is_none()) {
+                    return Err(at(&format!("priority value {v} is not a string, number or boolean")));
+                }
             }
         }
         for (name, spec) in &self.sources {
@@ -257,21 +323,40 @@ impl SourceSpec {
     }
 }
 
+/// A priority list entry as the unit label it matches.
+pub(crate) fn priority_label(v: &toml::Value) -> Option<String> {
+    match v {
+        toml::Value::String(s) => Some(s.clone()),
+        toml::Value::Integer(i) => Some(i.to_string()),
+        toml::Value::Float(f) => Some(f.to_string()),
+        toml::Value::Boolean(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
 impl OutputSpec {
     /// The path as written.
     pub fn path(&self) -> &str {
         match self {
-            OutputSpec::Path(p) | OutputSpec::Table { path: p, .. } => p,
+            OutputSpec::Path(p) | OutputSpec::Table(OutputTable { path: p, .. }) => p,
+        }
+    }
+
+    /// The `partition_by` columns (none for a plain path).
+    pub fn partition_by(&self) -> &[String] {
+        match self {
+            OutputSpec::Path(_) => &[],
+            OutputSpec::Table(t) => &t.partition_by,
         }
     }
 
     /// The output format.
     pub fn format(&self) -> Result<OutputFormat> {
         match self {
-            OutputSpec::Path(p) | OutputSpec::Table { path: p, format: None } => {
+            OutputSpec::Path(p) | OutputSpec::Table(OutputTable { path: p, format: None, .. }) => {
                 Ok(OutputFormat::from_path(Path::new(p)))
             }
-            OutputSpec::Table { format: Some(f), .. } => match f.to_ascii_lowercase().as_str() {
+            OutputSpec::Table(OutputTable { format: Some(f), .. }) => match f.to_ascii_lowercase().as_str() {
                 "parquet" => Ok(OutputFormat::Parquet),
                 "csv" => Ok(OutputFormat::Csv),
                 other => Err(Error::Config(format!("unknown output format '{other}' (hint: parquet or csv)"))),

@@ -241,6 +241,19 @@ impl Pipeline {
     }
 
     /// Sizes of the scan at the bottom of the pipeline.
+    /// The files the pipeline reads, after pruning, in plan order (a file read twice is listed twice).
+    pub(crate) fn input_files(&self, out: &mut Vec<std::path::PathBuf>) {
+        match &self.source {
+            Source::Scan(scan) => scan.input_files(out),
+            Source::Sort { input, .. } | Source::Aggregate { input, .. } => input.input_files(out),
+            Source::Join { build, probe, .. } => {
+                build.input_files(out);
+                probe.input_files(out);
+            }
+            Source::Union(inputs) => inputs.iter().for_each(|i| i.input_files(out)),
+        }
+    }
+
     pub(crate) fn stats(&self, ctx: &ExecContext) -> PipelineStats {
         match &self.source {
             Source::Scan(scan) => scan.stats(ctx),

@@ -79,6 +79,20 @@ impl ScanPipeline {
         Ok(self.morsels.as_deref().unwrap_or(&[]))
     }
 
+    /// The files the scan reads: those with a row group left after pruning (every file of a text
+    /// format).
+    pub(crate) fn input_files(&self, out: &mut Vec<std::path::PathBuf>) {
+        let paths: Vec<&std::path::Path> = self.table.paths().collect();
+        match &self.morsels {
+            Some(morsels) => {
+                let mut used = vec![false; paths.len()];
+                morsels.iter().for_each(|m| used[m.file] = true);
+                out.extend(paths.iter().zip(used).filter(|(_, u)| *u).map(|(p, _)| p.to_path_buf()));
+            }
+            None => out.extend(paths.iter().map(|p| p.to_path_buf())),
+        }
+    }
+
     /// Sizes of the scan; for CSV the slices are counted once the scan has started.
     pub(crate) fn stats(&self, ctx: &ExecContext) -> PipelineStats {
         let files = self.table.row_group_count();

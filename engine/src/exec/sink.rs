@@ -139,6 +139,18 @@ fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
     Ok(RecordBatch::try_new(schema.clone(), columns)?)
 }
 
+/// A writer's error: failed writes (a full disk) are I/O errors on the target, the rest are
+/// execution errors.
+fn writer_error(target: &Path, e: parquet::errors::ParquetError) -> Error {
+    match e {
+        parquet::errors::ParquetError::External(inner) => match inner.downcast::<std::io::Error>() {
+            Ok(io) => Error::io(target, *io),
+            Err(other) => Error::Execution(format!("writing {}: {other}", target.display())),
+        },
+        other => Error::Execution(format!("writing {}: {other}", target.display())),
+    }
+}
+
 /// Writes batches to one file.
 pub trait Sink {
     /// Appends a batch.
@@ -160,12 +172,22 @@ pub struct ParquetSink {
 impl ParquetSink {
     /// Opens a sink for batches of `schema` at `target`, sizing its buffers from `pool`'s budget.
     pub fn create(target: &Path, schema: &Schema, pool: &MemoryPool) -> Result<ParquetSink> {
+        // Row groups are flushed by bytes: an eighth of the budget, between 1 MiB and 128 MiB.
+        let row_group_bytes = (pool.budget() / 8).clamp(1 << 20, 128 << 20) as usize;
+        Self::with_row_group_bytes(target, schema, pool, row_group_bytes)
+    }
+
+    /// Opens a sink that flushes a row group once it holds `row_group_bytes` of encoded data.
+    pub fn with_row_group_bytes(
+        target: &Path,
+        schema: &Schema,
+        pool: &MemoryPool,
+        row_group_bytes: usize,
+    ) -> Result<ParquetSink> {
         let schema = portable_schema(schema);
         let columns = schema.fields().len().max(1);
-        // Row groups are flushed by bytes: an eighth of the budget, between 1 MiB and 128 MiB. Pages
-        // shrink with many columns so that every column's open page fits in the same share.
-        let row_group_bytes = (pool.budget() / 8).clamp(1 << 20, 128 << 20) as usize;
-        let page_bytes = (row_group_bytes / (4 * columns)).clamp(64 << 10, 1 << 20);
+        // Pages shrink with many columns so that every column's open page fits in the same share.
+        let page_bytes = (row_group_bytes / (4 * columns)).clamp(16 << 10, 1 << 20);
         let props = WriterProperties::builder()
             .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).expect("valid zstd level")))
             .set_statistics_enabled(EnabledStatistics::Page)
@@ -183,8 +205,8 @@ impl ParquetSink {
         Ok(ParquetSink { pending, writer, schema, reservation, row_group_bytes, rows: 0 })
     }
 
-    fn error(&self, e: impl std::fmt::Display) -> Error {
-        Error::Execution(format!("writing {}: {e}", self.pending.target.display()))
+    fn error(&self, e: parquet::errors::ParquetError) -> Error {
+        writer_error(&self.pending.target, e)
     }
 }
 
@@ -218,7 +240,7 @@ impl Sink for ParquetSink {
     fn finish(self: Box<Self>) -> Result<WriteSummary> {
         let mut this = *self;
         let target = this.pending.target.clone();
-        let err = |e: parquet::errors::ParquetError| Error::Execution(format!("writing {}: {e}", target.display()));
+        let err = |e: parquet::errors::ParquetError| writer_error(&target, e);
         this.writer.flush().map_err(err)?;
         let row_groups = this.writer.flushed_row_groups().len();
         let file = this.writer.into_inner().map_err(err)?;
@@ -252,9 +274,10 @@ impl CsvSink {
 
 impl Sink for CsvSink {
     fn write(&mut self, batch: &RecordBatch) -> Result<()> {
-        self.writer
-            .write(batch)
-            .map_err(|e| Error::Execution(format!("writing {}: {e}", self.pending.target.display())))?;
+        self.writer.write(batch).map_err(|e| match e {
+            arrow::error::ArrowError::IoError(_, io) => Error::io(&self.pending.target, io),
+            other => Error::Execution(format!("writing {}: {other}", self.pending.target.display())),
+        })?;
         self.rows += batch.num_rows() as u64;
         Ok(())
     }
@@ -267,5 +290,226 @@ impl Sink for CsvSink {
         let file = buffered.into_inner().map_err(|e| Error::io(&target, e.into_error()))?;
         let bytes = this.pending.commit(&file)?;
         Ok(WriteSummary { path: target, rows: this.rows, bytes, row_groups: 0 })
+    }
+}
+
+/// Where and how a [`PartitionedWriter`] writes.
+#[derive(Debug, Clone)]
+pub struct PartitionedOutput {
+    /// The folder the files (and partition folders) go in.
+    pub dir: PathBuf,
+    /// Columns whose values make the folders, hive style: `dir/a=1/b=x/<name>`. Their values are in
+    /// the path and left out of the files, as DuckDB, Spark and pyarrow expect.
+    pub partition_by: Vec<String>,
+    /// File format.
+    pub format: OutputFormat,
+    /// File name without extension; a partition that needs a second file gets `<stem>-1`, ...
+    pub stem: String,
+    /// Appended to every file name (after the extension), e.g. `.staged` for files not yet
+    /// committed, so that `*.parquet` globs do not see them.
+    pub suffix: String,
+}
+
+/// The folder name hive layouts use for a null partition value.
+pub const HIVE_NULL: &str = "__HIVE_DEFAULT_PARTITION__";
+
+/// One `column=value` folder name, with the value escaped as Hive and Spark do (`/`, `=`, `%`, `:`,
+/// control characters and the like as `%XX`); a null value is [`HIVE_NULL`].
+pub fn hive_segment(column: &str, value: Option<&str>) -> String {
+    let Some(value) = value else {
+        return format!("{column}={HIVE_NULL}");
+    };
+    let mut out = format!("{column}=");
+    for c in value.chars() {
+        // Hive's list (FileUtils.escapePathName).
+        let escape = c.is_ascii_control() || "\"#%'*/:=?\\{[]^".contains(c);
+        if escape {
+            out.push_str(&format!("%{:02X}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+struct OpenPart {
+    sink: Box<dyn Sink>,
+    written: u64,
+}
+
+/// Writes a query result as one file, or as one file per partition in a hive layout. Partitions
+/// are written as rows arrive, with a small writer each; when the pool cannot open another, the
+/// partition holding the most is finished and its next rows go to a new file.
+pub struct PartitionedWriter {
+    out: PartitionedOutput,
+    pool: MemoryPool,
+    key_columns: Vec<usize>,
+    data_columns: Vec<usize>,
+    data_schema: SchemaRef,
+    open: std::collections::HashMap<String, OpenPart>,
+    files_per_partition: std::collections::HashMap<String, usize>,
+    done: Vec<WriteSummary>,
+    scratch: MemoryReservation,
+    row_group_bytes: usize,
+}
+
+impl PartitionedWriter {
+    /// A writer for batches of `schema`; fails when a partition column is not in it.
+    pub fn new(out: PartitionedOutput, schema: &Schema, pool: &MemoryPool) -> Result<PartitionedWriter> {
+        let mut key_columns = Vec::new();
+        for name in &out.partition_by {
+            let i = schema.fields().iter().position(|f| f.name().eq_ignore_ascii_case(name)).ok_or_else(|| {
+                let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+                Error::Plan(format!(
+                    "partition_by column '{name}' is not in the result (columns: {})",
+                    names.join(", ")
+                ))
+            })?;
+            if key_columns.contains(&i) {
+                return Err(Error::Plan(format!("partition_by names '{name}' twice")));
+            }
+            key_columns.push(i);
+        }
+        let data_columns: Vec<usize> = (0..schema.fields().len()).filter(|i| !key_columns.contains(i)).collect();
+        if data_columns.is_empty() {
+            return Err(Error::Plan("partition_by takes every column: the files would have none".into()));
+        }
+        let data_schema =
+            Arc::new(Schema::new(data_columns.iter().map(|&i| schema.field(i).clone()).collect::<Vec<_>>()));
+        // Many partitions may be open at once: small row groups each.
+        let row_group_bytes = if key_columns.is_empty() {
+            (pool.budget() / 8).clamp(1 << 20, 128 << 20) as usize
+        } else {
+            (pool.budget() / 64).clamp(256 << 10, 16 << 20) as usize
+        };
+        let scratch = pool.register(format!("PartitionedWriter[{}]", out.dir.display()), false);
+        Ok(PartitionedWriter {
+            out,
+            pool: pool.clone(),
+            key_columns,
+            data_columns,
+            data_schema,
+            open: Default::default(),
+            files_per_partition: Default::default(),
+            done: Vec::new(),
+            scratch,
+            row_group_bytes,
+        })
+    }
+
+    /// Appends a batch.
+    pub fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        if self.key_columns.is_empty() {
+            let batch = batch.project(&self.data_columns)?;
+            return self.write_part(String::new(), &batch);
+        }
+        // The split copies the batch once: reserve that while the pieces exist.
+        let bytes = batch.get_array_memory_size() as u64;
+        self.scratch.try_grow(bytes)?;
+        let result = self.split_and_write(batch);
+        self.scratch.shrink(bytes);
+        result
+    }
+
+    fn split_and_write(&mut self, batch: &RecordBatch) -> Result<()> {
+        let keys = self
+            .key_columns
+            .iter()
+            .map(|&i| arrow::compute::cast(batch.column(i), &DataType::Utf8))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let keys: Vec<&arrow::array::StringArray> =
+            keys.iter().map(|k| arrow::array::AsArray::as_string::<i32>(k.as_ref())).collect();
+        let mut rows: std::collections::HashMap<String, Vec<u32>> = Default::default();
+        let mut order = Vec::new();
+        let mut path = String::new();
+        for row in 0..batch.num_rows() {
+            path.clear();
+            for (k, name) in keys.iter().zip(&self.out.partition_by) {
+                if !path.is_empty() {
+                    path.push('/');
+                }
+                let value = (!arrow::array::Array::is_null(*k, row)).then(|| k.value(row));
+                path.push_str(&hive_segment(name, value));
+            }
+            match rows.get_mut(&path) {
+                Some(list) => list.push(row as u32),
+                None => {
+                    order.push(path.clone());
+                    rows.insert(path.clone(), vec![row as u32]);
+                }
+            }
+        }
+        let data = batch.project(&self.data_columns)?;
+        for path in order {
+            let indices = arrow::array::UInt32Array::from(rows.remove(&path).unwrap_or_default());
+            let part = arrow::compute::take_record_batch(&data, &indices)?;
+            self.write_part(path, &part)?;
+        }
+        Ok(())
+    }
+
+    fn write_part(&mut self, partition: String, batch: &RecordBatch) -> Result<()> {
+        if !self.open.contains_key(&partition) {
+            let sink = loop {
+                match self.open_sink(&partition) {
+                    Ok(sink) => break sink,
+                    Err(Error::ResourcesExhausted { .. }) if !self.open.is_empty() => self.close_largest()?,
+                    Err(e) => return Err(e),
+                }
+            };
+            self.open.insert(partition.clone(), OpenPart { sink, written: 0 });
+        }
+        let part = self.open.get_mut(&partition).expect("opened above");
+        part.written += batch.get_array_memory_size() as u64;
+        part.sink.write(batch)
+    }
+
+    fn open_sink(&mut self, partition: &str) -> Result<Box<dyn Sink>> {
+        let n = self.files_per_partition.get(partition).copied().unwrap_or(0);
+        let ext = match self.out.format {
+            OutputFormat::Parquet => "parquet",
+            OutputFormat::Csv => "csv",
+        };
+        let name = match n {
+            0 => format!("{}.{ext}{}", self.out.stem, self.out.suffix),
+            n => format!("{}-{n}.{ext}{}", self.out.stem, self.out.suffix),
+        };
+        let target =
+            if partition.is_empty() { self.out.dir.join(name) } else { self.out.dir.join(partition).join(name) };
+        let sink: Box<dyn Sink> = match self.out.format {
+            OutputFormat::Parquet => Box::new(ParquetSink::with_row_group_bytes(
+                &target,
+                &self.data_schema,
+                &self.pool,
+                self.row_group_bytes,
+            )?),
+            OutputFormat::Csv => Box::new(CsvSink::create(&target, &self.pool)?),
+        };
+        self.files_per_partition.insert(partition.to_string(), n + 1);
+        Ok(sink)
+    }
+
+    fn close_largest(&mut self) -> Result<()> {
+        let largest = self.open.iter().max_by_key(|(_, p)| p.written).map(|(k, _)| k.clone());
+        if let Some(part) = largest.and_then(|k| self.open.remove(&k)) {
+            self.done.push(part.sink.finish()?);
+        }
+        Ok(())
+    }
+
+    /// Completes every file. Without `partition_by` there is always one file, empty or not; with
+    /// it, one per partition that got rows.
+    pub fn finish(mut self) -> Result<Vec<WriteSummary>> {
+        if self.key_columns.is_empty() && self.open.is_empty() && self.done.is_empty() {
+            let empty = RecordBatch::new_empty(self.data_schema.clone());
+            self.write_part(String::new(), &empty)?;
+        }
+        let mut parts: Vec<(String, OpenPart)> = self.open.drain().collect();
+        parts.sort_by(|a, b| a.0.cmp(&b.0));
+        for (_, part) in parts {
+            self.done.push(part.sink.finish()?);
+        }
+        self.done.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(self.done)
     }
 }

@@ -34,6 +34,9 @@ pub enum Function {
     Coalesce,
     /// `abs(x)`
     Abs,
+    /// `hash(x)`: a non-negative BIGINT from the value's text (FNV-1a), stable across runs and
+    /// machines; units of work use it for buckets. Not DuckDB's `hash`.
+    Hash,
     /// `round(x[, digits])`: half away from zero.
     Round,
     /// `extract(part FROM d)` / `date_part('part', d)`.
@@ -112,6 +115,7 @@ impl Function {
             "concat" => Function::Concat,
             "coalesce" | "ifnull" => Function::Coalesce,
             "abs" => Function::Abs,
+            "hash" => Function::Hash,
             "round" => Function::Round,
             _ => return None,
         })
@@ -130,6 +134,7 @@ impl Function {
             Function::Concat => "concat",
             Function::Coalesce => "coalesce",
             Function::Abs => "abs",
+            Function::Hash => "hash",
             Function::Round => "round",
             Function::Extract(_) => "extract",
         }
@@ -167,6 +172,7 @@ impl Function {
                 zip(&negative, &negated, a)?
             }
             Function::Round => round(&arrays, data_type)?,
+            Function::Hash => stable_hash(&arrays[0])?,
             Function::Extract(part) => {
                 let parts = arrow::compute::date_part(arrays[0].as_ref(), part.arrow())?;
                 arrow::compute::cast(&parts, &DataType::Int64)?
@@ -174,6 +180,17 @@ impl Function {
         };
         Ok(wrap(scalar, out))
     }
+}
+
+fn stable_hash(a: &ArrayRef) -> Result<ArrayRef> {
+    fn fnv1a(bytes: &[u8]) -> i64 {
+        let h = bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ *b as u64).wrapping_mul(0x100_0000_01b3));
+        (h >> 1) as i64
+    }
+    let text = arrow::compute::cast(a, &DataType::Utf8)?;
+    let text = text.as_string::<i32>();
+    // Nulls hash to a value of their own, so every row has a bucket.
+    Ok(Arc::new(text.iter().map(|v| Some(v.map_or(fnv1a(&[0xff]), |v| fnv1a(v.as_bytes())))).collect::<Int64Array>()))
 }
 
 fn map_str(a: &ArrayRef, f: impl Fn(&str, &mut String)) -> ArrayRef {

@@ -662,6 +662,7 @@ impl<'a> ExprPlanner<'a> {
                 "concat",
                 "coalesce",
                 "abs",
+                "hash",
                 "round",
                 "date_part",
             ];
@@ -714,6 +715,11 @@ impl<'a> ExprPlanner<'a> {
                 }
                 let planned = planned.into_iter().map(|p| self.coerce(p, &t)).collect::<Result<Vec<_>>>()?;
                 Expr::Function { func, args: planned, data_type: t }
+            }
+            Function::Hash => {
+                arity(1, 1)?;
+                let p = self.plan(args[0])?;
+                Expr::Function { func, args: vec![p], data_type: DataType::Int64 }
             }
             Function::Abs => {
                 arity(1, 1)?;

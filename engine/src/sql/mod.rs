@@ -82,6 +82,60 @@ pub fn plan_sql(sql: &str, catalog: &Catalog) -> Result<LogicalPlan> {
     }
 }
 
+/// `name` as a quoted SQL identifier.
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// The catalog names a query reads (tables and views in `FROM`, at any depth), each once, in the
+/// order they appear. Quoted paths and table functions are not names and are left out.
+pub fn referenced_relations(sql: &str) -> Result<Vec<String>> {
+    fn in_query(q: &ast::Query, out: &mut Vec<String>) {
+        in_set(&q.body, out);
+    }
+    fn in_set(e: &SetExpr, out: &mut Vec<String>) {
+        match e {
+            SetExpr::Select(select) => {
+                for from in &select.from {
+                    in_factor(&from.relation, out);
+                    from.joins.iter().for_each(|j| in_factor(&j.relation, out));
+                }
+            }
+            SetExpr::Query(q) => in_query(q, out),
+            SetExpr::SetOperation { left, right, .. } => {
+                in_set(left, out);
+                in_set(right, out);
+            }
+            _ => {}
+        }
+    }
+    fn in_factor(f: &TableFactor, out: &mut Vec<String>) {
+        match f {
+            TableFactor::Table { name, args: None, .. } => {
+                if let [ast::ObjectNamePart::Identifier(ident)] = name.0.as_slice() {
+                    if ident.quote_style != Some('\'') && !out.iter().any(|n| n.eq_ignore_ascii_case(&ident.value)) {
+                        out.push(ident.value.clone());
+                    }
+                }
+            }
+            TableFactor::Derived { subquery, .. } => in_query(subquery, out),
+            TableFactor::NestedJoin { table_with_joins, .. } => {
+                in_factor(&table_with_joins.relation, out);
+                table_with_joins.joins.iter().for_each(|j| in_factor(&j.relation, out));
+            }
+            _ => {}
+        }
+    }
+    let statements = Parser::parse_sql(&DuckDbDialect {}, sql).map_err(parse_error)?;
+    let mut out = Vec::new();
+    for statement in &statements {
+        if let Statement::Query(q) = statement {
+            in_query(q, &mut out);
+        }
+    }
+    Ok(out)
+}
+
 fn first_words(s: &str) -> String {
     s.split_whitespace().take(2).collect::<Vec<_>>().join(" ")
 }
