@@ -54,7 +54,7 @@ fn readme_demo_pipeline_runs() {
     let run =
         flow(out.path(), &["run", "--mem-budget", "256MiB", "--report", "report.json", "data/demo/pipeline.toml"]);
     assert_eq!(run.code, 0, "{}", run.stderr);
-    assert!(run.stderr.contains("flow: 4 steps"), "{}", run.stderr);
+    assert!(run.stderr.contains("flow: 5 steps"), "{}", run.stderr);
     let rows: usize = read_parquet(&out.path().join("out/demo/big_spend.parquet")).iter().map(|b| b.num_rows()).sum();
     assert_eq!(rows, 75078, "the demo's answer, checked against DuckDB");
     let csv = std::fs::read_to_string(out.path().join("out/demo/top_categories.csv")).unwrap();
@@ -68,6 +68,26 @@ fn readme_demo_pipeline_runs() {
     assert_eq!((total(2), total(3)), (150010.0, 74251.0));
     assert!((total(4) - 74994469.05).abs() < 0.01);
     assert!(run.stderr.contains("HashJoin Inner, build side right"), "the summary shows the join: {}", run.stderr);
+    // The step cut into units: one hive folder per category, biggest spenders first, and DuckDB's
+    // totals over its rows.
+    assert!(
+        run.stderr.contains("daily: 8 units in priority order: toys (18909504.11), garden (18844292.23)"),
+        "{}",
+        run.stderr
+    );
+    let daily = out.path().join("out/demo/daily");
+    let files: Vec<String> = files_in(&daily).into_iter().filter(|f| !f.starts_with("_flow")).collect();
+    assert_eq!(files.len(), 8, "{files:?}");
+    assert!(files.iter().all(|f| f.starts_with("category=") && f.ends_with(".parquet")), "{files:?}");
+    let (mut groups, mut events, mut users) = (0, 0, 0);
+    for f in &files {
+        for b in read_parquet(&daily.join(f)) {
+            groups += b.num_rows();
+            events += b.column(1).as_primitive::<Int64Type>().iter().flatten().sum::<i64>();
+            users += b.column(2).as_primitive::<Int64Type>().iter().flatten().sum::<i64>();
+        }
+    }
+    assert_eq!((groups, events, users), (1456, 300_000, 265_114));
     // The sort of ~300 MB of rows under 256 MiB spilled, and kept the promise.
     let timeline: usize =
         read_parquet(&out.path().join("out/demo/timeline.parquet")).iter().map(|b| b.num_rows()).sum();

@@ -465,10 +465,8 @@ fn priority_buckets_and_plan_errors() {
     assert!(run.stderr.contains("5 units in priority order: c03, c01, c00, c02, c04"), "{}", run.stderr);
 
     // Hash buckets: a user's rows all land in one unit, so per-user results are whole.
-    let text = (
-        "[sources]\nevents = \"events.parquet\"\n[[steps]]\nname = \"by_user\"\nsql = \"SELECT user, count(*) AS n FROM events GROUP BY user\"\n\
-         output = \"out/by_user\"\nunits = { by = \"user\", buckets = 4 }\n"
-    );
+    let text = "[sources]\nevents = \"events.parquet\"\n[[steps]]\nname = \"by_user\"\nsql = \"SELECT user, count(*) AS n FROM events GROUP BY user\"\n\
+         output = \"out/by_user\"\nunits = { by = \"user\", buckets = 4 }\n";
     std::fs::write(dir.path().join("buckets.toml"), text).unwrap();
     let run = flow(dir.path(), &["run", "--mem-budget", "64MiB", "buckets.toml"]);
     assert_eq!(run.code, 0, "{}", run.stderr);
@@ -508,4 +506,36 @@ fn priority_buckets_and_plan_errors() {
     assert!(bad.stderr.contains("units 'categroy' does not fit any input of the step (events)"), "{}", bad.stderr);
     assert!(bad.stderr.contains("did you mean category?"), "{}", bad.stderr);
     assert!(!dir.path().join("out/s").exists());
+}
+
+#[test]
+fn the_cluster_examples_use_real_flags() {
+    let help = flow(Path::new("."), &["run", "--help"]).stdout;
+    for doc in ["docs/kubernetes-indexed-job.yaml", "docs/slurm-array.sh"] {
+        let text = std::fs::read_to_string(repo_root().join(doc)).unwrap();
+        let flags: Vec<&str> = text
+            .split(|c: char| c.is_whitespace() || c == '=' || c == '"')
+            .filter(|w| {
+                w.starts_with("--") && w.len() > 2 && w[2..].chars().all(|c| c.is_ascii_lowercase() || c == '-')
+            })
+            .filter(|w| {
+                ![
+                    "--requeue",
+                    "--job-name",
+                    "--array",
+                    "--cpus-per-task",
+                    "--mem",
+                    "--output",
+                    "--path",
+                    "--root",
+                    "--from",
+                ]
+                .contains(w)
+            })
+            .collect();
+        assert!(flags.len() >= 5, "{doc}: {flags:?}");
+        for flag in flags {
+            assert!(help.contains(flag), "{doc} uses {flag}, which `flow run` does not take");
+        }
+    }
 }

@@ -279,12 +279,15 @@ fn run_units(
     report: &mut Report,
 ) -> Result<Vec<(String, Error)>, Error> {
     let in_step = |e: Error| e.in_step(label);
-    if options.restart {
-        job.forget().map_err(in_step)?;
-    }
     let units = job.units(options.restart).map_err(in_step)?;
+    // The unit list and its bookkeeping live as long as the step: they count against the budget.
+    let mut bookkeeping = engine.pool().register(format!("Units[{label}]"), false);
+    bookkeeping.try_grow(StepJob::bookkeeping_bytes(&units)).map_err(in_step)?;
     job.remove_stale(&units).map_err(in_step)?;
     let mine = assigned(&units, options.units.worker, options.units.workers);
+    if options.restart {
+        job.forget(&mine).map_err(in_step)?;
+    }
     progress.println(&describe_units(label, &units, &mine, options.units));
     progress.start_units(label, mine.len());
     let mut failed = Vec::new();
@@ -311,7 +314,7 @@ fn run_units(
             match result {
                 Ok(outcome) => {
                     let m = &outcome.metrics;
-                    release_memory(engine, &mut entry);
+                    release_memory(engine, &mut entry, bookkeeping.size());
                     report.units.push(UnitReport {
                         status: "committed",
                         rows: outcome.rows,
@@ -329,7 +332,7 @@ fn run_units(
                 Err(e) if e.is_cancelled() || signal::interrupted() => return Err(Error::Cancelled),
                 Err(e) => {
                     let e = e.in_step(&name);
-                    release_memory(engine, &mut entry);
+                    release_memory(engine, &mut entry, bookkeeping.size());
                     if attempts <= options.retries && !e.is_bad_input() {
                         progress
                             .println(&format!("flow: {e} (attempt {attempts} of {}; retrying)", options.retries + 1));
@@ -372,10 +375,11 @@ fn unit_report(step: &str, unit: &Unit, attempts: u32) -> UnitReport {
     }
 }
 
-/// After a unit: every reservation is back in the pool, and freed heap goes back to the system.
-fn release_memory(engine: &Engine, entry: &mut UnitReport) {
+/// After a unit: every reservation of its query is back in the pool (what stays is the step's
+/// `bookkeeping`), and freed heap goes back to the system.
+fn release_memory(engine: &Engine, entry: &mut UnitReport, bookkeeping: u64) {
     flow_engine::alloc::release_free_memory();
-    entry.reserved_after = engine.pool().reserved();
+    entry.reserved_after = engine.pool().reserved().saturating_sub(bookkeeping);
     entry.rss_after = flow_engine::alloc::current_rss();
 }
 

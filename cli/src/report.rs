@@ -81,7 +81,8 @@ pub struct UnitReport {
     pub peak_accounted: u64,
     pub peak_allocated: Option<u64>,
     pub spill: SpillStats,
-    /// Bytes still reserved from the pool once the unit was done (always 0).
+    /// Bytes still reserved from the pool once the unit was done, beyond the step's unit list
+    /// (always 0).
     pub reserved_after: u64,
     /// The process's resident set size once the unit was done and memory released.
     pub rss_after: Option<u64>,

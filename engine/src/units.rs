@@ -52,8 +52,9 @@ use crate::exec::sink::{OutputFormat, PartitionedOutput};
 use crate::pipeline::{priority_label, PrioritySpec, StepSpec, UnitsSpec};
 use crate::sql::{quote_ident, referenced_relations};
 
-/// The most units a step may have: units are meant to be coarse (use buckets for more).
-pub const MAX_UNITS: usize = 100_000;
+/// The most units a step may have: each reads its share of the input on its own, so units are
+/// meant to be coarse (hash buckets make any number of keys into a few units).
+pub const MAX_UNITS: usize = 10_000;
 
 const FLOW_DIR: &str = "_flow";
 const STAGED: &str = ".staged";
@@ -289,6 +290,15 @@ impl<'e> StepJob<'e> {
         &self.dir
     }
 
+    /// About how much memory a list of units takes with its bookkeeping (the list, the files
+    /// found in the output, a report entry each), to reserve while a step runs.
+    pub fn bookkeeping_bytes(units: &[Unit]) -> u64 {
+        units
+            .iter()
+            .map(|u| 1024 + 2 * (u.label.len() + u.id.len() + u.filter.as_ref().map_or(0, |f| f.len())) as u64)
+            .sum()
+    }
+
     /// The step's units in priority order. The list is kept in the manifest with a fingerprint of
     /// the input files; while they are unchanged it is read from there (unless `fresh`), so a run
     /// with nothing to do reads no data.
@@ -420,6 +430,8 @@ impl<'e> StepJob<'e> {
             format: self.format,
             stem: format!("part-{}", unit.id),
             suffix: STAGED.into(),
+            // An empty unit commits a record and no file.
+            keep_empty: false,
         };
         let (written, metrics) = query.write_partitioned(out)?;
         let mut files = Vec::new();
@@ -523,14 +535,12 @@ impl<'e> StepJob<'e> {
         Ok(removed)
     }
 
-    /// Forgets every commit record, so that every unit runs again (`--restart`). Files stay until
-    /// their units recommit (or are found stale), so readers never see the folder empty.
-    pub fn forget(&self) -> Result<()> {
-        let records = self.flow_dir().join("units");
-        if let Ok(entries) = std::fs::read_dir(&records) {
-            for entry in entries.flatten() {
-                remove_if_exists(&entry.path())?;
-            }
+    /// Forgets the commit records of `units`, so that they run again (`--restart`; each worker
+    /// forgets its own). Files stay until their units recommit, so readers never see them missing.
+    pub fn forget(&self, units: &[Unit]) -> Result<()> {
+        for unit in units {
+            remove_if_exists(&self.record_path(&unit.id))?;
+            remove_if_exists(&self.failure_path(&unit.id))?;
         }
         Ok(())
     }

@@ -308,6 +308,8 @@ pub struct PartitionedOutput {
     /// Appended to every file name (after the extension), e.g. `.staged` for files not yet
     /// committed, so that `*.parquet` globs do not see them.
     pub suffix: String,
+    /// Without `partition_by`, write a file (with the schema and no rows) for an empty result.
+    pub keep_empty: bool,
 }
 
 /// The folder name hive layouts use for a null partition value.
@@ -497,10 +499,10 @@ impl PartitionedWriter {
         Ok(())
     }
 
-    /// Completes every file. Without `partition_by` there is always one file, empty or not; with
-    /// it, one per partition that got rows.
+    /// Completes every file: one per partition that got rows; without `partition_by`, one file,
+    /// also for an empty result when `keep_empty` is set.
     pub fn finish(mut self) -> Result<Vec<WriteSummary>> {
-        if self.key_columns.is_empty() && self.open.is_empty() && self.done.is_empty() {
+        if self.key_columns.is_empty() && self.open.is_empty() && self.done.is_empty() && self.out.keep_empty {
             let empty = RecordBatch::new_empty(self.data_schema.clone());
             self.write_part(String::new(), &empty)?;
         }
