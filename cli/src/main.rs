@@ -256,12 +256,12 @@ fn run_steps(
             // Steps without units run once, on the first worker.
             continue;
         }
-        progress.set_step(&label);
         // Each step's report shows its own allocation peak.
         flow_engine::alloc::reset_peak();
         let target = file.base_dir.join(output.path());
         let format = output.format()?;
         let query = engine.sql(&step.sql).map_err(|e| e.in_step(&label))?;
+        progress.start_query(&label, query.input_rows());
         let (summary, metrics) = query.write_as(&target, format).map_err(|e| e.in_step(&label))?;
         report.steps.push(StepReport::new(&label, Some(&summary), &metrics));
     }
@@ -293,7 +293,6 @@ fn run_units(
     let mut failed = Vec::new();
     for unit in &mine {
         let name = format!("{label} [{}]", unit.label);
-        progress.set_step(&name);
         if let UnitState::Committed(record) = job.state(unit).map_err(in_step)? {
             report.units.push(UnitReport {
                 status: "skipped",
@@ -308,6 +307,7 @@ fn run_units(
         loop {
             attempts += 1;
             flow_engine::alloc::reset_peak();
+            progress.start_query(&name, job.query(unit).ok().and_then(|q| q.input_rows()));
             let spill_before = engine.spill().stats();
             let result = job.run(unit);
             let mut entry = unit_report(label, unit, attempts);
@@ -351,6 +351,7 @@ fn run_units(
         }
         progress.unit_done();
     }
+    progress.finish_units();
     Ok(failed)
 }
 

@@ -2,7 +2,7 @@
 //! (with ETA); for the query running now, rows and bytes read, memory in use, spilled bytes.
 
 use std::io::IsTerminal;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,26 +15,48 @@ pub struct Progress {
     units: Mutex<Option<ProgressBar>>,
     step: Arc<Mutex<String>>,
     done: Arc<AtomicBool>,
+    /// For a query whose input size is known: rows read when it started, and rows it will read.
+    rows_base: Arc<AtomicU64>,
+    rows_total: Arc<AtomicU64>,
+    counters: Option<Arc<flow_engine::source::ScanCounters>>,
 }
 
 impl Progress {
     pub fn start(engine: &Engine) -> Progress {
         let step = Arc::new(Mutex::new(String::new()));
         let done = Arc::new(AtomicBool::new(false));
+        let (rows_base, rows_total) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
         if !std::io::stderr().is_terminal() {
-            return Progress { bars: None, query: None, units: Mutex::new(None), step, done };
+            return Progress {
+                bars: None,
+                query: None,
+                units: Mutex::new(None),
+                step,
+                done,
+                rows_base,
+                rows_total,
+                counters: None,
+            };
         }
         let bars = MultiProgress::new();
         let bar = bars.add(ProgressBar::new_spinner());
         bar.set_style(ProgressStyle::with_template("{spinner} [{elapsed_precise}] {msg}").expect("valid template"));
         bar.enable_steady_tick(Duration::from_millis(120));
         let (b, s, d) = (bar.clone(), step.clone(), done.clone());
+        let (base, total) = (rows_base.clone(), rows_total.clone());
         let counters = engine.counters().clone();
+        let shared_counters = counters.clone();
         let pool = engine.pool().clone();
         let spill = engine.spill().clone();
         std::thread::spawn(move || {
             while !d.load(Ordering::Relaxed) {
                 let step = s.lock().map(|s| s.clone()).unwrap_or_default();
+                let total = total.load(Ordering::Relaxed);
+                if total > 0 {
+                    let read = counters.rows.load(Ordering::Relaxed).saturating_sub(base.load(Ordering::Relaxed));
+                    b.set_length(total);
+                    b.set_position(read.min(total));
+                }
                 b.set_message(format!(
                     "{step}{}rows read {}, {} read, memory {} of {}, spilled {}",
                     if step.is_empty() { "" } else { ": " },
@@ -47,7 +69,31 @@ impl Progress {
                 std::thread::sleep(Duration::from_millis(100));
             }
         });
-        Progress { bars: Some(bars), query: Some(bar), units: Mutex::new(None), step, done }
+        Progress {
+            bars: Some(bars),
+            query: Some(bar),
+            units: Mutex::new(None),
+            step,
+            done,
+            rows_base,
+            rows_total,
+            counters: Some(shared_counters),
+        }
+    }
+
+    /// A query starts: with its input size known, the line becomes a bar over the rows it reads,
+    /// with an ETA; otherwise a spinner.
+    pub fn start_query(&self, name: &str, input_rows: Option<u64>) {
+        self.set_step(name);
+        let (Some(bar), Some(counters)) = (&self.query, &self.counters) else { return };
+        self.rows_base.store(counters.rows.load(Ordering::Relaxed), Ordering::Relaxed);
+        self.rows_total.store(input_rows.unwrap_or(0), Ordering::Relaxed);
+        let template = match input_rows {
+            Some(_) => "{spinner} [{bar:30}] {percent}% of the input, ETA {eta}: {msg}",
+            None => "{spinner} [{elapsed_precise}] {msg}",
+        };
+        bar.set_style(ProgressStyle::with_template(template).expect("valid template").progress_chars("=> "));
+        bar.set_position(0);
     }
 
     pub fn set_step(&self, name: &str) {
@@ -82,6 +128,15 @@ impl Progress {
         }
     }
 
+    /// The step's units are done: its bar goes.
+    pub fn finish_units(&self) {
+        if let Ok(mut units) = self.units.lock() {
+            if let Some(bar) = units.take() {
+                bar.finish_and_clear();
+            }
+        }
+    }
+
     /// Prints a line above the bars (or plainly when there are none).
     pub fn println(&self, line: &str) {
         match &self.bars {
@@ -97,11 +152,7 @@ impl Progress {
         if let Some(bar) = &self.query {
             bar.finish_and_clear();
         }
-        if let Ok(mut units) = self.units.lock() {
-            if let Some(bar) = units.take() {
-                bar.finish_and_clear();
-            }
-        }
+        self.finish_units();
     }
 }
 

@@ -195,6 +195,12 @@ impl<'e> Query<'e> {
         files
     }
 
+    /// Rows the query's scans will decode after pruning, when every input records its row count
+    /// (Parquet); for progress bars.
+    pub fn input_rows(&self) -> Option<u64> {
+        self.pipeline.input_rows()
+    }
+
     /// A readable plan tree.
     pub fn explain(&self) -> String {
         let stats = self.pipeline.stats(&self.engine.ctx);

@@ -532,6 +532,15 @@ impl<'e> StepJob<'e> {
                 }
             }
         }
+        // Staging folders of units that are gone (a run killed while writing one).
+        if let Ok(entries) = std::fs::read_dir(self.flow_dir().join("staging")) {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if !keep.contains(name.split('.').next().unwrap_or_default()) {
+                    let _ = std::fs::remove_dir_all(entry.path());
+                }
+            }
+        }
         Ok(removed)
     }
 

@@ -254,6 +254,16 @@ impl Pipeline {
         }
     }
 
+    /// Rows the pipeline's scans will decode, when every scan knows it before starting.
+    pub(crate) fn input_rows(&self) -> Option<u64> {
+        match &self.source {
+            Source::Scan(scan) => scan.input_rows(),
+            Source::Sort { input, .. } | Source::Aggregate { input, .. } => input.input_rows(),
+            Source::Join { build, probe, .. } => Some(build.input_rows()? + probe.input_rows()?),
+            Source::Union(inputs) => inputs.iter().map(|i| i.input_rows()).sum(),
+        }
+    }
+
     pub(crate) fn stats(&self, ctx: &ExecContext) -> PipelineStats {
         match &self.source {
             Source::Scan(scan) => scan.stats(ctx),

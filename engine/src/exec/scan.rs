@@ -93,6 +93,11 @@ impl ScanPipeline {
         }
     }
 
+    /// Rows the scan will decode (after pruning), when known before it starts (Parquet).
+    pub(crate) fn input_rows(&self) -> Option<u64> {
+        self.morsels.as_ref()?.iter().map(|m| self.table.morsel_rows(*m)).sum()
+    }
+
     /// Sizes of the scan; for CSV the slices are counted once the scan has started.
     pub(crate) fn stats(&self, ctx: &ExecContext) -> PipelineStats {
         let files = self.table.row_group_count();

@@ -184,6 +184,12 @@ impl Table {
         self.files.iter().map(|f| f.parquet.as_ref().map_or(1, |m| m.metadata().num_row_groups())).sum()
     }
 
+    /// Rows in a morsel, when the format records it (a Parquet row group).
+    pub fn morsel_rows(&self, morsel: Morsel) -> Option<u64> {
+        let meta = self.files[morsel.file].parquet.as_ref()?;
+        Some(meta.metadata().row_group(morsel.row_group).num_rows() as u64)
+    }
+
     /// Estimated decoded bytes per row of the given columns in a morsel, from Parquet metadata where
     /// there is some, else from the column types.
     pub fn estimated_row_bytes(&self, morsel: Morsel, projection: &[usize]) -> u64 {
