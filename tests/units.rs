@@ -458,6 +458,11 @@ fn priority_buckets_and_plan_errors() {
     write_events(&dir.path().join("events.parquet"), 20_000, 5, 10);
     // An explicit list goes first, the rest in value order.
     pipeline(dir.path(), "events.parquet", PER_USER, "priority = [\"c03\", \"c01\"]");
+    // Status before any run: every unit pending, and nothing written.
+    let status = flow(dir.path(), &["status", "pipeline.toml"]);
+    assert!(status.stdout.contains("5 units: 0 committed, 5 pending, 0 failed"), "{}", status.stdout);
+    assert!(status.stdout.contains("pending   c03  not committed"), "{}", status.stdout);
+    assert!(!dir.path().join("out").exists());
     let run = flow(dir.path(), &["run", "--mem-budget", "64MiB", "--report", "report.json", "pipeline.toml"]);
     assert_eq!(run.code, 0, "{}", run.stderr);
     let order: Vec<String> = unit_statuses(dir.path()).into_iter().map(|(u, _)| u).collect();

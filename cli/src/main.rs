@@ -426,7 +426,7 @@ fn status(common: &CommonArgs, workers: UnitArgs, path: &Path) -> Result<(), Err
     for (i, job) in jobs.iter().enumerate() {
         let Some(job) = job else { continue };
         let label = file.steps[i].label(i);
-        let units = job.units(false).map_err(|e| e.in_step(&label))?;
+        let units = job.peek_units().map_err(|e| e.in_step(&label))?;
         let mine = assigned(&units, workers.worker, workers.workers);
         let mut lines = Vec::new();
         let (mut committed, mut pending, mut failed) = (0, 0, 0);

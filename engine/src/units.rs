@@ -36,7 +36,7 @@
 //! `i` of `n` takes units `i, i + n, ...`. Workers share nothing but the folder: each writes only
 //! its own units' files and records.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -303,6 +303,16 @@ impl<'e> StepJob<'e> {
     /// the input files; while they are unchanged it is read from there (unless `fresh`), so a run
     /// with nothing to do reads no data.
     pub fn units(&self, fresh: bool) -> Result<Vec<Unit>> {
+        self.list_units(fresh, true)
+    }
+
+    /// The units as [`units`](Self::units) finds them, without writing the manifest (for
+    /// `flow status`, which changes nothing).
+    pub fn peek_units(&self) -> Result<Vec<Unit>> {
+        self.list_units(false, false)
+    }
+
+    fn list_units(&self, fresh: bool, save: bool) -> Result<Vec<Unit>> {
         let Some(key) = &self.key else {
             return Ok(vec![Unit { label: "all".into(), id: "all".into(), filter: None, priority: None }]);
         };
@@ -318,7 +328,9 @@ impl<'e> StepJob<'e> {
         }
         let units = self.enumerate(key, query)?;
         let manifest = Manifest { step: self.step.clone(), fingerprint: fp, units };
-        write_json_atomic(&path, &manifest)?;
+        if save {
+            write_json_atomic(&path, &manifest)?;
+        }
         Ok(manifest.units)
     }
 
@@ -811,11 +823,6 @@ fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> Result<()> {
     }
     sync_dir(dir);
     Ok(())
-}
-
-/// The states of several units, for `flow status`.
-pub fn states(job: &StepJob<'_>, units: &[Unit]) -> Result<BTreeMap<String, UnitState>> {
-    units.iter().map(|u| Ok((u.id.clone(), job.state(u)?))).collect()
 }
 
 #[cfg(test)]
