@@ -151,7 +151,7 @@ fn killed_runs_resume_to_the_same_output() {
     assert_eq!(full.code, 0, "{}", full.stderr);
     let one_run = started.elapsed().as_millis() as u64;
 
-    for seed in 0..6u64 {
+    for seed in 0..10u64 {
         let dir = tempfile::tempdir().unwrap();
         let p = pipeline(dir.path(), events.to_str().unwrap(), PER_USER, "");
         let args = ["run", "--mem-budget", budget, "--report", "report.json", p.to_str().unwrap()];
