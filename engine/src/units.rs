@@ -329,7 +329,10 @@ impl<'e> StepJob<'e> {
         let units = self.enumerate(key, query)?;
         let manifest = Manifest { step: self.step.clone(), fingerprint: fp, units };
         if save {
-            write_json_atomic(&path, &manifest)?;
+            // The manifest is a cache: a run that cannot save it (or loses the race with another
+            // worker) still has its list. Temporary files of runs killed while saving go first.
+            remove_temp_files(&self.flow_dir(), "manifest.json");
+            let _ = write_json_atomic(&path, &manifest);
         }
         Ok(manifest.units)
     }
@@ -542,6 +545,11 @@ impl<'e> StepJob<'e> {
                 if name.ends_with(".json") && !keep.contains(id) {
                     remove_if_exists(&entry.path())?;
                 }
+                // `.<id>.json.<pid>.<n>.tmp`: a record being written when a run was killed.
+                let temp_of = name.strip_prefix('.').and_then(|n| n.split(".json").next());
+                if name.ends_with(".tmp") && temp_of.is_some_and(|id| !keep.contains(id.trim_end_matches(".failed"))) {
+                    let _ = std::fs::remove_file(entry.path());
+                }
             }
         }
         // Staging folders of units that are gone (a run killed while writing one).
@@ -567,6 +575,8 @@ impl<'e> StepJob<'e> {
     }
 
     fn clear_staging(&self, id: &str) -> Result<()> {
+        // Records being written when a run was killed (only this unit's worker writes them).
+        remove_temp_files(&self.flow_dir().join("units"), id);
         let staging = self.flow_dir().join("staging");
         let Ok(entries) = std::fs::read_dir(&staging) else { return Ok(()) };
         for entry in entries.flatten() {
@@ -776,6 +786,20 @@ fn remove_empty_parents(file: &Path, root: &Path) {
             break;
         }
         dir = d.parent();
+    }
+}
+
+/// Removes the temporary files [`write_json_atomic`] leaves when killed, for names starting with
+/// `stem`, except this process's own.
+fn remove_temp_files(dir: &Path, stem: &str) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let own = format!(".{}.", std::process::id());
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let is_temp = name.starts_with(&format!(".{stem}")) && name.ends_with(".tmp");
+        if is_temp && !name.contains(&own) {
+            let _ = std::fs::remove_file(entry.path());
+        }
     }
 }
 
