@@ -43,16 +43,19 @@ fn engine(dir: &Path) -> Engine {
 fn rows(engine: &Engine, sql: &str) -> (Vec<DataType>, Vec<Vec<String>>) {
     let query = engine.sql(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
     let types: Vec<DataType> = query.schema().fields().iter().map(|f| f.data_type().clone()).collect();
-    let batches = query.collect().unwrap_or_else(|e| panic!("{sql}: {e}"));
+    // Formatted as the batches stream by: a result larger than a tiny budget is fine here.
     let mut out = Vec::new();
     let opts = FormatOptions::default().with_null("NULL");
-    for b in &batches {
-        let fmts: Vec<ArrayFormatter> =
-            b.columns().iter().map(|c| ArrayFormatter::try_new(c.as_ref(), &opts).unwrap()).collect();
-        for r in 0..b.num_rows() {
-            out.push(fmts.iter().map(|f| f.value(r).to_string()).collect());
-        }
-    }
+    query
+        .for_each(|b| {
+            let fmts: Vec<ArrayFormatter> =
+                b.columns().iter().map(|c| ArrayFormatter::try_new(c.as_ref(), &opts).unwrap()).collect();
+            for r in 0..b.num_rows() {
+                out.push(fmts.iter().map(|f| f.value(r).to_string()).collect());
+            }
+            Ok(())
+        })
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
     assert_eq!(engine.pool().reserved(), 0, "pool back to zero after {sql}");
     (types, out)
 }
@@ -713,4 +716,90 @@ fn union_all_and_union_follow_duckdb() {
     let err = |sql: &str| e.sql(sql).err().unwrap_or_else(|| panic!("{sql} should fail")).to_string();
     assert!(err("SELECT id FROM t UNION SELECT id, k FROM t").contains("same number of columns (1 and 2)"));
     assert!(err("SELECT id FROM t INTERSECT SELECT id FROM t").contains("not supported yet"));
+}
+
+#[test]
+fn min_and_max_of_numbers_dates_and_timestamps_with_nulls_spilled_or_not() {
+    use arrow::array::{Date32Array, Decimal128Array, TimestampMicrosecondArray, UInt64Array};
+    use std::collections::BTreeMap;
+    let dir = tempfile::tempdir().unwrap();
+    let n = 120_000i64;
+    // Values spread over the whole range of each type, a null every 5th row, 40 000 groups.
+    let v = |i: i64| (i * 7919 % 10_007) - 5_000;
+    let valid = |i: i64| i % 5 != 0;
+    let k: Vec<i64> = (0..n).map(|i| i % 40_000).collect();
+    let ints: Int32Array = (0..n).map(|i| valid(i).then(|| v(i) as i32)).collect();
+    let unsigned: UInt64Array = (0..n).map(|i| valid(i).then(|| u64::MAX - v(i).unsigned_abs())).collect();
+    let dec = Decimal128Array::from((0..n).map(|i| valid(i).then(|| v(i) as i128 * 1_000_003)).collect::<Vec<_>>())
+        .with_precision_and_scale(20, 3)
+        .unwrap();
+    let days: Date32Array = (0..n).map(|i| valid(i).then(|| v(i) as i32)).collect();
+    let ts: TimestampMicrosecondArray = (0..n).map(|i| valid(i).then(|| v(i) * 3_600_000_000)).collect();
+    write(
+        &dir.path().join("m.parquet"),
+        vec![
+            ("k", Arc::new(Int64Array::from(k.clone())) as ArrayRef),
+            ("i", Arc::new(ints.clone())),
+            ("u", Arc::new(unsigned.clone())),
+            ("d", Arc::new(dec.clone())),
+            ("day", Arc::new(days.clone())),
+            ("ts", Arc::new(ts.clone())),
+        ],
+    );
+    // The independent answer, as the values' display text.
+    let cols: [&dyn Array; 5] = [&ints, &unsigned, &dec, &days, &ts];
+    let text =
+        |c: &dyn Array, i: usize| ArrayFormatter::try_new(c, &FormatOptions::default()).unwrap().value(i).to_string();
+    let mut want: BTreeMap<i64, Vec<Option<(i128, usize)>>> = BTreeMap::new();
+    for i in 0..n as usize {
+        let slots = want.entry(k[i]).or_insert_with(|| vec![None; 10]);
+        if !valid(i as i64) {
+            continue;
+        }
+        let key = [
+            v(i as i64) as i128,
+            -(v(i as i64).unsigned_abs() as i128),
+            v(i as i64) as i128,
+            v(i as i64) as i128,
+            v(i as i64) as i128,
+        ];
+        for (c, key) in key.iter().enumerate() {
+            if slots[2 * c].is_none_or(|(m, _)| *key < m) {
+                slots[2 * c] = Some((*key, i));
+            }
+            if slots[2 * c + 1].is_none_or(|(m, _)| *key > m) {
+                slots[2 * c + 1] = Some((*key, i));
+            }
+        }
+    }
+    let expected: Vec<Vec<String>> = want
+        .iter()
+        .map(|(k, slots)| {
+            let mut row = vec![k.to_string()];
+            for (s, slot) in slots.iter().enumerate() {
+                row.push(slot.map_or("NULL".into(), |(_, i)| text(cols[s / 2], i)));
+            }
+            row
+        })
+        .collect();
+    let sql = "SELECT k, min(i), max(i), min(u), max(u), min(d), max(d), min(day), max(day), min(ts), max(ts) \
+               FROM m GROUP BY k ORDER BY k";
+    for budget in [1u64 << 30, 3 << 20] {
+        let config =
+            Config::default().with_mem_budget(budget).with_threads(2).with_spill_dir(dir.path()).with_batch_size(1024);
+        let mut e = Engine::new(config).unwrap();
+        e.register("m", dir.path().join("m.parquet").to_str().unwrap()).unwrap();
+        let (types, got) = rows(&e, sql);
+        assert_eq!(
+            types[1..].iter().step_by(2).cloned().collect::<Vec<_>>(),
+            [ints.data_type(), unsigned.data_type(), dec.data_type(), days.data_type(), ts.data_type()]
+                .map(|t| t.clone())
+        );
+        assert_eq!(got.len(), expected.len());
+        assert_eq!(got, expected, "budget {budget}");
+        if budget < 4 << 20 {
+            assert!(e.spill().stats().files > 0, "spilled: {:?}", e.spill().stats());
+        }
+        assert_eq!(e.pool().reserved(), 0);
+    }
 }

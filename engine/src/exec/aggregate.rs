@@ -447,7 +447,16 @@ enum Acc {
         sum: Vec<f64>,
         count: Vec<i64>,
     },
-    /// Min or max in row format.
+    /// Min or max of integers, decimals, dates and timestamps, as unscaled 128-bit integers (no
+    /// allocation per value, unlike the row format).
+    ExtremeInt {
+        values: Vec<i128>,
+        seen: Vec<bool>,
+        max: bool,
+        /// Dates and timestamps pass through Int64 (they do not cast to decimals).
+        temporal: bool,
+    },
+    /// Min or max of anything else, in row format.
     Extreme {
         values: Vec<Option<Box<[u8]>>>,
         max: bool,
@@ -485,6 +494,10 @@ impl Acc {
                 count.reserve_exact(additional);
             }
             Acc::Extreme { values, .. } => values.reserve_exact(additional),
+            Acc::ExtremeInt { values, seen, .. } => {
+                values.reserve_exact(additional);
+                seen.reserve_exact(additional);
+            }
             Acc::Var { n, mean, m2, .. } => {
                 n.reserve_exact(additional);
                 mean.reserve_exact(additional);
@@ -503,6 +516,7 @@ fn slot_bytes(acc: &Acc) -> u64 {
         Acc::AvgInt { .. } => 24,
         Acc::AvgFloat { .. } => 16,
         Acc::Extreme { .. } => 16,
+        Acc::ExtremeInt { .. } => 17,
         Acc::Var { .. } => 24,
     }
 }
@@ -545,6 +559,14 @@ impl GroupTable {
                 (AggregateFunction::Avg, Some(t)) => {
                     let scale = if let DataType::Decimal128(_, s) = t { s as i32 } else { 0 };
                     Acc::AvgInt { sum: Vec::new(), count: Vec::new(), scale }
+                }
+                (AggregateFunction::Min | AggregateFunction::Max, Some(t)) if extreme_int(&t).is_some() => {
+                    Acc::ExtremeInt {
+                        values: Vec::new(),
+                        seen: Vec::new(),
+                        max: a.func == AggregateFunction::Max,
+                        temporal: extreme_int(&t) == Some(true),
+                    }
                 }
                 (AggregateFunction::Min | AggregateFunction::Max, Some(t)) => Acc::Extreme {
                     values: Vec::new(),
@@ -658,6 +680,10 @@ impl GroupTable {
                     count.push(0);
                 }
                 Acc::Extreme { values, .. } => values.push(None),
+                Acc::ExtremeInt { values, seen, .. } => {
+                    values.push(0);
+                    seen.push(false);
+                }
                 Acc::Var { n, mean, m2, .. } => {
                     n.push(0.0);
                     mean.push(0.0);
@@ -690,16 +716,17 @@ impl GroupTable {
                 None => None,
             });
         }
-        // Min/max values grow when a longer value wins; counted after the batch.
-        let mut grown = 0u64;
+        // First each row's group (inserting new ones), then each state over the whole batch: the
+        // match on the state's kind is made once per batch, not once per row.
         let mut spilled: Vec<Vec<u32>> = Vec::new();
+        let mut group_of: Vec<u32> = Vec::with_capacity(n);
         for row in 0..n {
             let found = match &self.index {
                 GroupIndex::Single => (self.groups > 0).then_some(0),
                 index => index.find(&keys, row),
             };
-            let group = match found.or_else(|| self.try_insert(&keys, row)) {
-                Some(g) => g,
+            match found.or_else(|| self.try_insert(&keys, row)) {
+                Some(g) => group_of.push(g as u32),
                 None if self.no_spill => return Ok(false),
                 None => {
                     // Full: this group's rows go to a partition, now and later.
@@ -710,12 +737,14 @@ impl GroupTable {
                         spilled = vec![Vec::new(); PARTITIONS];
                     }
                     spilled[keys.partition(row, self.seed)].push(row as u32);
-                    continue;
+                    group_of.push(NO_GROUP);
                 }
-            };
-            for (acc, arg) in self.accs.iter_mut().zip(&args) {
-                grown += update(acc, group, arg.as_ref(), row)?;
             }
+        }
+        // Min/max values grow when a longer value wins; counted after the batch.
+        let mut grown = 0u64;
+        for (acc, arg) in self.accs.iter_mut().zip(&args) {
+            grown += update_batch(acc, arg.as_ref(), &group_of)?;
         }
         if grown > 0 && self.reservation.try_grow(grown).is_err() {
             if self.no_spill {
@@ -977,7 +1006,13 @@ impl ArgValues {
     fn new(acc: &Acc, column: &ArrayRef) -> Result<ArgValues> {
         Ok(match acc {
             Acc::Count(_) => ArgValues::Nulls(column.logical_nulls()),
-            Acc::SumInt { .. } | Acc::AvgInt { .. } => {
+            Acc::ExtremeInt { temporal: true, .. } => {
+                let ints = arrow::compute::cast(column, &DataType::Int64)?;
+                ArgValues::Int(
+                    arrow::compute::cast(&ints, &DataType::Decimal128(38, 0))?.as_primitive::<Decimal128Type>().clone(),
+                )
+            }
+            Acc::SumInt { .. } | Acc::AvgInt { .. } | Acc::ExtremeInt { .. } => {
                 let target = match column.data_type() {
                     DataType::Decimal128(_, s) => DataType::Decimal128(38, *s),
                     _ => DataType::Decimal128(38, 0),
@@ -992,6 +1027,72 @@ impl ArgValues {
             }
         })
     }
+}
+
+/// Whether min/max of `t` keeps its state as an integer: `Some(false)` for integers and decimals,
+/// `Some(true)` for dates and timestamps (which go through Int64), `None` for the rest.
+fn extreme_int(t: &DataType) -> Option<bool> {
+    match t {
+        DataType::Int8
+        | DataType::Int16
+        | DataType::Int32
+        | DataType::Int64
+        | DataType::UInt8
+        | DataType::UInt16
+        | DataType::UInt32
+        | DataType::UInt64
+        | DataType::Decimal128(..) => Some(false),
+        DataType::Date32 | DataType::Date64 | DataType::Timestamp(..) => Some(true),
+        _ => None,
+    }
+}
+
+/// The group of a row that went to a partition instead.
+const NO_GROUP: u32 = u32::MAX;
+
+/// Folds every row of `arg` into its group (`group_of[row]`, or [`NO_GROUP`]); returns bytes the
+/// state grew by. The common states have loops of their own; the rest go row by row.
+fn update_batch(acc: &mut Acc, arg: Option<&ArgValues>, group_of: &[u32]) -> Result<u64> {
+    let rows = || group_of.iter().enumerate().filter(|(_, g)| **g != NO_GROUP).map(|(r, g)| (r, *g as usize));
+    match (acc, arg) {
+        (Acc::Count(v), None) => rows().for_each(|(_, g)| v[g] += 1),
+        (Acc::Count(v), Some(ArgValues::Nulls(nulls))) => match nulls {
+            None => rows().for_each(|(_, g)| v[g] += 1),
+            Some(n) => rows().filter(|(r, _)| n.is_valid(*r)).for_each(|(_, g)| v[g] += 1),
+        },
+        (Acc::SumInt { sum, seen }, Some(ArgValues::Int(a))) => {
+            let values = a.values();
+            for (r, g) in rows().filter(|(r, _)| a.is_valid(*r)) {
+                sum[g] = sum[g].checked_add(values[r]).ok_or_else(|| Error::Execution("overflow in sum()".into()))?;
+                seen[g] = true;
+            }
+        }
+        (Acc::SumFloat { sum, seen }, Some(ArgValues::Float(a))) => {
+            let values = a.values();
+            for (r, g) in rows().filter(|(r, _)| a.is_valid(*r)) {
+                sum[g] += values[r];
+                seen[g] = true;
+            }
+        }
+        (Acc::ExtremeInt { values, seen, max, .. }, Some(ArgValues::Int(a))) => {
+            let input = a.values();
+            for (r, g) in rows().filter(|(r, _)| a.is_valid(*r)) {
+                let v = input[r];
+                if !seen[g] || (*max && v > values[g]) || (!*max && v < values[g]) {
+                    values[g] = v;
+                    seen[g] = true;
+                }
+            }
+        }
+        (acc, arg) => {
+            let mut grown = 0;
+            for (r, g) in rows() {
+                grown += update(acc, g, arg, r)?;
+            }
+            return Ok(grown);
+        }
+    }
+    Ok(0)
 }
 
 /// Folds row `row` of `arg` into group `g`; returns bytes the state grew by (min/max values).
@@ -1112,6 +1213,20 @@ fn finish(acc: &Acc, start: usize, end: usize, out: &DataType) -> Result<ArrayRe
                 })
                 .collect::<Float64Array>(),
         ),
+        Acc::ExtremeInt { values, seen, temporal, .. } => {
+            let scale = match out {
+                DataType::Decimal128(_, s) => *s,
+                _ => 0,
+            };
+            let unscaled: Decimal128Array =
+                values[r.clone()].iter().zip(&seen[r]).map(|(v, s)| s.then_some(*v)).collect();
+            let unscaled: ArrayRef = Arc::new(unscaled.with_precision_and_scale(38, scale)?);
+            if *temporal {
+                arrow::compute::cast(&arrow::compute::cast(&unscaled, &DataType::Int64)?, out)?
+            } else {
+                arrow::compute::cast(&unscaled, out)?
+            }
+        }
         Acc::Extreme { values, converter, .. } => {
             let slice = &values[r];
             if slice.iter().all(|v| v.is_none()) {
