@@ -751,8 +751,8 @@ fn min_and_max_of_numbers_dates_and_timestamps_with_nulls_spilled_or_not() {
     let text =
         |c: &dyn Array, i: usize| ArrayFormatter::try_new(c, &FormatOptions::default()).unwrap().value(i).to_string();
     let mut want: BTreeMap<i64, Vec<Option<(i128, usize)>>> = BTreeMap::new();
-    for i in 0..n as usize {
-        let slots = want.entry(k[i]).or_insert_with(|| vec![None; 10]);
+    for (i, key) in k.iter().enumerate() {
+        let slots = want.entry(*key).or_insert_with(|| vec![None; 10]);
         if !valid(i as i64) {
             continue;
         }
