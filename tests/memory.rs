@@ -191,6 +191,31 @@ fn aggregate_with_millions_of_groups_spills_and_stays_in_budget() {
 }
 
 #[test]
+fn grouping_millions_of_strings_at_16_mib_stays_in_budget() {
+    // Nearly every row its own group: the aggregation spills partitions over and over, and the
+    // allocator is left with free holes in its arenas unless they are given back.
+    let dir = tempfile::tempdir().unwrap();
+    make_input(&dir.path().join("big.parquet"), 2_000_000);
+    let run = flow_sql(
+        dir.path(),
+        "16MiB",
+        "top.parquet",
+        "SELECT text, count(*) AS n FROM 'big.parquet' GROUP BY text ORDER BY n DESC, text LIMIT 5",
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let report = report(dir.path());
+    assert!(report["spill"]["files"].as_u64().unwrap() > 0, "the aggregation spilled: {report}");
+    // The process's own peak (VmHWM): the kernel's figure for the child also counts pages of this
+    // test process, which other tests fill while this one runs.
+    let peak = report["peak_rss"].as_u64().unwrap();
+    let limit = 16 * MIB + 16 * MIB / 10 + 24 * MIB;
+    eprintln!("16 MiB grouping: peak RSS {:.1} MiB (limit {} MiB)", peak as f64 / MIB as f64, limit / MIB);
+    assert!(peak <= limit, "peak RSS {} MiB > {} MiB: {}", peak / MIB, limit / MIB, run.stderr);
+    let top = read_parquet(&dir.path().join("top.parquet"));
+    assert_eq!(top.iter().map(|b| b.num_rows()).sum::<usize>(), 5);
+}
+
+#[test]
 fn join_with_a_build_side_ten_times_the_budget_spills_and_stays_in_budget() {
     let dir = tempfile::tempdir().unwrap();
     make_input(&dir.path().join("big.parquet"), 3_000_000);

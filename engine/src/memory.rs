@@ -9,6 +9,14 @@
 //! The pool only counts; it does not allocate. The `flow` binary also installs
 //! [`CountingAllocator`](crate::alloc::CountingAllocator) so the report can show the accounted peak
 //! next to the real one.
+//!
+//! Counting is not enough to keep the process's resident size inside the budget: glibc's malloc
+//! keeps freed memory in its per-thread arenas, and a run that allocates and frees batches of every
+//! size (an aggregation merging spilled partitions, say) ends up with arenas full of free holes
+//! that still count as resident. So each time an eighth of the budget (at least 4 MiB) has been
+//! given back, at most ten times a second, the pool asks the allocator to return free pages to the
+//! system ([`release_free_memory`](crate::alloc::release_free_memory)). At a 16 MiB budget this
+//! took a grouping of 4.6M strings from 53 to 40 MiB of peak RSS, for no measurable time.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -31,6 +39,9 @@ struct PoolInner {
 struct PoolState {
     used: u64,
     peak: u64,
+    /// Bytes given back since the allocator last returned free memory, and when that was.
+    released: u64,
+    last_trim: Option<std::time::Instant>,
     next_id: u64,
     consumers: BTreeMap<u64, ConsumerState>,
 }
@@ -113,6 +124,20 @@ impl MemoryPool {
         all
     }
 
+    /// Counts `bytes` given back (with the lock held); true when it is time to return free memory
+    /// to the system (to be done once the lock is released).
+    fn released(&self, state: &mut PoolState, bytes: u64) -> bool {
+        state.released += bytes;
+        let threshold = (self.inner.budget / 8).max(4 << 20);
+        let recent = state.last_trim.is_some_and(|t| t.elapsed() < std::time::Duration::from_millis(100));
+        if state.released < threshold || recent {
+            return false;
+        }
+        state.released = 0;
+        state.last_trim = Some(std::time::Instant::now());
+        true
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, PoolState> {
         // A panic while holding the lock leaves consistent counters (updates are single statements).
         self.inner.state.lock().unwrap_or_else(|e| e.into_inner())
@@ -185,6 +210,11 @@ impl MemoryReservation {
             c.bytes -= bytes;
         }
         self.size -= bytes;
+        let trim = self.pool.released(&mut state, bytes);
+        drop(state);
+        if trim {
+            crate::alloc::release_free_memory();
+        }
     }
 
     /// Grows or shrinks to exactly `bytes`.
@@ -255,6 +285,11 @@ impl Drop for MemoryReservation {
         };
         if gone {
             state.consumers.remove(&self.id);
+        }
+        let trim = self.pool.released(&mut state, self.size);
+        drop(state);
+        if trim {
+            crate::alloc::release_free_memory();
         }
     }
 }
