@@ -45,6 +45,7 @@ impl Engine {
             cancel: Arc::new(AtomicBool::new(false)),
             spill: spill.clone(),
             operators: Default::default(),
+            pending_minimums: Default::default(),
         };
         Ok(Engine { ctx, spill, catalog: Catalog::default() })
     }
@@ -216,7 +217,11 @@ impl<'e> Query<'e> {
     /// Starts the query and returns its batches as they are produced, in input order.
     pub fn stream(self) -> Result<BatchStream> {
         // Each query counts its own operators.
-        let ctx = ExecContext { operators: Default::default(), ..self.engine.ctx.clone() };
+        let ctx = ExecContext {
+            operators: Default::default(),
+            pending_minimums: Default::default(),
+            ..self.engine.ctx.clone()
+        };
         self.pipeline.execute(&ctx)
     }
 

@@ -102,7 +102,7 @@ impl AggregateStream {
         ctx: &ExecContext,
         metrics: Arc<OperatorMetrics>,
     ) -> Result<AggregateStream> {
-        let first_limit = table_limit(ctx.pool.available().saturating_sub(child_max), ctx);
+        let first_limit = table_limit(ctx.available_for_sizing().saturating_sub(child_max), ctx);
         let (spec, arg_exprs) = build_spec(&child.schema(), &group_exprs, aggregates, out_schema, metrics)?;
         Ok(AggregateStream {
             state: State::Pending(Box::new(child), group_exprs, arg_exprs),

@@ -666,7 +666,7 @@ impl JoinStream {
         let (keep_left, keep_right) = (spec.join_type.keeps_left(), spec.join_type.keeps_right());
         let (keep_build, keep_probe) =
             if spec.build_is_left { (keep_left, keep_right) } else { (keep_right, keep_left) };
-        let first_limit = table_limit(ctx.pool.available().saturating_sub(children_max), ctx);
+        let first_limit = table_limit(ctx.available_for_sizing().saturating_sub(children_max), ctx);
         Ok(JoinStream {
             shared: Arc::new(Shared {
                 spec,

@@ -24,7 +24,7 @@ mod scan;
 pub mod sink;
 mod sort;
 
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
@@ -94,9 +94,18 @@ pub struct ExecContext {
     pub spill: SpillManager,
     /// The running query's operators.
     pub(crate) operators: OperatorRegistry,
+    /// The minimums of blocking operators whose inputs are starting: left free when the inputs
+    /// size themselves (see [`start_beside`]).
+    pub(crate) pending_minimums: Arc<AtomicU64>,
 }
 
 impl ExecContext {
+    /// What an operator that is starting may size itself from: the pool's free bytes, less the
+    /// minimums of the operators waiting above it.
+    pub(crate) fn available_for_sizing(&self) -> u64 {
+        self.pool.available().saturating_sub(self.pending_minimums.load(Ordering::Acquire))
+    }
+
     /// Bytes one batch in flight should hold at most: the budget shared by every batch that can be
     /// alive at once (see the module docs), within sensible bounds.
     pub fn batch_bytes_target(&self) -> u64 {
@@ -315,7 +324,7 @@ impl Pipeline {
             // take if it started now.
             Source::Join { build, probe, .. } => {
                 let children = build.max_memory(ctx, queue_limit).max(probe.max_memory(ctx, queue_limit));
-                children + join::table_limit(ctx.pool.available().saturating_sub(children), ctx)
+                children + join::table_limit(ctx.available_for_sizing().saturating_sub(children), ctx)
             }
             Source::Union(inputs) => inputs.iter().map(|i| i.max_memory(ctx, queue_limit)).max().unwrap_or(0),
         }
@@ -373,9 +382,26 @@ impl Pipeline {
                 // The input runs beside the sort: leave it what it can hold at most.
                 let small = 2 * ctx.batch_bytes_target();
                 let child_max = input.max_memory(ctx, small);
-                let child =
-                    start_beside(ctx, "ExternalSort", sort::min_memory(ctx), || input.execute_with(ctx, Some(small)))?;
-                StreamSource::Sort(Box::new(SortStream::new(child, keys, fetch, child_max, ctx, metrics.clone())?))
+                // Over a blocking operator, which sizes its later phases from what is free, the
+                // sort keeps its minimum reserved (over a scan, whose workers' queues use it, not).
+                let keep = !matches!(input.source, Source::Scan(_));
+                let minimum = sort::min_memory(ctx);
+                let child = start_beside(ctx, "ExternalSort", minimum, || input.execute_with(ctx, Some(small)))?;
+                let floor = keep
+                    .then(|| {
+                        let mut floor = ctx.pool.register("ExternalSort minimum", false);
+                        floor.try_grow(minimum).is_ok().then_some(floor)
+                    })
+                    .flatten();
+                StreamSource::Sort(Box::new(SortStream::new(
+                    child,
+                    floor,
+                    keys,
+                    fetch,
+                    child_max,
+                    ctx,
+                    metrics.clone(),
+                )?))
             }
             Source::Aggregate { mut input, group_exprs, aggregates, schema } => {
                 // Over a scan, count/sum/min/max aggregate in two phases: each worker reduces its
@@ -435,23 +461,28 @@ impl Pipeline {
     }
 }
 
-/// Starts the input of a blocking operator while holding the operator's declared minimum, so the
-/// input (a scan picks its worker count from what the pool has free) leaves room for it.
+/// Starts the input of a blocking operator with the operator's declared minimum set aside, so the
+/// input (a scan picks its worker count from what the pool has free, an aggregation its table
+/// size) leaves room for it. The minimum is set aside by count, not reserved: a reservation held
+/// while the input starts would refuse the input's first batches, whose workers start at once.
 pub(crate) fn start_beside(
     ctx: &ExecContext,
     operator: &str,
     minimum: u64,
     start: impl FnOnce() -> Result<BatchStream>,
 ) -> Result<BatchStream> {
-    let mut floor = ctx.pool.register(format!("{operator} minimum"), false);
-    floor.try_grow(minimum).map_err(|_| crate::Error::BudgetTooSmall {
-        what: operator.to_string(),
-        needed: ctx.pool.budget() - ctx.pool.available() + minimum,
-        budget: ctx.pool.budget(),
-    })?;
-    let stream = start()?;
-    drop(floor);
-    Ok(stream)
+    let pending = ctx.pending_minimums.load(Ordering::Acquire);
+    if ctx.available_for_sizing() < minimum {
+        return Err(crate::Error::BudgetTooSmall {
+            what: operator.to_string(),
+            needed: ctx.pool.budget() - ctx.pool.available() + pending + minimum,
+            budget: ctx.pool.budget(),
+        });
+    }
+    ctx.pending_minimums.fetch_add(minimum, Ordering::AcqRel);
+    let stream = start();
+    ctx.pending_minimums.fetch_sub(minimum, Ordering::AcqRel);
+    stream
 }
 
 enum StreamSource {

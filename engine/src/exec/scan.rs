@@ -138,7 +138,7 @@ impl ScanPipeline {
     /// As many workers as there are threads, morsels, and room in the pool for.
     fn workers(&self, ctx: &ExecContext, morsels: usize) -> Result<usize> {
         let (worker, batch) = self.worker_memory(ctx);
-        let available = ctx.pool.available();
+        let available = ctx.available_for_sizing();
         let fit = available.saturating_sub(batch) / worker.max(1);
         if fit == 0 {
             let budget = ctx.pool.budget();
@@ -159,7 +159,7 @@ impl ScanPipeline {
         // run ahead: give each worker a queue of batches, bounded in bytes by its share of what
         // the pool has left, so they all keep decoding.
         let (worker_bytes, batch_bytes) = self.worker_memory(ctx);
-        let spare = ctx.pool.available().saturating_sub(workers as u64 * worker_bytes + batch_bytes);
+        let spare = ctx.available_for_sizing().saturating_sub(workers as u64 * worker_bytes + batch_bytes);
         // Half the spare memory: the rest is headroom for what no reservation sees (allocator slack,
         // encoder scratch space).
         let queue_limit = queue_limit.unwrap_or((spare / (2 * workers as u64)).clamp(2 * batch_bytes, 256 << 20));

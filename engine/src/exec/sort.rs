@@ -59,9 +59,11 @@ enum State {
 }
 
 impl SortStream {
-    /// `child_max` is the most the input pipeline holds while it runs beside the sort.
+    /// `child_max` is the most the input pipeline holds while it runs beside the sort; `floor` is
+    /// the sort's minimum, reserved before the input started, when the sort keeps it.
     pub(crate) fn new(
         child: BatchStream,
+        floor: Option<MemoryReservation>,
         keys: Vec<SortKey>,
         fetch: Option<usize>,
         child_max: u64,
@@ -79,7 +81,7 @@ impl SortStream {
             })
             .collect();
         let converter = RowConverter::new(fields)?;
-        let share = ctx.pool.available().saturating_sub(child_max);
+        let share = ctx.available_for_sizing().saturating_sub(child_max);
         let reservation = ctx.pool.register("ExternalSort", true);
         let sorter = Sorter {
             schema,
@@ -89,6 +91,7 @@ impl SortStream {
             buffer: Vec::new(),
             buffer_bytes: 0,
             reservation,
+            floor,
             runs: Vec::new(),
             // The rest is scratch: the row order (8 bytes a row) and one output chunk.
             buffer_limit: (share * 3 / 4).max(min_memory(ctx) / 2),
@@ -160,6 +163,10 @@ struct Sorter {
     buffer_bytes: u64,
     /// Pays for the buffer and the runs kept in memory.
     reservation: MemoryReservation,
+    /// The sort's minimum, kept aside over a blocking input: drawn on when the pool is short (an
+    /// aggregation under the sort sizes its later passes from what is free), refilled after each
+    /// spill.
+    floor: Option<MemoryReservation>,
     /// Sorted runs, in input order.
     runs: Vec<Run>,
     /// Most bytes of buffer plus in-memory runs.
@@ -210,7 +217,7 @@ impl Sorter {
                     if self.buffer.is_empty() {
                         // The buffer's size is a target for runs; one batch larger than it is
                         // still sorted, as long as the pool can hold it.
-                        self.reservation.try_grow(extra).map_err(|_| self.too_small(bytes))?;
+                        self.grow_from_floor(extra).map_err(|_| self.too_small(bytes))?;
                         self.metrics.rows_in(batch.num_rows());
                         self.metrics.reserved(self.reservation.size());
                         self.buffer.push((batch, keys));
@@ -220,7 +227,7 @@ impl Sorter {
                     }
                     self.sort_run(false)?;
                     self.spill_memory_runs()?;
-                    self.reservation.try_grow(extra).map_err(|_| self.too_small(bytes))?;
+                    self.grow_from_floor(extra).map_err(|_| self.too_small(bytes))?;
                 }
             }
             self.metrics.rows_in(batch.num_rows());
@@ -237,10 +244,35 @@ impl Sorter {
         }
         if self.runs.len() == 1 {
             if let Run::Memory(chunks) = &mut self.runs[0] {
+                self.floor = None;
                 return Ok(State::Memory(std::mem::take(chunks)));
             }
         }
         self.merge()
+    }
+
+    /// Grows the reservation by `bytes`, from the pool or else from the kept minimum.
+    fn grow_from_floor(&mut self, bytes: u64) -> Result<()> {
+        if self.reservation.try_grow(bytes).is_ok() {
+            return Ok(());
+        }
+        self.draw_on_floor(bytes);
+        self.reservation.try_grow(bytes)
+    }
+
+    /// Gives up to `bytes` of the kept minimum back to the pool, for a request about to be retried.
+    fn draw_on_floor(&mut self, bytes: u64) {
+        if let Some(floor) = &mut self.floor {
+            floor.shrink(bytes.min(floor.size()));
+        }
+    }
+
+    /// Puts the kept minimum back once memory is free again (after a spill).
+    fn refill_floor(&mut self) {
+        let want = min_memory(&self.ctx);
+        if let Some(floor) = self.floor.as_mut().filter(|f| f.size() < want) {
+            let _ = floor.try_resize(want);
+        }
     }
 
     fn too_small(&self, bytes: u64) -> Error {
@@ -263,7 +295,10 @@ impl Sorter {
         // Each row's place: the first 8 bytes of its row-format key as an integer (most
         // comparisons end there, without touching the keys), then batch and row.
         let mut scratch = self.ctx.pool.register("ExternalSort order", false);
-        scratch.try_grow(16 * total as u64).map_err(|_| self.too_small(16 * total as u64))?;
+        if scratch.try_grow(16 * total as u64).is_err() {
+            self.draw_on_floor(16 * total as u64);
+            scratch.try_grow(16 * total as u64).map_err(|_| self.too_small(16 * total as u64))?;
+        }
         let mut order: Vec<(u64, u32, u32)> = buffered
             .iter()
             .enumerate()
@@ -295,7 +330,7 @@ impl Sorter {
             let chunk = interleave_batches(&self.schema, &batches, &indices)?;
             let bytes = chunk.get_array_memory_size() as u64;
             // Sorted chunks replace the buffer: account for them as they are made.
-            self.reservation.try_grow(bytes).map_err(|_| self.too_small(bytes))?;
+            self.grow_from_floor(bytes).map_err(|_| self.too_small(bytes))?;
             chunks.push_back(chunk);
         }
         drop(batches);
@@ -326,12 +361,15 @@ impl Sorter {
             self.runs[i] = Run::Spilled(file);
             self.reservation.shrink(freed);
         }
+        self.refill_floor();
         Ok(())
     }
 
     /// Merges the runs: when more runs are on disk than the fan-in allows, neighbouring runs are
     /// merged into longer ones first (passes), then a final streaming merge.
     fn merge(&mut self) -> Result<State> {
+        // The input is done: the kept minimum goes to the merge buffers.
+        self.floor = None;
         // One decoded chunk, its keys and the reader's page buffers, per run on disk.
         let per_run = (2 * self.max_chunk_bytes + self.max_chunk_keys).max(1);
         let fan_in_now = |pool: &crate::memory::MemoryPool| ((pool.available() * 3 / 4) / per_run) as usize;
