@@ -216,6 +216,30 @@ fn grouping_millions_of_strings_at_16_mib_stays_in_budget() {
 }
 
 #[test]
+fn several_distinct_counts_at_16_mib_stay_in_budget() {
+    // Three DISTINCT arguments: a tagged union of three scans into two spilling aggregations,
+    // whose partitions are spilled a few rows at a time, as thousands of row groups.
+    let dir = tempfile::tempdir().unwrap();
+    make_input(&dir.path().join("big.parquet"), 1_500_000);
+    let run = flow_sql(
+        dir.path(),
+        "16MiB",
+        "distinct.parquet",
+        "SELECT id % 1000 AS g, count(DISTINCT value) AS v, count(DISTINCT text) AS t, count(DISTINCT id) AS i \
+         FROM 'big.parquet' GROUP BY g",
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let report = report(dir.path());
+    assert!(report["spill"]["files"].as_u64().unwrap() > 0, "the aggregations spilled: {report}");
+    let peak = report["peak_rss"].as_u64().unwrap();
+    let limit = 16 * MIB + 16 * MIB / 10 + 24 * MIB;
+    eprintln!("16 MiB distinct counts: peak RSS {:.1} MiB (limit {} MiB)", peak as f64 / MIB as f64, limit / MIB);
+    assert!(peak <= limit, "peak RSS {} MiB > {} MiB: {}", peak / MIB, limit / MIB, run.stderr);
+    let rows: usize = read_parquet(&dir.path().join("distinct.parquet")).iter().map(|b| b.num_rows()).sum();
+    assert_eq!(rows, 1000);
+}
+
+#[test]
 fn join_with_a_build_side_ten_times_the_budget_spills_and_stays_in_budget() {
     let dir = tempfile::tempdir().unwrap();
     make_input(&dir.path().join("big.parquet"), 3_000_000);

@@ -3,9 +3,15 @@
 //!
 //! * Each run owns one folder `flow-spill-*` under the spill dir, with a `pid` file naming its owner.
 //!   At start, folders whose owner is dead are removed ([`SpillManager::new`]).
-//! * A [`SpillWriter`] writes each batch as one row group (LZ4_RAW, no statistics, no dictionary), so
-//!   the writer never buffers more than the batch it was given. The bytes on disk are counted against
-//!   `--max-spill`; a write that would pass it fails with [`Error::SpillLimit`] and removes its file.
+//! * A [`SpillWriter`] writes each batch as one row group (LZ4_RAW, no statistics, no dictionary, no
+//!   page index), so the writer never buffers more than the batch it was given. The bytes on disk are
+//!   counted against `--max-spill`; a write that would pass it fails with [`Error::SpillLimit`] and
+//!   removes its file.
+//! * A Parquet writer keeps every row group's metadata (a few KB each) until the footer is written,
+//!   and a reader loads it all. A spill file of thousands of small batches (a partition filled a few
+//!   rows at a time) would hold megabytes no reservation pays for, so a spill file is written as
+//!   parts of at most [`ROW_GROUPS_PER_PART`] row groups, each a Parquet file of its own, read back
+//!   one after another.
 //! * A [`SpillFile`] deletes itself when dropped. Its [`SpillReader`] maps the file (memmap2), hands
 //!   the Parquet reader zero-copy [`Bytes`] slices of the map, and after each row group tells the
 //!   kernel to drop the pages it has read (`MADV_DONTNEED`), so mapped pages do not pile up in RSS.
@@ -27,6 +33,10 @@ use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use crate::error::{Error, Result};
 
 const DIR_PREFIX: &str = "flow-spill-";
+
+/// Row groups in one part of a spill file: bounds the metadata a writer or reader holds (about
+/// 4 KB per row group of a few columns) to a few hundred KB.
+pub const ROW_GROUPS_PER_PART: usize = 64;
 
 /// Counters of what a run spilled.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -107,21 +117,29 @@ impl SpillManager {
     pub fn create(&self, schema: SchemaRef, label: &str) -> Result<SpillWriter> {
         let n = self.inner.next.fetch_add(1, Ordering::Relaxed);
         let clean: String = label.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
-        let path = self.dir().join(format!("{n:06}-{clean}.parquet"));
-        let file = File::create(&path).map_err(|e| Error::io(&path, e))?;
+        let stem = format!("{n:06}-{clean}");
+        let path = self.dir().join(format!("{stem}.parquet"));
+        let writer = self.open_part(&path, &schema)?;
+        self.inner.files.fetch_add(1, Ordering::Relaxed);
+        Ok(SpillWriter {
+            file: Some(SpillFile { parts: vec![path], schema, rows: 0, bytes: 0, manager: self.clone() }),
+            writer: Some(writer),
+            stem,
+            counted: 0,
+            row_groups: 0,
+        })
+    }
+
+    fn open_part(&self, path: &Path, schema: &SchemaRef) -> Result<ArrowWriter<File>> {
+        let file = File::create(path).map_err(|e| Error::io(path, e))?;
         let props = WriterProperties::builder()
             .set_compression(Compression::LZ4_RAW)
             .set_statistics_enabled(EnabledStatistics::None)
             .set_dictionary_enabled(false)
+            .set_offset_index_disabled(true)
             .build();
-        let writer = ArrowWriter::try_new(file, schema.clone(), Some(props))
-            .map_err(|e| Error::Execution(format!("spill file {}: {e}", path.display())))?;
-        self.inner.files.fetch_add(1, Ordering::Relaxed);
-        Ok(SpillWriter {
-            file: Some(SpillFile { path, schema, rows: 0, bytes: 0, manager: self.clone() }),
-            writer: Some(writer),
-            counted: 0,
-        })
+        ArrowWriter::try_new(file, schema.clone(), Some(props))
+            .map_err(|e| Error::Execution(format!("spill file {}: {e}", path.display())))
     }
 
     fn charge(&self, bytes: u64) -> Result<()> {
@@ -141,8 +159,12 @@ impl SpillManager {
 pub struct SpillWriter {
     file: Option<SpillFile>,
     writer: Option<ArrowWriter<File>>,
-    /// Bytes of this file already charged to the manager.
+    /// The file name without extension; parts after the first get `.<n>`.
+    stem: String,
+    /// Bytes of the current part already charged to the manager.
     counted: u64,
+    /// Row groups in the current part.
+    row_groups: usize,
 }
 
 impl SpillWriter {
@@ -151,13 +173,47 @@ impl SpillWriter {
         let (Some(writer), Some(file)) = (self.writer.as_mut(), self.file.as_mut()) else {
             return Err(Error::Execution("spill writer used after finish".into()));
         };
-        let path = file.path.clone();
+        let path = file.parts.last().cloned().unwrap_or_default();
         let err =
             |e: parquet::errors::ParquetError| Error::Execution(format!("writing spill file {}: {e}", path.display()));
         writer.write(batch).map_err(err)?;
         writer.flush().map_err(err)?;
         file.rows += batch.num_rows() as u64;
-        self.charge_written()
+        self.row_groups += 1;
+        self.charge_written()?;
+        if self.row_groups >= ROW_GROUPS_PER_PART {
+            self.next_part()?;
+        }
+        Ok(())
+    }
+
+    /// Finishes the current part and starts the next.
+    fn next_part(&mut self) -> Result<()> {
+        self.finish_part()?;
+        let file = self.file.as_mut().expect("spill file present");
+        let path = file.manager.dir().join(format!("{}.{}.parquet", self.stem, file.parts.len()));
+        // The part is listed first, so that the file's drop removes it whatever happens next.
+        file.parts.push(path.clone());
+        self.writer = Some(file.manager.open_part(&path, &file.schema)?);
+        self.counted = 0;
+        self.row_groups = 0;
+        Ok(())
+    }
+
+    /// Writes the current part's footer and charges its bytes.
+    fn finish_part(&mut self) -> Result<()> {
+        let Some(mut writer) = self.writer.take() else { return Ok(()) };
+        let file = self.file.as_mut().expect("spill file present");
+        let path = file.parts.last().cloned().unwrap_or_default();
+        writer.finish().map_err(|e| Error::Execution(format!("writing spill file {}: {e}", path.display())))?;
+        let written = writer.bytes_written() as u64;
+        drop(writer);
+        if written > self.counted {
+            file.manager.charge(written - self.counted)?;
+            file.bytes += written - self.counted;
+            self.counted = written;
+        }
+        Ok(())
     }
 
     fn charge_written(&mut self) -> Result<()> {
@@ -174,25 +230,17 @@ impl SpillWriter {
 
     /// Writes the footer and returns the finished file.
     pub fn finish(mut self) -> Result<SpillFile> {
-        let mut writer = self.writer.take().expect("spill writer finished twice");
-        let path = self.file.as_ref().map(|f| f.path.clone()).unwrap_or_default();
-        writer.finish().map_err(|e| Error::Execution(format!("writing spill file {}: {e}", path.display())))?;
-        let written = writer.bytes_written() as u64;
-        drop(writer);
-        let mut file = self.file.take().expect("spill file present");
-        if written > self.counted {
-            file.manager.charge(written - self.counted)?;
-            file.bytes += written - self.counted;
-        }
+        self.finish_part()?;
+        let file = self.file.take().expect("spill file present");
         file.manager.inner.rows.fetch_add(file.rows, Ordering::Relaxed);
         Ok(file)
     }
 }
 
-/// A finished spill file. Removed from disk when dropped.
+/// A finished spill file (one or more parts on disk). Removed from disk when dropped.
 #[derive(Debug)]
 pub struct SpillFile {
-    path: PathBuf,
+    parts: Vec<PathBuf>,
     schema: SchemaRef,
     rows: u64,
     bytes: u64,
@@ -200,9 +248,14 @@ pub struct SpillFile {
 }
 
 impl SpillFile {
-    /// Where the file is.
+    /// Where the file is (its first part).
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.parts[0]
+    }
+
+    /// Its parts, in order.
+    pub fn parts(&self) -> &[PathBuf] {
+        &self.parts
     }
     /// Rows in the file.
     pub fn rows(&self) -> u64 {
@@ -217,23 +270,20 @@ impl SpillFile {
         &self.schema
     }
 
-    /// Opens the file for reading through a memory map.
+    /// Opens the file for reading through memory maps, one part at a time.
     pub fn reader(&self) -> Result<SpillReader> {
-        let err =
-            |e: &dyn std::fmt::Display| Error::Execution(format!("reading spill file {}: {e}", self.path.display()));
-        let file = File::open(&self.path).map_err(|e| Error::io(&self.path, e))?;
-        // SAFETY: spill files are private to this run and never modified after `finish`.
-        let map = Arc::new(unsafe { Mmap::map(&file) }.map_err(|e| Error::io(&self.path, e))?);
-        let bytes = Bytes::from_owner(SharedMap(map.clone()));
-        let meta = ArrowReaderMetadata::load(&bytes, ArrowReaderOptions::new().with_schema(self.schema.clone()))
-            .map_err(|e| err(&e))?;
-        Ok(SpillReader { path: self.path.clone(), map, bytes, meta, next_group: 0 })
+        let mut reader =
+            SpillReader { parts: self.parts.clone(), next_part: 0, schema: self.schema.clone(), current: None };
+        reader.open_next()?;
+        Ok(reader)
     }
 }
 
 impl Drop for SpillFile {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+        for part in &self.parts {
+            let _ = std::fs::remove_file(part);
+        }
         self.manager.inner.on_disk.fetch_sub(self.bytes, Ordering::Relaxed);
     }
 }
@@ -241,7 +291,7 @@ impl Drop for SpillFile {
 impl Drop for SpillWriter {
     fn drop(&mut self) {
         // An unfinished writer: drop the Parquet writer first so the file is closed, then the
-        // SpillFile's drop removes it and returns the charged bytes.
+        // SpillFile's drop removes its parts and returns the charged bytes.
         self.writer.take();
     }
 }
@@ -254,8 +304,16 @@ impl AsRef<[u8]> for SharedMap {
     }
 }
 
-/// Reads a spill file back, one row group (one spilled batch) at a time.
+/// Reads a spill file back, one row group (one spilled batch) at a time, part after part.
 pub struct SpillReader {
+    parts: Vec<PathBuf>,
+    next_part: usize,
+    schema: SchemaRef,
+    current: Option<Box<PartReader>>,
+}
+
+/// One part, mapped.
+struct PartReader {
     path: PathBuf,
     map: Arc<Mmap>,
     bytes: Bytes,
@@ -264,8 +322,38 @@ pub struct SpillReader {
 }
 
 impl SpillReader {
+    /// Maps the next part (dropping the current one); false when there is none.
+    fn open_next(&mut self) -> Result<bool> {
+        self.current = None;
+        let Some(path) = self.parts.get(self.next_part).cloned() else { return Ok(false) };
+        self.next_part += 1;
+        let err = |e: &dyn std::fmt::Display| Error::Execution(format!("reading spill file {}: {e}", path.display()));
+        let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
+        // SAFETY: spill files are private to this run and never modified after `finish`.
+        let map = Arc::new(unsafe { Mmap::map(&file) }.map_err(|e| Error::io(&path, e))?);
+        let bytes = Bytes::from_owner(SharedMap(map.clone()));
+        let meta = ArrowReaderMetadata::load(&bytes, ArrowReaderOptions::new().with_schema(self.schema.clone()))
+            .map_err(|e| err(&e))?;
+        self.current = Some(Box::new(PartReader { path, map, bytes, meta, next_group: 0 }));
+        Ok(true)
+    }
+
     /// The next spilled batch, or `None` at the end. Pages of the previous batch are released.
     pub fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
+        loop {
+            let Some(part) = self.current.as_mut() else { return Ok(None) };
+            if let Some(batch) = part.next_batch()? {
+                return Ok(Some(batch));
+            }
+            if !self.open_next()? {
+                return Ok(None);
+            }
+        }
+    }
+}
+
+impl PartReader {
+    fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
         let groups = self.meta.metadata().num_row_groups();
         if self.next_group >= groups {
             return Ok(None);

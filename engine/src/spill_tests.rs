@@ -73,3 +73,24 @@ fn orphans_of_dead_runs_are_removed() {
     assert!(!orphan.exists());
     assert!(alive.exists());
 }
+
+#[test]
+fn many_small_batches_go_to_parts_read_back_in_order() {
+    let parent = tempfile::tempdir().unwrap();
+    let spill = SpillManager::new(parent.path(), u64::MAX).unwrap();
+    let batches: Vec<RecordBatch> = (0..ROW_GROUPS_PER_PART * 2 + 5).map(|i| batch(i as i64 * 10, 10)).collect();
+    let mut w = spill.create(batches[0].schema(), "Agg partition").unwrap();
+    for b in &batches {
+        w.write(b).unwrap();
+    }
+    let file = w.finish().unwrap();
+    assert_eq!(file.parts().len(), 3, "a part per {ROW_GROUPS_PER_PART} row groups");
+    assert_eq!(spill.on_disk(), file.parts().iter().map(|p| std::fs::metadata(p).unwrap().len()).sum::<u64>());
+    let back: Vec<RecordBatch> = file.reader().unwrap().collect::<Result<_>>().unwrap();
+    assert_eq!(back, batches);
+    assert_eq!((spill.stats().files, file.rows()), (1, batches.len() as u64 * 10));
+    let parts = file.parts().to_vec();
+    drop(file);
+    assert!(parts.iter().all(|p| !p.exists()));
+    assert_eq!(spill.on_disk(), 0);
+}
