@@ -93,7 +93,7 @@ fn readme_demo_pipeline_runs() {
         read_parquet(&out.path().join("out/demo/timeline.parquet")).iter().map(|b| b.num_rows()).sum();
     assert_eq!(timeline, 300_000);
     assert!(run.stderr.contains("spilled") && !run.stderr.contains("spilled 0 B"), "{}", run.stderr);
-    assert_rss_within(&run, 256 << 20, "demo");
+    assert_rss_within(&run, out.path(), 256 << 20, "demo");
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.path().join("report.json")).unwrap()).unwrap();
     assert_eq!(report["steps"][0]["rows_read"], 300000);

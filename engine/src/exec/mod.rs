@@ -382,20 +382,15 @@ impl Pipeline {
                 // The input runs beside the sort: leave it what it can hold at most.
                 let small = 2 * ctx.batch_bytes_target();
                 let child_max = input.max_memory(ctx, small);
-                // Over a blocking operator, which sizes its later phases from what is free, the
-                // sort keeps its minimum reserved (over a scan, whose workers' queues use it, not).
-                let keep = !matches!(input.source, Source::Scan(_));
+                // Over an aggregation, which sizes its later passes from what is free, the sort
+                // keeps its minimum once the aggregation's output starts (its input is done by
+                // then; over a scan or a join, running workers use that room).
+                let keep_floor = matches!(input.source, Source::Aggregate { .. } | Source::Sort { .. });
                 let minimum = sort::min_memory(ctx);
                 let child = start_beside(ctx, "ExternalSort", minimum, || input.execute_with(ctx, Some(small)))?;
-                let floor = keep
-                    .then(|| {
-                        let mut floor = ctx.pool.register("ExternalSort minimum", false);
-                        floor.try_grow(minimum).is_ok().then_some(floor)
-                    })
-                    .flatten();
                 StreamSource::Sort(Box::new(SortStream::new(
                     child,
-                    floor,
+                    keep_floor,
                     keys,
                     fetch,
                     child_max,

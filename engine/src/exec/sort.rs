@@ -59,11 +59,11 @@ enum State {
 }
 
 impl SortStream {
-    /// `child_max` is the most the input pipeline holds while it runs beside the sort; `floor` is
-    /// the sort's minimum, reserved before the input started, when the sort keeps it.
+    /// `child_max` is the most the input pipeline holds while it runs beside the sort; with
+    /// `keep_floor` the sort reserves its minimum when the first batch arrives and keeps it.
     pub(crate) fn new(
         child: BatchStream,
-        floor: Option<MemoryReservation>,
+        keep_floor: bool,
         keys: Vec<SortKey>,
         fetch: Option<usize>,
         child_max: u64,
@@ -91,7 +91,8 @@ impl SortStream {
             buffer: Vec::new(),
             buffer_bytes: 0,
             reservation,
-            floor,
+            floor: None,
+            keep_floor,
             runs: Vec::new(),
             // The rest is scratch: the row order (8 bytes a row) and one output chunk.
             buffer_limit: (share * 3 / 4).max(min_memory(ctx) / 2),
@@ -167,6 +168,8 @@ struct Sorter {
     /// aggregation under the sort sizes its later passes from what is free), refilled after each
     /// spill.
     floor: Option<MemoryReservation>,
+    /// Whether to take the floor at the first batch.
+    keep_floor: bool,
     /// Sorted runs, in input order.
     runs: Vec<Run>,
     /// Most bytes of buffer plus in-memory runs.
@@ -196,6 +199,15 @@ impl Sorter {
     fn consume(&mut self, child: &mut BatchStream, cancel: &AtomicBool) -> Result<State> {
         while let Some(item) = child.next_reserved() {
             let (batch, mut child_reservation) = item?;
+            if std::mem::take(&mut self.keep_floor) {
+                // Out of the sort's own share: the input was sized without it.
+                let minimum = min_memory(&self.ctx);
+                let mut floor = self.ctx.pool.register("ExternalSort minimum", false);
+                if floor.try_grow(minimum).is_ok() {
+                    self.floor = Some(floor);
+                    self.buffer_limit = self.buffer_limit.saturating_sub(minimum).max(minimum / 2);
+                }
+            }
             if cancel.load(std::sync::atomic::Ordering::Relaxed) {
                 return Err(Error::Cancelled);
             }
