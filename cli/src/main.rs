@@ -338,7 +338,9 @@ fn run_units(
                             .println(&format!("flow: {e} (attempt {attempts} of {}; retrying)", options.retries + 1));
                         continue;
                     }
-                    job.record_failure(unit, &e, attempts).map_err(in_step)?;
+                    // Best effort: on a full disk the record may not fit, and the unit's own
+                    // error is the one to report.
+                    let _ = job.record_failure(unit, &e, attempts);
                     report.units.push(UnitReport { status: "failed", error: Some(e.to_string()), ..entry });
                     if !options.keep_going {
                         return Err(e);
