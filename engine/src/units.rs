@@ -693,14 +693,7 @@ fn sql_literal(t: &DataType, text: &str) -> Option<String> {
     let quoted = format!("'{}'", text.replace('\'', "''"));
     Some(match t {
         DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => quoted,
-        DataType::Int8
-        | DataType::Int16
-        | DataType::Int32
-        | DataType::Int64
-        | DataType::UInt8
-        | DataType::UInt16
-        | DataType::UInt32
-        | DataType::UInt64 => text.to_string(),
+        t if t.is_integer() => text.to_string(),
         DataType::Boolean => text.to_ascii_uppercase(),
         DataType::Float32 | DataType::Float64 | DataType::Date32 | DataType::Decimal128(..) => {
             format!("CAST({quoted} AS {})", crate::expr::types::sql_type_name(t))

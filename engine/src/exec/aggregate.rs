@@ -1033,15 +1033,8 @@ impl ArgValues {
 /// `Some(true)` for dates and timestamps (which go through Int64), `None` for the rest.
 fn extreme_int(t: &DataType) -> Option<bool> {
     match t {
-        DataType::Int8
-        | DataType::Int16
-        | DataType::Int32
-        | DataType::Int64
-        | DataType::UInt8
-        | DataType::UInt16
-        | DataType::UInt32
-        | DataType::UInt64
-        | DataType::Decimal128(..) => Some(false),
+        t if t.is_integer() => Some(false),
+        DataType::Decimal128(..) => Some(false),
         DataType::Date32 | DataType::Date64 | DataType::Timestamp(..) => Some(true),
         _ => None,
     }
