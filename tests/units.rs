@@ -541,3 +541,38 @@ fn the_cluster_examples_use_real_flags() {
         }
     }
 }
+
+#[test]
+fn a_unit_spread_over_partitions_drops_the_partitions_it_no_longer_has() {
+    let dir = tempfile::tempdir().unwrap();
+    write_events(&dir.path().join("all.parquet"), 20_000, 3, 11);
+    let events = dir.path().join("events.parquet");
+    std::fs::copy(dir.path().join("all.parquet"), &events).unwrap();
+    // Two units by hash of the user, each writing into every category's folder.
+    let text = "[sources]\nevents = \"events.parquet\"\n[[steps]]\nname = \"per_user\"\n\
+                sql = \"SELECT category, user, count(*) AS n FROM events GROUP BY category, user\"\n\
+                output = { path = \"out/per_user\", partition_by = [\"category\"] }\n\
+                units = { by = \"user\", buckets = 2 }\n";
+    std::fs::write(dir.path().join("pipeline.toml"), text).unwrap();
+    let run = flow(dir.path(), &["run", "--mem-budget", "64MiB", "pipeline.toml"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let out = dir.path().join("out/per_user");
+    assert_eq!(data_files(&out).iter().filter(|f| f.starts_with("category=c01/")).count(), 2);
+    // Category c01 leaves the input: both units redo, and drop their c01 files.
+    std::thread::sleep(Duration::from_millis(20));
+    let sql = "SELECT * FROM 'all.parquet' WHERE category <> 'c01'";
+    let tmp = dir.path().join("fewer.parquet");
+    assert_eq!(flow(dir.path(), &["sql", "-o", tmp.to_str().unwrap(), sql]).code, 0);
+    std::fs::rename(&tmp, &events).unwrap();
+    let rerun = flow(dir.path(), &["run", "--mem-budget", "64MiB", "pipeline.toml"]);
+    assert_eq!(rerun.code, 0, "{}", rerun.stderr);
+    assert!(data_files(&out).iter().all(|f| !f.starts_with("category=c01")), "{:?}", data_files(&out));
+    assert!(!out.join("category=c01").exists(), "the emptied partition folder goes too");
+    let direct = flow(
+        dir.path(),
+        &["sql", "SELECT count(*) AS n, sum(n) AS rows FROM (SELECT category, user, count(*) AS n FROM 'events.parquet' GROUP BY category, user)"],
+    );
+    let written = flow(dir.path(), &["sql", "SELECT count(*) AS n, sum(n) AS rows FROM 'out/per_user/*/*.parquet'"]);
+    assert_eq!(written.stdout, direct.stdout);
+    assert_clean(&out);
+}

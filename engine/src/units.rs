@@ -483,26 +483,29 @@ impl<'e> StepJob<'e> {
         remove_if_exists(&record_path)?;
         sync_dir(record_path.parent().expect("records live in a folder"));
         let mut dirs = std::collections::BTreeSet::new();
+        let mut owned = self.owned.lock().unwrap_or_else(|e| e.into_inner());
+        let files = owned.entry(id.to_string()).or_default();
         for (from, to) in moves {
             let parent = to.parent().expect("files live in the output folder");
             std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
             std::fs::rename(from, to).map_err(|e| Error::io(to, e))?;
+            // Known at once: if a later step fails, the next attempt still finds it.
+            if !files.contains(to) {
+                files.push(to.clone());
+            }
             dirs.insert(parent.to_path_buf());
         }
         // Files of this unit that the new result does not have (a partition that is gone).
-        let mut owned = self.owned.lock().unwrap_or_else(|e| e.into_inner());
         let new: Vec<PathBuf> = moves.iter().map(|(_, to)| to.clone()).collect();
-        for old in owned.remove(id).unwrap_or_default() {
+        for old in std::mem::take(files) {
             if !new.contains(&old) {
                 remove_if_exists(&old)?;
-                if let Some(p) = old.parent() {
-                    dirs.insert(p.to_path_buf());
-                }
+                remove_empty_parents(&old, &self.dir);
             }
         }
         owned.insert(id.to_string(), new);
         drop(owned);
-        dirs.iter().for_each(|d| sync_dir(d));
+        dirs.iter().filter(|d| d.exists()).for_each(|d| sync_dir(d));
         write_json_atomic(&record_path, record)?;
         remove_if_exists(&self.failure_path(id))?;
         Ok(())
