@@ -836,3 +836,47 @@ fn a_sort_over_an_aggregation_gives_the_same_answer_at_every_budget() {
         assert_eq!(e.pool().reserved(), 0);
     }
 }
+
+#[test]
+fn hive_partition_folders_become_columns_and_prune_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("sales");
+    for (folder, ids) in [
+        ("region=north/year=2023", vec![1i64, 2]),
+        ("region=north/year=2024", vec![3]),
+        ("region=x%2Fy/year=2024", vec![4, 5, 6]),
+        ("region=__HIVE_DEFAULT_PARTITION__/year=2024", vec![7]),
+    ] {
+        std::fs::create_dir_all(root.join(folder)).unwrap();
+        write(&root.join(folder).join("part-0.parquet"), vec![("id", Arc::new(Int64Array::from(ids)) as ArrayRef)]);
+    }
+    std::fs::create_dir_all(root.join("_flow")).unwrap();
+    std::fs::write(root.join("_flow/manifest.json"), "{}").unwrap();
+    let mut e = engine(dir.path());
+    e.register("sales", root.to_str().unwrap()).unwrap();
+    let types: Vec<DataType> =
+        e.sql("SELECT * FROM sales").unwrap().schema().fields().iter().map(|f| f.data_type().clone()).collect();
+    assert_eq!(types, [DataType::Int64, DataType::Utf8, DataType::Int64], "year is all integers, region is not");
+    let (_, got) = rows(&e, "SELECT region, year, count(*) AS n, sum(id) AS s FROM sales GROUP BY region, year ORDER BY region NULLS FIRST, year");
+    assert_eq!(
+        got,
+        vec![
+            vec!["NULL", "2024", "1", "7"],
+            vec!["north", "2023", "2", "3"],
+            vec!["north", "2024", "1", "3"],
+            vec!["x/y", "2024", "3", "15"],
+        ]
+    );
+    // A filter on a partition column reads only the files whose folder can match.
+    let files = |sql: &str| e.sql(sql).unwrap().input_files().len();
+    assert_eq!(files("SELECT id FROM sales WHERE year = 2023"), 1);
+    assert_eq!(files("SELECT id FROM sales WHERE region = 'x/y'"), 1);
+    assert_eq!(files("SELECT id FROM sales WHERE region IS NULL"), 1);
+    assert_eq!(files("SELECT id FROM sales WHERE year >= 2024 AND region = 'north'"), 1);
+    assert_eq!(files("SELECT id FROM sales"), 4);
+    let (_, got) = rows(&e, "SELECT sum(id) AS s FROM sales WHERE year = 2024 AND region <> 'north'");
+    assert_eq!(got, vec![vec!["15"]]);
+    // A glob over the same folders finds the same columns.
+    let (_, got) = rows(&e, &format!("SELECT count(DISTINCT region) AS r FROM '{}/*/*/*.parquet'", root.display()));
+    assert_eq!(got, vec![vec!["2"]]);
+}

@@ -574,5 +574,19 @@ fn a_unit_spread_over_partitions_drops_the_partitions_it_no_longer_has() {
     );
     let written = flow(dir.path(), &["sql", "SELECT count(*) AS n, sum(n) AS rows FROM 'out/per_user/*/*.parquet'"]);
     assert_eq!(written.stdout, direct.stdout);
+    // flow reads the folder back with its partition column, as DuckDB would.
+    let per_category = "SELECT category, count(*) AS users, sum(n) AS rows FROM {} GROUP BY category ORDER BY category";
+    let direct = flow(
+        dir.path(),
+        &[
+            "sql",
+            &per_category
+                .replace("{}", "(SELECT category, user, count(*) AS n FROM 'events.parquet' GROUP BY category, user)"),
+        ],
+    );
+    let written = flow(dir.path(), &["sql", &per_category.replace("{}", "'out/per_user'")]);
+    assert_eq!(written.code, 0, "{}", written.stderr);
+    assert_eq!(written.stdout, direct.stdout);
+    assert!(written.stdout.contains("| c02 "), "{}", written.stdout);
     assert_clean(&out);
 }

@@ -9,6 +9,7 @@
 //! file. [`Table::scan_morsel`] decodes one morsel in batches, reading only the projected columns.
 
 mod csv;
+mod hive;
 mod json;
 mod parquet;
 mod pruning;
@@ -59,6 +60,10 @@ pub(crate) struct SourceFile {
     pub path: PathBuf,
     pub schema: SchemaRef,
     pub parquet: Option<::parquet::arrow::arrow_reader::ArrowReaderMetadata>,
+    /// Values of the hive partition columns (`category=A/` folders above the file), in the
+    /// table's order, each a one-element array of the column's type (null for
+    /// `__HIVE_DEFAULT_PARTITION__`).
+    pub partition: Vec<ArrayRef>,
 }
 
 /// A unit of parallel scan work.
@@ -108,18 +113,19 @@ impl Table {
                 })?,
         };
         let mut files = Vec::with_capacity(paths.len());
-        for path in paths {
+        for path in &paths {
             let (schema, parquet) = match &format {
                 Format::Parquet => {
-                    let meta = parquet::open_metadata(&path)?;
+                    let meta = parquet::open_metadata(path)?;
                     (meta.schema().clone(), Some(meta))
                 }
-                Format::Csv(options) => (csv::infer_schema(&path, options)?, None),
-                Format::Json => (json::infer_schema(&path)?, None),
+                Format::Csv(options) => (csv::infer_schema(path, options)?, None),
+                Format::Json => (json::infer_schema(path)?, None),
             };
-            files.push(SourceFile { path, schema, parquet });
+            files.push(SourceFile { path: path.clone(), schema, parquet, partition: Vec::new() });
         }
         let schema = unify_schemas(&files)?;
+        let schema = hive::add_partition_columns(location, &paths, &mut files, schema)?;
         Ok(Table { name: name.to_string(), format, files, schema })
     }
 
@@ -156,7 +162,7 @@ impl Table {
         for (i, file) in self.files.iter().enumerate() {
             match (&file.parquet, &self.format) {
                 (Some(meta), _) => {
-                    let keep = pruning.map(|p| p.row_groups_to_scan(meta, &self.schema));
+                    let keep = pruning.map(|p| p.row_groups_to_scan(meta, &self.schema, &file.partition));
                     for rg in 0..meta.metadata().num_row_groups() {
                         if keep.as_ref().is_none_or(|k| k[rg]) {
                             out.push(Morsel { file: i, row_group: rg, range: None });
@@ -226,8 +232,19 @@ impl Table {
     ) -> Result<()> {
         let file = &self.files[morsel.file];
         let out_schema = Arc::new(self.schema.project(projection)?);
+        // Partition columns come from the folder names, not the file.
+        let first_partition = self.schema.fields().len() - file.partition.len();
+        let partition_columns: Vec<(usize, &ArrayRef)> = projection
+            .iter()
+            .enumerate()
+            .filter(|(_, &c)| c >= first_partition)
+            .map(|(i, &c)| (i, &file.partition[c - first_partition]))
+            .collect();
         let mut adapt = |batch: RecordBatch| -> Result<bool> {
-            let batch = adapt_batch(batch, &out_schema).map_err(|e| Error::bad_file(&file.path, e))?;
+            let mut batch = adapt_batch(batch, &out_schema).map_err(|e| Error::bad_file(&file.path, e))?;
+            if !partition_columns.is_empty() {
+                batch = hive::fill(batch, &partition_columns)?;
+            }
             counters.rows.fetch_add(batch.num_rows() as u64, std::sync::atomic::Ordering::Relaxed);
             emit(batch)
         };

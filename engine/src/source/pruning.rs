@@ -5,7 +5,7 @@
 //! statistics, evaluated for all row groups of a file at once with Arrow kernels. Anything else, and
 //! any missing statistic, keeps the row group: pruning may only ever skip data that cannot match.
 
-use arrow::array::{Array, ArrayRef, BooleanArray, Scalar};
+use arrow::array::{Array, ArrayRef, BooleanArray, Scalar, UInt32Array};
 use arrow::compute::kernels::{boolean, cmp};
 use arrow::datatypes::{DataType, Schema};
 use parquet::arrow::arrow_reader::statistics::StatisticsConverter;
@@ -80,11 +80,18 @@ impl PruningPredicate {
     }
 
     /// Which row groups of a file may hold matching rows (`true` = scan it).
-    pub fn row_groups_to_scan(&self, meta: &ArrowReaderMetadata, table_schema: &Schema) -> Vec<bool> {
+    /// `partition` holds the file's values of the table's last columns (hive partition folders),
+    /// which rule out the whole file or none of it.
+    pub fn row_groups_to_scan(
+        &self,
+        meta: &ArrowReaderMetadata,
+        table_schema: &Schema,
+        partition: &[ArrayRef],
+    ) -> Vec<bool> {
         let groups = meta.metadata().num_row_groups();
         let mut keep = BooleanArray::from(vec![true; groups]);
         for test in &self.tests {
-            if let Some(mask) = self.evaluate(test, meta, table_schema) {
+            if let Some(mask) = self.evaluate(test, meta, table_schema, partition) {
                 if let Ok(k) = boolean::and(&keep, &mask) {
                     keep = k;
                 }
@@ -93,11 +100,45 @@ impl PruningPredicate {
         keep.iter().map(|v| v.unwrap_or(true)).collect()
     }
 
-    fn evaluate(&self, test: &Test, meta: &ArrowReaderMetadata, table_schema: &Schema) -> Option<BooleanArray> {
+    fn evaluate(
+        &self,
+        test: &Test,
+        meta: &ArrowReaderMetadata,
+        table_schema: &Schema,
+        partition: &[ArrayRef],
+    ) -> Option<BooleanArray> {
         let column = match test {
             Test::Compare { column, .. } | Test::In { column, .. } | Test::IsNull { column, .. } => *column,
         };
         let field = table_schema.field(column);
+        let first_partition = table_schema.fields().len() - partition.len();
+        if column >= first_partition {
+            // The file's one value stands for every row group's minimum and maximum.
+            let value = &partition[column - first_partition];
+            let groups = meta.metadata().num_row_groups();
+            let repeated = arrow::compute::take(value.as_ref(), &UInt32Array::from(vec![0u32; groups]), None).ok()?;
+            return match test {
+                Test::IsNull { negated, .. } => Some(BooleanArray::from(vec![value.is_null(0) != *negated; groups])),
+                // Every row's value is null: no comparison holds.
+                _ if value.is_null(0) => Some(BooleanArray::from(vec![false; groups])),
+                Test::Compare { casts, op, value, .. } => {
+                    let bound = stat(repeated, field.data_type(), casts)?;
+                    compare(&bound, &bound, *op, value)
+                }
+                Test::In { casts, values, .. } => {
+                    let bound = stat(repeated, field.data_type(), casts)?;
+                    let mut any: Option<BooleanArray> = None;
+                    for v in values {
+                        let m = compare(&bound, &bound, BinaryOp::Eq, v)?;
+                        any = Some(match any {
+                            None => m,
+                            Some(a) => boolean::or_kleene(&a, &m).ok()?,
+                        });
+                    }
+                    any
+                }
+            };
+        }
         let converter = StatisticsConverter::try_new(field.name(), meta.schema(), meta.parquet_schema()).ok()?;
         let groups = meta.metadata().row_groups();
         match test {
