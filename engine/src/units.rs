@@ -404,6 +404,10 @@ impl<'e> StepJob<'e> {
         let query = self.query(unit)?;
         let inputs = stat_inputs(&query)?;
         if record.fingerprint != self.unit_fingerprint(unit, &query, &inputs) {
+            // Committed once, but its last attempt at the new inputs failed.
+            if let Some(f) = failure() {
+                return Ok(UnitState::Failed(f));
+            }
             let reason = if record.inputs != inputs {
                 "inputs changed"
             } else if record.sql != self.sql {
