@@ -222,8 +222,12 @@ fn changed_inputs_redo_only_the_units_they_touch() {
     let sql_fewer = "SELECT 'c1' || substr(category, 3, 1) AS category, user, amount, note FROM 'b.parquet' WHERE category <> 'c02'";
     let run = flow(shifted.path(), &["sql", "-o", inputs.join("b.parquet").to_str().unwrap(), sql_fewer]);
     assert_eq!(run.code, 0, "{}", run.stderr);
+    // Another tool's file in the folder is left alone, though its name starts with `part-`.
+    let foreign = dir.path().join("out/per_user/part-00000-8a1e2f3c-4b5d-c000.snappy.parquet");
+    std::fs::copy(inputs.join("a.parquet"), &foreign).unwrap();
     let changed = flow(dir.path(), &args);
     assert_eq!(changed.code, 0, "{}", changed.stderr);
+    assert!(foreign.exists(), "a file flow did not write was removed");
     let statuses = unit_statuses(dir.path());
     let status_of = |u: &str| statuses.iter().find(|(n, _)| n == u).map(|(_, s)| s.clone());
     for u in ["c00", "c01", "c02"] {

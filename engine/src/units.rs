@@ -771,12 +771,25 @@ fn scan_output(dir: &Path) -> HashMap<String, Vec<PathBuf>> {
             }
             let Some(rest) = name.strip_prefix("part-") else { continue };
             let is_output = [".parquet", ".csv"].iter().any(|e| name.ends_with(e));
-            if let (true, Some(id)) = (is_output, rest.split('.').next()) {
-                out.entry(id.to_string()).or_default().push(path);
+            // Only names flow gives (`<label>-<12 hex digits>` or `all`): other tools' files
+            // that happen to start with `part-` are never touched.
+            match rest.split('.').next() {
+                Some(id) if is_output && is_unit_id(id) => out.entry(id.to_string()).or_default().push(path),
+                _ => {}
             }
         }
     }
     out
+}
+
+/// Whether `id` has the shape of a unit id: `all`, or a label and 12 hex digits.
+fn is_unit_id(id: &str) -> bool {
+    if id == "all" {
+        return true;
+    }
+    id.rsplit_once('-').is_some_and(|(label, hash)| {
+        !label.is_empty() && hash.len() == 12 && hash.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
 }
 
 fn remove_empty_parents(file: &Path, root: &Path) {
@@ -867,6 +880,17 @@ mod tests {
         assert_eq!(safe_name(""), "_");
         assert_eq!(fingerprint(&["a", "b"]), fingerprint(&["a", "b"]));
         assert_ne!(fingerprint(&["ab", ""]), fingerprint(&["a", "b"]));
+    }
+
+    #[test]
+    fn only_flow_names_are_unit_files() {
+        assert!(is_unit_id("c01-3f9c01d2e4b5"));
+        assert!(is_unit_id("all"));
+        assert!(is_unit_id("x_y_z-9c1304b44186"));
+        // Spark's and others' part files are never taken for a unit's.
+        assert!(!is_unit_id("00000-8a1e2f3c-4b5d-6e7f-8091-a2b3c4d5e6f7-c000"));
+        assert!(!is_unit_id("0"));
+        assert!(!is_unit_id("-3f9c01d2e4b5"));
     }
 
     #[test]
