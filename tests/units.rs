@@ -490,6 +490,10 @@ fn priority_buckets_and_plan_errors() {
     // Mistakes are found before anything runs, with exit code 2.
     for (extra, wanted) in [
         ("units_from = \"nope\"", "units_from 'nope' is not a source or a step"),
+        (
+            "units_from = \"other\"\n[sources.other]\npath = \"events.parquet\"",
+            "units_from 'other' is not read by the step's SQL (it reads events)",
+        ),
         ("priority = \"sum(nope) DESC\"", "priority 'sum(nope) DESC'"),
     ] {
         pipeline(dir.path(), "events.parquet", PER_USER, extra);

@@ -615,6 +615,14 @@ fn unit_source(engine: &Engine, sql: &str, expr: &str, from: Option<&str>) -> Re
         if !engine.has_relation(from) {
             return Err(Error::Config(format!("units_from '{from}' is not a source or a step")));
         }
+        // Narrowing an input the SQL does not read would leave every unit the whole result.
+        let read = referenced_relations(sql)?;
+        if !read.iter().any(|r| r.eq_ignore_ascii_case(from)) {
+            return Err(Error::Config(format!(
+                "units_from '{from}' is not read by the step's SQL (it reads {})",
+                if read.is_empty() { "no named input".to_string() } else { read.join(", ") }
+            )));
+        }
         plans(from).map_err(|e| Error::Config(format!("units '{expr}' over '{from}': {e}")))?;
         return Ok(from.to_string());
     }
