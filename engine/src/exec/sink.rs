@@ -186,8 +186,10 @@ impl ParquetSink {
     ) -> Result<ParquetSink> {
         let schema = portable_schema(schema);
         let columns = schema.fields().len().max(1);
-        // Pages shrink with many columns so that every column's open page fits in the same share.
-        let page_bytes = (row_group_bytes / (4 * columns)).clamp(16 << 10, 1 << 20);
+        // Pages shrink with many columns so that every column's open page fits in the same share
+        // (down to 64 KiB; 16 KiB for the small row groups of partitioned writers).
+        let smallest_page = if row_group_bytes >= 1 << 20 { 64 << 10 } else { 16 << 10 };
+        let page_bytes = (row_group_bytes / (4 * columns)).clamp(smallest_page, 1 << 20);
         let props = WriterProperties::builder()
             .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).expect("valid zstd level")))
             .set_statistics_enabled(EnabledStatistics::Page)
