@@ -598,3 +598,44 @@ fn a_unit_spread_over_partitions_drops_the_partitions_it_no_longer_has() {
     assert!(written.stdout.contains("| c02 "), "{}", written.stdout);
     assert_clean(&out);
 }
+
+#[test]
+fn many_partitions_under_a_small_budget_split_into_files_that_resume_cleans_up() {
+    let dir = tempfile::tempdir().unwrap();
+    write_events(&dir.path().join("events.parquet"), 60_000, 4, 12);
+    // One unit (partition_by alone), 400 partitions: more open writers than 16 MiB holds, so
+    // partitions are finished early and continued in further files (`part-all.1.parquet`, ...).
+    let step = |filter: &str| {
+        format!(
+            "[sources]\nevents = \"events.parquet\"\n[[steps]]\nname = \"by_bucket\"\n\
+             sql = \"SELECT user % 400 AS bucket, user, amount FROM events {filter}\"\n\
+             output = {{ path = \"out/by_bucket\", partition_by = [\"bucket\"] }}\n"
+        )
+    };
+    std::fs::write(dir.path().join("pipeline.toml"), step("")).unwrap();
+    let run = flow(dir.path(), &["run", "--mem-budget", "16MiB", "pipeline.toml"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let out = dir.path().join("out/by_bucket");
+    let files = data_files(&out);
+    assert!(
+        files.iter().any(|f| f.ends_with("part-all.1.parquet")),
+        "no partition needed a second file: {}",
+        files.len()
+    );
+    let count = |sql: &str| flow(dir.path(), &["sql", sql]).stdout;
+    assert_eq!(
+        count("SELECT count(*) AS n, sum(amount) AS s, count(DISTINCT bucket) AS b FROM 'out/by_bucket'"),
+        count("SELECT count(*) AS n, sum(amount) AS s, count(DISTINCT user % 400) AS b FROM 'events.parquet'")
+    );
+    // Five partitions: each fits one file, and every other file and folder of the first run goes.
+    std::fs::write(dir.path().join("pipeline.toml"), step("WHERE user % 400 < 5")).unwrap();
+    let rerun = flow(dir.path(), &["run", "--mem-budget", "16MiB", "pipeline.toml"]);
+    assert_eq!(rerun.code, 0, "{}", rerun.stderr);
+    let files = data_files(&out);
+    assert_eq!(files.len(), 5, "files of the first run left behind: {:?}", &files[..files.len().min(8)]);
+    assert_eq!(
+        count("SELECT count(*) AS n, sum(amount) AS s FROM 'out/by_bucket'"),
+        count("SELECT count(*) AS n, sum(amount) AS s FROM 'events.parquet' WHERE user % 400 < 5")
+    );
+    assert_clean(&out);
+}

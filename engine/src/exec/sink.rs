@@ -305,7 +305,7 @@ pub struct PartitionedOutput {
     pub partition_by: Vec<String>,
     /// File format.
     pub format: OutputFormat,
-    /// File name without extension; a partition that needs a second file gets `<stem>-1`, ...
+    /// File name without extension; a partition that needs a second file gets `<stem>.1`, ...
     pub stem: String,
     /// Appended to every file name (after the extension), e.g. `.staged` for files not yet
     /// committed, so that `*.parquet` globs do not see them.
@@ -476,7 +476,7 @@ impl PartitionedWriter {
         };
         let name = match n {
             0 => format!("{}.{ext}{}", self.out.stem, self.out.suffix),
-            n => format!("{}-{n}.{ext}{}", self.out.stem, self.out.suffix),
+            n => format!("{}.{n}.{ext}{}", self.out.stem, self.out.suffix),
         };
         let target =
             if partition.is_empty() { self.out.dir.join(name) } else { self.out.dir.join(partition).join(name) };
