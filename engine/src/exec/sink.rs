@@ -423,29 +423,33 @@ impl PartitionedWriter {
             .collect::<std::result::Result<Vec<_>, _>>()?;
         let keys: Vec<&arrow::array::StringArray> =
             keys.iter().map(|k| arrow::array::AsArray::as_string::<i32>(k.as_ref())).collect();
-        let mut rows: std::collections::HashMap<String, Vec<u32>> = Default::default();
-        let mut order = Vec::new();
-        let mut path = String::new();
+        // Rows grouped by their key values (borrowed: nothing is allocated for a row whose
+        // partition was seen before); the folder path is built once per partition.
+        let mut group_of: std::collections::HashMap<Vec<Option<&str>>, usize> = Default::default();
+        let mut groups: Vec<(Vec<Option<&str>>, Vec<u32>)> = Vec::new();
+        let mut values: Vec<Option<&str>> = Vec::with_capacity(keys.len());
         for row in 0..batch.num_rows() {
-            path.clear();
-            for (k, name) in keys.iter().zip(&self.out.partition_by) {
-                if !path.is_empty() {
-                    path.push('/');
-                }
-                let value = (!arrow::array::Array::is_null(*k, row)).then(|| k.value(row));
-                path.push_str(&hive_segment(name, value));
-            }
-            match rows.get_mut(&path) {
-                Some(list) => list.push(row as u32),
+            values.clear();
+            values.extend(keys.iter().map(|k| (!arrow::array::Array::is_null(*k, row)).then(|| k.value(row))));
+            match group_of.get(values.as_slice()) {
+                Some(&g) => groups[g].1.push(row as u32),
                 None => {
-                    order.push(path.clone());
-                    rows.insert(path.clone(), vec![row as u32]);
+                    group_of.insert(values.clone(), groups.len());
+                    groups.push((values.clone(), vec![row as u32]));
                 }
             }
         }
+        let order: Vec<(String, Vec<u32>)> = groups
+            .into_iter()
+            .map(|(values, rows)| {
+                let segments: Vec<String> =
+                    self.out.partition_by.iter().zip(values).map(|(name, v)| hive_segment(name, v)).collect();
+                (segments.join("/"), rows)
+            })
+            .collect();
         let data = batch.project(&self.data_columns)?;
-        for path in order {
-            let indices = arrow::array::UInt32Array::from(rows.remove(&path).unwrap_or_default());
+        for (path, rows) in order {
+            let indices = arrow::array::UInt32Array::from(rows);
             let part = arrow::compute::take_record_batch(&data, &indices)?;
             self.write_part(path, &part)?;
         }

@@ -112,66 +112,56 @@ impl PruningPredicate {
         };
         let field = table_schema.field(column);
         let first_partition = table_schema.fields().len() - partition.len();
-        if column >= first_partition {
-            // The file's one value stands for every row group's minimum and maximum.
-            let value = &partition[column - first_partition];
-            let groups = meta.metadata().num_row_groups();
-            let repeated = arrow::compute::take(value.as_ref(), &UInt32Array::from(vec![0u32; groups]), None).ok()?;
-            return match test {
-                Test::IsNull { negated, .. } => Some(BooleanArray::from(vec![value.is_null(0) != *negated; groups])),
-                // Every row's value is null: no comparison holds.
-                _ if value.is_null(0) => Some(BooleanArray::from(vec![false; groups])),
-                Test::Compare { casts, op, value, .. } => {
-                    let bound = stat(repeated, field.data_type(), casts)?;
-                    compare(&bound, &bound, *op, value)
-                }
-                Test::In { casts, values, .. } => {
-                    let bound = stat(repeated, field.data_type(), casts)?;
-                    let mut any: Option<BooleanArray> = None;
-                    for v in values {
-                        let m = compare(&bound, &bound, BinaryOp::Eq, v)?;
-                        any = Some(match any {
-                            None => m,
-                            Some(a) => boolean::or_kleene(&a, &m).ok()?,
-                        });
-                    }
-                    any
-                }
-            };
-        }
-        let converter = StatisticsConverter::try_new(field.name(), meta.schema(), meta.parquet_schema()).ok()?;
+        // A hive partition column: the file's one value stands for every row group.
+        let hive = (column >= first_partition).then(|| &partition[column - first_partition]);
+        let converter = match hive {
+            Some(_) => None,
+            None => Some(StatisticsConverter::try_new(field.name(), meta.schema(), meta.parquet_schema()).ok()?),
+        };
         let groups = meta.metadata().row_groups();
-        match test {
+        let (casts, op_values): (&[DataType], Vec<(BinaryOp, &ArrayRef)>) = match test {
             Test::IsNull { negated, .. } => {
+                let Some(converter) = converter else {
+                    let null = hive.is_some_and(|v| v.is_null(0));
+                    return Some(BooleanArray::from(vec![null != *negated; groups.len()]));
+                };
                 let nulls = converter.row_group_null_counts(groups.iter()).ok()?;
                 let rows: Vec<u64> = groups.iter().map(|g| g.num_rows() as u64).collect();
-                Some(
+                return Some(
                     nulls
                         .iter()
                         .zip(rows)
                         .map(|(n, rows)| Some(n.is_none_or(|n| if *negated { n < rows } else { n > 0 })))
                         .collect(),
-                )
+                );
             }
-            Test::Compare { casts, op, value, .. } => {
-                let min = stat(converter.row_group_mins(groups.iter()).ok()?, field.data_type(), casts)?;
-                let max = stat(converter.row_group_maxes(groups.iter()).ok()?, field.data_type(), casts)?;
-                compare(&min, &max, *op, value)
+            Test::Compare { casts, op, value, .. } => (casts, vec![(*op, value)]),
+            // Any of the values may match.
+            Test::In { casts, values, .. } => (casts, values.iter().map(|v| (BinaryOp::Eq, v)).collect()),
+        };
+        let (min, max) = match (hive, converter) {
+            // Every row's value is null: no comparison holds.
+            (Some(value), _) if value.is_null(0) => return Some(BooleanArray::from(vec![false; groups.len()])),
+            (Some(value), _) => {
+                let repeated = arrow::compute::take(value, &UInt32Array::from(vec![0u32; groups.len()]), None).ok()?;
+                let bound = stat(repeated, field.data_type(), casts)?;
+                (bound.clone(), bound)
             }
-            Test::In { casts, values, .. } => {
-                let min = stat(converter.row_group_mins(groups.iter()).ok()?, field.data_type(), casts)?;
-                let max = stat(converter.row_group_maxes(groups.iter()).ok()?, field.data_type(), casts)?;
-                let mut any: Option<BooleanArray> = None;
-                for v in values {
-                    let m = compare(&min, &max, BinaryOp::Eq, v)?;
-                    any = Some(match any {
-                        None => m,
-                        Some(a) => boolean::or_kleene(&a, &m).ok()?,
-                    });
-                }
-                any
-            }
+            (None, Some(converter)) => (
+                stat(converter.row_group_mins(groups.iter()).ok()?, field.data_type(), casts)?,
+                stat(converter.row_group_maxes(groups.iter()).ok()?, field.data_type(), casts)?,
+            ),
+            (None, None) => return None,
+        };
+        let mut any: Option<BooleanArray> = None;
+        for (op, value) in op_values {
+            let m = compare(&min, &max, op, value)?;
+            any = Some(match any {
+                None => m,
+                Some(a) => boolean::or_kleene(&a, &m).ok()?,
+            });
         }
+        any
     }
 }
 
