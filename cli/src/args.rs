@@ -49,12 +49,44 @@ pub enum Command {
     Sql {
         #[command(flatten)]
         common: CommonArgs,
+        #[command(flatten)]
+        sources: SourceArgs,
         /// Write the result here instead of printing it (.parquet or .csv).
         #[arg(short, long, value_name = "OUT.parquet|OUT.csv")]
         output: Option<PathBuf>,
         /// The query, e.g. "SELECT a FROM 'data/*.parquet' WHERE a > 10".
         query: String,
     },
+    /// Show how a query (or a pipeline's step) runs: the optimized logical plan and the physical
+    /// plan; with --analyze, run it and show what each operator did.
+    Explain {
+        #[command(flatten)]
+        common: CommonArgs,
+        #[command(flatten)]
+        sources: SourceArgs,
+        /// Run the query (discarding its rows) and show rows, time, peak memory and spilling per
+        /// operator.
+        #[arg(long)]
+        analyze: bool,
+        /// With a pipeline file: the step to explain (default: every step).
+        #[arg(long, value_name = "NAME")]
+        step: Option<String>,
+        /// A query, or a pipeline file (.toml).
+        query: String,
+    },
+}
+
+/// Names for files, so SQL can say `FROM lineitem`.
+#[derive(Debug, Args, Default)]
+pub struct SourceArgs {
+    /// Register files under a name: `--source lineitem=tpch/lineitem.parquet` (a path, glob or
+    /// directory). Repeatable.
+    #[arg(long = "source", value_name = "NAME=PATH")]
+    pub sources: Vec<String>,
+    /// Register every Parquet, CSV and JSON file (and every folder) of DIR under its name without
+    /// the extension: `--sources tpch/` makes `lineitem` of `tpch/lineitem.parquet`.
+    #[arg(long = "sources", value_name = "DIR")]
+    pub source_dirs: Vec<PathBuf>,
 }
 
 /// Options every command takes.

@@ -23,7 +23,7 @@ use clap::Parser;
 use flow_engine::pipeline::PipelineFile;
 use flow_engine::{human, Config, Engine, Error, OutputFormat};
 
-use crate::args::{Cli, Command, CommonArgs, UnitArgs};
+use crate::args::{Cli, Command, CommonArgs, SourceArgs, UnitArgs};
 use crate::report::{Report, StepReport, UnitReport};
 use flow_engine::units::{assigned, StepJob, Unit, UnitState};
 
@@ -79,7 +79,12 @@ fn main() -> ExitCode {
             run_pipeline(common, options, pipeline, cli.verbose)
         }
         Command::Status { common, units, pipeline } => status(common, *units, pipeline),
-        Command::Sql { common, output, query } => run_sql(common, output.as_deref(), query, cli.verbose),
+        Command::Sql { common, sources, output, query } => {
+            run_sql(common, sources, output.as_deref(), query, cli.verbose)
+        }
+        Command::Explain { common, sources, analyze, step, query } => {
+            explain(common, sources, *analyze, step.as_deref(), query, cli.verbose)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -464,10 +469,104 @@ fn status(common: &CommonArgs, workers: UnitArgs, path: &Path) -> Result<(), Err
     Ok(())
 }
 
-fn run_sql(common: &CommonArgs, output: Option<&Path>, sql: &str, verbose: bool) -> Result<(), Error> {
+/// Registers `--source NAME=PATH` and every file and folder of each `--sources DIR`.
+fn register_sources(engine: &mut Engine, sources: &SourceArgs) -> Result<(), Error> {
+    for dir in &sources.source_dirs {
+        let entries = std::fs::read_dir(dir).map_err(|e| Error::BadFile { path: dir.clone(), message: e.to_string() })?;
+        let mut found: Vec<(String, std::path::PathBuf)> = Vec::new();
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let known = path.is_dir()
+                || matches!(
+                    path.extension().and_then(|e| e.to_str()),
+                    Some("parquet" | "csv" | "tsv" | "json" | "ndjson" | "jsonl")
+                );
+            let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+            if known && !stem.starts_with('.') && !stem.starts_with('_') {
+                found.push((stem, path));
+            }
+        }
+        found.sort();
+        for (name, path) in found {
+            engine.register(&name, &path.to_string_lossy())?;
+        }
+    }
+    for spec in &sources.sources {
+        let (name, path) = spec.split_once('=').ok_or_else(|| {
+            Error::Config(format!("--source {spec}: expected NAME=PATH (e.g. lineitem=tpch/lineitem.parquet)"))
+        })?;
+        engine.register(name.trim(), path.trim())?;
+    }
+    Ok(())
+}
+
+/// `flow explain`: the plans of a query, or of a pipeline's steps.
+fn explain(
+    common: &CommonArgs,
+    sources: &SourceArgs,
+    analyze: bool,
+    step: Option<&str>,
+    query: &str,
+    verbose: bool,
+) -> Result<(), Error> {
+    let pipeline = query.trim_end().ends_with(".toml") && Path::new(query.trim()).is_file();
+    let (engine, steps) = if pipeline {
+        let (file, mut engine) = open_pipeline(common, Path::new(query.trim()), verbose)?;
+        register_sources(&mut engine, sources)?;
+        let steps: Vec<(String, String)> = file
+            .steps
+            .iter()
+            .enumerate()
+            .filter(|(i, s)| step.is_none_or(|want| s.label(*i) == want || s.name.as_deref() == Some(want)))
+            .map(|(i, s)| (s.label(i), s.sql.clone()))
+            .collect();
+        if steps.is_empty() {
+            let known: Vec<String> = file.steps.iter().enumerate().map(|(i, s)| s.label(i)).collect();
+            return Err(Error::Config(format!(
+                "no step named '{}' (steps: {})",
+                step.unwrap_or_default(),
+                known.join(", ")
+            )));
+        }
+        (engine, steps)
+    } else {
+        if step.is_some() {
+            return Err(Error::Config("--step goes with a pipeline file".into()));
+        }
+        let mut engine = Engine::new(config(common, None, verbose)?)?;
+        register_sources(&mut engine, sources)?;
+        (engine, vec![(String::new(), query.to_string())])
+    };
+    signal::watch(engine.cancel_flag());
+    let mut out = String::new();
+    for (label, sql) in steps {
+        let in_step = |e: Error| if label.is_empty() { e } else { e.in_step(&label) };
+        if !label.is_empty() {
+            out.push_str(&format!("== step {label} ==\n"));
+        }
+        let q = engine.sql(&sql).map_err(in_step)?;
+        if analyze {
+            let (text, _) = q.explain_analyze().map_err(in_step)?;
+            out.push_str(&text);
+        } else {
+            out.push_str(&q.explain());
+        }
+    }
+    print!("{out}");
+    Ok(())
+}
+
+fn run_sql(
+    common: &CommonArgs,
+    sources: &SourceArgs,
+    output: Option<&Path>,
+    sql: &str,
+    verbose: bool,
+) -> Result<(), Error> {
     let started = Instant::now();
     let config = config(common, None, verbose)?;
-    let engine = Engine::new(config)?;
+    let mut engine = Engine::new(config)?;
+    register_sources(&mut engine, sources)?;
     signal::watch(engine.cancel_flag());
     let query = engine.sql(sql)?;
     let mut report = Report::new(engine.config());

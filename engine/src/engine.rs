@@ -12,7 +12,7 @@ use arrow::datatypes::SchemaRef;
 
 use crate::error::{Error, Result};
 use crate::exec::sink::{CsvSink, OutputFormat, ParquetSink, PartitionedOutput, PartitionedWriter, Sink, WriteSummary};
-use crate::exec::{BatchStream, ExecContext, Pipeline, PipelineStats};
+use crate::exec::{BatchStream, ExecContext, ExplainLine, Pipeline, PipelineStats};
 use crate::memory::MemoryPool;
 use crate::plan::{optimize, LogicalPlan};
 use crate::source::{Format, ScanCounters, Table};
@@ -202,16 +202,42 @@ impl<'e> Query<'e> {
         self.pipeline.input_rows()
     }
 
-    /// A readable plan tree.
+    /// The optimized logical plan and the physical plan, as readable trees.
     pub fn explain(&self) -> String {
         let stats = self.pipeline.stats(&self.engine.ctx);
         format!(
-            "{}-- row groups: {} of {} after pruning; minimum memory {}\n",
+            "Logical plan:\n{}\nPhysical plan:\n{}-- row groups: {} of {} after pruning; minimum memory {}\n",
             self.plan.display_tree(),
+            render_physical(&self.physical(), &[]),
             stats.row_groups_scanned,
             stats.row_groups_total,
             crate::error::human(stats.min_memory)
         )
+    }
+
+    /// The physical plan, one line per operator.
+    pub fn physical(&self) -> Vec<ExplainLine> {
+        let mut lines = Vec::new();
+        self.pipeline.describe(&self.engine.ctx, 0, "", &mut lines);
+        lines
+    }
+
+    /// Runs the query, discarding its rows, and returns the physical plan with what each operator
+    /// did (rows in and out, time, peak memory, spilling), and the query's metrics.
+    pub fn explain_analyze(self) -> Result<(String, QueryMetrics)> {
+        let lines = self.physical();
+        let metrics = self.for_each(|_| Ok(()))?;
+        let text = format!(
+            "{}-- {} rows in {:.3}s; read {} rows; peak memory {} accounted; spilled {} in {} files\n",
+            render_physical(&lines, &metrics.operators),
+            metrics.rows_out,
+            metrics.elapsed.as_secs_f64(),
+            metrics.rows_read,
+            crate::error::human(metrics.peak_reserved),
+            crate::error::human(metrics.spill.bytes),
+            metrics.spill.files
+        );
+        Ok((text, metrics))
     }
 
     /// Starts the query and returns its batches as they are produced, in input order.
@@ -306,6 +332,34 @@ impl<'e> Query<'e> {
         let summary = sink.finish()?;
         Ok((summary, metrics))
     }
+}
+
+/// Renders physical plan lines as an indented tree; with `stats`, each operator's numbers follow
+/// its line.
+pub fn render_physical(lines: &[ExplainLine], stats: &[crate::exec::OperatorStats]) -> String {
+    let mut out = String::new();
+    for line in lines {
+        out.push_str(&"  ".repeat(line.depth));
+        out.push_str(&line.text);
+        if let Some(s) = line.id.and_then(|id| stats.iter().find(|s| s.id == id)) {
+            out.push_str(&format!(
+                "  [rows in {}, out {}, {:.3}s, peak {}",
+                s.rows_in,
+                s.rows_out,
+                s.elapsed_ms as f64 / 1000.0,
+                crate::error::human(s.peak_reserved)
+            ));
+            if s.spill_files > 0 {
+                out.push_str(&format!(", spilled {} in {} files", crate::error::human(s.spill_bytes), s.spill_files));
+            }
+            if s.passes > 0 {
+                out.push_str(&format!(", {} passes", s.passes));
+            }
+            out.push(']');
+        }
+        out.push('\n');
+    }
+    out
 }
 
 fn snapshot(engine: &Engine) -> (u64, u64) {

@@ -305,14 +305,13 @@ pub(crate) fn two_phase(
     ctx: &ExecContext,
 ) -> Result<Option<TwoPhase>> {
     use AggregateFunction as F;
-    let mergeable =
-        |a: &AggregateExpr| !a.distinct && matches!(a.func, F::CountStar | F::Count | F::Sum | F::Min | F::Max);
+    let mergeable = |a: &AggregateExpr| !a.distinct && mergeable(a.func);
     if group_exprs.is_empty() || !aggregates.iter().all(mergeable) {
         return Ok(None);
     }
     let keys = group_exprs.len();
     let partial_schema = out_schema.clone();
-    let metrics = OperatorRegistry::default().register("PartialAggregate", String::new());
+    let metrics = OperatorRegistry::default().register(0, "PartialAggregate", String::new());
     let (spec, arg_exprs) = build_spec(in_schema, group_exprs, aggregates.to_vec(), partial_schema.clone(), metrics)?;
     let col = |i: usize| Expr::column(i, partial_schema.field(i).name());
     let mut final_aggregates = Vec::new();
@@ -352,6 +351,12 @@ pub(crate) fn two_phase(
         final_schema: Arc::new(Schema::new(fields)),
         output,
     }))
+}
+
+/// Whether partial results of `f` merge exactly (the two-phase form applies).
+pub(crate) fn mergeable(f: AggregateFunction) -> bool {
+    use AggregateFunction as F;
+    matches!(f, F::CountStar | F::Count | F::Sum | F::Min | F::Max)
 }
 
 /// Aggregates each batch on its own, on a scan worker.

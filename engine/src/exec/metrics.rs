@@ -12,6 +12,7 @@ use crate::spill::SpillFile;
 /// The live record of one operator.
 #[derive(Debug)]
 pub(crate) struct OperatorMetrics {
+    id: u64,
     name: String,
     detail: String,
     rows_in: AtomicU64,
@@ -53,6 +54,7 @@ impl OperatorMetrics {
     fn stats(&self) -> OperatorStats {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         OperatorStats {
+            id: self.id,
             name: self.name.clone(),
             detail: self.detail.clone(),
             rows_in: get(&self.rows_in),
@@ -70,6 +72,8 @@ impl OperatorMetrics {
 /// What one operator did, for reports.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct OperatorStats {
+    /// Which node of the physical plan this is (as numbered by `EXPLAIN`).
+    pub id: u64,
     /// The operator: `HashJoin`, `HashAggregate`, `ExternalSort`, `Scan`, `Union`.
     pub name: String,
     /// What it works on (join type and sides, keys, table).
@@ -98,8 +102,9 @@ pub(crate) struct OperatorRegistry(Arc<Mutex<Vec<Arc<OperatorMetrics>>>>);
 
 impl OperatorRegistry {
     /// Registers an operator and returns its record.
-    pub fn register(&self, name: &str, detail: String) -> Arc<OperatorMetrics> {
+    pub fn register(&self, id: u64, name: &str, detail: String) -> Arc<OperatorMetrics> {
         let m = Arc::new(OperatorMetrics {
+            id,
             name: name.to_string(),
             detail,
             rows_in: AtomicU64::new(0),

@@ -117,6 +117,8 @@ impl ExecContext {
 /// A pipeline: a source (a scan, or a sort fed by its own input pipeline) and the operators that
 /// run on the consumer above it.
 pub(crate) struct Pipeline {
+    /// The node's number in `EXPLAIN` and in operator metrics.
+    id: u64,
     source: Source,
     tail_ops: Vec<Operator>,
     schema: SchemaRef,
@@ -144,6 +146,24 @@ enum Source {
     Union(Vec<Pipeline>),
 }
 
+/// A number for a new physical plan node, unique in the process.
+fn next_id() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// One line of a physical plan as `EXPLAIN` shows it: its depth, the operator node it belongs
+/// to (for `EXPLAIN ANALYZE`'s numbers) and its text.
+#[derive(Debug, Clone)]
+pub struct ExplainLine {
+    /// Indentation level.
+    pub depth: usize,
+    /// The operator node whose metrics go on this line, if any.
+    pub id: Option<u64>,
+    /// What the line says.
+    pub text: String,
+}
+
 /// What the executor learnt about a plan before running it.
 #[derive(Debug, Clone, Copy, Default, serde::Serialize)]
 pub struct PipelineStats {
@@ -169,7 +189,7 @@ impl Pipeline {
                     let split = ops.iter().position(|o| matches!(o, Operator::Limit { .. })).unwrap_or(ops.len());
                     let tail_ops = ops.split_off(split);
                     let scan = ScanPipeline::new(table, projection, pruning, ops)?;
-                    return Ok(Pipeline { source: Source::Scan(scan), tail_ops, schema });
+                    return Ok(Pipeline { id: next_id(), source: Source::Scan(scan), tail_ops, schema });
                 }
                 LogicalPlan::Aggregate { input, group_exprs, aggregates, schema: agg_schema } => {
                     ops.reverse();
@@ -180,12 +200,13 @@ impl Pipeline {
                         aggregates: aggregates.clone(),
                         schema: agg_schema.clone(),
                     };
-                    return Ok(Pipeline { source, tail_ops: ops, schema });
+                    return Ok(Pipeline { id: next_id(), source, tail_ops: ops, schema });
                 }
                 LogicalPlan::Sort { input, keys, fetch } => {
                     ops.reverse();
                     let input = Box::new(Pipeline::new(input)?);
                     return Ok(Pipeline {
+                        id: next_id(),
                         source: Source::Sort { input, keys: keys.clone(), fetch: *fetch },
                         tail_ops: ops,
                         schema,
@@ -212,12 +233,12 @@ impl Pipeline {
                         probe: Box::new(Pipeline::new(probe)?),
                         spec,
                     };
-                    return Ok(Pipeline { source, tail_ops: ops, schema });
+                    return Ok(Pipeline { id: next_id(), source, tail_ops: ops, schema });
                 }
                 LogicalPlan::Union { inputs, .. } => {
                     ops.reverse();
                     let inputs = inputs.iter().map(Pipeline::new).collect::<Result<Vec<_>>>()?;
-                    return Ok(Pipeline { source: Source::Union(inputs), tail_ops: ops, schema });
+                    return Ok(Pipeline { id: next_id(), source: Source::Union(inputs), tail_ops: ops, schema });
                 }
                 LogicalPlan::Filter { input, predicate } => {
                     ops.push(Operator::Filter(predicate.clone()));
@@ -330,6 +351,99 @@ impl Pipeline {
         }
     }
 
+    /// The physical plan, one line per operator, outermost first: what runs on the consumer
+    /// (operators above a blocking one), the blocking operators with their inputs, and for a scan
+    /// the operators its workers run.
+    pub(crate) fn describe(&self, ctx: &ExecContext, depth: usize, role: &str, out: &mut Vec<ExplainLine>) {
+        let mut depth = depth;
+        let mut line = |depth: usize, id: Option<u64>, text: String| out.push(ExplainLine { depth, id, text });
+        let mut role = role.to_string();
+        for op in self.tail_ops.iter().rev() {
+            line(depth, None, format!("{role}{}", op.describe()));
+            role.clear();
+            depth += 1;
+        }
+        let exprs = |v: &[crate::expr::Expr]| v.iter().map(|e| e.to_string()).collect::<Vec<_>>().join(", ");
+        match &self.source {
+            Source::Scan(scan) => {
+                for op in scan.worker_ops().iter().rev() {
+                    line(depth, None, format!("{role}{} (on scan workers)", op.describe()));
+                    role.clear();
+                    depth += 1;
+                }
+                let stats = scan.stats(ctx);
+                line(
+                    depth,
+                    Some(self.id),
+                    format!(
+                        "{role}Scan {} ({} of {} row groups)",
+                        scan.describe(),
+                        stats.row_groups_scanned,
+                        stats.row_groups_total
+                    ),
+                );
+            }
+            Source::Sort { input, keys, fetch } => {
+                let schema = input.schema.clone();
+                let keys: Vec<String> = keys
+                    .iter()
+                    .map(|k| {
+                        format!(
+                            "{}{}{}",
+                            schema.field(k.column).name(),
+                            if k.descending { " DESC" } else { "" },
+                            if k.nulls_first { " NULLS FIRST" } else { "" }
+                        )
+                    })
+                    .collect();
+                let top = fetch.map(|f| format!(" (top {f})")).unwrap_or_default();
+                line(depth, Some(self.id), format!("{role}ExternalSort by {}{top}", keys.join(", ")));
+                input.describe(ctx, depth + 1, "", out);
+            }
+            Source::Aggregate { input, group_exprs, aggregates, .. } => {
+                let aggs: Vec<String> = aggregates.iter().map(|a| a.to_string()).collect();
+                let two_phase = !group_exprs.is_empty()
+                    && aggregates.iter().all(|a| !a.distinct && aggregate::mergeable(a.func))
+                    && matches!(input.source, Source::Scan(_))
+                    && input.tail_ops.is_empty();
+                line(
+                    depth,
+                    Some(self.id),
+                    format!(
+                        "{role}HashAggregate groups [{}], aggregates [{}]{}",
+                        exprs(group_exprs),
+                        aggs.join(", "),
+                        if two_phase { " (partial aggregation on the scan workers)" } else { "" }
+                    ),
+                );
+                input.describe(ctx, depth + 1, "", out);
+            }
+            Source::Join { build, probe, spec } => {
+                let keys: Vec<String> =
+                    spec.probe_keys.iter().zip(&spec.build_keys).map(|(p, b)| format!("{p} = {b}")).collect();
+                line(
+                    depth,
+                    Some(self.id),
+                    format!(
+                        "{role}HashJoin {:?} on [{}]{}, build side {}",
+                        spec.join_type,
+                        keys.join(", "),
+                        spec.filter.as_ref().map(|f| format!(" and {f}")).unwrap_or_default(),
+                        if spec.build_is_left { "left" } else { "right" },
+                    ),
+                );
+                build.describe(ctx, depth + 1, "build: ", out);
+                probe.describe(ctx, depth + 1, "probe: ", out);
+            }
+            Source::Union(inputs) => {
+                line(depth, Some(self.id), format!("{role}Union"));
+                for input in inputs {
+                    input.describe(ctx, depth + 1, "", out);
+                }
+            }
+        }
+    }
+
     /// Registers the pipeline's source operator in the query's metrics.
     fn register(&self, ctx: &ExecContext) -> Arc<OperatorMetrics> {
         let exprs = |v: &[crate::expr::Expr]| v.iter().map(|e| e.to_string()).collect::<Vec<_>>().join(", ");
@@ -360,7 +474,7 @@ impl Pipeline {
             ),
             Source::Union(inputs) => ("Union", format!("{} inputs", inputs.len())),
         };
-        ctx.operators.register(name, detail)
+        ctx.operators.register(self.id, name, detail)
     }
 
     /// Starts the pipeline and returns the consumer's end.

@@ -30,6 +30,28 @@ pub enum Operator {
     },
 }
 
+impl Operator {
+    /// One line for `EXPLAIN`.
+    pub fn describe(&self) -> String {
+        match self {
+            Operator::Filter(p) => format!("Filter {p}"),
+            Operator::Project { exprs, schema } => {
+                let items: Vec<String> = exprs
+                    .iter()
+                    .zip(schema.fields())
+                    .map(|(e, f)| if &e.to_string() == f.name() { e.to_string() } else { format!("{e} AS {}", f.name()) })
+                    .collect();
+                format!("Project {}", items.join(", "))
+            }
+            Operator::Limit { skip, fetch } => match fetch {
+                Some(f) if *skip > 0 => format!("Limit {f} offset {skip}"),
+                Some(f) => format!("Limit {f}"),
+                None => format!("Offset {skip}"),
+            },
+        }
+    }
+}
+
 /// An operator that turns one batch into any number of batches and holds only read-only state
 /// (a join's probe against a built table): it can run on the scan workers, after their operators.
 pub(crate) trait Expand: Send + Sync {

@@ -48,6 +48,11 @@ impl ScanPipeline {
         self.expand = Some(expand);
     }
 
+    /// The stateless operators the workers run.
+    pub(crate) fn worker_ops(&self) -> &[Operator] {
+        &self.worker_ops
+    }
+
     /// The table's name and the columns read, for metrics.
     pub(crate) fn describe(&self) -> String {
         let schema = self.table.schema();

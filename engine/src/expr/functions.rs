@@ -1,5 +1,7 @@
-//! Scalar functions: `lower`, `upper`, `length`, `substr`, `trim`, `concat`, `coalesce`, `abs`,
-//! `round`, `extract`.
+//! Scalar functions: strings (`lower`, `upper`, `length`, `substr`, `trim`, `concat`, `replace`,
+//! `position`, `left`, `right`, `starts_with`, ...), numbers (`abs`, `round`, `ceil`, `floor`,
+//! `sqrt`, `power`, `ln`, `exp`, `log10`), `coalesce`, `greatest`/`least`, and dates (`extract`,
+//! `date_trunc`).
 
 use std::sync::Arc;
 
@@ -41,6 +43,45 @@ pub enum Function {
     Round,
     /// `extract(part FROM d)` / `date_part('part', d)`.
     Extract(DatePartKind),
+    /// `date_trunc('part', d)`: the timestamp at the start of the part (DuckDB returns a TIMESTAMP
+    /// for dates too).
+    DateTrunc(DatePartKind),
+    /// `replace(s, from, to)`: every occurrence.
+    Replace,
+    /// `position(needle IN s)` / `strpos(s, needle)`: 1-based character position, 0 if absent.
+    Position,
+    /// `greatest(a, b, ...)`: the largest non-null argument.
+    Greatest,
+    /// `least(a, b, ...)`: the smallest non-null argument.
+    Least,
+    /// `ceil(x)`
+    Ceil,
+    /// `floor(x)`
+    Floor,
+    /// `sqrt(x)`
+    Sqrt,
+    /// `power(x, y)`
+    Power,
+    /// `ln(x)`
+    Ln,
+    /// `exp(x)`
+    Exp,
+    /// `log10(x)`
+    Log10,
+    /// `left(s, n)`: the first `n` characters.
+    Left,
+    /// `right(s, n)`: the last `n` characters.
+    Right,
+    /// `starts_with(s, prefix)`
+    StartsWith,
+    /// `ends_with(s, suffix)`
+    EndsWith,
+    /// `contains(s, needle)`
+    Contains,
+    /// `reverse(s)`
+    Reverse,
+    /// `TRY_CAST(x AS t)`: NULL where a value does not convert.
+    TryCast,
 }
 
 /// A part of a date that `extract` returns.
@@ -117,6 +158,23 @@ impl Function {
             "abs" => Function::Abs,
             "hash" => Function::Hash,
             "round" => Function::Round,
+            "replace" => Function::Replace,
+            "strpos" | "instr" | "position" => Function::Position,
+            "greatest" => Function::Greatest,
+            "least" => Function::Least,
+            "ceil" | "ceiling" => Function::Ceil,
+            "floor" => Function::Floor,
+            "sqrt" => Function::Sqrt,
+            "power" | "pow" => Function::Power,
+            "ln" => Function::Ln,
+            "exp" => Function::Exp,
+            "log10" | "log" => Function::Log10,
+            "left" => Function::Left,
+            "right" => Function::Right,
+            "starts_with" | "prefix" => Function::StartsWith,
+            "ends_with" | "suffix" => Function::EndsWith,
+            "contains" => Function::Contains,
+            "reverse" => Function::Reverse,
             _ => return None,
         })
     }
@@ -137,6 +195,25 @@ impl Function {
             Function::Hash => "hash",
             Function::Round => "round",
             Function::Extract(_) => "extract",
+            Function::DateTrunc(_) => "date_trunc",
+            Function::Replace => "replace",
+            Function::Position => "strpos",
+            Function::Greatest => "greatest",
+            Function::Least => "least",
+            Function::Ceil => "ceil",
+            Function::Floor => "floor",
+            Function::Sqrt => "sqrt",
+            Function::Power => "power",
+            Function::Ln => "ln",
+            Function::Exp => "exp",
+            Function::Log10 => "log10",
+            Function::Left => "left",
+            Function::Right => "right",
+            Function::StartsWith => "starts_with",
+            Function::EndsWith => "ends_with",
+            Function::Contains => "contains",
+            Function::Reverse => "reverse",
+            Function::TryCast => "try_cast",
         }
     }
 
@@ -177,9 +254,185 @@ impl Function {
                 let parts = arrow::compute::date_part(arrays[0].as_ref(), part.arrow())?;
                 arrow::compute::cast(&parts, &DataType::Int64)?
             }
+            Function::DateTrunc(part) => date_trunc(&arrays[0], *part, data_type)?,
+            Function::Replace => {
+                let (s, from, to) = (strings(&arrays[0]), strings(&arrays[1]), strings(&arrays[2]));
+                let mut b = StringBuilder::with_capacity(s.len(), s.values().len());
+                for i in 0..s.len() {
+                    if s.is_null(i) || from.is_null(i) || to.is_null(i) {
+                        b.append_null();
+                    } else if from.value(i).is_empty() {
+                        b.append_value(s.value(i));
+                    } else {
+                        b.append_value(s.value(i).replace(from.value(i), to.value(i)));
+                    }
+                }
+                Arc::new(b.finish())
+            }
+            Function::Position => {
+                let (s, needle) = (strings(&arrays[0]), strings(&arrays[1]));
+                Arc::new(
+                    (0..s.len())
+                        .map(|i| {
+                            (s.is_valid(i) && needle.is_valid(i)).then(|| {
+                                let (s, needle) = (s.value(i), needle.value(i));
+                                s.find(needle).map_or(0, |at| s[..at].chars().count() as i64 + 1)
+                            })
+                        })
+                        .collect::<Int64Array>(),
+                )
+            }
+            Function::Greatest | Function::Least => {
+                let mut acc = arrays[0].clone();
+                for next in &arrays[1..] {
+                    // Nulls are skipped: take `next` where it is better or `acc` is null.
+                    let better =
+                        if *self == Function::Greatest { cmp::gt(next, &acc)? } else { cmp::lt(next, &acc)? };
+                    let better = arrow::compute::kernels::boolean::or_kleene(
+                        &arrow::compute::prep_null_mask_filter(&better),
+                        &arrow::compute::is_null(acc.as_ref())?,
+                    )?;
+                    acc = zip(&better, next, &acc)?;
+                }
+                acc
+            }
+            Function::Ceil | Function::Floor => ceil_floor(&arrays[0], *self == Function::Ceil, data_type)?,
+            Function::Sqrt => float_unary(&arrays[0], f64::sqrt)?,
+            Function::Ln => float_unary(&arrays[0], f64::ln)?,
+            Function::Exp => float_unary(&arrays[0], f64::exp)?,
+            Function::Log10 => float_unary(&arrays[0], f64::log10)?,
+            Function::Power => {
+                let x = arrow::compute::cast(&arrays[0], &DataType::Float64)?;
+                let y = arrow::compute::cast(&arrays[1], &DataType::Float64)?;
+                Arc::new(arrow::compute::binary::<_, _, _, Float64Type>(
+                    x.as_primitive::<Float64Type>(),
+                    y.as_primitive::<Float64Type>(),
+                    f64::powf,
+                )?)
+            }
+            Function::Left | Function::Right => {
+                let (s, n) = (strings(&arrays[0]), arrow::compute::cast(&arrays[1], &DataType::Int64)?);
+                let n = n.as_primitive::<arrow::datatypes::Int64Type>();
+                let left = *self == Function::Left;
+                let mut b = StringBuilder::with_capacity(s.len(), s.values().len());
+                for i in 0..s.len() {
+                    if s.is_null(i) || n.is_null(i) {
+                        b.append_null();
+                        continue;
+                    }
+                    let (text, k) = (s.value(i), n.value(i));
+                    let chars = text.chars().count() as i64;
+                    // A negative count keeps all but that many (DuckDB).
+                    let take = if k >= 0 { k.min(chars) } else { (chars + k).max(0) } as usize;
+                    let piece: String = if left {
+                        text.chars().take(take).collect()
+                    } else {
+                        text.chars().skip(chars as usize - take).collect()
+                    };
+                    b.append_value(piece);
+                }
+                Arc::new(b.finish())
+            }
+            Function::StartsWith | Function::EndsWith | Function::Contains => {
+                let (s, p) = (strings(&arrays[0]), strings(&arrays[1]));
+                let test: fn(&str, &str) -> bool = match self {
+                    Function::StartsWith => |s, p| s.starts_with(p),
+                    Function::EndsWith => |s, p| s.ends_with(p),
+                    _ => |s, p| s.contains(p),
+                };
+                Arc::new(
+                    (0..s.len())
+                        .map(|i| (s.is_valid(i) && p.is_valid(i)).then(|| test(s.value(i), p.value(i))))
+                        .collect::<arrow::array::BooleanArray>(),
+                )
+            }
+            Function::Reverse => map_str(&arrays[0], |s, out| out.extend(s.chars().rev())),
+            Function::TryCast => {
+                let options = arrow::compute::CastOptions { safe: true, ..Default::default() };
+                arrow::compute::cast_with_options(&arrays[0], data_type, &options)?
+            }
         };
         Ok(wrap(scalar, out))
     }
+}
+
+fn strings(a: &ArrayRef) -> &StringArray {
+    a.as_string::<i32>()
+}
+
+fn float_unary(a: &ArrayRef, f: fn(f64) -> f64) -> Result<ArrayRef> {
+    let x = arrow::compute::cast(a, &DataType::Float64)?;
+    Ok(Arc::new(x.as_primitive::<Float64Type>().unary::<_, Float64Type>(f)))
+}
+
+/// `ceil`/`floor`: floats stay floats, integers are unchanged, decimals keep their precision with
+/// scale 0 (as DuckDB).
+fn ceil_floor(a: &ArrayRef, ceil: bool, data_type: &DataType) -> Result<ArrayRef> {
+    Ok(match a.data_type() {
+        DataType::Float64 => {
+            let f = if ceil { f64::ceil } else { f64::floor };
+            Arc::new(a.as_primitive::<Float64Type>().unary::<_, Float64Type>(f))
+        }
+        DataType::Float32 => {
+            let f = if ceil { f32::ceil } else { f32::floor };
+            Arc::new(a.as_primitive::<Float32Type>().unary::<_, Float32Type>(f))
+        }
+        DataType::Decimal128(_, s) => {
+            let unit = 10i128.pow(*s as u32);
+            let out = a.as_primitive::<Decimal128Type>().unary::<_, Decimal128Type>(|v| {
+                let (q, r) = (v.div_euclid(unit), v.rem_euclid(unit));
+                if ceil && r != 0 {
+                    q + 1
+                } else {
+                    q
+                }
+            });
+            let (p, s) = match data_type {
+                DataType::Decimal128(p, s) => (*p, *s),
+                _ => (38, 0),
+            };
+            Arc::new(out.with_precision_and_scale(p, s)?)
+        }
+        _ => a.clone(),
+    })
+}
+
+/// `date_trunc`: the start of the part that holds each value, as a timestamp of `out`'s unit.
+fn date_trunc(a: &ArrayRef, part: DatePartKind, out: &DataType) -> Result<ArrayRef> {
+    use chrono::{Datelike, NaiveDate};
+    const MICROS_PER_DAY: i64 = 86_400_000_000;
+    let micros = arrow::compute::cast(&arrow::compute::cast(a, &super::types::TIMESTAMP)?, &DataType::Int64)?;
+    let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).expect("epoch");
+    let start_of = |v: i64| -> Option<i64> {
+        let day = v.div_euclid(MICROS_PER_DAY);
+        let floor = |unit: i64| v.div_euclid(unit) * unit;
+        Some(match part {
+            DatePartKind::Second => floor(1_000_000),
+            DatePartKind::Minute => floor(60_000_000),
+            DatePartKind::Hour => floor(3_600_000_000),
+            DatePartKind::Day => day * MICROS_PER_DAY,
+            // ISO weeks start on Monday; 1970-01-01 was a Thursday.
+            DatePartKind::Week => (day - (day + 3).rem_euclid(7)) * MICROS_PER_DAY,
+            DatePartKind::Month | DatePartKind::Quarter | DatePartKind::Year => {
+                let date = epoch.checked_add_signed(chrono::TimeDelta::try_days(day)?)?;
+                let month = match part {
+                    DatePartKind::Year => 1,
+                    DatePartKind::Quarter => (date.month0() / 3) * 3 + 1,
+                    _ => date.month(),
+                };
+                let first = NaiveDate::from_ymd_opt(date.year(), month, 1)?;
+                (first - epoch).num_days() * MICROS_PER_DAY
+            }
+            DatePartKind::DayOfWeek | DatePartKind::DayOfYear => return None,
+        })
+    };
+    let truncated: Int64Array = micros
+        .as_primitive::<arrow::datatypes::Int64Type>()
+        .iter()
+        .map(|v| v.and_then(start_of))
+        .collect();
+    let as_timestamp = arrow::compute::cast(&truncated, &super::types::TIMESTAMP)?;
+    Ok(arrow::compute::cast(&as_timestamp, out)?)
 }
 
 fn stable_hash(a: &ArrayRef) -> Result<ArrayRef> {

@@ -524,6 +524,9 @@ fn expand_bool(a: &BooleanArray, rows: usize) -> Result<BooleanArray> {
 
 fn binary(op: BinaryOp, l: &Value, r: &Value, data_type: &DataType, rows: usize) -> Result<Value> {
     let scalar = l.is_scalar() && r.is_scalar();
+    if let Some(out) = temporal_binary(op, l, r, data_type, if scalar { 1 } else { rows })? {
+        return Ok(wrap(scalar, out));
+    }
     let out: ArrayRef = match op {
         BinaryOp::Plus => with_datums(l, r, |a, b| numeric::add(a, b))?,
         BinaryOp::Minus => with_datums(l, r, |a, b| numeric::sub(a, b))?,
@@ -557,6 +560,51 @@ fn binary(op: BinaryOp, l: &Value, r: &Value, data_type: &DataType, rows: usize)
     Ok(wrap(scalar, out))
 }
 
+/// Date arithmetic that Arrow's kernels type differently from SQL: a date plus or minus days, the
+/// days between two dates, the interval between two timestamps. `None` for everything else.
+fn temporal_binary(op: BinaryOp, l: &Value, r: &Value, data_type: &DataType, n: usize) -> Result<Option<ArrayRef>> {
+    use arrow::compute::cast;
+    use DataType::*;
+    let (lt, rt) = (l.data_type().clone(), r.data_type().clone());
+    let days = |v: &Value| -> Result<ArrayRef> { Ok(cast(&v.clone().into_array(n)?, &Int64)?) };
+    match (&lt, &rt, data_type) {
+        (Date32, Int64, Date32) | (Int64, Date32, Date32) | (Date32, Date32, Int64) => {
+            let (a, b) = (days(l)?, days(r)?);
+            let out = if op == BinaryOp::Plus { numeric::add(&a, &b)? } else { numeric::sub(&a, &b)? };
+            if data_type == &Date32 {
+                let narrow = types::cast_sql(&out, &Int32)
+                    .map_err(|_| Error::Execution("date out of range in date arithmetic".into()))?;
+                return Ok(Some(cast(&narrow, &Date32)?));
+            }
+            Ok(Some(out))
+        }
+        (Timestamp(unit, _), Timestamp(..), Interval(_)) => {
+            let nanos_per_unit: i64 = match unit {
+                arrow::datatypes::TimeUnit::Second => 1_000_000_000,
+                arrow::datatypes::TimeUnit::Millisecond => 1_000_000,
+                arrow::datatypes::TimeUnit::Microsecond => 1_000,
+                arrow::datatypes::TimeUnit::Nanosecond => 1,
+            };
+            let (a, b) = (days(l)?, days(r)?);
+            let diff = numeric::sub(&a, &b)?;
+            // As DuckDB: whole days, and the rest as time.
+            const DAY: i64 = 86_400_000_000_000;
+            let out: arrow::array::IntervalMonthDayNanoArray = diff
+                .as_primitive::<arrow::datatypes::Int64Type>()
+                .iter()
+                .map(|v| {
+                    v.map(|v| {
+                        let nanos = v.saturating_mul(nanos_per_unit);
+                        arrow::datatypes::IntervalMonthDayNano::new(0, (nanos / DAY) as i32, nanos % DAY)
+                    })
+                })
+                .collect();
+            Ok(Some(Arc::new(out)))
+        }
+        _ => Ok(None),
+    }
+}
+
 fn as_bool(a: &ArrayRef) -> Result<BooleanArray> {
     match a.data_type() {
         DataType::Boolean => Ok(a.as_boolean().clone()),
@@ -575,6 +623,10 @@ impl fmt::Display for Expr {
                     write!(f, "NULL")
                 } else if matches!(a.data_type(), DataType::Utf8) {
                     write!(f, "'{}'", s.replace('\'', "''"))
+                } else if matches!(a.data_type(), DataType::Interval(_)) {
+                    write!(f, "INTERVAL '{s}'")
+                } else if matches!(a.data_type(), DataType::Date32 | DataType::Timestamp(..)) {
+                    write!(f, "{} '{s}'", types::sql_type_name(a.data_type()))
                 } else {
                     write!(f, "{s}")
                 }

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, Float64Array};
 use arrow::compute::CastOptions;
-use arrow::datatypes::{DataType, Float32Type, Float64Type, TimeUnit};
+use arrow::datatypes::{DataType, Float32Type, Float64Type, IntervalMonthDayNano, IntervalUnit, TimeUnit};
 use arrow::util::display::FormatOptions;
 
 use super::BinaryOp;
@@ -121,10 +121,20 @@ fn finer(a: TimeUnit, b: TimeUnit) -> TimeUnit {
     }
 }
 
+/// SQL's `INTERVAL`: months, days and nanoseconds kept apart (a month has no fixed length), as
+/// DuckDB keeps them.
+pub const INTERVAL: DataType = DataType::Interval(IntervalUnit::MonthDayNano);
+
+/// DuckDB's `TIMESTAMP`.
+pub const TIMESTAMP: DataType = DataType::Timestamp(TimeUnit::Microsecond, None);
+
 /// For an arithmetic operator: the type both operands are cast to, and the result type.
 pub fn arithmetic_types(op: BinaryOp, a: &DataType, b: &DataType) -> Option<(DataType, DataType, DataType)> {
     use DataType::*;
     let (a, b) = (if a == &Null { b } else { a }, if b == &Null { a } else { b });
+    if is_temporal(a) || is_temporal(b) || matches!(a, Interval(_)) || matches!(b, Interval(_)) {
+        return temporal_arithmetic(op, a, b);
+    }
     if !is_numeric(a) || !is_numeric(b) {
         return None;
     }
@@ -173,6 +183,105 @@ pub fn arithmetic_types(op: BinaryOp, a: &DataType, b: &DataType) -> Option<(Dat
         _ => return None,
     };
     Some((left, right, result))
+}
+
+/// Date and time arithmetic, typed as DuckDB types it: a date plus an interval is a TIMESTAMP (a
+/// month is added to the calendar, a day to the date), a date plus an integer is a DATE, the
+/// difference of two dates is a BIGINT count of days, of two timestamps an INTERVAL.
+fn temporal_arithmetic(op: BinaryOp, a: &DataType, b: &DataType) -> Option<(DataType, DataType, DataType)> {
+    use DataType::*;
+    let interval = |t: &DataType| matches!(t, Interval(_));
+    let int = |t: &DataType| t.is_integer();
+    let plus = op == BinaryOp::Plus;
+    let minus = op == BinaryOp::Minus;
+    Some(match (a, b) {
+        (Date32, b) if (plus || minus) && interval(b) => (TIMESTAMP, INTERVAL, TIMESTAMP),
+        (a, Date32) if plus && interval(a) => (INTERVAL, TIMESTAMP, TIMESTAMP),
+        (Timestamp(..), b) if (plus || minus) && interval(b) => (a.clone(), INTERVAL, a.clone()),
+        (a, Timestamp(..)) if plus && interval(a) => (INTERVAL, b.clone(), b.clone()),
+        (Date32, b) if (plus || minus) && int(b) => (Date32, Int64, Date32),
+        (a, Date32) if plus && int(a) => (Int64, Date32, Date32),
+        (Date32, Date32) if minus => (Date32, Date32, Int64),
+        (Timestamp(u1, tz1), Timestamp(u2, tz2)) if minus && tz1 == tz2 => {
+            let t = Timestamp(finer(*u1, *u2), tz1.clone());
+            (t.clone(), t, INTERVAL)
+        }
+        (Date32, Timestamp(u, tz)) | (Timestamp(u, tz), Date32) if minus => {
+            let t = Timestamp(*u, tz.clone());
+            (t.clone(), t, INTERVAL)
+        }
+        (a, b) if (plus || minus) && interval(a) && interval(b) => (INTERVAL, INTERVAL, INTERVAL),
+        (a, b) if op == BinaryOp::Multiply && interval(a) && int(b) => (INTERVAL, Int64, INTERVAL),
+        (a, b) if op == BinaryOp::Multiply && int(a) && interval(b) => (Int64, INTERVAL, INTERVAL),
+        _ => return None,
+    })
+}
+
+/// Parses an interval as SQL writes it: a number with the unit given apart (`INTERVAL '90' DAY`),
+/// or a list of numbers and units (`INTERVAL '1 year 2 months'`, `'3 days 04:05:06'`).
+pub fn parse_interval(text: &str, unit: Option<&str>) -> Option<IntervalMonthDayNano> {
+    let mut total = IntervalMonthDayNano::new(0, 0, 0);
+    let mut add = |value: f64, unit: &str| -> Option<()> {
+        const NS: f64 = 1e9;
+        let (months, days, nanos): (f64, f64, f64) = match unit.to_ascii_lowercase().as_str() {
+            "year" | "years" | "y" | "yr" | "yrs" => (value * 12.0, 0.0, 0.0),
+            "quarter" | "quarters" => (value * 3.0, 0.0, 0.0),
+            "month" | "months" | "mon" | "mons" => (value, 0.0, 0.0),
+            "week" | "weeks" | "w" => (0.0, value * 7.0, 0.0),
+            "day" | "days" | "d" => (0.0, value, 0.0),
+            "hour" | "hours" | "h" | "hr" | "hrs" => (0.0, 0.0, value * 3600.0 * NS),
+            "minute" | "minutes" | "min" | "mins" | "m" => (0.0, 0.0, value * 60.0 * NS),
+            "second" | "seconds" | "sec" | "secs" | "s" => (0.0, 0.0, value * NS),
+            "millisecond" | "milliseconds" | "ms" | "msec" => (0.0, 0.0, value * 1e6),
+            "microsecond" | "microseconds" | "us" | "usec" => (0.0, 0.0, value * 1e3),
+            _ => return None,
+        };
+        // Fractions of a month or day spill into the smaller unit, as DuckDB does.
+        let whole_months = months.trunc();
+        let days = days + (months - whole_months) * 30.0;
+        let whole_days = days.trunc();
+        let nanos = nanos + (days - whole_days) * 86_400.0 * NS;
+        total.months = total.months.checked_add(whole_months as i32)?;
+        total.days = total.days.checked_add(whole_days as i32)?;
+        total.nanoseconds = total.nanoseconds.checked_add(nanos.round() as i64)?;
+        Some(())
+    };
+    let text = text.trim();
+    if let Some(unit) = unit {
+        add(text.parse().ok()?, unit)?;
+        return Some(total);
+    }
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let mut i = 0;
+    while i < words.len() {
+        let word = words[i];
+        if word.contains(':') {
+            // A time of day: [-]HH:MM[:SS[.fff]].
+            let (sign, clock) = word.strip_prefix('-').map_or((1.0, word), |w| (-1.0, w));
+            let parts: Vec<f64> = clock.split(':').map(|p| p.parse().ok()).collect::<Option<_>>()?;
+            let seconds = match parts.as_slice() {
+                [h, m] => h * 3600.0 + m * 60.0,
+                [h, m, s] => h * 3600.0 + m * 60.0 + s,
+                _ => return None,
+            };
+            add(sign * seconds, "second")?;
+            i += 1;
+            continue;
+        }
+        // A number and its unit, written apart ("3 days") or together ("3days").
+        let split = word.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(word.len());
+        let (number, attached) = word.split_at(split);
+        let value: f64 = number.parse().ok()?;
+        let unit = if attached.is_empty() {
+            i += 1;
+            *words.get(i)?
+        } else {
+            attached
+        };
+        add(value, unit)?;
+        i += 1;
+    }
+    (!words.is_empty()).then_some(total)
 }
 
 /// Casts as SQL's `CAST` does in DuckDB: errors on values that do not fit, rounds (not truncates)
@@ -234,6 +343,7 @@ pub fn sql_type_name(t: &DataType) -> String {
         DataType::Timestamp(TimeUnit::Microsecond, None) => "TIMESTAMP".into(),
         DataType::Timestamp(TimeUnit::Nanosecond, None) => "TIMESTAMP_NS".into(),
         DataType::Timestamp(_, Some(_)) => "TIMESTAMP WITH TIME ZONE".into(),
+        DataType::Interval(_) => "INTERVAL".into(),
         other => other.to_string(),
     }
 }
@@ -275,6 +385,7 @@ pub fn parse_sql_type(t: &sqlparser::ast::DataType) -> Result<DataType> {
             _ => DataType::Timestamp(TimeUnit::Microsecond, None),
         },
         S::Datetime(_) => DataType::Timestamp(TimeUnit::Microsecond, None),
+        S::Interval { .. } => INTERVAL,
         S::Blob(_) | S::Bytea | S::Binary(_) | S::Varbinary(_) => DataType::Binary,
         S::Custom(name, args) => {
             let n = name.to_string().to_ascii_uppercase();
@@ -344,5 +455,26 @@ mod tests {
         assert_eq!(res(BinaryOp::Plus, Float32, Int32), Float32);
         assert_eq!(res(BinaryOp::Plus, Int8, Int16), Int16);
         assert_eq!(common_type(&Int32, &d(2, 1)), Some(d(11, 1)));
+    }
+
+    #[test]
+    fn intervals() {
+        let i = |m, d, n| Some(IntervalMonthDayNano::new(m, d, n));
+        assert_eq!(parse_interval("90", Some("day")), i(0, 90, 0));
+        assert_eq!(parse_interval("3", Some("MONTH")), i(3, 0, 0));
+        assert_eq!(parse_interval("1", Some("year")), i(12, 0, 0));
+        assert_eq!(parse_interval("1 year 2 months", None), i(14, 0, 0));
+        assert_eq!(parse_interval("3days", None), i(0, 3, 0));
+        assert_eq!(parse_interval("1 day 02:00:00", None), i(0, 1, 7_200_000_000_000));
+        assert_eq!(parse_interval("-2 hours", None), i(0, 0, -7_200_000_000_000));
+        assert_eq!(parse_interval("1.5 days", None), i(0, 1, 43_200_000_000_000));
+        assert_eq!(parse_interval("3 fortnights", None), None);
+        assert_eq!(parse_interval("", None), None);
+        let t = |op, a: DataType, b: DataType| arithmetic_types(op, &a, &b).map(|t| t.2);
+        assert_eq!(t(BinaryOp::Minus, Date32, INTERVAL), Some(TIMESTAMP));
+        assert_eq!(t(BinaryOp::Plus, Date32, Int32), Some(Date32));
+        assert_eq!(t(BinaryOp::Minus, Date32, Date32), Some(Int64));
+        assert_eq!(t(BinaryOp::Plus, Date32, Date32), None);
+        assert_eq!(t(BinaryOp::Multiply, INTERVAL, Int32), Some(INTERVAL));
     }
 }

@@ -18,36 +18,9 @@ use arrow::datatypes::{DataType, Schema};
 use super::{JoinType, LogicalPlan};
 use crate::expr::{BinaryOp, Expr};
 
-/// Rows a plan is expected to produce, from Parquet row counts and fixed selectivities: a guess
-/// good enough to tell a dimension table from a fact table.
+/// Rows a plan is expected to produce (see [`super::stats`]).
 pub fn estimate_rows(plan: &LogicalPlan) -> f64 {
-    match plan {
-        LogicalPlan::Scan { table, .. } => table.row_count().map_or(1e6, |n| n as f64),
-        LogicalPlan::Filter { input, predicate } => {
-            estimate_rows(input) * 0.5f64.powi(predicate.conjuncts().len().min(3) as i32)
-        }
-        LogicalPlan::Projection { input, .. } | LogicalPlan::Sort { input, .. } => estimate_rows(input),
-        LogicalPlan::Limit { input, fetch, .. } => {
-            let n = estimate_rows(input);
-            fetch.map_or(n, |f| n.min(f as f64))
-        }
-        LogicalPlan::Aggregate { input, group_exprs, .. } => {
-            if group_exprs.is_empty() {
-                1.0
-            } else {
-                estimate_rows(input) * 0.5
-            }
-        }
-        LogicalPlan::Union { inputs, .. } => inputs.iter().map(estimate_rows).sum(),
-        LogicalPlan::Join { left, right, on, join_type, .. } => {
-            let (l, r) = (estimate_rows(left), estimate_rows(right));
-            match (on.is_empty(), join_type) {
-                (true, _) => l * r,
-                (false, JoinType::Inner) => l.max(r),
-                (false, _) => l.max(r) + l.min(r) * 0.5,
-            }
-        }
-    }
+    super::stats::estimate(plan).rows
 }
 
 /// Reorders every tree of inner joins in `plan` (see the module docs).
@@ -67,24 +40,7 @@ fn is_inner_join(plan: &LogicalPlan) -> bool {
 
 /// Applies `f` to each input of `plan`.
 fn map_inputs(plan: LogicalPlan, f: fn(LogicalPlan) -> LogicalPlan) -> LogicalPlan {
-    match plan {
-        scan @ LogicalPlan::Scan { .. } => scan,
-        LogicalPlan::Filter { input, predicate } => LogicalPlan::Filter { input: Box::new(f(*input)), predicate },
-        LogicalPlan::Projection { input, exprs, schema } => {
-            LogicalPlan::Projection { input: Box::new(f(*input)), exprs, schema }
-        }
-        LogicalPlan::Aggregate { input, group_exprs, aggregates, schema } => {
-            LogicalPlan::Aggregate { input: Box::new(f(*input)), group_exprs, aggregates, schema }
-        }
-        LogicalPlan::Sort { input, keys, fetch } => LogicalPlan::Sort { input: Box::new(f(*input)), keys, fetch },
-        LogicalPlan::Limit { input, skip, fetch } => LogicalPlan::Limit { input: Box::new(f(*input)), skip, fetch },
-        LogicalPlan::Join { left, right, join_type, on, filter, schema } => {
-            LogicalPlan::Join { left: Box::new(f(*left)), right: Box::new(f(*right)), join_type, on, filter, schema }
-        }
-        LogicalPlan::Union { inputs, schema } => {
-            LogicalPlan::Union { inputs: inputs.into_iter().map(f).collect(), schema }
-        }
-    }
+    plan.map_inputs(&mut |p| f(p))
 }
 
 fn equality(l: Expr, r: Expr) -> Expr {
@@ -115,6 +71,138 @@ fn flatten(plan: LogicalPlan, offset: usize, inputs: &mut Vec<LogicalPlan>, cond
     }
 }
 
+/// A join tree over the flattened inputs.
+#[derive(Debug, Clone)]
+enum Tree {
+    Leaf(usize),
+    Join(Box<Tree>, Box<Tree>),
+}
+
+impl Tree {
+    fn leaves(&self, out: &mut Vec<usize>) {
+        match self {
+            Tree::Leaf(i) => out.push(*i),
+            Tree::Join(a, b) => {
+                a.leaves(out);
+                b.leaves(out);
+            }
+        }
+    }
+}
+
+/// Most inputs ordered by dynamic programming over every subset; more are ordered greedily.
+const DP_LIMIT: usize = 12;
+/// Selectivity of a condition between inputs that is not an equality.
+const OTHER_SELECTIVITY: f64 = 0.5;
+
+/// Row estimates of sets of the flattened inputs (bit `i` of a mask is input `i`).
+struct JoinGraph {
+    rows: Vec<f64>,
+    /// Equality conditions between two inputs: (i, j, selectivity).
+    keys: Vec<(usize, usize, f64)>,
+    /// Other conditions over several inputs: the mask of inputs they read.
+    others: Vec<u32>,
+}
+
+impl JoinGraph {
+    /// Rows of the join of the inputs in `mask`: their rows times the selectivities of every
+    /// condition among them (several keys between the same two inputs combined, see
+    /// [`super::stats::combine`]).
+    fn rows(&self, mask: u32) -> f64 {
+        let mut rows: f64 = (0..self.rows.len()).filter(|i| mask & (1 << i) != 0).map(|i| self.rows[i]).product();
+        let mut pairs: Vec<((usize, usize), Vec<f64>)> = Vec::new();
+        for &(i, j, sel) in &self.keys {
+            if mask & (1 << i) != 0 && mask & (1 << j) != 0 {
+                let pair = (i.min(j), i.max(j));
+                match pairs.iter_mut().find(|p| p.0 == pair) {
+                    Some(p) => p.1.push(sel),
+                    None => pairs.push((pair, vec![sel])),
+                }
+            }
+        }
+        for (_, sels) in pairs {
+            rows *= super::stats::combine(sels);
+        }
+        for &m in &self.others {
+            if m & mask == m {
+                rows *= OTHER_SELECTIVITY;
+            }
+        }
+        rows.max(1.0)
+    }
+
+    /// Whether an equality connects the two sets.
+    fn connected(&self, a: u32, b: u32) -> bool {
+        self.keys.iter().any(|&(i, j, _)| {
+            (a & (1 << i) != 0 && b & (1 << j) != 0) || (a & (1 << j) != 0 && b & (1 << i) != 0)
+        })
+    }
+
+    /// The cheapest bushy tree by dynamic programming. Cost: the rows every join produces plus
+    /// the rows of its smaller input (the hash table it builds). Cross products only where no
+    /// equality connects a set's parts.
+    fn best_tree(&self) -> Tree {
+        let n = self.rows.len();
+        let full = (1u32 << n) - 1;
+        let mut best: Vec<Option<(f64, Tree)>> = vec![None; 1 << n];
+        for i in 0..n {
+            best[1 << i] = Some((0.0, Tree::Leaf(i)));
+        }
+        let mut masks: Vec<u32> = (1..=full).filter(|m| m.count_ones() >= 2).collect();
+        masks.sort_by_key(|m| m.count_ones());
+        for mask in masks {
+            let rows = self.rows(mask);
+            let mut candidates: Vec<(f64, Tree)> = Vec::new();
+            let mut any_connected = false;
+            for pass in 0..2 {
+                // First only connected splits; cross products when there are none.
+                let mut sub = (mask - 1) & mask;
+                while sub > 0 {
+                    let other = mask ^ sub;
+                    if sub < other {
+                        if let (Some((ca, ta)), Some((cb, tb))) = (&best[sub as usize], &best[other as usize]) {
+                            let connected = self.connected(sub, other);
+                            if connected || pass == 1 {
+                                any_connected |= connected;
+                                let build = self.rows(sub).min(self.rows(other));
+                                let cost = ca + cb + rows + build;
+                                let (big, small) = if self.rows(sub) >= self.rows(other) { (ta, tb) } else { (tb, ta) };
+                                candidates.push((cost, Tree::Join(Box::new(big.clone()), Box::new(small.clone()))));
+                            }
+                        }
+                    }
+                    sub = (sub - 1) & mask;
+                }
+                if any_connected {
+                    break;
+                }
+            }
+            best[mask as usize] = candidates.into_iter().min_by(|a, b| a.0.total_cmp(&b.0));
+        }
+        best[full as usize].take().expect("every set has a tree").1
+    }
+
+    /// A left-deep tree, greedily: the largest input first, then at each step the connected input
+    /// that keeps the result smallest.
+    fn greedy_tree(&self) -> Tree {
+        let n = self.rows.len();
+        let first = (0..n).max_by(|&a, &b| self.rows[a].total_cmp(&self.rows[b])).expect("a join has inputs");
+        let (mut mask, mut tree) = (1u32 << first, Tree::Leaf(first));
+        while mask.count_ones() < n as u32 {
+            let left: Vec<usize> = (0..n).filter(|i| mask & (1 << i) == 0).collect();
+            let connected: Vec<usize> = left.iter().copied().filter(|&i| self.connected(mask, 1 << i)).collect();
+            let pool = if connected.is_empty() { &left } else { &connected };
+            let next = *pool
+                .iter()
+                .min_by(|&&a, &&b| self.rows(mask | 1 << a).total_cmp(&self.rows(mask | 1 << b)))
+                .expect("an input is left");
+            mask |= 1 << next;
+            tree = Tree::Join(Box::new(tree), Box::new(Tree::Leaf(next)));
+        }
+        tree
+    }
+}
+
 fn reorder_tree(plan: LogicalPlan) -> LogicalPlan {
     let schema = plan.schema();
     let mut inputs = Vec::new();
@@ -123,34 +211,86 @@ fn reorder_tree(plan: LogicalPlan) -> LogicalPlan {
     let widths: Vec<usize> = inputs.iter().map(|p| p.schema().fields().len()).collect();
     let starts: Vec<usize> = widths.iter().scan(0, |acc, w| Some(std::mem::replace(acc, *acc + w))).collect();
     let owner = |column: usize| starts.iter().rposition(|&s| s <= column).expect("column in some input");
-    // Which inputs each condition reads, and whether it is an equality that can become a key.
-    let touched: Vec<(Vec<usize>, bool)> = conditions
-        .iter()
-        .map(|c| {
-            let mut v = Vec::new();
-            c.visit_columns(&mut |col| v.push(owner(col)));
-            v.sort_unstable();
-            v.dedup();
-            (v, matches!(c, Expr::Binary { op: BinaryOp::Eq, .. }))
-        })
-        .collect();
-    let rows: Vec<f64> = inputs.iter().map(estimate_rows).collect();
     let n = inputs.len();
-    let mut order = vec![(0..n).max_by(|&a, &b| rows[a].total_cmp(&rows[b])).expect("a join has inputs")];
-    while order.len() < n {
-        let joined = |i: &usize| order.contains(i);
-        let connected = |j: usize| {
-            touched
-                .iter()
-                .any(|(t, eq)| *eq && t.contains(&j) && t.iter().any(joined) && t.iter().all(|i| *i == j || joined(i)))
-        };
-        let candidates: Vec<usize> = (0..n).filter(|i| !joined(i)).collect();
-        let pick = |from: &mut dyn Iterator<Item = usize>| from.min_by(|&a, &b| rows[a].total_cmp(&rows[b]));
-        let next = pick(&mut candidates.iter().copied().filter(|&j| connected(j)))
-            .or_else(|| pick(&mut candidates.iter().copied()))
-            .expect("an input is left");
-        order.push(next);
+    if n > 31 {
+        return rebuild(schema, inputs, conditions, &widths, &starts, &Tree::Leaf(0), true);
     }
+    // Estimates of the inputs, with the conditions on one input applied to them.
+    let mut estimates: Vec<super::stats::Estimate> = inputs.iter().map(super::stats::estimate).collect();
+    let mut keys = Vec::new();
+    let mut others = Vec::new();
+    for c in &conditions {
+        let mut read = Vec::new();
+        c.visit_columns(&mut |col| read.push(owner(col)));
+        read.sort_unstable();
+        read.dedup();
+        let local = |e: &Expr, i: usize| e.remap_columns(&|col| col - starts[i]);
+        match read.as_slice() {
+            [] => {}
+            [i] => {
+                let local_c = local(c, *i);
+                let sel = super::stats::filter_selectivity(&local_c, &estimates[*i]);
+                estimates[*i].rows = (estimates[*i].rows * sel).max(1.0);
+            }
+            [i, j] => {
+                let eq_sides = match c {
+                    Expr::Binary { op: BinaryOp::Eq, left, right, .. } => {
+                        let side = |e: &Expr| {
+                            let mut v = Vec::new();
+                            e.visit_columns(&mut |col| v.push(owner(col)));
+                            v.sort_unstable();
+                            v.dedup();
+                            v
+                        };
+                        match (side(left).as_slice(), side(right).as_slice()) {
+                            ([a], [b]) if a == i && b == j => Some((left.as_ref(), right.as_ref())),
+                            ([a], [b]) if a == j && b == i => Some((right.as_ref(), left.as_ref())),
+                            _ => None,
+                        }
+                    }
+                    _ => None,
+                };
+                match eq_sides {
+                    Some((a, b)) => {
+                        let sel = super::stats::key_selectivity(
+                            &estimates[*i],
+                            &local(a, *i),
+                            &estimates[*j],
+                            &local(b, *j),
+                        );
+                        keys.push((*i, *j, sel));
+                    }
+                    None => others.push((1u32 << i) | (1u32 << j)),
+                }
+            }
+            many => others.push(many.iter().fold(0u32, |m, i| m | (1 << i))),
+        }
+    }
+    let graph = JoinGraph { rows: estimates.iter().map(|e| e.rows).collect(), keys, others };
+    let tree = if n <= DP_LIMIT { graph.best_tree() } else { graph.greedy_tree() };
+    rebuild(schema, inputs, conditions, &widths, &starts, &tree, false)
+}
+
+/// Builds the join tree over the inputs, with every condition in one filter above it (the filter
+/// pushdown that follows places each where it belongs), and a projection back to the column
+/// order the query was planned against.
+fn rebuild(
+    schema: arrow::datatypes::SchemaRef,
+    inputs: Vec<LogicalPlan>,
+    conditions: Vec<Expr>,
+    widths: &[usize],
+    starts: &[usize],
+    tree: &Tree,
+    keep_order: bool,
+) -> LogicalPlan {
+    let n = inputs.len();
+    let order: Vec<usize> = if keep_order {
+        (0..n).collect()
+    } else {
+        let mut v = Vec::new();
+        tree.leaves(&mut v);
+        v
+    };
     // New position of every column of the flattened tree.
     let mut position = vec![0; widths.iter().sum()];
     let mut at = 0;
@@ -161,20 +301,33 @@ fn reorder_tree(plan: LogicalPlan) -> LogicalPlan {
         at += widths[i];
     }
     let mut slots: Vec<Option<LogicalPlan>> = inputs.into_iter().map(Some).collect();
-    let mut tree = slots[order[0]].take().expect("input");
-    for &i in &order[1..] {
-        tree = LogicalPlan::join(tree, slots[i].take().expect("input"), JoinType::Inner, Vec::new(), None);
+    fn build(tree: &Tree, slots: &mut [Option<LogicalPlan>]) -> LogicalPlan {
+        match tree {
+            Tree::Leaf(i) => slots[*i].take().expect("each input once"),
+            Tree::Join(a, b) => {
+                let (a, b) = (build(a, slots), build(b, slots));
+                LogicalPlan::join(a, b, JoinType::Inner, Vec::new(), None)
+            }
+        }
     }
+    let mut plan = if keep_order {
+        let mut it = order.iter();
+        let first = slots[*it.next().expect("inputs")].take().expect("input");
+        it.fold(first, |acc, &i| {
+            LogicalPlan::join(acc, slots[i].take().expect("input"), JoinType::Inner, Vec::new(), None)
+        })
+    } else {
+        build(tree, &mut slots)
+    };
     if let Some(predicate) = conjunction(conditions.iter().map(|c| c.remap_columns(&|col| position[col])).collect()) {
-        tree = LogicalPlan::Filter { input: Box::new(tree), predicate };
+        plan = LogicalPlan::Filter { input: Box::new(plan), predicate };
     }
-    let identity = order.iter().zip(order.iter().skip(1)).all(|(a, b)| a < b);
-    if identity {
-        return tree;
+    if order.iter().zip(order.iter().skip(1)).all(|(a, b)| a < b) {
+        return plan;
     }
     // Restore the column order the query was planned against.
     let exprs = (0..position.len()).map(|c| Expr::column(position[c], schema.field(c).name())).collect();
-    LogicalPlan::Projection { input: Box::new(tree), exprs, schema: Arc::new(Schema::new(schema.fields().clone())) }
+    LogicalPlan::Projection { input: Box::new(plan), exprs, schema: Arc::new(Schema::new(schema.fields().clone())) }
 }
 
 /// `a AND b AND ...`, or `None` for no conditions.
@@ -234,6 +387,18 @@ fn push_into(plan: LogicalPlan, mut conditions: Vec<Expr>) -> LogicalPlan {
         LogicalPlan::Join { left, right, join_type, on, filter, .. } => {
             let nl = left.schema().fields().len();
             let (mut to_left, mut to_right, mut above, mut join_conditions) = (vec![], vec![], vec![], vec![]);
+            // A disjunction over both sides of an inner join also restricts each side on its
+            // own when every branch does: `(n1 = 'A' AND n2 = 'B') OR (n1 = 'B' AND n2 = 'A')`
+            // keeps only rows with n1 in ('A', 'B') (TPC-H Q7). The disjunction itself stays.
+            if join_type == JoinType::Inner {
+                let derived: Vec<Expr> = conditions
+                    .iter()
+                    .filter(|c| sides(c, nl) == Sides::Both)
+                    .flat_map(|c| [derive_side(c, nl, Sides::Left), derive_side(c, nl, Sides::Right)])
+                    .flatten()
+                    .collect();
+                conditions.extend(derived);
+            }
             // Conditions from above the join (WHERE): they filter its output.
             for c in conditions {
                 match sides(&c, nl) {
@@ -264,6 +429,26 @@ fn push_into(plan: LogicalPlan, mut conditions: Vec<Expr>) -> LogicalPlan {
         }
         other => with_filter(map_inputs(other, push_filters), conditions),
     }
+}
+
+/// For a disjunction over both sides: the disjunction of each branch's conditions on `side` alone,
+/// if every branch has some (else nothing can be said about that side).
+fn derive_side(c: &Expr, nl: usize, side: Sides) -> Option<Expr> {
+    let branches = super::simplify::disjuncts(c);
+    if branches.len() < 2 {
+        return None;
+    }
+    let mut parts = Vec::with_capacity(branches.len());
+    for b in branches {
+        let on_side: Vec<Expr> = b.conjuncts().into_iter().filter(|x| sides(x, nl) == side).cloned().collect();
+        parts.push(conjunction(on_side)?);
+    }
+    parts.into_iter().reduce(|a, b| Expr::Binary {
+        op: BinaryOp::Or,
+        left: Box::new(a),
+        right: Box::new(b),
+        data_type: DataType::Boolean,
+    })
 }
 
 fn with_filter(plan: LogicalPlan, conditions: Vec<Expr>) -> LogicalPlan {

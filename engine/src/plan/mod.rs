@@ -12,6 +12,8 @@
 //! columns are decoded) and hands filters directly above a scan to it for row-group pruning.
 
 mod joins;
+mod simplify;
+pub mod stats;
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
@@ -23,6 +25,7 @@ use crate::expr::Expr;
 use crate::source::{PruningPredicate, Table};
 
 pub use self::joins::{conjunction, estimate_rows};
+pub use self::simplify::simplify_expr;
 
 /// A relational plan.
 #[derive(Debug, Clone)]
@@ -158,6 +161,65 @@ pub struct SortKey {
 }
 
 impl LogicalPlan {
+    /// This node with each input replaced by `f(input)`.
+    pub fn map_inputs(self, f: &mut dyn FnMut(LogicalPlan) -> LogicalPlan) -> LogicalPlan {
+        match self {
+            scan @ LogicalPlan::Scan { .. } => scan,
+            LogicalPlan::Filter { input, predicate } => LogicalPlan::Filter { input: Box::new(f(*input)), predicate },
+            LogicalPlan::Projection { input, exprs, schema } => {
+                LogicalPlan::Projection { input: Box::new(f(*input)), exprs, schema }
+            }
+            LogicalPlan::Aggregate { input, group_exprs, aggregates, schema } => {
+                LogicalPlan::Aggregate { input: Box::new(f(*input)), group_exprs, aggregates, schema }
+            }
+            LogicalPlan::Sort { input, keys, fetch } => LogicalPlan::Sort { input: Box::new(f(*input)), keys, fetch },
+            LogicalPlan::Limit { input, skip, fetch } => {
+                LogicalPlan::Limit { input: Box::new(f(*input)), skip, fetch }
+            }
+            LogicalPlan::Join { left, right, join_type, on, filter, schema } => {
+                let left = Box::new(f(*left));
+                LogicalPlan::Join { left, right: Box::new(f(*right)), join_type, on, filter, schema }
+            }
+            LogicalPlan::Union { inputs, schema } => {
+                LogicalPlan::Union { inputs: inputs.into_iter().map(|i| f(i)).collect(), schema }
+            }
+        }
+    }
+
+    /// This node with each of its own expressions (not its inputs') replaced by `f(expr)`.
+    pub fn map_exprs(self, f: &mut dyn FnMut(Expr) -> Expr) -> LogicalPlan {
+        match self {
+            LogicalPlan::Filter { input, predicate } => LogicalPlan::Filter { input, predicate: f(predicate) },
+            LogicalPlan::Projection { input, exprs, schema } => {
+                LogicalPlan::Projection { input, exprs: exprs.into_iter().map(|e| f(e)).collect(), schema }
+            }
+            LogicalPlan::Aggregate { input, group_exprs, aggregates, schema } => LogicalPlan::Aggregate {
+                input,
+                group_exprs: group_exprs.into_iter().map(|e| f(e)).collect(),
+                aggregates: aggregates
+                    .into_iter()
+                    .map(|a| crate::expr::AggregateExpr { arg: a.arg.map(|e| f(e)), ..a })
+                    .collect(),
+                schema,
+            },
+            LogicalPlan::Join { left, right, join_type, on, filter, schema } => LogicalPlan::Join {
+                left,
+                right,
+                join_type,
+                on: on.into_iter().map(|(l, r)| (f(l), f(r))).collect(),
+                filter: filter.map(|e| f(e)),
+                schema,
+            },
+            other => other,
+        }
+    }
+
+    /// Rewrites every node bottom-up with `f`.
+    pub fn transform_up(self, f: &mut dyn FnMut(LogicalPlan) -> LogicalPlan) -> LogicalPlan {
+        let node = self.map_inputs(&mut |input| input.transform_up(f));
+        f(node)
+    }
+
     /// The plan's output schema.
     pub fn schema(&self) -> SchemaRef {
         match self {
@@ -294,6 +356,7 @@ pub fn join_schema(left: &Schema, right: &Schema) -> SchemaRef {
 /// Runs the optimizer passes: join ordering, filter pushdown, projection pushdown, then
 /// filter-to-scan pruning.
 pub fn optimize(plan: LogicalPlan) -> LogicalPlan {
+    let plan = simplify::simplify_plan(plan);
     let plan = joins::reorder(plan);
     let plan = joins::push_filters(plan);
     let all: BTreeSet<usize> = (0..plan.schema().fields().len()).collect();

@@ -84,6 +84,23 @@ pub struct Table {
     format: Format,
     files: Vec<SourceFile>,
     schema: SchemaRef,
+    /// Column statistics, gathered from the footers the first time the optimizer asks.
+    stats: std::sync::OnceLock<Vec<ColumnStats>>,
+}
+
+/// What the files' statistics say about one column, for the optimizer's estimates.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ColumnStats {
+    /// The smallest value as a number (integers, decimals and floats as they are, dates in days,
+    /// timestamps in their unit), when every file records it.
+    pub min: Option<f64>,
+    /// The largest value, likewise.
+    pub max: Option<f64>,
+    /// Nulls, when every file records them.
+    pub nulls: Option<u64>,
+    /// Distinct values, when they can be bounded: an integer-like column holds at most one value
+    /// per step of its range.
+    pub distinct: Option<f64>,
 }
 
 /// Counters a scan updates as it reads, for progress display and reports.
@@ -126,7 +143,99 @@ impl Table {
         }
         let schema = unify_schemas(&files)?;
         let schema = hive::add_partition_columns(location, &paths, &mut files, schema)?;
-        Ok(Table { name: name.to_string(), format, files, schema })
+        Ok(Table { name: name.to_string(), format, files, schema, stats: Default::default() })
+    }
+
+    /// Statistics of every column (see [`ColumnStats`]); empty values where the files have none.
+    pub fn column_stats(&self) -> &[ColumnStats] {
+        self.stats.get_or_init(|| {
+            let rows = self.row_count();
+            (0..self.schema.fields().len()).map(|c| self.gather_stats(c, rows)).collect()
+        })
+    }
+
+    fn gather_stats(&self, column: usize, rows: Option<u64>) -> ColumnStats {
+        use ::parquet::arrow::arrow_reader::statistics::StatisticsConverter;
+        let field = self.schema.field(column);
+        let numeric = |a: ArrayRef| -> Option<arrow::array::Float64Array> {
+            let a = match a.data_type() {
+                DataType::Date32 | DataType::Date64 | DataType::Timestamp(..) => {
+                    arrow::compute::cast(&a, &DataType::Int64).ok()?
+                }
+                _ => a,
+            };
+            let f = arrow::compute::cast(&a, &DataType::Float64).ok()?;
+            Some(arrow::array::AsArray::as_primitive::<arrow::datatypes::Float64Type>(&f).clone())
+        };
+        let first_partition = self.schema.fields().len() - self.files.first().map_or(0, |f| f.partition.len());
+        let (mut min, mut max, mut nulls) = (f64::INFINITY, f64::NEG_INFINITY, 0u64);
+        let mut partition_values = std::collections::HashSet::new();
+        for file in &self.files {
+            let (mins, maxes, file_nulls) = if column >= first_partition {
+                let value = file.partition[column - first_partition].clone();
+                partition_values.insert(arrow::util::display::array_value_to_string(&value, 0).unwrap_or_default());
+                let n = file.parquet.as_ref().map_or(0, |m| m.metadata().file_metadata().num_rows() as u64);
+                let file_nulls = if arrow::array::Array::is_null(&value, 0) { n } else { 0 };
+                (value.clone(), value, Some(file_nulls))
+            } else {
+                let Some(meta) = &file.parquet else { return ColumnStats::default() };
+                let Ok(converter) = StatisticsConverter::try_new(field.name(), meta.schema(), meta.parquet_schema())
+                else {
+                    return ColumnStats::default();
+                };
+                let groups = meta.metadata().row_groups();
+                let (Ok(mins), Ok(maxes)) =
+                    (converter.row_group_mins(groups.iter()), converter.row_group_maxes(groups.iter()))
+                else {
+                    return ColumnStats::default();
+                };
+                let file_nulls = converter
+                    .row_group_null_counts(groups.iter())
+                    .ok()
+                    .and_then(|n| n.iter().sum::<Option<u64>>());
+                (mins, maxes, file_nulls)
+            };
+            nulls = match (file_nulls, nulls) {
+                (Some(n), total) => total + n,
+                (None, _) => u64::MAX,
+            };
+            let (Some(mins), Some(maxes)) = (numeric(mins), numeric(maxes)) else {
+                min = f64::NAN;
+                continue;
+            };
+            for v in mins.iter() {
+                match v {
+                    Some(v) => min = min.min(v),
+                    None => min = f64::NAN,
+                }
+            }
+            for v in maxes.iter() {
+                match v {
+                    Some(v) => max = max.max(v),
+                    None => max = f64::NAN,
+                }
+            }
+        }
+        let known = |v: f64| (v.is_finite()).then_some(v);
+        let (min, max) = if min.is_nan() || max.is_nan() { (None, None) } else { (known(min), known(max)) };
+        let nulls = (nulls != u64::MAX).then_some(nulls);
+        let step = match field.data_type() {
+            t if t.is_integer() => Some(1.0),
+            DataType::Date32 | DataType::Date64 => Some(1.0),
+            DataType::Decimal128(_, s) => Some(10f64.powi(-(*s as i32))),
+            _ => None,
+        };
+        let mut distinct = match (min, max, step) {
+            (Some(lo), Some(hi), Some(step)) => Some(((hi - lo) / step).floor() + 1.0),
+            _ => None,
+        };
+        if column >= first_partition && !partition_values.is_empty() {
+            distinct = Some(partition_values.len() as f64);
+        }
+        if let (Some(d), Some(rows)) = (distinct, rows) {
+            distinct = Some(d.min(rows.max(1) as f64));
+        }
+        ColumnStats { min, max, nulls, distinct }
     }
 
     /// The table's name.

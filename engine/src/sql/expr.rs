@@ -416,10 +416,20 @@ impl<'a> ExprPlanner<'a> {
                 if format.is_some() {
                     return Err(Error::NotSupported("CAST ... FORMAT".into()));
                 }
-                if matches!(kind, ast::CastKind::TryCast | ast::CastKind::SafeCast) {
-                    return Err(Error::NotSupported("TRY_CAST".into()));
-                }
                 let to = types::parse_sql_type(data_type)?;
+                if matches!(kind, ast::CastKind::TryCast | ast::CastKind::SafeCast) {
+                    // NULL where the value does not convert.
+                    let inner = self.plan(expr)?;
+                    let from = self.ty(&inner);
+                    if !castable(&from, &to) {
+                        return Err(Error::Plan(format!(
+                            "cannot cast {} to {} ({e})",
+                            sql_type_name(&from),
+                            sql_type_name(&to)
+                        )));
+                    }
+                    return Ok(Expr::Function { func: Function::TryCast, args: vec![inner], data_type: to });
+                }
                 let inner = self.plan(expr)?;
                 let from = self.ty(&inner);
                 if !castable(&from, &to) {
@@ -461,9 +471,66 @@ impl<'a> ExprPlanner<'a> {
             }
             A::Function(f) => self.plan_function(f)?,
             A::Subquery(_) | A::Exists { .. } => return Err(Error::NotSupported("subqueries".into())),
-            A::Interval(_) => return Err(Error::NotSupported("INTERVAL".into())),
+            A::Interval(interval) => self.plan_interval(interval)?,
+            A::Position { expr, r#in } => Expr::Function {
+                func: Function::Position,
+                args: vec![self.string(r#in, "position")?, self.string(expr, "position")?],
+                data_type: DataType::Int64,
+            },
+            A::Ceil { expr, field } | A::Floor { expr, field } => {
+                if !matches!(field, ast::CeilFloorKind::DateTimeField(ast::DateTimeField::NoDateTime)) {
+                    return Err(Error::NotSupported(format!("{e}")));
+                }
+                let func = if matches!(e, A::Ceil { .. }) { Function::Ceil } else { Function::Floor };
+                self.ceil_floor(func, expr)?
+            }
             other => return Err(Error::NotSupported(format!("expression {other}"))),
         })
+    }
+
+    /// `INTERVAL '90' DAY`, `INTERVAL '1 year 2 months'`, `INTERVAL 3 DAY`: a constant.
+    fn plan_interval(&self, interval: &ast::Interval) -> Result<Expr> {
+        if interval.last_field.is_some() {
+            return Err(Error::NotSupported(format!("INTERVAL ... TO ... ({interval})")));
+        }
+        let text = match interval.value.as_ref() {
+            ast::Expr::Value(v) => match &v.value {
+                ast::Value::SingleQuotedString(s) | ast::Value::Number(s, _) => s.clone(),
+                other => return Err(Error::Plan(format!("bad interval value {other}"))),
+            },
+            ast::Expr::UnaryOp { op: UnaryOperator::Minus, expr } => match expr.as_ref() {
+                ast::Expr::Value(v) => match &v.value {
+                    ast::Value::Number(s, _) => format!("-{s}"),
+                    other => return Err(Error::Plan(format!("bad interval value -{other}"))),
+                },
+                other => return Err(Error::NotSupported(format!("INTERVAL of an expression ({other})"))),
+            },
+            other => return Err(Error::NotSupported(format!("INTERVAL of an expression ({other})"))),
+        };
+        let unit = interval.leading_field.as_ref().map(|f| f.to_string());
+        let value = types::parse_interval(&text, unit.as_deref())
+            .ok_or_else(|| Error::Plan(format!("invalid interval '{text}'{}", unit.map(|u| format!(" {u}")).unwrap_or_default())))?;
+        Ok(literal(Arc::new(arrow::array::IntervalMonthDayNanoArray::from(vec![value]))))
+    }
+
+    fn ceil_floor(&self, func: Function, arg: &ast::Expr) -> Result<Expr> {
+        let p = self.plan(arg)?;
+        let t = self.ty(&p);
+        let data_type = match &t {
+            DataType::Decimal128(p, _) => DataType::Decimal128(*p, 0),
+            t if is_numeric(t) => t.clone(),
+            DataType::Null => DataType::Float64,
+            other => return Err(Error::Plan(format!("{}() needs a number, got {}", func.name(), sql_type_name(other)))),
+        };
+        Ok(Expr::Function { func, args: vec![p], data_type })
+    }
+
+    fn number(&self, e: &ast::Expr, what: &str) -> Result<Expr> {
+        let p = self.plan(e)?;
+        match self.ty(&p) {
+            t if is_numeric(&t) || t == DataType::Null => Ok(p),
+            other => Err(Error::Plan(format!("{what} needs a number, got {} ({e})", sql_type_name(&other)))),
+        }
     }
 
     fn boolean(&self, e: &ast::Expr, what: &str) -> Result<Expr> {
@@ -650,6 +717,38 @@ impl<'a> ExprPlanner<'a> {
             let kind = DatePartKind::parse(&part).ok_or_else(|| Error::NotSupported(format!("date_part('{part}')")))?;
             return self.extract(kind, args[1]);
         }
+        if name == "date_trunc" || name == "datetrunc" {
+            arity(2, 2)?;
+            let part = match self.plan(args[0])? {
+                Expr::Literal(a) if a.data_type() == &DataType::Utf8 => {
+                    a.as_any().downcast_ref::<StringArray>().map(|s| s.value(0).to_string()).unwrap_or_default()
+                }
+                _ => return Err(Error::Plan("date_trunc() takes the part as a string constant".into())),
+            };
+            let kind = DatePartKind::parse(&part)
+                .filter(|k| !matches!(k, DatePartKind::DayOfWeek | DatePartKind::DayOfYear))
+                .ok_or_else(|| Error::NotSupported(format!("date_trunc('{part}')")))?;
+            let p = self.plan(args[1])?;
+            let t = self.ty(&p);
+            if !is_temporal(&t) {
+                return Err(Error::Plan(format!("date_trunc() needs a date or timestamp, got {}", sql_type_name(&t))));
+            }
+            return Ok(Expr::Function { func: Function::DateTrunc(kind), args: vec![p], data_type: types::TIMESTAMP });
+        }
+        if name == "nullif" {
+            // NULLIF(a, b) is CASE WHEN a = b THEN NULL ELSE a END.
+            arity(2, 2)?;
+            let a = self.plan(args[0])?;
+            let b = self.plan(args[1])?;
+            let t = self.ty(&a);
+            let equal = self.compare(BinaryOp::Eq, a.clone(), b, args[0], args[1])?;
+            return Ok(Expr::Case { whens: vec![(equal, literal(new_null_array(&t, 1)))], otherwise: Some(Box::new(a)), data_type: t });
+        }
+        if name == "year" || name == "month" || name == "day" || name == "quarter" || name == "hour" || name == "minute" || name == "second" || name == "dayofweek" || name == "dayofyear" || name == "week" {
+            arity(1, 1)?;
+            let kind = DatePartKind::parse(&name).expect("a date part");
+            return self.extract(kind, args[0]);
+        }
         let func = Function::by_name(&name).ok_or_else(|| {
             let known = [
                 "lower",
@@ -665,6 +764,22 @@ impl<'a> ExprPlanner<'a> {
                 "hash",
                 "round",
                 "date_part",
+                "date_trunc",
+                "nullif",
+                "replace",
+                "strpos",
+                "greatest",
+                "least",
+                "ceil",
+                "floor",
+                "sqrt",
+                "power",
+                "left",
+                "right",
+                "starts_with",
+                "ends_with",
+                "contains",
+                "reverse",
             ];
             let hint =
                 closest(&name, known.into_iter()).map(|c| format!(" (hint: did you mean {c}?)")).unwrap_or_default();
@@ -749,7 +864,65 @@ impl<'a> ExprPlanner<'a> {
                 };
                 Expr::Function { func, args: vec![p, literal(digits)], data_type }
             }
-            Function::Extract(_) => unreachable!("extract is planned from EXTRACT or date_part"),
+            Function::Replace => {
+                arity(3, 3)?;
+                let planned = args.iter().map(|a| self.string(a, &name)).collect::<Result<Vec<_>>>()?;
+                Expr::Function { func, args: planned, data_type: DataType::Utf8 }
+            }
+            Function::Position => {
+                arity(2, 2)?;
+                let planned = vec![self.string(args[0], &name)?, self.string(args[1], &name)?];
+                Expr::Function { func, args: planned, data_type: DataType::Int64 }
+            }
+            Function::StartsWith | Function::EndsWith | Function::Contains => {
+                arity(2, 2)?;
+                let planned = vec![self.string(args[0], &name)?, self.string(args[1], &name)?];
+                Expr::Function { func, args: planned, data_type: DataType::Boolean }
+            }
+            Function::Reverse => {
+                arity(1, 1)?;
+                Expr::Function { func, args: vec![self.string(args[0], &name)?], data_type: DataType::Utf8 }
+            }
+            Function::Left | Function::Right => {
+                arity(2, 2)?;
+                let planned = vec![self.string(args[0], &name)?, self.integer(args[1], &name)?];
+                Expr::Function { func, args: planned, data_type: DataType::Utf8 }
+            }
+            Function::Greatest | Function::Least => {
+                if args.is_empty() {
+                    return Err(Error::Plan(format!("{name}() needs at least one argument")));
+                }
+                let planned = args.iter().map(|a| self.plan(a)).collect::<Result<Vec<_>>>()?;
+                let mut t = DataType::Null;
+                for p in &planned {
+                    let pt = self.ty(p);
+                    t = common_type(&t, &pt).ok_or_else(|| {
+                        Error::Plan(format!(
+                            "{name}() arguments have incompatible types {} and {}",
+                            sql_type_name(&t),
+                            sql_type_name(&pt)
+                        ))
+                    })?;
+                }
+                let planned = planned.into_iter().map(|p| self.coerce(p, &t)).collect::<Result<Vec<_>>>()?;
+                Expr::Function { func, args: planned, data_type: t }
+            }
+            Function::Ceil | Function::Floor => {
+                arity(1, 1)?;
+                self.ceil_floor(func, args[0])?
+            }
+            Function::Sqrt | Function::Ln | Function::Exp | Function::Log10 => {
+                arity(1, 1)?;
+                Expr::Function { func, args: vec![self.number(args[0], &name)?], data_type: DataType::Float64 }
+            }
+            Function::Power => {
+                arity(2, 2)?;
+                let planned = vec![self.number(args[0], &name)?, self.number(args[1], &name)?];
+                Expr::Function { func, args: planned, data_type: DataType::Float64 }
+            }
+            Function::Extract(_) | Function::DateTrunc(_) | Function::TryCast => {
+                unreachable!("planned from their own syntax")
+            }
         })
     }
 }
