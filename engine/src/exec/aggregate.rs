@@ -467,6 +467,12 @@ enum Acc {
         max: bool,
         converter: RowConverter,
     },
+    /// The one row's value of each group (a scalar subquery's): a second row is an error.
+    Single {
+        values: Vec<Option<Box<[u8]>>>,
+        seen: Vec<bool>,
+        converter: RowConverter,
+    },
     /// Welford: count, mean, M2.
     Var {
         n: Vec<f64>,
@@ -499,6 +505,10 @@ impl Acc {
                 count.reserve_exact(additional);
             }
             Acc::Extreme { values, .. } => values.reserve_exact(additional),
+            Acc::Single { values, seen, .. } => {
+                values.reserve_exact(additional);
+                seen.reserve_exact(additional);
+            }
             Acc::ExtremeInt { values, seen, .. } => {
                 values.reserve_exact(additional);
                 seen.reserve_exact(additional);
@@ -521,6 +531,7 @@ fn slot_bytes(acc: &Acc) -> u64 {
         Acc::AvgInt { .. } => 24,
         Acc::AvgFloat { .. } => 16,
         Acc::Extreme { .. } => 16,
+        Acc::Single { .. } => 17,
         Acc::ExtremeInt { .. } => 17,
         Acc::Var { .. } => 24,
     }
@@ -576,6 +587,11 @@ impl GroupTable {
                 (AggregateFunction::Min | AggregateFunction::Max, Some(t)) => Acc::Extreme {
                     values: Vec::new(),
                     max: a.func == AggregateFunction::Max,
+                    converter: RowConverter::new(vec![SortField::new(t)])?,
+                },
+                (AggregateFunction::SingleValue, Some(t)) => Acc::Single {
+                    values: Vec::new(),
+                    seen: Vec::new(),
                     converter: RowConverter::new(vec![SortField::new(t)])?,
                 },
                 (
@@ -685,6 +701,10 @@ impl GroupTable {
                     count.push(0);
                 }
                 Acc::Extreme { values, .. } => values.push(None),
+                Acc::Single { values, seen, .. } => {
+                    values.push(None);
+                    seen.push(false);
+                }
                 Acc::ExtremeInt { values, seen, .. } => {
                     values.push(0);
                     seen.push(false);
@@ -1027,7 +1047,7 @@ impl ArgValues {
             Acc::SumFloat { .. } | Acc::AvgFloat { .. } | Acc::Var { .. } => ArgValues::Float(
                 arrow::compute::cast(column, &DataType::Float64)?.as_primitive::<Float64Type>().clone(),
             ),
-            Acc::Extreme { converter, .. } => {
+            Acc::Extreme { converter, .. } | Acc::Single { converter, .. } => {
                 ArgValues::Rows(converter.convert_columns(std::slice::from_ref(column))?, column.logical_nulls())
             }
         })
@@ -1137,6 +1157,21 @@ fn update(acc: &mut Acc, g: usize, arg: Option<&ArgValues>, row: usize) -> Resul
                 m2[g] += delta * (x - mean[g]);
             }
         }
+        (Acc::Single { values, seen, .. }, Some(ArgValues::Rows(rows, nulls))) => {
+            if seen[g] {
+                return Err(Error::Execution(
+                    "more than one row returned by a subquery used as an expression (hint: add an aggregate or LIMIT 1)"
+                        .into(),
+                ));
+            }
+            seen[g] = true;
+            if nulls.as_ref().is_none_or(|n| n.is_valid(row)) {
+                let value: Box<[u8]> = rows.row(row).data().into();
+                let grew = (value.len() + 16) as u64;
+                values[g] = Some(value);
+                return Ok(grew);
+            }
+        }
         (Acc::Extreme { values, max, .. }, Some(ArgValues::Rows(rows, nulls))) => {
             if nulls.as_ref().is_none_or(|n| n.is_valid(row)) {
                 let candidate = rows.row(row);
@@ -1225,7 +1260,7 @@ fn finish(acc: &Acc, start: usize, end: usize, out: &DataType) -> Result<ArrayRe
                 arrow::compute::cast(&unscaled, out)?
             }
         }
-        Acc::Extreme { values, converter, .. } => {
+        Acc::Extreme { values, converter, .. } | Acc::Single { values, converter, .. } => {
             let slice = &values[r];
             if slice.iter().all(|v| v.is_none()) {
                 return Ok(new_null_array(out, slice.len()));

@@ -74,10 +74,13 @@ pub(crate) struct JoinSpec {
     /// Key expressions over the build input and the probe input, pairwise of the same type.
     pub build_keys: Vec<Expr>,
     pub probe_keys: Vec<Expr>,
-    /// Other conditions, over the output layout.
+    /// Other conditions, over the candidate pairs (`pair_schema`).
     pub filter: Option<Expr>,
-    /// Output schema: left columns, then right columns.
+    /// Output schema: left columns, then right columns (for semi and anti joins the left
+    /// columns, for a mark join those and the mark).
     pub schema: SchemaRef,
+    /// The candidate pairs: left columns, then right columns.
+    pub pair_schema: SchemaRef,
 }
 
 /// The spec with what execution derives from it.
@@ -88,10 +91,25 @@ struct Shared {
     key_kind: KeyKind,
     keep_build: bool,
     keep_probe: bool,
+    /// For semi, anti and mark joins: which, and whether the query's rows (the left input) are
+    /// the build side.
+    existence: Option<Existence>,
+    /// Whether the subquery's side (the right input) has a row, and a row with a null key: what
+    /// `NOT IN` and `IN` need to tell false from unknown. Set as its rows are read.
+    right_rows: AtomicBool,
+    right_null_key: AtomicBool,
     metrics: Arc<OperatorMetrics>,
     /// Output chunks stop at about this many bytes, and at this many rows.
     chunk_bytes: usize,
     batch_size: usize,
+}
+
+/// What a semi, anti or mark join outputs.
+#[derive(Debug, Clone, Copy)]
+struct Existence {
+    join_type: JoinType,
+    /// The left input (the query's rows) is the build side.
+    outer_is_build: bool,
 }
 
 /// How keys are compared.
@@ -168,6 +186,227 @@ impl Shared {
 }
 
 impl Shared {
+    /// Whether build rows need matched flags: an outer join keeping them, or an existence join
+    /// whose query rows build.
+    fn track_build(&self) -> bool {
+        self.keep_build || self.existence.is_some_and(|e| e.outer_is_build)
+    }
+
+    /// Notes rows of the right input (the subquery's side) as they are read.
+    fn saw_right_rows(&self, rows: usize, null_key: bool) {
+        if rows > 0 {
+            self.right_rows.store(true, Ordering::Relaxed);
+        }
+        if null_key {
+            self.right_null_key.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// The mark of a query row: true if it found a partner; for `IN` semantics (null-aware),
+    /// unknown instead of false when its key is null or the subquery has a null key, unless the
+    /// subquery has no rows at all.
+    fn mark(&self, existence: Existence, matched: bool, key_null: bool) -> Option<bool> {
+        if matched {
+            return Some(true);
+        }
+        if existence.join_type.is_null_aware() && self.right_rows.load(Ordering::Relaxed) {
+            if key_null || self.right_null_key.load(Ordering::Relaxed) {
+                return None;
+            }
+        }
+        Some(false)
+    }
+
+    /// The output rows of an existence join from query rows `rows` of `batch` and their marks:
+    /// semi keeps the true ones, anti the false ones, mark all of them with the mark as a column.
+    fn existence_output(
+        &self,
+        existence: Existence,
+        batch: &RecordBatch,
+        marks: impl Iterator<Item = (u32, Option<bool>)>,
+    ) -> Result<Option<RecordBatch>> {
+        let (mut rows, mut values) = (Vec::new(), Vec::new());
+        for (row, mark) in marks {
+            let keep = match existence.join_type {
+                JoinType::Semi => mark == Some(true),
+                JoinType::Anti { .. } => mark == Some(false),
+                _ => true,
+            };
+            if keep {
+                rows.push(row);
+                values.push(mark);
+            }
+        }
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        let n = rows.len();
+        let mut columns = if n == batch.num_rows() {
+            batch.columns().to_vec()
+        } else {
+            arrow::compute::take_record_batch(batch, &UInt32Array::from(rows))?.columns().to_vec()
+        };
+        if matches!(existence.join_type, JoinType::Mark { .. }) {
+            columns.push(Arc::new(arrow::array::BooleanArray::from(values)));
+        }
+        Ok(Some(RecordBatch::try_new_with_options(
+            self.spec.schema.clone(),
+            columns,
+            &RecordBatchOptions::new().with_row_count(Some(n)),
+        )?))
+    }
+
+    /// Probes a batch of query rows (the probe side of an existence join) and returns its output.
+    /// `bitmap` (chunked mode): matches are recorded there, over all chunks, and nothing is output
+    /// until the last chunk.
+    fn existence_probe(
+        &self,
+        existence: Existence,
+        table: &BuildTable,
+        batch: &RecordBatch,
+        offset: u64,
+        bitmap: Option<&mut Bitmap>,
+    ) -> Result<Option<RecordBatch>> {
+        let (keys, valid) = self.keys(batch, false)?;
+        let n = batch.num_rows();
+        let valid_row = |i: usize| valid.as_ref().is_none_or(|v| v.is_valid(i));
+        let mut matched = vec![false; n];
+        match &self.spec.filter {
+            None => {
+                for (i, m) in matched.iter_mut().enumerate() {
+                    *m = valid_row(i) && table.head(&keys, i) != NONE;
+                }
+            }
+            Some(filter) => {
+                // Candidate pairs a chunk at a time; a row stops looking once one passes.
+                let max = self.chunk_rows(table.row_bytes() + batch.get_array_memory_size() / n.max(1) + 1);
+                let (mut probe_ids, mut build_ids) = (Vec::new(), Vec::new());
+                let flush = |probe_ids: &mut Vec<u32>, build_ids: &mut Vec<u32>, matched: &mut [bool]| -> Result<()> {
+                    if probe_ids.is_empty() {
+                        return Ok(());
+                    }
+                    let probe_cols =
+                        arrow::compute::take_record_batch(batch, &UInt32Array::from(probe_ids.clone()))?;
+                    let build_cols = table.gather(build_ids)?;
+                    let pairs = self.assemble_pairs(build_cols, probe_cols.columns().to_vec(), probe_ids.len())?;
+                    let mask = crate::expr::not_null_true(&filter.evaluate_predicate(&pairs)?);
+                    for (k, &p) in probe_ids.iter().enumerate() {
+                        if mask.value(k) {
+                            matched[p as usize] = true;
+                        }
+                    }
+                    probe_ids.clear();
+                    build_ids.clear();
+                    Ok(())
+                };
+                for i in 0..n {
+                    if !valid_row(i) {
+                        continue;
+                    }
+                    let mut chain = table.head(&keys, i);
+                    while chain != NONE {
+                        probe_ids.push(i as u32);
+                        build_ids.push(chain);
+                        chain = table.next[chain as usize];
+                        if probe_ids.len() >= max {
+                            flush(&mut probe_ids, &mut build_ids, &mut matched)?;
+                            if matched[i] {
+                                break;
+                            }
+                        }
+                    }
+                }
+                flush(&mut probe_ids, &mut build_ids, &mut matched)?;
+            }
+        }
+        match bitmap {
+            Some(bits) => {
+                for (i, m) in matched.iter().enumerate() {
+                    if *m {
+                        bits.set(offset + i as u64);
+                    }
+                }
+                Ok(None)
+            }
+            None => {
+                let marks = (0..n).map(|i| (i as u32, self.mark(existence, matched[i], !valid_row(i))));
+                self.existence_output(existence, batch, marks)
+            }
+        }
+    }
+
+    /// Probes a batch of subquery rows against a table of query rows (an existence join whose
+    /// query rows build): only the build rows' matched flags change.
+    fn existence_mark_build(&self, table: &BuildTable, batch: &RecordBatch) -> Result<()> {
+        let (keys, valid) = self.keys(batch, false)?;
+        let n = batch.num_rows();
+        self.saw_right_rows(n, valid.as_ref().is_some_and(|v| v.null_count() > 0));
+        let valid_row = |i: usize| valid.as_ref().is_none_or(|v| v.is_valid(i));
+        match &self.spec.filter {
+            None => {
+                for i in (0..n).filter(|&i| valid_row(i)) {
+                    let head = table.head(&keys, i);
+                    // Every row of a chain has the same key: marked together, once.
+                    if head == NONE || table.matched[head as usize].load(Ordering::Relaxed) {
+                        continue;
+                    }
+                    let mut chain = head;
+                    while chain != NONE {
+                        table.matched[chain as usize].store(true, Ordering::Relaxed);
+                        chain = table.next[chain as usize];
+                    }
+                }
+            }
+            Some(filter) => {
+                let max = self.chunk_rows(table.row_bytes() + batch.get_array_memory_size() / n.max(1) + 1);
+                let (mut probe_ids, mut build_ids) = (Vec::new(), Vec::new());
+                let flush = |probe_ids: &mut Vec<u32>, build_ids: &mut Vec<u32>| -> Result<()> {
+                    if probe_ids.is_empty() {
+                        return Ok(());
+                    }
+                    let probe_cols =
+                        arrow::compute::take_record_batch(batch, &UInt32Array::from(probe_ids.clone()))?;
+                    let build_cols = table.gather(build_ids)?;
+                    let pairs = self.assemble_pairs(build_cols, probe_cols.columns().to_vec(), probe_ids.len())?;
+                    let mask = crate::expr::not_null_true(&filter.evaluate_predicate(&pairs)?);
+                    for (k, &b) in build_ids.iter().enumerate() {
+                        if mask.value(k) {
+                            table.matched[b as usize].store(true, Ordering::Relaxed);
+                        }
+                    }
+                    probe_ids.clear();
+                    build_ids.clear();
+                    Ok(())
+                };
+                for i in (0..n).filter(|&i| valid_row(i)) {
+                    let mut chain = table.head(&keys, i);
+                    while chain != NONE {
+                        if !table.matched[chain as usize].load(Ordering::Relaxed) {
+                            probe_ids.push(i as u32);
+                            build_ids.push(chain);
+                        }
+                        chain = table.next[chain as usize];
+                        if probe_ids.len() >= max {
+                            flush(&mut probe_ids, &mut build_ids)?;
+                        }
+                    }
+                }
+                flush(&mut probe_ids, &mut build_ids)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Candidate pairs as the join's condition reads them: left columns, then right columns.
+    fn assemble_pairs(&self, build: Vec<ArrayRef>, probe: Vec<ArrayRef>, rows: usize) -> Result<RecordBatch> {
+        let columns = if self.spec.build_is_left { [build, probe].concat() } else { [probe, build].concat() };
+        Ok(RecordBatch::try_new_with_options(
+            self.spec.pair_schema.clone(),
+            columns,
+            &RecordBatchOptions::new().with_row_count(Some(rows)),
+        )?)
+    }
+
     /// Rows per output chunk: a batch's worth, fewer for wide rows.
     fn chunk_rows(&self, row_bytes: usize) -> usize {
         (self.chunk_bytes / row_bytes.max(1)).clamp(1, self.batch_size)
@@ -300,6 +539,16 @@ impl Expand for Prober {
     fn expand(&self, batch: RecordBatch, emit: &mut dyn FnMut(RecordBatch) -> Result<bool>) -> Result<bool> {
         let shared = &self.shared;
         shared.metrics.rows_in(batch.num_rows());
+        if let Some(existence) = shared.existence {
+            if existence.outer_is_build {
+                shared.existence_mark_build(&self.table, &batch)?;
+                return Ok(true);
+            }
+            return match shared.existence_probe(existence, &self.table, &batch, 0, None)? {
+                Some(out) => emit(out),
+                None => Ok(true),
+            };
+        }
         let mut current = shared.probe_batch(batch, 0, shared.keep_probe, None)?;
         while !current.done() {
             if let Some(out) = shared.join_chunk(&self.table, &mut current, None)? {
@@ -336,8 +585,11 @@ struct BuildTable {
     int_table: HashTable<(i64, u32)>,
     /// The next row of each row's chain.
     next: Vec<u32>,
-    /// Rows that found a partner (outer joins keeping build rows).
+    /// Rows that found a partner (outer joins keeping build rows, existence joins whose query
+    /// rows build).
     matched: Vec<AtomicBool>,
+    /// Rows whose key is null (existence joins whose query rows build).
+    key_null: Vec<bool>,
     /// With no keys every row is in the one chain starting here.
     all_head: u32,
     reservation: MemoryReservation,
@@ -357,6 +609,7 @@ impl BuildTable {
             int_table: HashTable::new(),
             next: Vec::new(),
             matched: Vec::new(),
+            key_null: Vec::new(),
             all_head: NONE,
             reservation: ctx.pool.register("HashJoin", true),
             limit,
@@ -376,6 +629,7 @@ impl BuildTable {
             + self.key_offsets.capacity() * 8
             + self.next.capacity() * 4
             + self.matched.capacity()
+            + self.key_null.capacity()
             + hash_table_bytes(self.table.capacity(), 4)
             + hash_table_bytes(self.int_table.capacity(), 16)) as u64
     }
@@ -410,10 +664,15 @@ impl BuildTable {
         let first = self.rows as u32;
         self.starts.push(first);
         self.next.resize(self.rows + n, NONE);
-        if shared.keep_build {
+        let valid_row = |i: usize| valid.as_ref().is_none_or(|v| v.is_valid(i));
+        if shared.track_build() {
             self.matched.extend((0..n).map(|_| AtomicBool::new(false)));
         }
-        let valid_row = |i: usize| valid.as_ref().is_none_or(|v| v.is_valid(i));
+        match shared.existence {
+            Some(e) if e.outer_is_build => self.key_null.extend((0..n).map(|i| !valid_row(i))),
+            Some(_) => shared.saw_right_rows(n, (0..n).any(|i| !valid_row(i))),
+            None => {}
+        }
         match &keys {
             Keys::None => {
                 // No keys: one chain of every row.
@@ -666,6 +925,10 @@ impl JoinStream {
         let (keep_left, keep_right) = (spec.join_type.keeps_left(), spec.join_type.keeps_right());
         let (keep_build, keep_probe) =
             if spec.build_is_left { (keep_left, keep_right) } else { (keep_right, keep_left) };
+        let existence = spec
+            .join_type
+            .is_existence()
+            .then_some(Existence { join_type: spec.join_type, outer_is_build: spec.build_is_left });
         let first_limit = table_limit(ctx.available_for_sizing().saturating_sub(children_max), ctx);
         Ok(JoinStream {
             shared: Arc::new(Shared {
@@ -675,6 +938,9 @@ impl JoinStream {
                 key_kind,
                 keep_build,
                 keep_probe,
+                existence,
+                right_rows: AtomicBool::new(false),
+                right_null_key: AtomicBool::new(false),
                 metrics,
                 chunk_bytes: ctx.batch_bytes_target() as usize,
                 batch_size: ctx.config.batch_size.max(1),
@@ -737,9 +1003,24 @@ impl JoinStream {
                     Some(batch) => {
                         let _held = self.reserve_read(&batch)?;
                         let n = batch.num_rows() as u64;
-                        let rows: Vec<u32> = (0..n).filter(|&i| !bitmap.get(offset + i)).map(|i| i as u32).collect();
+                        let out = match self.shared.existence {
+                            Some(existence) => {
+                                // The query rows of a chunked existence join: marked over all chunks.
+                                let (_, valid) = self.shared.keys(&batch, false)?;
+                                let marks = (0..n).map(|i| {
+                                    let key_null = valid.as_ref().is_some_and(|v| v.is_null(i as usize));
+                                    (i as u32, self.shared.mark(existence, bitmap.get(offset + i), key_null))
+                                });
+                                self.shared.existence_output(existence, &batch, marks)?
+                            }
+                            None => {
+                                let rows: Vec<u32> =
+                                    (0..n).filter(|&i| !bitmap.get(offset + i)).map(|i| i as u32).collect();
+                                self.shared.probe_rows_alone(&batch, rows)?
+                            }
+                        };
                         self.state = State::ProbeUnmatched { reader, _file, bitmap, offset: offset + n };
-                        if let Some(out) = self.shared.probe_rows_alone(&batch, rows)? {
+                        if let Some(out) = out {
                             return Ok(Some((out, None)));
                         }
                     }
@@ -888,7 +1169,8 @@ impl JoinStream {
             return Ok(());
         }
         // One key (or a cross join) larger than memory: join a chunk of build rows at a time.
-        let bitmap = if shared.keep_probe { Some(Bitmap::new(task.probe.rows(), &self.ctx)?) } else { None };
+        let track_probe = shared.keep_probe || shared.existence.is_some_and(|e| !e.outer_is_build);
+        let bitmap = if track_probe { Some(Bitmap::new(task.probe.rows(), &self.ctx)?) } else { None };
         let input = ProbeInput::File { reader: task.probe.reader()?, _owned: None };
         let chunks = Chunks {
             build_reader: reader,
@@ -997,12 +1279,26 @@ impl JoinStream {
                     Some((batch, reservation)) => {
                         let offset = probe.rows_read;
                         probe.rows_read += batch.num_rows() as u64;
+                        if let Some(existence) = shared.existence {
+                            // Existence joins take a probe batch whole: query rows come out
+                            // with their marks, subquery rows only mark build rows.
+                            if existence.outer_is_build {
+                                shared.existence_mark_build(&probe.table, &batch)?;
+                                continue;
+                            }
+                            let out = shared.existence_probe(existence, &probe.table, &batch, offset, probe.bitmap.as_mut())?;
+                            drop(reservation);
+                            if let Some(out) = out {
+                                return Ok(Some((out, None)));
+                            }
+                            continue;
+                        }
                         let track = shared.keep_probe && probe.bitmap.is_none();
                         probe.current = Some(shared.probe_batch(batch, offset, track, reservation)?);
                     }
                     None => {
                         probe.input = None;
-                        probe.unmatched_from = shared.keep_build.then_some(0);
+                        probe.unmatched_from = shared.track_build().then_some(0);
                     }
                 }
                 continue;
@@ -1011,6 +1307,40 @@ impl JoinStream {
             let Some(from) = probe.unmatched_from else { return Ok(None) };
             let table = &probe.table;
             let max = shared.chunk_rows(table.row_bytes());
+            if let Some(existence) = shared.existence {
+                // The query rows (built) with their marks.
+                let mut ids = Vec::new();
+                let mut marks = Vec::new();
+                let mut id = from as usize;
+                while id < table.rows && ids.len() < max {
+                    let mark = shared.mark(existence, table.matched[id].load(Ordering::Relaxed), table.key_null[id]);
+                    let keep = match existence.join_type {
+                        JoinType::Semi => mark == Some(true),
+                        JoinType::Anti { .. } => mark == Some(false),
+                        _ => true,
+                    };
+                    if keep {
+                        ids.push(id as u32);
+                        marks.push(mark);
+                    }
+                    id += 1;
+                }
+                probe.unmatched_from = (id < table.rows).then_some(id as u32);
+                if ids.is_empty() {
+                    continue;
+                }
+                let columns = table.gather(&ids)?;
+                let rows = RecordBatch::try_new_with_options(
+                    shared.build_schema.clone(),
+                    columns,
+                    &RecordBatchOptions::new().with_row_count(Some(ids.len())),
+                )?;
+                let marks = marks.into_iter().enumerate().map(|(i, m)| (i as u32, m));
+                if let Some(out) = shared.existence_output(existence, &rows, marks)? {
+                    return Ok(Some((out, None)));
+                }
+                continue;
+            }
             let mut ids = Vec::new();
             let mut id = from as usize;
             while id < table.rows && ids.len() < max {
@@ -1075,6 +1405,13 @@ impl Partitioner {
         }
         // A row with a null key never matches: it only matters if its side is kept.
         let keep_unmatched = if self.build { self.shared.keep_build } else { self.shared.keep_probe };
+        if let Some(e) = self.shared.existence {
+            // The subquery's side: whether it has rows and null keys decides `IN`'s unknowns.
+            if self.build != e.outer_is_build {
+                let null_key = valid.as_ref().is_some_and(|v| v.null_count() > 0);
+                self.shared.saw_right_rows(batch.num_rows(), null_key);
+            }
+        }
         let mut rows: Vec<Vec<u32>> = vec![Vec::new(); PARTITIONS];
         for i in 0..batch.num_rows() {
             if valid.as_ref().is_none_or(|v| v.is_valid(i)) {

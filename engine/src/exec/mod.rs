@@ -227,6 +227,7 @@ impl Pipeline {
                         probe_keys,
                         filter: filter.clone(),
                         schema: join_schema.clone(),
+                        pair_schema: crate::plan::join_schema(&left.schema(), &right.schema()),
                     };
                     let source = Source::Join {
                         build: Box::new(Pipeline::new(build)?),

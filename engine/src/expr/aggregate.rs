@@ -32,6 +32,9 @@ pub enum AggregateFunction {
     VarSamp,
     /// `var_pop(x)`
     VarPop,
+    /// The one value of a group, an error when it has more than one row: what a scalar subquery
+    /// that is not an aggregate returns.
+    SingleValue,
 }
 
 impl AggregateFunction {
@@ -63,6 +66,7 @@ impl AggregateFunction {
             AggregateFunction::StddevPop => "stddev_pop",
             AggregateFunction::VarSamp => "var_samp",
             AggregateFunction::VarPop => "var_pop",
+            AggregateFunction::SingleValue => "single_value",
         }
     }
 
@@ -71,7 +75,7 @@ impl AggregateFunction {
         let bad = |t: &DataType| Error::Plan(format!("{}() does not take {}", self.name(), sql_type_name(t)));
         Ok(match (self, arg) {
             (AggregateFunction::CountStar | AggregateFunction::Count, _) => DataType::Int64,
-            (AggregateFunction::Min | AggregateFunction::Max, Some(t)) => t.clone(),
+            (AggregateFunction::Min | AggregateFunction::Max | AggregateFunction::SingleValue, Some(t)) => t.clone(),
             (AggregateFunction::Sum, Some(t)) => match t {
                 t if t.is_integer() => DataType::Decimal128(38, 0),
                 DataType::Decimal128(_, s) => DataType::Decimal128(38, *s),

@@ -169,6 +169,27 @@ pub enum Expr {
         /// Its result type.
         data_type: DataType,
     },
+    /// A column of an enclosing query, read by a correlated subquery: `depth` 1 is the query the
+    /// subquery is in. Only in subquery plans while they are planned; decorrelation turns every
+    /// one into a join condition or a column of the join.
+    OuterColumn {
+        /// How many queries out.
+        depth: usize,
+        /// The column in that query's input.
+        index: usize,
+        /// Its name, for display.
+        name: String,
+        /// Its type.
+        data_type: DataType,
+    },
+    /// The result of subquery number `id` of the query being planned; replaced by a column of the
+    /// join that computes it before anything runs.
+    Subquery {
+        /// Which subquery of the query.
+        id: usize,
+        /// Its type (BOOLEAN for `EXISTS` and `IN`).
+        data_type: DataType,
+    },
     /// A scalar function call.
     Function {
         /// Which function.
@@ -248,6 +269,8 @@ impl Expr {
             Expr::Binary { data_type, .. }
             | Expr::Case { data_type, .. }
             | Expr::Function { data_type, .. }
+            | Expr::OuterColumn { data_type, .. }
+            | Expr::Subquery { data_type, .. }
             | Expr::AggregateRef { data_type, .. } => data_type.clone(),
             Expr::Not(_) | Expr::IsNull { .. } | Expr::InList { .. } | Expr::Like { .. } => DataType::Boolean,
             Expr::Negate(e) => e.data_type(input),
@@ -269,7 +292,7 @@ impl Expr {
     pub fn visit_columns(&self, f: &mut dyn FnMut(usize)) {
         match self {
             Expr::Column { index, .. } => f(*index),
-            Expr::Literal(_) | Expr::AggregateRef { .. } => {}
+            Expr::Literal(_) | Expr::AggregateRef { .. } | Expr::OuterColumn { .. } | Expr::Subquery { .. } => {}
             Expr::Binary { left, right, .. } => {
                 left.visit_columns(f);
                 right.visit_columns(f);
@@ -304,7 +327,7 @@ impl Expr {
         match self {
             Expr::Column { index, name } => Expr::Column { index: map(*index), name: name.clone() },
             Expr::Literal(a) => Expr::Literal(a.clone()),
-            Expr::AggregateRef { .. } => self.clone(),
+            Expr::AggregateRef { .. } | Expr::OuterColumn { .. } | Expr::Subquery { .. } => self.clone(),
             Expr::Binary { op, left, right, data_type } => {
                 Expr::Binary { op: *op, left: r(left), right: r(right), data_type: data_type.clone() }
             }
@@ -426,6 +449,12 @@ impl Expr {
             Expr::AggregateRef { .. } => {
                 return Err(Error::Execution("internal error: an aggregate was not planned".into()));
             }
+            Expr::OuterColumn { name, .. } => {
+                return Err(Error::Execution(format!("internal error: outer column {name} was not decorrelated")));
+            }
+            Expr::Subquery { .. } => {
+                return Err(Error::Execution("internal error: a subquery was not planned".into()));
+            }
         })
     }
 
@@ -435,7 +464,11 @@ impl Expr {
             f(e).map(Box::new)
         }
         Ok(match self {
-            Expr::Column { .. } | Expr::Literal(_) | Expr::AggregateRef { .. } => self.clone(),
+            Expr::Column { .. }
+            | Expr::Literal(_)
+            | Expr::AggregateRef { .. }
+            | Expr::OuterColumn { .. }
+            | Expr::Subquery { .. } => self.clone(),
             Expr::Binary { op, left, right, data_type } => {
                 Expr::Binary { op: *op, left: t(left, f)?, right: t(right, f)?, data_type: data_type.clone() }
             }
@@ -493,6 +526,22 @@ impl Expr {
             DataType::Null => Ok(BooleanArray::new_null(a.len())),
             other => Err(Error::Plan(format!("filter must be boolean, got {other}"))),
         }
+    }
+
+    /// Whether the expression reads a column of an enclosing query.
+    pub fn has_outer_refs(&self) -> bool {
+        let mut found = matches!(self, Expr::OuterColumn { .. });
+        let _ = self.map_children(&mut |c| {
+            found |= c.has_outer_refs();
+            Ok(c.clone())
+        });
+        found
+    }
+
+    /// Rewrites the expression bottom-up with `f`.
+    pub fn transform(&self, f: &mut dyn FnMut(Expr) -> Result<Expr>) -> Result<Expr> {
+        let node = self.map_children(&mut |c| c.transform(f))?;
+        f(node)
     }
 
     /// Splits a conjunction `a AND b AND c` into its parts.
@@ -661,6 +710,8 @@ impl fmt::Display for Expr {
                 write!(f, "{}({})", func.name(), items.join(", "))
             }
             Expr::AggregateRef { index, .. } => write!(f, "aggregate#{index}"),
+            Expr::OuterColumn { name, .. } => write!(f, "outer.{name}"),
+            Expr::Subquery { id, .. } => write!(f, "subquery#{id}"),
         }
     }
 }

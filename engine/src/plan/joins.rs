@@ -387,6 +387,22 @@ fn push_into(plan: LogicalPlan, mut conditions: Vec<Expr>) -> LogicalPlan {
         LogicalPlan::Join { left, right, join_type, on, filter, .. } => {
             let nl = left.schema().fields().len();
             let (mut to_left, mut to_right, mut above, mut join_conditions) = (vec![], vec![], vec![], vec![]);
+            // An outer join under a condition that no null-extended row can meet is an inner
+            // join (a scalar subquery compared in WHERE, say), and may then be reordered.
+            let rejects = |side: fn(usize, usize) -> bool| {
+                conditions.iter().any(|c| rejects_nulls(c, &|col| side(col, nl)))
+            };
+            let join_type = match join_type {
+                JoinType::Left if rejects(|c, nl| c >= nl) => JoinType::Inner,
+                JoinType::Right if rejects(|c, nl| c < nl) => JoinType::Inner,
+                JoinType::Full => match (rejects(|c, nl| c < nl), rejects(|c, nl| c >= nl)) {
+                    (true, true) => JoinType::Inner,
+                    (true, false) => JoinType::Right,
+                    (false, true) => JoinType::Left,
+                    (false, false) => JoinType::Full,
+                },
+                other => other,
+            };
             // A disjunction over both sides of an inner join also restricts each side on its
             // own when every branch does: `(n1 = 'A' AND n2 = 'B') OR (n1 = 'B' AND n2 = 'A')`
             // keeps only rows with n1 in ('A', 'B') (TPC-H Q7). The disjunction itself stays.
@@ -397,10 +413,22 @@ fn push_into(plan: LogicalPlan, mut conditions: Vec<Expr>) -> LogicalPlan {
                     .flat_map(|c| [derive_side(c, nl, Sides::Left), derive_side(c, nl, Sides::Right)])
                     .flatten()
                     .collect();
-                conditions.extend(derived);
+                for d in derived {
+                    if !conditions.contains(&d) {
+                        conditions.push(d);
+                    }
+                }
             }
             // Conditions from above the join (WHERE): they filter its output.
             for c in conditions {
+                if join_type.is_existence() {
+                    // The output is left rows (and a mark, which stays above).
+                    match sides(&c, nl) {
+                        Sides::Left | Sides::Neither => to_left.push(c),
+                        _ => above.push(c),
+                    }
+                    continue;
+                }
                 match sides(&c, nl) {
                     Sides::Left if !join_type.keeps_right() => to_left.push(c),
                     Sides::Right if !join_type.keeps_left() => to_right.push(c),
@@ -428,6 +456,29 @@ fn push_into(plan: LogicalPlan, mut conditions: Vec<Expr>) -> LogicalPlan {
             with_filter(join, above)
         }
         other => with_filter(map_inputs(other, push_filters), conditions),
+    }
+}
+
+/// Whether `c` is never true when the columns `in_side` says belong to a null-extended side are
+/// all null: a comparison, `LIKE` or `IN` of an expression that is null when such a column is.
+fn rejects_nulls(c: &Expr, in_side: &dyn Fn(usize) -> bool) -> bool {
+    /// Null whenever one of its `in_side` columns is (and reads at least one).
+    fn strict(e: &Expr, in_side: &dyn Fn(usize) -> bool) -> bool {
+        match e {
+            Expr::Column { index, .. } => in_side(*index),
+            Expr::Cast { expr, .. } | Expr::Negate(expr) => strict(expr, in_side),
+            Expr::Binary { op, left, right, .. } if op.is_arithmetic() || *op == BinaryOp::Concat => {
+                strict(left, in_side) || strict(right, in_side)
+            }
+            _ => false,
+        }
+    }
+    match c {
+        Expr::Binary { op, left, right, .. } if op.is_comparison() => strict(left, in_side) || strict(right, in_side),
+        Expr::Binary { op: BinaryOp::And, left, right, .. } => rejects_nulls(left, in_side) || rejects_nulls(right, in_side),
+        Expr::Like { expr, .. } | Expr::InList { expr, .. } => strict(expr, in_side),
+        Expr::IsNull { expr, negated: true } => strict(expr, in_side),
+        _ => false,
     }
 }
 

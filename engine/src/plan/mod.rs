@@ -118,6 +118,10 @@ pub enum LogicalPlan {
 }
 
 /// Which rows a join keeps besides matching pairs.
+///
+/// `Semi`, `Anti` and `Mark` are how subqueries run (`EXISTS`, `IN`, and their negations): the
+/// left input is the query, the right one the subquery, and the output has the left columns only
+/// (and, for `Mark`, one boolean column saying whether the row found a partner).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum JoinType {
     /// Matching pairs only (also `CROSS JOIN`, with no keys).
@@ -128,16 +132,40 @@ pub enum JoinType {
     Right,
     /// Both.
     Full,
+    /// Left rows that have a partner, each once (`EXISTS`, `IN`).
+    Semi,
+    /// Left rows that have no partner (`NOT EXISTS`, `NOT IN`).
+    Anti {
+        /// `NOT IN` semantics for the one key: a null on either side means "unknown", so a left
+        /// row is kept only if its key is not null and the right side has no null key (or the
+        /// right side is empty).
+        null_aware: bool,
+    },
+    /// Every left row, with a boolean column: whether it has a partner (`EXISTS` or `IN` inside
+    /// an expression).
+    Mark {
+        /// `IN` semantics for the one key: the mark is null (unknown) instead of false when the
+        /// left key is null or the right side has a null key (and the right side is not empty).
+        null_aware: bool,
+    },
 }
 
 impl JoinType {
     /// Left rows without a partner are in the output.
     pub fn keeps_left(self) -> bool {
-        matches!(self, JoinType::Left | JoinType::Full)
+        matches!(self, JoinType::Left | JoinType::Full | JoinType::Anti { .. } | JoinType::Mark { .. })
     }
     /// Right rows without a partner are in the output.
     pub fn keeps_right(self) -> bool {
         matches!(self, JoinType::Right | JoinType::Full)
+    }
+    /// The output has the left columns only (and a mark): `Semi`, `Anti`, `Mark`.
+    pub fn is_existence(self) -> bool {
+        matches!(self, JoinType::Semi | JoinType::Anti { .. } | JoinType::Mark { .. })
+    }
+    /// `null_aware` of an anti or mark join.
+    pub fn is_null_aware(self) -> bool {
+        matches!(self, JoinType::Anti { null_aware: true } | JoinType::Mark { null_aware: true })
     }
     fn name(self) -> &'static str {
         match self {
@@ -145,6 +173,11 @@ impl JoinType {
             JoinType::Left => "LEFT",
             JoinType::Right => "RIGHT",
             JoinType::Full => "FULL",
+            JoinType::Semi => "SEMI",
+            JoinType::Anti { null_aware: false } => "ANTI",
+            JoinType::Anti { null_aware: true } => "ANTI (null-aware)",
+            JoinType::Mark { null_aware: false } => "MARK",
+            JoinType::Mark { null_aware: true } => "MARK (null-aware)",
         }
     }
 }
@@ -248,7 +281,7 @@ impl LogicalPlan {
         on: Vec<(Expr, Expr)>,
         filter: Option<Expr>,
     ) -> LogicalPlan {
-        let schema = join_schema(&left.schema(), &right.schema());
+        let schema = join_output_schema(&left.schema(), &right.schema(), join_type);
         LogicalPlan::Join { left: Box::new(left), right: Box::new(right), join_type, on, filter, schema }
     }
 
@@ -345,8 +378,26 @@ impl LogicalPlan {
     }
 }
 
-/// The schema of a join's output: left fields, then right fields, every one nullable (an outer
-/// join fills the missing side with nulls).
+/// The name of a mark join's boolean column.
+pub const MARK_COLUMN: &str = "__mark";
+
+/// The schema of a join's output: left fields, then right fields (every one nullable: an outer
+/// join fills the missing side with nulls); for semi and anti joins the left fields as they are,
+/// for a mark join those and the mark.
+pub fn join_output_schema(left: &Schema, right: &Schema, join_type: JoinType) -> SchemaRef {
+    match join_type {
+        JoinType::Semi | JoinType::Anti { .. } => Arc::new(left.clone()),
+        JoinType::Mark { .. } => {
+            let mut fields: Vec<Field> = left.fields().iter().map(|f| f.as_ref().clone()).collect();
+            fields.push(Field::new(MARK_COLUMN, arrow::datatypes::DataType::Boolean, true));
+            Arc::new(Schema::new(fields))
+        }
+        _ => join_schema(left, right),
+    }
+}
+
+/// The schema of a join's candidate pairs (what its condition reads): left fields, then right
+/// fields, every one nullable (an outer join fills the missing side with nulls).
 pub fn join_schema(left: &Schema, right: &Schema) -> SchemaRef {
     let fields: Vec<Field> =
         left.fields().iter().chain(right.fields()).map(|f| f.as_ref().clone().with_nullable(true)).collect();
@@ -357,6 +408,9 @@ pub fn join_schema(left: &Schema, right: &Schema) -> SchemaRef {
 /// filter-to-scan pruning.
 pub fn optimize(plan: LogicalPlan) -> LogicalPlan {
     let plan = simplify::simplify_plan(plan);
+    // Filters first go down as far as they can (outer joins under null-rejecting conditions
+    // become inner joins), then inner joins are reordered, then filters go down again.
+    let plan = joins::push_filters(plan);
     let plan = joins::reorder(plan);
     let plan = joins::push_filters(plan);
     let all: BTreeSet<usize> = (0..plan.schema().fields().len()).collect();
@@ -438,7 +492,8 @@ fn prune_columns(plan: LogicalPlan, needed: &BTreeSet<usize>) -> (LogicalPlan, V
                     want_right.insert(c - nl);
                 }
             };
-            needed.iter().for_each(|&c| want(c));
+            // A mark join's last column is its mark, not a right column.
+            needed.iter().filter(|&&c| !(join_type.is_existence() && c >= nl)).for_each(|&c| want(c));
             if let Some(f) = &filter {
                 f.visit_columns(&mut want);
             }
@@ -453,7 +508,8 @@ fn prune_columns(plan: LogicalPlan, needed: &BTreeSet<usize>) -> (LogicalPlan, V
             let (left, left_map) = prune_columns(*left, &want_left);
             let (right, right_map) = prune_columns(*right, &want_right);
             let new_nl = left.schema().fields().len();
-            let map: Vec<Option<usize>> =
+            // Positions in the candidate pairs (what the condition reads).
+            let pair_map: Vec<Option<usize>> =
                 left_map.iter().copied().chain(right_map.iter().map(|m| m.map(|c| c + new_nl))).collect();
             let on = on
                 .iter()
@@ -464,7 +520,12 @@ fn prune_columns(plan: LogicalPlan, needed: &BTreeSet<usize>) -> (LogicalPlan, V
                     )
                 })
                 .collect();
-            let filter = filter.map(|f| f.remap_columns(&|c| map[c].expect("join condition column kept")));
+            let filter = filter.map(|f| f.remap_columns(&|c| pair_map[c].expect("join condition column kept")));
+            let map = match join_type {
+                JoinType::Semi | JoinType::Anti { .. } => left_map,
+                JoinType::Mark { .. } => left_map.iter().copied().chain(std::iter::once(Some(new_nl))).collect(),
+                _ => pair_map,
+            };
             (LogicalPlan::join(left, right, join_type, on, filter), map)
         }
         LogicalPlan::Union { inputs, schema } => {

@@ -170,6 +170,19 @@ pub fn join(l: &Estimate, r: &Estimate, join_type: JoinType, on: &[(Expr, Expr)]
         JoinType::Left => inner.max(l.rows),
         JoinType::Right => inner.max(r.rows),
         JoinType::Full => inner.max(l.rows + r.rows),
+        // Existence joins keep (some of) the left rows, and their columns.
+        JoinType::Semi | JoinType::Anti { .. } | JoinType::Mark { .. } => {
+            let kept = match join_type {
+                JoinType::Semi => inner.min(l.rows * 0.5),
+                JoinType::Anti { .. } => l.rows * 0.5,
+                _ => l.rows,
+            };
+            let mut columns = l.columns.clone();
+            if matches!(join_type, JoinType::Mark { .. }) {
+                columns.push(ColumnEstimate { distinct: Some(3.0), ..Default::default() });
+            }
+            return Estimate { rows: kept.max(1.0), columns }.with_rows(kept);
+        }
     };
     both.with_rows(rows)
 }

@@ -11,6 +11,8 @@ use sqlparser::ast::{self, BinaryOperator, UnaryOperator};
 use crate::error::{Error, Result};
 use crate::expr::types::{self, arithmetic_types, common_type, is_numeric, is_temporal, sql_type_name};
 use crate::expr::DatePartKind;
+use super::subquery::{SubqueryItem, SubqueryKind};
+use super::Catalog;
 use crate::expr::{AggregateExpr, AggregateFunction, BinaryOp, Expr, Function};
 
 /// The columns an expression can name: one entry per input column.
@@ -183,12 +185,26 @@ fn edit_distance(a: &str, b: &str) -> usize {
     prev[b.len()]
 }
 
+/// An enclosing query, whose columns a correlated subquery may read.
+pub(crate) struct Outer<'a> {
+    /// Its columns' names.
+    pub scope: &'a Scope,
+    /// Its columns' types.
+    pub schema: SchemaRef,
+    /// The query around it, if any.
+    pub parent: Option<&'a Outer<'a>>,
+}
+
 /// Plans expressions over one input.
 pub(crate) struct ExprPlanner<'a> {
     scope: &'a Scope,
     schema: SchemaRef,
     /// Where aggregate calls go when they are allowed (SELECT and HAVING of a grouped query).
     aggregates: Option<&'a std::cell::RefCell<Vec<AggregateExpr>>>,
+    /// The enclosing queries, for correlated column references.
+    outer: Option<&'a Outer<'a>>,
+    /// Where subqueries go when they are allowed, and the catalog to plan them with.
+    subqueries: Option<(&'a Catalog, &'a std::cell::RefCell<Vec<SubqueryItem>>)>,
 }
 
 fn literal(a: ArrayRef) -> Expr {
@@ -201,7 +217,7 @@ fn null_literal() -> Expr {
 
 impl<'a> ExprPlanner<'a> {
     pub fn new(scope: &'a Scope, schema: SchemaRef) -> Self {
-        ExprPlanner { scope, schema, aggregates: None }
+        ExprPlanner { scope, schema, aggregates: None, outer: None, subqueries: None }
     }
 
     /// A planner that turns aggregate calls into [`Expr::AggregateRef`]s collected in `aggregates`.
@@ -210,7 +226,78 @@ impl<'a> ExprPlanner<'a> {
         schema: SchemaRef,
         aggregates: &'a std::cell::RefCell<Vec<AggregateExpr>>,
     ) -> Self {
-        ExprPlanner { scope, schema, aggregates: Some(aggregates) }
+        ExprPlanner { scope, schema, aggregates: Some(aggregates), outer: None, subqueries: None }
+    }
+
+    /// Names not found in the input are looked up in the enclosing queries.
+    pub fn with_outer(mut self, outer: Option<&'a Outer<'a>>) -> Self {
+        self.outer = outer;
+        self
+    }
+
+    /// Subqueries are planned (against `catalog`) and collected in `into`; the expression holds an
+    /// [`Expr::Subquery`] for each.
+    pub fn with_subqueries(mut self, catalog: &'a Catalog, into: &'a std::cell::RefCell<Vec<SubqueryItem>>) -> Self {
+        self.subqueries = Some((catalog, into));
+        self
+    }
+
+    /// A column of the input, or else of an enclosing query (the innermost that has it).
+    fn resolve_column(&self, qualifier: Option<&ast::Ident>, ident: &ast::Ident) -> Result<Expr> {
+        match self.scope.resolve(qualifier, ident) {
+            Ok((index, name)) => Ok(Expr::Column { index, name }),
+            Err(e) => {
+                let unknown = matches!(&e, Error::Sql { message, .. } if message.starts_with("unknown column"));
+                let mut level = self.outer;
+                let mut depth = 1;
+                while let (true, Some(l)) = (unknown, level) {
+                    if let Ok((index, name)) = l.scope.resolve(qualifier, ident) {
+                        let data_type = l.schema.field(index).data_type().clone();
+                        return Ok(Expr::OuterColumn { depth, index, name, data_type });
+                    }
+                    level = l.parent;
+                    depth += 1;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Plans a subquery read by this expression: its plan (with references to this query's
+    /// columns as outer columns) goes into the list, a placeholder into the expression.
+    fn plan_subquery(&self, kind: SubqueryKind, query: &ast::Query, operand: Option<Expr>) -> Result<Expr> {
+        let Some((catalog, into)) = self.subqueries else {
+            return Err(Error::NotSupported(format!("a subquery here ({query})")));
+        };
+        let level = Outer { scope: self.scope, schema: self.schema.clone(), parent: self.outer };
+        let plan = super::plan_query(query, super::Ctx { catalog, outer: Some(&level) })?;
+        let schema = plan.schema();
+        let width = schema.fields().len();
+        let data_type = match kind {
+            SubqueryKind::Scalar | SubqueryKind::In if width != 1 => {
+                return Err(Error::Plan(format!(
+                    "a subquery used as {} must return one column, this one returns {width} ({query})",
+                    if kind == SubqueryKind::In { "IN (...)" } else { "a value" }
+                )));
+            }
+            SubqueryKind::Scalar => schema.field(0).data_type().clone(),
+            SubqueryKind::In => {
+                let operand_type = self.ty(operand.as_ref().expect("IN has an operand"));
+                let value_type = schema.field(0).data_type();
+                if common_type(&operand_type, value_type).is_none() {
+                    return Err(Error::Plan(format!(
+                        "cannot compare {} with {} (IN subquery {query})",
+                        sql_type_name(&operand_type),
+                        sql_type_name(value_type)
+                    )));
+                }
+                DataType::Boolean
+            }
+            SubqueryKind::Exists => DataType::Boolean,
+        };
+        let mut list = into.borrow_mut();
+        list.push(SubqueryItem { kind, plan, operand });
+        Ok(Expr::Subquery { id: list.len() - 1, data_type })
     }
 
     fn plan_aggregate(&self, name: &str, f: &ast::Function) -> Result<Expr> {
@@ -227,7 +314,7 @@ impl<'a> ExprPlanner<'a> {
         if !list.clauses.is_empty() || f.filter.is_some() || !f.within_group.is_empty() {
             return Err(Error::NotSupported(format!("{name}() with ORDER BY / FILTER / WITHIN GROUP")));
         }
-        let inner = ExprPlanner::new(self.scope, self.schema.clone());
+        let inner = ExprPlanner::new(self.scope, self.schema.clone()).with_outer(self.outer);
         let (func, arg) = match list.args.as_slice() {
             [ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Wildcard)] if name == "count" => {
                 (AggregateFunction::CountStar, None)
@@ -304,15 +391,9 @@ impl<'a> ExprPlanner<'a> {
     pub fn plan(&self, e: &ast::Expr) -> Result<Expr> {
         use ast::Expr as A;
         Ok(match e {
-            A::Identifier(id) => {
-                let (index, name) = self.scope.resolve(None, id)?;
-                Expr::Column { index, name }
-            }
+            A::Identifier(id) => self.resolve_column(None, id)?,
             A::CompoundIdentifier(ids) => match ids.as_slice() {
-                [q, c] => {
-                    let (index, name) = self.scope.resolve(Some(q), c)?;
-                    Expr::Column { index, name }
-                }
+                [q, c] => self.resolve_column(Some(q), c)?,
                 _ => return Err(Error::NotSupported(format!("nested column reference {e}"))),
             },
             A::Value(v) => plan_value(&v.value)?,
@@ -362,7 +443,24 @@ impl<'a> ExprPlanner<'a> {
                 let items = items.into_iter().map(|i| self.coerce(i, &t)).collect::<Result<Vec<_>>>()?;
                 Expr::InList { expr: Box::new(operand), list: items, negated: *negated }
             }
-            A::In { .. } => return Err(Error::NotSupported("IN (subquery)".into())),
+            A::In { expr, target: ast::InTarget::Subquery(subquery), negated, .. } => {
+                let operand = self.plan(expr)?;
+                let e = self.plan_subquery(SubqueryKind::In, subquery, Some(operand))?;
+                if *negated {
+                    Expr::Not(Box::new(e))
+                } else {
+                    e
+                }
+            }
+            A::Exists { subquery, negated } => {
+                let e = self.plan_subquery(SubqueryKind::Exists, subquery, None)?;
+                if *negated {
+                    Expr::Not(Box::new(e))
+                } else {
+                    e
+                }
+            }
+            A::Subquery(q) => self.plan_subquery(SubqueryKind::Scalar, q, None)?,
             A::Between { expr, negated, low, high } => {
                 let ge = A::BinaryOp { left: expr.clone(), op: BinaryOperator::GtEq, right: low.clone() };
                 let le = A::BinaryOp { left: expr.clone(), op: BinaryOperator::LtEq, right: high.clone() };
@@ -470,7 +568,6 @@ impl<'a> ExprPlanner<'a> {
                 Expr::Function { func, args: vec![self.string(expr, "trim")?], data_type: DataType::Utf8 }
             }
             A::Function(f) => self.plan_function(f)?,
-            A::Subquery(_) | A::Exists { .. } => return Err(Error::NotSupported("subqueries".into())),
             A::Interval(interval) => self.plan_interval(interval)?,
             A::Position { expr, r#in } => Expr::Function {
                 func: Function::Position,

@@ -8,6 +8,7 @@
 //! silent wrong answer.
 
 mod expr;
+mod subquery;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -68,6 +69,14 @@ impl Catalog {
     }
 }
 
+/// What a query being planned can see: the catalog, and the queries it is nested in (a
+/// correlated subquery reads their columns).
+#[derive(Clone, Copy)]
+pub(crate) struct Ctx<'a> {
+    pub catalog: &'a Catalog,
+    pub outer: Option<&'a expr::Outer<'a>>,
+}
+
 /// Parses one SQL statement and plans it against `catalog`.
 pub fn plan_sql(sql: &str, catalog: &Catalog) -> Result<LogicalPlan> {
     let statements = Parser::parse_sql(&DuckDbDialect {}, sql).map_err(parse_error)?;
@@ -77,7 +86,7 @@ pub fn plan_sql(sql: &str, catalog: &Catalog) -> Result<LogicalPlan> {
         n => return Err(Error::sql(format!("expected one statement, found {n}"))),
     };
     match statement {
-        Statement::Query(query) => plan_query(&query, catalog),
+        Statement::Query(query) => plan_query(&query, Ctx { catalog, outer: None }),
         other => Err(Error::NotSupported(format!("statement {}", first_words(&other.to_string())))),
     }
 }
@@ -164,7 +173,7 @@ fn lower_first(s: &str) -> String {
     }
 }
 
-fn plan_query(query: &ast::Query, catalog: &Catalog) -> Result<LogicalPlan> {
+fn plan_query(query: &ast::Query, ctx: Ctx<'_>) -> Result<LogicalPlan> {
     if query.with.is_some() {
         return Err(Error::NotSupported("WITH (common table expressions)".into()));
     }
@@ -182,14 +191,14 @@ fn plan_query(query: &ast::Query, catalog: &Catalog) -> Result<LogicalPlan> {
         return Err(Error::NotSupported("pipe operators".into()));
     }
     let select = match query.body.as_ref() {
-        SetExpr::Select(select) => plan_select(select, catalog)?,
+        SetExpr::Select(select) => plan_select(select, ctx)?,
         SetExpr::Query(inner) => {
             if query.order_by.is_some() || query.limit_clause.is_some() {
                 return Err(Error::NotSupported("ORDER BY / LIMIT around a parenthesized query".into()));
             }
-            return plan_query(inner, catalog);
+            return plan_query(inner, ctx);
         }
-        set @ SetExpr::SetOperation { .. } => SelectPlan::over(plan_set_expr(set, catalog)?)?,
+        set @ SetExpr::SetOperation { .. } => SelectPlan::over(plan_set_expr(set, ctx)?)?,
         SetExpr::Values(_) => return Err(Error::NotSupported("VALUES".into())),
         other => return Err(Error::NotSupported(first_words(&other.to_string()))),
     };
@@ -349,7 +358,7 @@ fn count_literal(e: &ast::Expr, clause: &str) -> Result<Option<usize>> {
     }
 }
 
-fn plan_select(select: &ast::Select, catalog: &Catalog) -> Result<SelectPlan> {
+fn plan_select(select: &ast::Select, ctx: Ctx<'_>) -> Result<SelectPlan> {
     let distinct = match &select.distinct {
         None | Some(ast::Distinct::All) => false,
         Some(ast::Distinct::Distinct) => true,
@@ -374,14 +383,29 @@ fn plan_select(select: &ast::Select, catalog: &Catalog) -> Result<SelectPlan> {
     if select.from.is_empty() {
         return Err(Error::NotSupported("SELECT without FROM".into()));
     }
-    let (mut plan, scope) = plan_from(&select.from, catalog)?;
-    let planner = ExprPlanner::new(&scope, plan.schema());
+    let (mut plan, scope) = plan_from(&select.from, ctx)?;
     if let Some(selection) = &select.selection {
+        let subqueries = std::cell::RefCell::new(Vec::new());
+        let planner = ExprPlanner::new(&scope, plan.schema())
+            .with_outer(ctx.outer)
+            .with_subqueries(ctx.catalog, &subqueries);
         let predicate = planner.plan_predicate(selection, "WHERE")?;
-        plan = LogicalPlan::Filter { input: Box::new(plan), predicate };
+        drop(planner);
+        let subqueries = subqueries.into_inner();
+        plan = if subqueries.is_empty() {
+            LogicalPlan::Filter { input: Box::new(plan), predicate }
+        } else {
+            let schema = plan.schema();
+            let same = |i: usize| Ok(Expr::column(i, schema.field(i).name()));
+            let mut subqueries: Vec<_> = subqueries.into_iter().map(Some).collect();
+            subquery::apply_where(plan, predicate, &mut subqueries, &same)?
+        };
     }
     let aggregates = std::cell::RefCell::new(Vec::new());
-    let planner = ExprPlanner::with_aggregates(&scope, plan.schema(), &aggregates);
+    let subqueries = std::cell::RefCell::new(Vec::new());
+    let planner = ExprPlanner::with_aggregates(&scope, plan.schema(), &aggregates)
+        .with_outer(ctx.outer)
+        .with_subqueries(ctx.catalog, &subqueries);
     let input_schema = plan.schema();
     let mut exprs = Vec::new();
     let mut fields = Vec::new();
@@ -431,7 +455,21 @@ fn plan_select(select: &ast::Select, catalog: &Catalog) -> Result<SelectPlan> {
         }
     }
     let having = select.having.as_ref().map(|h| planner.plan_predicate(h, "HAVING")).transpose()?;
+    drop(planner);
+    let mut subqueries: Vec<Option<subquery::SubqueryItem>> = subqueries.into_inner().into_iter().map(Some).collect();
     let grouped = !group_asts.is_empty() || !aggregates.borrow().is_empty() || having.is_some();
+    if !grouped && !subqueries.is_empty() {
+        // Subqueries in the select list: joined to the input for their values.
+        let schema = plan.schema();
+        let same = |i: usize| Ok(Expr::column(i, schema.field(i).name()));
+        let mut joined = Vec::with_capacity(exprs.len());
+        for e in exprs {
+            let (p, e) = subquery::join_values(plan, e, &mut subqueries, &same)?;
+            plan = p;
+            joined.push(e);
+        }
+        exprs = joined;
+    }
     if !grouped && !distinct {
         return Ok(SelectPlan { input: plan, scope, exprs, fields });
     }
@@ -440,7 +478,7 @@ fn plan_select(select: &ast::Select, catalog: &Catalog) -> Result<SelectPlan> {
     }
     // Grouping: GROUP BY names input expressions, select positions or select aliases; SELECT
     // DISTINCT groups by every select item.
-    let plain = ExprPlanner::new(&scope, input_schema.clone());
+    let plain = ExprPlanner::new(&scope, input_schema.clone()).with_outer(ctx.outer);
     let mut group_exprs = Vec::new();
     let mut group_fields = Vec::new();
     if distinct {
@@ -494,7 +532,27 @@ fn plan_select(select: &ast::Select, catalog: &Catalog) -> Result<SelectPlan> {
     };
     let having = having.as_ref().map(rewrite).transpose()?;
     let mut plan = aggregate(plan, group_exprs.clone(), aggregates, agg_schema.clone())?;
-    if let Some(predicate) = having {
+    let mut exprs = exprs;
+    if subqueries.iter().any(Option::is_some) {
+        // Subqueries in SELECT or HAVING of a grouped query read its groups: they are joined to
+        // the aggregation's output, and the columns they read must be grouped.
+        let grouped_column = |i: usize| rewrite_grouped(&Expr::column(i, scope.name(i)), &group_exprs, &agg_schema);
+        for item in subqueries.iter_mut().flatten() {
+            if let Some(operand) = &item.operand {
+                item.operand = Some(rewrite(operand)?);
+            }
+        }
+        if let Some(predicate) = having {
+            plan = subquery::apply_where(plan, predicate, &mut subqueries, &grouped_column)?;
+        }
+        let mut joined = Vec::with_capacity(exprs.len());
+        for e in exprs {
+            let (p, e) = subquery::join_values(plan, e, &mut subqueries, &grouped_column)?;
+            plan = p;
+            joined.push(e);
+        }
+        exprs = joined;
+    } else if let Some(predicate) = having {
         plan = LogicalPlan::Filter { input: Box::new(plan), predicate };
     }
     let scope = scope.grouped(&group_exprs, &agg_schema);
@@ -716,10 +774,10 @@ fn output_name(e: &ast::Expr) -> String {
 /// One operand of a set operation, or a set operation: `UNION ALL` concatenates its inputs (nested
 /// ones flattened), `UNION` also removes duplicate rows (a grouping on every column, which spills
 /// like any other).
-fn plan_set_expr(e: &SetExpr, catalog: &Catalog) -> Result<LogicalPlan> {
+fn plan_set_expr(e: &SetExpr, ctx: Ctx<'_>) -> Result<LogicalPlan> {
     match e {
-        SetExpr::Select(select) => Ok(plan_select(select, catalog)?.project()),
-        SetExpr::Query(q) => plan_query(q, catalog),
+        SetExpr::Select(select) => Ok(plan_select(select, ctx)?.project()),
+        SetExpr::Query(q) => plan_query(q, ctx),
         SetExpr::SetOperation { op: ast::SetOperator::Union, set_quantifier, left, right } => {
             let all = match set_quantifier {
                 ast::SetQuantifier::All => true,
@@ -728,7 +786,7 @@ fn plan_set_expr(e: &SetExpr, catalog: &Catalog) -> Result<LogicalPlan> {
             };
             let mut inputs = Vec::new();
             for side in [left, right] {
-                match (plan_set_expr(side, catalog)?, side.as_ref()) {
+                match (plan_set_expr(side, ctx)?, side.as_ref()) {
                     // UNION ALL of a UNION ALL: one list.
                     (LogicalPlan::Union { inputs: inner, .. }, SetExpr::SetOperation { .. }) if all => {
                         inputs.extend(inner)
@@ -816,12 +874,12 @@ fn union_all(inputs: Vec<LogicalPlan>) -> Result<LogicalPlan> {
 
 /// The FROM clause: each item with its joins; items separated by commas are cross joined (the
 /// optimizer turns `WHERE` equalities between them into join keys).
-fn plan_from(from: &[ast::TableWithJoins], catalog: &Catalog) -> Result<(LogicalPlan, Scope)> {
+fn plan_from(from: &[ast::TableWithJoins], ctx: Ctx<'_>) -> Result<(LogicalPlan, Scope)> {
     let mut acc: Option<(LogicalPlan, Scope)> = None;
     for item in from {
-        let mut current = plan_relation(&item.relation, catalog)?;
+        let mut current = plan_relation(&item.relation, ctx)?;
         for join in &item.joins {
-            current = plan_join(current, join, catalog)?;
+            current = plan_join(current, join, ctx)?;
         }
         acc = Some(match acc {
             None => current,
@@ -835,7 +893,7 @@ fn plan_from(from: &[ast::TableWithJoins], catalog: &Catalog) -> Result<(Logical
 }
 
 /// `left <join> right ON ... | USING (...)`.
-fn plan_join(left: (LogicalPlan, Scope), join: &ast::Join, catalog: &Catalog) -> Result<(LogicalPlan, Scope)> {
+fn plan_join(left: (LogicalPlan, Scope), join: &ast::Join, ctx: Ctx<'_>) -> Result<(LogicalPlan, Scope)> {
     use ast::JoinOperator as J;
     let (join_type, constraint) = match &join.join_operator {
         J::Join(c) | J::Inner(c) | J::CrossJoin(c) => (JoinType::Inner, c),
@@ -848,7 +906,7 @@ fn plan_join(left: (LogicalPlan, Scope), join: &ast::Join, catalog: &Catalog) ->
         }
     };
     let (left_plan, left_scope) = left;
-    let (right_plan, right_scope) = plan_relation(&join.relation, catalog)?;
+    let (right_plan, right_scope) = plan_relation(&join.relation, ctx)?;
     let nl = left_scope.len();
     let mut scope = left_scope.join(&right_scope);
     let schema = crate::plan::join_schema(&left_plan.schema(), &right_plan.schema());
@@ -920,13 +978,13 @@ fn find_in(scope: &Scope, name: &str, side: &str) -> Result<Option<usize>> {
         .map_err(|_| Error::Plan(format!("column '{name}' in USING is not a column of the {side} side of the join")))
 }
 
-fn plan_relation(relation: &TableFactor, catalog: &Catalog) -> Result<(LogicalPlan, Scope)> {
+fn plan_relation(relation: &TableFactor, ctx: Ctx<'_>) -> Result<(LogicalPlan, Scope)> {
     match relation {
         TableFactor::NestedJoin { table_with_joins, alias } => {
             if alias.is_some() {
                 return Err(Error::NotSupported("an alias on a parenthesized join".into()));
             }
-            plan_from(std::slice::from_ref(table_with_joins), catalog)
+            plan_from(std::slice::from_ref(table_with_joins), ctx)
         }
         TableFactor::Table { name, alias, args, .. } => {
             let parts: Vec<&ast::Ident> = name.0.iter().filter_map(|p| p.as_ident()).collect();
@@ -934,16 +992,16 @@ fn plan_relation(relation: &TableFactor, catalog: &Catalog) -> Result<(LogicalPl
                 return Err(Error::NotSupported(format!("qualified table name {name}")));
             };
             let (plan, default_name) = match args {
-                Some(args) => (plan_table_function(&ident.value, &args.args, catalog)?, ident.value.clone()),
+                Some(args) => (plan_table_function(&ident.value, &args.args, ctx)?, ident.value.clone()),
                 None if ident.quote_style == Some('\'') => {
-                    let table = Table::open(&ident.value, &catalog.resolve_path(&ident.value), None)?;
+                    let table = Table::open(&ident.value, &ctx.catalog.resolve_path(&ident.value), None)?;
                     (LogicalPlan::scan(Arc::new(table)), file_stem(&ident.value))
                 }
-                None => match catalog.get(&ident.value) {
+                None => match ctx.catalog.get(&ident.value) {
                     Some(Relation::Table(t)) => (LogicalPlan::scan(t.clone()), ident.value.clone()),
                     Some(Relation::View(plan)) => (plan.clone(), ident.value.clone()),
                     None => {
-                        let names = catalog.names();
+                        let names = ctx.catalog.names();
                         let hint = expr::closest(&ident.value, names.iter().map(|s| s.as_str()))
                             .map(|c| format!(" (hint: did you mean {c}?)"))
                             .unwrap_or_else(|| {
@@ -969,7 +1027,7 @@ fn plan_relation(relation: &TableFactor, catalog: &Catalog) -> Result<(LogicalPl
             if *lateral {
                 return Err(Error::NotSupported("LATERAL".into()));
             }
-            let plan = plan_query(subquery, catalog)?;
+            let plan = plan_query(subquery, ctx)?;
             let qualifier = alias.as_ref().map(|a| a.name.value.clone());
             let scope = Scope::new(&plan.schema(), qualifier.as_deref(), alias.as_ref().map(|a| &a.columns[..]))?;
             Ok((plan, scope))
@@ -983,7 +1041,7 @@ fn file_stem(path: &str) -> String {
 }
 
 /// `read_parquet('path')`, `read_csv('path', delim=';', header=false)`, `read_json('path')`.
-fn plan_table_function(name: &str, args: &[ast::FunctionArg], catalog: &Catalog) -> Result<LogicalPlan> {
+fn plan_table_function(name: &str, args: &[ast::FunctionArg], ctx: Ctx<'_>) -> Result<LogicalPlan> {
     let lower = name.to_ascii_lowercase();
     let mut path: Option<String> = None;
     let mut options: Vec<(String, ast::Expr)> = Vec::new();
@@ -1047,7 +1105,7 @@ fn plan_table_function(name: &str, args: &[ast::FunctionArg], catalog: &Catalog)
             )))
         }
     };
-    let table = Table::open(&path, &catalog.resolve_path(&path), Some(format))?;
+    let table = Table::open(&path, &ctx.catalog.resolve_path(&path), Some(format))?;
     Ok(LogicalPlan::scan(Arc::new(table)))
 }
 
