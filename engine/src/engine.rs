@@ -46,6 +46,7 @@ impl Engine {
             spill: spill.clone(),
             operators: Default::default(),
             pending_minimums: Default::default(),
+            shared: Default::default(),
         };
         Ok(Engine { ctx, spill, catalog: Catalog::default() })
     }
@@ -243,9 +244,12 @@ impl<'e> Query<'e> {
     /// Starts the query and returns its batches as they are produced, in input order.
     pub fn stream(self) -> Result<BatchStream> {
         // Each query counts its own operators.
+        let mut counts = std::collections::HashMap::new();
+        self.pipeline.shared_counts(&mut counts);
         let ctx = ExecContext {
             operators: Default::default(),
             pending_minimums: Default::default(),
+            shared: crate::exec::SharedRegistry::new(counts),
             ..self.engine.ctx.clone()
         };
         self.pipeline.execute(&ctx)

@@ -21,6 +21,7 @@ mod metrics;
 mod operators;
 mod partition;
 mod scan;
+mod shared;
 pub mod sink;
 mod sort;
 
@@ -33,6 +34,7 @@ use arrow::datatypes::SchemaRef;
 pub use self::metrics::OperatorStats;
 pub(crate) use self::metrics::{OperatorMetrics, OperatorRegistry};
 pub use self::operators::Operator;
+pub(crate) use self::shared::SharedRegistry;
 use crate::error::Result;
 use crate::memory::{MemoryPool, MemoryReservation};
 use crate::plan::{LogicalPlan, SortKey};
@@ -97,6 +99,8 @@ pub struct ExecContext {
     /// The minimums of blocking operators whose inputs are starting: left free when the inputs
     /// size themselves (see [`start_beside`]).
     pub(crate) pending_minimums: Arc<AtomicU64>,
+    /// The running query's common table expressions, each computed once.
+    pub(crate) shared: shared::SharedRegistry,
 }
 
 impl ExecContext {
@@ -144,6 +148,12 @@ enum Source {
     },
     /// Inputs run one after another.
     Union(Vec<Pipeline>),
+    /// A common table expression: the first reference runs `input`, every one reads its rows.
+    Shared {
+        id: u64,
+        name: String,
+        input: Box<Pipeline>,
+    },
 }
 
 /// A number for a new physical plan node, unique in the process.
@@ -241,6 +251,12 @@ impl Pipeline {
                     let inputs = inputs.iter().map(Pipeline::new).collect::<Result<Vec<_>>>()?;
                     return Ok(Pipeline { id: next_id(), source: Source::Union(inputs), tail_ops: ops, schema });
                 }
+                LogicalPlan::Shared { id, name, input } => {
+                    ops.reverse();
+                    let input = Box::new(Pipeline::new(input)?);
+                    let source = Source::Shared { id: *id, name: name.clone(), input };
+                    return Ok(Pipeline { id: next_id(), source, tail_ops: ops, schema });
+                }
                 LogicalPlan::Filter { input, predicate } => {
                     ops.push(Operator::Filter(predicate.clone()));
                     node = input;
@@ -271,12 +287,34 @@ impl Pipeline {
         }
     }
 
-    /// Sizes of the scan at the bottom of the pipeline.
+    /// How many references each common table expression has.
+    pub(crate) fn shared_counts(&self, out: &mut std::collections::HashMap<u64, usize>) {
+        match &self.source {
+            Source::Scan(_) => {}
+            Source::Sort { input, .. } | Source::Aggregate { input, .. } => input.shared_counts(out),
+            Source::Join { build, probe, .. } => {
+                build.shared_counts(out);
+                probe.shared_counts(out);
+            }
+            Source::Union(inputs) => inputs.iter().for_each(|i| i.shared_counts(out)),
+            Source::Shared { id, input, .. } => {
+                let n = out.entry(*id).or_insert(0);
+                *n += 1;
+                // The CTE's own plan runs once, so references inside it count once.
+                if *n == 1 {
+                    input.shared_counts(out);
+                }
+            }
+        }
+    }
+
     /// The files the pipeline reads, after pruning, in plan order (a file read twice is listed twice).
     pub(crate) fn input_files(&self, out: &mut Vec<std::path::PathBuf>) {
         match &self.source {
             Source::Scan(scan) => scan.input_files(out),
-            Source::Sort { input, .. } | Source::Aggregate { input, .. } => input.input_files(out),
+            Source::Sort { input, .. } | Source::Aggregate { input, .. } | Source::Shared { input, .. } => {
+                input.input_files(out)
+            }
             Source::Join { build, probe, .. } => {
                 build.input_files(out);
                 probe.input_files(out);
@@ -289,7 +327,9 @@ impl Pipeline {
     pub(crate) fn input_rows(&self) -> Option<u64> {
         match &self.source {
             Source::Scan(scan) => scan.input_rows(),
-            Source::Sort { input, .. } | Source::Aggregate { input, .. } => input.input_rows(),
+            Source::Sort { input, .. } | Source::Aggregate { input, .. } | Source::Shared { input, .. } => {
+                input.input_rows()
+            }
             Source::Join { build, probe, .. } => Some(build.input_rows()? + probe.input_rows()?),
             Source::Union(inputs) => inputs.iter().map(|i| i.input_rows()).sum(),
         }
@@ -298,7 +338,7 @@ impl Pipeline {
     pub(crate) fn stats(&self, ctx: &ExecContext) -> PipelineStats {
         match &self.source {
             Source::Scan(scan) => scan.stats(ctx),
-            Source::Sort { input, .. } | Source::Aggregate { input, .. } => {
+            Source::Sort { input, .. } | Source::Aggregate { input, .. } | Source::Shared { input, .. } => {
                 let mut stats = input.stats(ctx);
                 stats.min_memory = self.min_memory(ctx);
                 stats
@@ -332,6 +372,7 @@ impl Pipeline {
                 build.min_memory(ctx).max(probe.min_memory(ctx)) + join::min_memory(ctx)
             }
             Source::Union(inputs) => inputs.iter().map(|i| i.min_memory(ctx)).max().unwrap_or(0),
+            Source::Shared { input, .. } => input.min_memory(ctx),
         }
     }
 
@@ -349,6 +390,7 @@ impl Pipeline {
                 children + join::table_limit(ctx.available_for_sizing().saturating_sub(children), ctx)
             }
             Source::Union(inputs) => inputs.iter().map(|i| i.max_memory(ctx, queue_limit)).max().unwrap_or(0),
+            Source::Shared { input, .. } => input.max_memory(ctx, queue_limit),
         }
     }
 
@@ -442,6 +484,10 @@ impl Pipeline {
                     input.describe(ctx, depth + 1, "", out);
                 }
             }
+            Source::Shared { name, input, .. } => {
+                line(depth, Some(self.id), format!("{role}CTE {name} (computed once, read by every reference)"));
+                input.describe(ctx, depth + 1, "", out);
+            }
         }
     }
 
@@ -474,6 +520,7 @@ impl Pipeline {
                 ),
             ),
             Source::Union(inputs) => ("Union", format!("{} inputs", inputs.len())),
+            Source::Shared { name, .. } => ("CTE", name.clone()),
         };
         ctx.operators.register(self.id, name, detail)
     }
@@ -545,6 +592,11 @@ impl Pipeline {
                 let m = metrics.clone();
                 StreamSource::Join(Box::new(JoinStream::new(spec, *build, *probe, children, small, ctx, m)?))
             }
+            Source::Shared { id, name, input } => {
+                let cancel = ctx.cancel.clone();
+                let start = || input.execute_with(ctx, None);
+                StreamSource::Shared(Box::new(ctx.shared.reader(id, &name, ctx, &metrics, start, &cancel)?))
+            }
             Source::Union(inputs) => StreamSource::Union(Box::new(UnionStream {
                 metrics: metrics.clone(),
                 pending: inputs.into(),
@@ -601,6 +653,7 @@ enum StreamSource {
     Aggregate(Box<AggregateStream>),
     Join(Box<JoinStream>),
     Union(Box<UnionStream>),
+    Shared(Box<shared::SharedStream>),
 }
 
 /// `UNION ALL`: each input pipeline runs once the one before it is done.
@@ -651,6 +704,7 @@ impl StreamSource {
             StreamSource::Aggregate(s) => s.next_reserved(cancel),
             StreamSource::Join(s) => s.next_reserved(cancel),
             StreamSource::Union(s) => s.next_reserved(),
+            StreamSource::Shared(s) => s.next_reserved(cancel),
         }
     }
 
@@ -668,6 +722,7 @@ impl StreamSource {
             StreamSource::Aggregate(s) => s.stop(),
             StreamSource::Join(s) => s.stop(),
             StreamSource::Union(s) => s.stop(),
+            StreamSource::Shared(s) => s.stop(),
         }
     }
 }

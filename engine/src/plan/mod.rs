@@ -106,6 +106,16 @@ pub enum LogicalPlan {
         /// Output schema: names of the first input, types common to all.
         schema: SchemaRef,
     },
+    /// A common table expression read more than once: computed once (materialized within the
+    /// budget, spilling if large), its rows read by every reference with the same `id`.
+    Shared {
+        /// Which CTE: every reference with this id reads the same rows.
+        id: u64,
+        /// Its name, for display.
+        name: String,
+        /// Its plan (every reference holds the same one).
+        input: Box<LogicalPlan>,
+    },
     /// Skips `skip` rows, then passes at most `fetch`.
     Limit {
         /// Input.
@@ -216,6 +226,7 @@ impl LogicalPlan {
             LogicalPlan::Union { inputs, schema } => {
                 LogicalPlan::Union { inputs: inputs.into_iter().map(|i| f(i)).collect(), schema }
             }
+            LogicalPlan::Shared { id, name, input } => LogicalPlan::Shared { id, name, input: Box::new(f(*input)) },
         }
     }
 
@@ -261,9 +272,10 @@ impl LogicalPlan {
             | LogicalPlan::Aggregate { schema, .. }
             | LogicalPlan::Join { schema, .. }
             | LogicalPlan::Union { schema, .. } => schema.clone(),
-            LogicalPlan::Filter { input, .. } | LogicalPlan::Limit { input, .. } | LogicalPlan::Sort { input, .. } => {
-                input.schema()
-            }
+            LogicalPlan::Filter { input, .. }
+            | LogicalPlan::Limit { input, .. }
+            | LogicalPlan::Sort { input, .. }
+            | LogicalPlan::Shared { input, .. } => input.schema(),
         }
     }
 
@@ -365,6 +377,10 @@ impl LogicalPlan {
                 for input in inputs {
                     input.write_tree(out, depth + 1);
                 }
+            }
+            LogicalPlan::Shared { id, name, input } => {
+                let _ = writeln!(out, "{pad}Shared: {name} (computed once, #{id})");
+                input.write_tree(out, depth + 1);
             }
             LogicalPlan::Limit { input, skip, fetch } => {
                 let _ = writeln!(
@@ -559,6 +575,13 @@ fn prune_columns(plan: LogicalPlan, needed: &BTreeSet<usize>) -> (LogicalPlan, V
             let schema = Arc::new(schema.project(&kept).expect("union columns"));
             (LogicalPlan::Union { inputs, schema }, map)
         }
+        LogicalPlan::Shared { id, name, input } => {
+            // Every reference reads the same rows: all their columns stay (a projection above
+            // each picks), so every copy of the plan is pruned alike.
+            let all: BTreeSet<usize> = (0..input.schema().fields().len()).collect();
+            let (input, map) = prune_columns(*input, &all);
+            (LogicalPlan::Shared { id, name, input: Box::new(input) }, map)
+        }
         LogicalPlan::Sort { input, keys, fetch } => {
             let mut want = needed.clone();
             want.extend(keys.iter().map(|k| k.column));
@@ -605,6 +628,7 @@ fn push_pruning(plan: LogicalPlan) -> LogicalPlan {
         LogicalPlan::Union { inputs, schema } => {
             LogicalPlan::Union { inputs: inputs.into_iter().map(push_pruning).collect(), schema }
         }
+        LogicalPlan::Shared { id, name, input } => LogicalPlan::Shared { id, name, input: Box::new(push_pruning(*input)) },
         scan @ LogicalPlan::Scan { .. } => scan,
     }
 }

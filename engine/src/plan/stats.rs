@@ -101,6 +101,7 @@ pub fn estimate(plan: &LogicalPlan) -> Estimate {
             Estimate { rows, columns }
         }
         LogicalPlan::Filter { input, predicate } => filter(estimate(input), predicate),
+        LogicalPlan::Shared { input, .. } => estimate(input),
         LogicalPlan::Projection { input, exprs, .. } => {
             let input = estimate(input);
             let columns = exprs.iter().map(|e| input.column(e).map(|(_, c)| c).unwrap_or_default()).collect();

@@ -32,6 +32,13 @@ pub enum Relation {
     Table(Arc<Table>),
     /// A named query (a pipeline step without output, or a registered view).
     View(LogicalPlan),
+    /// A common table expression (`WITH name AS (...)`): computed once however often it is read.
+    Cte {
+        /// Its number, shared by every reference.
+        id: u64,
+        /// Its plan.
+        plan: Box<LogicalPlan>,
+    },
 }
 
 /// The names SQL can refer to, and where relative paths start.
@@ -174,8 +181,8 @@ fn lower_first(s: &str) -> String {
 }
 
 fn plan_query(query: &ast::Query, ctx: Ctx<'_>) -> Result<LogicalPlan> {
-    if query.with.is_some() {
-        return Err(Error::NotSupported("WITH (common table expressions)".into()));
+    if let Some(with) = &query.with {
+        return plan_with(with, query, ctx);
     }
     if query.fetch.is_some() {
         return Err(Error::NotSupported("FETCH".into()));
@@ -224,6 +231,74 @@ fn plan_query(query: &ast::Query, ctx: Ctx<'_>) -> Result<LogicalPlan> {
         plan = LogicalPlan::Limit { input: Box::new(plan), skip, fetch };
     }
     Ok(plan)
+}
+
+/// `WITH a AS (...), b AS (...) query`: each name is a relation of the query (and of the later
+/// names). One read once is planned in place, like a view; one read more often is computed once
+/// and its rows read by each reference ([`LogicalPlan::Shared`]).
+fn plan_with(with: &ast::With, query: &ast::Query, ctx: Ctx<'_>) -> Result<LogicalPlan> {
+    if with.recursive {
+        return Err(Error::NotSupported("WITH RECURSIVE".into()));
+    }
+    static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let mut catalog = ctx.catalog.clone();
+    let mut ids = Vec::new();
+    for cte in &with.cte_tables {
+        let name = &cte.alias.name.value;
+        let inner = Ctx { catalog: &catalog, outer: ctx.outer };
+        let mut plan = plan_query(&cte.query, inner)?;
+        if !cte.alias.columns.is_empty() {
+            // `name (a, b) AS (...)`: the columns' names.
+            let schema = plan.schema();
+            let names = &cte.alias.columns;
+            if names.len() > schema.fields().len() {
+                return Err(Error::Plan(format!(
+                    "WITH {name} names {} columns but its query returns {}",
+                    names.len(),
+                    schema.fields().len()
+                )));
+            }
+            let exprs = (0..schema.fields().len()).map(|i| Expr::column(i, schema.field(i).name())).collect();
+            let fields: Vec<Field> = schema
+                .fields()
+                .iter()
+                .enumerate()
+                .map(|(i, f)| match names.get(i) {
+                    Some(n) => f.as_ref().clone().with_name(n.name.value.clone()),
+                    None => f.as_ref().clone(),
+                })
+                .collect();
+            plan = LogicalPlan::Projection { input: Box::new(plan), exprs, schema: Arc::new(Schema::new(fields)) };
+        }
+        let id = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        ids.push(id);
+        catalog.insert(name, Relation::Cte { id, plan: Box::new(plan) });
+    }
+    let body = ast::Query { with: None, ..query.clone() };
+    let plan = plan_query(&body, Ctx { catalog: &catalog, outer: ctx.outer })?;
+    Ok(inline_single_use(plan, &ids))
+}
+
+/// Puts each of `ids` read only once back in place (nothing to share).
+fn inline_single_use(plan: LogicalPlan, ids: &[u64]) -> LogicalPlan {
+    fn count(plan: &LogicalPlan, id: u64) -> usize {
+        let mut n = 0;
+        let _ = plan.clone().transform_up(&mut |node| {
+            if matches!(&node, LogicalPlan::Shared { id: i, .. } if *i == id) {
+                n += 1;
+            }
+            node
+        });
+        n
+    }
+    let single: Vec<u64> = ids.iter().copied().filter(|&id| count(&plan, id) == 1).collect();
+    if single.is_empty() {
+        return plan;
+    }
+    plan.transform_up(&mut |node| match node {
+        LogicalPlan::Shared { id, input, .. } if single.contains(&id) => *input,
+        other => other,
+    })
 }
 
 /// `skip + fetch` of the query's LIMIT, if it has one: all a sort below it has to produce.
@@ -1000,6 +1075,10 @@ fn plan_relation(relation: &TableFactor, ctx: Ctx<'_>) -> Result<(LogicalPlan, S
                 None => match ctx.catalog.get(&ident.value) {
                     Some(Relation::Table(t)) => (LogicalPlan::scan(t.clone()), ident.value.clone()),
                     Some(Relation::View(plan)) => (plan.clone(), ident.value.clone()),
+                    Some(Relation::Cte { id, plan }) => (
+                        LogicalPlan::Shared { id: *id, name: ident.value.clone(), input: plan.clone() },
+                        ident.value.clone(),
+                    ),
                     None => {
                         let names = ctx.catalog.names();
                         let hint = expr::closest(&ident.value, names.iter().map(|s| s.as_str()))

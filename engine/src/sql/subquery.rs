@@ -330,6 +330,7 @@ fn pull_up(plan: LogicalPlan) -> Result<Pulled> {
         LogicalPlan::Sort { input, fetch: None, .. } => pull_up(*input),
         LogicalPlan::Sort { .. } | LogicalPlan::Limit { .. } => Err(not_supported("LIMIT")),
         LogicalPlan::Union { .. } => Err(not_supported("UNION")),
+        LogicalPlan::Shared { .. } => Err(not_supported("an outer column inside a WITH")),
         LogicalPlan::Scan { .. } => unreachable!("a scan reads no outer column"),
     }
 }
