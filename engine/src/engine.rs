@@ -47,7 +47,9 @@ impl Engine {
             operators: Default::default(),
             pending_minimums: Default::default(),
             shared: Default::default(),
+            batch_target: 0,
         };
+        let ctx = ExecContext { batch_target: ExecContext::default_batch_target(&ctx.config), ..ctx };
         Ok(Engine { ctx, spill, catalog: Catalog::default() })
     }
 
@@ -162,19 +164,18 @@ pub struct Query<'e> {
     engine: &'e Engine,
     plan: LogicalPlan,
     pipeline: Pipeline,
+    /// What the query runs with (its batch size chosen for its plan).
+    ctx: ExecContext,
 }
 
 impl<'e> Query<'e> {
     fn new(engine: &'e Engine, plan: LogicalPlan) -> Result<Query<'e>> {
         let pipeline = Pipeline::new(&plan)?;
-        let needed = pipeline.min_memory(&engine.ctx);
-        let budget = engine.ctx.config.mem_budget;
-        if needed > budget {
-            // The minimums of every operator that can run at once: scans (a row group's decode
-            // buffers), and the working memory of sorts, aggregations and joins.
-            return Err(Error::BudgetTooSmall { what: "this query".into(), needed, budget });
-        }
-        Ok(Query { engine, plan, pipeline })
+        // The minimums of every operator that can run at once: scans (a row group's decode
+        // buffers), and the working memory of sorts, aggregations and joins; refused up front
+        // when they cannot fit.
+        let ctx = engine.ctx.for_plan(&pipeline, engine.ctx.pool.reserved())?;
+        Ok(Query { engine, plan, pipeline, ctx })
     }
 
     /// The result's schema.
@@ -205,7 +206,7 @@ impl<'e> Query<'e> {
 
     /// The optimized logical plan and the physical plan, as readable trees.
     pub fn explain(&self) -> String {
-        let stats = self.pipeline.stats(&self.engine.ctx);
+        let stats = self.pipeline.stats(&self.ctx);
         format!(
             "Logical plan:\n{}\nPhysical plan:\n{}-- row groups: {} of {} after pruning; minimum memory {}\n",
             self.plan.display_tree(),
@@ -219,7 +220,7 @@ impl<'e> Query<'e> {
     /// The physical plan, one line per operator.
     pub fn physical(&self) -> Vec<ExplainLine> {
         let mut lines = Vec::new();
-        self.pipeline.describe(&self.engine.ctx, 0, "", &mut lines);
+        self.pipeline.describe(&self.ctx, 0, "", &mut lines);
         lines
     }
 
@@ -250,7 +251,7 @@ impl<'e> Query<'e> {
             operators: Default::default(),
             pending_minimums: Default::default(),
             shared: crate::exec::SharedRegistry::new(counts),
-            ..self.engine.ctx.clone()
+            ..self.ctx.clone()
         };
         self.pipeline.execute(&ctx)
     }
@@ -299,9 +300,10 @@ impl<'e> Query<'e> {
 
     /// Runs the query into a folder: one file, or one per partition in a hive layout (see
     /// [`PartitionedWriter`]). Files appear only once complete.
-    pub fn write_partitioned(self, out: PartitionedOutput) -> Result<(Vec<WriteSummary>, QueryMetrics)> {
+    pub fn write_partitioned(mut self, out: PartitionedOutput) -> Result<(Vec<WriteSummary>, QueryMetrics)> {
         let engine = self.engine;
         let mut writer = PartitionedWriter::new(out, &self.schema(), &engine.ctx.pool)?;
+        self.ctx = engine.ctx.for_plan(&self.pipeline, engine.ctx.pool.reserved())?;
         let metrics = self.for_each(|batch| writer.write(batch))?;
         if engine.ctx.cancel.load(Ordering::Relaxed) {
             return Err(Error::Cancelled);
@@ -327,8 +329,10 @@ impl<'e> Query<'e> {
         Ok(QueryMetrics { operators, ..metrics(engine, before, rows, start, stats) })
     }
 
-    fn run_into(self, mut sink: Box<dyn Sink>) -> Result<(WriteSummary, QueryMetrics)> {
+    fn run_into(mut self, mut sink: Box<dyn Sink>) -> Result<(WriteSummary, QueryMetrics)> {
         let engine = self.engine;
+        // The sink holds its buffers now: the plan runs in what is left.
+        self.ctx = engine.ctx.for_plan(&self.pipeline, engine.ctx.pool.reserved())?;
         let metrics = self.for_each(|batch| sink.write(batch))?;
         if engine.ctx.cancel.load(Ordering::Relaxed) {
             return Err(Error::Cancelled);

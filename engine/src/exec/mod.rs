@@ -101,6 +101,8 @@ pub struct ExecContext {
     pub(crate) pending_minimums: Arc<AtomicU64>,
     /// The running query's common table expressions, each computed once.
     pub(crate) shared: shared::SharedRegistry,
+    /// Bytes one batch in flight should hold at most (see [`ExecContext::batch_bytes_target`]).
+    pub(crate) batch_target: u64,
 }
 
 impl ExecContext {
@@ -110,13 +112,59 @@ impl ExecContext {
         self.pool.available().saturating_sub(self.pending_minimums.load(Ordering::Acquire))
     }
 
-    /// Bytes one batch in flight should hold at most: the budget shared by every batch that can be
-    /// alive at once (see the module docs), within sensible bounds.
+    /// Bytes one batch in flight should hold at most. Every operator's minimum is a few batches,
+    /// so a query with many operators under a small budget runs with smaller batches: each query
+    /// picks its own (see [`ExecContext::for_plan`]).
     pub fn batch_bytes_target(&self) -> u64 {
-        let slots = 4 * self.config.threads as u64 + 4;
-        (self.config.mem_budget / (slots * 2)).clamp(64 << 10, 16 << 20)
+        self.batch_target
+    }
+
+    /// The batch size a run starts from: the budget shared by every batch that can be alive at
+    /// once in a simple scan (see the module docs), within sensible bounds.
+    pub(crate) fn default_batch_target(config: &Config) -> u64 {
+        let slots = 4 * config.threads as u64 + 4;
+        (config.mem_budget / (slots * 2)).clamp(MIN_BATCH_TARGET, 16 << 20)
+    }
+
+    /// The context a pipeline runs in: batches as large as the default, or smaller until the
+    /// minimums of all the plan's operators take at most half of what is left of the budget once
+    /// `held` bytes are taken (a writer's buffers), at least as small as needed for them to fit
+    /// at all. Errors with the smallest budget that would do when even the smallest batches do
+    /// not fit.
+    pub(crate) fn for_plan(&self, pipeline: &Pipeline, held: u64) -> Result<ExecContext> {
+        let budget = self.config.mem_budget.saturating_sub(held);
+        let mut ctx = self.clone();
+        ctx.batch_target = Self::default_batch_target(&self.config);
+        let mut fitting = None;
+        loop {
+            let needed = pipeline.min_memory(&ctx);
+            if needed <= budget {
+                fitting = Some(ctx.batch_target);
+                if needed <= budget / 2 {
+                    break;
+                }
+            }
+            if ctx.batch_target <= MIN_BATCH_TARGET {
+                break;
+            }
+            ctx.batch_target = (ctx.batch_target / 2).max(MIN_BATCH_TARGET);
+        }
+        match fitting {
+            Some(target) => {
+                ctx.batch_target = target;
+                Ok(ctx)
+            }
+            None => Err(crate::Error::BudgetTooSmall {
+                what: "this query".into(),
+                needed: pipeline.min_memory(&ctx) + held,
+                budget: self.config.mem_budget,
+            }),
+        }
     }
 }
+
+/// The smallest batch target: below it, per-batch overheads dominate.
+const MIN_BATCH_TARGET: u64 = 64 << 10;
 
 /// A pipeline: a source (a scan, or a sort fed by its own input pipeline) and the operators that
 /// run on the consumer above it.

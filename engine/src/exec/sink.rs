@@ -172,8 +172,8 @@ pub struct ParquetSink {
 impl ParquetSink {
     /// Opens a sink for batches of `schema` at `target`, sizing its buffers from `pool`'s budget.
     pub fn create(target: &Path, schema: &Schema, pool: &MemoryPool) -> Result<ParquetSink> {
-        // Row groups are flushed by bytes: an eighth of the budget, between 1 MiB and 128 MiB.
-        let row_group_bytes = (pool.budget() / 8).clamp(1 << 20, 128 << 20) as usize;
+        // Row groups are flushed by bytes: an eighth of the budget, between 256 KiB and 128 MiB.
+        let row_group_bytes = (pool.budget() / 8).clamp(256 << 10, 128 << 20) as usize;
         Self::with_row_group_bytes(target, schema, pool, row_group_bytes)
     }
 
@@ -260,16 +260,15 @@ pub struct CsvSink {
     rows: u64,
 }
 
-const CSV_BUFFER_BYTES: usize = 1 << 20;
-
 impl CsvSink {
-    /// Opens a CSV sink at `target`.
+    /// Opens a CSV sink at `target`, with a write buffer of a sixteenth of the budget (64 KiB to
+    /// 1 MiB).
     pub fn create(target: &Path, pool: &MemoryPool) -> Result<CsvSink> {
+        let buffer = (pool.budget() / 16).clamp(64 << 10, 1 << 20) as usize;
         let mut reservation = pool.register(format!("CsvSink[{}]", target.display()), false);
-        reservation.try_grow(CSV_BUFFER_BYTES as u64)?;
+        reservation.try_grow(buffer as u64)?;
         let (pending, file) = PendingFile::create(target)?;
-        let writer =
-            arrow::csv::WriterBuilder::new().with_header(true).build(BufWriter::with_capacity(CSV_BUFFER_BYTES, file));
+        let writer = arrow::csv::WriterBuilder::new().with_header(true).build(BufWriter::with_capacity(buffer, file));
         Ok(CsvSink { pending, writer, _reservation: reservation, rows: 0 })
     }
 }
