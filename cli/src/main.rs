@@ -73,7 +73,31 @@ fn main() -> ExitCode {
     if std::env::var_os("FLOW_BACKTRACE").is_none() {
         std::panic::set_hook(Box::new(|_| {}));
     }
-    let result = match &cli.command {
+    // A bug must not end the run without a word: a panic becomes an error like any other.
+    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_command(&cli)));
+    let result = run.unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into());
+        Err(Error::Execution(format!("internal error: {what} (hint: FLOW_BACKTRACE=1 shows where)")))
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is_cancelled() || signal::interrupted() => {
+            eprintln!("error: interrupted");
+            ExitCode::from(130)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(exit_code(&e))
+        }
+    }
+}
+
+fn run_command(cli: &Cli) -> Result<(), Error> {
+    match &cli.command {
         Command::Run { common, units, restart, retries, keep_going, pipeline } => {
             let options = RunOptions { restart: *restart, retries: *retries, keep_going: *keep_going, units: *units };
             run_pipeline(common, options, pipeline, cli.verbose)
@@ -84,17 +108,6 @@ fn main() -> ExitCode {
         }
         Command::Explain { common, sources, analyze, step, query } => {
             explain(common, sources, *analyze, step.as_deref(), query, cli.verbose)
-        }
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) if e.is_cancelled() || signal::interrupted() => {
-            eprintln!("error: interrupted");
-            ExitCode::from(130)
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::from(exit_code(&e))
         }
     }
 }
@@ -582,10 +595,14 @@ fn run_sql(
         None => {
             let schema = query.schema();
             let batches = query.collect()?;
+            let options = arrow::util::display::FormatOptions::default().with_null("NULL");
             let table = if batches.is_empty() {
-                arrow::util::pretty::pretty_format_batches(&[arrow::array::RecordBatch::new_empty(schema)])
+                arrow::util::pretty::pretty_format_batches_with_options(
+                    &[arrow::array::RecordBatch::new_empty(schema)],
+                    &options,
+                )
             } else {
-                arrow::util::pretty::pretty_format_batches(&batches)
+                arrow::util::pretty::pretty_format_batches_with_options(&batches, &options)
             }
             .map_err(|e| Error::Execution(e.to_string()))?;
             let rows: usize = batches.iter().map(|b| b.num_rows()).sum();

@@ -317,6 +317,10 @@ impl Pipeline {
                     ops.push(Operator::Limit { skip: *skip, fetch: *fetch });
                     node = input;
                 }
+                LogicalPlan::Repeat { input } => {
+                    ops.push(Operator::Repeat { schema: node.schema() });
+                    node = input;
+                }
             }
         }
     }

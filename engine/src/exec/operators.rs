@@ -21,6 +21,11 @@ pub enum Operator {
         /// The output schema.
         schema: SchemaRef,
     },
+    /// Each row as many times as its last column says, without that column.
+    Repeat {
+        /// The output schema.
+        schema: SchemaRef,
+    },
     /// Skips, then passes a number of rows.
     Limit {
         /// Rows to skip.
@@ -43,6 +48,7 @@ impl Operator {
                     .collect();
                 format!("Project {}", items.join(", "))
             }
+            Operator::Repeat { .. } => "Repeat (each row as often as its count)".to_string(),
             Operator::Limit { skip, fetch } => match fetch {
                 Some(f) if *skip > 0 => format!("Limit {f} offset {skip}"),
                 Some(f) => format!("Limit {f}"),
@@ -73,6 +79,7 @@ pub(crate) fn apply(ops: &[Operator], mut batch: RecordBatch) -> Result<Option<R
                 }
             }
             Operator::Project { exprs, schema } => project(&batch, exprs, schema)?,
+            Operator::Repeat { schema } => repeat_rows(&batch, schema)?,
             Operator::Limit { .. } => unreachable!("limits run on the consumer"),
         };
         if batch.num_rows() == 0 {
@@ -80,6 +87,27 @@ pub(crate) fn apply(ops: &[Operator], mut batch: RecordBatch) -> Result<Option<R
         }
     }
     Ok(Some(batch))
+}
+
+fn repeat_rows(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
+    use arrow::array::{Array, AsArray};
+    let counts = batch.column(batch.num_columns() - 1);
+    let counts = counts.as_primitive::<arrow::datatypes::Int64Type>();
+    let mut indices = Vec::new();
+    for row in 0..batch.num_rows() {
+        let n = if counts.is_valid(row) { counts.value(row).max(0) } else { 0 };
+        indices.extend(std::iter::repeat_n(row as u32, n as usize));
+    }
+    let indices = arrow::array::UInt32Array::from(indices);
+    let columns = batch.columns()[..batch.num_columns() - 1]
+        .iter()
+        .map(|c| arrow::compute::take(c.as_ref(), &indices, None))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    Ok(RecordBatch::try_new_with_options(
+        schema.clone(),
+        columns,
+        &RecordBatchOptions::new().with_row_count(Some(indices.len())),
+    )?)
 }
 
 fn project(batch: &RecordBatch, exprs: &[Expr], schema: &SchemaRef) -> Result<RecordBatch> {

@@ -289,7 +289,7 @@ impl Function {
                     let better =
                         if *self == Function::Greatest { cmp::gt(next, &acc)? } else { cmp::lt(next, &acc)? };
                     let better = arrow::compute::kernels::boolean::or_kleene(
-                        &arrow::compute::prep_null_mask_filter(&better),
+                        &super::not_null_true(&better),
                         &arrow::compute::is_null(acc.as_ref())?,
                     )?;
                     acc = zip(&better, next, &acc)?;

@@ -116,6 +116,12 @@ pub enum LogicalPlan {
         /// Its plan (every reference holds the same one).
         input: Box<LogicalPlan>,
     },
+    /// Each row of the input as many times as its last column (a BIGINT) says, without that
+    /// column: `INTERSECT ALL` and `EXCEPT ALL`.
+    Repeat {
+        /// Input: the output columns, then the count.
+        input: Box<LogicalPlan>,
+    },
     /// Skips `skip` rows, then passes at most `fetch`.
     Limit {
         /// Input.
@@ -227,6 +233,7 @@ impl LogicalPlan {
                 LogicalPlan::Union { inputs: inputs.into_iter().map(|i| f(i)).collect(), schema }
             }
             LogicalPlan::Shared { id, name, input } => LogicalPlan::Shared { id, name, input: Box::new(f(*input)) },
+            LogicalPlan::Repeat { input } => LogicalPlan::Repeat { input: Box::new(f(*input)) },
         }
     }
 
@@ -276,6 +283,11 @@ impl LogicalPlan {
             | LogicalPlan::Limit { input, .. }
             | LogicalPlan::Sort { input, .. }
             | LogicalPlan::Shared { input, .. } => input.schema(),
+            LogicalPlan::Repeat { input } => {
+                let schema = input.schema();
+                let n = schema.fields().len();
+                Arc::new(schema.project(&(0..n - 1).collect::<Vec<_>>()).expect("columns of the input"))
+            }
         }
     }
 
@@ -380,6 +392,10 @@ impl LogicalPlan {
             }
             LogicalPlan::Shared { id, name, input } => {
                 let _ = writeln!(out, "{pad}Shared: {name} (computed once, #{id})");
+                input.write_tree(out, depth + 1);
+            }
+            LogicalPlan::Repeat { input } => {
+                let _ = writeln!(out, "{pad}Repeat: each row as often as its last column says");
                 input.write_tree(out, depth + 1);
             }
             LogicalPlan::Limit { input, skip, fetch } => {
@@ -575,6 +591,26 @@ fn prune_columns(plan: LogicalPlan, needed: &BTreeSet<usize>) -> (LogicalPlan, V
             let schema = Arc::new(schema.project(&kept).expect("union columns"));
             (LogicalPlan::Union { inputs, schema }, map)
         }
+        LogicalPlan::Repeat { input } => {
+            let count = input.schema().fields().len() - 1;
+            let mut want = needed.clone();
+            want.insert(count);
+            let (input, map) = prune_columns(*input, &want);
+            let new_count = map[count].expect("count kept");
+            // The count must stay last: put the kept columns before it in their order.
+            let schema = input.schema();
+            let kept: Vec<usize> = (0..count).filter(|c| map[*c].is_some()).collect();
+            let mut exprs: Vec<Expr> = kept.iter().map(|&c| Expr::column(map[c].unwrap(), schema.field(map[c].unwrap()).name())).collect();
+            exprs.push(Expr::column(new_count, schema.field(new_count).name()));
+            let mut fields: Vec<Field> = kept.iter().map(|&c| schema.field(map[c].unwrap()).clone()).collect();
+            fields.push(schema.field(new_count).clone());
+            let mut out_map = vec![None; count];
+            for (new, &old) in kept.iter().enumerate() {
+                out_map[old] = Some(new);
+            }
+            let input = LogicalPlan::Projection { input: Box::new(input), exprs, schema: Arc::new(Schema::new(fields)) };
+            (LogicalPlan::Repeat { input: Box::new(input) }, out_map)
+        }
         LogicalPlan::Shared { id, name, input } => {
             // Every reference reads the same rows: all their columns stay (a projection above
             // each picks), so every copy of the plan is pruned alike.
@@ -629,6 +665,7 @@ fn push_pruning(plan: LogicalPlan) -> LogicalPlan {
             LogicalPlan::Union { inputs: inputs.into_iter().map(push_pruning).collect(), schema }
         }
         LogicalPlan::Shared { id, name, input } => LogicalPlan::Shared { id, name, input: Box::new(push_pruning(*input)) },
+        LogicalPlan::Repeat { input } => LogicalPlan::Repeat { input: Box::new(push_pruning(*input)) },
         scan @ LogicalPlan::Scan { .. } => scan,
     }
 }

@@ -102,6 +102,11 @@ pub fn estimate(plan: &LogicalPlan) -> Estimate {
         }
         LogicalPlan::Filter { input, predicate } => filter(estimate(input), predicate),
         LogicalPlan::Shared { input, .. } => estimate(input),
+        LogicalPlan::Repeat { input } => {
+            let mut e = estimate(input);
+            e.columns.pop();
+            e
+        }
         LogicalPlan::Projection { input, exprs, .. } => {
             let input = estimate(input);
             let columns = exprs.iter().map(|e| input.column(e).map(|(_, c)| c).unwrap_or_default()).collect();

@@ -198,7 +198,13 @@ fn plan_query(query: &ast::Query, ctx: Ctx<'_>) -> Result<LogicalPlan> {
         return Err(Error::NotSupported("pipe operators".into()));
     }
     let select = match query.body.as_ref() {
-        SetExpr::Select(select) => plan_select(select, ctx)?,
+        SetExpr::Select(select) => {
+            let order_items: &[ast::OrderByExpr] = match query.order_by.as_ref().map(|o| &o.kind) {
+                Some(ast::OrderByKind::Expressions(items)) => items,
+                _ => &[],
+            };
+            plan_select(select, ctx, order_items)?
+        }
         SetExpr::Query(inner) => {
             if query.order_by.is_some() || query.limit_clause.is_some() {
                 return Err(Error::NotSupported("ORDER BY / LIMIT around a parenthesized query".into()));
@@ -329,7 +335,7 @@ fn plan_order_by(mut select: SelectPlan, order_by: &ast::OrderBy, fetch: Option<
     if order_by.interpolate.is_some() {
         return Err(Error::NotSupported("ORDER BY ... INTERPOLATE".into()));
     }
-    let visible = select.exprs.len();
+    let visible = select.fields.iter().filter(|f| !f.name().starts_with("__sort_")).count();
     let mut keys = Vec::new();
     for item in items {
         if item.with_fill.is_some() {
@@ -341,7 +347,9 @@ fn plan_order_by(mut select: SelectPlan, order_by: &ast::OrderBy, fetch: Option<
             Some(ast::OrderBySort::Using(_)) => return Err(Error::NotSupported("ORDER BY ... USING".into())),
         };
         let nulls_first = item.options.nulls_first.unwrap_or(false);
+        let planned_with_select = select.order.get(keys.len()).copied().flatten();
         let column = match &item.expr {
+            _ if planned_with_select.is_some() => planned_with_select.unwrap(),
             ast::Expr::Value(v) if matches!(v.value, ast::Value::Number(..)) => {
                 let n = count_literal(&item.expr, "ORDER BY")?.unwrap_or(0);
                 if n == 0 || n > visible {
@@ -390,6 +398,9 @@ struct SelectPlan {
     scope: Scope,
     exprs: Vec<crate::expr::Expr>,
     fields: Vec<Field>,
+    /// For each ORDER BY item planned with the select list (an expression that is not an output
+    /// name or position, in a query that may aggregate): its column among `exprs`.
+    order: Vec<Option<usize>>,
 }
 
 impl SelectPlan {
@@ -400,7 +411,7 @@ impl SelectPlan {
         let scope = Scope::new(&schema, None, None)?;
         let exprs = schema.fields().iter().enumerate().map(|(i, f)| Expr::column(i, f.name())).collect();
         let fields = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
-        Ok(SelectPlan { input: plan, scope, exprs, fields })
+        Ok(SelectPlan { input: plan, scope, exprs, fields, order: Vec::new() })
     }
 
     fn project(self) -> LogicalPlan {
@@ -433,7 +444,7 @@ fn count_literal(e: &ast::Expr, clause: &str) -> Result<Option<usize>> {
     }
 }
 
-fn plan_select(select: &ast::Select, ctx: Ctx<'_>) -> Result<SelectPlan> {
+fn plan_select(select: &ast::Select, ctx: Ctx<'_>, order_by: &[ast::OrderByExpr]) -> Result<SelectPlan> {
     let distinct = match &select.distinct {
         None | Some(ast::Distinct::All) => false,
         Some(ast::Distinct::Distinct) => true,
@@ -529,6 +540,36 @@ fn plan_select(select: &ast::Select, ctx: Ctx<'_>) -> Result<SelectPlan> {
             other => return Err(Error::NotSupported(format!("select item {other}"))),
         }
     }
+    // ORDER BY items that are not output names or positions are planned with the select list (as
+    // hidden columns), so they may aggregate (`ORDER BY sum(x)`) and group keys resolve.
+    let output_names: Vec<String> = fields.iter().map(|f: &Field| f.name().to_ascii_lowercase()).collect();
+    let is_output = |name: &str| output_names.contains(&name.to_ascii_lowercase());
+    let mut order = Vec::with_capacity(order_by.len());
+    for (k, item) in order_by.iter().enumerate() {
+        let planned_elsewhere = match &item.expr {
+            ast::Expr::Value(v) => matches!(v.value, ast::Value::Number(..)),
+            ast::Expr::Identifier(id) => is_output(&id.value),
+            _ => false,
+        };
+        if planned_elsewhere || distinct {
+            order.push(None);
+            continue;
+        }
+        let planned = planner.plan(&item.expr)?;
+        let at = match exprs.iter().position(|e| *e == planned) {
+            Some(i) => i,
+            None => {
+                fields.push(Field::new(
+                    format!("__sort_{k}"),
+                    planned.data_type(&input_schema),
+                    planned.nullable(&input_schema),
+                ));
+                exprs.push(planned);
+                exprs.len() - 1
+            }
+        };
+        order.push(Some(at));
+    }
     let having = select.having.as_ref().map(|h| planner.plan_predicate(h, "HAVING")).transpose()?;
     drop(planner);
     let mut subqueries: Vec<Option<subquery::SubqueryItem>> = subqueries.into_inner().into_iter().map(Some).collect();
@@ -546,7 +587,7 @@ fn plan_select(select: &ast::Select, ctx: Ctx<'_>) -> Result<SelectPlan> {
         exprs = joined;
     }
     if !grouped && !distinct {
-        return Ok(SelectPlan { input: plan, scope, exprs, fields });
+        return Ok(SelectPlan { input: plan, scope, exprs, fields, order });
     }
     if grouped && distinct {
         return Err(Error::NotSupported("SELECT DISTINCT with GROUP BY or aggregates".into()));
@@ -631,7 +672,7 @@ fn plan_select(select: &ast::Select, ctx: Ctx<'_>) -> Result<SelectPlan> {
         plan = LogicalPlan::Filter { input: Box::new(plan), predicate };
     }
     let scope = scope.grouped(&group_exprs, &agg_schema);
-    Ok(SelectPlan { input: plan, scope, exprs, fields })
+    Ok(SelectPlan { input: plan, scope, exprs, fields, order })
 }
 
 /// An aggregation. With `DISTINCT` aggregates, two: the first groups by the keys and the distinct
@@ -851,7 +892,7 @@ fn output_name(e: &ast::Expr) -> String {
 /// like any other).
 fn plan_set_expr(e: &SetExpr, ctx: Ctx<'_>) -> Result<LogicalPlan> {
     match e {
-        SetExpr::Select(select) => Ok(plan_select(select, ctx)?.project()),
+        SetExpr::Select(select) => Ok(plan_select(select, ctx, &[])?.project()),
         SetExpr::Query(q) => plan_query(q, ctx),
         SetExpr::SetOperation { op: ast::SetOperator::Union, set_quantifier, left, right } => {
             let all = match set_quantifier {
@@ -878,10 +919,105 @@ fn plan_set_expr(e: &SetExpr, ctx: Ctx<'_>) -> Result<LogicalPlan> {
                 schema.fields().iter().enumerate().map(|(i, f)| Expr::column(i, f.name())).collect();
             Ok(LogicalPlan::Aggregate { input: Box::new(union), group_exprs, aggregates: Vec::new(), schema })
         }
+        SetExpr::SetOperation { op: op @ (ast::SetOperator::Intersect | ast::SetOperator::Except), set_quantifier, left, right } => {
+            let all = match set_quantifier {
+                ast::SetQuantifier::All => true,
+                ast::SetQuantifier::Distinct | ast::SetQuantifier::None => false,
+                other => return Err(Error::NotSupported(format!("{op} {other}"))),
+            };
+            let intersect = matches!(op, ast::SetOperator::Intersect);
+            intersect_except(plan_set_expr(left, ctx)?, plan_set_expr(right, ctx)?, intersect, all)
+        }
         SetExpr::SetOperation { op, .. } => Err(Error::NotSupported(format!("{op}"))),
         SetExpr::Values(_) => Err(Error::NotSupported("VALUES".into())),
         other => Err(Error::NotSupported(first_words(&other.to_string()))),
     }
+}
+
+/// `INTERSECT` and `EXCEPT` (with `ALL`: as many copies as SQL says): the two inputs tagged and
+/// unioned, grouped on every column (nulls equal, as set operations want), with each group's rows
+/// counted per side; a group's count on each side decides whether (and how often) it is output.
+/// The grouping spills like any other.
+fn intersect_except(left: LogicalPlan, right: LogicalPlan, intersect: bool, all: bool) -> Result<LogicalPlan> {
+    use crate::expr::{AggregateExpr, AggregateFunction as F, BinaryOp, Function};
+    use arrow::array::Int64Array;
+    use arrow::datatypes::DataType;
+    let width = left.schema().fields().len();
+    if right.schema().fields().len() != width {
+        return Err(Error::Plan(format!(
+            "{} inputs must have the same number of columns ({width} and {})",
+            if intersect { "INTERSECT" } else { "EXCEPT" },
+            right.schema().fields().len()
+        )));
+    }
+    let int = |v: i64| Expr::Literal(Arc::new(Int64Array::from(vec![v])));
+    let tagged = |plan: LogicalPlan, tag: i64| {
+        let schema = plan.schema();
+        let mut exprs: Vec<Expr> = (0..width).map(|i| Expr::column(i, schema.field(i).name())).collect();
+        exprs.push(int(tag));
+        let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+        fields.push(Field::new("__side", DataType::Int64, false));
+        LogicalPlan::Projection { input: Box::new(plan), exprs, schema: Arc::new(Schema::new(fields)) }
+    };
+    let union = union_all(vec![tagged(left, 0), tagged(right, 1)])?;
+    let schema = union.schema();
+    let col = |i: usize| Expr::column(i, schema.field(i).name());
+    let groups: Vec<Expr> = (0..width).map(col).collect();
+    let aggregates = vec![
+        AggregateExpr { func: F::CountStar, arg: None, distinct: false, data_type: DataType::Int64 },
+        AggregateExpr { func: F::Sum, arg: Some(col(width)), distinct: false, data_type: DataType::Decimal128(38, 0) },
+    ];
+    let mut fields: Vec<Field> = (0..width).map(|i| schema.field(i).clone()).collect();
+    fields.push(Field::new("__rows", DataType::Int64, true));
+    fields.push(Field::new("__right", DataType::Decimal128(38, 0), true));
+    let agg_schema = Arc::new(Schema::new(fields));
+    let grouped = LogicalPlan::Aggregate { input: Box::new(union), group_exprs: groups, aggregates, schema: agg_schema };
+    let binary = |op: BinaryOp, l: Expr, r: Expr, t: DataType| Expr::Binary { op, left: Box::new(l), right: Box::new(r), data_type: t };
+    // Rows of each side in the group.
+    let right_rows = Expr::Cast { expr: Box::new(Expr::column(width + 1, "__right")), to: DataType::Int64 };
+    let left_rows = binary(BinaryOp::Minus, Expr::column(width, "__rows"), right_rows.clone(), DataType::Int64);
+    // How many copies of the group come out.
+    let copies = match (intersect, all) {
+        (true, false) => Expr::Case {
+            whens: vec![(
+                binary(
+                    BinaryOp::And,
+                    binary(BinaryOp::Gt, left_rows, int(0), DataType::Boolean),
+                    binary(BinaryOp::Gt, right_rows, int(0), DataType::Boolean),
+                    DataType::Boolean,
+                ),
+                int(1),
+            )],
+            otherwise: Some(Box::new(int(0))),
+            data_type: DataType::Int64,
+        },
+        (false, false) => Expr::Case {
+            whens: vec![(
+                binary(
+                    BinaryOp::And,
+                    binary(BinaryOp::Gt, left_rows, int(0), DataType::Boolean),
+                    binary(BinaryOp::Eq, right_rows, int(0), DataType::Boolean),
+                    DataType::Boolean,
+                ),
+                int(1),
+            )],
+            otherwise: Some(Box::new(int(0))),
+            data_type: DataType::Int64,
+        },
+        (true, true) => Expr::Function { func: Function::Least, args: vec![left_rows, right_rows], data_type: DataType::Int64 },
+        (false, true) => binary(BinaryOp::Minus, left_rows, right_rows, DataType::Int64),
+    };
+    let out_schema = grouped.schema();
+    let mut exprs: Vec<Expr> = (0..width).map(|i| Expr::column(i, out_schema.field(i).name())).collect();
+    exprs.push(copies);
+    let mut fields: Vec<Field> = (0..width).map(|i| out_schema.field(i).clone()).collect();
+    fields.push(Field::new("__copies", DataType::Int64, true));
+    let counted = LogicalPlan::Projection { input: Box::new(grouped), exprs, schema: Arc::new(Schema::new(fields)) };
+    let positive = LogicalPlan::Filter {
+        input: Box::new(counted),
+        predicate: binary(BinaryOp::Gt, Expr::column(width, "__copies"), int(0), DataType::Boolean),
+    };
+    Ok(LogicalPlan::Repeat { input: Box::new(positive) })
 }
 
 /// Inputs of a union, cast to the column types common to all of them.

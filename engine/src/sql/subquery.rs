@@ -331,6 +331,7 @@ fn pull_up(plan: LogicalPlan) -> Result<Pulled> {
         LogicalPlan::Sort { .. } | LogicalPlan::Limit { .. } => Err(not_supported("LIMIT")),
         LogicalPlan::Union { .. } => Err(not_supported("UNION")),
         LogicalPlan::Shared { .. } => Err(not_supported("an outer column inside a WITH")),
+        LogicalPlan::Repeat { .. } => Err(not_supported("INTERSECT ALL / EXCEPT ALL")),
         LogicalPlan::Scan { .. } => unreachable!("a scan reads no outer column"),
     }
 }
