@@ -24,6 +24,7 @@ mod scan;
 mod shared;
 pub mod sink;
 mod sort;
+mod window;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -196,6 +197,14 @@ enum Source {
     },
     /// Inputs run one after another.
     Union(Vec<Pipeline>),
+    /// Window functions over the input sorted by partition and order keys.
+    Window {
+        input: Box<Pipeline>,
+        partition_by: Vec<usize>,
+        order_by: Vec<SortKey>,
+        functions: Vec<crate::expr::window::WindowExpr>,
+        schema: SchemaRef,
+    },
     /// A common table expression: the first reference runs `input`, every one reads its rows.
     Shared {
         id: u64,
@@ -299,6 +308,17 @@ impl Pipeline {
                     let inputs = inputs.iter().map(Pipeline::new).collect::<Result<Vec<_>>>()?;
                     return Ok(Pipeline { id: next_id(), source: Source::Union(inputs), tail_ops: ops, schema });
                 }
+                LogicalPlan::Window { input, partition_by, order_by, functions, schema: window_schema } => {
+                    ops.reverse();
+                    let source = Source::Window {
+                        input: Box::new(Pipeline::new(input)?),
+                        partition_by: partition_by.clone(),
+                        order_by: order_by.clone(),
+                        functions: functions.clone(),
+                        schema: window_schema.clone(),
+                    };
+                    return Ok(Pipeline { id: next_id(), source, tail_ops: ops, schema });
+                }
                 LogicalPlan::Shared { id, name, input } => {
                     ops.reverse();
                     let input = Box::new(Pipeline::new(input)?);
@@ -343,7 +363,9 @@ impl Pipeline {
     pub(crate) fn shared_counts(&self, out: &mut std::collections::HashMap<u64, usize>) {
         match &self.source {
             Source::Scan(_) => {}
-            Source::Sort { input, .. } | Source::Aggregate { input, .. } => input.shared_counts(out),
+            Source::Sort { input, .. } | Source::Aggregate { input, .. } | Source::Window { input, .. } => {
+                input.shared_counts(out)
+            }
             Source::Join { build, probe, .. } => {
                 build.shared_counts(out);
                 probe.shared_counts(out);
@@ -364,9 +386,10 @@ impl Pipeline {
     pub(crate) fn input_files(&self, out: &mut Vec<std::path::PathBuf>) {
         match &self.source {
             Source::Scan(scan) => scan.input_files(out),
-            Source::Sort { input, .. } | Source::Aggregate { input, .. } | Source::Shared { input, .. } => {
-                input.input_files(out)
-            }
+            Source::Sort { input, .. }
+            | Source::Aggregate { input, .. }
+            | Source::Shared { input, .. }
+            | Source::Window { input, .. } => input.input_files(out),
             Source::Join { build, probe, .. } => {
                 build.input_files(out);
                 probe.input_files(out);
@@ -379,9 +402,10 @@ impl Pipeline {
     pub(crate) fn input_rows(&self) -> Option<u64> {
         match &self.source {
             Source::Scan(scan) => scan.input_rows(),
-            Source::Sort { input, .. } | Source::Aggregate { input, .. } | Source::Shared { input, .. } => {
-                input.input_rows()
-            }
+            Source::Sort { input, .. }
+            | Source::Aggregate { input, .. }
+            | Source::Shared { input, .. }
+            | Source::Window { input, .. } => input.input_rows(),
             Source::Join { build, probe, .. } => Some(build.input_rows()? + probe.input_rows()?),
             Source::Union(inputs) => inputs.iter().map(|i| i.input_rows()).sum(),
         }
@@ -390,7 +414,10 @@ impl Pipeline {
     pub(crate) fn stats(&self, ctx: &ExecContext) -> PipelineStats {
         match &self.source {
             Source::Scan(scan) => scan.stats(ctx),
-            Source::Sort { input, .. } | Source::Aggregate { input, .. } | Source::Shared { input, .. } => {
+            Source::Sort { input, .. }
+            | Source::Aggregate { input, .. }
+            | Source::Shared { input, .. }
+            | Source::Window { input, .. } => {
                 let mut stats = input.stats(ctx);
                 stats.min_memory = self.min_memory(ctx);
                 stats
@@ -425,6 +452,7 @@ impl Pipeline {
             }
             Source::Union(inputs) => inputs.iter().map(|i| i.min_memory(ctx)).max().unwrap_or(0),
             Source::Shared { input, .. } => input.min_memory(ctx),
+            Source::Window { input, .. } => input.min_memory(ctx) + sort::min_memory(ctx) + window::min_memory(ctx),
         }
     }
 
@@ -443,6 +471,9 @@ impl Pipeline {
             }
             Source::Union(inputs) => inputs.iter().map(|i| i.max_memory(ctx, queue_limit)).max().unwrap_or(0),
             Source::Shared { input, .. } => input.max_memory(ctx, queue_limit),
+            Source::Window { input, .. } => {
+                input.max_memory(ctx, queue_limit).max(sort::min_memory(ctx) + window::min_memory(ctx))
+            }
         }
     }
 
@@ -540,6 +571,26 @@ impl Pipeline {
                 line(depth, Some(self.id), format!("{role}CTE {name} (computed once, read by every reference)"));
                 input.describe(ctx, depth + 1, "", out);
             }
+            Source::Window { input, partition_by, order_by, functions, .. } => {
+                let schema = input.schema.clone();
+                let parts: Vec<&str> = partition_by.iter().map(|&c| schema.field(c).name().as_str()).collect();
+                let order: Vec<String> = order_by
+                    .iter()
+                    .map(|k| format!("{}{}", schema.field(k.column).name(), if k.descending { " DESC" } else { "" }))
+                    .collect();
+                let funcs: Vec<String> = functions.iter().map(|f| f.to_string()).collect();
+                line(
+                    depth,
+                    Some(self.id),
+                    format!(
+                        "{role}Window [{}] partition by [{}] order by [{}] (sorted, spilling)",
+                        funcs.join(", "),
+                        parts.join(", "),
+                        order.join(", ")
+                    ),
+                );
+                input.describe(ctx, depth + 1, "", out);
+            }
         }
     }
 
@@ -573,6 +624,9 @@ impl Pipeline {
             ),
             Source::Union(inputs) => ("Union", format!("{} inputs", inputs.len())),
             Source::Shared { name, .. } => ("CTE", name.clone()),
+            Source::Window { functions, .. } => {
+                ("Window", functions.iter().map(|f| f.to_string()).collect::<Vec<_>>().join(", "))
+            }
         };
         ctx.operators.register(self.id, name, detail)
     }
@@ -644,6 +698,28 @@ impl Pipeline {
                 let m = metrics.clone();
                 StreamSource::Join(Box::new(JoinStream::new(spec, *build, *probe, children, small, ctx, m)?))
             }
+            Source::Window { input, partition_by, order_by, functions, schema } => {
+                let input_schema = input.schema.clone();
+                let mut keys: Vec<SortKey> =
+                    partition_by.iter().map(|&column| SortKey { column, descending: false, nulls_first: false }).collect();
+                keys.extend(order_by.iter().copied());
+                let spec = window::WindowSpec { partition_by, order_by, functions, schema };
+                let small = 2 * ctx.batch_bytes_target();
+                let child_max = input.max_memory(ctx, small);
+                let keep_floor = matches!(
+                    input.source,
+                    Source::Aggregate { .. } | Source::Sort { .. } | Source::Window { .. }
+                );
+                let minimum = sort::min_memory(ctx) + window::min_memory(ctx);
+                let child = start_beside(ctx, "Window", minimum, || input.execute_with(ctx, Some(small)))?;
+                let stream = if keys.is_empty() {
+                    window::WindowStream::new(spec, &input_schema, None, Some(child), ctx, metrics.clone())?
+                } else {
+                    let sort = SortStream::new(child, keep_floor, keys, None, child_max, ctx, metrics.clone())?;
+                    window::WindowStream::new(spec, &input_schema, Some(sort), None, ctx, metrics.clone())?
+                };
+                StreamSource::Window(Box::new(stream))
+            }
             Source::Shared { id, name, input } => {
                 let cancel = ctx.cancel.clone();
                 let start = || input.execute_with(ctx, None);
@@ -706,6 +782,7 @@ enum StreamSource {
     Join(Box<JoinStream>),
     Union(Box<UnionStream>),
     Shared(Box<shared::SharedStream>),
+    Window(Box<window::WindowStream>),
 }
 
 /// `UNION ALL`: each input pipeline runs once the one before it is done.
@@ -757,6 +834,7 @@ impl StreamSource {
             StreamSource::Join(s) => s.next_reserved(cancel),
             StreamSource::Union(s) => s.next_reserved(),
             StreamSource::Shared(s) => s.next_reserved(cancel),
+            StreamSource::Window(s) => s.next_reserved(cancel),
         }
     }
 
@@ -775,6 +853,7 @@ impl StreamSource {
             StreamSource::Join(s) => s.stop(),
             StreamSource::Union(s) => s.stop(),
             StreamSource::Shared(s) => s.stop(),
+            StreamSource::Window(s) => s.stop(),
         }
     }
 }

@@ -100,6 +100,8 @@ impl SortStream {
             max_chunk_bytes: 0,
             max_chunk_keys: 0,
             key_row_bytes: 0,
+            // The minimums of the operators above, still to come: the merge leaves them room.
+            above: ctx.pending_minimums.load(std::sync::atomic::Ordering::Acquire),
             ctx: ctx.clone(),
             metrics,
         };
@@ -181,6 +183,8 @@ struct Sorter {
     max_chunk_keys: u64,
     /// The most key bytes per row seen in the input, to size a chunk's keys without converting it.
     key_row_bytes: u64,
+    /// Bytes the operators above this sort need at least (they start once it merges).
+    above: u64,
     ctx: ExecContext,
     metrics: Arc<OperatorMetrics>,
 }
@@ -308,6 +312,9 @@ impl Sorter {
         // comparisons end there, without touching the keys), then batch and row.
         let mut scratch = self.ctx.pool.register("ExternalSort order", false);
         if scratch.try_grow(16 * total as u64).is_err() {
+            // Runs kept in memory make room first (the pool is shared with the operators
+            // around, which may have taken more than they had when this sort sized itself).
+            self.spill_memory_runs()?;
             self.draw_on_floor(16 * total as u64);
             scratch.try_grow(16 * total as u64).map_err(|_| self.too_small(16 * total as u64))?;
         }
@@ -341,8 +348,12 @@ impl Sorter {
             let indices: Vec<(usize, usize)> = part.iter().map(|&(_, b, r)| (b as usize, r as usize)).collect();
             let chunk = interleave_batches(&self.schema, &batches, &indices)?;
             let bytes = chunk.get_array_memory_size() as u64;
-            // Sorted chunks replace the buffer: account for them as they are made.
-            self.grow_from_floor(bytes).map_err(|_| self.too_small(bytes))?;
+            // Sorted chunks replace the buffer: account for them as they are made (runs kept in
+            // memory go to disk when the pool is short).
+            if self.grow_from_floor(bytes).is_err() {
+                self.spill_memory_runs()?;
+                self.grow_from_floor(bytes).map_err(|_| self.too_small(bytes))?;
+            }
             chunks.push_back(chunk);
         }
         drop(batches);
@@ -384,11 +395,14 @@ impl Sorter {
         self.floor = None;
         // One decoded chunk, its keys and the reader's page buffers, per run on disk.
         let per_run = (2 * self.max_chunk_bytes + self.max_chunk_keys).max(1);
-        let fan_in_now = |pool: &crate::memory::MemoryPool| ((pool.available() * 3 / 4) / per_run) as usize;
+        let above = self.above;
+        let fan_in_now =
+            |pool: &crate::memory::MemoryPool| ((pool.available().saturating_sub(above) * 3 / 4) / per_run) as usize;
         let mut fan_in = fan_in_now(&self.ctx.pool);
         let mut spilled = self.runs.iter().filter(|r| matches!(r, Run::Spilled(_))).count();
-        if spilled > 0 && fan_in < self.runs.len() {
-            // Runs kept in memory hold what the merge buffers need: they go to disk first.
+        if spilled > 0 && (fan_in < self.runs.len() || self.above > 0) {
+            // Runs kept in memory hold what the merge buffers (or, over a blocking operator, the
+            // operator above, which starts as the merge does) need: they go to disk first.
             self.spill_memory_runs()?;
             spilled = self.runs.len();
             fan_in = fan_in_now(&self.ctx.pool);

@@ -7,6 +7,7 @@
 pub mod aggregate;
 mod functions;
 pub(crate) mod types;
+pub mod window;
 
 use std::fmt;
 use std::sync::Arc;
@@ -169,6 +170,14 @@ pub enum Expr {
         /// Its result type.
         data_type: DataType,
     },
+    /// A window function's result while a query is planned; the planner replaces it with a
+    /// column of the window operator's output before anything runs.
+    WindowRef {
+        /// Which window function of the query.
+        index: usize,
+        /// Its result type.
+        data_type: DataType,
+    },
     /// A column of an enclosing query, read by a correlated subquery: `depth` 1 is the query the
     /// subquery is in. Only in subquery plans while they are planned; decorrelation turns every
     /// one into a join condition or a column of the join.
@@ -270,6 +279,7 @@ impl Expr {
             | Expr::Case { data_type, .. }
             | Expr::Function { data_type, .. }
             | Expr::OuterColumn { data_type, .. }
+            | Expr::WindowRef { data_type, .. }
             | Expr::Subquery { data_type, .. }
             | Expr::AggregateRef { data_type, .. } => data_type.clone(),
             Expr::Not(_) | Expr::IsNull { .. } | Expr::InList { .. } | Expr::Like { .. } => DataType::Boolean,
@@ -292,7 +302,11 @@ impl Expr {
     pub fn visit_columns(&self, f: &mut dyn FnMut(usize)) {
         match self {
             Expr::Column { index, .. } => f(*index),
-            Expr::Literal(_) | Expr::AggregateRef { .. } | Expr::OuterColumn { .. } | Expr::Subquery { .. } => {}
+            Expr::Literal(_)
+            | Expr::AggregateRef { .. }
+            | Expr::OuterColumn { .. }
+            | Expr::WindowRef { .. }
+            | Expr::Subquery { .. } => {}
             Expr::Binary { left, right, .. } => {
                 left.visit_columns(f);
                 right.visit_columns(f);
@@ -327,7 +341,9 @@ impl Expr {
         match self {
             Expr::Column { index, name } => Expr::Column { index: map(*index), name: name.clone() },
             Expr::Literal(a) => Expr::Literal(a.clone()),
-            Expr::AggregateRef { .. } | Expr::OuterColumn { .. } | Expr::Subquery { .. } => self.clone(),
+            Expr::AggregateRef { .. } | Expr::OuterColumn { .. } | Expr::WindowRef { .. } | Expr::Subquery { .. } => {
+                self.clone()
+            }
             Expr::Binary { op, left, right, data_type } => {
                 Expr::Binary { op: *op, left: r(left), right: r(right), data_type: data_type.clone() }
             }
@@ -455,6 +471,9 @@ impl Expr {
             Expr::Subquery { .. } => {
                 return Err(Error::Execution("internal error: a subquery was not planned".into()));
             }
+            Expr::WindowRef { .. } => {
+                return Err(Error::Execution("internal error: a window function was not planned".into()));
+            }
         })
     }
 
@@ -468,6 +487,7 @@ impl Expr {
             | Expr::Literal(_)
             | Expr::AggregateRef { .. }
             | Expr::OuterColumn { .. }
+            | Expr::WindowRef { .. }
             | Expr::Subquery { .. } => self.clone(),
             Expr::Binary { op, left, right, data_type } => {
                 Expr::Binary { op: *op, left: t(left, f)?, right: t(right, f)?, data_type: data_type.clone() }
@@ -712,6 +732,7 @@ impl fmt::Display for Expr {
             Expr::AggregateRef { index, .. } => write!(f, "aggregate#{index}"),
             Expr::OuterColumn { name, .. } => write!(f, "outer.{name}"),
             Expr::Subquery { id, .. } => write!(f, "subquery#{id}"),
+            Expr::WindowRef { index, .. } => write!(f, "window#{index}"),
         }
     }
 }

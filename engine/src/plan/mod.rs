@@ -116,6 +116,21 @@ pub enum LogicalPlan {
         /// Its plan (every reference holds the same one).
         input: Box<LogicalPlan>,
     },
+    /// Window functions: every input row, with one column per function computed over its
+    /// partition (rows with equal `partition_by` columns) in `order_by` order (a blocking
+    /// operator that sorts, see [`crate::exec`]).
+    Window {
+        /// Input.
+        input: Box<LogicalPlan>,
+        /// Partition columns of the input.
+        partition_by: Vec<usize>,
+        /// Ordering within a partition, over input columns.
+        order_by: Vec<SortKey>,
+        /// The functions, their arguments over the input.
+        functions: Vec<crate::expr::window::WindowExpr>,
+        /// The input's columns, then one per function.
+        schema: SchemaRef,
+    },
     /// Each row of the input as many times as its last column (a BIGINT) says, without that
     /// column: `INTERSECT ALL` and `EXCEPT ALL`.
     Repeat {
@@ -234,6 +249,9 @@ impl LogicalPlan {
             }
             LogicalPlan::Shared { id, name, input } => LogicalPlan::Shared { id, name, input: Box::new(f(*input)) },
             LogicalPlan::Repeat { input } => LogicalPlan::Repeat { input: Box::new(f(*input)) },
+            LogicalPlan::Window { input, partition_by, order_by, functions, schema } => {
+                LogicalPlan::Window { input: Box::new(f(*input)), partition_by, order_by, functions, schema }
+            }
         }
     }
 
@@ -261,6 +279,16 @@ impl LogicalPlan {
                 filter: filter.map(|e| f(e)),
                 schema,
             },
+            LogicalPlan::Window { input, partition_by, order_by, functions, schema } => LogicalPlan::Window {
+                input,
+                partition_by,
+                order_by,
+                functions: functions
+                    .into_iter()
+                    .map(|w| crate::expr::window::WindowExpr { args: w.args.into_iter().map(|e| f(e)).collect(), ..w })
+                    .collect(),
+                schema,
+            },
             other => other,
         }
     }
@@ -278,6 +306,7 @@ impl LogicalPlan {
             | LogicalPlan::Projection { schema, .. }
             | LogicalPlan::Aggregate { schema, .. }
             | LogicalPlan::Join { schema, .. }
+            | LogicalPlan::Window { schema, .. }
             | LogicalPlan::Union { schema, .. } => schema.clone(),
             LogicalPlan::Filter { input, .. }
             | LogicalPlan::Limit { input, .. }
@@ -396,6 +425,23 @@ impl LogicalPlan {
             }
             LogicalPlan::Repeat { input } => {
                 let _ = writeln!(out, "{pad}Repeat: each row as often as its last column says");
+                input.write_tree(out, depth + 1);
+            }
+            LogicalPlan::Window { input, partition_by, order_by, functions, .. } => {
+                let schema = input.schema();
+                let parts: Vec<&str> = partition_by.iter().map(|&c| schema.field(c).name().as_str()).collect();
+                let order: Vec<String> = order_by
+                    .iter()
+                    .map(|k| format!("{}{}", schema.field(k.column).name(), if k.descending { " DESC" } else { "" }))
+                    .collect();
+                let funcs: Vec<String> = functions.iter().map(|f| f.to_string()).collect();
+                let _ = writeln!(
+                    out,
+                    "{pad}Window: [{}] partition by [{}] order by [{}]",
+                    funcs.join(", "),
+                    parts.join(", "),
+                    order.join(", ")
+                );
                 input.write_tree(out, depth + 1);
             }
             LogicalPlan::Limit { input, skip, fetch } => {
@@ -591,6 +637,48 @@ fn prune_columns(plan: LogicalPlan, needed: &BTreeSet<usize>) -> (LogicalPlan, V
             let schema = Arc::new(schema.project(&kept).expect("union columns"));
             (LogicalPlan::Union { inputs, schema }, map)
         }
+        LogicalPlan::Window { input, partition_by, order_by, functions, schema } => {
+            // Every function column stays; the input keeps what is needed above, the keys and the
+            // arguments.
+            let width = input.schema().fields().len();
+            let mut want: BTreeSet<usize> = needed.iter().copied().filter(|&c| c < width).collect();
+            want.extend(partition_by.iter().copied());
+            want.extend(order_by.iter().map(|k| k.column));
+            for f in &functions {
+                for a in &f.args {
+                    a.visit_columns(&mut |c| {
+                        want.insert(c);
+                    });
+                }
+            }
+            let (input, map) = prune_columns(*input, &want);
+            let new_width = input.schema().fields().len();
+            let partition_by = partition_by.iter().map(|&c| map[c].expect("partition column kept")).collect();
+            let order_by = order_by
+                .iter()
+                .map(|k| SortKey { column: map[k.column].expect("order column kept"), ..*k })
+                .collect();
+            let functions: Vec<crate::expr::window::WindowExpr> = functions
+                .into_iter()
+                .map(|f| crate::expr::window::WindowExpr {
+                    args: f.args.iter().map(|a| a.remap_columns(&|c| map[c].expect("argument kept"))).collect(),
+                    ..f
+                })
+                .collect();
+            let in_schema = input.schema();
+            let mut fields: Vec<Field> = in_schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+            fields.extend(schema.fields()[width..].iter().map(|f| f.as_ref().clone()));
+            let mut out_map: Vec<Option<usize>> = map.clone();
+            out_map.extend((0..functions.len()).map(|i| Some(new_width + i)));
+            let plan = LogicalPlan::Window {
+                input: Box::new(input),
+                partition_by,
+                order_by,
+                functions,
+                schema: Arc::new(Schema::new(fields)),
+            };
+            (plan, out_map)
+        }
         LogicalPlan::Repeat { input } => {
             let count = input.schema().fields().len() - 1;
             let mut want = needed.clone();
@@ -666,6 +754,13 @@ fn push_pruning(plan: LogicalPlan) -> LogicalPlan {
         }
         LogicalPlan::Shared { id, name, input } => LogicalPlan::Shared { id, name, input: Box::new(push_pruning(*input)) },
         LogicalPlan::Repeat { input } => LogicalPlan::Repeat { input: Box::new(push_pruning(*input)) },
+        LogicalPlan::Window { input, partition_by, order_by, functions, schema } => LogicalPlan::Window {
+            input: Box::new(push_pruning(*input)),
+            partition_by,
+            order_by,
+            functions,
+            schema,
+        },
         scan @ LogicalPlan::Scan { .. } => scan,
     }
 }

@@ -76,7 +76,10 @@ fn is_constant(e: &Expr) -> bool {
 
 /// Aggregates and subquery results are filled in later: never constant.
 fn contains_placeholder(e: &Expr) -> bool {
-    let mut found = matches!(e, Expr::AggregateRef { .. });
+    let mut found = matches!(
+        e,
+        Expr::AggregateRef { .. } | Expr::Subquery { .. } | Expr::OuterColumn { .. } | Expr::WindowRef { .. }
+    );
     let _ = e.map_children(&mut |c| {
         found |= contains_placeholder(c);
         Ok(c.clone())

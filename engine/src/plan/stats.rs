@@ -102,6 +102,11 @@ pub fn estimate(plan: &LogicalPlan) -> Estimate {
         }
         LogicalPlan::Filter { input, predicate } => filter(estimate(input), predicate),
         LogicalPlan::Shared { input, .. } => estimate(input),
+        LogicalPlan::Window { input, schema, .. } => {
+            let mut e = estimate(input);
+            e.columns.resize(schema.fields().len(), ColumnEstimate::default());
+            e
+        }
         LogicalPlan::Repeat { input } => {
             let mut e = estimate(input);
             e.columns.pop();

@@ -205,6 +205,8 @@ pub(crate) struct ExprPlanner<'a> {
     outer: Option<&'a Outer<'a>>,
     /// Where subqueries go when they are allowed, and the catalog to plan them with.
     subqueries: Option<(&'a Catalog, &'a std::cell::RefCell<Vec<SubqueryItem>>)>,
+    /// Where window function calls go when they are allowed (SELECT and ORDER BY).
+    windows: Option<&'a std::cell::RefCell<Vec<super::window::WindowItem>>>,
 }
 
 fn literal(a: ArrayRef) -> Expr {
@@ -217,7 +219,7 @@ fn null_literal() -> Expr {
 
 impl<'a> ExprPlanner<'a> {
     pub fn new(scope: &'a Scope, schema: SchemaRef) -> Self {
-        ExprPlanner { scope, schema, aggregates: None, outer: None, subqueries: None }
+        ExprPlanner { scope, schema, aggregates: None, outer: None, subqueries: None, windows: None }
     }
 
     /// A planner that turns aggregate calls into [`Expr::AggregateRef`]s collected in `aggregates`.
@@ -226,7 +228,14 @@ impl<'a> ExprPlanner<'a> {
         schema: SchemaRef,
         aggregates: &'a std::cell::RefCell<Vec<AggregateExpr>>,
     ) -> Self {
-        ExprPlanner { scope, schema, aggregates: Some(aggregates), outer: None, subqueries: None }
+        ExprPlanner { scope, schema, aggregates: Some(aggregates), outer: None, subqueries: None, windows: None }
+    }
+
+    /// Window function calls are planned and collected in `into`; the expression holds an
+    /// [`Expr::WindowRef`] for each.
+    pub fn with_windows(mut self, into: &'a std::cell::RefCell<Vec<super::window::WindowItem>>) -> Self {
+        self.windows = Some(into);
+        self
     }
 
     /// Names not found in the input are looked up in the enclosing queries.
@@ -772,7 +781,25 @@ impl<'a> ExprPlanner<'a> {
     fn plan_function(&self, f: &ast::Function) -> Result<Expr> {
         let name = f.name.to_string().to_ascii_lowercase();
         if f.over.is_some() {
-            return Err(Error::NotSupported(format!("window function {name}() OVER")));
+            let Some(windows) = self.windows else {
+                return Err(Error::Plan(format!(
+                    "window function {name}() is not allowed here (hint: window functions go in SELECT or ORDER BY)"
+                )));
+            };
+            // Arguments and keys may aggregate, but not nest windows.
+            let inner = ExprPlanner {
+                scope: self.scope,
+                schema: self.schema.clone(),
+                aggregates: self.aggregates,
+                outer: self.outer,
+                subqueries: None,
+                windows: None,
+            };
+            let item = super::window::plan_window_call(&name, f, &inner, &self.schema)?;
+            let data_type = item.expr.data_type.clone();
+            let mut list = windows.borrow_mut();
+            list.push(item);
+            return Ok(Expr::WindowRef { index: list.len() - 1, data_type });
         }
         if is_aggregate(&name) {
             return self.plan_aggregate(&name, f);

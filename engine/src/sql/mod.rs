@@ -9,6 +9,7 @@
 
 mod expr;
 mod subquery;
+mod window;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -489,9 +490,11 @@ fn plan_select(select: &ast::Select, ctx: Ctx<'_>, order_by: &[ast::OrderByExpr]
     }
     let aggregates = std::cell::RefCell::new(Vec::new());
     let subqueries = std::cell::RefCell::new(Vec::new());
+    let windows = std::cell::RefCell::new(Vec::new());
     let planner = ExprPlanner::with_aggregates(&scope, plan.schema(), &aggregates)
         .with_outer(ctx.outer)
-        .with_subqueries(ctx.catalog, &subqueries);
+        .with_subqueries(ctx.catalog, &subqueries)
+        .with_windows(&windows);
     let input_schema = plan.schema();
     let mut exprs = Vec::new();
     let mut fields = Vec::new();
@@ -572,6 +575,10 @@ fn plan_select(select: &ast::Select, ctx: Ctx<'_>, order_by: &[ast::OrderByExpr]
     }
     let having = select.having.as_ref().map(|h| planner.plan_predicate(h, "HAVING")).transpose()?;
     drop(planner);
+    if having.as_ref().is_some_and(has_window) {
+        return Err(Error::Plan("window functions are not allowed in HAVING (hint: use a subquery)".into()));
+    }
+    let windows = windows.into_inner();
     let mut subqueries: Vec<Option<subquery::SubqueryItem>> = subqueries.into_inner().into_iter().map(Some).collect();
     let grouped = !group_asts.is_empty() || !aggregates.borrow().is_empty() || having.is_some();
     if !grouped && !subqueries.is_empty() {
@@ -585,6 +592,12 @@ fn plan_select(select: &ast::Select, ctx: Ctx<'_>, order_by: &[ast::OrderByExpr]
             joined.push(e);
         }
         exprs = joined;
+    }
+    if !grouped && !windows.is_empty() {
+        let same = |e: &Expr| Ok(e.clone());
+        let (p, values) = window::plan_windows(plan, windows.clone(), &same)?;
+        plan = p;
+        exprs = exprs.iter().map(|e| window::replace_refs(e, &values)).collect::<Result<_>>()?;
     }
     if !grouped && !distinct {
         return Ok(SelectPlan { input: plan, scope, exprs, fields, order });
@@ -670,6 +683,12 @@ fn plan_select(select: &ast::Select, ctx: Ctx<'_>, order_by: &[ast::OrderByExpr]
         exprs = joined;
     } else if let Some(predicate) = having {
         plan = LogicalPlan::Filter { input: Box::new(plan), predicate };
+    }
+    if grouped && !windows.is_empty() {
+        // Window functions of a grouped query read its groups and aggregates.
+        let (p, values) = window::plan_windows(plan, windows, &rewrite)?;
+        plan = p;
+        exprs = exprs.iter().map(|e| window::replace_refs(e, &values)).collect::<Result<_>>()?;
     }
     let scope = scope.grouped(&group_exprs, &agg_schema);
     Ok(SelectPlan { input: plan, scope, exprs, fields, order })
@@ -844,6 +863,16 @@ fn aggregate(
     let mut exprs: Vec<Expr> = (0..keys).map(|i| Expr::column(i, second_schema.field(i).name())).collect();
     exprs.extend(outputs);
     Ok(LogicalPlan::Projection { input: Box::new(second), exprs, schema })
+}
+
+/// Whether an expression holds a window function.
+fn has_window(e: &Expr) -> bool {
+    let mut found = matches!(e, Expr::WindowRef { .. });
+    let _ = e.map_children(&mut |c| {
+        found |= has_window(c);
+        Ok(c.clone())
+    });
+    found
 }
 
 /// The expression of select item `n` (1-based), if it is an expression.

@@ -332,6 +332,7 @@ fn pull_up(plan: LogicalPlan) -> Result<Pulled> {
         LogicalPlan::Union { .. } => Err(not_supported("UNION")),
         LogicalPlan::Shared { .. } => Err(not_supported("an outer column inside a WITH")),
         LogicalPlan::Repeat { .. } => Err(not_supported("INTERSECT ALL / EXCEPT ALL")),
+        LogicalPlan::Window { .. } => Err(not_supported("window functions")),
         LogicalPlan::Scan { .. } => unreachable!("a scan reads no outer column"),
     }
 }
