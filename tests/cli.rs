@@ -33,9 +33,17 @@ fn fixture() -> tempfile::TempDir {
 
 fn assert_error(run: &Run, code: i32, needles: &[&str]) {
     assert_eq!(run.code, code, "exit code; stderr: {}", run.stderr);
-    let line = run.stderr.trim();
-    assert!(line.starts_with("error: "), "stderr: {line}");
-    assert_eq!(line.lines().count(), 1, "one line expected: {line}");
+    let text = run.stderr.trim_end();
+    let mut lines = text.lines();
+    let line = lines.next().unwrap_or_default();
+    assert!(line.starts_with("error: "), "stderr: {text}");
+    // One line; an error at a place in the SQL is followed by that line and a caret under it.
+    let rest: Vec<&str> = lines.collect();
+    if !rest.is_empty() {
+        assert!(line.contains(" at line "), "one line expected: {text}");
+        assert_eq!(rest.len(), 2, "the SQL line and a caret: {text}");
+        assert!(rest[0].contains(" | ") && rest[1].trim_end().ends_with('^'), "{text}");
+    }
     for n in needles {
         assert!(line.contains(n), "'{n}' missing from: {line}");
     }
@@ -197,13 +205,18 @@ fn bad_sql_names_the_position() {
     assert_error(&run, 2, &["cannot apply + to VARCHAR and INTEGER"]);
     let run = flow(dir.path(), &["sql", "SELECT a FROM 't.parquet' WHERE s = 5"]);
     assert_error(&run, 2, &["cannot compare VARCHAR with INTEGER"]);
+    // The caret sits under the spot, on the line it is on.
+    let run = flow(dir.path(), &["sql", "SELECT a,\n       s\nFROM 't.parquet'\nWHERE a > 1 OR s = 5"]);
+    assert_error(&run, 2, &["cannot compare VARCHAR with INTEGER", "line 4, column 16"]);
+    assert!(run.stderr.contains(" 4 | WHERE a > 1 OR s = 5\n   |                ^"), "{}", run.stderr);
 }
 
 #[test]
 fn unsupported_sql_is_an_error_not_a_wrong_answer() {
     let dir = fixture();
     for (sql, what) in [
-        ("SELECT a FROM 't.parquet' INTERSECT SELECT a FROM 't.parquet'", "INTERSECT"),
+        ("SELECT a FROM 't.parquet' GROUP BY ROLLUP (a)", "ROLLUP"),
+        ("WITH RECURSIVE r AS (SELECT 1 AS x) SELECT * FROM r", "WITH RECURSIVE"),
         ("SELECT x.a FROM 't.parquet' x NATURAL JOIN 't.parquet' y", "NATURAL JOIN"),
         ("SELECT DISTINCT ON (a) a FROM 't.parquet'", "DISTINCT ON"),
     ] {

@@ -27,6 +27,24 @@ use crate::args::{Cli, Command, CommonArgs, SourceArgs, UnitArgs};
 use crate::report::{Report, StepReport, UnitReport};
 use flow_engine::units::{assigned, StepJob, Unit, UnitState};
 
+/// The SQL text being planned or run, so that an error pointing into it can show the spot.
+static SQL_CONTEXT: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+fn set_sql(sql: &str) {
+    *SQL_CONTEXT.lock().unwrap_or_else(|e| e.into_inner()) = Some(sql.to_string());
+}
+
+/// Prints an error: one line, then, for an error at a place in the SQL, that line of the SQL
+/// with a caret under the spot.
+fn print_error(e: &Error) {
+    eprintln!("error: {e}");
+    let Some((line, column)) = e.position() else { return };
+    let sql = SQL_CONTEXT.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    if let Some(c) = sql.and_then(|sql| flow_engine::caret(&sql, line, column)) {
+        eprintln!("{c}");
+    }
+}
+
 /// Exit code for failures worth retrying (`EX_TEMPFAIL`).
 const EXIT_RETRY: u8 = 75;
 
@@ -90,7 +108,7 @@ fn main() -> ExitCode {
             ExitCode::from(130)
         }
         Err(e) => {
-            eprintln!("error: {e}");
+            print_error(&e);
             ExitCode::from(exit_code(&e))
         }
     }
@@ -187,6 +205,7 @@ fn open_pipeline(common: &CommonArgs, path: &Path, verbose: bool) -> Result<(Pip
     }
     for (i, step) in file.steps.iter().enumerate() {
         let label = step.label(i);
+        set_sql(&step.sql);
         match &step.name {
             Some(name) => engine.register_view(name, &step.sql).map_err(|e| e.in_step(&label))?,
             None => drop(engine.sql(&step.sql).map_err(|e| e.in_step(&label))?),
@@ -278,6 +297,7 @@ fn run_steps(
         flow_engine::alloc::reset_peak();
         let target = file.base_dir.join(output.path());
         let format = output.format()?;
+        set_sql(&step.sql);
         let query = engine.sql(&step.sql).map_err(|e| e.in_step(&label))?;
         progress.start_query(&label, query.input_rows());
         let (summary, metrics) = query.write_as(&target, format).map_err(|e| e.in_step(&label))?;
@@ -553,6 +573,7 @@ fn explain(
     signal::watch(engine.cancel_flag());
     let mut out = String::new();
     for (label, sql) in steps {
+        set_sql(&sql);
         let in_step = |e: Error| if label.is_empty() { e } else { e.in_step(&label) };
         if !label.is_empty() {
             out.push_str(&format!("== step {label} ==\n"));
@@ -577,6 +598,7 @@ fn run_sql(
     verbose: bool,
 ) -> Result<(), Error> {
     let started = Instant::now();
+    set_sql(sql);
     let config = config(common, None, verbose)?;
     let mut engine = Engine::new(config)?;
     register_sources(&mut engine, sources)?;

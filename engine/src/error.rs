@@ -103,6 +103,17 @@ pub enum Error {
     /// The run was cancelled (Ctrl-C).
     #[error("cancelled")]
     Cancelled,
+    /// An error at a place in the SQL text (the expression it is about).
+    #[error("{source} at line {line}, column {column}")]
+    At {
+        /// What went wrong.
+        #[source]
+        source: Box<Error>,
+        /// 1-based line.
+        line: u64,
+        /// 1-based column.
+        column: u64,
+    },
     /// An error from a step of a pipeline: wraps the cause with the step's name.
     #[error("step '{step}': {source}")]
     Step {
@@ -125,8 +136,39 @@ impl Error {
             | Error::Schema(_)
             | Error::Config(_)
             | Error::BadFile { .. } => true,
-            Error::Step { source, .. } => source.is_bad_input(),
+            Error::Step { source, .. } | Error::At { source, .. } => source.is_bad_input(),
             _ => false,
+        }
+    }
+
+    /// The error itself, without the step or SQL position it is wrapped in.
+    pub fn inner(&self) -> &Error {
+        match self {
+            Error::Step { source, .. } | Error::At { source, .. } => source.inner(),
+            other => other,
+        }
+    }
+
+    /// Where in the SQL text the error is, if known: 1-based line and column.
+    pub fn position(&self) -> Option<(u64, u64)> {
+        match self {
+            Error::Sql { line, column, .. } if *line > 0 => Some((*line, *column)),
+            Error::At { line, column, .. } => Some((*line, *column)),
+            Error::Step { source, .. } => source.position(),
+            _ => None,
+        }
+    }
+
+    /// The error placed at `line` and `column` of the SQL text, unless it has a place already
+    /// (or the place is unknown: line 0). Only errors about the SQL get one.
+    pub(crate) fn located(self, line: u64, column: u64) -> Error {
+        if line == 0 || self.position().is_some() {
+            return self;
+        }
+        match self {
+            Error::Sql { message, .. } => Error::Sql { message, line, column },
+            e @ (Error::Plan(_) | Error::NotSupported(_)) => Error::At { source: Box::new(e), line, column },
+            other => other,
         }
     }
 
@@ -152,7 +194,7 @@ impl Error {
             ),
             Error::SpillLimit { .. } | Error::Cancelled => true,
             Error::UnitsFailed { transient, .. } => *transient,
-            Error::Step { source, .. } => source.is_transient(),
+            Error::Step { source, .. } | Error::At { source, .. } => source.is_transient(),
             _ => false,
         }
     }
@@ -161,7 +203,7 @@ impl Error {
     pub fn is_cancelled(&self) -> bool {
         match self {
             Error::Cancelled => true,
-            Error::Step { source, .. } => source.is_cancelled(),
+            Error::Step { source, .. } | Error::At { source, .. } => source.is_cancelled(),
             _ => false,
         }
     }
@@ -219,6 +261,22 @@ fn top_consumers(largest: &[(String, u64)]) -> String {
     }
     let list: Vec<String> = largest.iter().map(|(n, b)| format!("{n} {}", human(*b))).collect();
     format!("; largest: {}", list.join(", "))
+}
+
+/// The line of `sql` an error is on, with a caret under its column, for a terminal:
+///
+/// ```text
+///    3 |     WHERE s = 5
+///      |           ^
+/// ```
+pub fn caret(sql: &str, line: u64, column: u64) -> Option<String> {
+    let text = sql.lines().nth(line.checked_sub(1)? as usize)?;
+    let number = line.to_string();
+    let pad = " ".repeat(number.len());
+    // Columns count characters; tabs keep their width under the caret.
+    let before: String =
+        text.chars().take(column.saturating_sub(1) as usize).map(|c| if c == '\t' { '\t' } else { ' ' }).collect();
+    Some(format!(" {number} | {text}\n {pad} | {before}^"))
 }
 
 /// Formats a byte count the way the CLI prints it: `15.4 MiB`.

@@ -48,7 +48,7 @@ pub mod units;
 
 pub use config::{available_memory, default_mem_budget, parse_size, Config};
 pub use engine::{Engine, Query, QueryMetrics};
-pub use error::{human, Error, Result};
+pub use error::{caret, human, Error, Result};
 pub use exec::sink::{OutputFormat, WriteSummary};
 pub use exec::OperatorStats;
 pub use memory::{MemoryPool, MemoryReservation};

@@ -397,7 +397,16 @@ impl<'a> ExprPlanner<'a> {
         Ok(Expr::Cast { expr: Box::new(e), to: to.clone() })
     }
 
+    /// Plans an expression; an error about it says where it is in the SQL text.
     pub fn plan(&self, e: &ast::Expr) -> Result<Expr> {
+        use sqlparser::ast::Spanned;
+        self.plan_inner(e).map_err(|err| {
+            let at = e.span().start;
+            err.located(at.line, at.column)
+        })
+    }
+
+    fn plan_inner(&self, e: &ast::Expr) -> Result<Expr> {
         use ast::Expr as A;
         Ok(match e {
             A::Identifier(id) => self.resolve_column(None, id)?,
