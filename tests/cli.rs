@@ -75,7 +75,7 @@ fn readme_demo_pipeline_runs() {
     let total = |i: usize| rows.iter().map(|r| r[i].parse::<f64>().unwrap()).sum::<f64>();
     assert_eq!((total(2), total(3)), (150010.0, 74251.0));
     assert!((total(4) - 74994469.05).abs() < 0.01);
-    assert!(run.stderr.contains("HashJoin Inner, build side right"), "the summary shows the join: {}", run.stderr);
+    assert!(run.stderr.contains("HashJoin INNER, build side right"), "the summary shows the join: {}", run.stderr);
     // The step cut into units: one hive folder per category, biggest spenders first, and DuckDB's
     // totals over its rows.
     assert!(

@@ -163,3 +163,15 @@ fn tiny_budget_spills() {
         assert!(check(q, TINY), "{q} should spill at {TINY} bytes");
     }
 }
+
+/// The plans of a few queries, as `EXPLAIN` prints them: join order and build sides, filters at
+/// their scans, decorrelated subqueries, a CTE computed once. A change in any of them shows here.
+#[test]
+fn explain_snapshots() {
+    let engine = engine(ROOMY);
+    for q in ["q03", "q05", "q15", "q17", "q21"] {
+        let sql = std::fs::read_to_string(tpch_dir().join(format!("queries/{q}.sql"))).unwrap();
+        let plan = engine.sql(&sql).unwrap().explain();
+        insta::assert_snapshot!(format!("explain_{q}"), plan);
+    }
+}

@@ -551,8 +551,8 @@ impl Pipeline {
                     depth,
                     Some(self.id),
                     format!(
-                        "{role}HashJoin {:?} on [{}]{}, build side {}",
-                        spec.join_type,
+                        "{role}HashJoin {} on [{}]{}, build side {}",
+                        spec.join_type.name(),
                         keys.join(", "),
                         spec.filter.as_ref().map(|f| format!(" and {f}")).unwrap_or_default(),
                         if spec.build_is_left { "left" } else { "right" },
@@ -615,8 +615,8 @@ impl Pipeline {
             Source::Join { spec, .. } => (
                 "HashJoin",
                 format!(
-                    "{:?}, build side {}, keys [{}]{}",
-                    spec.join_type,
+                    "{}, build side {}, keys [{}]{}",
+                    spec.join_type.name(),
                     if spec.build_is_left { "left" } else { "right" },
                     exprs(&spec.build_keys),
                     spec.filter.as_ref().map(|f| format!(", condition {f}")).unwrap_or_default()

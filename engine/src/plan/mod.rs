@@ -198,7 +198,8 @@ impl JoinType {
     pub fn is_null_aware(self) -> bool {
         matches!(self, JoinType::Anti { null_aware: true } | JoinType::Mark { null_aware: true })
     }
-    fn name(self) -> &'static str {
+    /// The join type as SQL (and `EXPLAIN`) name it.
+    pub fn name(self) -> &'static str {
         match self {
             JoinType::Inner => "INNER",
             JoinType::Left => "LEFT",

@@ -1,0 +1,238 @@
+//! SQL of the analytical kind, construct by construct, against DuckDB's answers on the same small
+//! tables (nulls everywhere, duplicates, an empty table): subqueries of every kind, WITH, set
+//! operations, window functions, date arithmetic and the scalar functions; then errors, and
+//! window functions over partitions larger than a tiny budget (answers identical to a roomy one).
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, Date32Array, Decimal128Array, Int32Array, Int64Array, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Schema};
+use arrow::util::display::{ArrayFormatter, FormatOptions};
+use flow_engine::{Config, Engine, Error};
+
+/// The tables the expected answers were computed on (by DuckDB):
+/// `a(k INTEGER, s VARCHAR, v DECIMAL(4,2), d DATE)`, `b(k INTEGER, s VARCHAR)`, `empty(k INTEGER)`.
+fn tables(dir: &Path) {
+    let day = |s: &str| {
+        let d = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap();
+        (d - chrono::NaiveDate::from_ymd_opt(1970, 1, 1).unwrap()).num_days() as i32
+    };
+    let a = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Int32, true),
+            Field::new("s", DataType::Utf8, true),
+            Field::new("v", DataType::Decimal128(4, 2), true),
+            Field::new("d", DataType::Date32, true),
+        ])),
+        vec![
+            Arc::new(Int32Array::from(vec![Some(1), Some(2), Some(2), Some(3), None, Some(4), Some(4)])) as ArrayRef,
+            Arc::new(StringArray::from(vec![Some("a"), Some("b"), Some("b"), None, Some("c"), Some("d"), Some("d")])),
+            Arc::new(
+                Decimal128Array::from(vec![Some(1050), None, None, Some(725), Some(100), Some(200), Some(300)])
+                    .with_precision_and_scale(4, 2)
+                    .unwrap(),
+            ),
+            Arc::new(Date32Array::from(vec![
+                Some(day("2024-01-01")),
+                Some(day("2024-01-05")),
+                Some(day("2024-01-05")),
+                None,
+                Some(day("2024-02-01")),
+                Some(day("2024-03-01")),
+                Some(day("2024-03-02")),
+            ])),
+        ],
+    )
+    .unwrap();
+    let b = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![Field::new("k", DataType::Int32, true), Field::new("s", DataType::Utf8, true)])),
+        vec![
+            Arc::new(Int32Array::from(vec![Some(2), Some(2), Some(3), None, Some(5), None])) as ArrayRef,
+            Arc::new(StringArray::from(vec![Some("b"), Some("b"), None, Some("c"), Some("e"), None])),
+        ],
+    )
+    .unwrap();
+    let empty = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![Field::new("k", DataType::Int32, true)])),
+        vec![Arc::new(Int32Array::from(Vec::<i32>::new())) as ArrayRef],
+    )
+    .unwrap();
+    common::write_parquet(&dir.join("a.parquet"), &[a], None);
+    common::write_parquet(&dir.join("b.parquet"), &[b], None);
+    common::write_parquet(&dir.join("empty.parquet"), &[empty], None);
+}
+
+fn engine(dir: &Path, budget: u64) -> Engine {
+    let config = Config::default().with_mem_budget(budget).with_threads(2).with_spill_dir(dir);
+    let mut e = Engine::new(config).unwrap();
+    for t in ["a", "b", "empty"] {
+        e.register(t, dir.join(format!("{t}.parquet")).to_str().unwrap()).unwrap();
+    }
+    e
+}
+
+/// Every row of the result as text, sorted.
+fn result(e: &Engine, sql: &str) -> Vec<Vec<String>> {
+    let batches = e.sql(sql).and_then(|q| q.collect()).unwrap_or_else(|err| panic!("{sql}: {err}"));
+    let options = FormatOptions::default().with_null("NULL");
+    let mut rows = Vec::new();
+    for b in &batches {
+        let f: Vec<ArrayFormatter> =
+            b.columns().iter().map(|c| ArrayFormatter::try_new(c.as_ref(), &options).unwrap()).collect();
+        for r in 0..b.num_rows() {
+            rows.push(f.iter().map(|f| f.value(r).to_string()).collect::<Vec<_>>());
+        }
+    }
+    rows.sort();
+    rows
+}
+
+/// The query's rows (in any order) are DuckDB's.
+fn same(e: &Engine, sql: &str, want: &[&[&str]]) {
+    let mut want: Vec<Vec<String>> = want.iter().map(|r| r.iter().map(|v| v.to_string()).collect()).collect();
+    want.sort();
+    assert_eq!(result(e, sql), want, "{sql}");
+    assert_eq!(e.pool().reserved(), 0, "{sql}: memory still reserved");
+}
+
+#[test]
+fn agrees_with_duckdb() {
+    let dir = tempfile::tempdir().unwrap();
+    tables(dir.path());
+    let e = engine(dir.path(), 256 << 20);
+    // subqueries
+    same(&e, "SELECT k FROM a WHERE EXISTS (SELECT 1 FROM b WHERE b.k = a.k)", &[&["2"], &["2"], &["3"]]);
+    same(&e, "SELECT k FROM a WHERE NOT EXISTS (SELECT 1 FROM b WHERE b.k = a.k)", &[&["1"], &["4"], &["4"], &["NULL"]]);
+    same(&e, "SELECT k FROM a WHERE k IN (SELECT k FROM b)", &[&["2"], &["2"], &["3"]]);
+    same(&e, "SELECT k FROM a WHERE k NOT IN (SELECT k FROM b)", &[]);
+    same(&e, "SELECT k FROM a WHERE k NOT IN (SELECT k FROM b WHERE k IS NOT NULL)", &[&["1"], &["4"], &["4"]]);
+    same(&e, "SELECT k FROM a WHERE k NOT IN (SELECT k FROM empty)", &[&["1"], &["2"], &["2"], &["3"], &["4"], &["4"], &["NULL"]]);
+    same(&e, "SELECT k, k IN (SELECT k FROM b WHERE k IS NOT NULL) FROM a", &[&["1", "false"], &["2", "true"], &["2", "true"], &["3", "true"], &["4", "false"], &["4", "false"], &["NULL", "NULL"]]);
+    same(&e, "SELECT k, k IN (SELECT k FROM b) FROM a", &[&["1", "NULL"], &["2", "true"], &["2", "true"], &["3", "true"], &["4", "NULL"], &["4", "NULL"], &["NULL", "NULL"]]);
+    same(&e, "SELECT k, k NOT IN (SELECT k FROM empty) FROM a", &[&["1", "true"], &["2", "true"], &["2", "true"], &["3", "true"], &["4", "true"], &["4", "true"], &["NULL", "true"]]);
+    same(&e, "SELECT k, EXISTS (SELECT 1 FROM b WHERE b.s = a.s) FROM a", &[&["1", "false"], &["2", "true"], &["2", "true"], &["3", "false"], &["4", "false"], &["4", "false"], &["NULL", "true"]]);
+    same(&e, "SELECT k, (SELECT count(*) FROM b WHERE b.k = a.k) FROM a", &[&["1", "0"], &["2", "2"], &["2", "2"], &["3", "1"], &["4", "0"], &["4", "0"], &["NULL", "0"]]);
+    same(&e, "SELECT k, (SELECT max(s) FROM b WHERE b.k = a.k) FROM a", &[&["1", "NULL"], &["2", "b"], &["2", "b"], &["3", "NULL"], &["4", "NULL"], &["4", "NULL"], &["NULL", "NULL"]]);
+    same(&e, "SELECT k FROM a WHERE v > (SELECT avg(v) FROM a)", &[&["1"], &["3"]]);
+    same(&e, "SELECT k, (SELECT s FROM b WHERE b.k = a.k AND b.k = 3) FROM a", &[&["1", "NULL"], &["2", "NULL"], &["2", "NULL"], &["3", "NULL"], &["4", "NULL"], &["4", "NULL"], &["NULL", "NULL"]]);
+    same(&e, "SELECT s, sum(v) FROM a GROUP BY s HAVING sum(v) > (SELECT min(v) FROM a)", &[&["NULL", "7.25"], &["a", "10.50"], &["d", "5.00"]]);
+    same(&e, "SELECT k, s FROM a WHERE s NOT IN (SELECT s FROM b WHERE b.k = a.k)", &[&["1", "a"], &["4", "d"], &["4", "d"], &["NULL", "c"]]);
+    same(&e, "SELECT k, s FROM a WHERE k = 1 OR s IN (SELECT s FROM b WHERE b.k = a.k)", &[&["1", "a"], &["2", "b"], &["2", "b"]]);
+    same(&e, "SELECT k, s, s IN (SELECT s FROM b WHERE b.k = a.k) FROM a", &[&["1", "a", "false"], &["2", "b", "true"], &["2", "b", "true"], &["3", "NULL", "NULL"], &["4", "d", "false"], &["4", "d", "false"], &["NULL", "c", "false"]]);
+    same(&e, "SELECT k FROM a WHERE EXISTS (SELECT 1 FROM b WHERE b.k > a.k)", &[&["1"], &["2"], &["2"], &["3"], &["4"], &["4"]]);
+    same(&e, "SELECT k FROM a WHERE k IN (SELECT k FROM b WHERE EXISTS (SELECT 1 FROM a a2 WHERE a2.k = b.k AND a2.v > 5))", &[&["3"]]);
+    same(&e, "SELECT k, (SELECT count(*) FROM empty) FROM a WHERE k = 1", &[&["1", "0"]]);
+    same(&e, "SELECT s, (SELECT count(*) FROM b WHERE b.s = a.s) FROM a GROUP BY s", &[&["NULL", "0"], &["a", "0"], &["b", "2"], &["c", "1"], &["d", "0"]]);
+    same(&e, "SELECT k FROM a WHERE (SELECT max(k) FROM b) > k", &[&["1"], &["2"], &["2"], &["3"], &["4"], &["4"]]);
+    // ctes
+    same(&e, "WITH x AS (SELECT k, count(*) AS c FROM a GROUP BY k) SELECT x1.k, x1.c, x2.c FROM x x1 JOIN x x2 ON x1.k = x2.k + 1", &[&["2", "2", "1"], &["3", "1", "2"], &["4", "2", "1"]]);
+    same(&e, "WITH x(n) AS (SELECT k FROM a), y AS (SELECT n * 2 AS m FROM x) SELECT m FROM y WHERE m > 4", &[&["6"], &["8"], &["8"]]);
+    same(&e, "WITH x AS (SELECT k FROM a WHERE k > 2) SELECT count(*) FROM x, x AS x2", &[&["9"]]);
+    same(&e, "WITH x AS (SELECT s FROM b) SELECT k FROM a WHERE s IN (SELECT s FROM x) AND s NOT IN (SELECT s FROM x WHERE s > 'b')", &[&["2"], &["2"]]);
+    // set operations
+    same(&e, "SELECT k, s FROM a INTERSECT SELECT k, s FROM b", &[&["2", "b"], &["3", "NULL"], &["NULL", "c"]]);
+    same(&e, "SELECT k, s FROM a INTERSECT ALL SELECT k, s FROM b", &[&["2", "b"], &["2", "b"], &["3", "NULL"], &["NULL", "c"]]);
+    same(&e, "SELECT k, s FROM a EXCEPT SELECT k, s FROM b", &[&["1", "a"], &["4", "d"]]);
+    same(&e, "SELECT k, s FROM a EXCEPT ALL SELECT k, s FROM b", &[&["1", "a"], &["4", "d"], &["4", "d"]]);
+    same(&e, "SELECT k FROM b EXCEPT ALL SELECT k FROM a", &[&["5"], &["NULL"]]);
+    same(&e, "SELECT k FROM a INTERSECT SELECT k FROM empty", &[]);
+    same(&e, "SELECT k FROM a EXCEPT SELECT k FROM empty", &[&["1"], &["2"], &["3"], &["4"], &["NULL"]]);
+    // windows
+    same(&e, "SELECT k, s, v, row_number() OVER (PARTITION BY s ORDER BY k, v) FROM a", &[&["1", "a", "10.50", "1"], &["2", "b", "NULL", "1"], &["2", "b", "NULL", "2"], &["3", "NULL", "7.25", "1"], &["4", "d", "2.00", "1"], &["4", "d", "3.00", "2"], &["NULL", "c", "1.00", "1"]]);
+    same(&e, "SELECT k, v, rank() OVER (ORDER BY k), dense_rank() OVER (ORDER BY k), percent_rank() OVER (ORDER BY k), cume_dist() OVER (ORDER BY k) FROM a", &[&["1", "10.50", "1", "1", "0.0", "0.14285714285714285"], &["2", "NULL", "2", "2", "0.16666666666666666", "0.42857142857142855"], &["2", "NULL", "2", "2", "0.16666666666666666", "0.42857142857142855"], &["3", "7.25", "4", "3", "0.5", "0.5714285714285714"], &["4", "2.00", "5", "4", "0.6666666666666666", "0.8571428571428571"], &["4", "3.00", "5", "4", "0.6666666666666666", "0.8571428571428571"], &["NULL", "1.00", "7", "5", "1.0", "1.0"]]);
+    same(&e, "SELECT k, v, ntile(3) OVER (ORDER BY k, v NULLS FIRST) FROM a", &[&["1", "10.50", "1"], &["2", "NULL", "1"], &["2", "NULL", "1"], &["3", "7.25", "2"], &["4", "2.00", "2"], &["4", "3.00", "3"], &["NULL", "1.00", "3"]]);
+    same(&e, "SELECT k, v, lag(v) OVER (ORDER BY k, v), lead(v, 2, -1) OVER (ORDER BY k, v) FROM a", &[&["1", "10.50", "NULL", "NULL"], &["2", "NULL", "10.50", "7.25"], &["2", "NULL", "NULL", "2.00"], &["3", "7.25", "NULL", "3.00"], &["4", "2.00", "7.25", "1.00"], &["4", "3.00", "2.00", "-1.00"], &["NULL", "1.00", "3.00", "-1.00"]]);
+    same(&e, "SELECT k, v, sum(v) OVER (ORDER BY k), count(*) OVER (ORDER BY k), avg(v) OVER (PARTITION BY s) FROM a", &[&["1", "10.50", "10.50", "1", "10.5"], &["2", "NULL", "10.50", "3", "NULL"], &["2", "NULL", "10.50", "3", "NULL"], &["3", "7.25", "17.75", "4", "7.25"], &["4", "2.00", "22.75", "6", "2.5"], &["4", "3.00", "22.75", "6", "2.5"], &["NULL", "1.00", "23.75", "7", "1.0"]]);
+    same(&e, "SELECT k, v, sum(v) OVER (ORDER BY k, v ROWS BETWEEN 1 PRECEDING AND 1 FOLLOWING), min(v) OVER (ORDER BY k, v ROWS BETWEEN 2 PRECEDING AND CURRENT ROW), max(d) OVER (ORDER BY k, v ROWS BETWEEN CURRENT ROW AND UNBOUNDED FOLLOWING) FROM a", &[&["1", "10.50", "10.50", "10.50", "2024-03-02"], &["2", "NULL", "10.50", "10.50", "2024-03-02"], &["2", "NULL", "7.25", "10.50", "2024-03-02"], &["3", "7.25", "9.25", "7.25", "2024-03-02"], &["4", "2.00", "12.25", "2.00", "2024-03-02"], &["4", "3.00", "6.00", "2.00", "2024-03-02"], &["NULL", "1.00", "4.00", "1.00", "2024-02-01"]]);
+    same(&e, "SELECT k, first_value(v) OVER (ORDER BY k, v), last_value(v) OVER (ORDER BY k, v), nth_value(v, 2) OVER (ORDER BY k, v ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING) FROM a", &[&["1", "10.50", "10.50", "NULL"], &["2", "10.50", "NULL", "NULL"], &["2", "10.50", "NULL", "NULL"], &["3", "10.50", "7.25", "NULL"], &["4", "10.50", "2.00", "NULL"], &["4", "10.50", "3.00", "NULL"], &["NULL", "10.50", "1.00", "NULL"]]);
+    same(&e, "SELECT k, v, sum(v) OVER (ORDER BY v RANGE BETWEEN 2 PRECEDING AND 1 FOLLOWING), count(v) OVER (ORDER BY k RANGE BETWEEN 1 PRECEDING AND CURRENT ROW) FROM a", &[&["1", "10.50", "10.50", "1"], &["2", "NULL", "NULL", "1"], &["2", "NULL", "NULL", "1"], &["3", "7.25", "7.25", "1"], &["4", "2.00", "6.00", "3"], &["4", "3.00", "6.00", "3"], &["NULL", "1.00", "3.00", "1"]]);
+    same(&e, "SELECT s, sum(v), rank() OVER (ORDER BY sum(v) DESC NULLS LAST) FROM a GROUP BY s", &[&["NULL", "7.25", "2"], &["a", "10.50", "1"], &["b", "NULL", "5"], &["c", "1.00", "4"], &["d", "5.00", "3"]]);
+    same(&e, "SELECT k, sum(k) OVER () FROM a", &[&["1", "16"], &["2", "16"], &["2", "16"], &["3", "16"], &["4", "16"], &["4", "16"], &["NULL", "16"]]);
+    same(&e, "SELECT k, d, count(*) OVER (ORDER BY d RANGE BETWEEN INTERVAL 10 DAY PRECEDING AND CURRENT ROW) FROM a", &[&["1", "2024-01-01", "1"], &["2", "2024-01-05", "3"], &["2", "2024-01-05", "3"], &["3", "NULL", "1"], &["4", "2024-03-01", "1"], &["4", "2024-03-02", "2"], &["NULL", "2024-02-01", "1"]]);
+    same(&e, "SELECT k, row_number() OVER (ORDER BY k) FROM empty", &[]);
+    // functions
+    same(&e, "SELECT date '1998-12-01' - interval '90' day, date '2024-01-31' + interval '1' month, date '2024-01-01' + 30, date '2024-03-01' - date '2024-01-01' FROM a WHERE k = 1", &[&["1998-09-02T00:00:00", "2024-02-29T00:00:00", "2024-01-31", "60"]]);
+    same(&e, "SELECT date_trunc('month', d), date_trunc('year', d), date_trunc('week', d), extract(quarter from d) FROM a", &[&["2024-01-01T00:00:00", "2024-01-01T00:00:00", "2024-01-01T00:00:00", "1"], &["2024-01-01T00:00:00", "2024-01-01T00:00:00", "2024-01-01T00:00:00", "1"], &["2024-01-01T00:00:00", "2024-01-01T00:00:00", "2024-01-01T00:00:00", "1"], &["2024-02-01T00:00:00", "2024-01-01T00:00:00", "2024-01-29T00:00:00", "1"], &["2024-03-01T00:00:00", "2024-01-01T00:00:00", "2024-02-26T00:00:00", "1"], &["2024-03-01T00:00:00", "2024-01-01T00:00:00", "2024-02-26T00:00:00", "1"], &["NULL", "NULL", "NULL", "NULL"]]);
+    same(&e, "SELECT position('b' in s), strpos(s, 'b'), replace(s, 'b', 'xy'), nullif(k, 2), greatest(k, 3), least(v, 5.0) FROM a", &[&["0", "0", "a", "1", "3", "5.00"], &["0", "0", "c", "NULL", "3", "1.00"], &["0", "0", "d", "4", "4", "2.00"], &["0", "0", "d", "4", "4", "3.00"], &["1", "1", "xy", "NULL", "3", "5.00"], &["1", "1", "xy", "NULL", "3", "5.00"], &["NULL", "NULL", "NULL", "3", "3", "5.00"]]);
+    same(&e, "SELECT ceil(v), floor(v), left(s, 1), right(s, 1), starts_with(s, 'a'), contains(s, 'd'), reverse(s) FROM a", &[&["1", "1", "c", "c", "false", "false", "c"], &["11", "10", "a", "a", "true", "false", "a"], &["2", "2", "d", "d", "false", "true", "d"], &["3", "3", "d", "d", "false", "true", "d"], &["8", "7", "NULL", "NULL", "NULL", "NULL", "NULL"], &["NULL", "NULL", "b", "b", "false", "false", "b"], &["NULL", "NULL", "b", "b", "false", "false", "b"]]);
+    same(&e, "SELECT TRY_CAST(s AS INTEGER), TRY_CAST('12' AS INTEGER) FROM a", &[&["NULL", "12"], &["NULL", "12"], &["NULL", "12"], &["NULL", "12"], &["NULL", "12"], &["NULL", "12"], &["NULL", "12"]]);
+    same(&e, "SELECT k FROM a WHERE d >= date '2024-01-01' + interval '1' month", &[&["4"], &["4"], &["NULL"]]);
+    same(&e, "SELECT s FROM a GROUP BY s ORDER BY sum(v) DESC NULLS LAST, s", &[&["NULL"], &["a"], &["b"], &["c"], &["d"]]);
+}
+
+#[test]
+fn subquery_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    tables(dir.path());
+    let e = engine(dir.path(), 256 << 20);
+    let err = |sql: &str| e.sql(sql).and_then(|q| q.collect()).err().unwrap_or_else(|| panic!("{sql} should fail"));
+    // A scalar subquery with more rows than one is an error when it runs, as in DuckDB.
+    let more = err("SELECT k, (SELECT k FROM b) FROM a").to_string();
+    assert!(more.contains("more than one row returned by a subquery"), "{more}");
+    let more = err("SELECT k, (SELECT s FROM b WHERE b.k = a.k) FROM a").to_string();
+    assert!(more.contains("more than one row"), "{more}");
+    let wide = err("SELECT k FROM a WHERE k IN (SELECT k, s FROM b)").to_string();
+    assert!(wide.contains("must return one column, this one returns 2"), "{wide}");
+    let types = err("SELECT k FROM a WHERE k IN (SELECT s FROM b)").to_string();
+    assert!(types.contains("cannot compare INTEGER with VARCHAR"), "{types}");
+    // Correlation under an aggregate needs an equality; anything else says so.
+    let other = err("SELECT k FROM a WHERE 1 < (SELECT count(*) FROM b WHERE b.k < a.k)");
+    assert!(matches!(other.inner(), Error::NotSupported(_)), "{other}");
+    let unknown = err("SELECT k FROM a WHERE EXISTS (SELECT 1 FROM b WHERE b.kk = a.k)").to_string();
+    assert!(unknown.contains("unknown column 'b.kk'") && unknown.contains("did you mean k?"), "{unknown}");
+    let window = err("SELECT k FROM a WHERE row_number() OVER () > 1").to_string();
+    assert!(window.contains("not allowed here"), "{window}");
+    let frame = err("SELECT sum(k) OVER (ORDER BY s RANGE BETWEEN 1 PRECEDING AND CURRENT ROW) FROM a").to_string();
+    assert!(frame.contains("RANGE with an offset needs exactly one ORDER BY key, a number or a date"), "{frame}");
+}
+
+#[test]
+fn windows_over_partitions_larger_than_the_budget() {
+    // 200 000 rows in 3 partitions (one holding most rows), and a window over all of it at once:
+    // at a 3 MiB budget partitions go to disk and are evaluated through cursors; the answers must
+    // be the ones of a roomy run.
+    let dir = tempfile::tempdir().unwrap();
+    let n = 200_000i64;
+    let batches: Vec<RecordBatch> = (0..n / 10_000)
+        .map(|part| {
+            let ids: Vec<i64> = (part * 10_000..(part + 1) * 10_000).collect();
+            let g: Vec<i64> = ids.iter().map(|i| if i % 10 == 0 { i % 3 } else { 1 }).collect();
+            let x: Vec<Option<i64>> = ids.iter().map(|i| (i % 13 != 0).then_some((i * 7919) % 1000)).collect();
+            RecordBatch::try_new(
+                Arc::new(Schema::new(vec![
+                    Field::new("id", DataType::Int64, false),
+                    Field::new("g", DataType::Int64, false),
+                    Field::new("x", DataType::Int64, true),
+                ])),
+                vec![Arc::new(Int64Array::from(ids)), Arc::new(Int64Array::from(g)), Arc::new(Int64Array::from(x))],
+            )
+            .unwrap()
+        })
+        .collect();
+    common::write_parquet(&dir.path().join("w.parquet"), &batches, None);
+    let run = |budget: u64| {
+        let config = Config::default().with_mem_budget(budget).with_threads(2).with_spill_dir(dir.path());
+        let mut e = Engine::new(config).unwrap();
+        e.register("w", dir.path().join("w.parquet").to_str().unwrap()).unwrap();
+        let sql = "SELECT count(*), sum(r), sum(s), sum(m), sum(l), sum(c), sum(f) FROM (
+            SELECT rank() OVER (PARTITION BY g ORDER BY x) AS r,
+                   sum(x) OVER (PARTITION BY g ORDER BY id ROWS BETWEEN 50 PRECEDING AND 20 FOLLOWING) AS s,
+                   max(x) OVER (PARTITION BY g ORDER BY id ROWS BETWEEN 100 PRECEDING AND CURRENT ROW) AS m,
+                   lead(x, 3) OVER (ORDER BY id) AS l,
+                   count(x) OVER (PARTITION BY g ORDER BY x RANGE BETWEEN 10 PRECEDING AND 5 FOLLOWING) AS c,
+                   last_value(x) OVER (PARTITION BY g ORDER BY id) AS f
+            FROM w)";
+        let rows = result(&e, sql);
+        assert_eq!(e.pool().reserved(), 0);
+        (rows, e.spill().stats().files)
+    };
+    let (roomy, roomy_files) = run(1 << 30);
+    let (tiny, tiny_files) = run(3 << 20);
+    assert_eq!(roomy_files, 0, "nothing spills with a roomy budget");
+    assert!(tiny_files > 0, "a tiny budget spills");
+    assert_eq!(tiny, roomy);
+    assert_eq!(roomy[0][0], "200000");
+}
