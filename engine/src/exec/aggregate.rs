@@ -294,9 +294,9 @@ pub(crate) struct TwoPhase {
     pub output: Vec<Expr>,
 }
 
-/// The two-phase form of an aggregation, when it has one: grouped, and only `count`, `sum`, `min`
-/// and `max`, which merge exactly. (`avg` stays one-phase: DuckDB divides the exact sum once, and
-/// so does flow; `stddev` and `DISTINCT` have their own plans.)
+/// The two-phase form of an aggregation, when it has one: grouped, and only `count`, `sum`,
+/// `min`, `max` and `avg` (as a sum and a count, divided once at the end, exactly as DuckDB
+/// divides its exact sum). `stddev` and `DISTINCT` have their own plans.
 pub(crate) fn two_phase(
     in_schema: &SchemaRef,
     group_exprs: &[Expr],
@@ -305,36 +305,70 @@ pub(crate) fn two_phase(
     ctx: &ExecContext,
 ) -> Result<Option<TwoPhase>> {
     use AggregateFunction as F;
-    let mergeable = |a: &AggregateExpr| !a.distinct && mergeable(a.func);
-    if group_exprs.is_empty() || !aggregates.iter().all(mergeable) {
+    let splittable = |a: &AggregateExpr| !a.distinct && (mergeable(a.func) || a.func == F::Avg);
+    if group_exprs.is_empty() || !aggregates.iter().all(splittable) {
         return Ok(None);
     }
     let keys = group_exprs.len();
-    let partial_schema = out_schema.clone();
+    // The partial aggregates (over the input), and where each of the query's comes from.
+    enum From {
+        One(usize),
+        Avg(usize, usize),
+    }
+    let mut partials: Vec<AggregateExpr> = Vec::new();
+    let mut from = Vec::with_capacity(aggregates.len());
+    for a in aggregates {
+        if a.func == F::Avg {
+            let arg_type = a.arg.as_ref().map(|e| e.data_type(in_schema));
+            let sum_type = F::Sum.return_type(arg_type.as_ref())?;
+            partials.push(AggregateExpr { func: F::Sum, arg: a.arg.clone(), distinct: false, data_type: sum_type });
+            partials.push(AggregateExpr { func: F::Count, arg: a.arg.clone(), distinct: false, data_type: DataType::Int64 });
+            from.push(From::Avg(partials.len() - 2, partials.len() - 1));
+        } else {
+            partials.push(a.clone());
+            from.push(From::One(partials.len() - 1));
+        }
+    }
+    let mut fields: Vec<Field> = (0..keys).map(|i| out_schema.field(i).clone()).collect();
+    fields.extend(partials.iter().enumerate().map(|(j, p)| Field::new(format!("p{j}"), p.data_type.clone(), true)));
+    let partial_schema = Arc::new(Schema::new(fields));
     let metrics = OperatorRegistry::default().register(0, "PartialAggregate", String::new());
-    let (spec, arg_exprs) = build_spec(in_schema, group_exprs, aggregates.to_vec(), partial_schema.clone(), metrics)?;
+    let (spec, arg_exprs) = build_spec(in_schema, group_exprs, partials.clone(), partial_schema.clone(), metrics)?;
     let col = |i: usize| Expr::column(i, partial_schema.field(i).name());
+    // Final aggregates: counts are summed, the rest merge as themselves.
     let mut final_aggregates = Vec::new();
-    let mut output: Vec<Expr> = (0..keys).map(col).collect();
-    for (i, a) in aggregates.iter().enumerate() {
-        let c = keys + i;
-        let func = match a.func {
+    for (j, p) in partials.iter().enumerate() {
+        let func = match p.func {
             F::CountStar | F::Count => F::Sum,
             f => f,
         };
-        let data_type = func.return_type(Some(partial_schema.field(c).data_type()))?;
-        final_aggregates.push(AggregateExpr { func, arg: Some(col(c)), distinct: false, data_type: data_type.clone() });
-        let merged = Expr::column(c, partial_schema.field(c).name());
-        output.push(if data_type == *out_schema.field(c).data_type() {
-            merged
-        } else {
-            Expr::Cast { expr: Box::new(merged), to: out_schema.field(c).data_type().clone() }
-        });
+        let data_type = func.return_type(Some(&p.data_type))?;
+        final_aggregates.push(AggregateExpr { func, arg: Some(col(keys + j)), distinct: false, data_type });
     }
     let mut fields: Vec<Field> = (0..keys).map(|i| partial_schema.field(i).clone()).collect();
     fields.extend(
         final_aggregates.iter().enumerate().map(|(i, a)| Field::new(format!("m{i}"), a.data_type.clone(), true)),
     );
+    let final_schema = Arc::new(Schema::new(fields));
+    let merged = |j: usize| Expr::column(keys + j, final_schema.field(keys + j).name());
+    let mut output: Vec<Expr> = (0..keys).map(|i| Expr::column(i, final_schema.field(i).name())).collect();
+    for (i, f) in from.iter().enumerate() {
+        let want = out_schema.field(keys + i).data_type().clone();
+        output.push(match f {
+            From::One(j) => {
+                if final_aggregates[*j].data_type == want {
+                    merged(*j)
+                } else {
+                    Expr::Cast { expr: Box::new(merged(*j)), to: want }
+                }
+            }
+            From::Avg(s, c) => Expr::Function {
+                func: crate::expr::Function::AvgDivide,
+                args: vec![merged(*s), merged(*c)],
+                data_type: DataType::Float64,
+            },
+        });
+    }
     let partial = PartialAggregator {
         spec,
         group_exprs: group_exprs.to_vec(),
@@ -343,14 +377,7 @@ pub(crate) fn two_phase(
         limit: (8 * ctx.batch_bytes_target()).max(1 << 20),
     };
     let final_groups = (0..keys).map(col).collect();
-    Ok(Some(TwoPhase {
-        partial: Arc::new(partial),
-        partial_schema: partial_schema.clone(),
-        final_groups,
-        final_aggregates,
-        final_schema: Arc::new(Schema::new(fields)),
-        output,
-    }))
+    Ok(Some(TwoPhase { partial: Arc::new(partial), partial_schema, final_groups, final_aggregates, final_schema, output }))
 }
 
 /// Whether partial results of `f` merge exactly (the two-phase form applies).

@@ -40,7 +40,7 @@ use arrow_row::{RowConverter, Rows, SortField};
 use foldhash::fast::FixedState;
 use hashbrown::HashTable;
 
-use super::operators::Expand;
+use super::operators::{Expand, Stage};
 use super::partition::SpillPartitions;
 use super::{hash_table_bytes, int_like, BatchStream, ExecContext, OperatorMetrics, Pipeline};
 use crate::error::{Error, Result};
@@ -895,6 +895,14 @@ enum State {
 pub(crate) struct JoinStream {
     shared: Arc<Shared>,
     ctx: ExecContext,
+    /// Work from above the join (see [`super::Pipeline::push_down`]): run by the probe side's
+    /// workers when they probe, else here on every batch the join makes.
+    above: Vec<Stage>,
+    out_schema: SchemaRef,
+    /// Output of `above` run here, waiting to go out.
+    pending: VecDeque<RecordBatch>,
+    /// The batch just taken came from the probe side's workers, `above` done.
+    from_workers: bool,
     state: State,
     tasks: VecDeque<Task>,
     /// Most bytes the first build table may hold.
@@ -905,10 +913,13 @@ pub(crate) struct JoinStream {
 
 impl JoinStream {
     /// `children_max` is the most either input holds while it runs beside the join.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         spec: JoinSpec,
         build: Pipeline,
         probe: Pipeline,
+        above: Vec<Stage>,
+        out_schema: SchemaRef,
         children_max: u64,
         queue_limit: u64,
         ctx: &ExecContext,
@@ -946,6 +957,10 @@ impl JoinStream {
                 batch_size: ctx.config.batch_size.max(1),
             }),
             ctx: ctx.clone(),
+            above,
+            out_schema,
+            pending: VecDeque::new(),
+            from_workers: false,
             state: State::Start { build: Box::new(build), probe: Box::new(probe) },
             tasks: VecDeque::new(),
             first_limit,
@@ -954,20 +969,46 @@ impl JoinStream {
     }
 
     pub(crate) fn next_reserved(&mut self, cancel: &AtomicBool) -> Option<Result<(RecordBatch, MemoryReservation)>> {
-        match self.next_batch(cancel) {
-            Ok(Some((batch, Some(r)))) => Some(Ok((batch, r))),
-            Ok(Some((batch, None))) => Some((|| {
-                let mut r = self.ctx.pool.register("HashJoin output", false);
-                r.try_grow(batch.get_array_memory_size() as u64)?;
-                Ok((batch, r))
-            })()),
-            Ok(None) => {
-                self.state = State::Done;
-                None
+        let reserve = |ctx: &ExecContext, batch: RecordBatch| -> Result<(RecordBatch, MemoryReservation)> {
+            let mut r = ctx.pool.register("HashJoin output", false);
+            r.try_grow(batch.get_array_memory_size() as u64)?;
+            Ok((batch, r))
+        };
+        loop {
+            if let Some(batch) = self.pending.pop_front() {
+                return Some(reserve(&self.ctx, batch));
             }
-            Err(e) => {
-                self.stop();
-                Some(Err(e))
+            let next = self.next_batch(cancel);
+            let from_workers = std::mem::take(&mut self.from_workers);
+            match next {
+                Ok(Some((batch, r))) if from_workers || self.above.is_empty() => {
+                    return Some(match r {
+                        Some(r) => Ok((batch, r)),
+                        None => reserve(&self.ctx, batch),
+                    });
+                }
+                Ok(Some((batch, r))) => {
+                    // The work from above, here: its output goes out batch by batch.
+                    let mut out = Vec::new();
+                    let ran = super::operators::run_stages(&self.above, batch, &mut |b| {
+                        out.push(b);
+                        Ok(true)
+                    });
+                    drop(r);
+                    if let Err(e) = ran {
+                        self.stop();
+                        return Some(Err(e));
+                    }
+                    self.pending.extend(out.into_iter().filter(|b| b.num_rows() > 0));
+                }
+                Ok(None) => {
+                    self.state = State::Done;
+                    return None;
+                }
+                Err(e) => {
+                    self.stop();
+                    return Some(Err(e));
+                }
             }
         }
     }
@@ -975,6 +1016,7 @@ impl JoinStream {
     pub(crate) fn stop(&mut self) {
         self.state = State::Done;
         self.tasks.clear();
+        self.pending.clear();
     }
 
     /// A reservation for a batch read back from a spill file, held while the join works on it.
@@ -1058,7 +1100,10 @@ impl JoinStream {
             let table = Arc::new(table);
             let mut probe = probe;
             let prober = Arc::new(Prober { shared: shared.clone(), table: table.clone() });
-            let joined = probe.try_set_expand(prober, shared.spec.schema.clone());
+            // The probe and whatever was pushed down from above run on the probe side's workers.
+            let mut stages = vec![Stage::Expand(prober)];
+            stages.extend(self.above.iter().cloned());
+            let joined = probe.push_down(stages, self.out_schema.clone());
             let stream = super::start_beside(&self.ctx, "HashJoin", min_memory(&self.ctx), || {
                 probe.execute_with(&self.ctx, Some(self.queue_limit))
             })?;
@@ -1274,6 +1319,7 @@ impl JoinStream {
                 match next {
                     Some((batch, reservation)) if probe.joined => {
                         // Joined on the workers already: pass it on, under its own reservation.
+                        self.from_workers = true;
                         return Ok(Some((batch, reservation)));
                     }
                     Some((batch, reservation)) => {

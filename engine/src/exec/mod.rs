@@ -194,6 +194,8 @@ enum Source {
         build: Box<Pipeline>,
         probe: Box<Pipeline>,
         spec: JoinSpec,
+        /// Work pushed down from above (see [`Pipeline::push_down`]), run on the join's output.
+        above: Vec<operators::Stage>,
     },
     /// Inputs run one after another.
     Union(Vec<Pipeline>),
@@ -300,6 +302,7 @@ impl Pipeline {
                         build: Box::new(Pipeline::new(build)?),
                         probe: Box::new(Pipeline::new(probe)?),
                         spec,
+                        above: Vec::new(),
                     };
                     return Ok(Pipeline { id: next_id(), source, tail_ops: ops, schema });
                 }
@@ -345,18 +348,30 @@ impl Pipeline {
         }
     }
 
-    /// Has the scan workers run `expand` over their output, when this pipeline is a scan whose
-    /// operators all run on the workers. False (nothing changed) otherwise.
-    /// `schema` is what the pipeline then produces.
-    pub(crate) fn try_set_expand(&mut self, expand: Arc<dyn operators::Expand>, schema: SchemaRef) -> bool {
-        match &mut self.source {
-            Source::Scan(scan) if self.tail_ops.is_empty() => {
-                scan.set_expand(expand);
-                self.schema = schema;
-                true
-            }
-            _ => false,
+    /// Has the workers that produce this pipeline's batches also run `stages` on them, so that
+    /// work above it (a join's probe, an aggregation's partial step) runs on every core: a scan
+    /// runs them right away; a join runs them on its probe side's workers once its table is
+    /// built, or on the consumer when it cannot. False (nothing changed) for other sources, or
+    /// when a limit sits in between. `schema` is what the pipeline then produces.
+    pub(crate) fn push_down(&mut self, stages: Vec<operators::Stage>, schema: SchemaRef) -> bool {
+        if self.tail_ops.iter().any(|o| matches!(o, Operator::Limit { .. })) {
+            return false;
         }
+        let tail = std::mem::take(&mut self.tail_ops);
+        let all = std::iter::once(operators::Stage::Ops(tail)).chain(stages);
+        match &mut self.source {
+            Source::Scan(scan) => all.for_each(|s| scan.push_stage(s)),
+            Source::Join { above, .. } => above.extend(all),
+            _ => {
+                self.tail_ops = match all.into_iter().next() {
+                    Some(operators::Stage::Ops(ops)) => ops,
+                    _ => Vec::new(),
+                };
+                return false;
+            }
+        }
+        self.schema = schema;
+        true
     }
 
     /// How many references each common table expression has.
@@ -529,7 +544,7 @@ impl Pipeline {
             Source::Aggregate { input, group_exprs, aggregates, .. } => {
                 let aggs: Vec<String> = aggregates.iter().map(|a| a.to_string()).collect();
                 let two_phase = !group_exprs.is_empty()
-                    && aggregates.iter().all(|a| !a.distinct && aggregate::mergeable(a.func))
+                    && aggregates.iter().all(|a| !a.distinct && (aggregate::mergeable(a.func) || a.func == crate::expr::AggregateFunction::Avg))
                     && matches!(input.source, Source::Scan(_))
                     && input.tail_ops.is_empty();
                 line(
@@ -544,7 +559,7 @@ impl Pipeline {
                 );
                 input.describe(ctx, depth + 1, "", out);
             }
-            Source::Join { build, probe, spec } => {
+            Source::Join { build, probe, spec, .. } => {
                 let keys: Vec<String> =
                     spec.probe_keys.iter().zip(&spec.build_keys).map(|(p, b)| format!("{p} = {b}")).collect();
                 line(
@@ -671,7 +686,12 @@ impl Pipeline {
                 // batches, this thread merges the partial rows.
                 let split = aggregate::two_phase(&input.schema, &group_exprs, &aggregates, &schema, ctx)?;
                 let (group_exprs, aggregates, schema) = match split {
-                    Some(tp) if input.try_set_expand(tp.partial.clone(), tp.partial_schema.clone()) => {
+                    Some(tp)
+                        if input.push_down(
+                            vec![operators::Stage::Expand(tp.partial.clone())],
+                            tp.partial_schema.clone(),
+                        ) =>
+                    {
                         head_ops.push(Operator::Project { exprs: tp.output, schema: schema.clone() });
                         (tp.final_groups, tp.final_aggregates, tp.final_schema)
                     }
@@ -692,11 +712,14 @@ impl Pipeline {
                     metrics.clone(),
                 )?))
             }
-            Source::Join { build, probe, spec } => {
+            Source::Join { build, probe, spec, above } => {
                 let small = 2 * ctx.batch_bytes_target();
                 let children = build.max_memory(ctx, small).max(probe.max_memory(ctx, small));
                 let m = metrics.clone();
-                StreamSource::Join(Box::new(JoinStream::new(spec, *build, *probe, children, small, ctx, m)?))
+                let out_schema = self.schema.clone();
+                StreamSource::Join(Box::new(JoinStream::new(
+                    spec, *build, *probe, above, out_schema, children, small, ctx, m,
+                )?))
             }
             Source::Window { input, partition_by, order_by, functions, schema } => {
                 let input_schema = input.schema.clone();

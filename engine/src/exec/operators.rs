@@ -3,6 +3,8 @@
 //! Filter and projection run on the workers, one batch at a time, and hold nothing between
 //! batches. A limit runs on the consumer, after batches are back in input order.
 
+use std::sync::Arc;
+
 use arrow::array::{RecordBatch, RecordBatchOptions};
 use arrow::datatypes::SchemaRef;
 
@@ -64,6 +66,32 @@ pub(crate) trait Expand: Send + Sync {
     /// Hands every output batch of `batch` to `emit`, stopping early (returning false) when
     /// `emit` does.
     fn expand(&self, batch: RecordBatch, emit: &mut dyn FnMut(RecordBatch) -> Result<bool>) -> Result<bool>;
+}
+
+/// A step run on every batch of a stream: stateless operators, or an expansion (a join's probe
+/// into its finished table, an aggregation's partial step). A scan's workers run a list of them
+/// one after another, so a chain of joins probes on every core.
+#[derive(Clone)]
+pub(crate) enum Stage {
+    Ops(Vec<Operator>),
+    Expand(Arc<dyn Expand>),
+}
+
+/// Runs `stages` over `batch`, handing every batch that comes out of the last to `emit`; false
+/// when `emit` asked to stop.
+pub(crate) fn run_stages(
+    stages: &[Stage],
+    batch: RecordBatch,
+    emit: &mut dyn FnMut(RecordBatch) -> Result<bool>,
+) -> Result<bool> {
+    let Some((first, rest)) = stages.split_first() else { return emit(batch) };
+    match first {
+        Stage::Ops(ops) => match apply(ops, batch)? {
+            Some(b) => run_stages(rest, b, emit),
+            None => Ok(true),
+        },
+        Stage::Expand(e) => e.expand(batch, &mut |b| run_stages(rest, b, emit)),
+    }
 }
 
 /// Runs stateless operators over a batch; `None` when a filter removed every row.

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
 
-use super::operators::{self, Expand, Operator};
+use super::operators::{self, Operator, Stage};
 use super::{ExecContext, PipelineStats};
 use crate::error::{Error, Result};
 use crate::memory::MemoryReservation;
@@ -37,20 +37,26 @@ pub(crate) struct ScanPipeline {
     /// Row groups or slices to scan: known at planning for Parquet (footers are in memory), found
     /// when the scan starts for CSV (finding record boundaries reads the file).
     morsels: Option<Vec<Morsel>>,
-    worker_ops: Vec<Operator>,
-    /// Runs on the workers after `worker_ops`, if set.
-    expand: Option<Arc<dyn Expand>>,
+    /// What the workers run on each decoded batch, in order.
+    stages: Vec<Stage>,
 }
 
 impl ScanPipeline {
-    /// Has the workers run `expand` over their output.
-    pub(crate) fn set_expand(&mut self, expand: Arc<dyn Expand>) {
-        self.expand = Some(expand);
+    /// Has the workers run `stage` on their output, after what they run already.
+    pub(crate) fn push_stage(&mut self, stage: Stage) {
+        if let (Stage::Ops(new), Some(Stage::Ops(last))) = (&stage, self.stages.last_mut()) {
+            last.extend(new.iter().cloned());
+            return;
+        }
+        self.stages.push(stage);
     }
 
-    /// The stateless operators the workers run.
+    /// The stateless operators the workers run first.
     pub(crate) fn worker_ops(&self) -> &[Operator] {
-        &self.worker_ops
+        match self.stages.first() {
+            Some(Stage::Ops(ops)) => ops,
+            _ => &[],
+        }
     }
 
     /// The table's name and the columns read, for metrics.
@@ -72,8 +78,7 @@ impl ScanPipeline {
             projection: projection.to_vec(),
             pruning: pruning.clone(),
             morsels,
-            worker_ops,
-            expand: None,
+            stages: vec![Stage::Ops(worker_ops)],
         })
     }
 
@@ -173,8 +178,7 @@ impl ScanPipeline {
             table: self.table,
             projection: self.projection,
             morsels: self.morsels.unwrap_or_default(),
-            ops: self.worker_ops,
-            expand: self.expand,
+            stages: self.stages,
             stop: AtomicBool::new(false),
             held_by_consumer: AtomicUsize::new(0),
             queued: (0..workers).map(|_| AtomicU64::new(0)).collect(),
@@ -216,8 +220,7 @@ struct Shared {
     table: Arc<Table>,
     projection: Vec<usize>,
     morsels: Vec<Morsel>,
-    ops: Vec<Operator>,
-    expand: Option<Arc<dyn Expand>>,
+    stages: Vec<Stage>,
     stop: AtomicBool,
     /// Batches the consumer has taken and not yet released, so a worker short of memory knows
     /// whether waiting can help.
@@ -265,7 +268,6 @@ fn worker(w: usize, workers: usize, shared: &Shared, ctx: &ExecContext, tx: Send
             if decoded > decode.size() {
                 reserve_waiting(&mut decode, decoded, shared, ctx)?;
             }
-            let Some(out) = operators::apply(&shared.ops, batch)? else { return Ok(true) };
             let mut send = |out: RecordBatch| -> Result<bool> {
                 let bytes = out.get_array_memory_size() as u64;
                 let queued = &shared.queued[w];
@@ -281,10 +283,7 @@ fn worker(w: usize, workers: usize, shared: &Shared, ctx: &ExecContext, tx: Send
                 queued.fetch_add(bytes, Ordering::AcqRel);
                 Ok(tx.send(Message::Batch(out, reservation, bytes)).is_ok())
             };
-            match &shared.expand {
-                Some(expand) => expand.expand(out, &mut send),
-                None => send(out),
-            }
+            operators::run_stages(&shared.stages, batch, &mut send)
         };
         let result = shared.table.scan_morsel(morsel, &shared.projection, batch_rows, &ctx.counters, &mut emit);
         if let Err(e) = result {

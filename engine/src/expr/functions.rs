@@ -82,6 +82,9 @@ pub enum Function {
     Reverse,
     /// `TRY_CAST(x AS t)`: NULL where a value does not convert.
     TryCast,
+    /// An average from an exact sum and a count (a two-phase aggregation's last step): the sum's
+    /// unscaled value over `count * 10^scale`, one rounding, as the one-phase average divides.
+    AvgDivide,
 }
 
 /// A part of a date that `extract` returns.
@@ -214,6 +217,7 @@ impl Function {
             Function::Contains => "contains",
             Function::Reverse => "reverse",
             Function::TryCast => "try_cast",
+            Function::AvgDivide => "avg",
         }
     }
 
@@ -351,9 +355,39 @@ impl Function {
                 let options = arrow::compute::CastOptions { safe: true, ..Default::default() };
                 arrow::compute::cast_with_options(&arrays[0], data_type, &options)?
             }
+            Function::AvgDivide => avg_divide(&arrays[0], &arrays[1])?,
         };
         Ok(wrap(scalar, out))
     }
+}
+
+fn avg_divide(sum: &ArrayRef, count: &ArrayRef) -> Result<ArrayRef> {
+    // Counts are whole numbers, however they are typed (a sum of counts is a decimal).
+    let count = arrow::compute::cast(count, &DataType::Float64)?;
+    let count = count.as_primitive::<Float64Type>();
+    let n = sum.len();
+    let out: arrow::array::Float64Array = match sum.data_type() {
+        DataType::Decimal128(_, s) => {
+            let sum = sum.as_primitive::<Decimal128Type>();
+            let unit = 10f64.powi(*s as i32);
+            (0..n)
+                .map(|i| {
+                    (sum.is_valid(i) && count.is_valid(i) && count.value(i) > 0.0)
+                        .then(|| sum.value(i) as f64 / (count.value(i) * unit))
+                })
+                .collect()
+        }
+        _ => {
+            let sum = arrow::compute::cast(sum, &DataType::Float64)?;
+            let sum = sum.as_primitive::<Float64Type>();
+            (0..n)
+                .map(|i| {
+                    (sum.is_valid(i) && count.is_valid(i) && count.value(i) > 0.0).then(|| sum.value(i) / count.value(i))
+                })
+                .collect()
+        }
+    };
+    Ok(Arc::new(out))
 }
 
 fn strings(a: &ArrayRef) -> &StringArray {

@@ -290,6 +290,11 @@ pub fn cast_sql(array: &ArrayRef, to: &DataType) -> Result<ArrayRef> {
     if array.data_type() == to {
         return Ok(array.clone());
     }
+    if let (DataType::Decimal128(p1, s1), DataType::Decimal128(p2, s2)) = (array.data_type(), to) {
+        if s1 == s2 {
+            return relabel_decimal(array, *p1, *p2, *s2);
+        }
+    }
     let options = CastOptions { safe: false, format_options: FormatOptions::default() };
     let from = array.data_type();
     let rounded: ArrayRef = if to.is_integer() {
@@ -311,6 +316,27 @@ pub fn cast_sql(array: &ArrayRef, to: &DataType) -> Result<ArrayRef> {
         array.clone()
     };
     arrow::compute::cast_with_options(&rounded, to, &options).map_err(|e| cast_error(from, to, e))
+}
+
+/// A decimal to another precision at the same scale: the same unscaled values, checked to fit
+/// when the precision shrinks. (Arrow's cast rescales every value by 10^0, with an overflow
+/// check each: a seventh of TPC-H Q1's time went there.)
+fn relabel_decimal(array: &ArrayRef, from: u8, to: u8, scale: i8) -> Result<ArrayRef> {
+    use arrow::datatypes::Decimal128Type;
+    let a = array.as_primitive::<Decimal128Type>();
+    if to < from {
+        let bound = 10i128.pow(to as u32);
+        let fits = match a.nulls() {
+            None => a.values().iter().all(|v| v.unsigned_abs() < bound as u128),
+            Some(n) => a.values().iter().zip(n.iter()).all(|(v, valid)| !valid || v.unsigned_abs() < bound as u128),
+        };
+        if !fits {
+            return Err(Error::Execution(format!(
+                "cannot cast DECIMAL({from},{scale}) to DECIMAL({to},{scale}): a value has more than {to} digits"
+            )));
+        }
+    }
+    Ok(Arc::new(a.clone().with_precision_and_scale(to, scale)?))
 }
 
 fn cast_error(from: &DataType, to: &DataType, e: arrow::error::ArrowError) -> Error {

@@ -330,6 +330,60 @@ fn rebuild(
     LogicalPlan::Projection { input: Box::new(plan), exprs, schema: Arc::new(Schema::new(schema.fields().clone())) }
 }
 
+/// Moves semi and anti joins (`IN`, `EXISTS` and their negations) below the inner joins under
+/// them, onto the input whose columns they test: `(orders JOIN lineitem) SEMI JOIN big_orders ON
+/// o_orderkey = ...` becomes `(orders SEMI JOIN big_orders) JOIN lineitem` (TPC-H Q18), so the
+/// filtering happens before the joins, and join ordering sees the smaller input.
+pub fn push_semi_joins(plan: LogicalPlan) -> LogicalPlan {
+    let plan = plan.map_inputs(&mut push_semi_joins);
+    let LogicalPlan::Join { left, right, join_type, on, filter, schema } = plan else { return plan };
+    if !matches!(join_type, JoinType::Semi | JoinType::Anti { .. }) {
+        return LogicalPlan::Join { left, right, join_type, on, filter, schema };
+    }
+    let LogicalPlan::Join { left: a, right: b, join_type: JoinType::Inner, on: inner_on, filter: inner_filter, .. } =
+        *left
+    else {
+        return LogicalPlan::Join { left, right, join_type, on, filter, schema };
+    };
+    let na = a.schema().fields().len();
+    let nl = na + b.schema().fields().len();
+    // The left columns the semi join reads: its keys' left sides, and its condition's left part.
+    let mut read = Vec::new();
+    for (l, _) in &on {
+        l.visit_columns(&mut |c| read.push(c));
+    }
+    if let Some(f) = &filter {
+        f.visit_columns(&mut |c| {
+            if c < nl {
+                read.push(c)
+            }
+        });
+    }
+    let all_in_a = read.iter().all(|&c| c < na);
+    let all_in_b = read.iter().all(|&c| c >= na && c < nl);
+    let rebuild = |a: Box<LogicalPlan>, b: Box<LogicalPlan>| {
+        LogicalPlan::join(*a, *b, JoinType::Inner, inner_on.clone(), inner_filter.clone())
+    };
+    if read.is_empty() || !(all_in_a || all_in_b) {
+        let left = Box::new(rebuild(a, b));
+        return LogicalPlan::Join { left, right, join_type, on, filter, schema };
+    }
+    if all_in_a {
+        // Right columns of the condition move from after `a ++ b` to after `a`.
+        let remap = |e: &Expr| e.remap_columns(&|c| if c >= nl { c - (nl - na) } else { c });
+        let on: Vec<(Expr, Expr)> = on.iter().map(|(l, r)| (l.clone(), r.clone())).collect();
+        let filter = filter.as_ref().map(remap);
+        let pushed = push_semi_joins(LogicalPlan::join(*a, *right, join_type, on, filter));
+        return rebuild(Box::new(pushed), b);
+    }
+    // All in `b`: its columns start at 0 below.
+    let remap = |e: &Expr| e.remap_columns(&|c| if c >= nl { c - na } else { c - na });
+    let on: Vec<(Expr, Expr)> = on.iter().map(|(l, r)| (l.remap_columns(&|c| c - na), r.clone())).collect();
+    let filter = filter.as_ref().map(remap);
+    let pushed = push_semi_joins(LogicalPlan::join(*b, *right, join_type, on, filter));
+    rebuild(a, Box::new(pushed))
+}
+
 /// `a AND b AND ...`, or `None` for no conditions.
 pub fn conjunction(conditions: Vec<Expr>) -> Option<Expr> {
     conditions.into_iter().reduce(|a, b| Expr::Binary {

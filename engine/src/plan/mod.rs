@@ -24,7 +24,7 @@ use arrow::datatypes::{Field, Schema, SchemaRef};
 use crate::expr::Expr;
 use crate::source::{PruningPredicate, Table};
 
-pub use self::joins::{conjunction, estimate_rows};
+pub use self::joins::{conjunction, estimate_rows, push_semi_joins};
 pub use self::simplify::simplify_expr;
 
 /// A relational plan.
@@ -490,6 +490,7 @@ pub fn optimize(plan: LogicalPlan) -> LogicalPlan {
     // Filters first go down as far as they can (outer joins under null-rejecting conditions
     // become inner joins), then inner joins are reordered, then filters go down again.
     let plan = joins::push_filters(plan);
+    let plan = joins::push_semi_joins(plan);
     let plan = joins::reorder(plan);
     let plan = joins::push_filters(plan);
     let all: BTreeSet<usize> = (0..plan.schema().fields().len()).collect();

@@ -1053,7 +1053,7 @@ impl<'a> ExprPlanner<'a> {
                 let planned = vec![self.number(args[0], &name)?, self.number(args[1], &name)?];
                 Expr::Function { func, args: planned, data_type: DataType::Float64 }
             }
-            Function::Extract(_) | Function::DateTrunc(_) | Function::TryCast => {
+            Function::Extract(_) | Function::DateTrunc(_) | Function::TryCast | Function::AvgDivide => {
                 unreachable!("planned from their own syntax")
             }
         })
