@@ -149,10 +149,15 @@ impl Keys {
 impl Shared {
     /// Keys of a batch of one side, and which rows have no null key.
     fn keys(&self, batch: &RecordBatch, build: bool) -> Result<(Keys, Option<NullBuffer>)> {
+        let exprs = if build { &self.spec.build_keys } else { &self.spec.probe_keys };
+        self.keys_of(batch, exprs)
+    }
+
+    /// Keys computed by `exprs` (of the probe keys' types), and which rows have no null key.
+    fn keys_of(&self, batch: &RecordBatch, exprs: &[Expr]) -> Result<(Keys, Option<NullBuffer>)> {
         if matches!(self.key_kind, KeyKind::None) {
             return Ok((Keys::None, None));
         }
-        let exprs = if build { &self.spec.build_keys } else { &self.spec.probe_keys };
         let rows = batch.num_rows();
         let columns = exprs.iter().map(|e| e.evaluate(batch)?.into_array(rows)).collect::<Result<Vec<ArrayRef>>>()?;
         let mut valid: Option<NullBuffer> = None;
@@ -563,6 +568,33 @@ impl Expand for Prober {
             }
         }
         Ok(true)
+    }
+}
+
+/// Drops rows whose join key is not in a finished build table, before they reach the work that
+/// leads to the join (an aggregation grouping by the key, say): rows the join would drop anyway.
+/// `keys` compute the probe key over the batches this runs on.
+struct KeyFilter {
+    shared: Arc<Shared>,
+    table: Arc<BuildTable>,
+    keys: Vec<Expr>,
+}
+
+impl Expand for KeyFilter {
+    fn expand(&self, batch: RecordBatch, emit: &mut dyn FnMut(RecordBatch) -> Result<bool>) -> Result<bool> {
+        let (keys, valid) = self.shared.keys_of(&batch, &self.keys)?;
+        let keep: arrow::array::BooleanArray = (0..batch.num_rows())
+            .map(|i| Some(valid.as_ref().is_none_or(|v| v.is_valid(i)) && self.table.head(&keys, i) != NONE))
+            .collect();
+        if keep.true_count() == 0 {
+            return Ok(true);
+        }
+        let out = if keep.true_count() == batch.num_rows() {
+            batch
+        } else {
+            arrow::compute::filter_record_batch(&batch, &keep)?
+        };
+        emit(out)
     }
 }
 
@@ -1081,12 +1113,24 @@ impl JoinStream {
         let shared = self.shared.clone();
         let mut table = BuildTable::new(&self.ctx, self.first_limit);
         let minimum = min_memory(&self.ctx);
+        // What runs beside the table: the build side while it streams (a join below has its own
+        // table by then, already reserved), and later the probe side, which needs at least its
+        // minimum. The table may take its share of the rest, sized once the build side's first
+        // batch is here (and what the build side holds is known).
+        let beside = build.stream_memory(&self.ctx, self.queue_limit) + probe.min_memory(&self.ctx);
         let mut input = super::start_beside(&self.ctx, "HashJoin", minimum, || {
             build.execute_with(&self.ctx, Some(self.queue_limit))
         })?;
         let mut overflow = None;
+        let mut sized = false;
         for batch in input.by_ref() {
             let batch = batch?;
+            if !sized {
+                sized = true;
+                let share = table_limit(self.ctx.available_for_sizing().saturating_sub(beside), &self.ctx);
+                self.first_limit = self.first_limit.max(share);
+                table.limit = self.first_limit;
+            }
             shared.metrics.rows_in(batch.num_rows());
             if let Some(back) = table.try_add(&shared, batch)? {
                 overflow = Some(back);
@@ -1100,6 +1144,18 @@ impl JoinStream {
             let table = Arc::new(table);
             let mut probe = probe;
             let prober = Arc::new(Prober { shared: shared.clone(), table: table.clone() });
+            // Probe rows without a partner are dropped (an inner or semi join): a probe side that
+            // is not a plain scan (an aggregation grouping by the key, say) gets its input
+            // filtered by the table's keys before the work, not after (TPC-H Q17, Q20).
+            let drops_unmatched = !shared.keep_probe
+                && !shared.spec.join_type.is_null_aware()
+                && shared.existence.is_none_or(|e| e.outer_is_build || e.join_type == JoinType::Semi);
+            if drops_unmatched && !matches!(shared.key_kind, KeyKind::None) {
+                let (shared2, table2) = (shared.clone(), table.clone());
+                probe.push_key_filter(&shared.spec.probe_keys, &move |keys| {
+                    Stage::Expand(Arc::new(KeyFilter { shared: shared2.clone(), table: table2.clone(), keys }))
+                });
+            }
             // The probe and whatever was pushed down from above run on the probe side's workers.
             let mut stages = vec![Stage::Expand(prober)];
             stages.extend(self.above.iter().cloned());

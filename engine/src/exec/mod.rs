@@ -374,6 +374,69 @@ impl Pipeline {
         true
     }
 
+    /// Filters the rows that feed this pipeline's blocking work by a join key: `keys` (over the
+    /// pipeline's output) are traced down through projections and an aggregation's group keys
+    /// to the scan below, whose workers then run `make(keys there)`. Only an aggregation is worth
+    /// it (a plain scan is probed by the join itself). Nothing happens when the keys cannot be
+    /// traced.
+    pub(crate) fn push_key_filter(&mut self, keys: &[crate::expr::Expr], make: &dyn Fn(Vec<crate::expr::Expr>) -> operators::Stage) {
+        use crate::expr::Expr;
+        // Through the consumer's operators, top down: projections map the keys to their input.
+        let mut keys: Vec<Expr> = keys.to_vec();
+        for op in self.tail_ops.iter().rev() {
+            match op {
+                Operator::Project { exprs, .. } => {
+                    let mapped: Option<Vec<Expr>> = keys
+                        .iter()
+                        .map(|k| k.transform(&mut |e| match e {
+                            Expr::Column { index, .. } => Ok(exprs[index].clone()),
+                            other => Ok(other),
+                        }).ok())
+                        .collect();
+                    match mapped {
+                        Some(m) => keys = m,
+                        None => return,
+                    }
+                }
+                Operator::Filter(_) => {}
+                _ => return,
+            }
+        }
+        match &mut self.source {
+            Source::Aggregate { input, group_exprs, .. } => {
+                // A key that is a group column is that group expression over the input.
+                let mut below = Vec::with_capacity(keys.len());
+                for k in &keys {
+                    let mut ok = true;
+                    let mapped = k.transform(&mut |e| match e {
+                        Expr::Column { index, .. } if index < group_exprs.len() => Ok(group_exprs[index].clone()),
+                        Expr::Column { .. } => {
+                            ok = false;
+                            Ok(e)
+                        }
+                        other => Ok(other),
+                    });
+                    match mapped {
+                        Ok(m) if ok => below.push(m),
+                        _ => return,
+                    }
+                }
+                input.push_key_filter_here(below, make);
+            }
+            _ => {}
+        }
+    }
+
+    /// Runs the key filter on this pipeline's output, on its scan's workers.
+    fn push_key_filter_here(&mut self, keys: Vec<crate::expr::Expr>, make: &dyn Fn(Vec<crate::expr::Expr>) -> operators::Stage) {
+        if let Source::Scan(_) = &self.source {
+            let schema = self.schema.clone();
+            self.push_down(vec![make(keys)], schema);
+        } else {
+            self.push_key_filter(&keys, make);
+        }
+    }
+
     /// How many references each common table expression has.
     pub(crate) fn shared_counts(&self, out: &mut std::collections::HashMap<u64, usize>) {
         match &self.source {
@@ -468,6 +531,21 @@ impl Pipeline {
             Source::Union(inputs) => inputs.iter().map(|i| i.min_memory(ctx)).max().unwrap_or(0),
             Source::Shared { input, .. } => input.min_memory(ctx),
             Source::Window { input, .. } => input.min_memory(ctx) + sort::min_memory(ctx) + window::min_memory(ctx),
+        }
+    }
+
+    /// The memory the pipeline holds besides what it has reserved once its output starts: a
+    /// scan's workers and queues; for a blocking operator, the output buffers it reserves as it
+    /// goes (its state is reserved already); for a join, its probe side's.
+    pub(crate) fn stream_memory(&self, ctx: &ExecContext, queue_limit: u64) -> u64 {
+        match &self.source {
+            Source::Scan(scan) => scan.max_memory(ctx, queue_limit),
+            Source::Join { probe, .. } => probe.stream_memory(ctx, queue_limit),
+            Source::Union(inputs) => inputs.iter().map(|i| i.stream_memory(ctx, queue_limit)).max().unwrap_or(0),
+            Source::Shared { input, .. } => input.min_memory(ctx),
+            Source::Sort { .. } => sort::min_memory(ctx),
+            Source::Aggregate { .. } => aggregate::min_memory(ctx),
+            Source::Window { .. } => window::min_memory(ctx),
         }
     }
 
