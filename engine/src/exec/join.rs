@@ -608,6 +608,8 @@ struct BuildTable {
     /// First row (global id) of each batch.
     starts: Vec<u32>,
     rows: usize,
+    /// Bytes of `batches`, kept as they are added (probes ask for it per chunk).
+    data_bytes: usize,
     /// Row-format keys of all rows, concatenated (empty for a row with a null key).
     key_data: Vec<u8>,
     key_offsets: Vec<usize>,
@@ -635,6 +637,7 @@ impl BuildTable {
             batches: Vec::new(),
             starts: Vec::new(),
             rows: 0,
+            data_bytes: 0,
             key_data: Vec::new(),
             key_offsets: vec![0],
             table: HashTable::new(),
@@ -655,8 +658,7 @@ impl BuildTable {
 
     /// Bytes held now.
     fn heap_bytes(&self) -> u64 {
-        let batches: usize = self.batches.iter().map(|b| b.get_array_memory_size()).sum();
-        (batches
+        (self.data_bytes
             + self.key_data.capacity()
             + self.key_offsets.capacity() * 8
             + self.next.capacity() * 4
@@ -760,6 +762,7 @@ impl BuildTable {
             }
         }
         self.rows += n;
+        self.data_bytes += batch.get_array_memory_size();
         self.batches.push(batch);
         let held = self.heap_bytes();
         if held < self.reservation.size() {
@@ -791,26 +794,91 @@ impl BuildTable {
 
     /// Columns of build rows `ids`.
     fn gather(&self, ids: &[u32]) -> Result<Vec<ArrayRef>> {
+        // Only the batches the rows are in go to `interleave`, which checks every array it gets.
+        let mut used: Vec<usize> = Vec::new();
+        let mut slot = vec![usize::MAX; self.batches.len()];
         let indices: Vec<(usize, usize)> = ids
             .iter()
             .map(|&id| {
                 let b = self.starts.partition_point(|&s| s <= id) - 1;
-                (b, (id - self.starts[b]) as usize)
+                if slot[b] == usize::MAX {
+                    slot[b] = used.len();
+                    used.push(b);
+                }
+                (slot[b], (id - self.starts[b]) as usize)
             })
             .collect();
         let width = self.batches.first().map_or(0, |b| b.num_columns());
         (0..width)
             .map(|c| {
-                let arrays: Vec<&dyn Array> = self.batches.iter().map(|b| b.column(c).as_ref()).collect();
+                let arrays: Vec<&dyn Array> = used.iter().map(|&b| self.batches[b].column(c).as_ref()).collect();
                 Ok(arrow::compute::interleave(&arrays, &indices)?)
             })
             .collect()
     }
 
+    /// Merges the table's batches (a filtered build side comes in many small ones) into few large
+    /// ones, once the table is complete: a probe then gathers from a handful of arrays. The merged
+    /// copy of each group is reserved while the group's batches still exist.
+    fn compact(&mut self) -> Result<()> {
+        const ROWS: usize = 1 << 16;
+        if self.batches.len() <= 1 || self.rows / self.batches.len() >= ROWS / 2 {
+            return Ok(());
+        }
+        let schema = self.batches[0].schema();
+        let mut merged: Vec<RecordBatch> = Vec::new();
+        let mut group: Vec<RecordBatch> = Vec::new();
+        let mut group_rows = 0;
+        let mut short = false;
+        for b in std::mem::take(&mut self.batches) {
+            group_rows += b.num_rows();
+            group.push(b);
+            if group_rows >= ROWS || short {
+                Self::merge_group(&schema, &mut group, &mut merged, &mut self.reservation, &mut short)?;
+                group_rows = 0;
+            }
+        }
+        Self::merge_group(&schema, &mut group, &mut merged, &mut self.reservation, &mut short)?;
+        self.batches = merged;
+        self.starts =
+            self.batches.iter().scan(0u32, |at, b| Some(std::mem::replace(at, *at + b.num_rows() as u32))).collect();
+        self.data_bytes = self.batches.iter().map(|b| b.get_array_memory_size()).sum();
+        let held = self.heap_bytes();
+        if held < self.reservation.size() {
+            self.reservation.shrink(self.reservation.size() - held);
+        }
+        Ok(())
+    }
+
+    /// Appends `group` to `merged` as one batch, or as it is when the pool cannot hold the copy
+    /// for a moment (then `short` stops further merging).
+    fn merge_group(
+        schema: &SchemaRef,
+        group: &mut Vec<RecordBatch>,
+        merged: &mut Vec<RecordBatch>,
+        reservation: &mut MemoryReservation,
+        short: &mut bool,
+    ) -> Result<()> {
+        if group.len() <= 1 || *short {
+            merged.append(group);
+            return Ok(());
+        }
+        let bytes = group.iter().map(|b| b.get_array_memory_size()).sum::<usize>() as u64;
+        if reservation.try_grow(bytes).is_err() {
+            *short = true;
+            merged.append(group);
+            return Ok(());
+        }
+        let batch = arrow::compute::concat_batches(schema, group.iter())?;
+        group.clear();
+        reservation.shrink(bytes);
+        merged.push(batch);
+        Ok(())
+    }
+
     /// Average bytes of a build row, to size output chunks.
     fn row_bytes(&self) -> usize {
-        let bytes: usize = self.batches.iter().map(|b| b.get_array_memory_size()).sum();
-        bytes / self.rows.max(1) + 1
+        self.data_bytes / self.rows.max(1) + 1
     }
 
     /// Takes the batches back out (to partition them), freeing the rest.
@@ -1141,6 +1209,7 @@ impl JoinStream {
             drop(input);
             // Everything fits: when the probe side is a scan, its workers probe (in parallel);
             // otherwise this thread does.
+            table.compact()?;
             let table = Arc::new(table);
             let mut probe = probe;
             let prober = Arc::new(Prober { shared: shared.clone(), table: table.clone() });
@@ -1236,6 +1305,7 @@ impl JoinStream {
             drop(reader);
             drop(task.build);
             let input = ProbeInput::File { reader: task.probe.reader()?, _owned: Some(task.probe) };
+            table.compact()?;
             self.state = State::Probe(Box::new(Probe::new(table, input, None, None)));
             return Ok(());
         };
