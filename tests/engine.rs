@@ -283,6 +283,69 @@ fn row_groups_are_pruned_by_statistics() {
 }
 
 #[test]
+fn pages_are_pruned_by_the_page_index() {
+    use parquet::file::properties::{EnabledStatistics, WriterProperties};
+    let dir = tempfile::tempdir().unwrap();
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new("tag", DataType::Utf8, true),
+        Field::new("n", DataType::Int64, true),
+    ]));
+    // Sorted on id and tag; n is null on ids 3000..4000 (whole pages of nulls) and else id.
+    let ids: Vec<i64> = (0..20_000).collect();
+    let tags: StringArray = ids.iter().map(|i| Some(format!("t{:03}", i / 1000))).collect();
+    let ns: Int64Array = ids.iter().map(|&i| (!(3000..4000).contains(&i)).then_some(i)).collect();
+    let batch =
+        RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(ids.clone())), Arc::new(tags), Arc::new(ns)])
+            .unwrap();
+    // Two row groups of 10,000 rows in pages of 500; the second file has no page index.
+    let props = |stats| {
+        WriterProperties::builder()
+            .set_max_row_group_row_count(Some(10_000))
+            .set_data_page_row_count_limit(500)
+            .set_write_batch_size(100)
+            .set_statistics_enabled(stats)
+            .build()
+    };
+    write_parquet(
+        &dir.path().join("paged.parquet"),
+        std::slice::from_ref(&batch),
+        Some(props(EnabledStatistics::Page)),
+    );
+    write_parquet(&dir.path().join("whole.parquet"), &[batch], Some(props(EnabledStatistics::Chunk)));
+    let mut e = engine(dir.path());
+    e.register("paged", dir.path().join("paged.parquet").to_str().unwrap()).unwrap();
+    e.register("whole", dir.path().join("whole.parquet").to_str().unwrap()).unwrap();
+    let matching = |f: &dyn Fn(i64) -> bool| ids.iter().filter(|&&i| f(i)).count() as u64;
+    for (filter, count, most_read) in [
+        ("id BETWEEN 1234 AND 1300", matching(&|i| (1234..=1300).contains(&i)), 500),
+        ("id >= 19990 OR id < 0", matching(&|i| i >= 19_990), 20_000),
+        ("id >= 19990", matching(&|i| i >= 19_990), 500),
+        ("id IN (10, 12345)", 2, 1000),
+        ("tag = 't007' AND id % 2 = 0", matching(&|i| i / 1000 == 7 && i % 2 == 0), 1000),
+        ("n IS NULL", 1000, 1000),
+        ("n IS NOT NULL AND id < 4500", matching(&|i| i < 4500 && !(3000..4000).contains(&i)), 4500 - 1000),
+        ("n < 3500", 3000, 3000),
+        ("id > 5000 AND id < 5001", 0, 500),
+        ("CAST(id AS DOUBLE) > 19500.5", matching(&|i| i > 19_500), 500),
+    ] {
+        let run = |table: &str| {
+            let sql = format!("SELECT count(*), sum(id), min(tag), max(n) FROM {table} WHERE {filter}");
+            let (_, rows) = rows(&e, &sql);
+            let metrics = e.sql(&sql).unwrap().for_each(|_| Ok(())).unwrap();
+            (rows, metrics.rows_read)
+        };
+        let (paged, paged_read) = run("paged");
+        let (whole, whole_read) = run("whole");
+        assert_eq!(paged, whole, "{filter}");
+        assert_eq!(paged[0][0], count.to_string(), "{filter}");
+        assert!(paged_read <= most_read, "{filter}: read {paged_read} rows, expected at most {most_read}");
+        assert!(paged_read <= whole_read, "{filter}");
+    }
+    assert_eq!(e.pool().reserved(), 0);
+}
+
+#[test]
 fn limits_stop_early_and_release_memory() {
     let dir = tempfile::tempdir().unwrap();
     let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false)]));

@@ -8,7 +8,7 @@ mod common;
 use std::path::Path;
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, Date32Array, Decimal128Array, Int32Array, Int64Array, RecordBatch, StringArray};
+use arrow::array::{ArrayRef, Date32Array, Decimal128Array, Int32Array, Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 use flow_engine::{Config, Engine, Error};
@@ -105,62 +105,290 @@ fn agrees_with_duckdb() {
     let e = engine(dir.path(), 256 << 20);
     // subqueries
     same(&e, "SELECT k FROM a WHERE EXISTS (SELECT 1 FROM b WHERE b.k = a.k)", &[&["2"], &["2"], &["3"]]);
-    same(&e, "SELECT k FROM a WHERE NOT EXISTS (SELECT 1 FROM b WHERE b.k = a.k)", &[&["1"], &["4"], &["4"], &["NULL"]]);
+    same(
+        &e,
+        "SELECT k FROM a WHERE NOT EXISTS (SELECT 1 FROM b WHERE b.k = a.k)",
+        &[&["1"], &["4"], &["4"], &["NULL"]],
+    );
     same(&e, "SELECT k FROM a WHERE k IN (SELECT k FROM b)", &[&["2"], &["2"], &["3"]]);
     same(&e, "SELECT k FROM a WHERE k NOT IN (SELECT k FROM b)", &[]);
     same(&e, "SELECT k FROM a WHERE k NOT IN (SELECT k FROM b WHERE k IS NOT NULL)", &[&["1"], &["4"], &["4"]]);
-    same(&e, "SELECT k FROM a WHERE k NOT IN (SELECT k FROM empty)", &[&["1"], &["2"], &["2"], &["3"], &["4"], &["4"], &["NULL"]]);
-    same(&e, "SELECT k, k IN (SELECT k FROM b WHERE k IS NOT NULL) FROM a", &[&["1", "false"], &["2", "true"], &["2", "true"], &["3", "true"], &["4", "false"], &["4", "false"], &["NULL", "NULL"]]);
-    same(&e, "SELECT k, k IN (SELECT k FROM b) FROM a", &[&["1", "NULL"], &["2", "true"], &["2", "true"], &["3", "true"], &["4", "NULL"], &["4", "NULL"], &["NULL", "NULL"]]);
-    same(&e, "SELECT k, k NOT IN (SELECT k FROM empty) FROM a", &[&["1", "true"], &["2", "true"], &["2", "true"], &["3", "true"], &["4", "true"], &["4", "true"], &["NULL", "true"]]);
-    same(&e, "SELECT k, EXISTS (SELECT 1 FROM b WHERE b.s = a.s) FROM a", &[&["1", "false"], &["2", "true"], &["2", "true"], &["3", "false"], &["4", "false"], &["4", "false"], &["NULL", "true"]]);
-    same(&e, "SELECT k, (SELECT count(*) FROM b WHERE b.k = a.k) FROM a", &[&["1", "0"], &["2", "2"], &["2", "2"], &["3", "1"], &["4", "0"], &["4", "0"], &["NULL", "0"]]);
-    same(&e, "SELECT k, (SELECT max(s) FROM b WHERE b.k = a.k) FROM a", &[&["1", "NULL"], &["2", "b"], &["2", "b"], &["3", "NULL"], &["4", "NULL"], &["4", "NULL"], &["NULL", "NULL"]]);
+    same(
+        &e,
+        "SELECT k FROM a WHERE k NOT IN (SELECT k FROM empty)",
+        &[&["1"], &["2"], &["2"], &["3"], &["4"], &["4"], &["NULL"]],
+    );
+    same(
+        &e,
+        "SELECT k, k IN (SELECT k FROM b WHERE k IS NOT NULL) FROM a",
+        &[
+            &["1", "false"],
+            &["2", "true"],
+            &["2", "true"],
+            &["3", "true"],
+            &["4", "false"],
+            &["4", "false"],
+            &["NULL", "NULL"],
+        ],
+    );
+    same(
+        &e,
+        "SELECT k, k IN (SELECT k FROM b) FROM a",
+        &[
+            &["1", "NULL"],
+            &["2", "true"],
+            &["2", "true"],
+            &["3", "true"],
+            &["4", "NULL"],
+            &["4", "NULL"],
+            &["NULL", "NULL"],
+        ],
+    );
+    same(
+        &e,
+        "SELECT k, k NOT IN (SELECT k FROM empty) FROM a",
+        &[
+            &["1", "true"],
+            &["2", "true"],
+            &["2", "true"],
+            &["3", "true"],
+            &["4", "true"],
+            &["4", "true"],
+            &["NULL", "true"],
+        ],
+    );
+    same(
+        &e,
+        "SELECT k, EXISTS (SELECT 1 FROM b WHERE b.s = a.s) FROM a",
+        &[
+            &["1", "false"],
+            &["2", "true"],
+            &["2", "true"],
+            &["3", "false"],
+            &["4", "false"],
+            &["4", "false"],
+            &["NULL", "true"],
+        ],
+    );
+    same(
+        &e,
+        "SELECT k, (SELECT count(*) FROM b WHERE b.k = a.k) FROM a",
+        &[&["1", "0"], &["2", "2"], &["2", "2"], &["3", "1"], &["4", "0"], &["4", "0"], &["NULL", "0"]],
+    );
+    same(
+        &e,
+        "SELECT k, (SELECT max(s) FROM b WHERE b.k = a.k) FROM a",
+        &[&["1", "NULL"], &["2", "b"], &["2", "b"], &["3", "NULL"], &["4", "NULL"], &["4", "NULL"], &["NULL", "NULL"]],
+    );
     same(&e, "SELECT k FROM a WHERE v > (SELECT avg(v) FROM a)", &[&["1"], &["3"]]);
-    same(&e, "SELECT k, (SELECT s FROM b WHERE b.k = a.k AND b.k = 3) FROM a", &[&["1", "NULL"], &["2", "NULL"], &["2", "NULL"], &["3", "NULL"], &["4", "NULL"], &["4", "NULL"], &["NULL", "NULL"]]);
-    same(&e, "SELECT s, sum(v) FROM a GROUP BY s HAVING sum(v) > (SELECT min(v) FROM a)", &[&["NULL", "7.25"], &["a", "10.50"], &["d", "5.00"]]);
-    same(&e, "SELECT k, s FROM a WHERE s NOT IN (SELECT s FROM b WHERE b.k = a.k)", &[&["1", "a"], &["4", "d"], &["4", "d"], &["NULL", "c"]]);
-    same(&e, "SELECT k, s FROM a WHERE k = 1 OR s IN (SELECT s FROM b WHERE b.k = a.k)", &[&["1", "a"], &["2", "b"], &["2", "b"]]);
-    same(&e, "SELECT k, s, s IN (SELECT s FROM b WHERE b.k = a.k) FROM a", &[&["1", "a", "false"], &["2", "b", "true"], &["2", "b", "true"], &["3", "NULL", "NULL"], &["4", "d", "false"], &["4", "d", "false"], &["NULL", "c", "false"]]);
-    same(&e, "SELECT k FROM a WHERE EXISTS (SELECT 1 FROM b WHERE b.k > a.k)", &[&["1"], &["2"], &["2"], &["3"], &["4"], &["4"]]);
-    same(&e, "SELECT k FROM a WHERE k IN (SELECT k FROM b WHERE EXISTS (SELECT 1 FROM a a2 WHERE a2.k = b.k AND a2.v > 5))", &[&["3"]]);
+    same(
+        &e,
+        "SELECT k, (SELECT s FROM b WHERE b.k = a.k AND b.k = 3) FROM a",
+        &[
+            &["1", "NULL"],
+            &["2", "NULL"],
+            &["2", "NULL"],
+            &["3", "NULL"],
+            &["4", "NULL"],
+            &["4", "NULL"],
+            &["NULL", "NULL"],
+        ],
+    );
+    same(
+        &e,
+        "SELECT s, sum(v) FROM a GROUP BY s HAVING sum(v) > (SELECT min(v) FROM a)",
+        &[&["NULL", "7.25"], &["a", "10.50"], &["d", "5.00"]],
+    );
+    same(
+        &e,
+        "SELECT k, s FROM a WHERE s NOT IN (SELECT s FROM b WHERE b.k = a.k)",
+        &[&["1", "a"], &["4", "d"], &["4", "d"], &["NULL", "c"]],
+    );
+    same(
+        &e,
+        "SELECT k, s FROM a WHERE k = 1 OR s IN (SELECT s FROM b WHERE b.k = a.k)",
+        &[&["1", "a"], &["2", "b"], &["2", "b"]],
+    );
+    same(
+        &e,
+        "SELECT k, s, s IN (SELECT s FROM b WHERE b.k = a.k) FROM a",
+        &[
+            &["1", "a", "false"],
+            &["2", "b", "true"],
+            &["2", "b", "true"],
+            &["3", "NULL", "NULL"],
+            &["4", "d", "false"],
+            &["4", "d", "false"],
+            &["NULL", "c", "false"],
+        ],
+    );
+    same(
+        &e,
+        "SELECT k FROM a WHERE EXISTS (SELECT 1 FROM b WHERE b.k > a.k)",
+        &[&["1"], &["2"], &["2"], &["3"], &["4"], &["4"]],
+    );
+    same(
+        &e,
+        "SELECT k FROM a WHERE k IN (SELECT k FROM b WHERE EXISTS (SELECT 1 FROM a a2 WHERE a2.k = b.k AND a2.v > 5))",
+        &[&["3"]],
+    );
     same(&e, "SELECT k, (SELECT count(*) FROM empty) FROM a WHERE k = 1", &[&["1", "0"]]);
-    same(&e, "SELECT s, (SELECT count(*) FROM b WHERE b.s = a.s) FROM a GROUP BY s", &[&["NULL", "0"], &["a", "0"], &["b", "2"], &["c", "1"], &["d", "0"]]);
+    same(
+        &e,
+        "SELECT s, (SELECT count(*) FROM b WHERE b.s = a.s) FROM a GROUP BY s",
+        &[&["NULL", "0"], &["a", "0"], &["b", "2"], &["c", "1"], &["d", "0"]],
+    );
     same(&e, "SELECT k FROM a WHERE (SELECT max(k) FROM b) > k", &[&["1"], &["2"], &["2"], &["3"], &["4"], &["4"]]);
     // ctes
     same(&e, "WITH x AS (SELECT k, count(*) AS c FROM a GROUP BY k) SELECT x1.k, x1.c, x2.c FROM x x1 JOIN x x2 ON x1.k = x2.k + 1", &[&["2", "2", "1"], &["3", "1", "2"], &["4", "2", "1"]]);
-    same(&e, "WITH x(n) AS (SELECT k FROM a), y AS (SELECT n * 2 AS m FROM x) SELECT m FROM y WHERE m > 4", &[&["6"], &["8"], &["8"]]);
+    same(
+        &e,
+        "WITH x(n) AS (SELECT k FROM a), y AS (SELECT n * 2 AS m FROM x) SELECT m FROM y WHERE m > 4",
+        &[&["6"], &["8"], &["8"]],
+    );
     same(&e, "WITH x AS (SELECT k FROM a WHERE k > 2) SELECT count(*) FROM x, x AS x2", &[&["9"]]);
     same(&e, "WITH x AS (SELECT s FROM b) SELECT k FROM a WHERE s IN (SELECT s FROM x) AND s NOT IN (SELECT s FROM x WHERE s > 'b')", &[&["2"], &["2"]]);
     // set operations
     same(&e, "SELECT k, s FROM a INTERSECT SELECT k, s FROM b", &[&["2", "b"], &["3", "NULL"], &["NULL", "c"]]);
-    same(&e, "SELECT k, s FROM a INTERSECT ALL SELECT k, s FROM b", &[&["2", "b"], &["2", "b"], &["3", "NULL"], &["NULL", "c"]]);
+    same(
+        &e,
+        "SELECT k, s FROM a INTERSECT ALL SELECT k, s FROM b",
+        &[&["2", "b"], &["2", "b"], &["3", "NULL"], &["NULL", "c"]],
+    );
     same(&e, "SELECT k, s FROM a EXCEPT SELECT k, s FROM b", &[&["1", "a"], &["4", "d"]]);
     same(&e, "SELECT k, s FROM a EXCEPT ALL SELECT k, s FROM b", &[&["1", "a"], &["4", "d"], &["4", "d"]]);
     same(&e, "SELECT k FROM b EXCEPT ALL SELECT k FROM a", &[&["5"], &["NULL"]]);
     same(&e, "SELECT k FROM a INTERSECT SELECT k FROM empty", &[]);
     same(&e, "SELECT k FROM a EXCEPT SELECT k FROM empty", &[&["1"], &["2"], &["3"], &["4"], &["NULL"]]);
     // windows
-    same(&e, "SELECT k, s, v, row_number() OVER (PARTITION BY s ORDER BY k, v) FROM a", &[&["1", "a", "10.50", "1"], &["2", "b", "NULL", "1"], &["2", "b", "NULL", "2"], &["3", "NULL", "7.25", "1"], &["4", "d", "2.00", "1"], &["4", "d", "3.00", "2"], &["NULL", "c", "1.00", "1"]]);
+    same(
+        &e,
+        "SELECT k, s, v, row_number() OVER (PARTITION BY s ORDER BY k, v) FROM a",
+        &[
+            &["1", "a", "10.50", "1"],
+            &["2", "b", "NULL", "1"],
+            &["2", "b", "NULL", "2"],
+            &["3", "NULL", "7.25", "1"],
+            &["4", "d", "2.00", "1"],
+            &["4", "d", "3.00", "2"],
+            &["NULL", "c", "1.00", "1"],
+        ],
+    );
     same(&e, "SELECT k, v, rank() OVER (ORDER BY k), dense_rank() OVER (ORDER BY k), percent_rank() OVER (ORDER BY k), cume_dist() OVER (ORDER BY k) FROM a", &[&["1", "10.50", "1", "1", "0.0", "0.14285714285714285"], &["2", "NULL", "2", "2", "0.16666666666666666", "0.42857142857142855"], &["2", "NULL", "2", "2", "0.16666666666666666", "0.42857142857142855"], &["3", "7.25", "4", "3", "0.5", "0.5714285714285714"], &["4", "2.00", "5", "4", "0.6666666666666666", "0.8571428571428571"], &["4", "3.00", "5", "4", "0.6666666666666666", "0.8571428571428571"], &["NULL", "1.00", "7", "5", "1.0", "1.0"]]);
-    same(&e, "SELECT k, v, ntile(3) OVER (ORDER BY k, v NULLS FIRST) FROM a", &[&["1", "10.50", "1"], &["2", "NULL", "1"], &["2", "NULL", "1"], &["3", "7.25", "2"], &["4", "2.00", "2"], &["4", "3.00", "3"], &["NULL", "1.00", "3"]]);
-    same(&e, "SELECT k, v, lag(v) OVER (ORDER BY k, v), lead(v, 2, -1) OVER (ORDER BY k, v) FROM a", &[&["1", "10.50", "NULL", "NULL"], &["2", "NULL", "10.50", "7.25"], &["2", "NULL", "NULL", "2.00"], &["3", "7.25", "NULL", "3.00"], &["4", "2.00", "7.25", "1.00"], &["4", "3.00", "2.00", "-1.00"], &["NULL", "1.00", "3.00", "-1.00"]]);
-    same(&e, "SELECT k, v, sum(v) OVER (ORDER BY k), count(*) OVER (ORDER BY k), avg(v) OVER (PARTITION BY s) FROM a", &[&["1", "10.50", "10.50", "1", "10.5"], &["2", "NULL", "10.50", "3", "NULL"], &["2", "NULL", "10.50", "3", "NULL"], &["3", "7.25", "17.75", "4", "7.25"], &["4", "2.00", "22.75", "6", "2.5"], &["4", "3.00", "22.75", "6", "2.5"], &["NULL", "1.00", "23.75", "7", "1.0"]]);
+    same(
+        &e,
+        "SELECT k, v, ntile(3) OVER (ORDER BY k, v NULLS FIRST) FROM a",
+        &[
+            &["1", "10.50", "1"],
+            &["2", "NULL", "1"],
+            &["2", "NULL", "1"],
+            &["3", "7.25", "2"],
+            &["4", "2.00", "2"],
+            &["4", "3.00", "3"],
+            &["NULL", "1.00", "3"],
+        ],
+    );
+    same(
+        &e,
+        "SELECT k, v, lag(v) OVER (ORDER BY k, v), lead(v, 2, -1) OVER (ORDER BY k, v) FROM a",
+        &[
+            &["1", "10.50", "NULL", "NULL"],
+            &["2", "NULL", "10.50", "7.25"],
+            &["2", "NULL", "NULL", "2.00"],
+            &["3", "7.25", "NULL", "3.00"],
+            &["4", "2.00", "7.25", "1.00"],
+            &["4", "3.00", "2.00", "-1.00"],
+            &["NULL", "1.00", "3.00", "-1.00"],
+        ],
+    );
+    same(
+        &e,
+        "SELECT k, v, sum(v) OVER (ORDER BY k), count(*) OVER (ORDER BY k), avg(v) OVER (PARTITION BY s) FROM a",
+        &[
+            &["1", "10.50", "10.50", "1", "10.5"],
+            &["2", "NULL", "10.50", "3", "NULL"],
+            &["2", "NULL", "10.50", "3", "NULL"],
+            &["3", "7.25", "17.75", "4", "7.25"],
+            &["4", "2.00", "22.75", "6", "2.5"],
+            &["4", "3.00", "22.75", "6", "2.5"],
+            &["NULL", "1.00", "23.75", "7", "1.0"],
+        ],
+    );
     same(&e, "SELECT k, v, sum(v) OVER (ORDER BY k, v ROWS BETWEEN 1 PRECEDING AND 1 FOLLOWING), min(v) OVER (ORDER BY k, v ROWS BETWEEN 2 PRECEDING AND CURRENT ROW), max(d) OVER (ORDER BY k, v ROWS BETWEEN CURRENT ROW AND UNBOUNDED FOLLOWING) FROM a", &[&["1", "10.50", "10.50", "10.50", "2024-03-02"], &["2", "NULL", "10.50", "10.50", "2024-03-02"], &["2", "NULL", "7.25", "10.50", "2024-03-02"], &["3", "7.25", "9.25", "7.25", "2024-03-02"], &["4", "2.00", "12.25", "2.00", "2024-03-02"], &["4", "3.00", "6.00", "2.00", "2024-03-02"], &["NULL", "1.00", "4.00", "1.00", "2024-02-01"]]);
     same(&e, "SELECT k, first_value(v) OVER (ORDER BY k, v), last_value(v) OVER (ORDER BY k, v), nth_value(v, 2) OVER (ORDER BY k, v ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING) FROM a", &[&["1", "10.50", "10.50", "NULL"], &["2", "10.50", "NULL", "NULL"], &["2", "10.50", "NULL", "NULL"], &["3", "10.50", "7.25", "NULL"], &["4", "10.50", "2.00", "NULL"], &["4", "10.50", "3.00", "NULL"], &["NULL", "10.50", "1.00", "NULL"]]);
     same(&e, "SELECT k, v, sum(v) OVER (ORDER BY v RANGE BETWEEN 2 PRECEDING AND 1 FOLLOWING), count(v) OVER (ORDER BY k RANGE BETWEEN 1 PRECEDING AND CURRENT ROW) FROM a", &[&["1", "10.50", "10.50", "1"], &["2", "NULL", "NULL", "1"], &["2", "NULL", "NULL", "1"], &["3", "7.25", "7.25", "1"], &["4", "2.00", "6.00", "3"], &["4", "3.00", "6.00", "3"], &["NULL", "1.00", "3.00", "1"]]);
-    same(&e, "SELECT s, sum(v), rank() OVER (ORDER BY sum(v) DESC NULLS LAST) FROM a GROUP BY s", &[&["NULL", "7.25", "2"], &["a", "10.50", "1"], &["b", "NULL", "5"], &["c", "1.00", "4"], &["d", "5.00", "3"]]);
-    same(&e, "SELECT k, sum(k) OVER () FROM a", &[&["1", "16"], &["2", "16"], &["2", "16"], &["3", "16"], &["4", "16"], &["4", "16"], &["NULL", "16"]]);
-    same(&e, "SELECT k, d, count(*) OVER (ORDER BY d RANGE BETWEEN INTERVAL 10 DAY PRECEDING AND CURRENT ROW) FROM a", &[&["1", "2024-01-01", "1"], &["2", "2024-01-05", "3"], &["2", "2024-01-05", "3"], &["3", "NULL", "1"], &["4", "2024-03-01", "1"], &["4", "2024-03-02", "2"], &["NULL", "2024-02-01", "1"]]);
+    same(
+        &e,
+        "SELECT s, sum(v), rank() OVER (ORDER BY sum(v) DESC NULLS LAST) FROM a GROUP BY s",
+        &[&["NULL", "7.25", "2"], &["a", "10.50", "1"], &["b", "NULL", "5"], &["c", "1.00", "4"], &["d", "5.00", "3"]],
+    );
+    same(
+        &e,
+        "SELECT k, sum(k) OVER () FROM a",
+        &[&["1", "16"], &["2", "16"], &["2", "16"], &["3", "16"], &["4", "16"], &["4", "16"], &["NULL", "16"]],
+    );
+    same(
+        &e,
+        "SELECT k, d, count(*) OVER (ORDER BY d RANGE BETWEEN INTERVAL 10 DAY PRECEDING AND CURRENT ROW) FROM a",
+        &[
+            &["1", "2024-01-01", "1"],
+            &["2", "2024-01-05", "3"],
+            &["2", "2024-01-05", "3"],
+            &["3", "NULL", "1"],
+            &["4", "2024-03-01", "1"],
+            &["4", "2024-03-02", "2"],
+            &["NULL", "2024-02-01", "1"],
+        ],
+    );
     same(&e, "SELECT k, row_number() OVER (ORDER BY k) FROM empty", &[]);
     // functions
     same(&e, "SELECT date '1998-12-01' - interval '90' day, date '2024-01-31' + interval '1' month, date '2024-01-01' + 30, date '2024-03-01' - date '2024-01-01' FROM a WHERE k = 1", &[&["1998-09-02T00:00:00", "2024-02-29T00:00:00", "2024-01-31", "60"]]);
-    same(&e, "SELECT date_trunc('month', d), date_trunc('year', d), date_trunc('week', d), extract(quarter from d) FROM a", &[&["2024-01-01T00:00:00", "2024-01-01T00:00:00", "2024-01-01T00:00:00", "1"], &["2024-01-01T00:00:00", "2024-01-01T00:00:00", "2024-01-01T00:00:00", "1"], &["2024-01-01T00:00:00", "2024-01-01T00:00:00", "2024-01-01T00:00:00", "1"], &["2024-02-01T00:00:00", "2024-01-01T00:00:00", "2024-01-29T00:00:00", "1"], &["2024-03-01T00:00:00", "2024-01-01T00:00:00", "2024-02-26T00:00:00", "1"], &["2024-03-01T00:00:00", "2024-01-01T00:00:00", "2024-02-26T00:00:00", "1"], &["NULL", "NULL", "NULL", "NULL"]]);
+    same(
+        &e,
+        "SELECT date_trunc('month', d), date_trunc('year', d), date_trunc('week', d), extract(quarter from d) FROM a",
+        &[
+            &["2024-01-01T00:00:00", "2024-01-01T00:00:00", "2024-01-01T00:00:00", "1"],
+            &["2024-01-01T00:00:00", "2024-01-01T00:00:00", "2024-01-01T00:00:00", "1"],
+            &["2024-01-01T00:00:00", "2024-01-01T00:00:00", "2024-01-01T00:00:00", "1"],
+            &["2024-02-01T00:00:00", "2024-01-01T00:00:00", "2024-01-29T00:00:00", "1"],
+            &["2024-03-01T00:00:00", "2024-01-01T00:00:00", "2024-02-26T00:00:00", "1"],
+            &["2024-03-01T00:00:00", "2024-01-01T00:00:00", "2024-02-26T00:00:00", "1"],
+            &["NULL", "NULL", "NULL", "NULL"],
+        ],
+    );
     same(&e, "SELECT position('b' in s), strpos(s, 'b'), replace(s, 'b', 'xy'), nullif(k, 2), greatest(k, 3), least(v, 5.0) FROM a", &[&["0", "0", "a", "1", "3", "5.00"], &["0", "0", "c", "NULL", "3", "1.00"], &["0", "0", "d", "4", "4", "2.00"], &["0", "0", "d", "4", "4", "3.00"], &["1", "1", "xy", "NULL", "3", "5.00"], &["1", "1", "xy", "NULL", "3", "5.00"], &["NULL", "NULL", "NULL", "3", "3", "5.00"]]);
-    same(&e, "SELECT ceil(v), floor(v), left(s, 1), right(s, 1), starts_with(s, 'a'), contains(s, 'd'), reverse(s) FROM a", &[&["1", "1", "c", "c", "false", "false", "c"], &["11", "10", "a", "a", "true", "false", "a"], &["2", "2", "d", "d", "false", "true", "d"], &["3", "3", "d", "d", "false", "true", "d"], &["8", "7", "NULL", "NULL", "NULL", "NULL", "NULL"], &["NULL", "NULL", "b", "b", "false", "false", "b"], &["NULL", "NULL", "b", "b", "false", "false", "b"]]);
-    same(&e, "SELECT TRY_CAST(s AS INTEGER), TRY_CAST('12' AS INTEGER) FROM a", &[&["NULL", "12"], &["NULL", "12"], &["NULL", "12"], &["NULL", "12"], &["NULL", "12"], &["NULL", "12"], &["NULL", "12"]]);
+    same(
+        &e,
+        "SELECT ceil(v), floor(v), left(s, 1), right(s, 1), starts_with(s, 'a'), contains(s, 'd'), reverse(s) FROM a",
+        &[
+            &["1", "1", "c", "c", "false", "false", "c"],
+            &["11", "10", "a", "a", "true", "false", "a"],
+            &["2", "2", "d", "d", "false", "true", "d"],
+            &["3", "3", "d", "d", "false", "true", "d"],
+            &["8", "7", "NULL", "NULL", "NULL", "NULL", "NULL"],
+            &["NULL", "NULL", "b", "b", "false", "false", "b"],
+            &["NULL", "NULL", "b", "b", "false", "false", "b"],
+        ],
+    );
+    same(
+        &e,
+        "SELECT TRY_CAST(s AS INTEGER), TRY_CAST('12' AS INTEGER) FROM a",
+        &[
+            &["NULL", "12"],
+            &["NULL", "12"],
+            &["NULL", "12"],
+            &["NULL", "12"],
+            &["NULL", "12"],
+            &["NULL", "12"],
+            &["NULL", "12"],
+        ],
+    );
     same(&e, "SELECT k FROM a WHERE d >= date '2024-01-01' + interval '1' month", &[&["4"], &["4"], &["NULL"]]);
-    same(&e, "SELECT s FROM a GROUP BY s ORDER BY sum(v) DESC NULLS LAST, s", &[&["NULL"], &["a"], &["b"], &["c"], &["d"]]);
+    same(
+        &e,
+        "SELECT s FROM a GROUP BY s ORDER BY sum(v) DESC NULLS LAST, s",
+        &[&["NULL"], &["a"], &["b"], &["c"], &["d"]],
+    );
 }
 
 #[test]

@@ -505,7 +505,8 @@ fn status(common: &CommonArgs, workers: UnitArgs, path: &Path) -> Result<(), Err
 /// Registers `--source NAME=PATH` and every file and folder of each `--sources DIR`.
 fn register_sources(engine: &mut Engine, sources: &SourceArgs) -> Result<(), Error> {
     for dir in &sources.source_dirs {
-        let entries = std::fs::read_dir(dir).map_err(|e| Error::BadFile { path: dir.clone(), message: e.to_string() })?;
+        let entries =
+            std::fs::read_dir(dir).map_err(|e| Error::BadFile { path: dir.clone(), message: e.to_string() })?;
         let mut found: Vec<(String, std::path::PathBuf)> = Vec::new();
         for entry in entries.flatten() {
             let path = entry.path();

@@ -2,7 +2,7 @@
 //! budget, each committed atomically, so that a run killed half-way resumes where it stopped.
 //!
 //! A step with `units = "category"` runs once per distinct value of `category` in its input, the
-//! input narrowed to that value (the filter is pushed into the scan, down to row-group pruning).
+//! input narrowed to that value (the filter is pushed into the scan, down to row-group and page pruning).
 //! The step's result is the union of its units' results: the same as one run when the SQL keeps
 //! units apart (groups by the unit column, joins on it, ...). `units = { by = "user_id", buckets
 //! = 16 }` makes 16 units by a stable hash instead.

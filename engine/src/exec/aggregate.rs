@@ -322,7 +322,12 @@ pub(crate) fn two_phase(
             let arg_type = a.arg.as_ref().map(|e| e.data_type(in_schema));
             let sum_type = F::Sum.return_type(arg_type.as_ref())?;
             partials.push(AggregateExpr { func: F::Sum, arg: a.arg.clone(), distinct: false, data_type: sum_type });
-            partials.push(AggregateExpr { func: F::Count, arg: a.arg.clone(), distinct: false, data_type: DataType::Int64 });
+            partials.push(AggregateExpr {
+                func: F::Count,
+                arg: a.arg.clone(),
+                distinct: false,
+                data_type: DataType::Int64,
+            });
             from.push(From::Avg(partials.len() - 2, partials.len() - 1));
         } else {
             partials.push(a.clone());
@@ -377,7 +382,14 @@ pub(crate) fn two_phase(
         limit: (8 * ctx.batch_bytes_target()).max(1 << 20),
     };
     let final_groups = (0..keys).map(col).collect();
-    Ok(Some(TwoPhase { partial: Arc::new(partial), partial_schema, final_groups, final_aggregates, final_schema, output }))
+    Ok(Some(TwoPhase {
+        partial: Arc::new(partial),
+        partial_schema,
+        final_groups,
+        final_aggregates,
+        final_schema,
+        output,
+    }))
 }
 
 /// Whether partial results of `f` merge exactly (the two-phase form applies).

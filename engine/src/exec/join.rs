@@ -214,10 +214,11 @@ impl Shared {
         if matched {
             return Some(true);
         }
-        if existence.join_type.is_null_aware() && self.right_rows.load(Ordering::Relaxed) {
-            if key_null || self.right_null_key.load(Ordering::Relaxed) {
-                return None;
-            }
+        if existence.join_type.is_null_aware()
+            && self.right_rows.load(Ordering::Relaxed)
+            && (key_null || self.right_null_key.load(Ordering::Relaxed))
+        {
+            return None;
         }
         Some(false)
     }
@@ -290,8 +291,7 @@ impl Shared {
                     if probe_ids.is_empty() {
                         return Ok(());
                     }
-                    let probe_cols =
-                        arrow::compute::take_record_batch(batch, &UInt32Array::from(probe_ids.clone()))?;
+                    let probe_cols = arrow::compute::take_record_batch(batch, &UInt32Array::from(probe_ids.clone()))?;
                     let build_cols = table.gather(build_ids)?;
                     let pairs = self.assemble_pairs(build_cols, probe_cols.columns().to_vec(), probe_ids.len())?;
                     let mask = crate::expr::not_null_true(&filter.evaluate_predicate(&pairs)?);
@@ -369,8 +369,7 @@ impl Shared {
                     if probe_ids.is_empty() {
                         return Ok(());
                     }
-                    let probe_cols =
-                        arrow::compute::take_record_batch(batch, &UInt32Array::from(probe_ids.clone()))?;
+                    let probe_cols = arrow::compute::take_record_batch(batch, &UInt32Array::from(probe_ids.clone()))?;
                     let build_cols = table.gather(build_ids)?;
                     let pairs = self.assemble_pairs(build_cols, probe_cols.columns().to_vec(), probe_ids.len())?;
                     let mask = crate::expr::not_null_true(&filter.evaluate_predicate(&pairs)?);
@@ -1458,7 +1457,13 @@ impl JoinStream {
                                 shared.existence_mark_build(&probe.table, &batch)?;
                                 continue;
                             }
-                            let out = shared.existence_probe(existence, &probe.table, &batch, offset, probe.bitmap.as_mut())?;
+                            let out = shared.existence_probe(
+                                existence,
+                                &probe.table,
+                                &batch,
+                                offset,
+                                probe.bitmap.as_mut(),
+                            )?;
                             drop(reservation);
                             if let Some(out) = out {
                                 return Ok(Some((out, None)));

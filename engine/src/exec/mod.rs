@@ -379,7 +379,11 @@ impl Pipeline {
     /// to the scan below, whose workers then run `make(keys there)`. Only an aggregation is worth
     /// it (a plain scan is probed by the join itself). Nothing happens when the keys cannot be
     /// traced.
-    pub(crate) fn push_key_filter(&mut self, keys: &[crate::expr::Expr], make: &dyn Fn(Vec<crate::expr::Expr>) -> operators::Stage) {
+    pub(crate) fn push_key_filter(
+        &mut self,
+        keys: &[crate::expr::Expr],
+        make: &dyn Fn(Vec<crate::expr::Expr>) -> operators::Stage,
+    ) {
         use crate::expr::Expr;
         // Through the consumer's operators, top down: projections map the keys to their input.
         let mut keys: Vec<Expr> = keys.to_vec();
@@ -388,10 +392,13 @@ impl Pipeline {
                 Operator::Project { exprs, .. } => {
                     let mapped: Option<Vec<Expr>> = keys
                         .iter()
-                        .map(|k| k.transform(&mut |e| match e {
-                            Expr::Column { index, .. } => Ok(exprs[index].clone()),
-                            other => Ok(other),
-                        }).ok())
+                        .map(|k| {
+                            k.transform(&mut |e| match e {
+                                Expr::Column { index, .. } => Ok(exprs[index].clone()),
+                                other => Ok(other),
+                            })
+                            .ok()
+                        })
                         .collect();
                     match mapped {
                         Some(m) => keys = m,
@@ -402,33 +409,34 @@ impl Pipeline {
                 _ => return,
             }
         }
-        match &mut self.source {
-            Source::Aggregate { input, group_exprs, .. } => {
-                // A key that is a group column is that group expression over the input.
-                let mut below = Vec::with_capacity(keys.len());
-                for k in &keys {
-                    let mut ok = true;
-                    let mapped = k.transform(&mut |e| match e {
-                        Expr::Column { index, .. } if index < group_exprs.len() => Ok(group_exprs[index].clone()),
-                        Expr::Column { .. } => {
-                            ok = false;
-                            Ok(e)
-                        }
-                        other => Ok(other),
-                    });
-                    match mapped {
-                        Ok(m) if ok => below.push(m),
-                        _ => return,
+        if let Source::Aggregate { input, group_exprs, .. } = &mut self.source {
+            // A key that is a group column is that group expression over the input.
+            let mut below = Vec::with_capacity(keys.len());
+            for k in &keys {
+                let mut ok = true;
+                let mapped = k.transform(&mut |e| match e {
+                    Expr::Column { index, .. } if index < group_exprs.len() => Ok(group_exprs[index].clone()),
+                    Expr::Column { .. } => {
+                        ok = false;
+                        Ok(e)
                     }
+                    other => Ok(other),
+                });
+                match mapped {
+                    Ok(m) if ok => below.push(m),
+                    _ => return,
                 }
-                input.push_key_filter_here(below, make);
             }
-            _ => {}
+            input.push_key_filter_here(below, make);
         }
     }
 
     /// Runs the key filter on this pipeline's output, on its scan's workers.
-    fn push_key_filter_here(&mut self, keys: Vec<crate::expr::Expr>, make: &dyn Fn(Vec<crate::expr::Expr>) -> operators::Stage) {
+    fn push_key_filter_here(
+        &mut self,
+        keys: Vec<crate::expr::Expr>,
+        make: &dyn Fn(Vec<crate::expr::Expr>) -> operators::Stage,
+    ) {
         if let Source::Scan(_) = &self.source {
             let schema = self.schema.clone();
             self.push_down(vec![make(keys)], schema);
@@ -622,7 +630,9 @@ impl Pipeline {
             Source::Aggregate { input, group_exprs, aggregates, .. } => {
                 let aggs: Vec<String> = aggregates.iter().map(|a| a.to_string()).collect();
                 let two_phase = !group_exprs.is_empty()
-                    && aggregates.iter().all(|a| !a.distinct && (aggregate::mergeable(a.func) || a.func == crate::expr::AggregateFunction::Avg))
+                    && aggregates.iter().all(|a| {
+                        !a.distinct && (aggregate::mergeable(a.func) || a.func == crate::expr::AggregateFunction::Avg)
+                    })
                     && matches!(input.source, Source::Scan(_))
                     && input.tail_ops.is_empty();
                 line(
@@ -801,16 +811,16 @@ impl Pipeline {
             }
             Source::Window { input, partition_by, order_by, functions, schema } => {
                 let input_schema = input.schema.clone();
-                let mut keys: Vec<SortKey> =
-                    partition_by.iter().map(|&column| SortKey { column, descending: false, nulls_first: false }).collect();
+                let mut keys: Vec<SortKey> = partition_by
+                    .iter()
+                    .map(|&column| SortKey { column, descending: false, nulls_first: false })
+                    .collect();
                 keys.extend(order_by.iter().copied());
                 let spec = window::WindowSpec { partition_by, order_by, functions, schema };
                 let small = 2 * ctx.batch_bytes_target();
                 let child_max = input.max_memory(ctx, small);
-                let keep_floor = matches!(
-                    input.source,
-                    Source::Aggregate { .. } | Source::Sort { .. } | Source::Window { .. }
-                );
+                let keep_floor =
+                    matches!(input.source, Source::Aggregate { .. } | Source::Sort { .. } | Source::Window { .. });
                 let minimum = sort::min_memory(ctx) + window::min_memory(ctx);
                 let child = start_beside(ctx, "Window", minimum, || input.execute_with(ctx, Some(small)))?;
                 let stream = if keys.is_empty() {

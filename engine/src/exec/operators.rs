@@ -46,7 +46,15 @@ impl Operator {
                 let items: Vec<String> = exprs
                     .iter()
                     .zip(schema.fields())
-                    .map(|(e, f)| if &e.to_string() == f.name() { e.to_string() } else { format!("{e} AS {}", f.name()) })
+                    .map(
+                        |(e, f)| {
+                            if &e.to_string() == f.name() {
+                                e.to_string()
+                            } else {
+                                format!("{e} AS {}", f.name())
+                            }
+                        },
+                    )
                     .collect();
                 format!("Project {}", items.join(", "))
             }

@@ -126,7 +126,11 @@ impl ScanPipeline {
         // Text formats need the same buffers for every morsel.
         let any = [Morsel { file: 0, row_group: 0, range: None }];
         let morsels = self.morsels.as_deref().unwrap_or(&any);
-        let pages = morsels.iter().map(|m| self.table.page_buffer_bytes(*m, &self.projection)).max().unwrap_or(0);
+        let pages = morsels
+            .iter()
+            .map(|m| self.table.page_buffer_bytes(*m, &self.projection, self.pruning.as_ref()))
+            .max()
+            .unwrap_or(0);
         let row = morsels.iter().map(|m| self.table.estimated_row_bytes(*m, &self.projection)).max().unwrap_or(0);
         let batch = (row.max(1) * ctx.config.batch_size as u64).min(ctx.batch_bytes_target()).max(row * 64);
         (pages + 3 * batch, batch)
@@ -177,6 +181,7 @@ impl ScanPipeline {
         let shared = Arc::new(Shared {
             table: self.table,
             projection: self.projection,
+            pruning: self.pruning,
             morsels: self.morsels.unwrap_or_default(),
             stages: self.stages,
             stop: AtomicBool::new(false),
@@ -219,6 +224,7 @@ impl ScanPipeline {
 struct Shared {
     table: Arc<Table>,
     projection: Vec<usize>,
+    pruning: Option<PruningPredicate>,
     morsels: Vec<Morsel>,
     stages: Vec<Stage>,
     stop: AtomicBool,
@@ -253,7 +259,7 @@ fn worker(w: usize, workers: usize, shared: &Shared, ctx: &ExecContext, tx: Send
         let morsel = shared.morsels[k];
         let row_bytes = shared.table.estimated_row_bytes(morsel, &shared.projection).max(1);
         let batch_rows = ((target / row_bytes) as usize).clamp(64, ctx.config.batch_size.max(64));
-        let pages = shared.table.page_buffer_bytes(morsel, &shared.projection);
+        let pages = shared.table.page_buffer_bytes(morsel, &shared.projection, shared.pruning.as_ref());
         if let Err(e) = reserve_waiting(&mut decode, pages + batch_rows as u64 * row_bytes, shared, ctx) {
             let _ = tx.send(Message::Error(e));
             return;
@@ -285,7 +291,14 @@ fn worker(w: usize, workers: usize, shared: &Shared, ctx: &ExecContext, tx: Send
             };
             operators::run_stages(&shared.stages, batch, &mut send)
         };
-        let result = shared.table.scan_morsel(morsel, &shared.projection, batch_rows, &ctx.counters, &mut emit);
+        let result = shared.table.scan_morsel(
+            morsel,
+            &shared.projection,
+            shared.pruning.as_ref(),
+            batch_rows,
+            &ctx.counters,
+            &mut emit,
+        );
         if let Err(e) = result {
             let _ = tx.send(Message::Error(e));
             return;

@@ -63,17 +63,19 @@ impl SharedRegistry {
             None => {
                 let storage = materialize(name, ctx, metrics, start()?, cancel)?;
                 let readers = self.readers.get(&id).copied().unwrap_or(1).max(1);
-                let rows =
-                    Arc::new(SharedRows { storage: Mutex::new(Some(storage)), readers_left: AtomicUsize::new(readers) });
+                let rows = Arc::new(SharedRows {
+                    storage: Mutex::new(Some(storage)),
+                    readers_left: AtomicUsize::new(readers),
+                });
                 map.insert(id, rows.clone());
                 rows
             }
         };
         let spill_reader = {
             let storage = rows.storage.lock().unwrap_or_else(|e| e.into_inner());
-            let storage = storage.as_ref().ok_or_else(|| {
-                Error::Execution(format!("internal error: CTE {name} read after its last reference"))
-            })?;
+            let storage = storage
+                .as_ref()
+                .ok_or_else(|| Error::Execution(format!("internal error: CTE {name} read after its last reference")))?;
             storage.spilled.as_ref().map(|f| f.reader()).transpose()?
         };
         Ok(SharedStream { rows, next: 0, spill_reader, ctx: ctx.clone(), done: false })

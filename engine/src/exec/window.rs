@@ -159,7 +159,9 @@ impl Shared {
         let needs_range = self.spec.functions.iter().any(|f| {
             f.func.uses_frame()
                 && f.frame.units == FrameUnits::Range
-                && [&f.frame.start, &f.frame.end].iter().any(|b| matches!(b, FrameBound::Preceding(_) | FrameBound::Following(_)))
+                && [&f.frame.start, &f.frame.end]
+                    .iter()
+                    .any(|b| matches!(b, FrameBound::Preceding(_) | FrameBound::Following(_)))
         });
         let range_key = if needs_range {
             let key = &self.spec.order_by[0];
@@ -278,7 +280,9 @@ impl Cursor {
                     let next = self.reader.as_mut().expect("opened").next_batch()?;
                     match next {
                         Some(b) => self.batch = Some(Arc::new(shared.prepare(b)?)),
-                        None => return Err(Error::Execution("internal error: window cursor past the partition".into())),
+                        None => {
+                            return Err(Error::Execution("internal error: window cursor past the partition".into()))
+                        }
                     }
                 }
             }
@@ -387,7 +391,10 @@ impl Evaluator {
                     None => None,
                     Some(Expr::Literal(a)) => Some(crate::expr::types::cast_sql(a, &expr.data_type)?),
                     Some(other) => {
-                        return Err(Error::NotSupported(format!("{}() with a non-constant default {other}", expr.func.name())))
+                        return Err(Error::NotSupported(format!(
+                            "{}() with a non-constant default {other}",
+                            expr.func.name()
+                        )))
                     }
                 };
                 (offset, default)
@@ -473,11 +480,18 @@ impl Evaluator {
             WindowFunction::Ntile => {
                 let (k, j) = (self.offset, (i - self.p0) as i64);
                 let (q, r) = (n / k, n % k);
-                let bucket = if j < r * (q + 1) { j / (q + 1) } else if q > 0 { (j - r * (q + 1)) / q + r } else { j };
+                let bucket = if j < r * (q + 1) {
+                    j / (q + 1)
+                } else if q > 0 {
+                    (j - r * (q + 1)) / q + r
+                } else {
+                    j
+                };
                 Value::Int(Some(bucket + 1))
             }
             WindowFunction::Lag | WindowFunction::Lead => {
-                let target = if self.func == WindowFunction::Lag { i as i64 - self.offset } else { i as i64 + self.offset };
+                let target =
+                    if self.func == WindowFunction::Lag { i as i64 - self.offset } else { i as i64 + self.offset };
                 if target >= self.p0 as i64 && target < self.p1 as i64 {
                     // Lag's target trails the current row, lead's runs ahead: both move forward.
                     self.other.seek(storage, target as usize)?;
@@ -633,7 +647,8 @@ impl Evaluator {
                         let max = a == AggregateFunction::Max;
                         // Candidates that can never win again leave the back of the queue.
                         while let Some((_, back, _)) = self.queue.back() {
-                            let beaten = if max { back.as_slice() <= key.as_slice() } else { back.as_slice() >= key.as_slice() };
+                            let beaten =
+                                if max { back.as_slice() <= key.as_slice() } else { back.as_slice() >= key.as_slice() };
                             if !beaten {
                                 break;
                             }
@@ -698,7 +713,9 @@ impl Evaluator {
         }
         let empty = e <= s;
         Ok(match a {
-            AggregateFunction::CountStar | AggregateFunction::Count => Value::Int(Some(if empty { 0 } else { self.count })),
+            AggregateFunction::CountStar | AggregateFunction::Count => {
+                Value::Int(Some(if empty { 0 } else { self.count }))
+            }
             AggregateFunction::Min | AggregateFunction::Max => {
                 Value::Row(if empty { None } else { self.queue.front().map(|(_, _, src)| src.clone()) })
             }
@@ -726,7 +743,12 @@ impl Evaluator {
 }
 
 /// Builds one function's output column.
-fn build_column(values: Vec<Value>, data_type: &DataType, index: usize, default: Option<&ArrayRef>) -> Result<ArrayRef> {
+fn build_column(
+    values: Vec<Value>,
+    data_type: &DataType,
+    index: usize,
+    default: Option<&ArrayRef>,
+) -> Result<ArrayRef> {
     let n = values.len();
     let mut ints: Vec<Option<i64>> = Vec::new();
     let mut floats: Vec<Option<f64>> = Vec::new();
@@ -868,8 +890,12 @@ impl WindowStream {
         ctx: &ExecContext,
         metrics: Arc<OperatorMetrics>,
     ) -> Result<WindowStream> {
-        let evaluators =
-            spec.functions.iter().enumerate().map(|(i, f)| Evaluator::new(i, f, input_schema)).collect::<Result<_>>()?;
+        let evaluators = spec
+            .functions
+            .iter()
+            .enumerate()
+            .map(|(i, f)| Evaluator::new(i, f, input_schema))
+            .collect::<Result<_>>()?;
         let shared = Arc::new(Shared::new(spec, input_schema)?);
         let input = match (child, plain) {
             (Some(sort), _) => WindowInput::Sorted(Box::new(sort)),
@@ -1101,7 +1127,8 @@ impl WindowStream {
         sp.current.seek(&storage, sp.next_row)?;
         let first = sp.next_row;
         let batch_end = (sp.current.batch_start + sp.current.at().0.rows()).min(sp.rows);
-        let mut values: Vec<Vec<Value>> = self.evaluators.iter().map(|_| Vec::with_capacity(batch_end - first)).collect();
+        let mut values: Vec<Vec<Value>> =
+            self.evaluators.iter().map(|_| Vec::with_capacity(batch_end - first)).collect();
         for i in first..batch_end {
             sp.current.seek(&storage, i)?;
             let key = sp.current.order_key();

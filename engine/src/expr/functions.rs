@@ -290,8 +290,7 @@ impl Function {
                 let mut acc = arrays[0].clone();
                 for next in &arrays[1..] {
                     // Nulls are skipped: take `next` where it is better or `acc` is null.
-                    let better =
-                        if *self == Function::Greatest { cmp::gt(next, &acc)? } else { cmp::lt(next, &acc)? };
+                    let better = if *self == Function::Greatest { cmp::gt(next, &acc)? } else { cmp::lt(next, &acc)? };
                     let better = arrow::compute::kernels::boolean::or_kleene(
                         &super::not_null_true(&better),
                         &arrow::compute::is_null(acc.as_ref())?,
@@ -382,7 +381,8 @@ fn avg_divide(sum: &ArrayRef, count: &ArrayRef) -> Result<ArrayRef> {
             let sum = sum.as_primitive::<Float64Type>();
             (0..n)
                 .map(|i| {
-                    (sum.is_valid(i) && count.is_valid(i) && count.value(i) > 0.0).then(|| sum.value(i) / count.value(i))
+                    (sum.is_valid(i) && count.is_valid(i) && count.value(i) > 0.0)
+                        .then(|| sum.value(i) / count.value(i))
                 })
                 .collect()
         }
@@ -460,11 +460,8 @@ fn date_trunc(a: &ArrayRef, part: DatePartKind, out: &DataType) -> Result<ArrayR
             DatePartKind::DayOfWeek | DatePartKind::DayOfYear => return None,
         })
     };
-    let truncated: Int64Array = micros
-        .as_primitive::<arrow::datatypes::Int64Type>()
-        .iter()
-        .map(|v| v.and_then(start_of))
-        .collect();
+    let truncated: Int64Array =
+        micros.as_primitive::<arrow::datatypes::Int64Type>().iter().map(|v| v.and_then(start_of)).collect();
     let as_timestamp = arrow::compute::cast(&truncated, &super::types::TIMESTAMP)?;
     Ok(arrow::compute::cast(&as_timestamp, out)?)
 }

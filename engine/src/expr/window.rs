@@ -87,19 +87,17 @@ impl WindowFunction {
     /// The result type for arguments of these types.
     pub fn return_type(self, args: &[DataType]) -> Result<DataType> {
         Ok(match self {
-            WindowFunction::RowNumber
-            | WindowFunction::Rank
-            | WindowFunction::DenseRank
-            | WindowFunction::Ntile => DataType::Int64,
+            WindowFunction::RowNumber | WindowFunction::Rank | WindowFunction::DenseRank | WindowFunction::Ntile => {
+                DataType::Int64
+            }
             WindowFunction::PercentRank | WindowFunction::CumeDist => DataType::Float64,
             WindowFunction::Lag
             | WindowFunction::Lead
             | WindowFunction::FirstValue
             | WindowFunction::LastValue
-            | WindowFunction::NthValue => args
-                .first()
-                .cloned()
-                .ok_or_else(|| Error::Plan(format!("{}() needs an argument", self.name())))?,
+            | WindowFunction::NthValue => {
+                args.first().cloned().ok_or_else(|| Error::Plan(format!("{}() needs an argument", self.name())))?
+            }
             WindowFunction::Aggregate(a) => a.return_type(args.first())?,
         })
     }

@@ -133,9 +133,9 @@ impl JoinGraph {
 
     /// Whether an equality connects the two sets.
     fn connected(&self, a: u32, b: u32) -> bool {
-        self.keys.iter().any(|&(i, j, _)| {
-            (a & (1 << i) != 0 && b & (1 << j) != 0) || (a & (1 << j) != 0 && b & (1 << i) != 0)
-        })
+        self.keys
+            .iter()
+            .any(|&(i, j, _)| (a & (1 << i) != 0 && b & (1 << j) != 0) || (a & (1 << j) != 0 && b & (1 << i) != 0))
     }
 
     /// The cheapest bushy tree by dynamic programming. Cost: the rows every join produces plus
@@ -252,12 +252,8 @@ fn reorder_tree(plan: LogicalPlan) -> LogicalPlan {
                 };
                 match eq_sides {
                     Some((a, b)) => {
-                        let sel = super::stats::key_selectivity(
-                            &estimates[*i],
-                            &local(a, *i),
-                            &estimates[*j],
-                            &local(b, *j),
-                        );
+                        let sel =
+                            super::stats::key_selectivity(&estimates[*i], &local(a, *i), &estimates[*j], &local(b, *j));
                         keys.push((*i, *j, sel));
                     }
                     None => others.push((1u32 << i) | (1u32 << j)),
@@ -382,7 +378,7 @@ pub fn push_semi_joins(plan: LogicalPlan) -> LogicalPlan {
         return rebuild(Box::new(pushed), b);
     }
     // All in `b`: its columns start at 0 below.
-    let remap = |e: &Expr| e.remap_columns(&|c| if c >= nl { c - na } else { c - na });
+    let remap = |e: &Expr| e.remap_columns(&|c| c - na);
     let on: Vec<(Expr, Expr)> = on.iter().map(|(l, r)| (l.remap_columns(&|c| c - na), r.clone())).collect();
     let filter = filter.as_ref().map(remap);
     let pushed = push_semi_joins(LogicalPlan::join(*b, *right, join_type, on, filter));
@@ -448,9 +444,8 @@ fn push_into(plan: LogicalPlan, mut conditions: Vec<Expr>) -> LogicalPlan {
             let (mut to_left, mut to_right, mut above, mut join_conditions) = (vec![], vec![], vec![], vec![]);
             // An outer join under a condition that no null-extended row can meet is an inner
             // join (a scalar subquery compared in WHERE, say), and may then be reordered.
-            let rejects = |side: fn(usize, usize) -> bool| {
-                conditions.iter().any(|c| rejects_nulls(c, &|col| side(col, nl)))
-            };
+            let rejects =
+                |side: fn(usize, usize) -> bool| conditions.iter().any(|c| rejects_nulls(c, &|col| side(col, nl)));
             let join_type = match join_type {
                 JoinType::Left if rejects(|c, nl| c >= nl) => JoinType::Inner,
                 JoinType::Right if rejects(|c, nl| c < nl) => JoinType::Inner,
@@ -534,7 +529,9 @@ fn rejects_nulls(c: &Expr, in_side: &dyn Fn(usize) -> bool) -> bool {
     }
     match c {
         Expr::Binary { op, left, right, .. } if op.is_comparison() => strict(left, in_side) || strict(right, in_side),
-        Expr::Binary { op: BinaryOp::And, left, right, .. } => rejects_nulls(left, in_side) || rejects_nulls(right, in_side),
+        Expr::Binary { op: BinaryOp::And, left, right, .. } => {
+            rejects_nulls(left, in_side) || rejects_nulls(right, in_side)
+        }
         Expr::Like { expr, .. } | Expr::InList { expr, .. } => strict(expr, in_side),
         Expr::IsNull { expr, negated: true } => strict(expr, in_side),
         _ => false,

@@ -9,7 +9,7 @@
 //! and joins are pipeline breakers whose output feeds the operators above them. [`optimize`]
 //! orders inner joins from row-count estimates, pushes filters down through joins (turning
 //! equalities between the two sides into join keys), pushes projections into scans (only needed
-//! columns are decoded) and hands filters directly above a scan to it for row-group pruning.
+//! columns are decoded) and hands filters directly above a scan to it for row-group and page pruning.
 
 mod joins;
 mod simplify;
@@ -238,15 +238,13 @@ impl LogicalPlan {
                 LogicalPlan::Aggregate { input: Box::new(f(*input)), group_exprs, aggregates, schema }
             }
             LogicalPlan::Sort { input, keys, fetch } => LogicalPlan::Sort { input: Box::new(f(*input)), keys, fetch },
-            LogicalPlan::Limit { input, skip, fetch } => {
-                LogicalPlan::Limit { input: Box::new(f(*input)), skip, fetch }
-            }
+            LogicalPlan::Limit { input, skip, fetch } => LogicalPlan::Limit { input: Box::new(f(*input)), skip, fetch },
             LogicalPlan::Join { left, right, join_type, on, filter, schema } => {
                 let left = Box::new(f(*left));
                 LogicalPlan::Join { left, right: Box::new(f(*right)), join_type, on, filter, schema }
             }
             LogicalPlan::Union { inputs, schema } => {
-                LogicalPlan::Union { inputs: inputs.into_iter().map(|i| f(i)).collect(), schema }
+                LogicalPlan::Union { inputs: inputs.into_iter().map(&mut *f).collect(), schema }
             }
             LogicalPlan::Shared { id, name, input } => LogicalPlan::Shared { id, name, input: Box::new(f(*input)) },
             LogicalPlan::Repeat { input } => LogicalPlan::Repeat { input: Box::new(f(*input)) },
@@ -261,14 +259,14 @@ impl LogicalPlan {
         match self {
             LogicalPlan::Filter { input, predicate } => LogicalPlan::Filter { input, predicate: f(predicate) },
             LogicalPlan::Projection { input, exprs, schema } => {
-                LogicalPlan::Projection { input, exprs: exprs.into_iter().map(|e| f(e)).collect(), schema }
+                LogicalPlan::Projection { input, exprs: exprs.into_iter().map(&mut *f).collect(), schema }
             }
             LogicalPlan::Aggregate { input, group_exprs, aggregates, schema } => LogicalPlan::Aggregate {
                 input,
-                group_exprs: group_exprs.into_iter().map(|e| f(e)).collect(),
+                group_exprs: group_exprs.into_iter().map(&mut *f).collect(),
                 aggregates: aggregates
                     .into_iter()
-                    .map(|a| crate::expr::AggregateExpr { arg: a.arg.map(|e| f(e)), ..a })
+                    .map(|a| crate::expr::AggregateExpr { arg: a.arg.map(&mut *f), ..a })
                     .collect(),
                 schema,
             },
@@ -277,7 +275,7 @@ impl LogicalPlan {
                 right,
                 join_type,
                 on: on.into_iter().map(|(l, r)| (f(l), f(r))).collect(),
-                filter: filter.map(|e| f(e)),
+                filter: filter.map(&mut *f),
                 schema,
             },
             LogicalPlan::Window { input, partition_by, order_by, functions, schema } => LogicalPlan::Window {
@@ -286,7 +284,7 @@ impl LogicalPlan {
                 order_by,
                 functions: functions
                     .into_iter()
-                    .map(|w| crate::expr::window::WindowExpr { args: w.args.into_iter().map(|e| f(e)).collect(), ..w })
+                    .map(|w| crate::expr::window::WindowExpr { args: w.args.into_iter().map(&mut *f).collect(), ..w })
                     .collect(),
                 schema,
             },
@@ -356,7 +354,7 @@ impl LogicalPlan {
                     "{pad}Scan: {} [{}]{}",
                     table.name(),
                     cols.join(", "),
-                    if pruning.is_some() { " (row-group pruning)" } else { "" }
+                    if pruning.is_some() { " (row-group and page pruning)" } else { "" }
                 );
             }
             LogicalPlan::Filter { input, predicate } => {
@@ -656,10 +654,8 @@ fn prune_columns(plan: LogicalPlan, needed: &BTreeSet<usize>) -> (LogicalPlan, V
             let (input, map) = prune_columns(*input, &want);
             let new_width = input.schema().fields().len();
             let partition_by = partition_by.iter().map(|&c| map[c].expect("partition column kept")).collect();
-            let order_by = order_by
-                .iter()
-                .map(|k| SortKey { column: map[k.column].expect("order column kept"), ..*k })
-                .collect();
+            let order_by =
+                order_by.iter().map(|k| SortKey { column: map[k.column].expect("order column kept"), ..*k }).collect();
             let functions: Vec<crate::expr::window::WindowExpr> = functions
                 .into_iter()
                 .map(|f| crate::expr::window::WindowExpr {
@@ -690,7 +686,8 @@ fn prune_columns(plan: LogicalPlan, needed: &BTreeSet<usize>) -> (LogicalPlan, V
             // The count must stay last: put the kept columns before it in their order.
             let schema = input.schema();
             let kept: Vec<usize> = (0..count).filter(|c| map[*c].is_some()).collect();
-            let mut exprs: Vec<Expr> = kept.iter().map(|&c| Expr::column(map[c].unwrap(), schema.field(map[c].unwrap()).name())).collect();
+            let mut exprs: Vec<Expr> =
+                kept.iter().map(|&c| Expr::column(map[c].unwrap(), schema.field(map[c].unwrap()).name())).collect();
             exprs.push(Expr::column(new_count, schema.field(new_count).name()));
             let mut fields: Vec<Field> = kept.iter().map(|&c| schema.field(map[c].unwrap()).clone()).collect();
             fields.push(schema.field(new_count).clone());
@@ -698,7 +695,8 @@ fn prune_columns(plan: LogicalPlan, needed: &BTreeSet<usize>) -> (LogicalPlan, V
             for (new, &old) in kept.iter().enumerate() {
                 out_map[old] = Some(new);
             }
-            let input = LogicalPlan::Projection { input: Box::new(input), exprs, schema: Arc::new(Schema::new(fields)) };
+            let input =
+                LogicalPlan::Projection { input: Box::new(input), exprs, schema: Arc::new(Schema::new(fields)) };
             (LogicalPlan::Repeat { input: Box::new(input) }, out_map)
         }
         LogicalPlan::Shared { id, name, input } => {
@@ -754,15 +752,13 @@ fn push_pruning(plan: LogicalPlan) -> LogicalPlan {
         LogicalPlan::Union { inputs, schema } => {
             LogicalPlan::Union { inputs: inputs.into_iter().map(push_pruning).collect(), schema }
         }
-        LogicalPlan::Shared { id, name, input } => LogicalPlan::Shared { id, name, input: Box::new(push_pruning(*input)) },
+        LogicalPlan::Shared { id, name, input } => {
+            LogicalPlan::Shared { id, name, input: Box::new(push_pruning(*input)) }
+        }
         LogicalPlan::Repeat { input } => LogicalPlan::Repeat { input: Box::new(push_pruning(*input)) },
-        LogicalPlan::Window { input, partition_by, order_by, functions, schema } => LogicalPlan::Window {
-            input: Box::new(push_pruning(*input)),
-            partition_by,
-            order_by,
-            functions,
-            schema,
-        },
+        LogicalPlan::Window { input, partition_by, order_by, functions, schema } => {
+            LogicalPlan::Window { input: Box::new(push_pruning(*input)), partition_by, order_by, functions, schema }
+        }
         scan @ LogicalPlan::Scan { .. } => scan,
     }
 }

@@ -124,8 +124,8 @@ fn simplify_node(e: Expr, input: &Schema) -> Expr {
             other => Expr::Not(Box::new(other)),
         },
         Expr::Binary { op, left, right, data_type } if op.is_comparison() => {
-            let unwrapped =
-                unwrap_date_cast(op, &left, &right, input).or_else(|| unwrap_date_cast(op.swap(), &right, &left, input));
+            let unwrapped = unwrap_date_cast(op, &left, &right, input)
+                .or_else(|| unwrap_date_cast(op.swap(), &right, &left, input));
             match unwrapped {
                 Some(e) => e,
                 None => Expr::Binary { op, left, right, data_type },
@@ -151,11 +151,8 @@ pub fn disjuncts(e: &Expr) -> Vec<&Expr> {
 /// taken out of it, so a join key written in each branch (TPC-H Q19) is a join key.
 fn factor_or(e: Expr) -> Expr {
     let branches: Vec<Vec<&Expr>> = disjuncts(&e).into_iter().map(|d| d.conjuncts()).collect();
-    let common: Vec<Expr> = branches[0]
-        .iter()
-        .filter(|c| branches[1..].iter().all(|b| b.contains(c)))
-        .map(|c| (*c).clone())
-        .collect();
+    let common: Vec<Expr> =
+        branches[0].iter().filter(|c| branches[1..].iter().all(|b| b.contains(c))).map(|c| (*c).clone()).collect();
     if common.is_empty() {
         return e;
     }
@@ -215,4 +212,3 @@ fn unwrap_date_cast(op: BinaryOp, column: &Expr, constant: &Expr, input: &Schema
     let date: ArrayRef = Arc::new(Date32Array::from(vec![day]));
     Some(Expr::Binary { op, left: inner.clone(), right: Box::new(Expr::Literal(date)), data_type: DataType::Boolean })
 }
-

@@ -332,13 +332,11 @@ fn single(c: &Expr, input: &Estimate) -> f64 {
         Expr::Not(inner) => 1.0 - filter_selectivity(inner, input),
         Expr::Binary { op: BinaryOp::Eq, left, right, .. } => match (left.as_ref(), right.as_ref()) {
             (Expr::Literal(_), e) | (e, Expr::Literal(_)) => eq(e),
-            (a, b) => {
-                match (input.distinct(a), input.distinct(b)) {
-                    (Some(x), Some(y)) => 1.0 / x.max(y).max(1.0),
-                    (Some(d), None) | (None, Some(d)) => 1.0 / d.max(1.0),
-                    (None, None) => EQ_SELECTIVITY,
-                }
-            }
+            (a, b) => match (input.distinct(a), input.distinct(b)) {
+                (Some(x), Some(y)) => 1.0 / x.max(y).max(1.0),
+                (Some(d), None) | (None, Some(d)) => 1.0 / d.max(1.0),
+                (None, None) => EQ_SELECTIVITY,
+            },
         },
         Expr::Binary { op: BinaryOp::NotEq, left, right, .. } => match (left.as_ref(), right.as_ref()) {
             (Expr::Literal(_), e) | (e, Expr::Literal(_)) => 1.0 - eq(e),

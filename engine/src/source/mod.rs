@@ -112,6 +112,8 @@ pub struct ScanCounters {
     pub bytes: std::sync::atomic::AtomicU64,
     /// Scan workers running now (on the engine's thread pool).
     pub workers: std::sync::atomic::AtomicUsize,
+    /// Rows of the row groups read that page statistics ruled out (not decoded).
+    pub page_pruned_rows: std::sync::atomic::AtomicU64,
 }
 
 impl Table {
@@ -189,10 +191,8 @@ impl Table {
                 else {
                     return ColumnStats::default();
                 };
-                let file_nulls = converter
-                    .row_group_null_counts(groups.iter())
-                    .ok()
-                    .and_then(|n| n.iter().sum::<Option<u64>>());
+                let file_nulls =
+                    converter.row_group_null_counts(groups.iter()).ok().and_then(|n| n.iter().sum::<Option<u64>>());
                 (mins, maxes, file_nulls)
             };
             nulls = match (file_nulls, nulls) {
@@ -320,21 +320,25 @@ impl Table {
 
     /// Bytes of raw input that one morsel reads for the given columns, so the reader's page buffers
     /// can be sized: the largest column chunk's share, capped at one page per column.
-    pub fn page_buffer_bytes(&self, morsel: Morsel, projection: &[usize]) -> u64 {
+    /// With a pruning predicate, also the page index read to skip pages.
+    pub fn page_buffer_bytes(&self, morsel: Morsel, projection: &[usize], pruning: Option<&PruningPredicate>) -> u64 {
         let file = &self.files[morsel.file];
         match &file.parquet {
-            Some(meta) => parquet::page_buffer_bytes(meta, morsel.row_group, &self.schema, projection),
+            Some(meta) => parquet::page_buffer_bytes(meta, morsel.row_group, &self.schema, projection, pruning),
             // CSV and JSON readers buffer a block of the file at a time.
             None => csv::READ_BUFFER_BYTES,
         }
     }
 
     /// Decodes one morsel, `batch_rows` rows at a time, with only the `projection` columns (indices into
-    /// [`Table::schema`]), calling `emit` with each batch until it returns `false`.
+    /// [`Table::schema`]), calling `emit` with each batch until it returns `false`. With a pruning
+    /// predicate, pages of a Parquet row group that its page index rules out are skipped (the
+    /// predicate must still be applied to the rows).
     pub fn scan_morsel(
         &self,
         morsel: Morsel,
         projection: &[usize],
+        pruning: Option<&PruningPredicate>,
         batch_rows: usize,
         counters: &ScanCounters,
         emit: &mut dyn FnMut(RecordBatch) -> Result<bool>,
@@ -358,7 +362,16 @@ impl Table {
             emit(batch)
         };
         match &self.format {
-            Format::Parquet => parquet::scan(file, morsel.row_group, &out_schema, batch_rows, counters, &mut adapt),
+            Format::Parquet => parquet::scan(
+                file,
+                morsel.row_group,
+                &out_schema,
+                batch_rows,
+                counters,
+                pruning,
+                &self.schema,
+                &mut adapt,
+            ),
             Format::Csv(options) => {
                 csv::scan(file, morsel.range, options, &out_schema, batch_rows, counters, &mut adapt)
             }

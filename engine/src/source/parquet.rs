@@ -9,7 +9,10 @@ use arrow::datatypes::SchemaRef;
 use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder};
 use parquet::arrow::ProjectionMask;
 
-use super::{ScanCounters, SourceFile};
+use parquet::arrow::arrow_reader::RowSelection;
+use parquet::file::metadata::{ColumnChunkMask, PageIndexPolicy, ParquetMetaData, ParquetMetaDataReader};
+
+use super::{PruningPredicate, ScanCounters, SourceFile};
 use crate::error::{Error, Result};
 
 pub(super) fn open_metadata(path: &Path) -> Result<ArrowReaderMetadata> {
@@ -62,46 +65,119 @@ pub(super) fn estimated_row_bytes(
 /// Memory the page reader holds for one morsel: for each projected column, its largest page, once
 /// compressed and once decompressed. Page sizes come from the page encoding stats (pages per chunk);
 /// a writer that records none is assumed to have written the whole chunk as one page.
+///
+/// With a pruning predicate, also the row group's page index, read to skip pages: decoded, it takes a
+/// few times the bytes it takes in the file.
 pub(super) fn page_buffer_bytes(
     meta: &ArrowReaderMetadata,
     row_group: usize,
     table_schema: &arrow::datatypes::Schema,
     projection: &[usize],
+    pruning: Option<&PruningPredicate>,
 ) -> u64 {
     use parquet::basic::{Compression, PageType};
     let rg = meta.metadata().row_group(row_group);
     let names = projected_names(table_schema, projection);
-    leaves_of(meta, &names)
-        .iter()
-        .map(|&l| {
-            let c = rg.column(l);
-            let pages = c
-                .page_encoding_stats()
-                .map(|stats| {
-                    stats
-                        .iter()
-                        .filter(|s| matches!(s.page_type, PageType::DATA_PAGE | PageType::DATA_PAGE_V2))
-                        .map(|s| s.count.max(0) as u64)
-                        .sum::<u64>()
-                })
-                .filter(|&n| n > 0)
-                .unwrap_or(1);
-            let uncompressed = c.uncompressed_size().max(0) as u64;
-            let compressed = c.compressed_size().max(0) as u64;
-            // Pages of one chunk vary in size: allow half again the average.
-            let page = |total: u64| (total.div_ceil(pages) * 3 / 2).min(total);
-            let read = if c.compression() == Compression::UNCOMPRESSED { 0 } else { page(compressed) };
-            page(uncompressed) + read
-        })
-        .sum()
+    let leaves = leaves_of(meta, &names);
+    let index = match pruning {
+        Some(_) => {
+            let len = |r: Option<std::ops::Range<u64>>| r.map_or(0, |r| r.end - r.start);
+            let bytes: u64 = leaves
+                .iter()
+                .map(|&l| len(rg.column(l).column_index_range()) + len(rg.column(l).offset_index_range()))
+                .sum();
+            // Decoded indexes, and the row group's own copy of the footer.
+            4 * bytes + row_group_meta_bytes(meta)
+        }
+        None => 0,
+    };
+    index
+        + leaves
+            .iter()
+            .map(|&l| {
+                let c = rg.column(l);
+                let pages = c
+                    .page_encoding_stats()
+                    .map(|stats| {
+                        stats
+                            .iter()
+                            .filter(|s| matches!(s.page_type, PageType::DATA_PAGE | PageType::DATA_PAGE_V2))
+                            .map(|s| s.count.max(0) as u64)
+                            .sum::<u64>()
+                    })
+                    .filter(|&n| n > 0)
+                    .unwrap_or(1);
+                let uncompressed = c.uncompressed_size().max(0) as u64;
+                let compressed = c.compressed_size().max(0) as u64;
+                // Pages of one chunk vary in size: allow half again the average.
+                let page = |total: u64| (total.div_ceil(pages) * 3 / 2).min(total);
+                let read = if c.compression() == Compression::UNCOMPRESSED { 0 } else { page(compressed) };
+                page(uncompressed) + read
+            })
+            .sum::<u64>()
 }
 
+/// Memory a copy of one row group's metadata takes, with the file's key-value metadata (which holds
+/// the Arrow schema); twice over, as the reader builds its own.
+fn row_group_meta_bytes(meta: &ArrowReaderMetadata) -> u64 {
+    let md = meta.metadata();
+    let per_group = md.row_groups().first().map_or(0, |g| std::mem::size_of_val(g) + g.columns().len() * 512);
+    let key_values: usize = md
+        .file_metadata()
+        .key_value_metadata()
+        .map_or(0, |kv| kv.iter().map(|k| k.key.len() + k.value.as_ref().map_or(0, |v| v.len())).sum());
+    2 * (per_group + key_values + std::mem::size_of::<ParquetMetaData>()) as u64
+}
+
+/// The row group alone, with the page index of the columns the pruning predicate tests and of the
+/// columns read, and the rows its pages' statistics leave. `None` when the file has no page index for
+/// the tested columns or it rules nothing out: then the row group is read whole. Any trouble reading
+/// the index also falls back to that (the index only ever saves work).
+fn page_selection(
+    file: &SourceFile,
+    row_group: usize,
+    read_leaves: &[usize],
+    pruning: &PruningPredicate,
+    table_schema: &arrow::datatypes::Schema,
+) -> Option<(ArrowReaderMetadata, RowSelection)> {
+    let meta = file.parquet.as_ref()?;
+    let rg = meta.metadata().row_group(row_group);
+    let first_partition = table_schema.fields().len() - file.partition.len();
+    let tested: Vec<&str> =
+        pruning.columns().filter(|&c| c < first_partition).map(|c| table_schema.field(c).name().as_str()).collect();
+    let tested = leaves_of(meta, &tested);
+    if !tested.iter().any(|&l| rg.column(l).column_index_range().is_some()) {
+        return None;
+    }
+    let handle = File::open(&file.path).ok()?;
+    let alone = ParquetMetaData::new(meta.metadata().file_metadata().clone(), vec![rg.clone()]);
+    let mut offsets: Vec<usize> = tested.iter().chain(read_leaves).copied().collect();
+    offsets.sort_unstable();
+    offsets.dedup();
+    let mut reader = ParquetMetaDataReader::new_with_metadata(alone)
+        .with_column_index_policy(PageIndexPolicy::Optional)
+        .with_offset_index_policy(PageIndexPolicy::Optional)
+        .with_column_index_mask(ColumnChunkMask::columns(tested))
+        .with_offset_index_mask(ColumnChunkMask::columns(offsets));
+    reader.read_page_indexes(&handle).ok()?;
+    let alone = ArrowReaderMetadata::try_new(
+        std::sync::Arc::new(reader.finish().ok()?),
+        ArrowReaderOptions::new().with_schema(meta.schema().clone()),
+    )
+    .ok()?;
+    let selection = pruning.rows_to_scan(&alone, 0, table_schema, file.partition.len())?;
+    Some((alone, selection))
+}
+
+#[allow(clippy::too_many_arguments)]
 pub(super) fn scan(
     file: &SourceFile,
     row_group: usize,
     out_schema: &SchemaRef,
     batch_rows: usize,
     counters: &ScanCounters,
+    pruning: Option<&PruningPredicate>,
+    table_schema: &arrow::datatypes::Schema,
     emit: &mut dyn FnMut(RecordBatch) -> Result<bool>,
 ) -> Result<()> {
     let meta = file.parquet.as_ref().expect("parquet file has metadata");
@@ -109,7 +185,8 @@ pub(super) fn scan(
     let names: Vec<&str> = out_schema.fields().iter().map(|f| f.name().as_str()).collect();
     let roots: Vec<usize> = names.iter().filter_map(|n| meta.schema().index_of(n).ok()).collect();
     let rg = meta.metadata().row_group(row_group);
-    let read: u64 = leaves_of(meta, &names).iter().map(|&l| rg.column(l).compressed_size().max(0) as u64).sum();
+    let leaves = leaves_of(meta, &names);
+    let read: u64 = leaves.iter().map(|&l| rg.column(l).compressed_size().max(0) as u64).sum();
     counters.bytes.fetch_add(read, Ordering::Relaxed);
 
     if roots.is_empty() {
@@ -131,12 +208,24 @@ pub(super) fn scan(
     }
     let handle = File::open(&file.path).map_err(|e| Error::bad_file(&file.path, e))?;
     let mask = ProjectionMask::roots(meta.parquet_schema(), roots);
-    let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(handle, meta.clone())
-        .with_projection(mask)
-        .with_row_groups(vec![row_group])
-        .with_batch_size(batch_rows.max(1))
-        .build()
-        .map_err(|e| bad(&e))?;
+    let pages = pruning.and_then(|p| page_selection(file, row_group, &leaves, p, table_schema));
+    let builder = match pages {
+        Some((_, selection)) if !selection.selects_any() => {
+            counters.page_pruned_rows.fetch_add(rg.num_rows().max(0) as u64, Ordering::Relaxed);
+            return Ok(());
+        }
+        Some((alone, selection)) => {
+            let skipped = rg.num_rows().max(0) as u64 - selection.row_count() as u64;
+            counters.page_pruned_rows.fetch_add(skipped, Ordering::Relaxed);
+            ParquetRecordBatchReaderBuilder::new_with_metadata(handle, alone)
+                .with_row_groups(vec![0])
+                .with_row_selection(selection)
+        }
+        None => {
+            ParquetRecordBatchReaderBuilder::new_with_metadata(handle, meta.clone()).with_row_groups(vec![row_group])
+        }
+    };
+    let reader = builder.with_projection(mask).with_batch_size(batch_rows.max(1)).build().map_err(|e| bad(&e))?;
     for batch in reader {
         let batch = batch.map_err(|e| bad(&e))?;
         if !emit(batch)? {

@@ -1,15 +1,21 @@
-//! Row-group pruning: skip Parquet row groups whose statistics prove the WHERE clause false.
+//! Row-group and page pruning: skip Parquet row groups, and pages inside the row groups read, whose
+//! statistics prove the WHERE clause false.
 //!
 //! Each conjunct of the filter that has the shape `column op literal` (also `BETWEEN`, `IN`,
 //! `IS [NOT] NULL`, and a column under a cast) becomes a test on the row groups' min/max/null-count
 //! statistics, evaluated for all row groups of a file at once with Arrow kernels. Anything else, and
 //! any missing statistic, keeps the row group: pruning may only ever skip data that cannot match.
+//!
+//! Inside a row group that is read, the same tests run on the pages' statistics when the file has a
+//! page index (column and offset indexes, as the parquet-rs and Spark writers write by default):
+//! the pages they rule out become a row selection, and the reader skips those rows' pages in every
+//! column without decompressing them.
 
-use arrow::array::{Array, ArrayRef, BooleanArray, Scalar, UInt32Array};
+use arrow::array::{Array, ArrayRef, BooleanArray, Scalar, UInt32Array, UInt64Array};
 use arrow::compute::kernels::{boolean, cmp};
 use arrow::datatypes::{DataType, Schema};
 use parquet::arrow::arrow_reader::statistics::StatisticsConverter;
-use parquet::arrow::arrow_reader::ArrowReaderMetadata;
+use parquet::arrow::arrow_reader::{ArrowReaderMetadata, RowSelection};
 
 use crate::expr::{types, BinaryOp, Expr};
 
@@ -21,7 +27,7 @@ enum Test {
     IsNull { column: usize, negated: bool },
 }
 
-/// The parts of a filter that row-group statistics can decide.
+/// The parts of a filter that row-group and page statistics can decide.
 #[derive(Debug, Clone, Default)]
 pub struct PruningPredicate {
     tests: Vec<Test>,
@@ -88,50 +94,123 @@ impl PruningPredicate {
         table_schema: &Schema,
         partition: &[ArrayRef],
     ) -> Vec<bool> {
-        let groups = meta.metadata().num_row_groups();
-        let mut keep = BooleanArray::from(vec![true; groups]);
-        for test in &self.tests {
-            if let Some(mask) = self.evaluate(test, meta, table_schema, partition) {
-                if let Ok(k) = boolean::and(&keep, &mask) {
-                    keep = k;
+        let groups = meta.metadata().row_groups();
+        let rows: Vec<u64> = groups.iter().map(|g| g.num_rows().max(0) as u64).collect();
+        let first_partition = table_schema.fields().len() - partition.len();
+        let masks = self.tests.iter().filter_map(|test| {
+            let field = table_schema.field(test.column());
+            let bounds = match test.column().checked_sub(first_partition) {
+                // A hive partition column: the file's one value stands for every row group.
+                Some(p) => {
+                    let value = &partition[p];
+                    let repeated =
+                        arrow::compute::take(value, &UInt32Array::from(vec![0u32; groups.len()]), None).ok()?;
+                    let nulls = rows.iter().map(|&r| if value.is_null(0) { r } else { 0 }).collect();
+                    Bounds { min: repeated.clone(), max: repeated, nulls, rows: rows.clone() }
                 }
-            }
-        }
-        keep.iter().map(|v| v.unwrap_or(true)).collect()
+                None => {
+                    let converter =
+                        StatisticsConverter::try_new(field.name(), meta.schema(), meta.parquet_schema()).ok()?;
+                    Bounds {
+                        min: converter.row_group_mins(groups.iter()).ok()?,
+                        max: converter.row_group_maxes(groups.iter()).ok()?,
+                        nulls: converter.row_group_null_counts(groups.iter()).ok()?,
+                        rows: rows.clone(),
+                    }
+                }
+            };
+            test.decide(field.data_type(), &bounds)
+        });
+        and_all(masks, groups.len())
     }
 
-    fn evaluate(
+    /// Rows of one row group that its pages' statistics (the Parquet page index, which `meta` must
+    /// hold for the tested columns) cannot rule out; `None` when they rule out nothing.
+    /// Hive partition columns are left to [`PruningPredicate::row_groups_to_scan`].
+    pub(super) fn rows_to_scan(
         &self,
-        test: &Test,
         meta: &ArrowReaderMetadata,
+        row_group: usize,
         table_schema: &Schema,
-        partition: &[ArrayRef],
-    ) -> Option<BooleanArray> {
-        let column = match test {
-            Test::Compare { column, .. } | Test::In { column, .. } | Test::IsNull { column, .. } => *column,
-        };
-        let field = table_schema.field(column);
-        let first_partition = table_schema.fields().len() - partition.len();
-        // A hive partition column: the file's one value stands for every row group.
-        let hive = (column >= first_partition).then(|| &partition[column - first_partition]);
-        let converter = match hive {
-            Some(_) => None,
-            None => Some(StatisticsConverter::try_new(field.name(), meta.schema(), meta.parquet_schema()).ok()?),
-        };
+        partition_columns: usize,
+    ) -> Option<RowSelection> {
+        let page_index = meta.metadata().page_index()?.as_ref();
         let groups = meta.metadata().row_groups();
-        let (casts, op_values): (&[DataType], Vec<(BinaryOp, &ArrayRef)>) = match test {
+        let first_partition = table_schema.fields().len() - partition_columns;
+        let total = groups.get(row_group)?.num_rows().max(0) as usize;
+        let mut selection: Option<RowSelection> = None;
+        for test in self.tests.iter().filter(|t| t.column() < first_partition) {
+            let field = table_schema.field(test.column());
+            let Ok(converter) = StatisticsConverter::try_new(field.name(), meta.schema(), meta.parquet_schema()) else {
+                continue;
+            };
+            let page_bounds = || -> Option<Bounds> {
+                let rows = converter.data_page_row_counts(page_index, groups, [row_group].iter()).ok()??;
+                if rows.null_count() > 0 || rows.is_empty() {
+                    return None;
+                }
+                Some(Bounds {
+                    min: converter.data_page_mins(page_index, [row_group].iter()).ok()?,
+                    max: converter.data_page_maxes(page_index, [row_group].iter()).ok()?,
+                    nulls: converter.data_page_null_counts(page_index, [row_group].iter()).ok()?,
+                    rows: rows.values().to_vec(),
+                })
+            };
+            let Some(bounds) = page_bounds() else { continue };
+            let Some(keep) = test.decide(field.data_type(), &bounds) else { continue };
+            let mut start = 0usize;
+            let mut ranges = Vec::new();
+            for (page, &rows) in bounds.rows.iter().enumerate() {
+                let end = start + rows as usize;
+                if !keep.is_valid(page) || keep.value(page) {
+                    ranges.push(start..end);
+                }
+                start = end;
+            }
+            if start != total {
+                continue; // pages that do not add up to the row group: trust none of it
+            }
+            let pages = RowSelection::from_consecutive_ranges(ranges.into_iter(), total);
+            selection = Some(match selection {
+                None => pages,
+                Some(s) => s.intersection(&pages),
+            });
+        }
+        selection.filter(|s| s.row_count() < total)
+    }
+
+    /// The table columns whose page statistics the tests read.
+    pub(super) fn columns(&self) -> impl Iterator<Item = usize> + '_ {
+        self.tests.iter().map(Test::column)
+    }
+}
+
+/// What the statistics say about one column over some units of a file (row groups, or the pages of
+/// a row group): smallest and largest values, nulls and rows per unit (null where unknown).
+struct Bounds {
+    min: ArrayRef,
+    max: ArrayRef,
+    nulls: UInt64Array,
+    rows: Vec<u64>,
+}
+
+impl Test {
+    fn column(&self) -> usize {
+        match self {
+            Test::Compare { column, .. } | Test::In { column, .. } | Test::IsNull { column, .. } => *column,
+        }
+    }
+
+    /// For each unit, whether it may hold a matching row: `false` rules it out, `true` or null
+    /// keeps it. `None` when the statistics cannot be compared with the test's values.
+    fn decide(&self, table_type: &DataType, b: &Bounds) -> Option<BooleanArray> {
+        let (casts, op_values): (&[DataType], Vec<(BinaryOp, &ArrayRef)>) = match self {
             Test::IsNull { negated, .. } => {
-                let Some(converter) = converter else {
-                    let null = hive.is_some_and(|v| v.is_null(0));
-                    return Some(BooleanArray::from(vec![null != *negated; groups.len()]));
-                };
-                let nulls = converter.row_group_null_counts(groups.iter()).ok()?;
-                let rows: Vec<u64> = groups.iter().map(|g| g.num_rows() as u64).collect();
                 return Some(
-                    nulls
+                    b.nulls
                         .iter()
-                        .zip(rows)
-                        .map(|(n, rows)| Some(n.is_none_or(|n| if *negated { n < rows } else { n > 0 })))
+                        .zip(&b.rows)
+                        .map(|(n, &rows)| Some(n.is_none_or(|n| if *negated { n < rows } else { n > 0 })))
                         .collect(),
                 );
             }
@@ -139,20 +218,8 @@ impl PruningPredicate {
             // Any of the values may match.
             Test::In { casts, values, .. } => (casts, values.iter().map(|v| (BinaryOp::Eq, v)).collect()),
         };
-        let (min, max) = match (hive, converter) {
-            // Every row's value is null: no comparison holds.
-            (Some(value), _) if value.is_null(0) => return Some(BooleanArray::from(vec![false; groups.len()])),
-            (Some(value), _) => {
-                let repeated = arrow::compute::take(value, &UInt32Array::from(vec![0u32; groups.len()]), None).ok()?;
-                let bound = stat(repeated, field.data_type(), casts)?;
-                (bound.clone(), bound)
-            }
-            (None, Some(converter)) => (
-                stat(converter.row_group_mins(groups.iter()).ok()?, field.data_type(), casts)?,
-                stat(converter.row_group_maxes(groups.iter()).ok()?, field.data_type(), casts)?,
-            ),
-            (None, None) => return None,
-        };
+        let min = stat(b.min.clone(), table_type, casts)?;
+        let max = stat(b.max.clone(), table_type, casts)?;
         let mut any: Option<BooleanArray> = None;
         for (op, value) in op_values {
             let m = compare(&min, &max, op, value)?;
@@ -161,8 +228,23 @@ impl PruningPredicate {
                 Some(a) => boolean::or_kleene(&a, &m).ok()?,
             });
         }
-        any
+        // A unit whose every value is null holds no row where a comparison is true.
+        let not_all_null: BooleanArray =
+            b.nulls.iter().zip(&b.rows).map(|(n, &rows)| Some(n != Some(rows) || rows == 0)).collect();
+        boolean::and_kleene(&any?, &not_all_null).ok()
     }
+}
+
+/// The conjunction of the tests' masks over `units` units; a unit is kept unless some test rules it
+/// out for certain.
+fn and_all(masks: impl Iterator<Item = BooleanArray>, units: usize) -> Vec<bool> {
+    let mut keep = vec![true; units];
+    for mask in masks {
+        for (k, m) in keep.iter_mut().zip(mask.iter()) {
+            *k &= m.unwrap_or(true);
+        }
+    }
+    keep
 }
 
 /// Statistics cast the way the filter casts the column.

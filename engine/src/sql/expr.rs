@@ -8,11 +8,11 @@ use arrow::array::{
 use arrow::datatypes::{DataType, SchemaRef};
 use sqlparser::ast::{self, BinaryOperator, UnaryOperator};
 
+use super::subquery::{SubqueryItem, SubqueryKind};
+use super::Catalog;
 use crate::error::{Error, Result};
 use crate::expr::types::{self, arithmetic_types, common_type, is_numeric, is_temporal, sql_type_name};
 use crate::expr::DatePartKind;
-use super::subquery::{SubqueryItem, SubqueryKind};
-use super::Catalog;
 use crate::expr::{AggregateExpr, AggregateFunction, BinaryOp, Expr, Function};
 
 /// The columns an expression can name: one entry per input column.
@@ -623,8 +623,9 @@ impl<'a> ExprPlanner<'a> {
             other => return Err(Error::NotSupported(format!("INTERVAL of an expression ({other})"))),
         };
         let unit = interval.leading_field.as_ref().map(|f| f.to_string());
-        let value = types::parse_interval(&text, unit.as_deref())
-            .ok_or_else(|| Error::Plan(format!("invalid interval '{text}'{}", unit.map(|u| format!(" {u}")).unwrap_or_default())))?;
+        let value = types::parse_interval(&text, unit.as_deref()).ok_or_else(|| {
+            Error::Plan(format!("invalid interval '{text}'{}", unit.map(|u| format!(" {u}")).unwrap_or_default()))
+        })?;
         Ok(literal(Arc::new(arrow::array::IntervalMonthDayNanoArray::from(vec![value]))))
     }
 
@@ -635,7 +636,9 @@ impl<'a> ExprPlanner<'a> {
             DataType::Decimal128(p, _) => DataType::Decimal128(*p, 0),
             t if is_numeric(t) => t.clone(),
             DataType::Null => DataType::Float64,
-            other => return Err(Error::Plan(format!("{}() needs a number, got {}", func.name(), sql_type_name(other)))),
+            other => {
+                return Err(Error::Plan(format!("{}() needs a number, got {}", func.name(), sql_type_name(other))))
+            }
         };
         Ok(Expr::Function { func, args: vec![p], data_type })
     }
@@ -875,9 +878,23 @@ impl<'a> ExprPlanner<'a> {
             let b = self.plan(args[1])?;
             let t = self.ty(&a);
             let equal = self.compare(BinaryOp::Eq, a.clone(), b, args[0], args[1])?;
-            return Ok(Expr::Case { whens: vec![(equal, literal(new_null_array(&t, 1)))], otherwise: Some(Box::new(a)), data_type: t });
+            return Ok(Expr::Case {
+                whens: vec![(equal, literal(new_null_array(&t, 1)))],
+                otherwise: Some(Box::new(a)),
+                data_type: t,
+            });
         }
-        if name == "year" || name == "month" || name == "day" || name == "quarter" || name == "hour" || name == "minute" || name == "second" || name == "dayofweek" || name == "dayofyear" || name == "week" {
+        if name == "year"
+            || name == "month"
+            || name == "day"
+            || name == "quarter"
+            || name == "hour"
+            || name == "minute"
+            || name == "second"
+            || name == "dayofweek"
+            || name == "dayofyear"
+            || name == "week"
+        {
             arity(1, 1)?;
             let kind = DatePartKind::parse(&name).expect("a date part");
             return self.extract(kind, args[0]);

@@ -473,9 +473,8 @@ fn plan_select(select: &ast::Select, ctx: Ctx<'_>, order_by: &[ast::OrderByExpr]
     let (mut plan, scope) = plan_from(&select.from, ctx)?;
     if let Some(selection) = &select.selection {
         let subqueries = std::cell::RefCell::new(Vec::new());
-        let planner = ExprPlanner::new(&scope, plan.schema())
-            .with_outer(ctx.outer)
-            .with_subqueries(ctx.catalog, &subqueries);
+        let planner =
+            ExprPlanner::new(&scope, plan.schema()).with_outer(ctx.outer).with_subqueries(ctx.catalog, &subqueries);
         let predicate = planner.plan_predicate(selection, "WHERE")?;
         drop(planner);
         let subqueries = subqueries.into_inner();
@@ -948,7 +947,12 @@ fn plan_set_expr(e: &SetExpr, ctx: Ctx<'_>) -> Result<LogicalPlan> {
                 schema.fields().iter().enumerate().map(|(i, f)| Expr::column(i, f.name())).collect();
             Ok(LogicalPlan::Aggregate { input: Box::new(union), group_exprs, aggregates: Vec::new(), schema })
         }
-        SetExpr::SetOperation { op: op @ (ast::SetOperator::Intersect | ast::SetOperator::Except), set_quantifier, left, right } => {
+        SetExpr::SetOperation {
+            op: op @ (ast::SetOperator::Intersect | ast::SetOperator::Except),
+            set_quantifier,
+            left,
+            right,
+        } => {
             let all = match set_quantifier {
                 ast::SetQuantifier::All => true,
                 ast::SetQuantifier::Distinct | ast::SetQuantifier::None => false,
@@ -1000,8 +1004,14 @@ fn intersect_except(left: LogicalPlan, right: LogicalPlan, intersect: bool, all:
     fields.push(Field::new("__rows", DataType::Int64, true));
     fields.push(Field::new("__right", DataType::Decimal128(38, 0), true));
     let agg_schema = Arc::new(Schema::new(fields));
-    let grouped = LogicalPlan::Aggregate { input: Box::new(union), group_exprs: groups, aggregates, schema: agg_schema };
-    let binary = |op: BinaryOp, l: Expr, r: Expr, t: DataType| Expr::Binary { op, left: Box::new(l), right: Box::new(r), data_type: t };
+    let grouped =
+        LogicalPlan::Aggregate { input: Box::new(union), group_exprs: groups, aggregates, schema: agg_schema };
+    let binary = |op: BinaryOp, l: Expr, r: Expr, t: DataType| Expr::Binary {
+        op,
+        left: Box::new(l),
+        right: Box::new(r),
+        data_type: t,
+    };
     // Rows of each side in the group.
     let right_rows = Expr::Cast { expr: Box::new(Expr::column(width + 1, "__right")), to: DataType::Int64 };
     let left_rows = binary(BinaryOp::Minus, Expr::column(width, "__rows"), right_rows.clone(), DataType::Int64);
@@ -1033,7 +1043,9 @@ fn intersect_except(left: LogicalPlan, right: LogicalPlan, intersect: bool, all:
             otherwise: Some(Box::new(int(0))),
             data_type: DataType::Int64,
         },
-        (true, true) => Expr::Function { func: Function::Least, args: vec![left_rows, right_rows], data_type: DataType::Int64 },
+        (true, true) => {
+            Expr::Function { func: Function::Least, args: vec![left_rows, right_rows], data_type: DataType::Int64 }
+        }
         (false, true) => binary(BinaryOp::Minus, left_rows, right_rows, DataType::Int64),
     };
     let out_schema = grouped.schema();

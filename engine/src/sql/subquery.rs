@@ -115,9 +115,10 @@ pub(crate) fn join_values(
         if values.iter().any(|(i, _)| *i == id) {
             continue;
         }
-        let item = subqueries.get_mut(id).and_then(Option::take).ok_or_else(|| {
-            Error::Execution("internal error: a subquery was planned twice".into())
-        })?;
+        let item = subqueries
+            .get_mut(id)
+            .and_then(Option::take)
+            .ok_or_else(|| Error::Execution("internal error: a subquery was planned twice".into()))?;
         let (joined, value) = value_join(plan, item, outer)?;
         plan = joined;
         values.push((id, value));
@@ -168,11 +169,10 @@ fn width(plan: &LogicalPlan) -> usize {
 fn correlated(plan: &LogicalPlan) -> bool {
     let mut found = false;
     let _ = plan.clone().transform_up(&mut |node| {
-        let node = node.map_exprs(&mut |e| {
+        node.map_exprs(&mut |e| {
             found |= e.has_outer_refs();
             e
-        });
-        node
+        })
     });
     found
 }
@@ -243,10 +243,8 @@ fn pull_up(plan: LogicalPlan) -> Result<Pulled> {
         LogicalPlan::Aggregate { input, group_exprs, aggregates, schema } => {
             let p = pull_up(*input)?;
             let mut groups: Vec<Expr> = group_exprs.iter().map(|e| remap(e, &p.map)).collect();
-            let aggregates: Vec<AggregateExpr> = aggregates
-                .into_iter()
-                .map(|a| AggregateExpr { arg: a.arg.map(|e| remap(&e, &p.map)), ..a })
-                .collect();
+            let aggregates: Vec<AggregateExpr> =
+                aggregates.into_iter().map(|a| AggregateExpr { arg: a.arg.map(|e| remap(&e, &p.map)), ..a }).collect();
             if aggregates.iter().any(|a| a.arg.as_ref().is_some_and(|e| e.has_outer_refs())) {
                 return Err(not_supported("an outer column inside an aggregate"));
             }
@@ -257,7 +255,9 @@ fn pull_up(plan: LogicalPlan) -> Result<Pulled> {
             for pred in p.preds {
                 // Only `inner = outer` passes an aggregation: the inner side becomes a group key.
                 let Some((inner, outer)) = split_equality(&pred) else {
-                    return Err(not_supported(&format!("a condition other than an equality under an aggregate ({pred})")));
+                    return Err(not_supported(&format!(
+                        "a condition other than an equality under an aggregate ({pred})"
+                    )));
                 };
                 let g = match groups.iter().position(|g| *g == inner) {
                     Some(g) => g,
@@ -500,8 +500,13 @@ fn value_join(plan: LogicalPlan, item: SubqueryItem, outer: OuterMap<'_>) -> Res
             let mut equal = conds.clone();
             equal.push(eq(operand.clone(), value_in_pair.clone()));
             let sub = p.plan;
-            let first =
-                LogicalPlan::join(plan, sub.clone(), JoinType::Mark { null_aware: false }, Vec::new(), conjunction(equal));
+            let first = LogicalPlan::join(
+                plan,
+                sub.clone(),
+                JoinType::Mark { null_aware: false },
+                Vec::new(),
+                conjunction(equal),
+            );
             let first_mark = mark(&first);
             // The second join's left input is the first's output: one more column.
             let shift = |e: &Expr| e.remap_columns(&|c| if c >= width { c + 1 } else { c });
@@ -567,8 +572,11 @@ fn scalar_join(plan: LogicalPlan, sub: LogicalPlan, outer: OuterMap<'_>) -> Resu
             key_preds.push(o);
         }
         let value_type = value.data_type(&body_schema);
-        let mut fields: Vec<Field> =
-            keys.iter().enumerate().map(|(i, k)| Field::new(format!("__k{i}"), k.data_type(&body_schema), true)).collect();
+        let mut fields: Vec<Field> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| Field::new(format!("__k{i}"), k.data_type(&body_schema), true))
+            .collect();
         fields.push(Field::new("__value", value_type.clone(), true));
         let agg = AggregateExpr {
             func: AggregateFunction::SingleValue,

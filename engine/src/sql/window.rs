@@ -76,8 +76,7 @@ pub(crate) fn plan_window_call(
     if f.null_treatment.is_some() || f.filter.is_some() || !f.within_group.is_empty() {
         return Err(Error::NotSupported(format!("{name}() OVER with IGNORE NULLS / FILTER / WITHIN GROUP")));
     }
-    let func = WindowFunction::by_name(name)
-        .ok_or_else(|| Error::NotSupported(format!("window function {name}()")))?;
+    let func = WindowFunction::by_name(name).ok_or_else(|| Error::NotSupported(format!("window function {name}()")))?;
     let list = match &f.args {
         ast::FunctionArguments::List(list) => Some(list),
         _ => None,
@@ -149,9 +148,12 @@ pub(crate) fn plan_window_call(
             let start = bound(&frame.start_bound)?;
             let end = frame.end_bound.as_ref().map(bound).transpose()?.unwrap_or(FrameBound::CurrentRow);
             if matches!(start, FrameBound::UnboundedFollowing) || matches!(end, FrameBound::UnboundedPreceding) {
-                return Err(Error::Plan("a window frame cannot start at UNBOUNDED FOLLOWING or end at UNBOUNDED PRECEDING".into()));
+                return Err(Error::Plan(
+                    "a window frame cannot start at UNBOUNDED FOLLOWING or end at UNBOUNDED PRECEDING".into(),
+                ));
             }
-            let offsets = [&start, &end].iter().any(|b| matches!(b, FrameBound::Preceding(_) | FrameBound::Following(_)));
+            let offsets =
+                [&start, &end].iter().any(|b| matches!(b, FrameBound::Preceding(_) | FrameBound::Following(_)));
             if units == FrameUnits::Range && offsets {
                 let ok = order_by.len() == 1 && {
                     let t = order_by[0].0.data_type(schema);
@@ -194,8 +196,9 @@ pub(crate) fn plan_windows(
         }
         normalized.push((expr, partition_by, order_by));
     }
-    // One operator per partitioning and ordering.
-    let mut groups: Vec<(Vec<Expr>, Vec<(Expr, bool, bool)>, Vec<usize>)> = Vec::new();
+    // One operator per partitioning and ordering: its keys and the functions it computes.
+    type Group = (Vec<Expr>, Vec<(Expr, bool, bool)>, Vec<usize>);
+    let mut groups: Vec<Group> = Vec::new();
     for (i, (_, p, o)) in normalized.iter().enumerate() {
         match groups.iter_mut().find(|g| &g.0 == p && &g.1 == o) {
             Some(g) => g.2.push(i),
@@ -221,10 +224,8 @@ pub(crate) fn plan_windows(
             exprs.len() - 1
         };
         let partition_by: Vec<usize> = partition.iter().map(&mut key_column).collect();
-        let order_by: Vec<SortKey> = order
-            .iter()
-            .map(|(e, d, n)| SortKey { column: key_column(e), descending: *d, nulls_first: *n })
-            .collect();
+        let order_by: Vec<SortKey> =
+            order.iter().map(|(e, d, n)| SortKey { column: key_column(e), descending: *d, nulls_first: *n }).collect();
         if exprs.len() > schema.fields().len() {
             plan = LogicalPlan::Projection { input: Box::new(plan), exprs, schema: Arc::new(Schema::new(fields)) };
         }
