@@ -239,6 +239,33 @@ fn agrees_with_duckdb() {
         &[&["NULL", "0"], &["a", "0"], &["b", "2"], &["c", "1"], &["d", "0"]],
     );
     same(&e, "SELECT k FROM a WHERE (SELECT max(k) FROM b) > k", &[&["1"], &["2"], &["2"], &["3"], &["4"], &["4"]]);
+    // equalities through a third table (derived join conditions)
+    same(
+        &e,
+        "SELECT a.k, b.s, c.v FROM a, b, a c WHERE a.k = b.k AND c.k = b.k",
+        &[
+            &["2", "b", "NULL"],
+            &["2", "b", "NULL"],
+            &["2", "b", "NULL"],
+            &["2", "b", "NULL"],
+            &["2", "b", "NULL"],
+            &["2", "b", "NULL"],
+            &["2", "b", "NULL"],
+            &["2", "b", "NULL"],
+            &["3", "NULL", "7.25"],
+        ],
+    );
+    same(
+        &e,
+        "SELECT count(*), sum(a.v) FROM a JOIN b ON a.k = b.k JOIN a c ON c.k = b.k AND c.s = a.s",
+        &[&["8", "NULL"]],
+    );
+    same(
+        &e,
+        "SELECT x.k, count(*) FROM a x, a y, b z WHERE x.k = z.k AND y.k = z.k AND x.k = y.k GROUP BY x.k",
+        &[&["2", "8"], &["3", "1"]],
+    );
+    same(&e, "SELECT k, c FROM (SELECT k, count(*) AS c FROM a GROUP BY k HAVING count(*) > 1) t WHERE k IN (SELECT k FROM b)", &[&["2", "2"]]);
     // ctes
     same(&e, "WITH x AS (SELECT k, count(*) AS c FROM a GROUP BY k) SELECT x1.k, x1.c, x2.c FROM x x1 JOIN x x2 ON x1.k = x2.k + 1", &[&["2", "2", "1"], &["3", "1", "2"], &["4", "2", "1"]]);
     same(

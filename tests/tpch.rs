@@ -169,7 +169,7 @@ fn tiny_budget_spills() {
 #[test]
 fn explain_snapshots() {
     let engine = engine(ROOMY);
-    for q in ["q03", "q05", "q15", "q17", "q21"] {
+    for q in ["q03", "q05", "q09", "q15", "q17", "q18", "q21"] {
         let sql = std::fs::read_to_string(tpch_dir().join(format!("queries/{q}.sql"))).unwrap();
         let plan = engine.sql(&sql).unwrap().explain();
         insta::assert_snapshot!(format!("explain_{q}"), plan);

@@ -98,8 +98,9 @@ const OTHER_SELECTIVITY: f64 = 0.5;
 /// Row estimates of sets of the flattened inputs (bit `i` of a mask is input `i`).
 struct JoinGraph {
     rows: Vec<f64>,
-    /// Equality conditions between two inputs: (i, j, selectivity).
-    keys: Vec<(usize, usize, f64)>,
+    /// Equality conditions between two inputs: (i, j, selectivity, class). Equalities of columns
+    /// that are all equal to each other (`a = b`, `b = c`, and the derived `a = c`) share a class.
+    keys: Vec<(usize, usize, f64, usize)>,
     /// Other conditions over several inputs: the mask of inputs they read.
     others: Vec<u32>,
 }
@@ -110,14 +111,32 @@ impl JoinGraph {
     /// [`super::stats::combine`]).
     fn rows(&self, mask: u32) -> f64 {
         let mut rows: f64 = (0..self.rows.len()).filter(|i| mask & (1 << i) != 0).map(|i| self.rows[i]).product();
+        // In each class, only the equalities of a spanning tree of the inputs count (the others
+        // follow from them), the least selective first.
+        let mut inside: Vec<&(usize, usize, f64, usize)> =
+            self.keys.iter().filter(|&&(i, j, _, _)| mask & (1 << i) != 0 && mask & (1 << j) != 0).collect();
+        inside.sort_by(|a, b| a.3.cmp(&b.3).then(b.2.total_cmp(&a.2)));
         let mut pairs: Vec<((usize, usize), Vec<f64>)> = Vec::new();
-        for &(i, j, sel) in &self.keys {
-            if mask & (1 << i) != 0 && mask & (1 << j) != 0 {
-                let pair = (i.min(j), i.max(j));
-                match pairs.iter_mut().find(|p| p.0 == pair) {
-                    Some(p) => p.1.push(sel),
-                    None => pairs.push((pair, vec![sel])),
+        let mut joined: Vec<(usize, u32)> = Vec::new(); // (class, inputs connected so far) per tree
+        for &&(i, j, sel, class) in &inside {
+            let (ti, tj) = (
+                joined.iter().position(|&(c, m)| c == class && m & (1 << i) != 0),
+                joined.iter().position(|&(c, m)| c == class && m & (1 << j) != 0),
+            );
+            match (ti, tj) {
+                (Some(a), Some(b)) if a == b => continue,
+                (Some(a), Some(b)) => {
+                    let other = joined[b].1;
+                    joined[a].1 |= other;
+                    joined.swap_remove(b);
                 }
+                (Some(a), None) | (None, Some(a)) => joined[a].1 |= (1 << i) | (1 << j),
+                (None, None) => joined.push((class, (1 << i) | (1 << j))),
+            }
+            let pair = (i.min(j), i.max(j));
+            match pairs.iter_mut().find(|p| p.0 == pair) {
+                Some(p) => p.1.push(sel),
+                None => pairs.push((pair, vec![sel])),
             }
         }
         for (_, sels) in pairs {
@@ -135,7 +154,7 @@ impl JoinGraph {
     fn connected(&self, a: u32, b: u32) -> bool {
         self.keys
             .iter()
-            .any(|&(i, j, _)| (a & (1 << i) != 0 && b & (1 << j) != 0) || (a & (1 << j) != 0 && b & (1 << i) != 0))
+            .any(|&(i, j, _, _)| (a & (1 << i) != 0 && b & (1 << j) != 0) || (a & (1 << j) != 0 && b & (1 << i) != 0))
     }
 
     /// The cheapest bushy tree by dynamic programming. Cost: the rows every join produces plus
@@ -212,6 +231,13 @@ fn reorder_tree(plan: LogicalPlan) -> LogicalPlan {
     let starts: Vec<usize> = widths.iter().scan(0, |acc, w| Some(std::mem::replace(acc, *acc + w))).collect();
     let owner = |column: usize| starts.iter().rposition(|&s| s <= column).expect("column in some input");
     let n = inputs.len();
+    let mut classes = ColumnClasses::new(widths.iter().sum());
+    for c in &conditions {
+        if let Some((a, b)) = column_equality(c) {
+            classes.union(a, b);
+        }
+    }
+    conditions.extend(classes.derived(&conditions, &owner));
     if n > 31 {
         return rebuild(schema, inputs, conditions, &widths, &starts, &Tree::Leaf(0), true);
     }
@@ -254,7 +280,12 @@ fn reorder_tree(plan: LogicalPlan) -> LogicalPlan {
                     Some((a, b)) => {
                         let sel =
                             super::stats::key_selectivity(&estimates[*i], &local(a, *i), &estimates[*j], &local(b, *j));
-                        keys.push((*i, *j, sel));
+                        // Equalities of plain columns are in their columns' class; others alone.
+                        let class = match column_equality(c) {
+                            Some((x, _)) => classes.find(x),
+                            None => classes.len() + keys.len(),
+                        };
+                        keys.push((*i, *j, sel, class));
                     }
                     None => others.push((1u32 << i) | (1u32 << j)),
                 }
@@ -306,6 +337,7 @@ fn rebuild(
             }
         }
     }
+    let conditions = if keep_order { conditions } else { drop_implied(conditions, tree, starts) };
     let mut plan = if keep_order {
         let mut it = order.iter();
         let first = slots[*it.next().expect("inputs")].take().expect("input");
@@ -324,6 +356,127 @@ fn rebuild(
     // Restore the column order the query was planned against.
     let exprs = (0..position.len()).map(|c| Expr::column(position[c], schema.field(c).name())).collect();
     LogicalPlan::Projection { input: Box::new(plan), exprs, schema: Arc::new(Schema::new(schema.fields().clone())) }
+}
+
+/// `a = b` of two plain columns (of the flattened tree).
+fn column_equality(c: &Expr) -> Option<(usize, usize)> {
+    match c {
+        Expr::Binary { op: BinaryOp::Eq, left, right, .. } => match (left.as_ref(), right.as_ref()) {
+            (Expr::Column { index: a, .. }, Expr::Column { index: b, .. }) if a != b => Some((*a, *b)),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// Columns known equal to each other (union-find over the flattened tree's columns).
+struct ColumnClasses {
+    parent: Vec<usize>,
+}
+
+impl ColumnClasses {
+    fn new(columns: usize) -> ColumnClasses {
+        ColumnClasses { parent: (0..columns).collect() }
+    }
+
+    fn len(&self) -> usize {
+        self.parent.len()
+    }
+
+    fn find(&self, mut c: usize) -> usize {
+        while self.parent[c] != c {
+            c = self.parent[c];
+        }
+        c
+    }
+
+    /// Joins the classes of `a` and `b`; false when they were one already.
+    fn union(&mut self, a: usize, b: usize) -> bool {
+        let (ra, rb) = (self.find(a), self.find(b));
+        self.parent[ra.max(rb)] = ra.min(rb);
+        ra != rb
+    }
+
+    /// The equalities between inputs that follow from `conditions` and are not among them: with
+    /// `p_partkey = l_partkey` and `ps_partkey = l_partkey`, `p_partkey = ps_partkey`, so that
+    /// part and partsupp may join first (TPC-H Q9).
+    fn derived(&self, conditions: &[Expr], owner: &dyn Fn(usize) -> usize) -> Vec<Expr> {
+        // Each class's columns, as the conditions name them.
+        let mut members: Vec<Vec<&Expr>> = vec![Vec::new(); self.len()];
+        for c in conditions {
+            if let Expr::Binary { op: BinaryOp::Eq, left, right, .. } = c {
+                if column_equality(c).is_some() {
+                    for x in [left.as_ref(), right.as_ref()] {
+                        let Expr::Column { index, .. } = x else { continue };
+                        let class = &mut members[self.find(*index)];
+                        if !class.iter().any(|m| matches!(m, Expr::Column { index: i, .. } if i == index)) {
+                            class.push(x);
+                        }
+                    }
+                }
+            }
+        }
+        let index = |e: &Expr| match e {
+            Expr::Column { index, .. } => *index,
+            _ => unreachable!("class members are columns"),
+        };
+        let stated = |a: usize, b: usize| {
+            conditions.iter().any(|c| column_equality(c).is_some_and(|(x, y)| (x, y) == (a, b) || (x, y) == (b, a)))
+        };
+        let mut out = Vec::new();
+        for class in members.iter_mut().filter(|m| m.len() > 2) {
+            class.sort_by_key(|e| index(e));
+            for (k, a) in class.iter().enumerate() {
+                for b in &class[k + 1..] {
+                    let (ia, ib) = (index(a), index(b));
+                    if owner(ia) != owner(ib) && !stated(ia, ib) {
+                        out.push(equality((*a).clone(), (*b).clone()));
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+/// The conditions without the column equalities that the tree's joins below or beside them
+/// already imply: each join keeps only the equalities that join classes its inputs have not
+/// joined yet (stated ones before derived ones, which come last in `conditions`).
+fn drop_implied(conditions: Vec<Expr>, tree: &Tree, starts: &[usize]) -> Vec<Expr> {
+    let owner = |column: usize| starts.iter().rposition(|&s| s <= column).expect("column in some input");
+    let columns = conditions.iter().fold(0, |m, c| {
+        let mut m = m;
+        c.visit_columns(&mut |col| m = m.max(col + 1));
+        m
+    });
+    let mut classes = ColumnClasses::new(columns);
+    let mut keep = vec![true; conditions.len()];
+    // Post-order: the joins below decide first.
+    fn visit(
+        tree: &Tree,
+        conditions: &[Expr],
+        owner: &dyn Fn(usize) -> usize,
+        classes: &mut ColumnClasses,
+        keep: &mut [bool],
+    ) -> u32 {
+        let Tree::Join(a, b) = tree else {
+            let Tree::Leaf(i) = tree else { unreachable!() };
+            return 1 << i;
+        };
+        let (ma, mb) = (visit(a, conditions, owner, classes, keep), visit(b, conditions, owner, classes, keep));
+        let mask = ma | mb;
+        for (k, c) in conditions.iter().enumerate() {
+            let Some((x, y)) = column_equality(c) else { continue };
+            let read = (1u32 << owner(x)) | (1u32 << owner(y));
+            let here = read & mask == read && read & ma != read && read & mb != read;
+            if here && !classes.union(x, y) {
+                keep[k] = false;
+            }
+        }
+        mask
+    }
+    visit(tree, &conditions, &owner, &mut classes, &mut keep);
+    conditions.into_iter().zip(keep).filter_map(|(c, k)| k.then_some(c)).collect()
 }
 
 /// Moves semi and anti joins (`IN`, `EXISTS` and their negations) below the inner joins under

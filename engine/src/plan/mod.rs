@@ -496,6 +496,26 @@ pub fn optimize(plan: LogicalPlan) -> LogicalPlan {
     push_pruning(plan)
 }
 
+/// `plan` (whose old output column `c` is now at `map[c]`) under a projection to the `needed`
+/// columns when it has others: a filter's own columns and a join's keys go once they are used,
+/// so that what a join above builds its table from, or spills, holds only what is read later.
+/// The projection only selects columns (no copy).
+fn only_needed(
+    plan: LogicalPlan,
+    needed: &BTreeSet<usize>,
+    map: Vec<Option<usize>>,
+) -> (LogicalPlan, Vec<Option<usize>>) {
+    let schema = plan.schema();
+    let keep: Vec<usize> = needed.iter().filter_map(|&c| map.get(c).copied().flatten()).collect();
+    if keep.is_empty() || keep.len() == schema.fields().len() {
+        return (plan, map);
+    }
+    let exprs = keep.iter().map(|&c| Expr::column(c, schema.field(c).name())).collect();
+    let fields: Vec<Field> = keep.iter().map(|&c| schema.field(c).clone()).collect();
+    let map = map.iter().map(|m| m.and_then(|at| keep.iter().position(|&k| k == at))).collect();
+    (LogicalPlan::Projection { input: Box::new(plan), exprs, schema: Arc::new(Schema::new(fields)) }, map)
+}
+
 /// Rewrites `plan` to produce only the `needed` output columns (at least), returning the new plan
 /// and, for each old output column, its new position.
 fn prune_columns(plan: LogicalPlan, needed: &BTreeSet<usize>) -> (LogicalPlan, Vec<Option<usize>>) {
@@ -516,7 +536,7 @@ fn prune_columns(plan: LogicalPlan, needed: &BTreeSet<usize>) -> (LogicalPlan, V
             });
             let (input, map) = prune_columns(*input, &want);
             let predicate = predicate.remap_columns(&|c| map[c].expect("filter column kept"));
-            (LogicalPlan::Filter { input: Box::new(input), predicate }, map)
+            only_needed(LogicalPlan::Filter { input: Box::new(input), predicate }, needed, map)
         }
         LogicalPlan::Projection { input, exprs, schema } => {
             let keep: Vec<usize> = (0..exprs.len()).filter(|i| needed.contains(i)).collect();
@@ -527,8 +547,23 @@ fn prune_columns(plan: LogicalPlan, needed: &BTreeSet<usize>) -> (LogicalPlan, V
                 });
             }
             let (input, map) = prune_columns(*input, &want);
-            let exprs: Vec<Expr> =
+            let mut exprs: Vec<Expr> =
                 keep.iter().map(|&i| exprs[i].remap_columns(&|c| map[c].expect("projected column kept"))).collect();
+            // Over a projection that only picks columns (one `only_needed` added), pick from its
+            // input directly.
+            let input = match input {
+                LogicalPlan::Projection { input: inner, exprs: picks, .. }
+                    if picks.iter().all(|e| matches!(e, Expr::Column { .. })) =>
+                {
+                    let at = |c: usize| match &picks[c] {
+                        Expr::Column { index, .. } => *index,
+                        _ => unreachable!("only columns"),
+                    };
+                    exprs = exprs.iter().map(|e| e.remap_columns(&at)).collect();
+                    *inner
+                }
+                other => other,
+            };
             let fields: Vec<Field> = keep.iter().map(|&i| schema.field(i).clone()).collect();
             let mut out_map = vec![None; schema.fields().len()];
             for (new, &old) in keep.iter().enumerate() {
@@ -604,7 +639,7 @@ fn prune_columns(plan: LogicalPlan, needed: &BTreeSet<usize>) -> (LogicalPlan, V
                 JoinType::Mark { .. } => left_map.iter().copied().chain(std::iter::once(Some(new_nl))).collect(),
                 _ => pair_map,
             };
-            (LogicalPlan::join(left, right, join_type, on, filter), map)
+            only_needed(LogicalPlan::join(left, right, join_type, on, filter), needed, map)
         }
         LogicalPlan::Union { inputs, schema } => {
             // Every input keeps exactly the needed columns, in the union's order.
