@@ -346,6 +346,35 @@ fn pages_are_pruned_by_the_page_index() {
 }
 
 #[test]
+fn statistics_count_distinct_strings_from_dictionaries() {
+    let dir = tempfile::tempdir().unwrap();
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new("status", DataType::Utf8, true),
+        Field::new("name", DataType::Utf8, false),
+    ]));
+    let batch = |from: i64| {
+        let ids: Vec<i64> = (from..from + 1000).collect();
+        let status: StringArray = ids.iter().map(|i| (i % 7 != 0).then(|| ["F", "O", "P"][*i as usize % 3])).collect();
+        let names: StringArray = ids.iter().map(|i| Some(format!("Customer#{i:09}"))).collect();
+        RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from(ids)), Arc::new(status), Arc::new(names)])
+            .unwrap()
+    };
+    let props = parquet::file::properties::WriterProperties::builder().set_max_row_group_row_count(Some(1000)).build();
+    write_parquet(&dir.path().join("s.parquet"), &[batch(0), batch(1000), batch(2000), batch(3000)], Some(props));
+    let table = flow_engine::source::Table::open("s", dir.path().join("s.parquet").to_str().unwrap(), None).unwrap();
+    let stats = table.column_stats();
+    assert_eq!(stats[0].distinct, Some(4000.0), "integers: one value per step of the range");
+    assert_eq!(stats[1].distinct, Some(3.0), "a dictionary of three values");
+    assert_eq!(stats[2].distinct, Some(4000.0), "a value per row, counted at that rate");
+    // A string column without dictionaries tells nothing.
+    let plain = parquet::file::properties::WriterProperties::builder().set_dictionary_enabled(false).build();
+    write_parquet(&dir.path().join("p.parquet"), &[batch(0)], Some(plain));
+    let table = flow_engine::source::Table::open("p", dir.path().join("p.parquet").to_str().unwrap(), None).unwrap();
+    assert_eq!(table.column_stats()[1].distinct, None);
+}
+
+#[test]
 fn limits_stop_early_and_release_memory() {
     let dir = tempfile::tempdir().unwrap();
     let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false)]));

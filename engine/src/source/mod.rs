@@ -232,10 +232,58 @@ impl Table {
         if column >= first_partition && !partition_values.is_empty() {
             distinct = Some(partition_values.len() as f64);
         }
+        if distinct.is_none() && column < first_partition {
+            distinct = self.dictionary_distinct(field.name(), rows);
+        }
         if let (Some(d), Some(rows)) = (distinct, rows) {
             distinct = Some(d.min(rows.max(1) as f64));
         }
         ColumnStats { min, max, nulls, distinct }
+    }
+
+    /// Distinct values of a string column, from the dictionary pages of a few of its column chunks
+    /// (read from disk: a dictionary page is small). A chunk whose dictionary holds a value per
+    /// few rows tells of a column of distinct values, counted at the same rate over the table; one
+    /// whose values did not all fit its dictionary (the writer fell back to plain pages), or
+    /// without a dictionary, tells nothing.
+    fn dictionary_distinct(&self, name: &str, rows: Option<u64>) -> Option<f64> {
+        use ::parquet::basic::{Encoding, PageType};
+        use ::parquet::file::metadata::ParquetMetaDataReader;
+        const SAMPLES: usize = 3;
+        let chunks: Vec<(usize, usize)> = self
+            .files
+            .iter()
+            .enumerate()
+            .flat_map(|(f, file)| {
+                (0..file.parquet.as_ref().map_or(0, |m| m.metadata().num_row_groups())).map(move |g| (f, g))
+            })
+            .collect();
+        let step = chunks.len().div_ceil(SAMPLES).max(1);
+        let mut most = 0.0f64;
+        for &(f, g) in chunks.iter().step_by(step) {
+            let file = &self.files[f];
+            let meta = file.parquet.as_ref()?;
+            let leaf = meta.parquet_schema().columns().iter().position(|c| c.path().parts() == [name])?;
+            let chunk = meta.metadata().row_group(g).column(leaf);
+            let all_dictionary = chunk.page_encoding_stats()?.iter().all(|s| {
+                !matches!(s.page_type, PageType::DATA_PAGE | PageType::DATA_PAGE_V2)
+                    || matches!(s.encoding, Encoding::RLE_DICTIONARY | Encoding::PLAIN_DICTIONARY)
+            });
+            if !all_dictionary {
+                return None;
+            }
+            let handle = std::fs::File::open(&file.path).ok()?;
+            let values = ParquetMetaDataReader::read_column_dictionary(&handle, meta.metadata(), g, leaf).ok()??;
+            let group_rows = meta.metadata().row_group(g).num_rows().max(1) as f64;
+            let share = values.len() as f64 / group_rows;
+            // More than one value in ten rows: a column of (nearly) distinct values.
+            let estimate = match rows {
+                Some(total) if share > 0.1 => share * total as f64,
+                _ => values.len() as f64,
+            };
+            most = most.max(estimate);
+        }
+        (most > 0.0).then_some(most)
     }
 
     /// The table's name.
