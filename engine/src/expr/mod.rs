@@ -564,6 +564,24 @@ impl Expr {
         f(node)
     }
 
+    /// A rough cost of evaluating the expression per row, to test cheap conditions first.
+    pub(crate) fn evaluation_cost(&self) -> usize {
+        let own = match self {
+            Expr::Column { .. } | Expr::Literal(_) => 0,
+            Expr::Like { .. } => 8,
+            Expr::InList { list, .. } => 1 + list.len() / 2,
+            Expr::Binary { op: BinaryOp::Or, .. } => 2,
+            Expr::Subquery { .. } => 100,
+            _ => 1,
+        };
+        let mut children = 0;
+        let _ = self.map_children(&mut |c| {
+            children += c.evaluation_cost();
+            Ok(c.clone())
+        });
+        own + children
+    }
+
     /// Splits a conjunction `a AND b AND c` into its parts.
     pub fn conjuncts(&self) -> Vec<&Expr> {
         match self {

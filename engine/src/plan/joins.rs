@@ -539,8 +539,15 @@ pub fn push_semi_joins(plan: LogicalPlan) -> LogicalPlan {
 }
 
 /// `a AND b AND ...`, or `None` for no conditions.
+/// A condition stated twice (a filter derived again by a later pass) is kept once.
 pub fn conjunction(conditions: Vec<Expr>) -> Option<Expr> {
-    conditions.into_iter().reduce(|a, b| Expr::Binary {
+    let mut unique: Vec<Expr> = Vec::with_capacity(conditions.len());
+    for c in conditions {
+        if !unique.contains(&c) {
+            unique.push(c);
+        }
+    }
+    unique.into_iter().reduce(|a, b| Expr::Binary {
         op: BinaryOp::And,
         left: Box::new(a),
         right: Box::new(b),
