@@ -51,9 +51,12 @@ pub enum Command {
         common: CommonArgs,
         #[command(flatten)]
         sources: SourceArgs,
-        /// Write the result here instead of printing it (.parquet or .csv).
+        /// Write the result here instead of printing it (.parquet or .csv; a folder with
+        /// --partition-by or --max-file-size).
         #[arg(short, long, value_name = "OUT.parquet|OUT.csv")]
         output: Option<PathBuf>,
+        #[command(flatten)]
+        write: WriteArgs,
         /// The query, e.g. "SELECT a FROM 'data/*.parquet' WHERE a > 10".
         query: String,
     },
@@ -74,6 +77,55 @@ pub enum Command {
         /// A query, or a pipeline file (.toml).
         query: String,
     },
+    /// Show what is inside Parquet files: schema, row groups, sizes, compression, statistics.
+    Inspect {
+        /// Also show every row group's column statistics.
+        #[arg(long)]
+        row_groups: bool,
+        /// Parquet files (or folders or globs of them).
+        #[arg(required = true)]
+        files: Vec<String>,
+    },
+}
+
+/// How -o writes.
+#[derive(Debug, Args, Default)]
+pub struct WriteArgs {
+    /// Parquet compression: zstd (level 1, the default), zstd(LEVEL) with LEVEL 1 to 22, snappy,
+    /// lz4 or none.
+    #[arg(long, value_name = "CODEC")]
+    pub compression: Option<String>,
+    /// Most rows in a Parquet row group (default: 1048576).
+    #[arg(long, value_name = "N")]
+    pub row_group_rows: Option<usize>,
+    /// Target size of a Parquet row group, e.g. 64MiB (default: an eighth of the budget, at most
+    /// 128 MiB; never more than a quarter of the budget).
+    #[arg(long, value_name = "SIZE")]
+    pub row_group_size: Option<String>,
+    /// Split the output into files of about SIZE: -o names a folder, written as data_0.parquet,
+    /// data_1.parquet, ...
+    #[arg(long, value_name = "SIZE")]
+    pub max_file_size: Option<String>,
+    /// When the output exists: replace (the default), error, or replace-partitions (with
+    /// --partition-by: partitions the result does not have are kept).
+    #[arg(long, value_name = "POLICY")]
+    pub overwrite: Option<String>,
+    /// Write a hive-partitioned folder by these columns (comma-separated or repeated):
+    /// OUT/col=value/data_0.parquet.
+    #[arg(long, value_name = "COLUMN", value_delimiter = ',')]
+    pub partition_by: Vec<String>,
+}
+
+impl WriteArgs {
+    /// Whether any option was given.
+    pub fn any(&self) -> bool {
+        self.compression.is_some()
+            || self.row_group_rows.is_some()
+            || self.row_group_size.is_some()
+            || self.max_file_size.is_some()
+            || self.overwrite.is_some()
+            || !self.partition_by.is_empty()
+    }
 }
 
 /// Names for files, so SQL can say `FROM lineitem`.

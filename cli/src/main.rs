@@ -21,9 +21,9 @@ use std::time::Instant;
 
 use clap::Parser;
 use flow_engine::pipeline::PipelineFile;
-use flow_engine::{human, Config, Engine, Error, OutputFormat};
+use flow_engine::{human, Codec, Config, Engine, Error, OutputFormat, Overwrite, WriteOptions, WriteSummary};
 
-use crate::args::{Cli, Command, CommonArgs, SourceArgs, UnitArgs};
+use crate::args::{Cli, Command, CommonArgs, SourceArgs, UnitArgs, WriteArgs};
 use crate::report::{Report, StepReport, UnitReport};
 use flow_engine::units::{assigned, StepJob, Unit, UnitState};
 
@@ -121,12 +121,13 @@ fn run_command(cli: &Cli) -> Result<(), Error> {
             run_pipeline(common, options, pipeline, cli.verbose)
         }
         Command::Status { common, units, pipeline } => status(common, *units, pipeline),
-        Command::Sql { common, sources, output, query } => {
-            run_sql(common, sources, output.as_deref(), query, cli.verbose)
+        Command::Sql { common, sources, output, write, query } => {
+            run_sql(common, sources, output.as_deref(), write, query, cli.verbose)
         }
         Command::Explain { common, sources, analyze, step, query } => {
             explain(common, sources, *analyze, step.as_deref(), query, cli.verbose)
         }
+        Command::Inspect { row_groups, files } => inspect(files, *row_groups),
     }
 }
 
@@ -297,10 +298,11 @@ fn run_steps(
         flow_engine::alloc::reset_peak();
         let target = file.base_dir.join(output.path());
         let format = output.format()?;
+        let options = output.write_options()?;
         set_sql(&step.sql);
         let query = engine.sql(&step.sql).map_err(|e| e.in_step(&label))?;
         progress.start_query(&label, query.input_rows());
-        let (summary, metrics) = query.write_as(&target, format).map_err(|e| e.in_step(&label))?;
+        let (summary, metrics) = write_output(query, &target, format, &[], &options).map_err(|e| e.in_step(&label))?;
         report.steps.push(StepReport::new(&label, Some(&summary), &metrics));
     }
     Ok(())
@@ -591,14 +593,78 @@ fn explain(
     Ok(())
 }
 
+fn inspect(patterns: &[String], row_groups: bool) -> Result<(), Error> {
+    let mut out = std::io::stdout().lock();
+    let mut first = true;
+    for pattern in patterns {
+        for path in flow_engine::source::expand_files(pattern)? {
+            let text = flow_engine::inspect::describe(&path, row_groups)?;
+            let written = write!(out, "{}{text}", if first { "" } else { "\n" });
+            first = false;
+            match written {
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+                Err(e) => return Err(Error::Execution(format!("writing to stdout: {e}"))),
+                Ok(()) => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+fn write_options(args: &WriteArgs) -> Result<WriteOptions, Error> {
+    let size = |s: &Option<String>, what: &str| -> Result<Option<u64>, Error> {
+        match s.as_deref().map(flow_engine::parse_size).transpose()? {
+            Some(0) => Err(Error::Config(format!("--{what} must be above 0"))),
+            other => Ok(other),
+        }
+    };
+    if args.row_group_rows == Some(0) {
+        return Err(Error::Config("--row-group-rows must be above 0".into()));
+    }
+    Ok(WriteOptions {
+        compression: args.compression.as_deref().map(Codec::parse).transpose()?.unwrap_or_default(),
+        row_group_rows: args.row_group_rows,
+        row_group_bytes: size(&args.row_group_size, "row-group-size")?,
+        max_file_bytes: size(&args.max_file_size, "max-file-size")?,
+        overwrite: args.overwrite.as_deref().map(Overwrite::parse).transpose()?.unwrap_or_default(),
+    })
+}
+
+/// Writes a query to one file, or to a folder when it is partitioned or split by size (one
+/// summary for the folder: its rows, bytes and row groups in total).
+fn write_output(
+    query: flow_engine::Query<'_>,
+    path: &Path,
+    format: OutputFormat,
+    partition_by: &[String],
+    options: &WriteOptions,
+) -> Result<(WriteSummary, flow_engine::QueryMetrics), Error> {
+    if partition_by.is_empty() && options.max_file_bytes.is_none() {
+        return query.write_with(path, format, options);
+    }
+    let (files, metrics) = query.write_folder(path, format, partition_by, options)?;
+    let summary = WriteSummary {
+        path: path.to_path_buf(),
+        rows: files.iter().map(|f| f.rows).sum(),
+        bytes: files.iter().map(|f| f.bytes).sum(),
+        row_groups: files.iter().map(|f| f.row_groups).sum(),
+    };
+    Ok((summary, metrics))
+}
+
 fn run_sql(
     common: &CommonArgs,
     sources: &SourceArgs,
     output: Option<&Path>,
+    write: &WriteArgs,
     sql: &str,
     verbose: bool,
 ) -> Result<(), Error> {
     let started = Instant::now();
+    if output.is_none() && write.any() {
+        return Err(Error::Config("writer options (--compression, --partition-by, ...) need -o".into()));
+    }
+    let options = write_options(write)?;
     set_sql(sql);
     let config = config(common, None, verbose)?;
     let mut engine = Engine::new(config)?;
@@ -609,7 +675,8 @@ fn run_sql(
     match output {
         Some(path) => {
             let progress = progress::Progress::start(&engine);
-            let (summary, metrics) = query.write_as(path, OutputFormat::from_path(path))?;
+            let format = OutputFormat::from_path(path);
+            let (summary, metrics) = write_output(query, path, format, &write.partition_by, &options)?;
             progress.finish();
             report.steps.push(StepReport::new("sql", Some(&summary), &metrics));
             report.finish(&engine, started);

@@ -11,7 +11,10 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 
 use crate::error::{Error, Result};
-use crate::exec::sink::{CsvSink, OutputFormat, ParquetSink, PartitionedOutput, PartitionedWriter, Sink, WriteSummary};
+use crate::exec::sink::{
+    exists_error, target_taken, CsvSink, OutputFormat, Overwrite, ParquetSink, PartitionedOutput, PartitionedWriter,
+    Sink, WriteOptions, WriteSummary,
+};
 use crate::exec::{BatchStream, ExecContext, ExplainLine, Pipeline, PipelineStats};
 use crate::memory::MemoryPool;
 use crate::plan::{optimize, LogicalPlan};
@@ -289,13 +292,82 @@ impl<'e> Query<'e> {
 
     /// Runs the query into a file of the given format.
     pub fn write_as(self, path: impl AsRef<Path>, format: OutputFormat) -> Result<(WriteSummary, QueryMetrics)> {
+        self.write_with(path, format, &WriteOptions::default())
+    }
+
+    /// Runs the query into one file of the given format, written as `options` say (see
+    /// [`write_folder`](Self::write_folder) for outputs split by size or partitioned).
+    ///
+    /// ```no_run
+    /// # fn main() -> flow_engine::Result<()> {
+    /// use flow_engine::{Codec, Config, Engine, OutputFormat, Overwrite, WriteOptions};
+    /// let engine = Engine::new(Config::default())?;
+    /// let options = WriteOptions { compression: Codec::Snappy, overwrite: Overwrite::Error, ..Default::default() };
+    /// engine.sql("SELECT 1 AS x")?.write_with("x.parquet", OutputFormat::Parquet, &options)?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn write_with(
+        self,
+        path: impl AsRef<Path>,
+        format: OutputFormat,
+        options: &WriteOptions,
+    ) -> Result<(WriteSummary, QueryMetrics)> {
         let path = path.as_ref();
+        if options.max_file_bytes.is_some() {
+            return Err(Error::Config(format!(
+                "{}: a maximum file size splits the output into numbered files in a folder (write_folder)",
+                path.display()
+            )));
+        }
+        if options.overwrite == Overwrite::ReplacePartitions {
+            return Err(Error::Config("overwrite 'replace_partitions' needs partition_by".into()));
+        }
+        if options.overwrite == Overwrite::Error && target_taken(path) {
+            return Err(exists_error(path));
+        }
         let pool = &self.engine.ctx.pool;
         let sink: Box<dyn Sink> = match format {
-            OutputFormat::Parquet => Box::new(ParquetSink::create(path, &self.schema(), pool)?),
-            OutputFormat::Csv => Box::new(CsvSink::create(path, pool)?),
+            OutputFormat::Parquet => Box::new(ParquetSink::with_options(path, &self.schema(), pool, options)?),
+            OutputFormat::Csv => Box::new(CsvSink::with_options(path, pool, options)?),
         };
         self.run_into(sink)
+    }
+
+    /// Runs the query into the folder `dir`: files of at most `options.max_file_bytes` (about;
+    /// one file when unset) named `data_0.parquet`, `data_1.parquet`, ..., in a hive layout
+    /// (`dir/col=value/data_0.parquet`) when `partition_by` names columns. The files are written
+    /// in a temporary folder beside `dir` and moved into place when all are complete: with
+    /// [`Overwrite::Replace`] the folder as a whole, with [`Overwrite::ReplacePartitions`] one
+    /// partition folder at a time (partitions the result does not have are kept).
+    pub fn write_folder(
+        self,
+        dir: impl AsRef<Path>,
+        format: OutputFormat,
+        partition_by: &[String],
+        options: &WriteOptions,
+    ) -> Result<(Vec<WriteSummary>, QueryMetrics)> {
+        let dir = dir.as_ref();
+        if options.overwrite == Overwrite::ReplacePartitions && partition_by.is_empty() {
+            return Err(Error::Config("overwrite 'replace_partitions' needs partition_by".into()));
+        }
+        if options.overwrite == Overwrite::Error && target_taken(dir) {
+            return Err(exists_error(dir));
+        }
+        let staging = crate::exec::sink::StagingDir::beside(dir)?;
+        let out = PartitionedOutput {
+            dir: staging.path().to_path_buf(),
+            partition_by: partition_by.to_vec(),
+            format,
+            stem: "data".into(),
+            numbered: true,
+            suffix: String::new(),
+            keep_empty: true,
+            options: options.clone(),
+        };
+        let (written, metrics) = self.write_partitioned(out)?;
+        let written = staging.commit(dir, options.overwrite, &written)?;
+        Ok((written, metrics))
     }
 
     /// Runs the query into a folder: one file, or one per partition in a hive layout (see

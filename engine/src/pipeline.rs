@@ -22,6 +22,17 @@
 //! units = "category"              # one unit per distinct value; or { by = "user_id", buckets = 16 }
 //! priority = "sum(amount) DESC"   # optional: which units go first; or a list of values
 //! ```
+//! Outputs take writer options:
+//! ```toml
+//! output = { path = "out/big", compression = "zstd(3)", row_group_rows = 500000,
+//!            row_group_size = "64MiB", max_file_size = "1GiB", overwrite = "error" }
+//! ```
+//! `compression`: `zstd` (level 1, the default), `zstd(LEVEL)`, `snappy`, `lz4` or `none`.
+//! `max_file_size` makes the path a folder of numbered files (`data_0.parquet`, ...). `overwrite`:
+//! `replace` (the default), `error` (the target must not exist; a step's own unfinished folder may
+//! still be resumed) or `replace_partitions` (with `partition_by`: partitions the new result does
+//! not write are kept).
+//!
 //! Relative paths are relative to the pipeline file. A step with a name becomes a view later steps
 //! can query; a step with an output writes it. Everything is checked, and every step planned, before
 //! anything runs: a malformed file, an unknown key, a missing source, a duplicate step name or bad SQL
@@ -34,8 +45,9 @@ use std::sync::Arc;
 use arrow::datatypes::{Field, Schema};
 use serde::Deserialize;
 
+use crate::config::parse_size;
 use crate::error::{Error, Result};
-use crate::exec::sink::OutputFormat;
+use crate::exec::sink::{Codec, OutputFormat, Overwrite, WriteOptions};
 use crate::expr::types::parse_type_name;
 use crate::source::{CsvOptions, Format};
 
@@ -74,8 +86,7 @@ pub struct Settings {
 }
 
 /// A source: a path, or a table with options.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug, Clone)]
 pub enum SourceSpec {
     /// `name = "path/or/*.glob"`
     Path(String),
@@ -148,8 +159,7 @@ pub enum PrioritySpec {
 }
 
 /// An output: a path, or a path with a format.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug, Clone)]
 pub enum OutputSpec {
     /// `output = "out/x.parquet"`
     Path(String),
@@ -168,6 +178,67 @@ pub struct OutputTable {
     /// Columns whose values make a hive layout: `path/col=value/part-....parquet`.
     #[serde(default)]
     pub partition_by: Vec<String>,
+    /// Parquet compression: `zstd` (level 1), `zstd(LEVEL)`, `snappy`, `lz4` or `none`.
+    pub compression: Option<String>,
+    /// Most rows in a row group.
+    pub row_group_rows: Option<usize>,
+    /// Target size of a row group (`64MiB` or bytes; at most a quarter of the budget).
+    pub row_group_size: Option<SizeSpec>,
+    /// Split into numbered files of about this size; the path is then a folder.
+    pub max_file_size: Option<SizeSpec>,
+    /// `replace` (the default), `error` or `replace_partitions`.
+    pub overwrite: Option<String>,
+}
+
+/// A path, or a table of options whose own errors (an unknown key, a wrong type) are reported as
+/// they are (an untagged enum would only say that neither form matched).
+fn path_or_table<'de, D, T, R>(
+    d: D,
+    path: impl FnOnce(String) -> R,
+    table: impl FnOnce(T) -> R,
+) -> std::result::Result<R, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::de::DeserializeOwned,
+{
+    use serde::de::Error as _;
+    match toml::Value::deserialize(d)? {
+        toml::Value::String(p) => Ok(path(p)),
+        value @ toml::Value::Table(_) => T::deserialize(value).map(table).map_err(|e| D::Error::custom(e.message())),
+        other => Err(D::Error::custom(format!("expected a path or a table, found a {}", other.type_str()))),
+    }
+}
+
+impl<'de> Deserialize<'de> for SourceSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        path_or_table(d, SourceSpec::Path, SourceSpec::Table)
+    }
+}
+
+impl<'de> Deserialize<'de> for OutputSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        path_or_table(d, OutputSpec::Path, OutputSpec::Table)
+    }
+}
+
+/// A size: `"64MiB"` or a number of bytes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum SizeSpec {
+    /// Plain bytes.
+    Bytes(u64),
+    /// A size with a unit.
+    Text(String),
+}
+
+impl SizeSpec {
+    /// The size in bytes.
+    pub fn bytes(&self) -> Result<u64> {
+        match self {
+            SizeSpec::Bytes(b) => Ok(*b),
+            SizeSpec::Text(t) => parse_size(t),
+        }
+    }
 }
 
 impl PipelineFile {
@@ -211,6 +282,7 @@ impl PipelineFile {
             }
             if let Some(out) = &step.output {
                 out.format()?;
+                out.write_options().map_err(|e| Error::Config(format!("{}: step '{label}': {e}", path.display())))?;
             }
             let at = |what: &str| Error::Config(format!("{}: step '{label}': {what}", path.display()));
             if step.output.is_none() && (step.units.is_some() || step.priority.is_some()) {
@@ -348,6 +420,32 @@ impl OutputSpec {
             OutputSpec::Path(_) => &[],
             OutputSpec::Table(t) => &t.partition_by,
         }
+    }
+
+    /// The writer options (defaults for a plain path).
+    pub fn write_options(&self) -> Result<WriteOptions> {
+        let OutputSpec::Table(t) = self else { return Ok(WriteOptions::default()) };
+        let positive = |what: &str, v: u64| {
+            if v == 0 {
+                Err(Error::Config(format!("output {}: {what} must be above 0", t.path)))
+            } else {
+                Ok(v)
+            }
+        };
+        let options = WriteOptions {
+            compression: t.compression.as_deref().map(Codec::parse).transpose()?.unwrap_or_default(),
+            row_group_rows: t
+                .row_group_rows
+                .map(|r| positive("row_group_rows", r as u64).map(|r| r as usize))
+                .transpose()?,
+            row_group_bytes: t.row_group_size.as_ref().map(|s| positive("row_group_size", s.bytes()?)).transpose()?,
+            max_file_bytes: t.max_file_size.as_ref().map(|s| positive("max_file_size", s.bytes()?)).transpose()?,
+            overwrite: t.overwrite.as_deref().map(Overwrite::parse).transpose()?.unwrap_or_default(),
+        };
+        if options.overwrite == Overwrite::ReplacePartitions && t.partition_by.is_empty() {
+            return Err(Error::Config(format!("output {}: overwrite 'replace_partitions' needs partition_by", t.path)));
+        }
+        Ok(options)
     }
 
     /// The output format.

@@ -48,7 +48,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::{Engine, Query, QueryMetrics};
 use crate::error::{Error, Result};
-use crate::exec::sink::{OutputFormat, PartitionedOutput};
+use crate::exec::sink::{exists_error, target_taken, OutputFormat, Overwrite, PartitionedOutput, WriteOptions};
 use crate::pipeline::{priority_label, PrioritySpec, StepSpec, UnitsSpec};
 use crate::sql::{quote_ident, referenced_relations};
 
@@ -201,6 +201,7 @@ pub struct StepJob<'e> {
     dir: PathBuf,
     format: OutputFormat,
     partition_by: Vec<String>,
+    options: WriteOptions,
     key: Option<UnitKey>,
     priority: Option<Priority>,
     /// Hash of everything about the step but its data.
@@ -228,6 +229,11 @@ impl<'e> StepJob<'e> {
             crate::pipeline::OutputSpec::Table(t) if t.format.is_none() => OutputFormat::Parquet,
             other => other.format()?,
         };
+        let options = output.write_options()?;
+        // Resuming is not overwriting: a folder this step (or another) left its records in is ours.
+        if options.overwrite == Overwrite::Error && target_taken(&dir) && !dir.join(FLOW_DIR).is_dir() {
+            return Err(exists_error(&dir));
+        }
         let schema = engine.sql(&step.sql)?.schema();
         for p in output.partition_by() {
             if schema.fields().iter().all(|f| !f.name().eq_ignore_ascii_case(p)) {
@@ -269,6 +275,7 @@ impl<'e> StepJob<'e> {
             step.units_from.as_deref().unwrap_or(""),
             &format!("{format:?}"),
             &output.partition_by().join(","),
+            &options.describe(),
         ]);
         let owned = Mutex::new(scan_output(&dir));
         Ok(StepJob {
@@ -278,6 +285,7 @@ impl<'e> StepJob<'e> {
             dir,
             format,
             partition_by: output.partition_by().to_vec(),
+            options,
             key,
             priority,
             settings,
@@ -449,8 +457,10 @@ impl<'e> StepJob<'e> {
             format: self.format,
             stem: format!("part-{}", unit.id),
             suffix: STAGED.into(),
+            numbered: false,
             // An empty unit commits a record and no file.
             keep_empty: false,
+            options: self.options.clone(),
         };
         let (written, metrics) = query.write_partitioned(out)?;
         let mut files = Vec::new();
@@ -487,6 +497,7 @@ impl<'e> StepJob<'e> {
         remove_if_exists(&record_path)?;
         sync_dir(record_path.parent().expect("records live in a folder"));
         let mut dirs = std::collections::BTreeSet::new();
+        let mut files_kept = Vec::new();
         let mut owned = self.owned.lock().unwrap_or_else(|e| e.into_inner());
         let files = owned.entry(id.to_string()).or_default();
         for (from, to) in moves {
@@ -499,14 +510,22 @@ impl<'e> StepJob<'e> {
             }
             dirs.insert(parent.to_path_buf());
         }
-        // Files of this unit that the new result does not have (a partition that is gone).
+        // Files of this unit that the new result does not have (a partition that is gone; with
+        // `replace_partitions`, only in the partitions the new result wrote).
         let new: Vec<PathBuf> = moves.iter().map(|(_, to)| to.clone()).collect();
+        let keep_other_partitions = self.options.overwrite == Overwrite::ReplacePartitions;
+        let written_dirs: Vec<&Path> = new.iter().filter_map(|p| p.parent()).collect();
         for old in std::mem::take(files) {
-            if !new.contains(&old) {
+            let elsewhere = old.parent().is_some_and(|d| !written_dirs.contains(&d));
+            if keep_other_partitions && elsewhere {
+                files_kept.push(old);
+            } else if !new.contains(&old) {
                 remove_if_exists(&old)?;
                 remove_empty_parents(&old, &self.dir);
             }
         }
+        let mut new = new;
+        new.extend(files_kept);
         owned.insert(id.to_string(), new);
         drop(owned);
         dirs.iter().filter(|d| d.exists()).for_each(|d| sync_dir(d));
@@ -536,6 +555,9 @@ impl<'e> StepJob<'e> {
         let mut removed = 0;
         let mut owned = self.owned.lock().unwrap_or_else(|e| e.into_inner());
         let stale: Vec<String> = owned.keys().filter(|id| !keep.contains(id.as_str())).cloned().collect();
+        // With `replace_partitions` the files of units gone from the input stay (their partitions
+        // are not rewritten); their records go.
+        let stale = if self.options.overwrite == Overwrite::ReplacePartitions { Vec::new() } else { stale };
         for id in stale {
             for f in owned.remove(&id).unwrap_or_default() {
                 remove_if_exists(&f)?;

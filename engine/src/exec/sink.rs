@@ -39,6 +39,130 @@ impl OutputFormat {
     }
 }
 
+/// The compression of Parquet outputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Codec {
+    /// zstd at a level from 1 (fast, the default) to 22 (small).
+    Zstd(i32),
+    /// Snappy (what DuckDB and Spark write by default).
+    Snappy,
+    /// LZ4 (the `LZ4_RAW` codec of the Parquet format, which every current reader knows).
+    Lz4,
+    /// No compression.
+    Uncompressed,
+}
+
+impl Default for Codec {
+    fn default() -> Codec {
+        Codec::Zstd(1)
+    }
+}
+
+impl Codec {
+    /// Parses `zstd`, `zstd(3)` or `zstd:3`, `snappy`, `lz4`, `none` (or `uncompressed`).
+    pub fn parse(text: &str) -> Result<Codec> {
+        let lower = text.trim().to_ascii_lowercase();
+        let (name, level) = match lower.split_once(['(', ':']) {
+            Some((name, rest)) => (name.trim(), Some(rest.trim_end_matches(')').trim())),
+            None => (lower.as_str(), None),
+        };
+        let bad = || {
+            Error::Config(format!(
+                "unknown compression '{text}' (hint: zstd, zstd(LEVEL) with LEVEL from 1 to 22, snappy, lz4 or none)"
+            ))
+        };
+        let codec = match name {
+            "zstd" => match level {
+                None => Codec::Zstd(1),
+                Some(l) => match l.parse::<i32>() {
+                    Ok(l) if (1..=22).contains(&l) => Codec::Zstd(l),
+                    _ => return Err(bad()),
+                },
+            },
+            "snappy" => Codec::Snappy,
+            "lz4" | "lz4_raw" => Codec::Lz4,
+            "none" | "uncompressed" => Codec::Uncompressed,
+            _ => return Err(bad()),
+        };
+        if level.is_some() && !matches!(codec, Codec::Zstd(_)) {
+            return Err(bad());
+        }
+        Ok(codec)
+    }
+
+    fn parquet(self) -> Compression {
+        match self {
+            Codec::Zstd(level) => Compression::ZSTD(ZstdLevel::try_new(level).unwrap_or_default()),
+            Codec::Snappy => Compression::SNAPPY,
+            Codec::Lz4 => Compression::LZ4_RAW,
+            Codec::Uncompressed => Compression::UNCOMPRESSED,
+        }
+    }
+}
+
+/// What a write does when its target already exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Overwrite {
+    /// Fail before running (a pipeline step's folder may still be resumed).
+    Error,
+    /// The new result takes the target's place once complete (the default).
+    #[default]
+    Replace,
+    /// For partitioned outputs: the partitions the new result writes are replaced, the others are
+    /// kept (Spark's dynamic partition overwrite).
+    ReplacePartitions,
+}
+
+impl Overwrite {
+    /// Parses `error`, `replace` or `replace_partitions` (also with a `-`).
+    pub fn parse(text: &str) -> Result<Overwrite> {
+        match text.trim().to_ascii_lowercase().replace('-', "_").as_str() {
+            "error" => Ok(Overwrite::Error),
+            "replace" => Ok(Overwrite::Replace),
+            "replace_partitions" => Ok(Overwrite::ReplacePartitions),
+            _ => Err(Error::Config(format!(
+                "unknown overwrite policy '{text}' (hint: error, replace or replace_partitions)"
+            ))),
+        }
+    }
+}
+
+/// How outputs are written. The defaults: zstd level 1, row groups of at most 1M rows flushed by
+/// bytes (an eighth of the budget, up to 128 MiB), one file, replacing the target.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WriteOptions {
+    /// Parquet compression.
+    pub compression: Codec,
+    /// Most rows in a Parquet row group.
+    pub row_group_rows: Option<usize>,
+    /// Target bytes of a Parquet row group (encoded). The writer holds a row group in memory until
+    /// it is flushed, so this is capped at a quarter of the budget, and a row group is flushed
+    /// early when the pool is short.
+    pub row_group_bytes: Option<u64>,
+    /// Split the output into numbered files of about this size (the target is then a folder).
+    pub max_file_bytes: Option<u64>,
+    /// What to do when the target exists.
+    pub overwrite: Overwrite,
+}
+
+impl WriteOptions {
+    /// A line describing the options that are not defaults, for fingerprints and reports.
+    pub fn describe(&self) -> String {
+        format!("{self:?}")
+    }
+
+    fn row_group_bytes(&self, pool: &MemoryPool, default: usize) -> usize {
+        let mut bytes = match self.row_group_bytes {
+            Some(b) => (b.min(pool.budget() / 4) as usize).max(64 << 10),
+            None => default,
+        };
+        if let Some(max) = self.max_file_bytes {
+            bytes = bytes.min((max as usize).max(64 << 10));
+        }
+        bytes
+    }
+}
+
 /// What a sink wrote.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct WriteSummary {
@@ -57,6 +181,8 @@ struct PendingFile {
     temp: PathBuf,
     target: PathBuf,
     committed: bool,
+    /// Fail at commit rather than replace a file that appeared at the target meanwhile.
+    no_clobber: bool,
 }
 
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -75,14 +201,27 @@ impl PendingFile {
         let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
         let temp = parent.join(format!(".{name}.flow-tmp-{}-{n}", std::process::id()));
         let file = File::create(&temp).map_err(|e| Error::io(target, e))?;
-        Ok((PendingFile { temp, target: target.to_path_buf(), committed: false }, file))
+        Ok((PendingFile { temp, target: target.to_path_buf(), committed: false, no_clobber: false }, file))
     }
 
     /// Makes the file durable and moves it into place.
     fn commit(mut self, file: &File) -> Result<u64> {
         file.sync_all().map_err(|e| Error::io(&self.temp, e))?;
         let bytes = file.metadata().map_err(|e| Error::io(&self.temp, e))?.len();
-        std::fs::rename(&self.temp, &self.target).map_err(|e| Error::io(&self.target, e))?;
+        if self.no_clobber {
+            // A hard link fails when the target exists: no check-then-rename race.
+            match std::fs::hard_link(&self.temp, &self.target) {
+                Ok(()) => {
+                    let _ = std::fs::remove_file(&self.temp);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Err(exists_error(&self.target)),
+                // File systems without hard links: check, then rename.
+                Err(_) if self.target.exists() => return Err(exists_error(&self.target)),
+                Err(_) => std::fs::rename(&self.temp, &self.target).map_err(|e| Error::io(&self.target, e))?,
+            }
+        } else {
+            std::fs::rename(&self.temp, &self.target).map_err(|e| Error::io(&self.target, e))?;
+        }
         if let Some(parent) = self.target.parent().filter(|p| !p.as_os_str().is_empty()) {
             if let Ok(dir) = File::open(parent) {
                 let _ = dir.sync_all();
@@ -98,6 +237,139 @@ impl Drop for PendingFile {
         if !self.committed {
             let _ = std::fs::remove_file(&self.temp);
         }
+    }
+}
+
+/// A temporary folder beside a target folder, where a folder output is written before it is moved
+/// into place; removed on drop unless committed. Its name starts with a dot, which readers of
+/// folders (pyarrow, DuckDB, Spark) skip.
+pub struct StagingDir {
+    path: PathBuf,
+    committed: bool,
+}
+
+/// A fresh name beside `target`: `.<name>.flow-<what>-<pid>-<n>`.
+fn name_beside(target: &Path, what: &str) -> PathBuf {
+    let parent = match target.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "out".into());
+    let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+    parent.join(format!(".{name}.flow-{what}-{}-{n}", std::process::id()))
+}
+
+fn remove_any(path: &Path) -> std::io::Result<()> {
+    if path.is_dir() {
+        std::fs::remove_dir_all(path)
+    } else {
+        std::fs::remove_file(path)
+    }
+}
+
+/// Puts `from` at `to`, replacing what is there: the old one is renamed aside first and removed
+/// once the new one is in place (put back if that fails).
+fn swap_into(from: &Path, to: &Path) -> Result<()> {
+    if std::fs::symlink_metadata(to).is_err() {
+        if let Some(parent) = to.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+        }
+        return std::fs::rename(from, to).map_err(|e| Error::io(to, e));
+    }
+    let old = name_beside(to, "old");
+    std::fs::rename(to, &old).map_err(|e| Error::io(to, e))?;
+    if let Err(e) = std::fs::rename(from, to) {
+        let _ = std::fs::rename(&old, to);
+        return Err(Error::io(to, e));
+    }
+    remove_any(&old).map_err(|e| Error::io(&old, e))
+}
+
+impl StagingDir {
+    /// Creates the folder beside `target` (creating `target`'s parent folders).
+    pub fn beside(target: &Path) -> Result<StagingDir> {
+        let path = name_beside(target, "tmp");
+        std::fs::create_dir_all(&path).map_err(|e| Error::io(&path, e))?;
+        Ok(StagingDir { path, committed: false })
+    }
+
+    /// The folder to write in.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Moves what was written (`written`, paths inside the staging folder) into `target` as
+    /// `overwrite` says; returns the summaries with their final paths.
+    pub fn commit(
+        mut self,
+        target: &Path,
+        overwrite: Overwrite,
+        written: &[WriteSummary],
+    ) -> Result<Vec<WriteSummary>> {
+        let relative = |p: &Path| p.strip_prefix(&self.path).map(Path::to_path_buf).unwrap_or_else(|_| p.to_path_buf());
+        match overwrite {
+            Overwrite::Error => {
+                if target_taken(target) {
+                    return Err(exists_error(target));
+                }
+                if target.is_dir() {
+                    std::fs::remove_dir(target).map_err(|e| Error::io(target, e))?;
+                }
+                std::fs::rename(&self.path, target).map_err(|e| Error::io(target, e))?;
+            }
+            Overwrite::Replace => swap_into(&self.path, target)?,
+            Overwrite::ReplacePartitions if !target.is_dir() => swap_into(&self.path, target)?,
+            Overwrite::ReplacePartitions => {
+                // Each partition folder that got files replaces its namesake; the rest stay.
+                let leaves: std::collections::BTreeSet<PathBuf> =
+                    written.iter().filter_map(|w| relative(&w.path).parent().map(Path::to_path_buf)).collect();
+                for leaf in leaves {
+                    if leaf.as_os_str().is_empty() {
+                        continue;
+                    }
+                    swap_into(&self.path.join(&leaf), &target.join(&leaf))?;
+                }
+                // Files at the top (there are none with partition_by; kept for completeness).
+                for w in written {
+                    let rel = relative(&w.path);
+                    if rel.parent().is_none_or(|p| p.as_os_str().is_empty()) {
+                        swap_into(&w.path, &target.join(&rel))?;
+                    }
+                }
+                let _ = std::fs::remove_dir_all(&self.path);
+            }
+        }
+        self.committed = true;
+        if let Ok(dir) = File::open(target.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."))) {
+            let _ = dir.sync_all();
+        }
+        Ok(written.iter().map(|w| WriteSummary { path: target.join(relative(&w.path)), ..w.clone() }).collect())
+    }
+}
+
+impl Drop for StagingDir {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// The error for a target that exists under `overwrite = "error"`.
+pub fn exists_error(target: &Path) -> Error {
+    Error::Config(format!(
+        "output {} already exists (overwrite policy 'error'; hint: remove it, or use overwrite 'replace')",
+        target.display()
+    ))
+}
+
+/// Whether `target` exists as something a write would overwrite: a file, or a folder that is not
+/// empty.
+pub fn target_taken(target: &Path) -> bool {
+    match std::fs::metadata(target) {
+        Ok(m) if m.is_dir() => std::fs::read_dir(target).map(|mut d| d.next().is_some()).unwrap_or(true),
+        Ok(_) => true,
+        Err(_) => false,
     }
 }
 
@@ -157,6 +429,8 @@ pub trait Sink {
     fn write(&mut self, batch: &RecordBatch) -> Result<()>;
     /// Completes the file and moves it into place.
     fn finish(self: Box<Self>) -> Result<WriteSummary>;
+    /// About how many bytes the file has so far (written and still buffered).
+    fn size(&self) -> u64;
 }
 
 /// A Parquet file sink.
@@ -172,16 +446,26 @@ pub struct ParquetSink {
 impl ParquetSink {
     /// Opens a sink for batches of `schema` at `target`, sizing its buffers from `pool`'s budget.
     pub fn create(target: &Path, schema: &Schema, pool: &MemoryPool) -> Result<ParquetSink> {
-        // Row groups are flushed by bytes: an eighth of the budget, between 256 KiB and 128 MiB.
-        let row_group_bytes = (pool.budget() / 8).clamp(256 << 10, 128 << 20) as usize;
-        Self::with_row_group_bytes(target, schema, pool, row_group_bytes)
+        Self::with_options(target, schema, pool, &WriteOptions::default())
     }
 
-    /// Opens a sink that flushes a row group once it holds `row_group_bytes` of encoded data.
-    pub fn with_row_group_bytes(
+    /// Opens a sink that writes as `options` say. Row groups are flushed by bytes: by default an
+    /// eighth of the budget, between 256 KiB and 128 MiB.
+    pub fn with_options(
         target: &Path,
         schema: &Schema,
         pool: &MemoryPool,
+        options: &WriteOptions,
+    ) -> Result<ParquetSink> {
+        let default = (pool.budget() / 8).clamp(256 << 10, 128 << 20) as usize;
+        Self::open(target, schema, pool, options, options.row_group_bytes(pool, default))
+    }
+
+    fn open(
+        target: &Path,
+        schema: &Schema,
+        pool: &MemoryPool,
+        options: &WriteOptions,
         row_group_bytes: usize,
     ) -> Result<ParquetSink> {
         let schema = portable_schema(schema);
@@ -190,14 +474,18 @@ impl ParquetSink {
         // (down to 64 KiB; 16 KiB for the small row groups of partitioned writers).
         let smallest_page = if row_group_bytes >= 1 << 20 { 64 << 10 } else { 16 << 10 };
         let page_bytes = (row_group_bytes / (4 * columns)).clamp(smallest_page, 1 << 20);
+        // Statistics per page also write the page index (column and offset indexes), which lets
+        // readers skip pages by value, as flow's own scans do.
         let props = WriterProperties::builder()
-            .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).expect("valid zstd level")))
+            .set_compression(options.compression.parquet())
             .set_statistics_enabled(EnabledStatistics::Page)
             .set_data_page_size_limit(page_bytes)
             .set_dictionary_page_size_limit(page_bytes)
-            .set_max_row_group_row_count(Some(1 << 20))
+            .set_max_row_group_row_count(Some(options.row_group_rows.unwrap_or(1 << 20).max(1)))
+            .set_created_by(format!("flow version {}", env!("CARGO_PKG_VERSION")))
             .build();
-        let (pending, file) = PendingFile::create(target)?;
+        let (mut pending, file) = PendingFile::create(target)?;
+        pending.no_clobber = options.overwrite == Overwrite::Error;
         let writer = ArrowWriter::try_new(file, schema.clone(), Some(props))
             .map_err(|e| Error::Execution(format!("writing {}: {e}", target.display())))?;
         // Reserve the working size up front (open pages, one row group of encoded data), so that a
@@ -212,8 +500,38 @@ impl ParquetSink {
     }
 }
 
+/// `batch` cut into slices of about `bytes` of memory each (zero-copy).
+fn slices(batch: &RecordBatch, bytes: usize) -> Vec<RecordBatch> {
+    let rows = batch.num_rows();
+    let size = batch.get_array_memory_size().max(1);
+    if size <= bytes || rows <= 1 {
+        return vec![batch.clone()];
+    }
+    let per = (rows * bytes.max(1) / size).max(1);
+    (0..rows).step_by(per).map(|offset| batch.slice(offset, per.min(rows - offset))).collect()
+}
+
 impl Sink for ParquetSink {
     fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        // Row groups close between writes: a batch larger than a row group goes in slices, so
+        // that row groups come out about the size asked for.
+        for slice in slices(batch, self.row_group_bytes / 4) {
+            self.write_slice(&slice)?;
+        }
+        Ok(())
+    }
+
+    fn finish(self: Box<Self>) -> Result<WriteSummary> {
+        self.finish_file()
+    }
+
+    fn size(&self) -> u64 {
+        (self.writer.bytes_written() + self.writer.in_progress_size()) as u64
+    }
+}
+
+impl ParquetSink {
+    fn write_slice(&mut self, batch: &RecordBatch) -> Result<()> {
         let batch = conform(batch, &self.schema)?;
         // The writer copies the batch into encoded pages: reserve that growth first (an upper
         // bound: the uncompressed size of the batch), flushing the row group early when the pool
@@ -239,7 +557,7 @@ impl Sink for ParquetSink {
         Ok(())
     }
 
-    fn finish(self: Box<Self>) -> Result<WriteSummary> {
+    fn finish_file(self: Box<Self>) -> Result<WriteSummary> {
         let mut this = *self;
         let target = this.pending.target.clone();
         let err = |e: parquet::errors::ParquetError| writer_error(&target, e);
@@ -255,21 +573,30 @@ impl Sink for ParquetSink {
 /// A CSV file sink (header line, `,` separated, RFC 4180 quoting).
 pub struct CsvSink {
     pending: PendingFile,
-    writer: arrow::csv::Writer<BufWriter<File>>,
+    writer: arrow::csv::Writer<Counting<BufWriter<File>>>,
     _reservation: MemoryReservation,
     rows: u64,
+    written: Arc<AtomicU64>,
 }
 
 impl CsvSink {
     /// Opens a CSV sink at `target`, with a write buffer of a sixteenth of the budget (64 KiB to
     /// 1 MiB).
     pub fn create(target: &Path, pool: &MemoryPool) -> Result<CsvSink> {
+        Self::with_options(target, pool, &WriteOptions::default())
+    }
+
+    /// Opens a CSV sink; of `options` only the overwrite policy applies to CSV.
+    pub fn with_options(target: &Path, pool: &MemoryPool, options: &WriteOptions) -> Result<CsvSink> {
         let buffer = (pool.budget() / 16).clamp(64 << 10, 1 << 20) as usize;
         let mut reservation = pool.register(format!("CsvSink[{}]", target.display()), false);
         reservation.try_grow(buffer as u64)?;
-        let (pending, file) = PendingFile::create(target)?;
-        let writer = arrow::csv::WriterBuilder::new().with_header(true).build(BufWriter::with_capacity(buffer, file));
-        Ok(CsvSink { pending, writer, _reservation: reservation, rows: 0 })
+        let (mut pending, file) = PendingFile::create(target)?;
+        pending.no_clobber = options.overwrite == Overwrite::Error;
+        let written = Arc::new(AtomicU64::new(0));
+        let out = Counting { inner: BufWriter::with_capacity(buffer, file), bytes: written.clone() };
+        let writer = arrow::csv::WriterBuilder::new().with_header(true).build(out);
+        Ok(CsvSink { pending, writer, _reservation: reservation, rows: 0, written })
     }
 }
 
@@ -286,11 +613,33 @@ impl Sink for CsvSink {
     fn finish(self: Box<Self>) -> Result<WriteSummary> {
         let this = *self;
         let target = this.pending.target.clone();
-        let mut buffered = this.writer.into_inner();
+        let mut buffered = this.writer.into_inner().inner;
         buffered.flush().map_err(|e| Error::io(&target, e))?;
         let file = buffered.into_inner().map_err(|e| Error::io(&target, e.into_error()))?;
         let bytes = this.pending.commit(&file)?;
         Ok(WriteSummary { path: target, rows: this.rows, bytes, row_groups: 0 })
+    }
+
+    fn size(&self) -> u64 {
+        self.written.load(Ordering::Relaxed)
+    }
+}
+
+/// A writer that counts the bytes through it.
+struct Counting<W> {
+    inner: W,
+    bytes: Arc<AtomicU64>,
+}
+
+impl<W: Write> Write for Counting<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.bytes.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
     }
 }
 
@@ -305,12 +654,17 @@ pub struct PartitionedOutput {
     /// File format.
     pub format: OutputFormat,
     /// File name without extension; a partition that needs a second file gets `<stem>.1`, ...
+    /// (with `numbered`: `<stem>_0`, `<stem>_1`, ...).
     pub stem: String,
+    /// Number every file from 0.
+    pub numbered: bool,
     /// Appended to every file name (after the extension), e.g. `.staged` for files not yet
     /// committed, so that `*.parquet` globs do not see them.
     pub suffix: String,
     /// Without `partition_by`, write a file (with the schema and no rows) for an empty result.
     pub keep_empty: bool,
+    /// Compression, row groups and the file size at which a file is closed and the next begun.
+    pub options: WriteOptions,
 }
 
 /// The folder name hive layouts use for a null partition value.
@@ -380,11 +734,12 @@ impl PartitionedWriter {
         let data_schema =
             Arc::new(Schema::new(data_columns.iter().map(|&i| schema.field(i).clone()).collect::<Vec<_>>()));
         // Many partitions may be open at once: small row groups each.
-        let row_group_bytes = if key_columns.is_empty() {
+        let default = if key_columns.is_empty() {
             (pool.budget() / 8).clamp(1 << 20, 128 << 20) as usize
         } else {
             (pool.budget() / 64).clamp(256 << 10, 16 << 20) as usize
         };
+        let row_group_bytes = out.options.row_group_bytes(pool, default);
         let scratch = pool.register(format!("PartitionedWriter[{}]", out.dir.display()), false);
         Ok(PartitionedWriter {
             out,
@@ -455,20 +810,44 @@ impl PartitionedWriter {
         Ok(())
     }
 
-    fn write_part(&mut self, partition: String, batch: &RecordBatch) -> Result<()> {
-        if !self.open.contains_key(&partition) {
+    /// Opens a file for `partition` unless one is open, finishing others when the pool is short.
+    fn ensure_open(&mut self, partition: &str) -> Result<()> {
+        if !self.open.contains_key(partition) {
             let sink = loop {
-                match self.open_sink(&partition) {
+                match self.open_sink(partition) {
                     Ok(sink) => break sink,
                     Err(Error::ResourcesExhausted { .. }) if !self.open.is_empty() => self.close_largest()?,
                     Err(e) => return Err(e),
                 }
             };
-            self.open.insert(partition.clone(), OpenPart { sink, written: 0 });
+            self.open.insert(partition.to_string(), OpenPart { sink, written: 0 });
         }
-        let part = self.open.get_mut(&partition).expect("opened above");
-        part.written += batch.get_array_memory_size() as u64;
-        part.sink.write(batch)
+        Ok(())
+    }
+
+    fn write_part(&mut self, partition: String, batch: &RecordBatch) -> Result<()> {
+        self.ensure_open(&partition)?;
+        let Some(max) = self.out.options.max_file_bytes else {
+            let part = self.open.get_mut(&partition).expect("opened above");
+            part.written += batch.get_array_memory_size() as u64;
+            return part.sink.write(batch);
+        };
+        // A file that reached the size limit is complete: the partition's next rows start
+        // another. Batches go in slices, so that a file ends near the limit.
+        let mut pieces = slices(batch, (max / 4).max(1) as usize).into_iter().peekable();
+        while let Some(piece) = pieces.next() {
+            let part = self.open.get_mut(&partition).expect("opened above");
+            part.written += piece.get_array_memory_size() as u64;
+            part.sink.write(&piece)?;
+            if part.sink.size() >= max {
+                let part = self.open.remove(&partition).expect("open");
+                self.done.push(part.sink.finish()?);
+                if pieces.peek().is_some() {
+                    self.ensure_open(&partition)?;
+                }
+            }
+        }
+        Ok(())
     }
 
     fn open_sink(&mut self, partition: &str) -> Result<Box<dyn Sink>> {
@@ -478,19 +857,21 @@ impl PartitionedWriter {
             OutputFormat::Csv => "csv",
         };
         let name = match n {
+            n if self.out.numbered => format!("{}_{n}.{ext}{}", self.out.stem, self.out.suffix),
             0 => format!("{}.{ext}{}", self.out.stem, self.out.suffix),
             n => format!("{}.{n}.{ext}{}", self.out.stem, self.out.suffix),
         };
         let target =
             if partition.is_empty() { self.out.dir.join(name) } else { self.out.dir.join(partition).join(name) };
         let sink: Box<dyn Sink> = match self.out.format {
-            OutputFormat::Parquet => Box::new(ParquetSink::with_row_group_bytes(
+            OutputFormat::Parquet => Box::new(ParquetSink::open(
                 &target,
                 &self.data_schema,
                 &self.pool,
+                &self.out.options,
                 self.row_group_bytes,
             )?),
-            OutputFormat::Csv => Box::new(CsvSink::create(&target, &self.pool)?),
+            OutputFormat::Csv => Box::new(CsvSink::with_options(&target, &self.pool, &self.out.options)?),
         };
         self.files_per_partition.insert(partition.to_string(), n + 1);
         Ok(sink)

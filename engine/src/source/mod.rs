@@ -428,6 +428,12 @@ impl Table {
     }
 }
 
+/// The files a location names: a file, a directory (its files, sorted, hidden ones skipped) or a
+/// glob (sorted). An error when none match.
+pub fn expand_files(location: &str) -> Result<Vec<PathBuf>> {
+    resolve_paths(location)
+}
+
 /// Finds the files a location names: a file, a directory (its files, sorted, hidden ones skipped) or
 /// a glob (sorted).
 fn resolve_paths(location: &str) -> Result<Vec<PathBuf>> {
