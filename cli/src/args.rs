@@ -77,6 +77,15 @@ pub enum Command {
         /// A query, or a pipeline file (.toml).
         query: String,
     },
+    /// Make data: TPC-H tables, or a synthetic table of any size with chosen key cardinality and
+    /// skew, nulls and string lengths (deterministic from a seed).
+    Gen {
+        #[command(subcommand)]
+        what: GenCommand,
+    },
+    /// Run the benchmark suite: TPC-H 1 to 22 and out-of-core shapes, timed from outside with
+    /// peak RSS, side by side with DuckDB and Polars when their Python packages are there.
+    Bench(BenchArgs),
     /// Show what is inside Parquet files: schema, row groups, sizes, compression, statistics.
     Inspect {
         /// Also show every row group's column statistics.
@@ -85,6 +94,92 @@ pub enum Command {
         /// Parquet files (or folders or globs of them).
         #[arg(required = true)]
         files: Vec<String>,
+    },
+}
+
+/// Options of `flow bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// TPC-H scale factor of the data (the synthetic table has as many rows as lineitem).
+    #[arg(long, default_value_t = 1.0)]
+    pub scale: f64,
+    /// Where the data is, or is made when missing (default: bench-data/sf<SCALE>).
+    #[arg(long, value_name = "DIR")]
+    pub data: Option<PathBuf>,
+    /// flow's budget, and DuckDB's memory_limit.
+    #[arg(long, default_value = "512MiB", value_name = "SIZE")]
+    pub mem_budget: String,
+    /// Threads for every engine (default: every core).
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+    /// Queries, comma-separated: tpch, ooc, all, or names (q1, q18, group_orderkey, ...).
+    #[arg(long, value_delimiter = ',', default_value = "tpch,ooc")]
+    pub queries: Vec<String>,
+    /// Peers to run alongside, comma-separated: duckdb, polars, or none.
+    #[arg(long, value_delimiter = ',', default_value = "duckdb,polars")]
+    pub peers: Vec<String>,
+    /// The Python with the peers' packages (default: .venv/bin/python if there, else python3).
+    #[arg(long, value_name = "PATH")]
+    pub python: Option<PathBuf>,
+    /// Runs per query and engine; the table shows the fastest.
+    #[arg(long, default_value_t = 1)]
+    pub runs: usize,
+    /// Seconds before a query is stopped and shown as a timeout.
+    #[arg(long, default_value_t = 1800)]
+    pub timeout: u64,
+    /// Also write the table (Markdown) here.
+    #[arg(long, value_name = "FILE.md")]
+    pub markdown: Option<PathBuf>,
+    /// Also write every measurement (JSON) here.
+    #[arg(long, value_name = "FILE.json")]
+    pub json: Option<PathBuf>,
+}
+
+/// What `flow gen` makes.
+#[derive(Debug, Subcommand)]
+pub enum GenCommand {
+    /// TPC-H tables as DIR/<table>.parquet (the same data as tpchgen-cli).
+    Tpch {
+        #[command(flatten)]
+        common: CommonArgs,
+        /// Scale factor: 1 is 6M lineitem rows (about 250 MB of Parquet).
+        #[arg(long, default_value_t = 1.0)]
+        scale: f64,
+        /// Tables to make, comma-separated (default: all eight).
+        #[arg(long, value_delimiter = ',')]
+        tables: Vec<String>,
+        /// The folder to write.
+        #[arg(short, long, value_name = "DIR")]
+        output: PathBuf,
+    },
+    /// A synthetic table: id, key (Zipf-skewed), key_str, category, value, amount, day, payload.
+    Table {
+        #[command(flatten)]
+        common: CommonArgs,
+        /// Rows: 1000000, 10M, 2.5K, ...
+        #[arg(long, default_value = "1M")]
+        rows: String,
+        /// Distinct keys.
+        #[arg(long, default_value = "100K")]
+        keys: String,
+        /// Zipf exponent of the keys: 0 is uniform; 1.1 puts about a tenth of the rows on one key.
+        #[arg(long, default_value_t = 0.0)]
+        skew: f64,
+        /// Distinct categories.
+        #[arg(long, default_value_t = 16)]
+        categories: u64,
+        /// Share of nulls in the nullable columns (0 to 1).
+        #[arg(long, default_value_t = 0.0)]
+        nulls: f64,
+        /// Length range of the payload strings, e.g. 8..64.
+        #[arg(long, default_value = "8..32")]
+        string_len: String,
+        /// Seed: the same seed and sizes give the same table.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// The Parquet file to write.
+        #[arg(short, long, value_name = "FILE.parquet")]
+        output: PathBuf,
     },
 }
 

@@ -10,6 +10,8 @@
 //! - 130 interrupted (Ctrl-C or SIGTERM): retry; committed units are kept.
 
 mod args;
+mod bench;
+mod generate;
 mod progress;
 mod report;
 mod signal;
@@ -23,7 +25,7 @@ use clap::Parser;
 use flow_engine::pipeline::PipelineFile;
 use flow_engine::{human, Codec, Config, Engine, Error, OutputFormat, Overwrite, WriteOptions, WriteSummary};
 
-use crate::args::{Cli, Command, CommonArgs, SourceArgs, UnitArgs, WriteArgs};
+use crate::args::{Cli, Command, CommonArgs, GenCommand, SourceArgs, UnitArgs, WriteArgs};
 use crate::report::{Report, StepReport, UnitReport};
 use flow_engine::units::{assigned, StepJob, Unit, UnitState};
 
@@ -128,6 +130,8 @@ fn run_command(cli: &Cli) -> Result<(), Error> {
             explain(common, sources, *analyze, step.as_deref(), query, cli.verbose)
         }
         Command::Inspect { row_groups, files } => inspect(files, *row_groups),
+        Command::Bench(args) => bench::run(args),
+        Command::Gen { what } => generate(what, cli.verbose),
     }
 }
 
@@ -591,6 +595,43 @@ fn explain(
     }
     print!("{out}");
     Ok(())
+}
+
+fn generate(what: &GenCommand, verbose: bool) -> Result<(), Error> {
+    match what {
+        GenCommand::Tpch { common, scale, tables, output } => {
+            let engine = Engine::new(config(common, None, verbose)?)?;
+            let tables: Vec<String> = if tables.is_empty() {
+                generate::TPCH_TABLES.iter().map(|t| t.to_string()).collect()
+            } else {
+                tables.iter().map(|t| t.trim().to_ascii_lowercase()).collect()
+            };
+            generate::tpch(&engine, *scale, output, &tables, &WriteOptions::default())
+        }
+        GenCommand::Table { common, rows, keys, skew, categories, nulls, string_len, seed, output } => {
+            let engine = Engine::new(config(common, None, verbose)?)?;
+            let spec = flow_engine::generate::TableSpec {
+                rows: generate::parse_count(rows)?,
+                keys: generate::parse_count(keys)?,
+                skew: *skew,
+                categories: *categories,
+                nulls: *nulls,
+                string_len: generate::parse_range(string_len)?,
+                seed: *seed,
+            };
+            spec.check()?;
+            let started = Instant::now();
+            let summary = engine.install(|| spec.write(output, engine.pool(), &WriteOptions::default()))?;
+            eprintln!(
+                "flow: {} {} rows, {} in {:.1}s",
+                output.display(),
+                summary.rows,
+                human(summary.bytes),
+                started.elapsed().as_secs_f64()
+            );
+            Ok(())
+        }
+    }
 }
 
 fn inspect(patterns: &[String], row_groups: bool) -> Result<(), Error> {

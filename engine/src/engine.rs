@@ -66,6 +66,11 @@ impl Engine {
         &self.ctx.pool
     }
 
+    /// Runs `f` on the engine's worker threads (rayon calls inside it use them).
+    pub fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        self.ctx.threads.install(f)
+    }
+
     /// The spill manager.
     pub fn spill(&self) -> &SpillManager {
         &self.spill

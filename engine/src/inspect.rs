@@ -22,6 +22,15 @@ use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
 
 use crate::error::{human, Error, Result};
 
+/// The number of rows of a Parquet file, from its footer.
+pub fn row_count(path: &Path) -> Result<u64> {
+    let file = File::open(path).map_err(|e| Error::BadFile { path: path.into(), message: e.to_string() })?;
+    let metadata = ParquetMetaDataReader::new()
+        .parse_and_finish(&file)
+        .map_err(|e| Error::BadFile { path: path.into(), message: format!("not a readable Parquet file: {e}") })?;
+    Ok(metadata.file_metadata().num_rows().max(0) as u64)
+}
+
 /// A text description of the Parquet file at `path`: the file (size, rows, writer), each column
 /// (Arrow type, Parquet physical and logical type, codec, encodings, sizes, nulls, min and max
 /// over the file) and each row group (rows, sizes). With `row_groups`, every row group's column

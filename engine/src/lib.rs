@@ -38,6 +38,7 @@ mod engine;
 mod error;
 pub mod exec;
 pub mod expr;
+pub mod generate;
 pub mod inspect;
 pub mod memory;
 pub mod pipeline;

@@ -1090,3 +1090,13 @@ impl Drop for BatchStream {
         self.finish();
     }
 }
+
+/// The bytes of memory a batch's rows take. For a slice this is its part of the buffers it shares
+/// (`get_array_memory_size` counts whole buffers, so slices of one batch would each count it all).
+pub(crate) fn sliced_bytes(batch: &RecordBatch) -> u64 {
+    batch
+        .columns()
+        .iter()
+        .map(|c| c.to_data().get_slice_memory_size().unwrap_or_else(|_| c.get_array_memory_size()) as u64)
+        .sum()
+}

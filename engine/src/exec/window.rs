@@ -936,7 +936,7 @@ impl WindowStream {
     pub(crate) fn next_reserved(&mut self, cancel: &AtomicBool) -> Option<Result<(RecordBatch, MemoryReservation)>> {
         match self.next_batch(cancel) {
             Ok(Some(batch)) => Some((|| {
-                let bytes = batch.get_array_memory_size() as u64;
+                let bytes = super::sliced_bytes(&batch);
                 let mut r = self.output_reservation.split(bytes);
                 if r.size() < bytes {
                     r.try_grow(bytes - r.size())?;
@@ -987,7 +987,10 @@ impl WindowStream {
                 None => self.input_done = true,
                 Some(batch) => {
                     let batch = batch?;
-                    self.metrics.rows_in(batch.num_rows());
+                    // With a sort below, the two share their metrics and the sort counted them.
+                    if matches!(self.input, WindowInput::Plain(_)) {
+                        self.metrics.rows_in(batch.num_rows());
+                    }
                     self.absorb(batch)?;
                 }
             }
@@ -1204,7 +1207,15 @@ impl WindowStream {
             let upto = end.saturating_sub(start).min(n);
             if upto > 0 {
                 let mut out = p.batch.slice(0, upto).columns().to_vec();
-                out.extend(columns.iter().map(|c| c.slice(start, upto)));
+                // Each output batch gets its own copy of its function values: slices would
+                // share (and each be counted with) the whole block's columns downstream.
+                for c in &columns {
+                    out.push(if start == 0 && upto == c.len() {
+                        c.clone()
+                    } else {
+                        arrow::compute::concat(&[c.slice(start, upto).as_ref()])?
+                    });
+                }
                 self.output.push_back(RecordBatch::try_new_with_options(
                     self.shared.spec.schema.clone(),
                     out,
@@ -1217,7 +1228,7 @@ impl WindowStream {
         }
         // The rows going out move from the block's reservation to the output's (the function
         // columns are new); what is left starts a new block.
-        let out_bytes: u64 = self.output.iter().map(|b| b.get_array_memory_size() as u64).sum();
+        let out_bytes: u64 = self.output.iter().map(super::sliced_bytes).sum();
         self.block.clear();
         self.starts.clear();
         self.partition_starts.clear();
