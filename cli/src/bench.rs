@@ -246,7 +246,16 @@ fn problem(code: i32, stderr: &str) -> String {
     if code == 128 + libc::SIGKILL {
         return "timeout".into();
     }
-    let last = stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
+    // The error's own line: flow's `error: ...`, or the last line naming an error of a Python
+    // traceback (DuckDB adds hints after it).
+    let lines: Vec<&str> = stderr.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    let last = lines
+        .iter()
+        .rev()
+        .find(|l| l.starts_with("error:") || l.contains("Error") || l.contains("Exception"))
+        .or(lines.last())
+        .copied()
+        .unwrap_or("");
     if code == 3 && last.starts_with("unsupported") {
         return "unsupported".into();
     }
@@ -352,6 +361,21 @@ fn ensure_data(args: &BenchArgs, data: &Path, budget: u64, threads: usize, queri
     Ok(())
 }
 
+/// Reads every Parquet file of the data once, so that the first engine to run a query does not
+/// pay for a cold page cache that the next one finds warm.
+fn warm_up(data: &Path) {
+    use std::io::Read;
+    let Ok(entries) = std::fs::read_dir(data) else { return };
+    let mut buffer = vec![0u8; 1 << 20];
+    for entry in entries.flatten() {
+        if entry.path().extension().is_some_and(|e| e == "parquet") {
+            if let Ok(mut f) = std::fs::File::open(entry.path()) {
+                while matches!(f.read(&mut buffer), Ok(n) if n > 0) {}
+            }
+        }
+    }
+}
+
 /// Whether `sql` names `table` as a word.
 fn mentions(sql: &str, table: &str) -> bool {
     sql.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).any(|w| w.eq_ignore_ascii_case(table))
@@ -383,6 +407,7 @@ pub fn run(args: &BenchArgs) -> Result<(), Error> {
         }
     });
     let peers = available_peers(&python, &args.peers);
+    warm_up(&data);
     let work = tempfile::Builder::new()
         .prefix("flow-bench-")
         .tempdir()

@@ -488,10 +488,15 @@ impl ParquetSink {
         pending.no_clobber = options.overwrite == Overwrite::Error;
         let writer = ArrowWriter::try_new(file, schema.clone(), Some(props))
             .map_err(|e| Error::Execution(format!("writing {}: {e}", target.display())))?;
-        // Reserve the working size up front (open pages, one row group of encoded data), so that a
-        // scan filling the pool cannot starve the writer half-way.
+        // Reserve a working size up front (open pages, and a row group of encoded data up to a
+        // thirty-second of the budget), so that operators filling the pool cannot starve the
+        // writer half-way. Bigger row groups grow into the pool as rows come; when it is short,
+        // the row group is flushed early. Reserving the whole row group would take an eighth of
+        // the budget from the query even when the result is a few rows (TPC-H Q9's join spilled
+        // for it at 512 MiB).
         let mut reservation = pool.register(format!("ParquetSink[{}]", target.display()), false);
-        reservation.try_grow((columns * page_bytes * 2 + row_group_bytes) as u64)?;
+        let upfront = row_group_bytes.min((pool.budget() / 32) as usize);
+        reservation.try_grow((columns * page_bytes * 2 + upfront) as u64)?;
         Ok(ParquetSink { pending, writer, schema, reservation, row_group_bytes, rows: 0 })
     }
 
@@ -553,7 +558,11 @@ impl ParquetSink {
         // fill again. Its own estimate leaves out encoder scratch space, so count the encoded row
         // group on top of it.
         let held = ((self.writer.memory_size() + self.writer.in_progress_size()) as u64).max(before);
-        self.reservation.try_resize(held)?;
+        if self.reservation.try_resize(held).is_err() {
+            self.writer.flush().map_err(|e| self.error(e))?;
+            let held = ((self.writer.memory_size() + self.writer.in_progress_size()) as u64).max(before);
+            self.reservation.try_resize(held)?;
+        }
         Ok(())
     }
 
