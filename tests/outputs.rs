@@ -270,6 +270,36 @@ fn pipeline_outputs_take_writer_options() {
 }
 
 #[test]
+fn pipeline_replace_partitions_keeps_the_partitions_not_written() {
+    let dir = fixture();
+    let d = dir.path();
+    let run = |filter: &str, overwrite: &str| {
+        let text = format!(
+            "[sources]\nt = \"t.parquet\"\n\n[[steps]]\nsql = \"SELECT k, g FROM t {filter}\"\n\
+             output = {{ path = \"out/p\", partition_by = [\"g\"], overwrite = \"{overwrite}\" }}\n"
+        );
+        std::fs::write(d.join("p.toml"), text).unwrap();
+        flow(d, &["run", "p.toml"])
+    };
+    let rows_in = |g: &str| {
+        let folder = d.join("out/p").join(format!("g={g}"));
+        if !folder.exists() {
+            return 0;
+        }
+        let files: Vec<PathBuf> = files_in(&folder).iter().map(|f| folder.join(f)).collect();
+        sum_and_count(&files).1
+    };
+    ok(&run("", "replace"));
+    assert_eq!(rows_in("g2"), 1818);
+    // Only g0 and g1 are in the new result: they are replaced, the other partitions stay.
+    ok(&run("WHERE g IN ('g0', 'g1') AND k < 100", "replace_partitions"));
+    assert_eq!((rows_in("g0"), rows_in("g1"), rows_in("g2"), rows_in("g9")), (9, 9, 1818, 1819));
+    // replace: the step's result is the folder's whole content again.
+    ok(&run("WHERE g = 'g3'", "replace"));
+    assert_eq!((rows_in("g0"), rows_in("g2"), rows_in("g3")), (0, 0, 1818));
+}
+
+#[test]
 fn inspect_shows_schema_row_groups_and_statistics() {
     let dir = fixture();
     let d = dir.path();
