@@ -145,6 +145,39 @@ fn every_join_type_matches_a_nested_loop_spilled_or_not() {
 }
 
 #[test]
+fn unique_build_keys_spilled_join_matches_a_nested_loop() {
+    // The build side's keys are unique and its rows wide (strings up to 6 KB), the probe side's
+    // keys repeat: partitions of a spilled join are probed a few batches at a time on the worker
+    // threads, and under the tight budget some waves make more output than the pool holds and
+    // go again one batch at a time.
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    let right: Rows = (0..6_000i64)
+        .map(|i| {
+            let len = rng.random_range(0..6_000);
+            (Some(i), Some((0..len).map(|_| rng.random_range(b'a'..=b'z') as char).collect()), i)
+        })
+        .collect();
+    let left: Rows = (0..50_000i64)
+        .map(|i| {
+            let k = if rng.random_bool(0.05) { None } else { Some(rng.random_range(0..8_000)) };
+            (k, Some(format!("l{i}")), i)
+        })
+        .collect();
+    write_key_rows(&dir.path().join("l.parquet"), &left, 5_000);
+    write_key_rows(&dir.path().join("r.parquet"), &right, 1_000);
+    let always = |_: i64, _: i64| true;
+    let tight = engine(dir.path(), 4 << 20);
+    for (join, keep_left, keep_right) in
+        [("JOIN", false, false), ("LEFT JOIN", true, false), ("RIGHT JOIN", false, true), ("FULL JOIN", true, true)]
+    {
+        let sql = format!("SELECT l.id, r.id, r.s FROM l {join} r ON l.k = r.k");
+        assert_eq!(pairs(&tight, &sql), expected(&left, &right, keep_left, keep_right, &always), "{sql}");
+    }
+    assert!(tight.spill().stats().files > 0, "the build side spilled");
+}
+
+#[test]
 fn cross_comma_and_multi_table_joins() {
     let dir = tempfile::tempdir().unwrap();
     let left = side(dir.path(), "l", 3_000, 3, 0.0, 16);

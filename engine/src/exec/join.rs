@@ -537,12 +537,17 @@ impl Shared {
 struct Prober {
     shared: Arc<Shared>,
     table: Arc<BuildTable>,
+    /// Count the batches as the join's input (not for partitions read back from disk, counted
+    /// when they first came).
+    count: bool,
 }
 
 impl Expand for Prober {
     fn expand(&self, batch: RecordBatch, emit: &mut dyn FnMut(RecordBatch) -> Result<bool>) -> Result<bool> {
         let shared = &self.shared;
-        shared.metrics.rows_in(batch.num_rows());
+        if self.count {
+            shared.metrics.rows_in(batch.num_rows());
+        }
         if let Some(existence) = shared.existence {
             if existence.outer_is_build {
                 shared.existence_mark_build(&self.table, &batch)?;
@@ -627,6 +632,8 @@ struct BuildTable {
     key_null: Vec<bool>,
     /// With no keys every row is in the one chain starting here.
     all_head: u32,
+    /// Some key is on more than one row (a probe row may then find many partners).
+    duplicates: bool,
     reservation: MemoryReservation,
     /// Most bytes the table may hold.
     limit: u64,
@@ -648,6 +655,7 @@ impl BuildTable {
             matched: Vec::new(),
             key_null: Vec::new(),
             all_head: NONE,
+            duplicates: false,
             reservation: ctx.pool.register("HashJoin", true),
             limit,
         }
@@ -721,6 +729,7 @@ impl BuildTable {
                 for i in 0..n {
                     let id = first + i as u32;
                     self.next[id as usize] = self.all_head;
+                    self.duplicates |= self.all_head != NONE;
                     self.all_head = id;
                 }
             }
@@ -736,6 +745,7 @@ impl BuildTable {
                         Some((_, head)) => {
                             self.next[id as usize] = *head;
                             *head = id;
+                            self.duplicates = true;
                         }
                         None => {
                             self.int_table.insert_unique(h, (key, id), |&(k, _)| state.hash_one(k));
@@ -745,6 +755,7 @@ impl BuildTable {
             }
             Keys::Rows(rows) => {
                 let table = &mut self.table;
+                let mut duplicates = false;
                 for i in 0..n {
                     let id = first + i as u32;
                     if valid_row(i) {
@@ -758,6 +769,7 @@ impl BuildTable {
                             Some(head) => {
                                 self.next[id as usize] = *head;
                                 *head = id;
+                                duplicates = true;
                             }
                             None => {
                                 table.insert_unique(h, id, |&r| hash_key(key_of(r), TABLE_SEED));
@@ -767,6 +779,7 @@ impl BuildTable {
                         self.key_offsets.push(self.key_data.len());
                     }
                 }
+                self.duplicates |= duplicates;
             }
         }
         self.rows += n;
@@ -1046,6 +1059,10 @@ struct Probe {
     chunks: Option<Chunks>,
     /// Once the probe input is done: the next build row to check for being unmatched.
     unmatched_from: Option<u32>,
+    /// Batches of a probe wave whose output did not fit, to join one at a time.
+    replay: VecDeque<RecordBatch>,
+    /// No more waves in this pass (one did not fit).
+    no_wave: bool,
 }
 
 /// A pair of partitions still to join.
@@ -1084,6 +1101,9 @@ pub(crate) struct JoinStream {
     out_schema: SchemaRef,
     /// Output of `above` run here, waiting to go out.
     pending: VecDeque<RecordBatch>,
+    /// Output of a wave of partition batches probed in parallel (`above` done), each with its
+    /// reservation.
+    wave: VecDeque<(RecordBatch, MemoryReservation)>,
     /// The batch just taken came from the probe side's workers, `above` done.
     from_workers: bool,
     state: State,
@@ -1143,6 +1163,7 @@ impl JoinStream {
             above,
             out_schema,
             pending: VecDeque::new(),
+            wave: VecDeque::new(),
             from_workers: false,
             state: State::Start { build: Box::new(build), probe: Box::new(probe) },
             tasks: VecDeque::new(),
@@ -1200,6 +1221,7 @@ impl JoinStream {
         self.state = State::Done;
         self.tasks.clear();
         self.pending.clear();
+        self.wave.clear();
     }
 
     /// A reservation for a batch read back from a spill file, held while the join works on it.
@@ -1295,7 +1317,7 @@ impl JoinStream {
             table.compact()?;
             let table = Arc::new(table);
             let mut probe = probe;
-            let prober = Arc::new(Prober { shared: shared.clone(), table: table.clone() });
+            let prober = Arc::new(Prober { shared: shared.clone(), table: table.clone(), count: true });
             // Probe rows without a partner are dropped (an inner or semi join): a probe side that
             // is not a plain scan (an aggregation grouping by the key, say) gets its input
             // filtered by the table's keys before the work, not after (TPC-H Q17, Q20).
@@ -1437,6 +1459,84 @@ impl JoinStream {
         Ok(())
     }
 
+    /// Probes a few batches of a partition read back from disk at once, each on a worker thread
+    /// with the work from above (a partial aggregation, say), as the scan workers do when the
+    /// build side fits. Only for a partition whose table holds its whole build side (chunked
+    /// partitions keep a bitmap over the probe rows, filled in order), and only when the pool
+    /// has room for a batch and its output per thread; `false` when this pass is not one.
+    fn probe_wave(&mut self, probe: &mut Probe) -> Result<bool> {
+        // A table with duplicate keys can make any number of rows of one probe row: joined one
+        // batch at a time, its output goes out as it is made.
+        if probe.joined || probe.no_wave || probe.table.duplicates || probe.bitmap.is_some() || probe.chunks.is_some() {
+            return Ok(false);
+        }
+        let Some(ProbeInput::File { reader, .. }) = &mut probe.input else { return Ok(false) };
+        let threads = self.ctx.threads.current_num_threads() as u64;
+        let per_batch = 4 * self.ctx.batch_bytes_target();
+        let wave = threads.min(self.ctx.pool.available() / per_batch.max(1));
+        if wave < 2 {
+            return Ok(false);
+        }
+        let mut room = self.ctx.pool.register("HashJoin probe wave", false);
+        if room.try_grow(wave * per_batch).is_err() {
+            return Ok(false);
+        }
+        let mut inputs = Vec::with_capacity(wave as usize);
+        while (inputs.len() as u64) < wave {
+            match probe.replay.pop_front().map_or_else(|| reader.next_batch(), |b| Ok(Some(b)))? {
+                Some(batch) => {
+                    probe.rows_read += batch.num_rows() as u64;
+                    inputs.push(batch);
+                }
+                None => break,
+            }
+        }
+        if inputs.is_empty() {
+            probe.input = None;
+            probe.unmatched_from = self.shared.track_build().then_some(0);
+            return Ok(true);
+        }
+        let prober = Prober { shared: self.shared.clone(), table: probe.table.clone(), count: false };
+        let mut stages = vec![Stage::Expand(Arc::new(prober))];
+        stages.extend(self.above.iter().cloned());
+        let results: Vec<Result<Vec<RecordBatch>>> = self.ctx.threads.install(|| {
+            use rayon::prelude::*;
+            inputs
+                .par_iter()
+                .cloned()
+                .map(|batch| {
+                    let mut out = Vec::new();
+                    super::operators::run_stages(&stages, batch, &mut |b| {
+                        if b.num_rows() > 0 {
+                            out.push(b);
+                        }
+                        Ok(true)
+                    })?;
+                    Ok(out)
+                })
+                .collect()
+        });
+        let mut ready = Vec::new();
+        for out in results {
+            for batch in out? {
+                // Each output batch takes its share of the room, more if it needs it.
+                let bytes = batch.get_array_memory_size() as u64;
+                let mut r = room.split(bytes.min(room.size()));
+                if r.size() < bytes && r.try_grow(bytes - r.size()).is_err() {
+                    // More output than the pool holds: the batches go again, one at a time (the
+                    // marks they left on build rows are the same the second time).
+                    drop(ready);
+                    probe.replay.extend(inputs);
+                    probe.no_wave = true;
+                    return Ok(true);
+                }
+                ready.push((batch, r));
+            }
+        }
+        self.wave.extend(ready);
+        Ok(true)
+    }
+
     /// What follows a finished probe pass: the next chunk, the unmatched probe rows of a chunked
     /// partition, or the next task.
     fn after_probe(&mut self, probe: Probe) -> Result<()> {
@@ -1486,6 +1586,13 @@ impl JoinStream {
     fn probe_next(&mut self, probe: &mut Probe) -> Result<Option<(RecordBatch, Option<MemoryReservation>)>> {
         let shared = self.shared.clone();
         loop {
+            if let Some((batch, reservation)) = self.wave.pop_front() {
+                self.from_workers = true;
+                return Ok(Some((batch, Some(reservation))));
+            }
+            if probe.current.is_none() && self.probe_wave(probe)? {
+                continue;
+            }
             if let Some(current) = &mut probe.current {
                 if !current.done() {
                     if let Some(out) = shared.join_chunk(&probe.table, current, probe.bitmap.as_mut())? {
@@ -1517,13 +1624,15 @@ impl JoinStream {
                         }
                         None => None,
                     },
-                    ProbeInput::File { reader, .. } => match reader.next_batch()? {
-                        Some(b) => {
-                            let r = self.reserve_read(&b)?;
-                            Some((b, Some(r)))
+                    ProbeInput::File { reader, .. } => {
+                        match probe.replay.pop_front().map_or_else(|| reader.next_batch(), |b| Ok(Some(b)))? {
+                            Some(b) => {
+                                let r = self.reserve_read(&b)?;
+                                Some((b, Some(r)))
+                            }
+                            None => None,
                         }
-                        None => None,
-                    },
+                    }
                 };
                 match next {
                     Some((batch, reservation)) if probe.joined => {
@@ -1632,7 +1741,18 @@ impl Probe {
         bitmap: Option<Bitmap>,
         chunks: Option<Chunks>,
     ) -> Probe {
-        Probe { table, input: Some(input), joined, rows_read: 0, current: None, bitmap, chunks, unmatched_from: None }
+        Probe {
+            table,
+            input: Some(input),
+            joined,
+            rows_read: 0,
+            current: None,
+            bitmap,
+            chunks,
+            unmatched_from: None,
+            replay: VecDeque::new(),
+            no_wave: false,
+        }
     }
 }
 
