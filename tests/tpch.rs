@@ -159,8 +159,13 @@ fn tiny_budget_spills() {
     // The tiny budget is meant to make the big operators spill (the joins of lineitem with orders,
     // the outer join of Q13, the aggregation by order of Q18, ...): most queries do at this scale.
     let all: Vec<String> = (1..=22).map(|i| format!("q{i:02}")).collect();
+    // (Aggregations size their tables once their input streams, from what the joins below
+    // really hold, so fewer of them spill than when they sized from the most those might hold.)
     let spilled: Vec<&String> = all.iter().filter(|q| check(q, TINY)).collect();
-    assert!(spilled.len() >= 6, "only {spilled:?} spilled at {TINY} bytes");
+    assert!(spilled.len() >= 3, "only {spilled:?} spilled at {TINY} bytes");
+    for q in ["q09", "q18"] {
+        assert!(spilled.iter().any(|s| s.as_str() == q), "{q} did not spill at {TINY} bytes: {spilled:?}");
+    }
     eprintln!("spilled at {TINY} bytes: {spilled:?}");
 }
 

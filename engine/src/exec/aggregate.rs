@@ -63,6 +63,8 @@ pub(crate) struct AggregateStream {
     ctx: ExecContext,
     /// Most bytes the first table may hold (its input runs beside it, and partitions need room).
     first_limit: u64,
+    /// What the input holds once it streams (see [`AggregateStream::new`]).
+    child_stream: u64,
 }
 
 enum State {
@@ -92,13 +94,17 @@ struct Spec {
 }
 
 impl AggregateStream {
-    /// `child_max` is the most the input pipeline holds while it runs beside the aggregation.
+    /// `child_max` is the most the input pipeline may hold while it runs beside the aggregation,
+    /// `child_stream` what it holds once its own blocking operators are built (its batches in
+    /// flight).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         child: BatchStream,
         group_exprs: Vec<Expr>,
         aggregates: Vec<AggregateExpr>,
         out_schema: SchemaRef,
         child_max: u64,
+        child_stream: u64,
         ctx: &ExecContext,
         metrics: Arc<OperatorMetrics>,
     ) -> Result<AggregateStream> {
@@ -109,6 +115,7 @@ impl AggregateStream {
             spec,
             ctx: ctx.clone(),
             first_limit,
+            child_stream,
         })
     }
 
@@ -122,11 +129,21 @@ impl AggregateStream {
                         Ok(t) => t,
                         Err(e) => return Some(Err(e)),
                     };
+                    let mut sized = false;
                     let mut fill = || -> Result<()> {
                         while let Some(item) = child.next_reserved() {
                             let (batch, reservation) = item?;
                             if cancel.load(std::sync::atomic::Ordering::Relaxed) {
                                 return Err(Error::Cancelled);
+                            }
+                            if !sized {
+                                // The first batch is here: joins and sorts below hold what they
+                                // hold now, not the most they might. The table's share is sized
+                                // again from what is free (TPC-H Q10: its aggregation over three
+                                // joins got 5 MiB of 512 and spilled).
+                                sized = true;
+                                let free = self.ctx.available_for_sizing().saturating_sub(self.child_stream);
+                                table.limit = table.limit.max(table_limit(free + table.reservation.size(), &self.ctx));
                             }
                             let input = project(&batch, &group_exprs, &arg_exprs, &self.spec.input_schema)?;
                             child.release(reservation);

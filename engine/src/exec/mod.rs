@@ -787,6 +787,7 @@ impl Pipeline {
                 };
                 let small = 2 * ctx.batch_bytes_target();
                 let child_max = input.max_memory(ctx, small);
+                let child_stream = input.stream_memory(ctx, small);
                 let child = start_beside(ctx, "HashAggregate", aggregate::min_memory(ctx), || {
                     input.execute_with(ctx, Some(small))
                 })?;
@@ -796,6 +797,7 @@ impl Pipeline {
                     aggregates,
                     schema,
                     child_max,
+                    child_stream,
                     ctx,
                     metrics.clone(),
                 )?))
