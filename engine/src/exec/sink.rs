@@ -146,9 +146,10 @@ pub struct WriteOptions {
 }
 
 impl WriteOptions {
-    /// A line describing the options that are not defaults, for fingerprints and reports.
+    /// The options that shape the files, as one line, for the fingerprints that decide whether
+    /// a unit is redone (the overwrite policy changes which files stay, not what a unit writes).
     pub fn describe(&self) -> String {
-        format!("{self:?}")
+        format!("{:?} {:?} {:?} {:?}", self.compression, self.row_group_rows, self.row_group_bytes, self.max_file_bytes)
     }
 
     fn row_group_bytes(&self, pool: &MemoryPool, default: usize) -> usize {
