@@ -511,7 +511,11 @@ fn markdown(
         "TPC-H scale factor {scale}, flow --mem-budget {}, {threads} threads{}. Seconds are wall time of the whole process \
          (the best of the runs), RSS its peak as the kernel reports it.\n",
         human(budget),
-        if peers.is_empty() { String::new() } else { format!("; peers: {} (memory_limit {})", peers.join(", "), human(budget)) }
+        if peers.is_empty() {
+            String::new()
+        } else {
+            format!("; peers: {} (DuckDB's memory_limit {}; Polars has none)", peers.join(", "), human(budget))
+        }
     );
     let mut header = "| query | flow s | flow peak RSS | flow spilled |".to_string();
     let mut rule = "| --- | --- | --- | --- |".to_string();
