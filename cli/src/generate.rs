@@ -70,9 +70,8 @@ pub fn tpch(engine: &Engine, scale: f64, dir: &Path, tables: &[String], options:
         // A part's batches in memory: about 160 bytes a row (lineitem's widest rows).
         let part_bytes = (rows / parts as f64 * 160.0) as u64;
         let path = dir.join(format!("{table}.parquet"));
-        let schema = tpch_part(table, scale.min(0.001), 1, 1)?.first().map(|b| b.schema());
-        let Some(schema) = schema else { continue };
-        let mut sink = ParquetSink::with_options(&path, &schema, engine.pool(), options)?;
+        // Opened at the first batch, which brings the table's schema.
+        let mut sink: Option<ParquetSink> = None;
         let mut reservation = engine.pool().register(format!("TpchGenerator[{table}]"), false);
         let mut at_once = engine.config().threads.max(1) as u64;
         while at_once > 1 && reservation.try_grow(at_once * part_bytes).is_err() {
@@ -90,12 +89,19 @@ pub fn tpch(engine: &Engine, scale: f64, dir: &Path, tables: &[String], options:
             for part in made {
                 for batch in part? {
                     written += batch.num_rows();
+                    let sink = match &mut sink {
+                        Some(s) => s,
+                        None => sink.insert(ParquetSink::with_options(&path, &batch.schema(), engine.pool(), options)?),
+                    };
                     sink.write(&batch)?;
                 }
             }
             next = end + 1;
         }
         drop(reservation);
+        let Some(sink) = sink else {
+            return Err(Error::Execution(format!("generating {table}: no rows at scale factor {scale}")));
+        };
         let summary = Box::new(sink).finish()?;
         eprintln!(
             "flow: {} {written} rows, {} in {:.1}s",

@@ -116,6 +116,9 @@ impl TableSpec {
     }
 
     /// Batch `index` (0-based) of the table.
+    ///
+    /// # Panics
+    /// When the spec fails [`TableSpec::check`] (no keys, a negative skew).
     pub fn batch(&self, index: u64) -> RecordBatch {
         let start = index * BATCH_ROWS as u64;
         let n = (self.rows.saturating_sub(start)).min(BATCH_ROWS as u64) as usize;

@@ -1059,8 +1059,8 @@ struct Probe {
     chunks: Option<Chunks>,
     /// Once the probe input is done: the next build row to check for being unmatched.
     unmatched_from: Option<u32>,
-    /// Batches of a probe wave whose output did not fit, to join one at a time.
-    replay: VecDeque<RecordBatch>,
+    /// Batches of a probe wave whose output did not fit, to join one at a time (still reserved).
+    replay: VecDeque<(RecordBatch, MemoryReservation)>,
     /// No more waves in this pass (one did not fit).
     no_wave: bool,
 }
@@ -1472,21 +1472,33 @@ impl JoinStream {
         }
         let Some(ProbeInput::File { reader, .. }) = &mut probe.input else { return Ok(false) };
         let threads = self.ctx.threads.current_num_threads() as u64;
-        let per_batch = 4 * self.ctx.batch_bytes_target();
-        let wave = threads.min(self.ctx.pool.available() / per_batch.max(1));
+        // Per thread: a probe batch (reserved as it is read) and room for three times as much
+        // output.
+        let target = self.ctx.batch_bytes_target();
+        let wave = threads.min(self.ctx.pool.available() / (4 * target).max(1));
         if wave < 2 {
             return Ok(false);
         }
         let mut room = self.ctx.pool.register("HashJoin probe wave", false);
-        if room.try_grow(wave * per_batch).is_err() {
+        if room.try_grow(wave * 3 * target).is_err() {
             return Ok(false);
         }
-        let mut inputs = Vec::with_capacity(wave as usize);
+        let mut inputs: Vec<(RecordBatch, MemoryReservation)> = Vec::with_capacity(wave as usize);
         while (inputs.len() as u64) < wave {
-            match probe.replay.pop_front().map_or_else(|| reader.next_batch(), |b| Ok(Some(b)))? {
-                Some(batch) => {
+            let next = match probe.replay.pop_front() {
+                Some(held) => Some(held),
+                None => match reader.next_batch()? {
+                    Some(batch) => {
+                        let r = self.reserve_read(&batch)?;
+                        Some((batch, r))
+                    }
+                    None => None,
+                },
+            };
+            match next {
+                Some((batch, r)) => {
                     probe.rows_read += batch.num_rows() as u64;
-                    inputs.push(batch);
+                    inputs.push((batch, r));
                 }
                 None => break,
             }
@@ -1503,7 +1515,7 @@ impl JoinStream {
             use rayon::prelude::*;
             inputs
                 .par_iter()
-                .cloned()
+                .map(|(batch, _)| batch.clone())
                 .map(|batch| {
                     let mut out = Vec::new();
                     super::operators::run_stages(&stages, batch, &mut |b| {
@@ -1624,15 +1636,16 @@ impl JoinStream {
                         }
                         None => None,
                     },
-                    ProbeInput::File { reader, .. } => {
-                        match probe.replay.pop_front().map_or_else(|| reader.next_batch(), |b| Ok(Some(b)))? {
+                    ProbeInput::File { reader, .. } => match probe.replay.pop_front() {
+                        Some((b, r)) => Some((b, Some(r))),
+                        None => match reader.next_batch()? {
                             Some(b) => {
                                 let r = self.reserve_read(&b)?;
                                 Some((b, Some(r)))
                             }
                             None => None,
-                        }
-                    }
+                        },
+                    },
                 };
                 match next {
                     Some((batch, reservation)) if probe.joined => {

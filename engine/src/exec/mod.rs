@@ -329,7 +329,7 @@ impl Pipeline {
                     return Ok(Pipeline { id: next_id(), source, tail_ops: ops, schema });
                 }
                 LogicalPlan::Filter { input, predicate } => {
-                    ops.push(Operator::Filter(predicate.clone()));
+                    ops.push(Operator::filter(predicate.clone()));
                     node = input;
                 }
                 LogicalPlan::Projection { input, exprs, schema } => {
@@ -405,7 +405,7 @@ impl Pipeline {
                         None => return,
                     }
                 }
-                Operator::Filter(_) => {}
+                Operator::Filter(..) => {}
                 _ => return,
             }
         }
@@ -675,23 +675,8 @@ impl Pipeline {
                 input.describe(ctx, depth + 1, "", out);
             }
             Source::Window { input, partition_by, order_by, functions, .. } => {
-                let schema = input.schema.clone();
-                let parts: Vec<&str> = partition_by.iter().map(|&c| schema.field(c).name().as_str()).collect();
-                let order: Vec<String> = order_by
-                    .iter()
-                    .map(|k| format!("{}{}", schema.field(k.column).name(), if k.descending { " DESC" } else { "" }))
-                    .collect();
-                let funcs: Vec<String> = functions.iter().map(|f| f.to_string()).collect();
-                line(
-                    depth,
-                    Some(self.id),
-                    format!(
-                        "{role}Window [{}] partition by [{}] order by [{}] (sorted, spilling)",
-                        funcs.join(", "),
-                        parts.join(", "),
-                        order.join(", ")
-                    ),
-                );
+                let items = crate::plan::window_items(&input.schema, partition_by, order_by, functions);
+                line(depth, Some(self.id), format!("{role}Window {items} (sorted, spilling)"));
                 input.describe(ctx, depth + 1, "", out);
             }
         }

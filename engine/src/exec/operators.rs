@@ -14,8 +14,9 @@ use crate::expr::Expr;
 /// One step of a streaming pipeline.
 #[derive(Debug, Clone)]
 pub enum Operator {
-    /// Keeps rows where the predicate is true.
-    Filter(Expr),
+    /// Keeps rows where the predicate is true. The second field is its conjuncts, cheapest first,
+    /// in the order [`filter`] tests them (see [`Operator::filter`]).
+    Filter(Expr, Vec<Expr>),
     /// Computes the output columns.
     Project {
         /// One expression per output column.
@@ -41,23 +42,8 @@ impl Operator {
     /// One line for `EXPLAIN`.
     pub fn describe(&self) -> String {
         match self {
-            Operator::Filter(p) => format!("Filter {p}"),
-            Operator::Project { exprs, schema } => {
-                let items: Vec<String> = exprs
-                    .iter()
-                    .zip(schema.fields())
-                    .map(
-                        |(e, f)| {
-                            if &e.to_string() == f.name() {
-                                e.to_string()
-                            } else {
-                                format!("{e} AS {}", f.name())
-                            }
-                        },
-                    )
-                    .collect();
-                format!("Project {}", items.join(", "))
-            }
+            Operator::Filter(p, _) => format!("Filter {p}"),
+            Operator::Project { exprs, schema } => format!("Project {}", crate::plan::projection_items(exprs, schema)),
             Operator::Repeat { .. } => "Repeat (each row as often as its count)".to_string(),
             Operator::Limit { skip, fetch } => match fetch {
                 Some(f) if *skip > 0 => format!("Limit {f} offset {skip}"),
@@ -106,7 +92,7 @@ pub(crate) fn run_stages(
 pub(crate) fn apply(ops: &[Operator], mut batch: RecordBatch) -> Result<Option<RecordBatch>> {
     for op in ops {
         batch = match op {
-            Operator::Filter(predicate) => filter(predicate, batch)?,
+            Operator::Filter(_, conjuncts) => filter(conjuncts, batch)?,
             Operator::Project { exprs, schema } => project(&batch, exprs, schema)?,
             Operator::Repeat { schema } => repeat_rows(&batch, schema)?,
             Operator::Limit { .. } => unreachable!("limits run on the consumer"),
@@ -118,19 +104,22 @@ pub(crate) fn apply(ops: &[Operator], mut batch: RecordBatch) -> Result<Option<R
     Ok(Some(batch))
 }
 
-/// The rows of `batch` where `predicate` holds. The conjuncts of a conjunction are tested one at a
-/// time, the cheapest first, each on the rows the ones before left: once a test leaves less than
+impl Operator {
+    /// A filter on `predicate`, its conjuncts ordered once, cheapest first.
+    pub(crate) fn filter(predicate: Expr) -> Operator {
+        let mut conjuncts: Vec<Expr> = predicate.conjuncts().into_iter().cloned().collect();
+        conjuncts.sort_by_cached_key(|c| c.evaluation_cost());
+        Operator::Filter(predicate, conjuncts)
+    }
+}
+
+/// The rows of `batch` where every one of `conjuncts` holds. They are tested one at a time, in
+/// order (cheapest first), each on the rows the ones before left: once a test leaves less than
 /// half the rows the batch is cut down to them, else the masks are combined (TPC-H Q19's big `OR`
 /// then runs on the few lineitem rows shipped in person by air, not on all of them). SQL sets no
 /// order among conjuncts, and a conjunct tested on fewer rows can only raise fewer errors.
-fn filter(predicate: &Expr, batch: RecordBatch) -> Result<RecordBatch> {
+fn filter(conjuncts: &[Expr], batch: RecordBatch) -> Result<RecordBatch> {
     use arrow::compute::{and_kleene, filter_record_batch};
-    let mut conjuncts = predicate.conjuncts();
-    if conjuncts.len() == 1 {
-        let mask = predicate.evaluate_predicate(&batch)?;
-        return Ok(if mask.true_count() == batch.num_rows() { batch } else { filter_record_batch(&batch, &mask)? });
-    }
-    conjuncts.sort_by_key(|c| c.evaluation_cost());
     let mut batch = batch;
     let mut mask: Option<arrow::array::BooleanArray> = None;
     for c in conjuncts {

@@ -559,11 +559,7 @@ impl Evaluator {
             (FrameBound::Preceding(n), true) => i.saturating_sub(*n as usize).max(p0),
             (FrameBound::Following(n), true) => (i + *n as usize).min(p1),
             (FrameBound::Preceding(_) | FrameBound::Following(_), false) => {
-                let target = match &frame.start {
-                    FrameBound::Preceding(n) => current.range_key() - n,
-                    FrameBound::Following(n) => current.range_key() + n,
-                    _ => unreachable!(),
-                };
+                let target = range_target(&frame.start, current.range_key());
                 let null = current.range_null();
                 let f = &mut self.frame;
                 let mut s = f.s.max(p0);
@@ -592,11 +588,7 @@ impl Evaluator {
             (FrameBound::Preceding(n), true) => (i + 1).saturating_sub(*n as usize).max(p0),
             (FrameBound::Following(n), true) => (i + 1 + *n as usize).min(p1),
             (FrameBound::Preceding(_) | FrameBound::Following(_), false) => {
-                let target = match &frame.end {
-                    FrameBound::Preceding(n) => current.range_key() - n,
-                    FrameBound::Following(n) => current.range_key() + n,
-                    _ => unreachable!(),
-                };
+                let target = range_target(&frame.end, current.range_key());
                 let null = current.range_null();
                 let key = current.order_key().to_vec();
                 let f = &mut self.frame;
@@ -743,6 +735,15 @@ impl Evaluator {
 }
 
 /// Builds one function's output column.
+/// The order value a `RANGE` frame bound `n PRECEDING` / `n FOLLOWING` reaches from `key`.
+fn range_target(bound: &FrameBound, key: f64) -> f64 {
+    match bound {
+        FrameBound::Preceding(n) => key - n,
+        FrameBound::Following(n) => key + n,
+        _ => unreachable!("only offset bounds have a target"),
+    }
+}
+
 fn build_column(
     values: Vec<Value>,
     data_type: &DataType,

@@ -214,6 +214,40 @@ impl JoinType {
     }
 }
 
+/// A projection's columns for `EXPLAIN`: `expr AS name`, or `expr` where that is its name.
+pub(crate) fn projection_items(exprs: &[Expr], schema: &Schema) -> String {
+    let items: Vec<String> = exprs
+        .iter()
+        .zip(schema.fields())
+        .map(|(e, f)| {
+            let text = e.to_string();
+            if &text == f.name() {
+                text
+            } else {
+                format!("{text} AS {}", f.name())
+            }
+        })
+        .collect();
+    items.join(", ")
+}
+
+/// A window's functions, partition columns and order keys for `EXPLAIN`:
+/// `[f(..), ...] partition by [a, ...] order by [b DESC, ...]`.
+pub(crate) fn window_items(
+    schema: &Schema,
+    partition_by: &[usize],
+    order_by: &[SortKey],
+    functions: &[crate::expr::window::WindowExpr],
+) -> String {
+    let parts: Vec<&str> = partition_by.iter().map(|&c| schema.field(c).name().as_str()).collect();
+    let order: Vec<String> = order_by
+        .iter()
+        .map(|k| format!("{}{}", schema.field(k.column).name(), if k.descending { " DESC" } else { "" }))
+        .collect();
+    let funcs: Vec<String> = functions.iter().map(|f| f.to_string()).collect();
+    format!("[{}] partition by [{}] order by [{}]", funcs.join(", "), parts.join(", "), order.join(", "))
+}
+
 /// One ORDER BY key: a column of the sort's input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SortKey {
@@ -362,20 +396,7 @@ impl LogicalPlan {
                 input.write_tree(out, depth + 1);
             }
             LogicalPlan::Projection { input, exprs, schema } => {
-                let items: Vec<String> = exprs
-                    .iter()
-                    .zip(schema.fields())
-                    .map(
-                        |(e, f)| {
-                            if &e.to_string() == f.name() {
-                                e.to_string()
-                            } else {
-                                format!("{e} AS {}", f.name())
-                            }
-                        },
-                    )
-                    .collect();
-                let _ = writeln!(out, "{pad}Projection: {}", items.join(", "));
+                let _ = writeln!(out, "{pad}Projection: {}", projection_items(exprs, schema));
                 input.write_tree(out, depth + 1);
             }
             LogicalPlan::Aggregate { input, group_exprs, aggregates, .. } => {
@@ -427,20 +448,8 @@ impl LogicalPlan {
                 input.write_tree(out, depth + 1);
             }
             LogicalPlan::Window { input, partition_by, order_by, functions, .. } => {
-                let schema = input.schema();
-                let parts: Vec<&str> = partition_by.iter().map(|&c| schema.field(c).name().as_str()).collect();
-                let order: Vec<String> = order_by
-                    .iter()
-                    .map(|k| format!("{}{}", schema.field(k.column).name(), if k.descending { " DESC" } else { "" }))
-                    .collect();
-                let funcs: Vec<String> = functions.iter().map(|f| f.to_string()).collect();
-                let _ = writeln!(
-                    out,
-                    "{pad}Window: [{}] partition by [{}] order by [{}]",
-                    funcs.join(", "),
-                    parts.join(", "),
-                    order.join(", ")
-                );
+                let _ =
+                    writeln!(out, "{pad}Window: {}", window_items(&input.schema(), partition_by, order_by, functions));
                 input.write_tree(out, depth + 1);
             }
             LogicalPlan::Limit { input, skip, fetch } => {
