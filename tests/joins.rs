@@ -295,3 +295,40 @@ fn explain_shows_the_join_order_keys_and_pushed_filters() {
     // The small input is joined first (the inner join, printed second), the other large one last.
     assert!(plan.find("on k = k").unwrap() < plan.find("on id = id").unwrap(), "{plan}");
 }
+
+#[test]
+fn a_sort_above_a_spilling_join_gives_its_runs_back_when_the_join_needs_memory() {
+    // The join's build side (long strings) is many times the budget, so it is joined a partition
+    // at a time; the sort above keeps the sorted runs of the join's output in memory while it
+    // can. A partition whose table does not fit what is free makes the pool ask the sort (then
+    // the biggest holder) to write its runs to disk, instead of the join splitting again.
+    let dir = tempfile::tempdir().unwrap();
+    let left = side(dir.path(), "l", 150_000, 11, 0.0, 64);
+    let right = side(dir.path(), "r", 100_000, 12, 0.0, 600);
+    let sql = "SELECT l.id, r.id, length(r.s) FROM l JOIN r ON l.k = r.k ORDER BY l.s, l.id, r.id";
+    let want = expected(&left, &right, false, false, &|_, _| true);
+    for (budget, asked) in [(4u64 << 20, true), (1 << 30, false)] {
+        let e = engine(dir.path(), budget);
+        let mut out: Vec<(i64, i64)> = Vec::new();
+        let metrics = e
+            .sql(sql)
+            .unwrap()
+            .for_each(|b| {
+                let l = b.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+                let r = b.column(1).as_any().downcast_ref::<Int64Array>().unwrap();
+                out.extend((0..b.num_rows()).map(|i| (l.value(i), r.value(i))));
+                Ok(())
+            })
+            .unwrap();
+        // In order (by the left string, nulls last, then the ids), runs spilled or not.
+        let mut sorted = out.clone();
+        sorted.sort_by_key(|&(l, r)| (left[l as usize].1.is_none(), left[l as usize].1.clone(), l, r));
+        assert!(out == sorted, "budget {budget}: not in ORDER BY order");
+        let sort = &metrics.operators[0];
+        assert_eq!(sort.name, "ExternalSort");
+        assert_eq!(sort.spills_on_request > 0, asked, "{sort:?}");
+        assert!(sort.spill_files >= sort.spills_on_request, "{sort:?}");
+        assert_eq!(metrics.operators[1].spill_files > 0, asked, "{:?}", metrics.operators[1]);
+        assert_eq!(pairs(&e, sql), want, "budget {budget}");
+    }
+}

@@ -166,8 +166,12 @@ impl Report {
                         1 => ", 1 pass".to_string(),
                         n => format!(", {n} passes"),
                     };
+                    let asked = match op.spills_on_request {
+                        0 => String::new(),
+                        n => format!(", {n} on request"),
+                    };
                     format!(
-                        ", spilled {} in {} files ({} rows{passes})",
+                        ", spilled {} in {} files ({} rows{passes}{asked})",
                         human(op.spill_bytes),
                         op.spill_files,
                         op.spill_rows

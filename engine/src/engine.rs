@@ -437,6 +437,9 @@ pub fn render_physical(lines: &[ExplainLine], stats: &[crate::exec::OperatorStat
             if s.spill_files > 0 {
                 out.push_str(&format!(", spilled {} in {} files", crate::error::human(s.spill_bytes), s.spill_files));
             }
+            if s.spills_on_request > 0 {
+                out.push_str(&format!(", {} on request", s.spills_on_request));
+            }
             if s.passes > 0 {
                 out.push_str(&format!(", {} passes", s.passes));
             }

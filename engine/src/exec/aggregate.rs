@@ -192,7 +192,7 @@ impl AggregateStream {
                     // as there are threads are aggregated at once, each in its slice of the share.
                     let idle = self.ctx.counters.workers.load(std::sync::atomic::Ordering::Acquire) == 0;
                     let at_once = if idle { self.ctx.config.threads.max(1).min(partitions.len()) } else { 1 };
-                    let limit = table_limit(self.ctx.pool.available(), &self.ctx) / at_once as u64;
+                    let limit = table_limit(self.ctx.obtainable(), &self.ctx) / at_once as u64;
                     let batch: Vec<(SpillFile, usize)> = partitions.drain(..at_once).collect();
                     let run = |(file, depth): (SpillFile, usize)| -> Result<(GroupTable, Vec<SpillFile>, usize)> {
                         if depth > MAX_DEPTH {
@@ -1087,19 +1087,7 @@ impl ArgValues {
     fn new(acc: &Acc, column: &ArrayRef) -> Result<ArgValues> {
         Ok(match acc {
             Acc::Count(_) => ArgValues::Nulls(column.logical_nulls()),
-            Acc::ExtremeInt { temporal: true, .. } => {
-                let ints = arrow::compute::cast(column, &DataType::Int64)?;
-                ArgValues::Int(
-                    arrow::compute::cast(&ints, &DataType::Decimal128(38, 0))?.as_primitive::<Decimal128Type>().clone(),
-                )
-            }
-            Acc::SumInt { .. } | Acc::AvgInt { .. } | Acc::ExtremeInt { .. } => {
-                let target = match column.data_type() {
-                    DataType::Decimal128(_, s) => DataType::Decimal128(38, *s),
-                    _ => DataType::Decimal128(38, 0),
-                };
-                ArgValues::Int(arrow::compute::cast(column, &target)?.as_primitive::<Decimal128Type>().clone())
-            }
+            Acc::SumInt { .. } | Acc::AvgInt { .. } | Acc::ExtremeInt { .. } => ArgValues::Int(unscaled(column)?),
             Acc::SumFloat { .. } | Acc::AvgFloat { .. } | Acc::Var { .. } => ArgValues::Float(
                 arrow::compute::cast(column, &DataType::Float64)?.as_primitive::<Float64Type>().clone(),
             ),
@@ -1108,6 +1096,22 @@ impl ArgValues {
             }
         })
     }
+}
+
+/// Integers, decimals, dates and timestamps as their unscaled values in `i128` (a decimal keeps
+/// its scale). Arrow's cast to DECIMAL(38) would rescale every value with an overflow check.
+fn unscaled(column: &ArrayRef) -> Result<Decimal128Array> {
+    let (values, scale) = match column.data_type() {
+        DataType::Decimal128(_, s) => (column.as_primitive::<Decimal128Type>().clone(), *s),
+        DataType::UInt64 => (column.as_primitive::<arrow::datatypes::UInt64Type>().unary(|v| v as i128), 0),
+        // Every other integer, date and timestamp fits an i64 (a lossless cast).
+        t if t.is_integer() || extreme_int(t) == Some(true) => {
+            let ints = arrow::compute::cast(column, &DataType::Int64)?;
+            (ints.as_primitive::<arrow::datatypes::Int64Type>().unary(|v| v as i128), 0)
+        }
+        _ => (arrow::compute::cast(column, &DataType::Decimal128(38, 0))?.as_primitive::<Decimal128Type>().clone(), 0),
+    };
+    Ok(values.with_precision_and_scale(38, scale)?)
 }
 
 /// Whether min/max of `t` keeps its state as an integer: `Some(false)` for integers and decimals,

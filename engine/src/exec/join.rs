@@ -1396,7 +1396,7 @@ impl JoinStream {
     /// chunks.
     fn run_task(&mut self, task: Task) -> Result<()> {
         let shared = self.shared.clone();
-        let limit = table_limit(self.ctx.pool.available(), &self.ctx);
+        let limit = table_limit(self.ctx.obtainable(), &self.ctx);
         let mut table = BuildTable::new(&self.ctx, &self.shared.build_schema, limit);
         let mut reader = task.build.reader()?;
         let mut overflow = None;

@@ -23,6 +23,7 @@ pub(crate) struct OperatorMetrics {
     spill_bytes: AtomicU64,
     spill_rows: AtomicU64,
     passes: AtomicU64,
+    spills_on_request: AtomicU64,
 }
 
 impl OperatorMetrics {
@@ -41,6 +42,10 @@ impl OperatorMetrics {
         self.spill_files.fetch_add(1, Ordering::Relaxed);
         self.spill_bytes.fetch_add(file.bytes(), Ordering::Relaxed);
         self.spill_rows.fetch_add(file.rows(), Ordering::Relaxed);
+    }
+    /// Counts a spill the pool asked for, to make room for another operator.
+    pub fn spilled_on_request(&self) {
+        self.spills_on_request.fetch_add(1, Ordering::Relaxed);
     }
     /// Counts a merge pass (sort) or a repartitioning level (join, aggregation).
     pub fn pass(&self) {
@@ -65,6 +70,7 @@ impl OperatorMetrics {
             spill_bytes: get(&self.spill_bytes),
             spill_rows: get(&self.spill_rows),
             passes: get(&self.passes),
+            spills_on_request: get(&self.spills_on_request),
         }
     }
 }
@@ -94,6 +100,9 @@ pub struct OperatorStats {
     pub spill_rows: u64,
     /// Merge passes of a sort; levels of repartitioning of a join or an aggregation.
     pub passes: u64,
+    /// Times the pool made it spill to make room for another operator (see
+    /// [`Reclaim`](crate::memory::Reclaim)).
+    pub spills_on_request: u64,
 }
 
 /// The operators of one query, in the order they started.
@@ -115,6 +124,7 @@ impl OperatorRegistry {
             spill_bytes: AtomicU64::new(0),
             spill_rows: AtomicU64::new(0),
             passes: AtomicU64::new(0),
+            spills_on_request: AtomicU64::new(0),
         });
         self.0.lock().unwrap_or_else(|e| e.into_inner()).push(m.clone());
         m

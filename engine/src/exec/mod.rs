@@ -113,6 +113,13 @@ impl ExecContext {
         self.pool.available().saturating_sub(self.pending_minimums.load(Ordering::Acquire))
     }
 
+    /// What an operator sizing itself mid-run (a join's next partition, say) may count on: the
+    /// pool's free bytes and what consumers that spill on request hold (a sort above, taking
+    /// this operator's output into runs it keeps in memory; see [`crate::memory::Reclaim`]).
+    pub(crate) fn obtainable(&self) -> u64 {
+        self.pool.available() + self.pool.reclaimable()
+    }
+
     /// Bytes one batch in flight should hold at most. Every operator's minimum is a few batches,
     /// so a query with many operators under a small budget runs with smaller batches: each query
     /// picks its own (see [`ExecContext::for_plan`]).
@@ -738,6 +745,7 @@ impl Pipeline {
                 // The input runs beside the sort: leave it what it can hold at most.
                 let small = 2 * ctx.batch_bytes_target();
                 let child_max = input.max_memory(ctx, small);
+                let child_stream = input.stream_memory(ctx, small);
                 // Over an aggregation, which sizes its later passes from what is free, the sort
                 // keeps its minimum once the aggregation's output starts (its input is done by
                 // then; over a scan or a join, running workers use that room).
@@ -750,6 +758,7 @@ impl Pipeline {
                     keys,
                     fetch,
                     child_max,
+                    child_stream,
                     ctx,
                     metrics.clone(),
                 )?))
@@ -806,6 +815,7 @@ impl Pipeline {
                 let spec = window::WindowSpec { partition_by, order_by, functions, schema };
                 let small = 2 * ctx.batch_bytes_target();
                 let child_max = input.max_memory(ctx, small);
+                let child_stream = input.stream_memory(ctx, small);
                 let keep_floor =
                     matches!(input.source, Source::Aggregate { .. } | Source::Sort { .. } | Source::Window { .. });
                 let minimum = sort::min_memory(ctx) + window::min_memory(ctx);
@@ -813,7 +823,8 @@ impl Pipeline {
                 let stream = if keys.is_empty() {
                     window::WindowStream::new(spec, &input_schema, None, Some(child), ctx, metrics.clone())?
                 } else {
-                    let sort = SortStream::new(child, keep_floor, keys, None, child_max, ctx, metrics.clone())?;
+                    let sort =
+                        SortStream::new(child, keep_floor, keys, None, child_max, child_stream, ctx, metrics.clone())?;
                     window::WindowStream::new(spec, &input_schema, Some(sort), None, ctx, metrics.clone())?
                 };
                 StreamSource::Window(Box::new(stream))

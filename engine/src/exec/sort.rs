@@ -26,7 +26,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use arrow::array::{Array, ArrayRef, RecordBatch};
 use arrow::compute::SortOptions;
@@ -35,7 +35,7 @@ use arrow_row::{RowConverter, Rows, SortField};
 
 use super::{BatchStream, ExecContext, OperatorMetrics};
 use crate::error::{Error, Result};
-use crate::memory::MemoryReservation;
+use crate::memory::{MemoryReservation, Reclaim};
 use crate::plan::SortKey;
 use crate::spill::{SpillFile, SpillReader};
 
@@ -47,7 +47,10 @@ pub(crate) fn min_memory(ctx: &ExecContext) -> u64 {
 /// A sort in progress: consumes its input on the first call, then hands out sorted chunks.
 pub(crate) struct SortStream {
     state: State,
-    sorter: Sorter,
+    /// Shared with the pool, which may ask the sort to spill its runs while the input works on
+    /// its next batch (see [`Reclaim`]).
+    sorter: Arc<Mutex<Sorter>>,
+    ctx: ExecContext,
 }
 
 enum State {
@@ -59,14 +62,18 @@ enum State {
 }
 
 impl SortStream {
-    /// `child_max` is the most the input pipeline holds while it runs beside the sort; with
-    /// `keep_floor` the sort reserves its minimum when the first batch arrives and keeps it.
+    /// `child_max` is the most the input pipeline holds while it runs beside the sort, and
+    /// `child_stream` what it holds besides its reservations once its output starts (see
+    /// [`Sorter::take_batch`]); with `keep_floor` the sort reserves its minimum when the first
+    /// batch arrives and keeps it.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         child: BatchStream,
         keep_floor: bool,
         keys: Vec<SortKey>,
         fetch: Option<usize>,
         child_max: u64,
+        child_stream: u64,
         ctx: &ExecContext,
         metrics: Arc<OperatorMetrics>,
     ) -> Result<SortStream> {
@@ -104,14 +111,20 @@ impl SortStream {
             above: ctx.pending_minimums.load(std::sync::atomic::Ordering::Acquire),
             ctx: ctx.clone(),
             metrics,
+            accepting: false,
+            failed: None,
+            child_stream: Some(child_stream),
         };
-        Ok(SortStream { state: State::Pending(Box::new(child)), sorter })
+        let sorter = Arc::new(Mutex::new(sorter));
+        let reclaimer: std::sync::Weak<dyn Reclaim> = Arc::downgrade(&sorter) as _;
+        lock(&sorter).reservation.set_reclaimer(reclaimer);
+        Ok(SortStream { state: State::Pending(Box::new(child)), sorter, ctx: ctx.clone() })
     }
 
     pub(crate) fn next_reserved(&mut self, cancel: &AtomicBool) -> Option<Result<(RecordBatch, MemoryReservation)>> {
         loop {
             let next = match &mut self.state {
-                State::Pending(child) => match self.sorter.consume(child, cancel) {
+                State::Pending(child) => match consume(&self.sorter, child, cancel) {
                     Ok(state) => {
                         self.state = state;
                         continue;
@@ -121,7 +134,7 @@ impl SortStream {
                 State::Memory(chunks) => match chunks.pop_front() {
                     Some(batch) => {
                         // Its bytes move from the sort's reservation to the chunk's own.
-                        self.sorter.reservation.shrink(batch.get_array_memory_size() as u64);
+                        lock(&self.sorter).reservation.shrink(batch.get_array_memory_size() as u64);
                         Ok(batch)
                     }
                     None => {
@@ -140,7 +153,7 @@ impl SortStream {
             };
             return Some(next.and_then(|batch| {
                 // The chunk travels with its own reservation; the consumer releases it.
-                let mut r = self.sorter.ctx.pool.register("ExternalSort output", false);
+                let mut r = self.ctx.pool.register("ExternalSort output", false);
                 r.try_grow(batch.get_array_memory_size() as u64)?;
                 Ok((batch, r))
             }));
@@ -149,9 +162,59 @@ impl SortStream {
 
     pub(crate) fn stop(&mut self) {
         self.state = State::Done;
-        self.sorter.buffer.clear();
-        self.sorter.runs.clear();
-        self.sorter.reservation.free();
+        let mut sorter = lock(&self.sorter);
+        sorter.accepting = false;
+        sorter.buffer.clear();
+        sorter.runs.clear();
+        sorter.reservation.free();
+    }
+}
+
+fn lock(sorter: &Mutex<Sorter>) -> MutexGuard<'_, Sorter> {
+    // A panic while sorting leaves nothing half-counted that matters: the query fails anyway.
+    sorter.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Reads the whole input into sorted runs and picks the output state. The sorter is locked
+/// while it takes a batch, not while the input makes the next one: meanwhile an operator below
+/// (a join working through its partitions, say) that the pool cannot serve may make this sort
+/// write its runs to disk.
+fn consume(sorter: &Mutex<Sorter>, child: &mut BatchStream, cancel: &AtomicBool) -> Result<State> {
+    lock(sorter).accepting = true;
+    while let Some(item) = child.next_reserved() {
+        let mut sorter = lock(sorter);
+        if let Some(e) = sorter.failed.take() {
+            return Err(e);
+        }
+        sorter.take_batch(item?, child, cancel)?;
+    }
+    let mut sorter = lock(sorter);
+    sorter.accepting = false;
+    if let Some(e) = sorter.failed.take() {
+        return Err(e);
+    }
+    sorter.finish_input()
+}
+
+/// Asked by the pool for memory, a sort taking input writes the sorted runs it keeps in memory
+/// to disk (in place: run order, and so stability, is kept). The buffer still being filled stays:
+/// it is at most one run's worth, and sorting it would need memory the pool does not have.
+impl Reclaim for Mutex<Sorter> {
+    fn reclaim(&self, _bytes: u64) -> u64 {
+        // Busy with a batch of its own (or the caller is this sort itself): nothing to give now.
+        let Ok(mut sorter) = self.try_lock() else { return 0 };
+        if !sorter.accepting || sorter.failed.is_some() {
+            return 0;
+        }
+        let before = sorter.reservation.size();
+        if let Err(e) = sorter.spill_memory_runs() {
+            sorter.failed = Some(e);
+        }
+        let freed = before.saturating_sub(sorter.reservation.size());
+        if freed > 0 {
+            sorter.metrics.spilled_on_request();
+        }
+        freed
     }
 }
 
@@ -187,6 +250,12 @@ struct Sorter {
     above: u64,
     ctx: ExecContext,
     metrics: Arc<OperatorMetrics>,
+    /// Taking input: the pool may ask for the runs in memory to be spilled.
+    accepting: bool,
+    /// A spill asked for by the pool that failed, for the sort's next step to report.
+    failed: Option<Error>,
+    /// Until the first batch: what the input holds besides its reservations as it streams.
+    child_stream: Option<u64>,
 }
 
 impl Sorter {
@@ -199,10 +268,25 @@ impl Sorter {
         Ok(self.converter.convert_columns(&columns)?)
     }
 
-    /// Reads the whole input into sorted runs and picks the output state.
-    fn consume(&mut self, child: &mut BatchStream, cancel: &AtomicBool) -> Result<State> {
-        while let Some(item) = child.next_reserved() {
-            let (batch, mut child_reservation) = item?;
+    /// Takes one input batch into the buffer, cutting runs as it fills.
+    fn take_batch(
+        &mut self,
+        item: (RecordBatch, MemoryReservation),
+        child: &mut BatchStream,
+        cancel: &AtomicBool,
+    ) -> Result<()> {
+        {
+            let (batch, mut child_reservation) = item;
+            if let Some(child_stream) = self.child_stream.take() {
+                // The share was fixed before the input started, leaving room for the most it
+                // might hold. Now it holds what it really holds (a join's table, reserved), and
+                // whatever it needs later (a grace join's next partition) it can have by making
+                // this sort spill its runs: the sort may take what is free but for the input's
+                // streaming buffers.
+                let share = self.ctx.available_for_sizing().saturating_sub(child_stream);
+                self.buffer_limit = self.buffer_limit.max(share * 3 / 4);
+                self.run_bytes = self.run_bytes.max((share * 3 / 8).clamp(min_memory(&self.ctx) / 4, 32 << 20));
+            }
             if std::mem::take(&mut self.keep_floor) {
                 // Out of the sort's own share: the input was sized without it.
                 let minimum = min_memory(&self.ctx);
@@ -238,8 +322,7 @@ impl Sorter {
                         self.metrics.reserved(self.reservation.size());
                         self.buffer.push((batch, keys));
                         self.buffer_bytes += bytes;
-                        self.sort_run(false)?;
-                        continue;
+                        return self.sort_run(false);
                     }
                     self.sort_run(false)?;
                     self.spill_memory_runs()?;
@@ -254,6 +337,11 @@ impl Sorter {
                 self.sort_run(false)?;
             }
         }
+        Ok(())
+    }
+
+    /// Once the input is done: sorts what is buffered and picks the output state.
+    fn finish_input(&mut self) -> Result<State> {
         // The input is done and its workers have stopped: the pool's threads are free.
         if !self.buffer.is_empty() {
             self.sort_run(true)?;
