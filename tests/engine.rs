@@ -90,6 +90,13 @@ fn arithmetic_and_decimal_types_follow_duckdb() {
     check(&e, "SELECT CAST(price AS INTEGER) FROM t", DataType::Int32, &["2", "NULL", "3", "0"]);
     check(&e, "SELECT CAST(qty AS DOUBLE) / 4 FROM t WHERE id = 1", DataType::Float64, &["0.75"]);
     check(&e, "SELECT coalesce(price, 0) FROM t", DataType::Decimal128(12, 2), &["1.50", "0.00", "3.25", "0.05"]);
+    // A product of two narrow decimals is DECIMAL(18,s), as DuckDB types it, and a value that
+    // does not fit is an error (DuckDB: "Overflow in multiplication of DECIMAL(18)").
+    check(&e, "SELECT price * price FROM t", DataType::Decimal128(18, 4), &["2.2500", "NULL", "10.5625", "0.0025"]);
+    check(&e, "SELECT 2 * price - price FROM t", DataType::Decimal128(19, 2), &["1.50", "NULL", "3.25", "0.05"]);
+    let big = "CAST(price * 10000000 AS DECIMAL(15,2))";
+    let err = e.sql(&format!("SELECT {big} * {big} FROM t")).unwrap().collect().unwrap_err();
+    assert!(err.to_string().contains("overflow: a result of * does not fit DECIMAL(18,4)"), "{err}");
     let err = e.sql("SELECT qty % 0 FROM t").unwrap().collect().unwrap_err();
     assert!(err.to_string().contains("division by zero"), "{err}");
     let err = e.sql("SELECT CAST(2147483647 AS INTEGER) + qty FROM t").unwrap().collect().unwrap_err();
