@@ -277,10 +277,11 @@ impl Shared {
         let n = batch.num_rows();
         let valid_row = |i: usize| valid.as_ref().is_none_or(|v| v.is_valid(i));
         let mut matched = vec![false; n];
+        let heads = table.heads(&keys, valid.as_ref(), n);
         match &self.spec.filter {
             None => {
-                for (i, m) in matched.iter_mut().enumerate() {
-                    *m = valid_row(i) && table.head(&keys, i) != NONE;
+                for (m, &head) in matched.iter_mut().zip(&heads) {
+                    *m = head != NONE;
                 }
             }
             Some(filter) => {
@@ -304,11 +305,8 @@ impl Shared {
                     build_ids.clear();
                     Ok(())
                 };
-                for i in 0..n {
-                    if !valid_row(i) {
-                        continue;
-                    }
-                    let mut chain = table.head(&keys, i);
+                for (i, &head) in heads.iter().enumerate() {
+                    let mut chain = head;
                     while chain != NONE {
                         probe_ids.push(i as u32);
                         build_ids.push(chain);
@@ -346,11 +344,10 @@ impl Shared {
         let (keys, valid) = self.keys(batch, false)?;
         let n = batch.num_rows();
         self.saw_right_rows(n, valid.as_ref().is_some_and(|v| v.null_count() > 0));
-        let valid_row = |i: usize| valid.as_ref().is_none_or(|v| v.is_valid(i));
+        let heads = table.heads(&keys, valid.as_ref(), n);
         match &self.spec.filter {
             None => {
-                for i in (0..n).filter(|&i| valid_row(i)) {
-                    let head = table.head(&keys, i);
+                for &head in &heads {
                     // Every row of a chain has the same key: marked together, once.
                     if head == NONE || table.matched[head as usize].load(Ordering::Relaxed) {
                         continue;
@@ -382,8 +379,8 @@ impl Shared {
                     build_ids.clear();
                     Ok(())
                 };
-                for i in (0..n).filter(|&i| valid_row(i)) {
-                    let mut chain = table.head(&keys, i);
+                for (i, &head) in heads.iter().enumerate() {
+                    let mut chain = head;
                     while chain != NONE {
                         if !table.matched[chain as usize].load(Ordering::Relaxed) {
                             probe_ids.push(i as u32);
@@ -445,11 +442,12 @@ impl Shared {
         let n = current.batch.num_rows();
         let mut probe_ids: Vec<u32> = Vec::new();
         let mut build_ids: Vec<u32> = Vec::new();
+        if current.heads.len() != n {
+            current.heads = table.heads(&current.keys, current.valid.as_ref(), n);
+        }
         while current.row < n && probe_ids.len() < max {
             if current.chain == NONE {
-                let row = current.row;
-                let valid = current.valid.as_ref().is_none_or(|v| v.is_valid(row));
-                current.chain = if valid { table.head(&current.keys, row) } else { NONE };
+                current.chain = current.heads[current.row];
                 if current.chain == NONE {
                     current.row += 1;
                     continue;
@@ -517,6 +515,7 @@ impl Shared {
             batch,
             keys,
             valid,
+            heads: Vec::new(),
             row: 0,
             chain: NONE,
             matched: if track { vec![false; n] } else { Vec::new() },
@@ -587,9 +586,8 @@ struct KeyFilter {
 impl Expand for KeyFilter {
     fn expand(&self, batch: RecordBatch, emit: &mut dyn FnMut(RecordBatch) -> Result<bool>) -> Result<bool> {
         let (keys, valid) = self.shared.keys_of(&batch, &self.keys)?;
-        let keep: arrow::array::BooleanArray = (0..batch.num_rows())
-            .map(|i| Some(valid.as_ref().is_none_or(|v| v.is_valid(i)) && self.table.head(&keys, i) != NONE))
-            .collect();
+        let heads = self.table.heads(&keys, valid.as_ref(), batch.num_rows());
+        let keep: arrow::array::BooleanArray = heads.iter().map(|&h| Some(h != NONE)).collect();
         if keep.true_count() == 0 {
             return Ok(true);
         }
@@ -604,6 +602,152 @@ impl Expand for KeyFilter {
 
 fn hash_key(key: &[u8], seed: u64) -> u64 {
     FixedState::with_seed(seed).hash_one(key)
+}
+
+/// Chain heads by integer key: open addressing with linear probing, the key and its head side by
+/// side in one 16-byte slot, at most three quarters full.
+///
+/// hashbrown, used before, keeps a control byte per slot apart from the slots: a lookup in a
+/// table of millions of keys (TPC-H's orders) paid two cache misses, and hid where it would look,
+/// so a lookup could not be started early. Here the slot is known from the key alone (the top bits
+/// of a multiplicative hash), and [`get_all`](Self::get_all) asks for the slot of the key a few
+/// rows ahead while it looks up the current one: the memory latency of a probe batch overlaps.
+#[derive(Default)]
+struct IntHeads {
+    slots: Vec<IntSlot>,
+    len: usize,
+    /// 64 less log2 of the slot count.
+    shift: u32,
+}
+
+#[derive(Clone, Copy)]
+struct IntSlot {
+    key: i64,
+    /// `NONE` for an empty slot.
+    head: u32,
+}
+
+const EMPTY_SLOT: IntSlot = IntSlot { key: 0, head: NONE };
+
+impl IntHeads {
+    /// Keys looked up ahead of the current one by [`get_all`](Self::get_all).
+    const AHEAD: usize = 16;
+
+    fn slots_for(keys: usize) -> usize {
+        (keys * 4 / 3 + 1).next_power_of_two().max(16)
+    }
+
+    /// Keys it holds before it must grow.
+    fn capacity(&self) -> usize {
+        self.slots.len() / 4 * 3
+    }
+
+    fn bytes(&self) -> usize {
+        self.slots.capacity() * std::mem::size_of::<IntSlot>()
+    }
+
+    /// Bytes held at once while growing for `additional` more keys (old and new slots), or 0 when
+    /// they fit.
+    fn growth_bytes(&self, additional: usize) -> usize {
+        if self.len + additional <= self.capacity() {
+            return 0;
+        }
+        let new = Self::slots_for(self.len + additional).max(2 * self.slots.len());
+        self.bytes() + new * std::mem::size_of::<IntSlot>()
+    }
+
+    /// Makes room for `additional` more keys (as [`growth_bytes`](Self::growth_bytes) counted).
+    fn reserve(&mut self, additional: usize) {
+        if self.len + additional <= self.capacity() {
+            return;
+        }
+        let count = Self::slots_for(self.len + additional).max(2 * self.slots.len());
+        let old = std::mem::replace(&mut self.slots, vec![EMPTY_SLOT; count]);
+        self.shift = 64 - count.trailing_zeros();
+        for slot in old.into_iter().filter(|s| s.head != NONE) {
+            let mut at = self.slot(slot.key);
+            while self.slots[at].head != NONE {
+                at = (at + 1) & (count - 1);
+            }
+            self.slots[at] = slot;
+        }
+    }
+
+    fn slot(&self, key: i64) -> usize {
+        ((key as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> self.shift) as usize
+    }
+
+    /// Makes `id` the head of `key`'s chain (room was made by `reserve`); the previous head, if
+    /// the key was there.
+    fn push_head(&mut self, key: i64, id: u32) -> Option<u32> {
+        let mask = self.slots.len() - 1;
+        let mut at = self.slot(key);
+        loop {
+            let slot = &mut self.slots[at];
+            if slot.head == NONE {
+                *slot = IntSlot { key, head: id };
+                self.len += 1;
+                return None;
+            }
+            if slot.key == key {
+                return Some(std::mem::replace(&mut slot.head, id));
+            }
+            at = (at + 1) & mask;
+        }
+    }
+
+    /// The head of `key`'s chain, or `NONE`.
+    fn get(&self, key: i64) -> u32 {
+        if self.slots.is_empty() {
+            return NONE;
+        }
+        let mask = self.slots.len() - 1;
+        let mut at = self.slot(key);
+        loop {
+            let slot = self.slots[at];
+            if slot.head == NONE || slot.key == key {
+                return slot.head;
+            }
+            at = (at + 1) & mask;
+        }
+    }
+
+    /// The heads of every key, fetching slots [`AHEAD`](Self::AHEAD) keys in advance.
+    fn get_all(&self, keys: &[i64]) -> Vec<u32> {
+        if self.slots.is_empty() {
+            return vec![NONE; keys.len()];
+        }
+        let mut heads = Vec::with_capacity(keys.len());
+        for (i, &key) in keys.iter().enumerate() {
+            if let Some(&ahead) = keys.get(i + Self::AHEAD) {
+                self.prefetch(ahead);
+            }
+            heads.push(self.get(key));
+        }
+        heads
+    }
+
+    /// Starts fetching the slot where `key` would be.
+    fn prefetch(&self, key: i64) {
+        if let Some(slot) = self.slots.get(self.slot(key)) {
+            prefetch(slot);
+        }
+    }
+}
+
+/// Asks the CPU to bring `value`'s cache line in (a hint: it never faults, and does nothing on
+/// targets without the instruction).
+#[inline(always)]
+fn prefetch<T>(value: &T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch reads nothing the program sees and cannot fault; the pointer comes from
+    // a reference.
+    unsafe {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        _mm_prefetch::<_MM_HINT_T0>((value as *const T).cast::<i8>());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = value;
 }
 
 /// Build rows in memory, with the chains of equal keys.
@@ -621,8 +765,8 @@ struct BuildTable {
     key_offsets: Vec<usize>,
     /// Chain heads by row-format key.
     table: HashTable<u32>,
-    /// Chain heads by integer key (the key kept inline: one memory access less per lookup).
-    int_table: HashTable<(i64, u32)>,
+    /// Chain heads by integer key.
+    int_heads: IntHeads,
     /// The next row of each row's chain.
     next: Vec<u32>,
     /// Rows that found a partner (outer joins keeping build rows, existence joins whose query
@@ -650,7 +794,7 @@ impl BuildTable {
             key_data: Vec::new(),
             key_offsets: vec![0],
             table: HashTable::new(),
-            int_table: HashTable::new(),
+            int_heads: IntHeads::default(),
             next: Vec::new(),
             matched: Vec::new(),
             key_null: Vec::new(),
@@ -675,7 +819,22 @@ impl BuildTable {
             + self.matched.capacity()
             + self.key_null.capacity()
             + hash_table_bytes(self.table.capacity(), 4)
-            + hash_table_bytes(self.int_table.capacity(), 16)) as u64
+            + self.int_heads.bytes()) as u64
+    }
+
+    /// Sizes the table of integer keys for `rows` rows at once, when the share allows: a
+    /// partition's row count is known before it is read back, and growing step by step moves
+    /// every key at each step.
+    fn expect_rows(&mut self, shared: &Shared, rows: u64) {
+        if !matches!(shared.key_kind, KeyKind::Int) || rows >= NONE as u64 {
+            return;
+        }
+        let bytes = self.int_heads.growth_bytes(rows as usize) as u64;
+        if bytes > 0 && self.reservation.size() + bytes <= self.limit / 2 && self.reservation.try_grow(bytes).is_ok() {
+            self.int_heads.reserve(rows as usize);
+            let held = self.heap_bytes();
+            self.reservation.shrink(self.reservation.size().saturating_sub(held));
+        }
     }
 
     /// Adds a batch if its rows, keys and table growth fit; gives it back when they do not.
@@ -693,9 +852,7 @@ impl BuildTable {
         };
         let grown_table = match &keys {
             Keys::None => 0,
-            Keys::Int(_) if self.int_table.len() + n > self.int_table.capacity() => {
-                grown(self.int_table.len(), self.int_table.capacity(), 16)
-            }
+            Keys::Int(_) => self.int_heads.growth_bytes(n),
             Keys::Rows(_) if self.table.len() + n > self.table.capacity() => {
                 grown(self.table.len(), self.table.capacity(), 4)
             }
@@ -734,22 +891,18 @@ impl BuildTable {
                 }
             }
             Keys::Int(values) => {
-                let state = FixedState::with_seed(TABLE_SEED);
+                self.int_heads.reserve(n);
                 for (i, &key) in values.iter().enumerate() {
+                    if let Some(&ahead) = values.get(i + IntHeads::AHEAD) {
+                        self.int_heads.prefetch(ahead);
+                    }
                     if !valid_row(i) {
                         continue;
                     }
                     let id = first + i as u32;
-                    let h = state.hash_one(key);
-                    match self.int_table.find_mut(h, |&(k, _)| k == key) {
-                        Some((_, head)) => {
-                            self.next[id as usize] = *head;
-                            *head = id;
-                            self.duplicates = true;
-                        }
-                        None => {
-                            self.int_table.insert_unique(h, (key, id), |&(k, _)| state.hash_one(k));
-                        }
+                    if let Some(head) = self.int_heads.push_head(key, id) {
+                        self.next[id as usize] = head;
+                        self.duplicates = true;
                     }
                 }
             }
@@ -800,17 +953,32 @@ impl BuildTable {
     fn head(&self, keys: &Keys, i: usize) -> u32 {
         match keys {
             Keys::None => self.all_head,
-            Keys::Int(values) => {
-                let key = values[i];
-                let h = FixedState::with_seed(TABLE_SEED).hash_one(key);
-                self.int_table.find(h, |&(k, _)| k == key).map_or(NONE, |&(_, head)| head)
-            }
+            Keys::Int(values) => self.int_heads.get(values[i]),
             Keys::Rows(rows) => {
                 let key = rows.row(i).data();
                 let h = hash_key(key, TABLE_SEED);
                 self.table.find(h, |&head| self.key(head) == key).copied().unwrap_or(NONE)
             }
         }
+    }
+
+    /// The first build row of the chain of every probe row of `keys` (`NONE` for a null key).
+    /// Integer keys are looked up a batch at a time, each lookup's slot fetched from memory while
+    /// the ones before it are done (see [`IntHeads::get_all`]).
+    fn heads(&self, keys: &Keys, valid: Option<&NullBuffer>, n: usize) -> Vec<u32> {
+        let mut heads = match keys {
+            Keys::Int(values) => self.int_heads.get_all(values),
+            Keys::None => vec![self.all_head; n],
+            Keys::Rows(_) => (0..n).map(|i| self.head(keys, i)).collect(),
+        };
+        if let Some(v) = valid.filter(|v| v.null_count() > 0) {
+            for (i, head) in heads.iter_mut().enumerate() {
+                if v.is_null(i) {
+                    *head = NONE;
+                }
+            }
+        }
+        heads
     }
 
     /// Columns of build rows `ids`.
@@ -989,6 +1157,8 @@ struct ProbeBatch {
     batch: RecordBatch,
     keys: Keys,
     valid: Option<NullBuffer>,
+    /// The chain head of every row (`NONE` for a null key), looked up at the first chunk.
+    heads: Vec<u32>,
     /// The next probe row to look up, and the build row its chain continues at.
     row: usize,
     chain: u32,
@@ -1398,6 +1568,7 @@ impl JoinStream {
         let shared = self.shared.clone();
         let limit = table_limit(self.ctx.obtainable(), &self.ctx);
         let mut table = BuildTable::new(&self.ctx, &self.shared.build_schema, limit);
+        table.expect_rows(&shared, task.build.rows());
         let mut reader = task.build.reader()?;
         let mut overflow = None;
         while let Some(batch) = reader.next_batch()? {
@@ -1838,5 +2009,48 @@ impl Partitioner {
         }
         drop(input);
         self.finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn int_heads_find_every_key_across_growth_and_chain_duplicates() {
+        let mut heads = IntHeads::default();
+        assert_eq!(heads.get(1), NONE);
+        assert_eq!(heads.get_all(&[1, 2]), [NONE, NONE]);
+        // Keys that collide in the low bits, extremes, negatives; each key twice.
+        let keys: Vec<i64> = (0..5000i64)
+            .map(|i| i << 32)
+            .chain([i64::MIN, i64::MAX, -1, 0x9E37_79B9_7F4A_7C15u64 as i64])
+            .chain((1..3000).map(|i| -i * 7919))
+            .collect();
+        let mut id = 0u32;
+        for pass in 0..2 {
+            for chunk in keys.chunks(700) {
+                heads.reserve(chunk.len());
+                for &k in chunk {
+                    let previous = heads.push_head(k, id);
+                    // The first time a key is new; the second time its first row is the old head.
+                    assert_eq!(previous.is_some(), pass == 1, "key {k}");
+                    id += 1;
+                }
+            }
+        }
+        assert_eq!(heads.len, keys.len());
+        assert!(heads.len <= heads.capacity());
+        let n = keys.len() as u32;
+        let found = heads.get_all(&keys);
+        for (i, &k) in keys.iter().enumerate() {
+            assert_eq!(heads.get(k), found[i]);
+            assert_eq!(found[i], n + i as u32, "key {k}: its second row heads the chain");
+        }
+        for absent in [1i64, 5001 << 32, i64::MIN + 1, 123_456_789] {
+            assert_eq!(heads.get(absent), NONE);
+        }
+        assert_eq!(heads.growth_bytes(1), 0, "room left");
+        assert!(heads.growth_bytes(heads.capacity()) > heads.bytes());
     }
 }
