@@ -40,6 +40,7 @@ use arrow_row::{RowConverter, Rows, SortField};
 use foldhash::fast::FixedState;
 use hashbrown::HashTable;
 
+use super::int_map::{IntMap, ABSENT};
 use super::operators::Expand;
 use super::partition::SpillPartitions;
 use super::{hash_table_bytes, int_like, BatchStream, ExecContext, OperatorMetrics, OperatorRegistry};
@@ -802,6 +803,11 @@ impl GroupTable {
         let mut spilled: Vec<Vec<u32>> = Vec::new();
         let mut group_of: Vec<u32> = Vec::with_capacity(n);
         for row in 0..n {
+            if let (GroupIndex::Int { map, .. }, BatchKeys::Int(a)) = (&self.index, &keys) {
+                if row + IntMap::AHEAD < n {
+                    map.prefetch(a.value(row + IntMap::AHEAD));
+                }
+            }
             let found = match &self.index {
                 GroupIndex::Single => (self.groups > 0).then_some(0),
                 index => index.find(&keys, row),
@@ -958,9 +964,9 @@ impl BatchKeys {
 enum GroupIndex {
     /// No GROUP BY: one group.
     Single,
-    /// One integer-like key, kept inline in the hash table (and by group, for output); the null key
-    /// is a group of its own.
-    Int { table: HashTable<(i64, u32)>, keys: Vec<i64>, nulls: Vec<bool>, null_group: Option<u32> },
+    /// One integer-like key, kept inline in the map (and by group, for output); the null key is a
+    /// group of its own.
+    Int { map: IntMap, keys: Vec<i64>, nulls: Vec<bool>, null_group: Option<u32> },
     /// Keys in row format, concatenated, found through a table of group numbers.
     Rows { table: HashTable<u32>, data: Vec<u8>, offsets: Vec<usize> },
 }
@@ -970,7 +976,7 @@ impl GroupIndex {
         match (&spec.key_converter, spec.key_count) {
             (_, 0) => GroupIndex::Single,
             (None, _) => {
-                GroupIndex::Int { table: HashTable::new(), keys: Vec::new(), nulls: Vec::new(), null_group: None }
+                GroupIndex::Int { map: IntMap::default(), keys: Vec::new(), nulls: Vec::new(), null_group: None }
             }
             (Some(_), _) => GroupIndex::Rows { table: HashTable::new(), data: Vec::new(), offsets: vec![0] },
         }
@@ -981,7 +987,7 @@ impl GroupIndex {
         let table = |entry: usize| hash_table_bytes(capacity, entry);
         (match self {
             GroupIndex::Single => 0,
-            GroupIndex::Int { .. } => table(16) + capacity * 9,
+            GroupIndex::Int { .. } => IntMap::bytes_for(capacity) + capacity * 9,
             GroupIndex::Rows { .. } => table(4) + capacity * 8,
         }) as u64
     }
@@ -989,9 +995,8 @@ impl GroupIndex {
     fn reserve(&mut self, additional: usize) {
         match self {
             GroupIndex::Single => {}
-            GroupIndex::Int { table, keys, nulls, .. } => {
-                let state = FixedState::with_seed(TABLE_SEED);
-                table.reserve(additional, |&(k, _)| state.hash_one(k));
+            GroupIndex::Int { map, keys, nulls, .. } => {
+                map.reserve(additional);
                 keys.reserve_exact(additional);
                 nulls.reserve_exact(additional);
             }
@@ -1031,10 +1036,10 @@ impl GroupIndex {
         match (self, keys) {
             (GroupIndex::Single, _) => Some(0),
             (GroupIndex::Int { null_group, .. }, BatchKeys::Int(a)) if a.is_null(row) => null_group.map(|g| g as usize),
-            (GroupIndex::Int { table, .. }, BatchKeys::Int(a)) => {
-                let k = a.value(row);
-                table.find(keys.hash(row, TABLE_SEED), |&(x, _)| x == k).map(|&(_, g)| g as usize)
-            }
+            (GroupIndex::Int { map, .. }, BatchKeys::Int(a)) => match map.get(a.value(row)) {
+                ABSENT => None,
+                g => Some(g as usize),
+            },
             (GroupIndex::Rows { table, data, offsets }, BatchKeys::Rows(r)) => {
                 let key = r.row(row).data();
                 let h = keys.hash(row, TABLE_SEED);
@@ -1046,22 +1051,21 @@ impl GroupIndex {
 
     /// Adds group `g` for row `row` (room was made by `reserve` and `grow_keys`).
     fn insert(&mut self, keys: &BatchKeys, row: usize, g: u32) {
-        let h = keys.hash(row, TABLE_SEED);
         match (self, keys) {
             (GroupIndex::Single, _) => {}
-            (GroupIndex::Int { table, keys: ks, nulls, null_group }, BatchKeys::Int(a)) => {
+            (GroupIndex::Int { map, keys: ks, nulls, null_group }, BatchKeys::Int(a)) => {
                 if a.is_null(row) {
                     *null_group = Some(g);
                     ks.push(0);
                     nulls.push(true);
                 } else {
-                    let state = FixedState::with_seed(TABLE_SEED);
-                    table.insert_unique(h, (a.value(row), g), |&(k, _)| state.hash_one(k));
+                    map.insert(a.value(row), g);
                     ks.push(a.value(row));
                     nulls.push(false);
                 }
             }
             (GroupIndex::Rows { table, data, offsets }, BatchKeys::Rows(r)) => {
+                let h = keys.hash(row, TABLE_SEED);
                 data.extend_from_slice(r.row(row).data());
                 offsets.push(data.len());
                 let state = FixedState::with_seed(TABLE_SEED);

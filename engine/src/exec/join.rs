@@ -40,6 +40,7 @@ use arrow_row::{RowConverter, Rows, SortField};
 use foldhash::fast::FixedState;
 use hashbrown::HashTable;
 
+use super::int_map::IntMap;
 use super::operators::{Expand, Stage};
 use super::partition::SpillPartitions;
 use super::{hash_table_bytes, int_like, BatchStream, ExecContext, OperatorMetrics, Pipeline};
@@ -51,8 +52,8 @@ use crate::spill::{SpillFile, SpillReader};
 
 const PARTITIONS: usize = 16;
 const MAX_DEPTH: usize = 6;
-/// End of a chain.
-const NONE: u32 = u32::MAX;
+/// End of a chain; also what the table of integer keys says for a key it does not have.
+const NONE: u32 = super::int_map::ABSENT;
 const TABLE_SEED: u64 = 0x5eed_7ab1e;
 
 /// The least memory a join needs: a few batches of build rows, partition buffers, a probe chunk.
@@ -604,152 +605,6 @@ fn hash_key(key: &[u8], seed: u64) -> u64 {
     FixedState::with_seed(seed).hash_one(key)
 }
 
-/// Chain heads by integer key: open addressing with linear probing, the key and its head side by
-/// side in one 16-byte slot, at most three quarters full.
-///
-/// hashbrown, used before, keeps a control byte per slot apart from the slots: a lookup in a
-/// table of millions of keys (TPC-H's orders) paid two cache misses, and hid where it would look,
-/// so a lookup could not be started early. Here the slot is known from the key alone (the top bits
-/// of a multiplicative hash), and [`get_all`](Self::get_all) asks for the slot of the key a few
-/// rows ahead while it looks up the current one: the memory latency of a probe batch overlaps.
-#[derive(Default)]
-struct IntHeads {
-    slots: Vec<IntSlot>,
-    len: usize,
-    /// 64 less log2 of the slot count.
-    shift: u32,
-}
-
-#[derive(Clone, Copy)]
-struct IntSlot {
-    key: i64,
-    /// `NONE` for an empty slot.
-    head: u32,
-}
-
-const EMPTY_SLOT: IntSlot = IntSlot { key: 0, head: NONE };
-
-impl IntHeads {
-    /// Keys looked up ahead of the current one by [`get_all`](Self::get_all).
-    const AHEAD: usize = 16;
-
-    fn slots_for(keys: usize) -> usize {
-        (keys * 4 / 3 + 1).next_power_of_two().max(16)
-    }
-
-    /// Keys it holds before it must grow.
-    fn capacity(&self) -> usize {
-        self.slots.len() / 4 * 3
-    }
-
-    fn bytes(&self) -> usize {
-        self.slots.capacity() * std::mem::size_of::<IntSlot>()
-    }
-
-    /// Bytes held at once while growing for `additional` more keys (old and new slots), or 0 when
-    /// they fit.
-    fn growth_bytes(&self, additional: usize) -> usize {
-        if self.len + additional <= self.capacity() {
-            return 0;
-        }
-        let new = Self::slots_for(self.len + additional).max(2 * self.slots.len());
-        self.bytes() + new * std::mem::size_of::<IntSlot>()
-    }
-
-    /// Makes room for `additional` more keys (as [`growth_bytes`](Self::growth_bytes) counted).
-    fn reserve(&mut self, additional: usize) {
-        if self.len + additional <= self.capacity() {
-            return;
-        }
-        let count = Self::slots_for(self.len + additional).max(2 * self.slots.len());
-        let old = std::mem::replace(&mut self.slots, vec![EMPTY_SLOT; count]);
-        self.shift = 64 - count.trailing_zeros();
-        for slot in old.into_iter().filter(|s| s.head != NONE) {
-            let mut at = self.slot(slot.key);
-            while self.slots[at].head != NONE {
-                at = (at + 1) & (count - 1);
-            }
-            self.slots[at] = slot;
-        }
-    }
-
-    fn slot(&self, key: i64) -> usize {
-        ((key as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> self.shift) as usize
-    }
-
-    /// Makes `id` the head of `key`'s chain (room was made by `reserve`); the previous head, if
-    /// the key was there.
-    fn push_head(&mut self, key: i64, id: u32) -> Option<u32> {
-        let mask = self.slots.len() - 1;
-        let mut at = self.slot(key);
-        loop {
-            let slot = &mut self.slots[at];
-            if slot.head == NONE {
-                *slot = IntSlot { key, head: id };
-                self.len += 1;
-                return None;
-            }
-            if slot.key == key {
-                return Some(std::mem::replace(&mut slot.head, id));
-            }
-            at = (at + 1) & mask;
-        }
-    }
-
-    /// The head of `key`'s chain, or `NONE`.
-    fn get(&self, key: i64) -> u32 {
-        if self.slots.is_empty() {
-            return NONE;
-        }
-        let mask = self.slots.len() - 1;
-        let mut at = self.slot(key);
-        loop {
-            let slot = self.slots[at];
-            if slot.head == NONE || slot.key == key {
-                return slot.head;
-            }
-            at = (at + 1) & mask;
-        }
-    }
-
-    /// The heads of every key, fetching slots [`AHEAD`](Self::AHEAD) keys in advance.
-    fn get_all(&self, keys: &[i64]) -> Vec<u32> {
-        if self.slots.is_empty() {
-            return vec![NONE; keys.len()];
-        }
-        let mut heads = Vec::with_capacity(keys.len());
-        for (i, &key) in keys.iter().enumerate() {
-            if let Some(&ahead) = keys.get(i + Self::AHEAD) {
-                self.prefetch(ahead);
-            }
-            heads.push(self.get(key));
-        }
-        heads
-    }
-
-    /// Starts fetching the slot where `key` would be.
-    fn prefetch(&self, key: i64) {
-        if let Some(slot) = self.slots.get(self.slot(key)) {
-            prefetch(slot);
-        }
-    }
-}
-
-/// Asks the CPU to bring `value`'s cache line in (a hint: it never faults, and does nothing on
-/// targets without the instruction).
-#[inline(always)]
-fn prefetch<T>(value: &T) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: a prefetch reads nothing the program sees and cannot fault; the pointer comes from
-    // a reference.
-    unsafe {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        _mm_prefetch::<_MM_HINT_T0>((value as *const T).cast::<i8>());
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = value;
-}
-
 /// Build rows in memory, with the chains of equal keys.
 struct BuildTable {
     /// The build side's schema; `batches` hold some of its columns narrower (see [`narrow`]).
@@ -766,7 +621,7 @@ struct BuildTable {
     /// Chain heads by row-format key.
     table: HashTable<u32>,
     /// Chain heads by integer key.
-    int_heads: IntHeads,
+    int_heads: IntMap,
     /// The next row of each row's chain.
     next: Vec<u32>,
     /// Rows that found a partner (outer joins keeping build rows, existence joins whose query
@@ -794,7 +649,7 @@ impl BuildTable {
             key_data: Vec::new(),
             key_offsets: vec![0],
             table: HashTable::new(),
-            int_heads: IntHeads::default(),
+            int_heads: IntMap::default(),
             next: Vec::new(),
             matched: Vec::new(),
             key_null: Vec::new(),
@@ -852,7 +707,8 @@ impl BuildTable {
         };
         let grown_table = match &keys {
             Keys::None => 0,
-            Keys::Int(_) => self.int_heads.growth_bytes(n),
+            // Grown batch by batch: at least doubling.
+            Keys::Int(_) => self.int_heads.growth_bytes(n.max(self.int_heads.len())),
             Keys::Rows(_) if self.table.len() + n > self.table.capacity() => {
                 grown(self.table.len(), self.table.capacity(), 4)
             }
@@ -891,16 +747,16 @@ impl BuildTable {
                 }
             }
             Keys::Int(values) => {
-                self.int_heads.reserve(n);
+                self.int_heads.reserve(n.max(self.int_heads.len()));
                 for (i, &key) in values.iter().enumerate() {
-                    if let Some(&ahead) = values.get(i + IntHeads::AHEAD) {
+                    if let Some(&ahead) = values.get(i + IntMap::AHEAD) {
                         self.int_heads.prefetch(ahead);
                     }
                     if !valid_row(i) {
                         continue;
                     }
                     let id = first + i as u32;
-                    if let Some(head) = self.int_heads.push_head(key, id) {
+                    if let Some(head) = self.int_heads.insert(key, id) {
                         self.next[id as usize] = head;
                         self.duplicates = true;
                     }
@@ -964,7 +820,7 @@ impl BuildTable {
 
     /// The first build row of the chain of every probe row of `keys` (`NONE` for a null key).
     /// Integer keys are looked up a batch at a time, each lookup's slot fetched from memory while
-    /// the ones before it are done (see [`IntHeads::get_all`]).
+    /// the ones before it are done (see [`IntMap::get_all`]).
     fn heads(&self, keys: &Keys, valid: Option<&NullBuffer>, n: usize) -> Vec<u32> {
         let mut heads = match keys {
             Keys::Int(values) => self.int_heads.get_all(values),
@@ -2009,48 +1865,5 @@ impl Partitioner {
         }
         drop(input);
         self.finish()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn int_heads_find_every_key_across_growth_and_chain_duplicates() {
-        let mut heads = IntHeads::default();
-        assert_eq!(heads.get(1), NONE);
-        assert_eq!(heads.get_all(&[1, 2]), [NONE, NONE]);
-        // Keys that collide in the low bits, extremes, negatives; each key twice.
-        let keys: Vec<i64> = (0..5000i64)
-            .map(|i| i << 32)
-            .chain([i64::MIN, i64::MAX, -1, 0x9E37_79B9_7F4A_7C15u64 as i64])
-            .chain((1..3000).map(|i| -i * 7919))
-            .collect();
-        let mut id = 0u32;
-        for pass in 0..2 {
-            for chunk in keys.chunks(700) {
-                heads.reserve(chunk.len());
-                for &k in chunk {
-                    let previous = heads.push_head(k, id);
-                    // The first time a key is new; the second time its first row is the old head.
-                    assert_eq!(previous.is_some(), pass == 1, "key {k}");
-                    id += 1;
-                }
-            }
-        }
-        assert_eq!(heads.len, keys.len());
-        assert!(heads.len <= heads.capacity());
-        let n = keys.len() as u32;
-        let found = heads.get_all(&keys);
-        for (i, &k) in keys.iter().enumerate() {
-            assert_eq!(heads.get(k), found[i]);
-            assert_eq!(found[i], n + i as u32, "key {k}: its second row heads the chain");
-        }
-        for absent in [1i64, 5001 << 32, i64::MIN + 1, 123_456_789] {
-            assert_eq!(heads.get(absent), NONE);
-        }
-        assert_eq!(heads.growth_bytes(1), 0, "room left");
-        assert!(heads.growth_bytes(heads.capacity()) > heads.bytes());
     }
 }
