@@ -12,11 +12,11 @@ use arrow::datatypes::SchemaRef;
 
 use crate::error::{Error, Result};
 use crate::exec::sink::{
-    exists_error, target_taken, CsvSink, OutputFormat, Overwrite, ParquetSink, PartitionedOutput, PartitionedWriter,
-    Sink, WriteOptions, WriteSummary,
+    exists_error, target_taken, BackgroundSink, CsvSink, OutputFormat, Overwrite, ParquetSink, PartitionedOutput,
+    PartitionedWriter, Sink, WriteOptions, WriteSummary,
 };
 use crate::exec::{BatchStream, ExecContext, ExplainLine, Pipeline, PipelineStats};
-use crate::memory::MemoryPool;
+use crate::memory::{MemoryPool, MemoryReservation};
 use crate::plan::{optimize, LogicalPlan};
 use crate::source::{Format, ScanCounters, Table};
 use crate::spill::{SpillManager, SpillStats};
@@ -332,7 +332,7 @@ impl<'e> Query<'e> {
             return Err(exists_error(path));
         }
         let pool = &self.engine.ctx.pool;
-        let sink: Box<dyn Sink> = match format {
+        let sink: Box<dyn Sink + Send> = match format {
             OutputFormat::Parquet => Box::new(ParquetSink::with_options(path, &self.schema(), pool, options)?),
             OutputFormat::Csv => Box::new(CsvSink::with_options(path, pool, options)?),
         };
@@ -406,16 +406,39 @@ impl<'e> Query<'e> {
         Ok(QueryMetrics { operators, ..metrics(engine, before, rows, start, stats) })
     }
 
-    fn run_into(mut self, mut sink: Box<dyn Sink>) -> Result<(WriteSummary, QueryMetrics)> {
+    /// Runs the query into `sink`, which encodes on a thread of its own (see [`BackgroundSink`]).
+    fn run_into(mut self, sink: Box<dyn Sink + Send>) -> Result<(WriteSummary, QueryMetrics)> {
         let engine = self.engine;
         // The sink holds its buffers now: the plan runs in what is left.
         self.ctx = engine.ctx.for_plan(&self.pipeline, engine.ctx.pool.reserved())?;
-        let metrics = self.for_each(|batch| sink.write(batch))?;
+        let mut sink = BackgroundSink::start(sink)?;
+        let metrics = self.for_each_owned(|batch, reservation| sink.write(batch, reservation))?;
         if engine.ctx.cancel.load(Ordering::Relaxed) {
             return Err(Error::Cancelled);
         }
         let summary = sink.finish()?;
         Ok((summary, metrics))
+    }
+
+    /// Runs the query, handing each batch to `f` with a reservation that holds it for as long
+    /// as `f` keeps it (the query's flow control moves on meanwhile); returns the metrics.
+    fn for_each_owned(self, mut f: impl FnMut(RecordBatch, MemoryReservation) -> Result<()>) -> Result<QueryMetrics> {
+        let (engine, start) = (self.engine, Instant::now());
+        let before = snapshot(engine);
+        let mut stream = self.stream()?;
+        let stats = stream.stats();
+        let mut rows = 0;
+        while let Some(item) = stream.next_reserved() {
+            let (batch, mut reservation) = item?;
+            rows += batch.num_rows() as u64;
+            let mut kept = engine.ctx.pool.register("Output queue", false);
+            kept.take(&mut reservation);
+            stream.release(reservation);
+            f(batch, kept)?;
+        }
+        let operators = stream.operators();
+        drop(stream);
+        Ok(QueryMetrics { operators, ..metrics(engine, before, rows, start, stats) })
     }
 }
 

@@ -434,6 +434,95 @@ pub trait Sink {
     fn size(&self) -> u64;
 }
 
+/// A sink running on a thread of its own, so that encoding and compressing the output overlaps
+/// with the work that makes it: the merge of an external sort, the last partitions of an
+/// aggregation, anything the query's consumer thread does (the scan workers are often idle by
+/// then). Batches wait in a queue of [`QUEUE`](Self::QUEUE), each still under the reservation
+/// that paid for it upstream (moved to the queue, not reserved again).
+///
+/// The file is completed only by [`finish`](Self::finish): dropped before that (the query
+/// failed), the writer drops its sink, which removes the temporary file, and is waited for.
+pub(crate) struct BackgroundSink {
+    queue: Option<std::sync::mpsc::SyncSender<Queued>>,
+    writer: Option<std::thread::JoinHandle<Result<Option<WriteSummary>>>>,
+}
+
+enum Queued {
+    Batch(RecordBatch, MemoryReservation),
+    Finish,
+}
+
+impl BackgroundSink {
+    /// Batches that may wait for the writer.
+    const QUEUE: usize = 2;
+
+    pub(crate) fn start(mut sink: Box<dyn Sink + Send>) -> Result<BackgroundSink> {
+        let (queue, batches) = std::sync::mpsc::sync_channel::<Queued>(Self::QUEUE);
+        let writer = std::thread::Builder::new()
+            .name("flow-writer".into())
+            .spawn(move || {
+                while let Ok(item) = batches.recv() {
+                    match item {
+                        Queued::Batch(batch, reservation) => {
+                            sink.write(&batch)?;
+                            drop(reservation);
+                        }
+                        Queued::Finish => return sink.finish().map(Some),
+                    }
+                }
+                // Abandoned: dropping the sink removes its temporary file.
+                Ok(None)
+            })
+            .map_err(|e| Error::Execution(format!("cannot start the output writer: {e}")))?;
+        Ok(BackgroundSink { queue: Some(queue), writer: Some(writer) })
+    }
+
+    /// Queues a batch with the reservation that holds it; waits while the queue is full.
+    pub(crate) fn write(&mut self, batch: RecordBatch, reservation: MemoryReservation) -> Result<()> {
+        let queue = self.queue.as_ref().expect("open until finished");
+        if queue.send(Queued::Batch(batch, reservation)).is_err() {
+            // The writer stopped on an error: that is the one to report.
+            return Err(self.stopped());
+        }
+        Ok(())
+    }
+
+    /// Writes what is queued and completes the file.
+    pub(crate) fn finish(mut self) -> Result<WriteSummary> {
+        // A writer that stopped on an error no longer listens: `join` gives its error.
+        let _ = self.queue.take().expect("open until finished").send(Queued::Finish);
+        match self.join()? {
+            Some(summary) => Ok(summary),
+            None => Err(Error::Execution("the output writer stopped before the end".into())),
+        }
+    }
+
+    /// The writer's error, once it stopped early.
+    fn stopped(&mut self) -> Error {
+        self.queue = None;
+        match self.join() {
+            Err(e) => e,
+            Ok(_) => Error::Execution("the output writer stopped before the end".into()),
+        }
+    }
+
+    fn join(&mut self) -> Result<Option<WriteSummary>> {
+        match self.writer.take().map(|w| w.join()) {
+            Some(Ok(result)) => result,
+            Some(Err(_)) => Err(Error::Execution("internal error: the output writer panicked".into())),
+            None => Ok(None),
+        }
+    }
+}
+
+impl Drop for BackgroundSink {
+    fn drop(&mut self) {
+        // Closing the queue makes the writer drop its sink (and the temporary file) and return.
+        self.queue = None;
+        let _ = self.join();
+    }
+}
+
 /// A Parquet file sink.
 pub struct ParquetSink {
     pending: PendingFile,

@@ -590,8 +590,18 @@ struct Cursor {
     /// Average bytes of a row of `batch`, to cut output chunks by size.
     row_bytes: usize,
     pos: usize,
+    /// The first bytes of the current row's key (see [`key_prefix`]): most comparisons end there.
+    prefix: u64,
     /// Where the current batch sits in the output chunk's batch list, once it has been used.
     slot: Option<usize>,
+}
+
+impl Cursor {
+    fn update_prefix(&mut self) {
+        if self.pos < self.rows.num_rows() {
+            self.prefix = key_prefix(self.rows.row(self.pos).as_ref());
+        }
+    }
 }
 
 /// A k-way merge of sorted runs with a binary heap of cursors.
@@ -648,7 +658,9 @@ impl Merger {
                 Some(batch) if batch.num_rows() > 0 => {
                     let rows = merger.rows_of(&batch)?;
                     let row_bytes = batch.get_array_memory_size() / batch.num_rows() + 1;
-                    merger.cursors.push(Some(Cursor { reader, batch, rows, row_bytes, pos: 0, slot: None }));
+                    let mut cursor = Cursor { reader, batch, rows, row_bytes, pos: 0, prefix: 0, slot: None };
+                    cursor.update_prefix();
+                    merger.cursors.push(Some(cursor));
                 }
                 _ => merger.cursors.push(None),
             }
@@ -670,6 +682,9 @@ impl Merger {
 
     fn less(&self, a: usize, b: usize) -> bool {
         let (x, y) = (self.cursors[a].as_ref().unwrap(), self.cursors[b].as_ref().unwrap());
+        if x.prefix != y.prefix {
+            return x.prefix < y.prefix;
+        }
         match x.rows.row(x.pos).cmp(&y.rows.row(y.pos)) {
             std::cmp::Ordering::Less => true,
             std::cmp::Ordering::Greater => false,
@@ -729,6 +744,7 @@ impl Merger {
             indices.push((slot, cursor.pos));
             bytes += cursor.row_bytes;
             cursor.pos += 1;
+            cursor.update_prefix();
             if cursor.pos == cursor.batch.num_rows() {
                 match cursor.reader.next_batch() {
                     Ok(Some(batch)) if batch.num_rows() > 0 => {
@@ -741,6 +757,7 @@ impl Merger {
                         cursor.batch = batch;
                         cursor.rows = rows;
                         cursor.pos = 0;
+                        cursor.update_prefix();
                         cursor.slot = None;
                     }
                     Ok(_) => {
