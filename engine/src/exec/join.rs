@@ -707,8 +707,7 @@ impl BuildTable {
         };
         let grown_table = match &keys {
             Keys::None => 0,
-            // Grown batch by batch: at least doubling.
-            Keys::Int(_) => self.int_heads.growth_bytes(n.max(self.int_heads.len())),
+            Keys::Int(_) => self.int_heads.growth_bytes(self.int_heads.room_for(n)),
             Keys::Rows(_) if self.table.len() + n > self.table.capacity() => {
                 grown(self.table.len(), self.table.capacity(), 4)
             }
@@ -747,7 +746,7 @@ impl BuildTable {
                 }
             }
             Keys::Int(values) => {
-                self.int_heads.reserve(n.max(self.int_heads.len()));
+                self.int_heads.reserve(self.int_heads.room_for(n));
                 for (i, &key) in values.iter().enumerate() {
                     if let Some(&ahead) = values.get(i + IntMap::AHEAD) {
                         self.int_heads.prefetch(ahead);
