@@ -49,7 +49,9 @@ use crate::expr::{AggregateExpr, AggregateFunction, Expr};
 use crate::memory::MemoryReservation;
 use crate::spill::SpillFile;
 
-const PARTITIONS: usize = 16;
+/// Fewest and most partitions a full table spills to (see [`GroupTable::start_partitions`]).
+const MIN_PARTITIONS: usize = 16;
+const MAX_PARTITIONS: usize = 256;
 const MAX_DEPTH: usize = 6;
 
 /// The least memory an aggregation needs.
@@ -66,6 +68,8 @@ pub(crate) struct AggregateStream {
     first_limit: u64,
     /// What the input holds once it streams (see [`AggregateStream::new`]).
     child_stream: u64,
+    /// Rows the input's scans will decode, when known: what the first table may have to spill.
+    input_rows: Option<u64>,
 }
 
 enum State {
@@ -106,6 +110,7 @@ impl AggregateStream {
         out_schema: SchemaRef,
         child_max: u64,
         child_stream: u64,
+        input_rows: Option<u64>,
         ctx: &ExecContext,
         metrics: Arc<OperatorMetrics>,
     ) -> Result<AggregateStream> {
@@ -117,6 +122,7 @@ impl AggregateStream {
             ctx: ctx.clone(),
             first_limit,
             child_stream,
+            input_rows,
         })
     }
 
@@ -130,6 +136,7 @@ impl AggregateStream {
                         Ok(t) => t,
                         Err(e) => return Some(Err(e)),
                     };
+                    table.expected_rows = self.input_rows;
                     let mut sized = false;
                     let mut fill = || -> Result<()> {
                         while let Some(item) = child.next_reserved() {
@@ -203,6 +210,7 @@ impl AggregateStream {
                             ));
                         }
                         let mut table = GroupTable::new(&self.spec, &self.ctx, depth, limit)?;
+                        table.expected_rows = Some(file.rows());
                         let mut reader = file.reader()?;
                         // Each batch read back is paid for while it is added.
                         let mut held = self.ctx.pool.register("HashAggregate read batch", false);
@@ -613,6 +621,12 @@ struct GroupTable {
     /// A table that must not spill (a worker's per-batch pre-aggregation): when full, `add` stops
     /// and says so.
     no_spill: bool,
+    /// Rows the table's input brings in all, when known, and rows added so far: they choose how
+    /// many partitions its overflow goes to.
+    expected_rows: Option<u64>,
+    rows_seen: u64,
+    /// Partitions of the overflow (a power of two), chosen when the table fills.
+    fan_out: usize,
 }
 
 impl GroupTable {
@@ -679,6 +693,9 @@ impl GroupTable {
             partitions: None,
             seed: depth as u64,
             no_spill: false,
+            expected_rows: None,
+            rows_seen: 0,
+            fan_out: MIN_PARTITIONS,
         })
     }
 
@@ -818,12 +835,12 @@ impl GroupTable {
                 None => {
                     // Full: this group's rows go to a partition, now and later.
                     if self.partitions.is_none() {
-                        self.start_partitions()?;
+                        self.start_partitions(batch, row)?;
                     }
                     if spilled.is_empty() {
-                        spilled = vec![Vec::new(); PARTITIONS];
+                        spilled = vec![Vec::new(); self.fan_out];
                     }
-                    spilled[keys.partition(row, self.seed)].push(row as u32);
+                    spilled[keys.partition(row, self.seed, self.fan_out)].push(row as u32);
                     group_of.push(NO_GROUP);
                 }
             }
@@ -839,22 +856,44 @@ impl GroupTable {
             }
             if self.partitions.is_none() {
                 // The values are already held; stop the table from growing any further instead.
-                self.start_partitions()?;
+                self.start_partitions(batch, n)?;
             }
         }
         if !spilled.is_empty() {
             self.partition_rows(batch, spilled)?;
         }
+        self.rows_seen += n as u64;
         Ok(true)
     }
 
-    fn start_partitions(&mut self) -> Result<()> {
+    /// Stops the table from growing: the rows of groups not in it go to partitions from now on
+    /// (`at` is the first row of `batch` that does).
+    ///
+    /// Each partition is later aggregated on its own, and split again if its groups do not fit
+    /// either, which writes its rows once more. So the fan-out follows what may still come: the
+    /// rest of the input (as the scans count it, an upper bound) as new groups, each costing what
+    /// a group of this table costs (or a row of this batch, if more), over the memory a table
+    /// gets, three times over for room: from 16 to 256 partitions. Sixteen for everything wrote
+    /// the rows of the distinct-payload count of the benchmark suite (mostly distinct) twice.
+    fn start_partitions(&mut self, batch: &RecordBatch, at: usize) -> Result<()> {
+        if let Some(expected) = self.expected_rows {
+            let row_bytes = batch.get_array_memory_size() as u64 / batch.num_rows().max(1) as u64;
+            let group_bytes = self.reservation.size() / self.groups.max(1) as u64;
+            let left = expected.saturating_sub(self.rows_seen + at as u64);
+            let wanted = (3 * left * row_bytes.max(group_bytes).max(1) / self.limit.max(1)) as usize;
+            // Each partition buffers its rows until a write is worth it: at least 256 KiB of the
+            // table's share a partition, or the writes get small (and the heap fragmented).
+            let affordable = ((self.limit >> 18) as usize).max(1);
+            let most = (1usize << affordable.ilog2()).clamp(MIN_PARTITIONS, MAX_PARTITIONS);
+            self.fan_out = wanted.next_power_of_two().clamp(MIN_PARTITIONS, most);
+        }
         // The table keeps what it holds; partition buffers get a share of the rest, so the input
         // still running beside the table has room.
         let limit = (self.limit / 4).max(min_memory(&self.ctx) / 2);
         let schema = self.spec.input_schema.clone();
         let metrics = &self.spec.metrics;
-        self.partitions = Some(SpillPartitions::new(&self.ctx, metrics, schema, "HashAggregate", PARTITIONS, limit));
+        self.partitions =
+            Some(SpillPartitions::new(&self.ctx, metrics, schema, "HashAggregate", self.fan_out, limit));
         Ok(())
     }
 
@@ -954,9 +993,10 @@ impl BatchKeys {
         }
     }
 
-    /// The spill partition of row `row` at a recursion level's `seed`.
-    fn partition(&self, row: usize, seed: u64) -> usize {
-        (self.hash(row, seed + 1) >> 60) as usize % PARTITIONS
+    /// The spill partition of row `row` at a recursion level's `seed`, of `fan_out` (a power of
+    /// two): the top bits of the hash.
+    fn partition(&self, row: usize, seed: u64, fan_out: usize) -> usize {
+        (self.hash(row, seed + 1) >> (64 - fan_out.trailing_zeros())) as usize
     }
 }
 

@@ -783,6 +783,7 @@ impl Pipeline {
                 let small = 2 * ctx.batch_bytes_target();
                 let child_max = input.max_memory(ctx, small);
                 let child_stream = input.stream_memory(ctx, small);
+                let input_rows = input.input_rows();
                 let child = start_beside(ctx, "HashAggregate", aggregate::min_memory(ctx), || {
                     input.execute_with(ctx, Some(small))
                 })?;
@@ -793,6 +794,7 @@ impl Pipeline {
                     schema,
                     child_max,
                     child_stream,
+                    input_rows,
                     ctx,
                     metrics.clone(),
                 )?))
