@@ -892,8 +892,7 @@ impl GroupTable {
         let limit = (self.limit / 4).max(min_memory(&self.ctx) / 2);
         let schema = self.spec.input_schema.clone();
         let metrics = &self.spec.metrics;
-        self.partitions =
-            Some(SpillPartitions::new(&self.ctx, metrics, schema, "HashAggregate", self.fan_out, limit));
+        self.partitions = Some(SpillPartitions::new(&self.ctx, metrics, schema, "HashAggregate", self.fan_out, limit));
         Ok(())
     }
 
