@@ -274,6 +274,10 @@ fn operators_report_their_rows_memory_and_spilling() {
         assert_eq!(aggregate.rows_in, join.rows_out);
         assert_eq!(metrics.operators[0].rows_in, aggregate.rows_out);
         assert_eq!(metrics.operators[0].rows_out, metrics.rows_out);
+        // Each scan's output is what it read, also where its workers run the join's probe.
+        let mut scans: Vec<u64> = metrics.operators[3..].iter().map(|o| o.rows_out).collect();
+        scans.sort_unstable();
+        assert_eq!(scans, [right.len() as u64, left.len() as u64], "{metrics:?}");
     }
 }
 

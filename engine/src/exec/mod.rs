@@ -740,8 +740,14 @@ impl Pipeline {
         // Operators that run on this thread before the pipeline's own (a two-phase aggregation's
         // final projection).
         let mut head_ops: Vec<Operator> = Vec::new();
+        // Whether the rows leaving the pipeline are its source's output (a scan whose workers
+        // run a join's probe counts its own).
+        let mut count_out = true;
         let source = match self.source {
-            Source::Scan(scan) => StreamSource::Scan(scan.execute(ctx, queue_limit)?),
+            Source::Scan(scan) => {
+                count_out = !scan.expands();
+                StreamSource::Scan(scan.execute(ctx, queue_limit, &metrics)?)
+            }
             Source::Sort { input, keys, fetch } => {
                 // The input runs beside the sort: leave it what it can hold at most.
                 let small = 2 * ctx.batch_bytes_target();
@@ -853,6 +859,7 @@ impl Pipeline {
             stats,
             schema: self.schema,
             metrics,
+            count_out,
             operators: ctx.operators.clone(),
             source,
             tail: head_ops.into_iter().chain(self.tail_ops).map(operators::TailState::new).collect(),
@@ -979,6 +986,8 @@ pub struct BatchStream {
     schema: SchemaRef,
     /// The source operator's record, and every operator of the query.
     metrics: Arc<OperatorMetrics>,
+    /// Whether `metrics` count the batches this stream hands out as the source's output.
+    count_out: bool,
     operators: OperatorRegistry,
     source: StreamSource,
     tail: Vec<operators::TailState>,
@@ -1014,7 +1023,7 @@ impl BatchStream {
             let started = std::time::Instant::now();
             let next = self.source.next_reserved(&self.cancel);
             self.metrics.time(started);
-            if let Some(Ok((b, _))) = &next {
+            if let (true, Some(Ok((b, _)))) = (self.count_out, &next) {
                 self.metrics.rows_out(b.num_rows());
             }
             let (batch, reservation) = match next {

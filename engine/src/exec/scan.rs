@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use arrow::array::RecordBatch;
 
 use super::operators::{self, Operator, Stage};
-use super::{ExecContext, PipelineStats};
+use super::{ExecContext, OperatorMetrics, PipelineStats};
 use crate::error::{Error, Result};
 use crate::memory::MemoryReservation;
 use crate::source::{Morsel, PruningPredicate, Table};
@@ -165,8 +165,19 @@ impl ScanPipeline {
         Ok(ctx.config.threads.min(morsels).min(fit as usize).max(1))
     }
 
-    /// Starts the workers and returns the consumer's end.
-    pub(crate) fn execute(mut self, ctx: &ExecContext, queue_limit: Option<u64>) -> Result<ScanStream> {
+    /// Whether a join's probe runs on the workers after the scan's own operators: then the
+    /// workers count the scan's output rows themselves (see [`Shared::scan_rows`]).
+    pub(crate) fn expands(&self) -> bool {
+        self.stages.iter().any(|s| matches!(s, Stage::Expand(_)))
+    }
+
+    /// Starts the workers and returns the consumer's end; `metrics` are the scan's.
+    pub(crate) fn execute(
+        mut self,
+        ctx: &ExecContext,
+        queue_limit: Option<u64>,
+        metrics: &Arc<OperatorMetrics>,
+    ) -> Result<ScanStream> {
         let count = ctx.threads.install(|| self.morsels().map(|m| m.len()))?;
         let workers = self.workers(ctx, count)?;
         // Output keeps input order, so the consumer drains one worker's morsel while the others
@@ -178,7 +189,9 @@ impl ScanPipeline {
         // encoder scratch space).
         let queue_limit = queue_limit.unwrap_or((spare / (2 * workers as u64)).clamp(2 * batch_bytes, 256 << 20));
         let stats = self.stats(ctx);
+        let scan_rows = self.expands().then(|| metrics.clone());
         let shared = Arc::new(Shared {
+            scan_rows,
             table: self.table,
             projection: self.projection,
             pruning: self.pruning,
@@ -227,6 +240,9 @@ struct Shared {
     pruning: Option<PruningPredicate>,
     morsels: Vec<Morsel>,
     stages: Vec<Stage>,
+    /// The scan's metrics when a join's probe runs among the stages: its output rows are those
+    /// that reach the first probe, not those that leave the pipeline (the consumer counts those).
+    scan_rows: Option<Arc<OperatorMetrics>>,
     stop: AtomicBool,
     /// Batches the consumer has taken and not yet released, so a worker short of memory knows
     /// whether waiting can help.
@@ -289,7 +305,20 @@ fn worker(w: usize, workers: usize, shared: &Shared, ctx: &ExecContext, tx: Send
                 queued.fetch_add(bytes, Ordering::AcqRel);
                 Ok(tx.send(Message::Batch(out, reservation, bytes)).is_ok())
             };
-            operators::run_stages(&shared.stages, batch, &mut send)
+            match (&shared.scan_rows, shared.stages.split_first()) {
+                (Some(metrics), Some((Stage::Ops(ops), rest))) => match operators::apply(ops, batch)? {
+                    Some(b) => {
+                        metrics.rows_out(b.num_rows());
+                        operators::run_stages(rest, b, &mut send)
+                    }
+                    None => Ok(true),
+                },
+                (Some(metrics), _) => {
+                    metrics.rows_out(batch.num_rows());
+                    operators::run_stages(&shared.stages, batch, &mut send)
+                }
+                (None, _) => operators::run_stages(&shared.stages, batch, &mut send),
+            }
         };
         let result = shared.table.scan_morsel(
             morsel,
