@@ -548,6 +548,11 @@ impl Expand for Prober {
         if self.count {
             shared.metrics.rows_in(batch.num_rows());
         }
+        // The join's output is counted here, before the work from above runs on it.
+        let mut emit = |out: RecordBatch| {
+            shared.metrics.rows_out(out.num_rows());
+            emit(out)
+        };
         if let Some(existence) = shared.existence {
             if existence.outer_is_build {
                 shared.existence_mark_build(&self.table, &batch)?;
@@ -1209,6 +1214,11 @@ impl JoinStream {
             }
             let next = self.next_batch(cancel);
             let from_workers = std::mem::take(&mut self.from_workers);
+            // Output made here is counted here (that of probes on workers by their `Prober`),
+            // before the work from above: the pipeline's consumer sees what that leaves.
+            if let (false, Ok(Some((batch, _)))) = (from_workers, &next) {
+                self.shared.metrics.rows_out(batch.num_rows());
+            }
             match next {
                 Ok(Some((batch, r))) if from_workers || self.above.is_empty() => {
                     return Some(match r {

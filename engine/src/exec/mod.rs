@@ -741,7 +741,8 @@ impl Pipeline {
         // final projection).
         let mut head_ops: Vec<Operator> = Vec::new();
         // Whether the rows leaving the pipeline are its source's output (a scan whose workers
-        // run a join's probe counts its own).
+        // run a join's probe counts its own; a join always does, as work from above may run on
+        // its output before it leaves).
         let mut count_out = true;
         let source = match self.source {
             Source::Scan(scan) => {
@@ -810,6 +811,7 @@ impl Pipeline {
                 let children = build.max_memory(ctx, small).max(probe.max_memory(ctx, small));
                 let m = metrics.clone();
                 let out_schema = self.schema.clone();
+                count_out = false;
                 StreamSource::Join(Box::new(JoinStream::new(
                     spec, *build, *probe, above, out_schema, children, small, ctx, m,
                 )?))
