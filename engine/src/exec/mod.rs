@@ -741,8 +741,8 @@ impl Pipeline {
         // final projection).
         let mut head_ops: Vec<Operator> = Vec::new();
         // Whether the rows leaving the pipeline are its source's output (a scan whose workers
-        // run a join's probe counts its own; a join always does, as work from above may run on
-        // its output before it leaves).
+        // run other operators' work counts its own; a join always does, as work from above may
+        // run on its output before it leaves).
         let mut count_out = true;
         let source = match self.source {
             Source::Scan(scan) => {

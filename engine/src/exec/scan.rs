@@ -165,8 +165,9 @@ impl ScanPipeline {
         Ok(ctx.config.threads.min(morsels).min(fit as usize).max(1))
     }
 
-    /// Whether a join's probe runs on the workers after the scan's own operators: then the
-    /// workers count the scan's output rows themselves (see [`Shared::scan_rows`]).
+    /// Whether work of other operators (a join's probe, a partial aggregation, a join's key
+    /// filter) runs on the workers after the scan's own: then the workers count the scan's
+    /// output rows themselves (see [`Shared::scan_rows`]).
     pub(crate) fn expands(&self) -> bool {
         self.stages.iter().any(|s| matches!(s, Stage::Expand(_)))
     }
@@ -240,8 +241,8 @@ struct Shared {
     pruning: Option<PruningPredicate>,
     morsels: Vec<Morsel>,
     stages: Vec<Stage>,
-    /// The scan's metrics when a join's probe runs among the stages: its output rows are those
-    /// that reach the first probe, not those that leave the pipeline (the consumer counts those).
+    /// The scan's metrics when other operators' work runs among the stages: its output rows are
+    /// those that reach the first of them, not those that leave the pipeline.
     scan_rows: Option<Arc<OperatorMetrics>>,
     stop: AtomicBool,
     /// Batches the consumer has taken and not yet released, so a worker short of memory knows
