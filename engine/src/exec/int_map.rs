@@ -96,6 +96,12 @@ impl IntMap {
         }
     }
 
+    /// Removes every key, keeping the slots.
+    pub(crate) fn clear(&mut self) {
+        self.slots.fill(EMPTY);
+        self.len = 0;
+    }
+
     /// The home slot of `key`.
     fn slot(&self, key: i64) -> usize {
         ((key as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> self.shift) as usize
