@@ -1432,8 +1432,6 @@ impl JoinStream {
         Ok(())
     }
 
-    /// Joins a pair of partitions: in memory if its build side fits, else split again, else in
-    /// chunks.
     /// Keeps the integer-key table of a partition's build table that is done, emptied and with
     /// its reservation, when another partition is waiting to be joined.
     fn keep_heads(&mut self, table: Arc<BuildTable>) {
@@ -1451,6 +1449,8 @@ impl JoinStream {
         self.spare_heads = Some((heads, reservation));
     }
 
+    /// Joins a pair of partitions: in memory if its build side fits, else split again, else in
+    /// chunks.
     fn run_task(&mut self, task: Task) -> Result<()> {
         let shared = self.shared.clone();
         // The table kept from the last partition is this one's to use: count it as free.
