@@ -390,20 +390,8 @@ impl<'e> Query<'e> {
 
     /// Runs the query, handing each batch to `f`; returns the metrics.
     pub fn for_each(self, mut f: impl FnMut(&RecordBatch) -> Result<()>) -> Result<QueryMetrics> {
-        let (engine, start) = (self.engine, Instant::now());
-        let before = snapshot(engine);
-        let mut stream = self.stream()?;
-        let stats = stream.stats();
-        let mut rows = 0;
-        while let Some(item) = stream.next_reserved() {
-            let (batch, reservation) = item?;
-            rows += batch.num_rows() as u64;
-            f(&batch)?;
-            stream.release(reservation);
-        }
-        let operators = stream.operators();
-        drop(stream);
-        Ok(QueryMetrics { operators, ..metrics(engine, before, rows, start, stats) })
+        // The batch stays reserved until `f` returns.
+        self.for_each_owned(|batch, _held| f(&batch))
     }
 
     /// Runs the query into `sink`, which encodes on a thread of its own (see [`BackgroundSink`]).

@@ -783,18 +783,23 @@ impl GroupTable {
         if self.groups < self.capacity {
             return true;
         }
-        let new_capacity = (self.capacity * 2).max(1024);
-        let (old, new) = (self.fixed_bytes(self.capacity), self.fixed_bytes(new_capacity));
-        let need = new; // the old copy is already reserved
-        if self.reservation.size() + need > self.limit || self.reservation.try_grow(need).is_err() {
+        self.grow_to((self.capacity * 2).max(1024))
+    }
+
+    /// Grows the index and every state vector to room for `capacity` groups, reserving the new
+    /// size and, for the moment of the move, the old copies too (already reserved). False when
+    /// that does not fit the table's share of the pool.
+    fn grow_to(&mut self, capacity: usize) -> bool {
+        let (old, new) = (self.fixed_bytes(self.capacity), self.fixed_bytes(capacity));
+        if self.reservation.size() + new > self.limit || self.reservation.try_grow(new).is_err() {
             return false;
         }
-        let additional = new_capacity - self.groups;
+        let additional = capacity - self.groups;
         self.index.reserve(additional);
         for acc in &mut self.accs {
             acc.reserve(additional);
         }
-        self.capacity = new_capacity;
+        self.capacity = capacity;
         self.reservation.shrink(old);
         true
     }
@@ -808,20 +813,10 @@ impl GroupTable {
         while capacity > 1024 && self.fixed_bytes(capacity) > self.limit / 2 {
             capacity /= 2;
         }
-        if capacity <= self.capacity.max(1024) {
-            return;
+        if capacity > self.capacity.max(1024) {
+            // When it does not fit, the table grows as groups come, as without a size.
+            self.grow_to(capacity);
         }
-        let (old, new) = (self.fixed_bytes(self.capacity), self.fixed_bytes(capacity));
-        if self.reservation.try_grow(new).is_err() {
-            return;
-        }
-        let additional = capacity - self.groups;
-        self.index.reserve(additional);
-        for acc in &mut self.accs {
-            acc.reserve(additional);
-        }
-        self.capacity = capacity;
-        self.reservation.shrink(old);
     }
 
     /// Adds the group for row `row` of `keys` if it fits; its number.

@@ -277,68 +277,66 @@ impl Sorter {
         child: &mut BatchStream,
         cancel: &AtomicBool,
     ) -> Result<()> {
-        {
-            let (batch, mut child_reservation) = item;
-            if let Some(child_stream) = self.child_stream.take() {
-                // The share was fixed before the input started, leaving room for the most it
-                // might hold. Now it holds what it really holds (a join's table, reserved), and
-                // whatever it needs later (a grace join's next partition) it can have by making
-                // this sort spill its runs: the sort may take what is free but for the input's
-                // streaming buffers.
-                let share = self.ctx.available_for_sizing().saturating_sub(child_stream);
-                self.buffer_limit = self.buffer_limit.max(share * 3 / 4);
-                self.run_bytes = self.run_bytes.max((share * 3 / 8).clamp(min_memory(&self.ctx) / 4, 32 << 20));
+        let (batch, mut child_reservation) = item;
+        if let Some(child_stream) = self.child_stream.take() {
+            // The share was fixed before the input started, leaving room for the most it
+            // might hold. Now it holds what it really holds (a join's table, reserved), and
+            // whatever it needs later (a grace join's next partition) it can have by making
+            // this sort spill its runs: the sort may take what is free but for the input's
+            // streaming buffers.
+            let share = self.ctx.available_for_sizing().saturating_sub(child_stream);
+            self.buffer_limit = self.buffer_limit.max(share * 3 / 4);
+            self.run_bytes = self.run_bytes.max((share * 3 / 8).clamp(min_memory(&self.ctx) / 4, 32 << 20));
+        }
+        if std::mem::take(&mut self.keep_floor) {
+            // Out of the sort's own share: the input was sized without it.
+            let minimum = min_memory(&self.ctx);
+            let mut floor = self.ctx.pool.register("ExternalSort minimum", false);
+            if floor.try_grow(minimum).is_ok() {
+                self.floor = Some(floor);
+                self.buffer_limit = self.buffer_limit.saturating_sub(minimum).max(minimum / 2);
             }
-            if std::mem::take(&mut self.keep_floor) {
-                // Out of the sort's own share: the input was sized without it.
-                let minimum = min_memory(&self.ctx);
-                let mut floor = self.ctx.pool.register("ExternalSort minimum", false);
-                if floor.try_grow(minimum).is_ok() {
-                    self.floor = Some(floor);
-                    self.buffer_limit = self.buffer_limit.saturating_sub(minimum).max(minimum / 2);
-                }
-            }
-            if cancel.load(std::sync::atomic::Ordering::Relaxed) {
-                return Err(Error::Cancelled);
-            }
-            let keys = self.keys_of(&batch)?;
-            let bytes = batch.get_array_memory_size() as u64 + keys.size() as u64;
-            self.key_row_bytes = self.key_row_bytes.max((keys.size() / batch.num_rows().max(1)) as u64 + 1);
-            // Take the batch's reservation over from the stream (whose flow control then moves
-            // on): only its keys, and any shortfall, are new.
-            let moved = self.reservation.take(&mut child_reservation);
-            child.release(child_reservation);
-            if moved > bytes {
-                self.reservation.shrink(moved - bytes);
-            }
-            let extra = bytes.saturating_sub(moved);
-            let over = |s: &Self| s.reservation.size() + extra > s.buffer_limit;
+        }
+        if cancel.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(Error::Cancelled);
+        }
+        let keys = self.keys_of(&batch)?;
+        let bytes = batch.get_array_memory_size() as u64 + keys.size() as u64;
+        self.key_row_bytes = self.key_row_bytes.max((keys.size() / batch.num_rows().max(1)) as u64 + 1);
+        // Take the batch's reservation over from the stream (whose flow control then moves
+        // on): only its keys, and any shortfall, are new.
+        let moved = self.reservation.take(&mut child_reservation);
+        child.release(child_reservation);
+        if moved > bytes {
+            self.reservation.shrink(moved - bytes);
+        }
+        let extra = bytes.saturating_sub(moved);
+        let over = |s: &Self| s.reservation.size() + extra > s.buffer_limit;
+        if over(self) || self.reservation.try_grow(extra).is_err() {
+            self.spill_memory_runs()?;
             if over(self) || self.reservation.try_grow(extra).is_err() {
-                self.spill_memory_runs()?;
-                if over(self) || self.reservation.try_grow(extra).is_err() {
-                    if self.buffer.is_empty() {
-                        // The buffer's size is a target for runs; one batch larger than it is
-                        // still sorted, as long as the pool can hold it.
-                        self.grow_from_floor(extra).map_err(|_| self.too_small(bytes))?;
-                        self.metrics.rows_in(batch.num_rows());
-                        self.metrics.reserved(self.reservation.size());
-                        self.buffer.push((batch, keys));
-                        self.buffer_bytes += bytes;
-                        return self.sort_run(false);
-                    }
-                    self.sort_run(false)?;
-                    self.spill_memory_runs()?;
+                if self.buffer.is_empty() {
+                    // The buffer's size is a target for runs; one batch larger than it is
+                    // still sorted, as long as the pool can hold it.
                     self.grow_from_floor(extra).map_err(|_| self.too_small(bytes))?;
+                    self.metrics.rows_in(batch.num_rows());
+                    self.metrics.reserved(self.reservation.size());
+                    self.buffer.push((batch, keys));
+                    self.buffer_bytes += bytes;
+                    return self.sort_run(false);
                 }
-            }
-            self.metrics.rows_in(batch.num_rows());
-            self.metrics.reserved(self.reservation.size());
-            self.buffer.push((batch, keys));
-            self.buffer_bytes += bytes;
-            if self.buffer_bytes >= self.run_bytes {
                 self.sort_run(false)?;
-                self.write_behind()?;
+                self.spill_memory_runs()?;
+                self.grow_from_floor(extra).map_err(|_| self.too_small(bytes))?;
             }
+        }
+        self.metrics.rows_in(batch.num_rows());
+        self.metrics.reserved(self.reservation.size());
+        self.buffer.push((batch, keys));
+        self.buffer_bytes += bytes;
+        if self.buffer_bytes >= self.run_bytes {
+            self.sort_run(false)?;
+            self.write_behind()?;
         }
         Ok(())
     }
