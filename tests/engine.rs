@@ -981,3 +981,94 @@ fn hive_partition_folders_become_columns_and_prune_files() {
     let (_, got) = rows(&e, &format!("SELECT count(DISTINCT region) AS r FROM '{}/*/*/*.parquet'", root.display()));
     assert_eq!(got, vec![vec!["2"]]);
 }
+
+/// Conditions on one string column are tested once per dictionary value where a row group stores
+/// the column dictionary-encoded; the rows must come out as if every row were tested: with nulls,
+/// several such columns, other conditions beside them, and row groups stored plainly or falling
+/// back to plain pages half-way.
+#[test]
+fn string_conditions_agree_on_dictionary_and_plain_row_groups() {
+    use parquet::file::properties::WriterProperties;
+    let dir = tempfile::tempdir().unwrap();
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new("mode", DataType::Utf8, true),
+        Field::new("how", DataType::Utf8, true),
+    ]));
+    const MODES: [&str; 5] = ["AIR", "AIR REG", "MAIL", "RAIL", "TRUCK"];
+    let mode = |i: i64| (i % 11 != 3).then(|| MODES[(i * 7 % 5) as usize].to_string());
+    // Past row 2500 every value is new: a small dictionary limit makes the writer fall back to
+    // plain pages in the middle of that row group.
+    let how = |i: i64| match i {
+        _ if i % 13 == 5 => None,
+        i if (2500..3000).contains(&i) => Some(format!("HAND OVER {i}")),
+        i => Some(["DELIVER IN PERSON", "NONE", "COLLECT COD"][(i % 3) as usize].to_string()),
+    };
+    let batch = |ids: std::ops::Range<i64>| {
+        let modes: StringArray = ids.clone().map(mode).collect();
+        let hows: StringArray = ids.clone().map(how).collect();
+        RecordBatch::try_new(
+            schema.clone(),
+            vec![Arc::new(Int64Array::from_iter_values(ids)), Arc::new(modes), Arc::new(hows)],
+        )
+        .unwrap()
+    };
+    let dictionary = WriterProperties::builder()
+        .set_max_row_group_row_count(Some(500))
+        .set_data_page_row_count_limit(100)
+        .set_write_batch_size(100)
+        .set_dictionary_page_size_limit(2048)
+        .build();
+    write_parquet(&dir.path().join("a.parquet"), &[batch(0..1000), batch(2000..3000)], Some(dictionary));
+    // The file has both kinds of chunk this test is about.
+    let data_page_encodings = |rg: usize, column: usize| -> Vec<parquet::basic::Encoding> {
+        let file = std::fs::File::open(dir.path().join("a.parquet")).unwrap();
+        let options = parquet::arrow::arrow_reader::ArrowReaderOptions::new().with_encoding_stats_as_mask(false);
+        let meta = parquet::arrow::arrow_reader::ArrowReaderMetadata::load(&file, options).unwrap();
+        let stats = meta.metadata().row_group(rg).column(column).page_encoding_stats().unwrap().clone();
+        stats.iter().filter(|s| s.page_type == parquet::basic::PageType::DATA_PAGE).map(|s| s.encoding).collect()
+    };
+    use parquet::basic::Encoding::{PLAIN, RLE_DICTIONARY};
+    assert_eq!(data_page_encodings(0, 2), [RLE_DICTIONARY], "dictionary pages only");
+    assert!(data_page_encodings(3, 2).contains(&PLAIN) && data_page_encodings(3, 2).contains(&RLE_DICTIONARY));
+    let plain = WriterProperties::builder().set_dictionary_enabled(false).build();
+    write_parquet(&dir.path().join("b.parquet"), &[batch(1000..2000)], Some(plain));
+    let mut e = engine(dir.path());
+    e.register("d", dir.path().join("*.parquet").to_str().unwrap()).unwrap();
+
+    type Test = fn(i64, Option<String>, Option<String>) -> bool;
+    let cases: [(&str, Test); 8] = [
+        ("mode IN ('AIR', 'AIR REG')", |_, m, _| matches!(m.as_deref(), Some("AIR" | "AIR REG"))),
+        ("mode = 'MAIL' AND id % 2 = 0", |i, m, _| m.as_deref() == Some("MAIL") && i % 2 == 0),
+        ("mode LIKE '%AI%' AND how = 'DELIVER IN PERSON'", |_, m, h| {
+            m.is_some_and(|m| m.contains("AI")) && h.as_deref() == Some("DELIVER IN PERSON")
+        }),
+        ("mode IS NULL", |_, m, _| m.is_none()),
+        ("coalesce(how, 'none') = 'none'", |_, _, h| h.is_none()),
+        ("NOT (mode <> 'RAIL') OR id < 3", |i, m, _| m.as_deref() == Some("RAIL") || i < 3),
+        ("how NOT LIKE 'HAND%' AND length(how) > 4", |_, _, h| {
+            h.is_some_and(|h| !h.starts_with("HAND") && h.len() > 4)
+        }),
+        ("mode NOT IN ('AIR', 'TRUCK') AND how > 'D' AND id BETWEEN 100 AND 2900", |i, m, h| {
+            m.is_some_and(|m| m != "AIR" && m != "TRUCK")
+                && h.is_some_and(|h| h.as_str() > "D")
+                && (100..=2900).contains(&i)
+        }),
+    ];
+    for (condition, test) in cases {
+        let want: Vec<String> = (0..3000).filter(|&i| test(i, mode(i), how(i))).map(|i| i.to_string()).collect();
+        assert!(!want.is_empty(), "{condition} selects something");
+        let (_, got) = column(&e, &format!("SELECT id FROM d WHERE {condition} ORDER BY id"));
+        assert_eq!(got, want, "{condition}");
+        // The strings come out as they are stored, whichever way they were decoded.
+        let (_, got) = rows(&e, &format!("SELECT id, mode, how FROM d WHERE {condition} ORDER BY id LIMIT 5"));
+        for row in got {
+            let i: i64 = row[0].parse().unwrap();
+            assert_eq!(row[1], mode(i).unwrap_or("NULL".into()), "{condition}: mode of {i}");
+            assert_eq!(row[2], how(i).unwrap_or("NULL".into()), "{condition}: how of {i}");
+        }
+    }
+    // A condition that fails on every stored value is left to the rows the others leave (none).
+    let (_, got) = column(&e, "SELECT id FROM d WHERE id < 0 AND CAST(how AS INTEGER) = 1");
+    assert!(got.is_empty());
+}

@@ -16,6 +16,7 @@
 //! on the consumer; when a limit is satisfied the stream stops its sources early.
 
 mod aggregate;
+mod dict_filter;
 mod int_map;
 mod join;
 mod metrics;

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
 
+use super::dict_filter::DictFilter;
 use super::operators::{self, Operator, Stage};
 use super::{ExecContext, OperatorMetrics, PipelineStats};
 use crate::error::{Error, Result};
@@ -191,8 +192,14 @@ impl ScanPipeline {
         let queue_limit = queue_limit.unwrap_or((spare / (2 * workers as u64)).clamp(2 * batch_bytes, 256 << 20));
         let stats = self.stats(ctx);
         let scan_rows = self.expands().then(|| metrics.clone());
+        // Conditions on a single string column test each value of a Parquet dictionary once.
+        let dict_filter = match (self.table.is_parquet(), self.stages.first_mut()) {
+            (true, Some(Stage::Ops(ops))) => DictFilter::split(ops, &self.table.schema().project(&self.projection)?),
+            _ => None,
+        };
         let shared = Arc::new(Shared {
             scan_rows,
+            dict_filter,
             table: self.table,
             projection: self.projection,
             pruning: self.pruning,
@@ -241,6 +248,8 @@ struct Shared {
     pruning: Option<PruningPredicate>,
     morsels: Vec<Morsel>,
     stages: Vec<Stage>,
+    /// Conditions taken out of the first filter, tested on dictionary values before the stages.
+    dict_filter: Option<DictFilter>,
     /// The scan's metrics when other operators' work runs among the stages: its output rows are
     /// those that reach the first of them, not those that leave the pipeline.
     scan_rows: Option<Arc<OperatorMetrics>>,
@@ -268,6 +277,8 @@ fn worker(w: usize, workers: usize, shared: &Shared, ctx: &ExecContext, tx: Send
     let mut decode = ctx.pool.register(format!("{name} decode"), false);
     let mut in_flight = ctx.pool.register(format!("{name} batches"), false);
     let target = ctx.batch_bytes_target();
+    let dictionaries = shared.dict_filter.as_ref().map(|d| d.columns()).unwrap_or_default();
+    let mut dict_cache = shared.dict_filter.as_ref().map(|d| d.cache()).unwrap_or_default();
     let stopped = || shared.stop.load(Ordering::Relaxed) || ctx.cancel.load(Ordering::Relaxed);
     for k in (w..shared.morsels.len()).step_by(workers) {
         if stopped() {
@@ -306,6 +317,13 @@ fn worker(w: usize, workers: usize, shared: &Shared, ctx: &ExecContext, tx: Send
                 queued.fetch_add(bytes, Ordering::AcqRel);
                 Ok(tx.send(Message::Batch(out, reservation, bytes)).is_ok())
             };
+            let batch = match &shared.dict_filter {
+                Some(d) => match d.apply(batch, &mut dict_cache)? {
+                    Some(b) => b,
+                    None => return Ok(true),
+                },
+                None => batch,
+            };
             match (&shared.scan_rows, shared.stages.split_first()) {
                 (Some(metrics), Some((Stage::Ops(ops), rest))) => match operators::apply(ops, batch)? {
                     Some(b) => {
@@ -321,12 +339,13 @@ fn worker(w: usize, workers: usize, shared: &Shared, ctx: &ExecContext, tx: Send
                 (None, _) => operators::run_stages(&shared.stages, batch, &mut send),
             }
         };
-        let result = shared.table.scan_morsel(
+        let result = shared.table.scan_morsel_encoded(
             morsel,
             &shared.projection,
             shared.pruning.as_ref(),
             batch_rows,
             &ctx.counters,
+            &dictionaries,
             &mut emit,
         );
         if let Err(e) = result {

@@ -391,6 +391,23 @@ impl Table {
         counters: &ScanCounters,
         emit: &mut dyn FnMut(RecordBatch) -> Result<bool>,
     ) -> Result<()> {
+        self.scan_morsel_encoded(morsel, projection, pruning, batch_rows, counters, &[], emit)
+    }
+
+    /// [`scan_morsel`](Self::scan_morsel), with the string columns at positions `dictionaries`
+    /// of the projection handed out as `Dictionary(Int32, Utf8)` arrays (and their batches' schemas
+    /// saying so) in the Parquet row groups that store them dictionary-encoded throughout.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn scan_morsel_encoded(
+        &self,
+        morsel: Morsel,
+        projection: &[usize],
+        pruning: Option<&PruningPredicate>,
+        batch_rows: usize,
+        counters: &ScanCounters,
+        dictionaries: &[usize],
+        emit: &mut dyn FnMut(RecordBatch) -> Result<bool>,
+    ) -> Result<()> {
         let file = &self.files[morsel.file];
         let out_schema = Arc::new(self.schema.project(projection)?);
         // Partition columns come from the folder names, not the file.
@@ -401,8 +418,9 @@ impl Table {
             .filter(|(_, &c)| c >= first_partition)
             .map(|(i, &c)| (i, &file.partition[c - first_partition]))
             .collect();
+        let keep: Vec<bool> = (0..projection.len()).map(|i| dictionaries.contains(&i)).collect();
         let mut adapt = |batch: RecordBatch| -> Result<bool> {
-            let mut batch = adapt_batch(batch, &out_schema).map_err(|e| Error::bad_file(&file.path, e))?;
+            let mut batch = adapt_batch(batch, &out_schema, &keep).map_err(|e| Error::bad_file(&file.path, e))?;
             if !partition_columns.is_empty() {
                 batch = hive::fill(batch, &partition_columns)?;
             }
@@ -418,6 +436,7 @@ impl Table {
                 counters,
                 pruning,
                 &self.schema,
+                &dictionaries.iter().map(|&i| out_schema.field(i).name().as_str()).collect::<Vec<_>>(),
                 &mut adapt,
             ),
             Format::Csv(options) => {
@@ -565,7 +584,37 @@ fn unify_schemas(files: &[SourceFile]) -> Result<SchemaRef> {
 
 /// Casts a decoded batch to the table's (projected) schema: columns by name, missing ones as nulls,
 /// types widened or normalized.
-fn adapt_batch(batch: RecordBatch, schema: &SchemaRef) -> std::result::Result<RecordBatch, String> {
+///
+/// A column flagged in `keep_dictionary` may stay a dictionary of the field's type (the batch's
+/// schema then says so).
+fn adapt_batch(
+    batch: RecordBatch,
+    schema: &SchemaRef,
+    keep_dictionary: &[bool],
+) -> std::result::Result<RecordBatch, String> {
+    // The flagged columns that did come as dictionaries of the right type: the target says so.
+    let kept = |i: usize, f: &arrow::datatypes::Field| match batch.column_by_name(f.name()).map(|c| c.data_type()) {
+        Some(t @ DataType::Dictionary(_, v))
+            if keep_dictionary.get(i) == Some(&true) && v.as_ref() == f.data_type() =>
+        {
+            Some(t.clone())
+        }
+        _ => None,
+    };
+    if schema.fields().iter().enumerate().any(|(i, f)| kept(i, f).is_some()) {
+        let fields: Vec<_> = schema
+            .fields()
+            .iter()
+            .enumerate()
+            .map(|(i, f)| match kept(i, f) {
+                Some(t) => f.as_ref().clone().with_data_type(t),
+                None => f.as_ref().clone(),
+            })
+            .collect();
+        let encoded =
+            std::sync::Arc::new(arrow::datatypes::Schema::new_with_metadata(fields, schema.metadata().clone()));
+        return adapt_batch(batch, &encoded, &[]);
+    }
     if batch.schema().fields().len() == schema.fields().len()
         && batch
             .schema()

@@ -135,12 +135,12 @@ fn row_group_meta_bytes(meta: &ArrowReaderMetadata) -> u64 {
 /// the index also falls back to that (the index only ever saves work).
 fn page_selection(
     file: &SourceFile,
+    meta: &ArrowReaderMetadata,
     row_group: usize,
     read_leaves: &[usize],
     pruning: &PruningPredicate,
     table_schema: &arrow::datatypes::Schema,
 ) -> Option<(ArrowReaderMetadata, RowSelection)> {
-    let meta = file.parquet.as_ref()?;
     let rg = meta.metadata().row_group(row_group);
     let first_partition = table_schema.fields().len() - file.partition.len();
     let tested: Vec<&str> =
@@ -169,6 +169,62 @@ fn page_selection(
     Some((alone, selection))
 }
 
+/// Whether every data page of a column chunk is dictionary-encoded, as its page encoding stats
+/// say (a writer that records none, or fell back to plain pages, gets `false`).
+fn dictionary_encoded(column: &parquet::file::metadata::ColumnChunkMetaData) -> bool {
+    use parquet::basic::{Encoding, PageType};
+    column.page_encoding_stats().is_some_and(|stats| {
+        let mut data = stats.iter().filter(|s| matches!(s.page_type, PageType::DATA_PAGE | PageType::DATA_PAGE_V2));
+        let mut any = false;
+        let all = data.all(|s| {
+            any = true;
+            matches!(s.encoding, Encoding::PLAIN_DICTIONARY | Encoding::RLE_DICTIONARY)
+        });
+        any && all
+    })
+}
+
+/// The file's metadata with the string columns named in `dictionaries` decoded as
+/// `Dictionary(Int32, Utf8)` where their chunks in `row_group` are dictionary-encoded throughout
+/// (then the reader hands out the chunk's dictionary and keys instead of copying every value);
+/// `None` when no column qualifies.
+fn with_dictionaries(
+    meta: &ArrowReaderMetadata,
+    row_group: usize,
+    dictionaries: &[&str],
+) -> Option<ArrowReaderMetadata> {
+    use arrow::datatypes::{DataType, Field, Schema};
+    let rg = meta.metadata().row_group(row_group);
+    let schema = meta.schema();
+    let encoded: Vec<&str> = dictionaries
+        .iter()
+        .copied()
+        .filter(|name| {
+            let leaves = leaves_of(meta, &[name]);
+            let string = schema.field_with_name(name).is_ok_and(|f| f.data_type() == &DataType::Utf8);
+            string && leaves.len() == 1 && dictionary_encoded(rg.column(leaves[0]))
+        })
+        .collect();
+    if encoded.is_empty() {
+        return None;
+    }
+    let fields: Vec<Field> = schema
+        .fields()
+        .iter()
+        .map(|f| match encoded.contains(&f.name().as_str()) {
+            true => f
+                .as_ref()
+                .clone()
+                .with_data_type(DataType::Dictionary(Box::new(DataType::Int32), Box::new(f.data_type().clone()))),
+            false => f.as_ref().clone(),
+        })
+        .collect();
+    let hinted = std::sync::Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()));
+    ArrowReaderMetadata::try_new(meta.metadata().clone(), ArrowReaderOptions::new().with_schema(hinted)).ok()
+}
+
+/// Decodes the projected columns of one row group, in batches of `batch_rows`. The string
+/// columns named in `dictionaries` come as dictionary arrays where the row group stores them so.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn scan(
     file: &SourceFile,
@@ -178,9 +234,14 @@ pub(super) fn scan(
     counters: &ScanCounters,
     pruning: Option<&PruningPredicate>,
     table_schema: &arrow::datatypes::Schema,
+    dictionaries: &[&str],
     emit: &mut dyn FnMut(RecordBatch) -> Result<bool>,
 ) -> Result<()> {
-    let meta = file.parquet.as_ref().expect("parquet file has metadata");
+    let dictionary_meta = match dictionaries {
+        [] => None,
+        names => with_dictionaries(file.parquet.as_ref().expect("parquet file has metadata"), row_group, names),
+    };
+    let meta = dictionary_meta.as_ref().or(file.parquet.as_ref()).expect("parquet file has metadata");
     let bad = |e: &dyn std::fmt::Display| Error::bad_file(&file.path, format!("row group {row_group}: {e}"));
     let names: Vec<&str> = out_schema.fields().iter().map(|f| f.name().as_str()).collect();
     let roots: Vec<usize> = names.iter().filter_map(|n| meta.schema().index_of(n).ok()).collect();
@@ -208,7 +269,7 @@ pub(super) fn scan(
     }
     let handle = File::open(&file.path).map_err(|e| Error::bad_file(&file.path, e))?;
     let mask = ProjectionMask::roots(meta.parquet_schema(), roots);
-    let pages = pruning.and_then(|p| page_selection(file, row_group, &leaves, p, table_schema));
+    let pages = pruning.and_then(|p| page_selection(file, meta, row_group, &leaves, p, table_schema));
     let builder = match pages {
         Some((_, selection)) if !selection.selects_any() => {
             counters.page_pruned_rows.fetch_add(rg.num_rows().max(0) as u64, Ordering::Relaxed);
