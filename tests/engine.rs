@@ -1072,3 +1072,59 @@ fn string_conditions_agree_on_dictionary_and_plain_row_groups() {
     let (_, got) = column(&e, "SELECT id FROM d WHERE id < 0 AND CAST(how AS INTEGER) = 1");
     assert!(got.is_empty());
 }
+
+/// Group keys of narrow columns are packed into one integer where they fit and kept in row format
+/// where a string is too long; a table holding both kinds, filled, spilled and merged, gives the
+/// groups a plain count gives.
+#[test]
+fn packed_and_row_format_group_keys_agree() {
+    let dir = tempfile::tempdir().unwrap();
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("flag", DataType::Utf8, true),
+        Field::new("small", DataType::Int16, true),
+        Field::new("n", DataType::Int64, false),
+    ]));
+    // Flags of 0 to 8 bytes (up to 5 pack beside a 16-bit integer), nulls in both keys, many
+    // groups.
+    let flag = |i: i64| match i % 11 {
+        0 => None,
+        f => Some("ABCDEFGH"[..(f as usize % 9)].to_string()),
+    };
+    let small = |i: i64| (i % 7 != 0).then_some(((i * 31) % 30_000 - 15_000) as i16);
+    let batch = |ids: std::ops::Range<i64>| {
+        let flags: StringArray = ids.clone().map(flag).collect();
+        let smalls: arrow::array::Int16Array = ids.clone().map(small).collect();
+        RecordBatch::try_new(
+            schema.clone(),
+            vec![Arc::new(flags), Arc::new(smalls), Arc::new(Int64Array::from_iter_values(ids))],
+        )
+        .unwrap()
+    };
+    let batches: Vec<RecordBatch> = (0..4).map(|b| batch(b * 100_000..(b + 1) * 100_000)).collect();
+    write_parquet(&dir.path().join("g.parquet"), &batches, None);
+    let mut want: std::collections::BTreeMap<(Option<String>, Option<i16>), (i64, i64)> = Default::default();
+    for i in 0..400_000 {
+        let g = want.entry((flag(i), small(i))).or_default();
+        g.0 += 1;
+        g.1 += i;
+    }
+    let want: Vec<Vec<String>> = want
+        .into_iter()
+        .map(|((f, s), (n, sum))| {
+            vec![f.unwrap_or("NULL".into()), s.map_or("NULL".into(), |s| s.to_string()), n.to_string(), sum.to_string()]
+        })
+        .collect();
+    let sql =
+        "SELECT flag, small, count(*), sum(n) FROM g GROUP BY flag, small ORDER BY flag NULLS FIRST, small NULLS FIRST";
+    for budget in [256u64 << 20, 8 << 20] {
+        let config = Config::default().with_mem_budget(budget).with_threads(2).with_spill_dir(dir.path());
+        let mut e = Engine::new(config).unwrap();
+        e.register("g", dir.path().join("g.parquet").to_str().unwrap()).unwrap();
+        let (_, got) = rows(&e, sql);
+        assert_eq!(got.len(), want.len(), "groups at a budget of {budget}");
+        assert!(got == want, "groups at a budget of {budget}");
+        if budget < 256 << 20 {
+            assert!(e.spill().stats().files > 0, "a budget of {budget} spills");
+        }
+    }
+}

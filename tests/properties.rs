@@ -137,6 +137,23 @@ proptest! {
             prop_assert_eq!(got, want);
         }
 
+        // GROUP BY a small integer and a string: keys packed into one integer where the string
+        // is short (up to 3 bytes here), in row format where it is not, in one table.
+        let mut pairs: BTreeMap<(Option<i64>, Option<String>), (i64, i64)> = BTreeMap::new();
+        for (k, s, id) in &left {
+            let g = pairs.entry((*k, s.clone())).or_default();
+            g.0 += 1;
+            g.1 += id;
+        }
+        let want: Vec<Vec<String>> = pairs
+            .iter()
+            .map(|((k, s), (n, sum))| vec![text(*k), s.clone().unwrap_or("NULL".into()), n.to_string(), sum.to_string()])
+            .collect();
+        let sql = "SELECT CAST(k AS INTEGER) AS k, s, count(*), sum(id) FROM l GROUP BY 1, 2 ORDER BY 1 NULLS FIRST, 2 NULLS FIRST";
+        if let Some(got) = run(&e, sql) {
+            prop_assert_eq!(got, want);
+        }
+
         // ORDER BY a string DESC, then id: a stable, total order.
         let mut sorted = left.clone();
         sorted.sort_by(|a, b| match (&a.1, &b.1) {

@@ -42,6 +42,7 @@ use hashbrown::HashTable;
 
 use super::int_map::{IntMap, ABSENT};
 use super::operators::Expand;
+use super::packed_keys::Packing;
 use super::partition::SpillPartitions;
 use super::{hash_table_bytes, int_like, BatchStream, ExecContext, OperatorMetrics, OperatorRegistry};
 use crate::error::{Error, Result};
@@ -95,6 +96,8 @@ struct Spec {
     /// For each aggregate, its argument's column in the operator's layout.
     arg_columns: Vec<Option<usize>>,
     key_converter: Option<RowConverter>,
+    /// Keys of a few narrow columns go into one integer (see [`Packing`]).
+    packing: Option<Packing>,
     metrics: Arc<OperatorMetrics>,
 }
 
@@ -301,6 +304,7 @@ fn build_spec(
         key_count: group_exprs.len(),
         aggregates,
         arg_columns,
+        packing: key_converter.as_ref().and_then(|_| Packing::plan(&key_types)),
         key_converter,
         metrics,
     });
@@ -906,9 +910,13 @@ impl GroupTable {
         let mut spilled: Vec<Vec<u32>> = Vec::new();
         let mut group_of: Vec<u32> = Vec::with_capacity(n);
         for row in 0..n {
-            if let (GroupIndex::Int { map, .. }, BatchKeys::Int(a)) = (&self.index, &keys) {
-                if row + IntMap::AHEAD < n {
-                    map.prefetch(a.value(row + IntMap::AHEAD));
+            if row + IntMap::AHEAD < n {
+                match (&self.index, &keys) {
+                    (GroupIndex::Int { map, .. }, BatchKeys::Int(a)) => map.prefetch(a.value(row + IntMap::AHEAD)),
+                    (GroupIndex::Packed { map, .. }, BatchKeys::Packed { keys, .. }) => {
+                        map.prefetch(keys[row + IntMap::AHEAD] as i64)
+                    }
+                    _ => {}
                 }
             }
             let found = match &self.index {
@@ -1001,18 +1009,7 @@ impl GroupTable {
     /// Output rows for groups `start..end` (in insertion order).
     fn output(&self, start: usize, end: usize) -> Result<RecordBatch> {
         let mut columns: Vec<ArrayRef> = Vec::with_capacity(self.spec.out_schema.fields().len());
-        match &self.index {
-            GroupIndex::Single => {}
-            GroupIndex::Int { keys, nulls, .. } => {
-                let values = keys[start..end].iter().zip(&nulls[start..end]).map(|(k, null)| (!null).then_some(*k));
-                columns.push(Arc::new(values.collect::<Int64Array>()));
-            }
-            GroupIndex::Rows { .. } => {
-                let converter = self.spec.key_converter.as_ref().expect("row-format keys have a converter");
-                let parser = converter.parser();
-                columns.extend(converter.convert_rows((start..end).map(|g| parser.parse(self.index.key(g))))?);
-            }
-        }
+        columns.extend(self.index.key_columns(&self.spec, start, end)?);
         for (i, acc) in self.accs.iter().enumerate() {
             let field = self.spec.out_schema.field(self.spec.key_count + i);
             columns.push(finish(acc, start, end, field.data_type())?);
@@ -1047,25 +1044,46 @@ enum BatchKeys {
     /// One integer-like key as `i64`, with its nulls.
     Int(Int64Array),
     Rows(Rows),
+    /// Packed keys; the rows that did not pack (if any) and, then, every row in row format.
+    Packed {
+        keys: Vec<u64>,
+        unpacked: Option<(Vec<bool>, Rows)>,
+    },
 }
 
 impl BatchKeys {
     fn new(spec: &Spec, batch: &RecordBatch) -> Result<BatchKeys> {
-        Ok(match (&spec.key_converter, spec.key_count) {
-            (_, 0) => BatchKeys::None,
-            (None, _) => {
+        let columns = &batch.columns()[..spec.key_count];
+        Ok(match (&spec.key_converter, &spec.packing, spec.key_count) {
+            (_, _, 0) => BatchKeys::None,
+            (None, _, _) => {
                 let ints = arrow::compute::cast(batch.column(0), &DataType::Int64)?;
                 BatchKeys::Int(ints.as_primitive::<arrow::datatypes::Int64Type>().clone())
             }
-            (Some(c), n) => BatchKeys::Rows(c.convert_columns(&batch.columns()[..n])?),
+            (Some(c), Some(packing), _) => {
+                let (keys, unpacked) = packing.pack(columns)?;
+                let unpacked = match unpacked {
+                    Some(rows) => Some((rows, c.convert_columns(columns)?)),
+                    None => None,
+                };
+                BatchKeys::Packed { keys, unpacked }
+            }
+            (Some(c), None, _) => BatchKeys::Rows(c.convert_columns(columns)?),
         })
     }
 
-    fn len(&self, row: usize) -> usize {
+    /// The row-format key of row `row`, if the keys are in row format.
+    fn row(&self, row: usize) -> Option<&[u8]> {
         match self {
-            BatchKeys::Rows(r) => r.row(row).data().len(),
-            _ => 0,
+            BatchKeys::Rows(r) => Some(r.row(row).data()),
+            BatchKeys::Packed { unpacked: Some((rows, r)), .. } if rows[row] => Some(r.row(row).data()),
+            _ => None,
         }
+    }
+
+    /// Bytes the row's key takes in a row-format key buffer (0 when it goes elsewhere).
+    fn len(&self, row: usize) -> usize {
+        self.row(row).map_or(0, |r| r.len())
     }
 
     fn hash(&self, row: usize, seed: u64) -> u64 {
@@ -1074,6 +1092,10 @@ impl BatchKeys {
             BatchKeys::None => 0,
             BatchKeys::Int(a) if a.is_null(row) => state.hash_one(u64::MAX),
             BatchKeys::Int(a) => state.hash_one(a.value(row)),
+            BatchKeys::Packed { keys, .. } => match self.row(row) {
+                Some(r) => state.hash_one(r),
+                None => state.hash_one(keys[row]),
+            },
             BatchKeys::Rows(r) => state.hash_one(r.row(row).data()),
         }
     }
@@ -1085,6 +1107,58 @@ impl BatchKeys {
     }
 }
 
+/// Keys in row format, concatenated, found through a table of group numbers. Every group has an
+/// entry in `offsets`; in a packed index, the groups whose keys packed have empty ones.
+#[derive(Default)]
+struct RowKeys {
+    table: HashTable<u32>,
+    data: Vec<u8>,
+    offsets: Vec<usize>,
+}
+
+impl RowKeys {
+    fn new() -> RowKeys {
+        RowKeys { offsets: vec![0], ..RowKeys::default() }
+    }
+
+    fn key(&self, g: usize) -> &[u8] {
+        &self.data[self.offsets[g]..self.offsets[g + 1]]
+    }
+
+    fn reserve(&mut self, additional: usize) {
+        let state = FixedState::with_seed(TABLE_SEED);
+        let (data, offsets) = (&self.data, &self.offsets);
+        self.table.reserve(additional, |&g| state.hash_one(&data[offsets[g as usize]..offsets[g as usize + 1]]));
+        self.offsets.reserve_exact(additional);
+    }
+
+    fn clear(&mut self) {
+        self.table.clear();
+        self.data.clear();
+        self.offsets.clear();
+        self.offsets.push(0);
+    }
+
+    fn find(&self, key: &[u8]) -> Option<usize> {
+        let h = FixedState::with_seed(TABLE_SEED).hash_one(key);
+        self.table.find(h, |&g| self.key(g as usize) == key).map(|&g| g as usize)
+    }
+
+    /// Adds group `g` (the next one) with `key` in the table, or only its (empty) entry.
+    fn push(&mut self, key: Option<&[u8]>, g: u32) {
+        let Some(key) = key else {
+            self.offsets.push(self.data.len());
+            return;
+        };
+        let h = FixedState::with_seed(TABLE_SEED).hash_one(key);
+        self.data.extend_from_slice(key);
+        self.offsets.push(self.data.len());
+        let state = FixedState::with_seed(TABLE_SEED);
+        let (data, offsets) = (&self.data, &self.offsets);
+        self.table.insert_unique(h, g, |&x| state.hash_one(&data[offsets[x as usize]..offsets[x as usize + 1]]));
+    }
+}
+
 /// How groups are found by key.
 enum GroupIndex {
     /// No GROUP BY: one group.
@@ -1092,18 +1166,25 @@ enum GroupIndex {
     /// One integer-like key, kept inline in the map (and by group, for output); the null key is a
     /// group of its own.
     Int { map: IntMap, keys: Vec<i64>, nulls: Vec<bool>, null_group: Option<u32> },
-    /// Keys in row format, concatenated, found through a table of group numbers.
-    Rows { table: HashTable<u32>, data: Vec<u8>, offsets: Vec<usize> },
+    /// Keys in row format.
+    Rows(RowKeys),
+    /// Packed keys inline in the map (and by group, for output); the keys that do not pack in row
+    /// format beside it. The row table takes room only once such a key comes (its memory is
+    /// reserved from the start).
+    Packed { map: IntMap, keys: Vec<u64>, rows: RowKeys },
 }
 
 impl GroupIndex {
     fn new(spec: &Spec) -> GroupIndex {
-        match (&spec.key_converter, spec.key_count) {
-            (_, 0) => GroupIndex::Single,
-            (None, _) => {
+        match (&spec.key_converter, &spec.packing, spec.key_count) {
+            (_, _, 0) => GroupIndex::Single,
+            (None, _, _) => {
                 GroupIndex::Int { map: IntMap::default(), keys: Vec::new(), nulls: Vec::new(), null_group: None }
             }
-            (Some(_), _) => GroupIndex::Rows { table: HashTable::new(), data: Vec::new(), offsets: vec![0] },
+            (Some(_), Some(_), _) => {
+                GroupIndex::Packed { map: IntMap::default(), keys: Vec::new(), rows: RowKeys::new() }
+            }
+            (Some(_), None, _) => GroupIndex::Rows(RowKeys::new()),
         }
     }
 
@@ -1114,6 +1195,7 @@ impl GroupIndex {
             GroupIndex::Single => 0,
             GroupIndex::Int { .. } => IntMap::bytes_for(capacity) + capacity * 9,
             GroupIndex::Rows { .. } => table(4) + capacity * 8,
+            GroupIndex::Packed { .. } => IntMap::bytes_for(capacity) + capacity * 8 + table(4) + capacity * 8,
         }) as u64
     }
 
@@ -1125,18 +1207,30 @@ impl GroupIndex {
                 keys.reserve_exact(additional);
                 nulls.reserve_exact(additional);
             }
-            GroupIndex::Rows { table, data, offsets } => {
-                let state = FixedState::with_seed(TABLE_SEED);
-                table.reserve(additional, |&g| state.hash_one(&data[offsets[g as usize]..offsets[g as usize + 1]]));
-                offsets.reserve_exact(additional);
+            GroupIndex::Rows(rows) => rows.reserve(additional),
+            GroupIndex::Packed { map, keys, rows } => {
+                map.reserve(additional);
+                keys.reserve_exact(additional);
+                if rows.table.is_empty() {
+                    rows.offsets.reserve_exact(additional);
+                } else {
+                    rows.reserve(additional);
+                }
             }
+        }
+    }
+
+    fn row_keys(&self) -> Option<&RowKeys> {
+        match self {
+            GroupIndex::Rows(rows) | GroupIndex::Packed { rows, .. } => Some(rows),
+            _ => None,
         }
     }
 
     /// The (old, new) capacity in bytes of the key buffer if a key of `len` bytes does not fit.
     fn key_growth(&self, len: usize) -> Option<(u64, u64)> {
-        match self {
-            GroupIndex::Rows { data, .. } if data.len() + len > data.capacity() => {
+        match self.row_keys() {
+            Some(RowKeys { data, .. }) if len > 0 && data.len() + len > data.capacity() => {
                 let new = (data.capacity() * 2).max(data.len() + len).max(64 << 10);
                 Some((data.capacity() as u64, new as u64))
             }
@@ -1154,33 +1248,23 @@ impl GroupIndex {
                 nulls.clear();
                 *null_group = None;
             }
-            GroupIndex::Rows { table, data, offsets } => {
-                table.clear();
-                data.clear();
-                offsets.clear();
-                offsets.push(0);
+            GroupIndex::Rows(rows) => rows.clear(),
+            GroupIndex::Packed { map, keys, rows } => {
+                map.clear();
+                keys.clear();
+                rows.clear();
             }
         }
     }
 
     /// Bytes of the key buffer (reserved apart from [`bytes`](Self::bytes)).
     fn key_capacity(&self) -> usize {
-        match self {
-            GroupIndex::Rows { data, .. } => data.capacity(),
-            _ => 0,
-        }
+        self.row_keys().map_or(0, |r| r.data.capacity())
     }
 
     fn grow_keys(&mut self, capacity: usize) {
-        if let GroupIndex::Rows { data, .. } = self {
+        if let GroupIndex::Rows(RowKeys { data, .. }) | GroupIndex::Packed { rows: RowKeys { data, .. }, .. } = self {
             data.reserve_exact(capacity - data.len());
-        }
-    }
-
-    fn key(&self, g: usize) -> &[u8] {
-        match self {
-            GroupIndex::Rows { data, offsets, .. } => &data[offsets[g]..offsets[g + 1]],
-            _ => &[],
         }
     }
 
@@ -1192,11 +1276,14 @@ impl GroupIndex {
                 ABSENT => None,
                 g => Some(g as usize),
             },
-            (GroupIndex::Rows { table, data, offsets }, BatchKeys::Rows(r)) => {
-                let key = r.row(row).data();
-                let h = keys.hash(row, TABLE_SEED);
-                table.find(h, |&g| &data[offsets[g as usize]..offsets[g as usize + 1]] == key).map(|&g| g as usize)
-            }
+            (GroupIndex::Rows(rows), BatchKeys::Rows(r)) => rows.find(r.row(row).data()),
+            (GroupIndex::Packed { map, rows, .. }, BatchKeys::Packed { keys: packed, .. }) => match keys.row(row) {
+                Some(key) => rows.find(key),
+                None => match map.get(packed[row] as i64) {
+                    ABSENT => None,
+                    g => Some(g as usize),
+                },
+            },
             _ => unreachable!("keys and index of the same kind"),
         }
     }
@@ -1216,15 +1303,73 @@ impl GroupIndex {
                     nulls.push(false);
                 }
             }
-            (GroupIndex::Rows { table, data, offsets }, BatchKeys::Rows(r)) => {
-                let h = keys.hash(row, TABLE_SEED);
-                data.extend_from_slice(r.row(row).data());
-                offsets.push(data.len());
-                let state = FixedState::with_seed(TABLE_SEED);
-                table.insert_unique(h, g, |&x| state.hash_one(&data[offsets[x as usize]..offsets[x as usize + 1]]));
-            }
+            (GroupIndex::Rows(rows), BatchKeys::Rows(r)) => rows.push(Some(r.row(row).data()), g),
+            (GroupIndex::Packed { map, keys: ks, rows }, BatchKeys::Packed { keys: packed, .. }) => match keys.row(row)
+            {
+                Some(key) => {
+                    if rows.table.is_empty() {
+                        // The first key that did not pack: the table takes the room reserved
+                        // for it, for the groups there is room for.
+                        rows.reserve(ks.capacity().saturating_sub(ks.len()).max(1));
+                    }
+                    ks.push(0);
+                    rows.push(Some(key), g);
+                }
+                None => {
+                    map.insert(packed[row] as i64, g);
+                    ks.push(packed[row]);
+                    rows.push(None, g);
+                }
+            },
             _ => unreachable!("keys and index of the same kind"),
         }
+    }
+
+    /// The key columns of groups `start..end`, in the converter's types.
+    fn key_columns(&self, spec: &Spec, start: usize, end: usize) -> Result<Vec<ArrayRef>> {
+        let from_rows = |rows: &RowKeys, groups: &mut dyn Iterator<Item = usize>| -> Result<Vec<ArrayRef>> {
+            let converter = spec.key_converter.as_ref().expect("row-format keys have a converter");
+            let parser = converter.parser();
+            Ok(converter.convert_rows(groups.map(|g| parser.parse(rows.key(g))))?)
+        };
+        Ok(match self {
+            GroupIndex::Single => Vec::new(),
+            GroupIndex::Int { keys, nulls, .. } => {
+                let values = keys[start..end].iter().zip(&nulls[start..end]).map(|(k, null)| (!null).then_some(*k));
+                vec![Arc::new(values.collect::<Int64Array>())]
+            }
+            GroupIndex::Rows(rows) => from_rows(rows, &mut (start..end))?,
+            GroupIndex::Packed { keys, rows, .. } => {
+                let packing = spec.packing.as_ref().expect("packed keys have a packing");
+                let packed = packing.unpack(&keys[start..end])?;
+                let in_rows: Vec<usize> = (start..end).filter(|&g| !rows.key(g).is_empty()).collect();
+                if in_rows.is_empty() {
+                    packed
+                } else {
+                    // Each group's key from where it is kept, in group order.
+                    let unpacked = from_rows(rows, &mut in_rows.iter().copied())?;
+                    let mut next = 0;
+                    let pick: Vec<(usize, usize)> = (start..end)
+                        .map(|g| match rows.key(g).is_empty() {
+                            true => (0, g - start),
+                            false => {
+                                next += 1;
+                                (1, next - 1)
+                            }
+                        })
+                        .collect();
+                    let mut columns = Vec::with_capacity(packed.len());
+                    for (p, u) in packed.iter().zip(&unpacked) {
+                        let u = match u.data_type() == p.data_type() {
+                            true => u.clone(),
+                            false => arrow::compute::cast(u, p.data_type())?,
+                        };
+                        columns.push(arrow::compute::interleave(&[p.as_ref(), u.as_ref()], &pick)?);
+                    }
+                    columns
+                }
+            }
+        })
     }
 }
 

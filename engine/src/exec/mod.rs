@@ -21,6 +21,7 @@ mod int_map;
 mod join;
 mod metrics;
 mod operators;
+mod packed_keys;
 mod partition;
 mod scan;
 mod shared;
