@@ -348,6 +348,8 @@ fn worker(w: usize, workers: usize, shared: &Shared, ctx: &ExecContext, tx: Send
             &dictionaries,
             &mut emit,
         );
+        // The cached dictionaries belong to the morsel's chunks: let them go with it.
+        dict_cache.iter_mut().for_each(|c| *c = None);
         if let Err(e) = result {
             let _ = tx.send(Message::Error(e));
             return;
