@@ -1126,9 +1126,8 @@ impl RowKeys {
     }
 
     fn reserve(&mut self, additional: usize) {
-        let state = FixedState::with_seed(TABLE_SEED);
         let (data, offsets) = (&self.data, &self.offsets);
-        self.table.reserve(additional, |&g| state.hash_one(&data[offsets[g as usize]..offsets[g as usize + 1]]));
+        self.table.reserve(additional, |&g| hash_key(&data[offsets[g as usize]..offsets[g as usize + 1]]));
         self.offsets.reserve_exact(additional);
     }
 
@@ -1140,8 +1139,7 @@ impl RowKeys {
     }
 
     fn find(&self, key: &[u8]) -> Option<usize> {
-        let h = FixedState::with_seed(TABLE_SEED).hash_one(key);
-        self.table.find(h, |&g| self.key(g as usize) == key).map(|&g| g as usize)
+        self.table.find(hash_key(key), |&g| self.key(g as usize) == key).map(|&g| g as usize)
     }
 
     /// Adds group `g` (the next one) with `key` in the table, or only its (empty) entry.
@@ -1150,13 +1148,16 @@ impl RowKeys {
             self.offsets.push(self.data.len());
             return;
         };
-        let h = FixedState::with_seed(TABLE_SEED).hash_one(key);
         self.data.extend_from_slice(key);
         self.offsets.push(self.data.len());
-        let state = FixedState::with_seed(TABLE_SEED);
         let (data, offsets) = (&self.data, &self.offsets);
-        self.table.insert_unique(h, g, |&x| state.hash_one(&data[offsets[x as usize]..offsets[x as usize + 1]]));
+        self.table.insert_unique(hash_key(key), g, |&x| hash_key(&data[offsets[x as usize]..offsets[x as usize + 1]]));
     }
+}
+
+/// The hash a row-format key is found by in [`RowKeys`].
+fn hash_key(key: &[u8]) -> u64 {
+    FixedState::with_seed(TABLE_SEED).hash_one(key)
 }
 
 /// How groups are found by key.
@@ -1359,11 +1360,8 @@ impl GroupIndex {
                         })
                         .collect();
                     let mut columns = Vec::with_capacity(packed.len());
+                    // Both in the key types: the packing's and the converter's are the same.
                     for (p, u) in packed.iter().zip(&unpacked) {
-                        let u = match u.data_type() == p.data_type() {
-                            true => u.clone(),
-                            false => arrow::compute::cast(u, p.data_type())?,
-                        };
                         columns.push(arrow::compute::interleave(&[p.as_ref(), u.as_ref()], &pick)?);
                     }
                     columns

@@ -40,9 +40,9 @@ struct Tested {
     conditions: Vec<Expr>,
 }
 
-/// What a worker remembers of the dictionaries it has seen: per tested column, the last dictionary
-/// and which of its values pass (one more entry at the end: whether null does).
-pub(crate) type DictCache = Vec<Option<(ArrayRef, BooleanBuffer)>>;
+/// What a worker remembers of the dictionaries it has seen: per tested column, the last dictionary,
+/// which of its values pass, and whether null does.
+pub(crate) type DictCache = Vec<Option<(ArrayRef, BooleanBuffer, bool)>>;
 
 impl DictFilter {
     /// Takes out of `ops` (a scan's operators) the conditions of its leading filter that test a
@@ -121,21 +121,20 @@ impl DictFilter {
 
 impl Tested {
     /// Which rows of `column` pass every condition (null counts as not passing).
-    fn passes(&self, column: &ArrayRef, cached: &mut Option<(ArrayRef, BooleanBuffer)>) -> Result<BooleanBuffer> {
+    fn passes(&self, column: &ArrayRef, cached: &mut Option<(ArrayRef, BooleanBuffer, bool)>) -> Result<BooleanBuffer> {
         let Some(dictionary) = column.as_dictionary_opt::<Int32Type>() else {
             return self.evaluate(column.clone());
         };
         let values = dictionary.values();
         // The reader hands out one dictionary per column chunk, the same array for every batch.
-        let hit = matches!(cached, Some((seen, _)) if Arc::ptr_eq(seen, values));
+        let hit = matches!(cached, Some((seen, ..)) if Arc::ptr_eq(seen, values));
         if !hit {
-            // The values and a null at the end, for the rows whose key is null.
-            let with_null =
-                arrow::compute::concat(&[values.as_ref(), &arrow::array::new_null_array(values.data_type(), 1)])?;
-            *cached = Some((values.clone(), self.evaluate(with_null)?));
+            // The values' answers, and the answer for the rows whose key is null.
+            let null = self.evaluate(arrow::array::new_null_array(values.data_type(), 1))?.value(0);
+            *cached = Some((values.clone(), self.evaluate(values.clone())?, null));
         }
-        let answers = &cached.as_ref().expect("cached just now").1;
-        let null_answer = answers.value(values.len());
+        let (_, answers, null_answer) = cached.as_ref().expect("cached just now");
+        let (answers, null_answer) = (answers, *null_answer);
         let keys = dictionary.keys();
         let raw = keys.values();
         Ok(match keys.nulls() {
