@@ -21,7 +21,7 @@
 //! ```text
 //!  input ─> [buffer ─ sort ─> run 1] [buffer ─ sort ─> run 2] ... [run n]
 //!                                                    │ passes while n > fan-in
-//!                              heap of run cursors (row-format keys) ─> sorted chunks
+//!                              tree of losers (row-format keys)  ─> sorted chunks
 //! ```
 
 use std::collections::VecDeque;
@@ -311,7 +311,7 @@ impl Sorter {
             self.reservation.shrink(moved - bytes);
         }
         let extra = bytes.saturating_sub(moved);
-        let over = |s: &Self| s.reservation.size() + extra > s.buffer_limit;
+        let over = |s: &Self| s.in_flight() + s.reservation.size() + extra > s.buffer_limit;
         if over(self) || self.reservation.try_grow(extra).is_err() {
             self.spill_memory_runs()?;
             if over(self) || self.reservation.try_grow(extra).is_err() {
@@ -335,8 +335,11 @@ impl Sorter {
         self.buffer.push((batch, keys));
         self.buffer_bytes += bytes;
         if self.buffer_bytes >= self.run_bytes {
-            self.sort_run(false)?;
-            self.write_behind()?;
+            if self.runs.iter().any(|r| !matches!(r, Run::Memory(_))) {
+                self.sort_behind()?;
+            } else {
+                self.sort_run(false)?;
+            }
         }
         Ok(())
     }
@@ -393,55 +396,26 @@ impl Sorter {
     /// Sorts the buffer into an in-memory run: stable, by row-format keys, cut to `fetch` rows.
     /// `parallel` sorts on the worker threads, which must then be idle: while the input still
     /// runs they are busy scanning (and waiting for this very thread), so runs cut during the input
-    /// are sorted on the consumer.
+    /// are sorted on the consumer, or on a thread of their own once the sort spills (see
+    /// [`Sorter::sort_behind`]).
     fn sort_run(&mut self, parallel: bool) -> Result<()> {
-        use rayon::prelude::*;
         let buffered = std::mem::take(&mut self.buffer);
         let total: usize = buffered.iter().map(|(b, _)| b.num_rows()).sum();
-        // Each row's place: the first 8 bytes of its row-format key as an integer (most
-        // comparisons end there, without touching the keys), then batch and row.
+        let scratch_bytes = order_bytes(total);
         let mut scratch = self.ctx.pool.register("ExternalSort order", false);
-        if scratch.try_grow(16 * total as u64).is_err() {
+        if scratch.try_grow(scratch_bytes).is_err() {
             // Runs kept in memory make room first (the pool is shared with the operators
             // around, which may have taken more than they had when this sort sized itself).
             self.spill_memory_runs()?;
-            self.draw_on_floor(16 * total as u64);
-            scratch.try_grow(16 * total as u64).map_err(|_| self.too_small(16 * total as u64))?;
+            self.draw_on_floor(scratch_bytes);
+            scratch.try_grow(scratch_bytes).map_err(|_| self.too_small(scratch_bytes))?;
         }
-        let mut order: Vec<(u64, u32, u32)> = buffered
-            .iter()
-            .enumerate()
-            .flat_map(|(b, (batch, keys))| {
-                (0..batch.num_rows() as u32).map(move |r| (key_prefix(keys.row(r as usize).as_ref()), b as u32, r))
-            })
-            .collect();
-        let rows: Vec<&Rows> = buffered.iter().map(|(_, k)| k).collect();
-        let compare = |x: &(u64, u32, u32), y: &(u64, u32, u32)| {
-            x.0.cmp(&y.0).then_with(|| rows[x.1 as usize].row(x.2 as usize).cmp(&rows[y.1 as usize].row(y.2 as usize)))
-        };
-        if parallel {
-            self.ctx.threads.install(|| order.par_sort_by(compare));
-        } else {
-            order.sort_by(compare);
-        }
-        if let Some(k) = self.fetch {
-            order.truncate(k);
-        }
+        let order = run_order(&buffered, self.fetch, parallel.then_some(&*self.ctx.threads));
         let batches: Vec<&RecordBatch> = buffered.iter().map(|(b, _)| b).collect();
-        // Chunks of a batch's worth of rows, fewer when rows are wide, and at most a 128th of a
-        // run: chunks are what the merge holds per run, so they set how many runs one merge
-        // takes. A run is a share of memory, so the input one merge covers is a multiple of
-        // memory set by this fraction: about 30 times what is free, where batch-sized chunks
-        // gave the lineitem sort at scale factor 10 (9 GB of rows and keys, 512 MiB) a merge pass
-        // that wrote everything once more (95 s; 75 s with a 64th, still one pass; 55 s without).
-        let data_bytes: usize = batches.iter().map(|b| b.get_array_memory_size()).sum();
-        let row_bytes = data_bytes / total.max(1) + 1;
-        let chunk_bytes = (self.ctx.batch_bytes_target() as usize).min((self.run_bytes as usize / 128).max(64 << 10));
-        let chunk_rows = (chunk_bytes / row_bytes).clamp(1, self.batch_size());
+        let chunk_rows = self.chunk_rows(&batches);
         let mut chunks = VecDeque::new();
         for part in order.chunks(chunk_rows) {
-            let indices: Vec<(usize, usize)> = part.iter().map(|&(_, b, r)| (b as usize, r as usize)).collect();
-            let chunk = interleave_batches(&self.schema, &batches, &indices)?;
+            let chunk = gather(&self.schema, &batches, part)?;
             let bytes = chunk.get_array_memory_size() as u64;
             // Sorted chunks replace the buffer: account for them as they are made (runs kept in
             // memory go to disk when the pool is short).
@@ -459,57 +433,115 @@ impl Sorter {
         Ok(())
     }
 
+    /// Rows of one chunk of a run of `batches`: a batch's worth, fewer when rows are wide, and
+    /// at most a 128th of a run. Chunks are what the merge holds per run, so they set how many
+    /// runs one merge takes. A run is a share of memory, so the input one merge covers is a
+    /// multiple of memory set by this fraction: about 30 times what is free, where batch-sized
+    /// chunks gave the lineitem sort at scale factor 10 (9 GB of rows and keys, 512 MiB) a merge
+    /// pass that wrote everything once more (95 s; 75 s with a 64th, still one pass; 55 s without).
+    fn chunk_rows(&self, batches: &[&RecordBatch]) -> usize {
+        let total: usize = batches.iter().map(|b| b.num_rows()).sum();
+        let data_bytes: usize = batches.iter().map(|b| b.get_array_memory_size()).sum();
+        let row_bytes = data_bytes / total.max(1) + 1;
+        (self.chunk_bytes() / row_bytes).clamp(1, self.batch_size())
+    }
+
+    fn chunk_bytes(&self) -> usize {
+        (self.ctx.batch_bytes_target() as usize).min((self.run_bytes as usize / 128).max(64 << 10))
+    }
+
     /// Once the sort has had to spill (its input does not fit), each run it cuts while the input
-    /// still comes is written on a thread of its own, one at a time, while this thread takes the
-    /// next run's worth of input: compressing and writing a run no longer stops the input. The
-    /// run's chunks stay reserved until they are written (a run is at most half the buffer).
-    fn write_behind(&mut self) -> Result<()> {
-        let spilled_before = self.runs.iter().any(|r| !matches!(r, Run::Memory(_)));
-        let Some(Run::Memory(_)) = self.runs.last() else { return Ok(()) };
-        if !spilled_before {
-            return Ok(());
+    /// still comes is sorted, cut into chunks and written on a thread of its own while this
+    /// thread takes the next run's worth of input: the consumer of a scan had been the
+    /// bottleneck, sorting every run itself while the scan workers waited on it (sorting lineitem
+    /// by `l_comment` at scale factor 10: the consumer busy all the time, the two workers a sixth
+    /// of it). As many runs as there are threads are in flight at once; each holds its buffer
+    /// (still reserved: it moves to the thread), the sorted order and two chunks (one being
+    /// encoded), reserved here before the thread starts.
+    fn sort_behind(&mut self) -> Result<()> {
+        let total: usize = self.buffer.iter().map(|(b, _)| b.num_rows()).sum();
+        let extra = order_bytes(total) + 2 * self.chunk_bytes() as u64;
+        // Runs in flight and the buffer filling meanwhile stay inside the sort's share.
+        while self.writing() >= self.ctx.config.threads.max(1)
+            || (self.writing() > 0 && self.in_flight() + self.reservation.size() + extra > self.buffer_limit)
+        {
+            self.finish_writes_beyond(self.writing() - 1)?;
         }
-        self.finish_writes()?;
-        let i = self.runs.len() - 1;
-        let Run::Memory(chunks) = std::mem::replace(&mut self.runs[i], Run::Memory(VecDeque::new())) else {
-            unreachable!("checked above")
-        };
-        let bytes: u64 = chunks.iter().map(|c| c.get_array_memory_size() as u64).sum();
-        for chunk in &chunks {
-            self.max_chunk_bytes = self.max_chunk_bytes.max(chunk.get_array_memory_size() as u64);
-            self.max_chunk_keys = self.max_chunk_keys.max(chunk.num_rows() as u64 * self.key_row_bytes);
+        if self.grow_from_floor(extra).is_err() {
+            // The pool is short (operators around this sort took memory since it sized itself):
+            // with every run written, or else here, a chunk at a time, as memory allows.
+            self.spill_memory_runs()?;
+            if self.grow_from_floor(extra).is_err() {
+                self.sort_run(false)?;
+                return self.spill_memory_runs();
+            }
         }
-        let held = self.reservation.split(bytes);
-        let (spill, schema) = (self.ctx.spill.clone(), self.schema.clone());
+        let buffered = std::mem::take(&mut self.buffer);
+        let buffer_bytes = std::mem::take(&mut self.buffer_bytes);
+        let batches: Vec<&RecordBatch> = buffered.iter().map(|(b, _)| b).collect();
+        let chunk_rows = self.chunk_rows(&batches);
+        drop(batches);
+        let held = self.reservation.split(buffer_bytes + extra);
+        let (spill, schema, fetch) = (self.ctx.spill.clone(), self.schema.clone(), self.fetch);
         let writer = std::thread::Builder::new()
-            .name("flow-sort-spill".into())
+            .name("flow-sort-run".into())
             .spawn(move || {
-                let mut writer = spill.create(schema, "ExternalSort")?;
-                for chunk in chunks {
+                let order = run_order(&buffered, fetch, None);
+                let batches: Vec<&RecordBatch> = buffered.iter().map(|(b, _)| b).collect();
+                let mut writer = spill.create(schema.clone(), "ExternalSort")?;
+                let (mut max_bytes, mut max_rows) = (0, 0);
+                for part in order.chunks(chunk_rows) {
+                    let chunk = gather(&schema, &batches, part)?;
+                    max_bytes = max_bytes.max(chunk.get_array_memory_size() as u64);
+                    max_rows = max_rows.max(chunk.num_rows() as u64);
                     writer.write(&chunk)?;
                 }
-                let file = writer.finish();
+                drop(batches);
+                drop((order, buffered));
+                let file = writer.finish()?;
                 drop(held);
-                file
+                Ok(Written { file, max_chunk_bytes: max_bytes, max_chunk_rows: max_rows })
             })
-            .map_err(|e| Error::Execution(format!("cannot start a spill writer: {e}")))?;
-        self.runs[i] = Run::Writing(writer);
+            .map_err(|e| Error::Execution(format!("cannot start a sort thread: {e}")))?;
+        self.runs.push(Run::Writing(writer, buffer_bytes + extra));
         Ok(())
+    }
+
+    /// Runs being sorted or written on threads of their own.
+    fn writing(&self) -> usize {
+        self.runs.iter().filter(|r| matches!(r, Run::Writing(..))).count()
+    }
+
+    /// Bytes the runs being sorted or written hold (reserved apart from the sort's own).
+    fn in_flight(&self) -> u64 {
+        self.runs.iter().map(|r| if let Run::Writing(_, bytes) = r { *bytes } else { 0 }).sum()
     }
 
     /// Waits for the runs being written.
     fn finish_writes(&mut self) -> Result<()> {
+        self.finish_writes_beyond(0)
+    }
+
+    /// Waits for the oldest runs being written until at most `in_flight` are.
+    fn finish_writes_beyond(&mut self, in_flight: usize) -> Result<()> {
+        let mut wait = self.writing().saturating_sub(in_flight);
         for i in 0..self.runs.len() {
-            if !matches!(self.runs[i], Run::Writing(_)) {
+            if wait == 0 {
+                break;
+            }
+            if !matches!(self.runs[i], Run::Writing(..)) {
                 continue;
             }
-            let Run::Writing(writer) = std::mem::replace(&mut self.runs[i], Run::Memory(VecDeque::new())) else {
+            wait -= 1;
+            let Run::Writing(writer, _) = std::mem::replace(&mut self.runs[i], Run::Memory(VecDeque::new())) else {
                 unreachable!("checked above")
             };
-            let file =
+            let written =
                 writer.join().map_err(|_| Error::Execution("internal error: a spill writer panicked".into()))??;
-            self.metrics.spilled(&file);
-            self.runs[i] = Run::Spilled(file);
+            self.max_chunk_bytes = self.max_chunk_bytes.max(written.max_chunk_bytes);
+            self.max_chunk_keys = self.max_chunk_keys.max(written.max_chunk_rows * self.key_row_bytes);
+            self.metrics.spilled(&written.file);
+            self.runs[i] = Run::Spilled(written.file);
         }
         Ok(())
     }
@@ -600,9 +632,60 @@ impl Sorter {
 /// A sorted run: chunks kept in memory, or a spill file.
 enum Run {
     Memory(VecDeque<RecordBatch>),
-    /// Being written to a spill file on a thread of its own (see [`Sorter::write_behind`]).
-    Writing(std::thread::JoinHandle<Result<SpillFile>>),
+    /// Being sorted and written, or written, to a spill file on a thread of its own (see
+    /// [`Sorter::sort_behind`]).
+    Writing(std::thread::JoinHandle<Result<Written>>, u64),
     Spilled(SpillFile),
+}
+
+/// A run written by a thread of its own, and the largest of its chunks (which size the merge).
+struct Written {
+    file: SpillFile,
+    max_chunk_bytes: u64,
+    max_chunk_rows: u64,
+}
+
+/// Bytes of the order of a run of `rows` rows (see [`run_order`]).
+fn order_bytes(rows: usize) -> u64 {
+    (std::mem::size_of::<Place>() * rows) as u64
+}
+
+/// The (batch, row) of each buffered row in key order, stable, cut to `fetch` rows; sorted on
+/// `pool` when given.
+///
+/// Each row's place is first the first 16 bytes of its row-format key as two integers (most
+/// comparisons end there, without touching the keys), then batch and row. Eight bytes were too
+/// few for text: a row-format string starts with a marker byte, so they held 7 characters.
+fn run_order(buffered: &[(RecordBatch, Rows)], fetch: Option<usize>, pool: Option<&rayon::ThreadPool>) -> Vec<Place> {
+    use rayon::prelude::*;
+    let mut order: Vec<Place> = buffered
+        .iter()
+        .enumerate()
+        .flat_map(|(b, (batch, keys))| {
+            (0..batch.num_rows() as u32).map(move |r| (key_prefix(keys.row(r as usize).as_ref()), b as u32, r))
+        })
+        .collect();
+    let compare = |x: &Place, y: &Place| {
+        x.0.cmp(&y.0)
+            .then_with(|| buffered[x.1 as usize].1.row(x.2 as usize).cmp(&buffered[y.1 as usize].1.row(y.2 as usize)))
+    };
+    match pool {
+        Some(pool) => pool.install(|| order.par_sort_by(compare)),
+        None => order.sort_by(compare),
+    }
+    if let Some(k) = fetch {
+        order.truncate(k);
+    }
+    order
+}
+
+/// A row of a run being sorted: its key's prefix, its batch and its row in the batch.
+type Place = (Prefix, u32, u32);
+
+/// Rows `part` of a run's `batches`, in that order.
+fn gather(schema: &SchemaRef, batches: &[&RecordBatch], part: &[Place]) -> Result<RecordBatch> {
+    let indices: Vec<(usize, usize)> = part.iter().map(|&(_, b, r)| (b as usize, r as usize)).collect();
+    interleave_batches(schema, batches, &indices)
 }
 
 /// Reads a run back a chunk at a time.
@@ -624,13 +707,16 @@ impl RunReader {
     }
 }
 
-/// The first 8 bytes of a row-format key, big-endian, zero-padded: ordered as the keys are, up to
-/// ties.
-fn key_prefix(row: &[u8]) -> u64 {
-    let mut bytes = [0u8; 8];
-    let n = row.len().min(8);
+/// The first 16 bytes of a row-format key as two big-endian integers, zero-padded: ordered as the
+/// keys are, up to ties (a tie is settled by the whole keys).
+type Prefix = (u64, u64);
+
+fn key_prefix(row: &[u8]) -> Prefix {
+    let mut bytes = [0u8; 16];
+    let n = row.len().min(16);
     bytes[..n].copy_from_slice(&row[..n]);
-    u64::from_be_bytes(bytes)
+    let (high, low) = bytes.split_at(8);
+    (u64::from_be_bytes(high.try_into().expect("8 bytes")), u64::from_be_bytes(low.try_into().expect("8 bytes")))
 }
 
 fn interleave_batches(schema: &SchemaRef, batches: &[&RecordBatch], indices: &[(usize, usize)]) -> Result<RecordBatch> {
@@ -656,7 +742,7 @@ struct Cursor {
     row_bytes: usize,
     pos: usize,
     /// The first bytes of the current row's key (see [`key_prefix`]): most comparisons end there.
-    prefix: u64,
+    prefix: Prefix,
     /// Where the current batch sits in the output chunk's batch list, once it has been used.
     slot: Option<usize>,
 }
@@ -669,14 +755,20 @@ impl Cursor {
     }
 }
 
-/// A k-way merge of sorted runs with a binary heap of cursors.
+/// A k-way merge of sorted runs with a tree of losers over the run cursors.
+///
+/// Each row taken replays one path from its run's leaf to the root, one comparison per level
+/// (log2 k). A binary heap needs up to two per level on its way down; with 251 runs (the lineitem
+/// sort at scale factor 10 and 512 MiB), that was 15 comparisons a row instead of 8.
 struct Merger {
     schema: SchemaRef,
     converter: Arc<RowConverter>,
     keys: Vec<usize>,
+    /// One per run; `None` once the run is read to the end (it then loses to every other).
     cursors: Vec<Option<Cursor>>,
-    /// Cursor indices ordered as a min-heap by current row (ties: lower run first, for stability).
-    heap: Vec<usize>,
+    /// `tree[0]` is the run whose row comes next; `tree[n]` for `n` in `1..k` the loser of the
+    /// match at node `n`, whose children are nodes `2n` and `2n + 1` (node `k + i` is run `i`).
+    tree: Vec<usize>,
     left: Option<usize>,
     batch_size: usize,
     /// Output chunks stop at about this many bytes.
@@ -708,7 +800,7 @@ impl Merger {
             converter,
             keys: sorter.keys.iter().map(|k| k.column).collect(),
             cursors: Vec::with_capacity(runs.len()),
-            heap: Vec::with_capacity(runs.len()),
+            tree: Vec::new(),
             left: fetch,
             batch_size: sorter.batch_size(),
             chunk_bytes: sorter.ctx.batch_bytes_target() as usize,
@@ -718,27 +810,49 @@ impl Merger {
             let mut reader = match run {
                 Run::Memory(chunks) => RunReader::Memory(chunks),
                 Run::Spilled(file) => RunReader::Spilled { reader: file.reader()?, _file: file },
-                Run::Writing(_) => unreachable!("writes finish before a merge"),
+                Run::Writing(..) => unreachable!("writes finish before a merge"),
             };
             match reader.next_batch()? {
                 Some(batch) if batch.num_rows() > 0 => {
                     let rows = merger.rows_of(&batch)?;
                     let row_bytes = batch.get_array_memory_size() / batch.num_rows() + 1;
-                    let mut cursor = Cursor { reader, batch, rows, row_bytes, pos: 0, prefix: 0, slot: None };
+                    let mut cursor = Cursor { reader, batch, rows, row_bytes, pos: 0, prefix: (0, 0), slot: None };
                     cursor.update_prefix();
                     merger.cursors.push(Some(cursor));
                 }
                 _ => merger.cursors.push(None),
             }
         }
-        for i in 0..merger.cursors.len() {
-            if merger.cursors[i].is_some() {
-                merger.heap.push(i);
-                let n = merger.heap.len() - 1;
-                merger.sift_up(n);
-            }
-        }
+        merger.build_tree();
         Ok(merger)
+    }
+
+    /// Plays every match once, from the leaves up.
+    fn build_tree(&mut self) {
+        let k = self.cursors.len();
+        self.tree = vec![0; k.max(1)];
+        // The winner below each node; nodes `k..2k` are the runs themselves.
+        let mut winner: Vec<usize> = (0..2 * k).map(|n| n.saturating_sub(k)).collect();
+        for n in (1..k).rev() {
+            let (a, b) = (winner[2 * n], winner[2 * n + 1]);
+            let (win, lose) = if self.less(a, b) { (a, b) } else { (b, a) };
+            winner[n] = win;
+            self.tree[n] = lose;
+        }
+        self.tree[0] = if k > 1 { winner[1] } else { 0 };
+    }
+
+    /// After run `run` moved on: replays its matches up to the root.
+    fn replay(&mut self, mut run: usize) {
+        let k = self.cursors.len();
+        let mut node = (run + k) / 2;
+        while node > 0 {
+            if self.less(self.tree[node], run) {
+                std::mem::swap(&mut self.tree[node], &mut run);
+            }
+            node /= 2;
+        }
+        self.tree[0] = run;
     }
 
     fn rows_of(&self, batch: &RecordBatch) -> Result<Rows> {
@@ -746,8 +860,15 @@ impl Merger {
         Ok(self.converter.convert_columns(&columns)?)
     }
 
+    /// Whether run `a`'s current row comes before run `b`'s: by key, then by run (the earlier run
+    /// first, so the sort is stable); a finished run comes after every other.
     fn less(&self, a: usize, b: usize) -> bool {
-        let (x, y) = (self.cursors[a].as_ref().unwrap(), self.cursors[b].as_ref().unwrap());
+        let (x, y) = match (&self.cursors[a], &self.cursors[b]) {
+            (Some(x), Some(y)) => (x, y),
+            (Some(_), None) => return true,
+            (None, Some(_)) => return false,
+            (None, None) => return a < b,
+        };
         if x.prefix != y.prefix {
             return x.prefix < y.prefix;
         }
@@ -758,51 +879,19 @@ impl Merger {
         }
     }
 
-    fn sift_up(&mut self, mut i: usize) {
-        while i > 0 {
-            let parent = (i - 1) / 2;
-            if self.less(self.heap[i], self.heap[parent]) {
-                self.heap.swap(i, parent);
-                i = parent;
-            } else {
-                break;
-            }
-        }
-    }
-
-    fn sift_down(&mut self, mut i: usize) {
-        loop {
-            let (l, r) = (2 * i + 1, 2 * i + 2);
-            let mut smallest = i;
-            if l < self.heap.len() && self.less(self.heap[l], self.heap[smallest]) {
-                smallest = l;
-            }
-            if r < self.heap.len() && self.less(self.heap[r], self.heap[smallest]) {
-                smallest = r;
-            }
-            if smallest == i {
-                return;
-            }
-            self.heap.swap(i, smallest);
-            i = smallest;
-        }
-    }
-
     fn next_chunk(&mut self) -> Option<Result<RecordBatch>> {
         let want = match self.left {
             Some(0) => return None,
             Some(left) => left.min(self.batch_size),
             None => self.batch_size,
         };
-        if self.heap.is_empty() {
-            return None;
-        }
         let mut slots: Vec<RecordBatch> = Vec::new();
         let mut indices: Vec<(usize, usize)> = Vec::with_capacity(want);
         let mut bytes = 0;
-        while indices.len() < want && bytes < self.chunk_bytes && !self.heap.is_empty() {
-            let top = self.heap[0];
-            let cursor = self.cursors[top].as_mut().unwrap();
+        while indices.len() < want && bytes < self.chunk_bytes {
+            let top = self.tree[0];
+            // The winner is a finished run only when every run is.
+            let Some(cursor) = self.cursors.get_mut(top).and_then(Option::as_mut) else { break };
             let slot = *cursor.slot.get_or_insert_with(|| {
                 slots.push(cursor.batch.clone());
                 slots.len() - 1
@@ -826,20 +915,12 @@ impl Merger {
                         cursor.update_prefix();
                         cursor.slot = None;
                     }
-                    Ok(_) => {
-                        // The run is done: its file goes now.
-                        self.cursors[top] = None;
-                        let last = self.heap.pop().unwrap();
-                        if !self.heap.is_empty() {
-                            self.heap[0] = last;
-                        } else {
-                            continue;
-                        }
-                    }
+                    // The run is done: its file goes now.
+                    Ok(_) => self.cursors[top] = None,
                     Err(e) => return Some(Err(e)),
                 }
             }
-            self.sift_down(0);
+            self.replay(top);
         }
         for c in self.cursors.iter_mut().flatten() {
             c.slot = None;
