@@ -7,16 +7,20 @@
 //!
 //! 1. **Run generation.** Input batches are buffered under the operator's reservation
 //!    (`ExternalSort`, spillable) up to half of its share of the pool; the other half is scratch
-//!    for sorting (keys in Arrow row format, one `u32` pair per row, one output chunk). When the
-//!    buffer is full it is sorted (stably: ties keep input order) and written as one run, in chunks
-//!    of `batch_size` rows (fewer for wide rows: a chunk is about a batch's worth of bytes). With a `fetch` (top-k), a full buffer is first cut to its best `k` rows
-//!    and kept in memory while those fit; only a `k` too big for memory spills.
+//!    for sorting (keys in Arrow row format, a 16-byte key prefix and a `u32` pair per row, one
+//!    output chunk). When the buffer is full it is sorted (stably: ties keep input order) and
+//!    written as one run, in chunks of `batch_size` rows (fewer for wide rows: a chunk is about a
+//!    batch's worth of bytes). Once the sort has spilled, each run is sorted and written on a
+//!    thread of its own (as many at once as there are threads, inside the share) while the input
+//!    goes on. With a `fetch` (top-k), a full buffer is first cut to its best `k` rows and kept in
+//!    memory while those fit; only a `k` too big for memory spills.
 //! 2. **In memory.** If nothing was spilled, the buffer is sorted once and its chunks are produced
 //!    on demand from the sorted indices (no second copy of the data).
 //! 3. **Merge.** Each run costs one decoded chunk and its keys while it is merged. The fan-in is
 //!    what the pool has left divided by that cost, reserved before the merge starts. With more runs
 //!    than the fan-in, neighbouring runs are merged into longer runs first (a pass), keeping run
 //!    order so the sort stays stable; each merged run's file is removed as soon as it is read.
+//!    The runs meet in a tree of losers: one comparison per level for each row out.
 //!
 //! ```text
 //!  input ─> [buffer ─ sort ─> run 1] [buffer ─ sort ─> run 2] ... [run n]
@@ -208,11 +212,12 @@ impl Reclaim for Mutex<Sorter> {
         if !sorter.accepting || sorter.failed.is_some() {
             return 0;
         }
-        let before = sorter.reservation.size();
+        // Runs being written hold reservations of their own, given back as they finish.
+        let before = sorter.reservation.size() + sorter.in_flight();
         if let Err(e) = sorter.spill_memory_runs() {
             sorter.failed = Some(e);
         }
-        let freed = before.saturating_sub(sorter.reservation.size());
+        let freed = before.saturating_sub(sorter.reservation.size() + sorter.in_flight());
         if freed > 0 {
             sorter.metrics.spilled_on_request();
         }
