@@ -105,7 +105,8 @@ impl SortStream {
             floor: None,
             keep_floor,
             runs: Vec::new(),
-            // The rest is scratch: the row order (8 bytes a row) and one output chunk.
+            // The rest is scratch: the row order (a key prefix, batch and row: 24 bytes a row) and one
+            // output chunk.
             buffer_limit: (share * 3 / 4).max(min_memory(ctx) / 2),
             run_bytes: (share * 3 / 8).clamp(min_memory(ctx) / 4, 32 << 20),
             max_chunk_bytes: 0,
@@ -417,7 +418,7 @@ impl Sorter {
         }
         let order = run_order(&buffered, self.fetch, parallel.then_some(&*self.ctx.threads));
         let batches: Vec<&RecordBatch> = buffered.iter().map(|(b, _)| b).collect();
-        let chunk_rows = self.chunk_rows(&batches);
+        let chunk_rows = self.chunk_rows(&buffered);
         let mut chunks = VecDeque::new();
         for part in order.chunks(chunk_rows) {
             let chunk = gather(&self.schema, &batches, part)?;
@@ -444,9 +445,9 @@ impl Sorter {
     /// multiple of memory set by this fraction: about 30 times what is free, where batch-sized
     /// chunks gave the lineitem sort at scale factor 10 (9 GB of rows and keys, 512 MiB) a merge
     /// pass that wrote everything once more (95 s; 75 s with a 64th, still one pass; 55 s without).
-    fn chunk_rows(&self, batches: &[&RecordBatch]) -> usize {
-        let total: usize = batches.iter().map(|b| b.num_rows()).sum();
-        let data_bytes: usize = batches.iter().map(|b| b.get_array_memory_size()).sum();
+    fn chunk_rows(&self, buffered: &[(RecordBatch, Rows)]) -> usize {
+        let total: usize = buffered.iter().map(|(b, _)| b.num_rows()).sum();
+        let data_bytes: usize = buffered.iter().map(|(b, _)| b.get_array_memory_size()).sum();
         let row_bytes = data_bytes / total.max(1) + 1;
         (self.chunk_bytes() / row_bytes).clamp(1, self.batch_size())
     }
@@ -483,9 +484,7 @@ impl Sorter {
         }
         let buffered = std::mem::take(&mut self.buffer);
         let buffer_bytes = std::mem::take(&mut self.buffer_bytes);
-        let batches: Vec<&RecordBatch> = buffered.iter().map(|(b, _)| b).collect();
-        let chunk_rows = self.chunk_rows(&batches);
-        drop(batches);
+        let chunk_rows = self.chunk_rows(&buffered);
         let held = self.reservation.split(buffer_bytes + extra);
         let (spill, schema, fetch) = (self.ctx.spill.clone(), self.schema.clone(), self.fetch);
         let writer = std::thread::Builder::new()
@@ -542,7 +541,7 @@ impl Sorter {
                 unreachable!("checked above")
             };
             let written =
-                writer.join().map_err(|_| Error::Execution("internal error: a spill writer panicked".into()))??;
+                writer.join().map_err(|_| Error::Execution("internal error: a sort thread panicked".into()))??;
             self.max_chunk_bytes = self.max_chunk_bytes.max(written.max_chunk_bytes);
             self.max_chunk_keys = self.max_chunk_keys.max(written.max_chunk_rows * self.key_row_bytes);
             self.metrics.spilled(&written.file);
