@@ -120,6 +120,8 @@ fn every_join_type_matches_a_nested_loop_spilled_or_not() {
     let always = |_: i64, _: i64| true;
     let odd = |l: i64, r: i64| (l + r) % 3 != 0;
     let same_parity = |l: i64, r: i64| l % 2 == r % 2;
+    let same_third = |l: i64, r: i64| l % 3 == r % 3;
+    let same_tenth = |l: i64, r: i64| l % 10 == r % 10;
     let roomy = engine(dir.path(), 1 << 30);
     // Small enough that the build side (with its strings) spills, and the hot key is joined in chunks.
     let tight = engine(dir.path(), 3 << 20);
@@ -129,8 +131,25 @@ fn every_join_type_matches_a_nested_loop_spilled_or_not() {
         let cases: Vec<(String, Condition)> = vec![
             (format!("SELECT l.id, r.id, l.s, r.s FROM l {join} r ON l.k = r.k"), &always),
             (format!("SELECT l.id, r.id FROM l {join} r ON l.k = r.k AND (l.id + r.id) % 3 <> 0"), &odd),
-            // Two keys: compared in row format.
+            // Two keys, packed into one integer.
             (format!("SELECT l.id, r.id, r.s FROM l {join} r ON r.k = l.k AND l.id % 2 = r.id % 2"), &same_parity),
+            // Two keys, some of whose values (-5e9 and 3.6e9, not -7e8) do not fit in the 32 bits
+            // packing gives each: those rows are compared in row format, the others packed.
+            (
+                format!(
+                    "SELECT l.id, r.id FROM l {join} r ON l.k = r.k \
+                     AND (l.id % 3) * 4294967296 - 5000000000 = (r.id % 3) * 4294967296 - 5000000000"
+                ),
+                &same_third,
+            ),
+            // Three keys (21 bits each), one negative.
+            (
+                format!(
+                    "SELECT l.id, r.id FROM l {join} r ON l.k = r.k AND l.id % 2 = r.id % 2 \
+                     AND -(l.id % 5) * 300000 = -(r.id % 5) * 300000"
+                ),
+                &same_tenth,
+            ),
         ];
         for (sql, cond) in cases {
             let want = expected(&left, &right, keep_left, keep_right, cond);

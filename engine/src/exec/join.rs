@@ -6,9 +6,10 @@
 //! # Algorithm
 //!
 //! 1. **Build.** Build batches are kept as they come, with their keys (one integer-like key as an
-//!    `i64` inline in the hash table, others in row format); each row is linked into a chain of
-//!    rows with the same key, found through a hash table of chain heads. Rows with a null key are
-//!    kept (an outer join returns them) but never linked: SQL's `=` never matches a null.
+//!    `i64` inline in the hash table, two to four packed into one `i64` when their values fit,
+//!    others in row format); each row is linked into a chain of rows with the same key, found
+//!    through a hash table of chain heads. Rows with a null key are kept (an outer join returns
+//!    them) but never linked: SQL's `=` never matches a null.
 //! 2. **Probe in memory.** When the whole build side fits the operator's share, each probe batch
 //!    walks the chains of its keys; pairs are produced a chunk at a time (a key with millions of
 //!    matches never makes one huge batch), checked against the join's other conditions, and
@@ -119,14 +120,52 @@ enum KeyKind {
     None,
     /// One integer-like key, compared as `i64` (the common case: ids, dates).
     Int,
+    /// Two to four integer-like keys (TPC-H's `(partkey, suppkey)`), packed into one `i64`, see
+    /// [`pack`]; the row format for keys whose values do not fit.
+    Packed(RowConverter),
     /// Anything else, in row format.
     Rows(RowConverter),
+}
+
+/// Packs the values of two to four integer keys (cast to `i64`) into one `i64` per row: each
+/// column gets an equal share of the 64 bits (32, 21 or 16), and a value fits when it is within
+/// the signed range of its share. Returns the packed keys and, when some row with no null key
+/// has a value that does not fit, which rows those are: they are compared in row format instead.
+/// Whether a key packs depends only on its values, so equal keys on either side of a join always
+/// take the same path, and a packed key equals another exactly when their values do.
+fn pack(columns: &[&[i64]], valid: Option<&NullBuffer>, rows: usize) -> (Vec<i64>, Option<Vec<bool>>) {
+    let bits = 64 / columns.len() as u32;
+    let (low, high) = (-(1i64 << (bits - 1)), (1i64 << (bits - 1)) - 1);
+    let mask = (1u64 << bits) - 1;
+    let mut packed = vec![0i64; rows];
+    let mut out_of_range = false;
+    for (j, values) in columns.iter().enumerate() {
+        let shift = j as u32 * bits;
+        for (p, &v) in packed.iter_mut().zip(values.iter()) {
+            out_of_range |= v < low || v > high;
+            *p |= (((v as u64) & mask) << shift) as i64;
+        }
+    }
+    if !out_of_range {
+        return (packed, None);
+    }
+    let loose: Vec<bool> = (0..rows)
+        .map(|i| valid.is_none_or(|v| v.is_valid(i)) && columns.iter().any(|c| c[i] < low || c[i] > high))
+        .collect();
+    let any = loose.iter().any(|&l| l);
+    (packed, any.then_some(loose))
 }
 
 /// The keys of one batch.
 enum Keys {
     None,
     Int(ScalarBuffer<i64>),
+    /// Packed keys, and for the rows whose values did not fit (`loose`), their row-format keys
+    /// (made for every row, only when some row needs them).
+    Packed {
+        packed: Vec<i64>,
+        loose: Option<(Vec<bool>, Rows)>,
+    },
     Rows(Rows),
 }
 
@@ -135,6 +174,8 @@ impl Keys {
         match self {
             Keys::None => 0,
             Keys::Int(v) => FixedState::with_seed(seed).hash_one(v[i]),
+            Keys::Packed { loose: Some((loose, rows)), .. } if loose[i] => hash_key(rows.row(i).data(), seed),
+            Keys::Packed { packed, .. } => FixedState::with_seed(seed).hash_one(packed[i]),
             Keys::Rows(r) => hash_key(r.row(i).data(), seed),
         }
     }
@@ -142,6 +183,9 @@ impl Keys {
         match self {
             Keys::None => 0,
             Keys::Int(v) => v.len() * 8,
+            Keys::Packed { packed, loose } => {
+                packed.len() * 8 + loose.as_ref().map_or(0, |(flags, rows)| flags.len() + rows.size())
+            }
             Keys::Rows(r) => r.size(),
         }
     }
@@ -170,6 +214,20 @@ impl Shared {
             KeyKind::Int => {
                 let ints = arrow::compute::cast(&columns[0], &DataType::Int64)?;
                 Keys::Int(ints.as_primitive::<Int64Type>().values().clone())
+            }
+            KeyKind::Packed(converter) => {
+                let ints = columns
+                    .iter()
+                    .map(|c| arrow::compute::cast(c, &DataType::Int64))
+                    .collect::<std::result::Result<Vec<_>, _>>()?;
+                let values: Vec<&[i64]> =
+                    ints.iter().map(|c| c.as_primitive::<Int64Type>().values().as_ref()).collect();
+                let (packed, loose) = pack(&values, valid.as_ref(), rows);
+                let loose = match loose {
+                    Some(flags) => Some((flags, converter.convert_columns(&columns)?)),
+                    None => None,
+                };
+                Keys::Packed { packed, loose }
             }
             KeyKind::Rows(converter) => Keys::Rows(converter.convert_columns(&columns)?),
         };
@@ -625,8 +683,14 @@ struct BuildTable {
     key_offsets: Vec<usize>,
     /// Chain heads by row-format key.
     table: HashTable<u32>,
-    /// Chain heads by integer key.
+    /// Chain heads by integer key (one key, or packed keys).
     int_heads: IntMap,
+    /// Packed keys whose values did not fit: each distinct key once (row format, concatenated),
+    /// found through `loose_table` (which holds indexes into `loose_heads`).
+    loose_table: HashTable<u32>,
+    loose_data: Vec<u8>,
+    loose_offsets: Vec<usize>,
+    loose_heads: Vec<u32>,
     /// The next row of each row's chain.
     next: Vec<u32>,
     /// Rows that found a partner (outer joins keeping build rows, existence joins whose query
@@ -655,6 +719,10 @@ impl BuildTable {
             key_offsets: vec![0],
             table: HashTable::new(),
             int_heads: IntMap::default(),
+            loose_table: HashTable::new(),
+            loose_data: Vec::new(),
+            loose_offsets: vec![0],
+            loose_heads: Vec::new(),
             next: Vec::new(),
             matched: Vec::new(),
             key_null: Vec::new(),
@@ -679,14 +747,44 @@ impl BuildTable {
             + self.matched.capacity()
             + self.key_null.capacity()
             + hash_table_bytes(self.table.capacity(), 4)
-            + self.int_heads.bytes()) as u64
+            + self.int_heads.bytes()
+            + self.loose_data.capacity()
+            + self.loose_offsets.capacity() * 8
+            + self.loose_heads.capacity() * 4
+            + hash_table_bytes(self.loose_table.capacity(), 4)) as u64
+    }
+
+    /// Links row `id`, whose packed key did not fit, into the chain of its row-format key.
+    fn add_loose(&mut self, key: &[u8], id: u32) -> bool {
+        let h = hash_key(key, TABLE_SEED);
+        let (data, offsets) = (&self.loose_data, &self.loose_offsets);
+        let key_of = |j: u32| &data[offsets[j as usize]..offsets[j as usize + 1]];
+        if let Some(&j) = self.loose_table.find(h, |&j| key_of(j) == key) {
+            self.next[id as usize] = std::mem::replace(&mut self.loose_heads[j as usize], id);
+            return true;
+        }
+        let j = self.loose_heads.len() as u32;
+        self.loose_data.extend_from_slice(key);
+        self.loose_offsets.push(self.loose_data.len());
+        self.loose_heads.push(id);
+        let (data, offsets) = (&self.loose_data, &self.loose_offsets);
+        let key_of = |j: u32| &data[offsets[j as usize]..offsets[j as usize + 1]];
+        self.loose_table.insert_unique(h, j, |&j| hash_key(key_of(j), TABLE_SEED));
+        false
+    }
+
+    /// The chain head of a packed key that did not fit, by its row-format key.
+    fn loose_head(&self, key: &[u8]) -> u32 {
+        let h = hash_key(key, TABLE_SEED);
+        let key_of = |j: u32| &self.loose_data[self.loose_offsets[j as usize]..self.loose_offsets[j as usize + 1]];
+        self.loose_table.find(h, |&j| key_of(j) == key).map_or(NONE, |&j| self.loose_heads[j as usize])
     }
 
     /// Sizes the table of integer keys for `rows` rows at once, when the share allows: a
     /// partition's row count is known before it is read back, and growing step by step moves
     /// every key at each step.
     fn expect_rows(&mut self, shared: &Shared, rows: u64) {
-        if !matches!(shared.key_kind, KeyKind::Int) || rows >= NONE as u64 {
+        if !matches!(shared.key_kind, KeyKind::Int | KeyKind::Packed(_)) || rows >= NONE as u64 {
             return;
         }
         let bytes = self.int_heads.growth_bytes(rows as usize) as u64;
@@ -713,12 +811,26 @@ impl BuildTable {
         let grown_table = match &keys {
             Keys::None => 0,
             Keys::Int(_) => self.int_heads.growth_bytes(self.int_heads.room_for(n)),
+            Keys::Packed { loose, .. } => {
+                let loose_growth = match loose {
+                    Some(_) if self.loose_table.len() + n > self.loose_table.capacity() => {
+                        grown(self.loose_table.len(), self.loose_table.capacity(), 4)
+                    }
+                    _ => 0,
+                };
+                self.int_heads.growth_bytes(self.int_heads.room_for(n)) + loose_growth
+            }
             Keys::Rows(_) if self.table.len() + n > self.table.capacity() => {
                 grown(self.table.len(), self.table.capacity(), 4)
             }
             _ => 0,
         };
-        let key_bytes = if matches!(keys, Keys::Rows(_)) { keys.bytes() + n * 8 } else { 0 };
+        let key_bytes = match &keys {
+            Keys::Rows(_) => keys.bytes() + n * 8,
+            // Loose keys are kept, with an offset and a chain head each.
+            Keys::Packed { loose: Some((_, rows)), .. } => rows.size() + n * 12,
+            _ => 0,
+        };
         let held = narrow(&batch)?;
         let need = (held.get_array_memory_size() + 2 * (key_bytes + n * 5) + grown_table) as u64;
         if self.reservation.size() + need > self.limit || self.reservation.try_grow(need).is_err() {
@@ -761,6 +873,24 @@ impl BuildTable {
                     }
                     let id = first + i as u32;
                     if let Some(head) = self.int_heads.insert(key, id) {
+                        self.next[id as usize] = head;
+                        self.duplicates = true;
+                    }
+                }
+            }
+            Keys::Packed { packed, loose } => {
+                self.int_heads.reserve(self.int_heads.room_for(n));
+                for (i, &key) in packed.iter().enumerate() {
+                    if let Some(&ahead) = packed.get(i + IntMap::AHEAD) {
+                        self.int_heads.prefetch(ahead);
+                    }
+                    if !valid_row(i) {
+                        continue;
+                    }
+                    let id = first + i as u32;
+                    if let Some((_, rows)) = loose.as_ref().filter(|(flags, _)| flags[i]) {
+                        self.duplicates |= self.add_loose(rows.row(i).data(), id);
+                    } else if let Some(head) = self.int_heads.insert(key, id) {
                         self.next[id as usize] = head;
                         self.duplicates = true;
                     }
@@ -814,6 +944,8 @@ impl BuildTable {
         match keys {
             Keys::None => self.all_head,
             Keys::Int(values) => self.int_heads.get(values[i]),
+            Keys::Packed { loose: Some((flags, rows)), .. } if flags[i] => self.loose_head(rows.row(i).data()),
+            Keys::Packed { packed, .. } => self.int_heads.get(packed[i]),
             Keys::Rows(rows) => {
                 let key = rows.row(i).data();
                 let h = hash_key(key, TABLE_SEED);
@@ -828,6 +960,15 @@ impl BuildTable {
     fn heads(&self, keys: &Keys, valid: Option<&NullBuffer>, n: usize) -> Vec<u32> {
         let mut heads = match keys {
             Keys::Int(values) => self.int_heads.get_all(values),
+            Keys::Packed { packed, loose } => {
+                let mut heads = self.int_heads.get_all(packed);
+                if let Some((flags, rows)) = loose {
+                    for (i, head) in heads.iter_mut().enumerate().filter(|(i, _)| flags[*i]) {
+                        *head = self.loose_head(rows.row(i).data());
+                    }
+                }
+                heads
+            }
             Keys::None => vec![self.all_head; n],
             Keys::Rows(_) => (0..n).map(|i| self.head(keys, i)).collect(),
         };
@@ -1168,6 +1309,9 @@ impl JoinStream {
         let key_kind = match key_types.as_slice() {
             [] => KeyKind::None,
             [t] if int_like(t) => KeyKind::Int,
+            ts if ts.len() <= 4 && ts.iter().all(int_like) => {
+                KeyKind::Packed(RowConverter::new(key_types.into_iter().map(SortField::new).collect())?)
+            }
             _ => KeyKind::Rows(RowConverter::new(key_types.into_iter().map(SortField::new).collect())?),
         };
         let (keep_left, keep_right) = (spec.join_type.keeps_left(), spec.join_type.keeps_right());
@@ -1904,5 +2048,40 @@ impl Partitioner {
         }
         drop(input);
         self.finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pack;
+    use arrow::buffer::NullBuffer;
+
+    #[test]
+    fn packing_is_exact_within_each_share_and_leaves_the_rest_loose() {
+        // Two keys, 32 bits each: the ends of the signed range fit, one past them does not.
+        let (low, high) = (i32::MIN as i64, i32::MAX as i64);
+        let a = [low, high, -1, 0, high + 1, low - 1, 5];
+        let b = [high, low, 0, -1, 0, 0, 1 << 40];
+        let valid = NullBuffer::from(vec![true, true, true, true, true, true, false]);
+        let (packed, loose) = pack(&[&a, &b], Some(&valid), a.len());
+        // The last row's value does not fit, but its key is null: it is not compared at all.
+        assert_eq!(loose, Some(vec![false, false, false, false, true, true, false]));
+        let fitting = &packed[..4];
+        for (i, x) in fitting.iter().enumerate() {
+            for (j, y) in fitting.iter().enumerate() {
+                assert_eq!(x == y, i == j, "distinct keys {i} and {j} pack apart");
+            }
+        }
+        // Unpacking gives the values back.
+        for (i, &p) in fitting.iter().enumerate() {
+            assert_eq!(((p as i32) as i64, ((p >> 32) as i32) as i64), (a[i], b[i]));
+        }
+        assert_eq!(pack(&[&a[..4], &b[..4]], None, 4).1, None, "all fit: no row format");
+
+        // Four keys, 16 bits each.
+        let c = [-32768i64, 32767, 0];
+        let (packed, loose) = pack(&[&c, &c, &c, &[0, 0, 32768]], None, 3);
+        assert_eq!(loose, Some(vec![false, false, true]));
+        assert_ne!(packed[0], packed[1]);
     }
 }
