@@ -992,11 +992,7 @@ impl GroupTable {
 
     /// Adds the rows of groups not in the table to their partitions.
     fn partition_rows(&mut self, batch: &RecordBatch, spilled: Vec<Vec<u32>>) -> Result<()> {
-        let parts = self.partitions.as_mut().expect("partitions started");
-        for (p, rows) in spilled.into_iter().enumerate() {
-            parts.push_rows(p, batch, rows)?;
-        }
-        Ok(())
+        self.partitions.as_mut().expect("partitions started").push_split(batch, &spilled)
     }
 
     /// Writes out what the partitions still buffer and returns their spill files.

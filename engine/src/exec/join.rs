@@ -2025,10 +2025,7 @@ impl Partitioner {
                 rows[0].push(i as u32);
             }
         }
-        for (p, r) in rows.into_iter().enumerate() {
-            self.parts.push_rows(p, batch, r)?;
-        }
-        Ok(())
+        self.parts.push_split(batch, &rows)
     }
 
     fn finish(self) -> Result<Vec<Option<SpillFile>>> {

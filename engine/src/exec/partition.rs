@@ -1,10 +1,21 @@
-//! Hash partitions written to spill files: what a join does with inputs that do not fit.
+//! Hash partitions written to spill files: what a join or an aggregation does with rows that do
+//! not fit.
 //!
-//! Rows are buffered per partition under one reservation and written as a batch once a partition
-//! holds a batch's worth (by rows or bytes), or all at once when the pool cannot pay for more.
+//! An input batch is split once: its rows for every partition are taken out together, ordered by
+//! partition, into one batch (the batch itself when all of it goes to one partition), and each
+//! partition keeps the range of that batch that is its own. A partition holding a batch's worth
+//! of rows (by rows or bytes) copies its ranges into one batch and writes it; a batch is freed
+//! once every partition has written its range. Taking each partition's rows out of each batch on
+//! its own made one small batch per partition and input batch: the aggregation of lineitem by
+//! `l_orderkey` at scale factor 10 spilled 13M rows to 64 partitions through 470K of them, and
+//! their allocations and copies were a fifth of the thread feeding the table.
+//!
+//! Everything held (the split batches, the copies being written) is reserved under one
+//! reservation, within a limit: when the pool cannot pay for more, every partition writes what it
+//! holds, which frees every batch.
 
-use arrow::array::{RecordBatch, UInt32Array};
-use arrow::datatypes::SchemaRef;
+use arrow::array::{make_array, Array, ArrayRef, MutableArrayData, RecordBatch, RecordBatchOptions, UInt32Array};
+use arrow::datatypes::{DataType, SchemaRef};
 
 use std::sync::Arc;
 
@@ -13,16 +24,38 @@ use crate::error::Result;
 use crate::memory::MemoryReservation;
 use crate::spill::{SpillFile, SpillWriter};
 
+/// Rows `start..start + len` of source `source`.
+#[derive(Clone, Copy)]
+struct Range {
+    source: usize,
+    start: usize,
+    len: usize,
+}
+
+/// A split batch: rows of several partitions, each partition's rows together.
+struct Source {
+    batch: RecordBatch,
+    /// Bytes reserved for it.
+    bytes: u64,
+    /// Partitions that have not written their range of it yet.
+    readers: usize,
+}
+
 /// A set of spill files, one per partition, being written.
 pub(crate) struct SpillPartitions {
     label: String,
     schema: SchemaRef,
-    buffers: Vec<Vec<RecordBatch>>,
+    /// Split batches still read by some partition (`None`: a free slot, listed in `free`).
+    sources: Vec<Option<Source>>,
+    free: Vec<usize>,
+    /// Each partition's rows not written yet, their count and their bytes (estimated from their
+    /// batches' bytes a row).
+    pending: Vec<Vec<Range>>,
     rows: Vec<usize>,
     bytes: Vec<u64>,
     writers: Vec<Option<SpillWriter>>,
     reservation: MemoryReservation,
-    /// Most bytes buffered at once (the input still running beside needs the rest).
+    /// Most bytes held at once (the input still running beside needs the rest).
     limit: u64,
     ctx: ExecContext,
     metrics: Arc<OperatorMetrics>,
@@ -40,7 +73,9 @@ impl SpillPartitions {
         SpillPartitions {
             label: label.to_string(),
             schema,
-            buffers: vec![Vec::new(); partitions],
+            sources: Vec::new(),
+            free: Vec::new(),
+            pending: vec![Vec::new(); partitions],
             rows: vec![0; partitions],
             bytes: vec![0; partitions],
             writers: (0..partitions).map(|_| None).collect(),
@@ -51,69 +86,178 @@ impl SpillPartitions {
         }
     }
 
-    /// Adds rows `indices` of `batch` to partition `p`.
-    pub fn push_rows(&mut self, p: usize, batch: &RecordBatch, indices: Vec<u32>) -> Result<()> {
-        if indices.is_empty() {
+    /// Adds rows of `batch` to the partitions: `rows[p]` are partition `p`'s (one list per
+    /// partition).
+    pub fn push_split(&mut self, batch: &RecordBatch, rows: &[Vec<u32>]) -> Result<()> {
+        debug_assert_eq!(rows.len(), self.pending.len());
+        let total: usize = rows.iter().map(Vec::len).sum();
+        if total == 0 {
             return Ok(());
         }
-        if indices.len() == batch.num_rows() {
+        if let Some(p) = rows.iter().position(|r| r.len() == batch.num_rows()) {
+            // All of it to one partition (rows are distinct, so no other has any).
             return self.push(p, batch.clone());
         }
-        let taken = arrow::compute::take_record_batch(batch, &UInt32Array::from(indices))?;
-        self.push(p, taken)
+        let mut indices = Vec::with_capacity(total);
+        rows.iter().for_each(|r| indices.extend_from_slice(r));
+        // The copy is reserved before it is made (and the indices, for as long as it takes).
+        let row_bytes = batch.get_array_memory_size() as u64 / batch.num_rows().max(1) as u64;
+        let estimate = row_bytes * total as u64 + 4 * total as u64;
+        self.make_room(estimate)?;
+        let split = match arrow::compute::take_record_batch(batch, &UInt32Array::from(indices)) {
+            Ok(split) => split,
+            Err(e) => {
+                self.reservation.shrink(estimate);
+                return Err(e.into());
+            }
+        };
+        // The reservation follows what the copy holds (a sliced input overstates its own bytes).
+        let bytes = split.get_array_memory_size() as u64;
+        if bytes < estimate {
+            self.reservation.shrink(estimate - bytes);
+        } else if bytes > estimate {
+            self.make_room(bytes - estimate)?;
+        }
+        // Every partition with rows reads it: counted before any of them can write and free it.
+        let source = self.keep(split, bytes, rows.iter().filter(|r| !r.is_empty()).count());
+        let mut start = 0;
+        for (p, r) in rows.iter().enumerate().filter(|(_, r)| !r.is_empty()) {
+            self.add_range(p, Range { source, start, len: r.len() })?;
+            start += r.len();
+        }
+        Ok(())
     }
 
     /// Adds a batch to partition `p`.
     pub fn push(&mut self, p: usize, batch: RecordBatch) -> Result<()> {
-        let bytes = batch.get_array_memory_size() as u64;
-        // Over the limit or refused by the pool: write out the fullest buffers first.
-        loop {
-            let empty = self.reservation.size() == 0;
-            if empty || self.reservation.size() + bytes <= self.limit {
-                match self.reservation.try_grow(bytes) {
-                    Ok(()) => break,
-                    Err(e) if empty => return Err(e),
-                    Err(_) => {}
-                }
-            }
-            let fullest = (0..self.bytes.len()).max_by_key(|&p| self.bytes[p]).expect("partitions");
-            self.flush(fullest)?;
+        if batch.num_rows() == 0 {
+            return Ok(());
         }
-        self.rows[p] += batch.num_rows();
-        self.bytes[p] += bytes;
-        self.buffers[p].push(batch);
+        let len = batch.num_rows();
+        let bytes = batch.get_array_memory_size() as u64;
+        self.make_room(bytes)?;
+        let source = self.keep(batch, bytes, 1);
+        self.add_range(p, Range { source, start: 0, len })
+    }
+
+    /// Keeps a batch (its `bytes` reserved) until its `readers` partitions have written it; its
+    /// slot.
+    fn keep(&mut self, batch: RecordBatch, bytes: u64, readers: usize) -> usize {
+        let source = Source { batch, bytes, readers };
+        match self.free.pop() {
+            Some(slot) => {
+                self.sources[slot] = Some(source);
+                slot
+            }
+            None => {
+                self.sources.push(Some(source));
+                self.sources.len() - 1
+            }
+        }
+    }
+
+    fn add_range(&mut self, p: usize, range: Range) -> Result<()> {
+        let source = self.sources[range.source].as_ref().expect("source held");
+        let rows = source.batch.num_rows().max(1) as u64;
+        self.rows[p] += range.len;
+        self.bytes[p] += source.bytes * range.len as u64 / rows;
+        self.pending[p].push(range);
         if self.rows[p] >= self.ctx.config.batch_size.max(1) || self.bytes[p] >= self.ctx.batch_bytes_target() {
             self.flush(p)?;
         }
         Ok(())
     }
 
+    /// Reserves `bytes`, writing out every partition first when they do not fit the limit or the
+    /// pool (which frees every split batch).
+    fn make_room(&mut self, bytes: u64) -> Result<()> {
+        loop {
+            let holding = self.pending.iter().any(|p| !p.is_empty());
+            if !holding || self.reservation.size() + bytes <= self.limit {
+                match self.reservation.try_grow(bytes) {
+                    Ok(()) => return Ok(()),
+                    Err(e) if !holding => return Err(e),
+                    Err(_) => {}
+                }
+            }
+            self.flush_all()?;
+        }
+    }
+
+    /// Writes partition `p`'s rows as one batch, and frees the split batches no partition reads
+    /// any more.
     fn flush(&mut self, p: usize) -> Result<()> {
-        if self.buffers[p].is_empty() {
+        if self.pending[p].is_empty() {
             return Ok(());
         }
-        let batches = std::mem::take(&mut self.buffers[p]);
-        let batch = match batches.len() {
-            1 => batches[0].clone(),
-            _ => arrow::compute::concat_batches(&self.schema, &batches)?,
-        };
+        let ranges = std::mem::take(&mut self.pending[p]);
+        let (rows, bytes) = (self.rows[p], self.bytes[p]);
+        self.rows[p] = 0;
+        self.bytes[p] = 0;
         if self.writers[p].is_none() {
             self.writers[p] = Some(self.ctx.spill.create(self.schema.clone(), &format!("{}-p{p}", self.label))?);
         }
-        self.writers[p].as_mut().expect("writer").write(&batch)?;
-        self.reservation.shrink(self.bytes[p]);
-        self.rows[p] = 0;
-        self.bytes[p] = 0;
+        // The copy is reserved first; when the pool cannot pay for it, the ranges are written as
+        // they are (smaller row groups, nothing copied).
+        if ranges.len() > 1 && self.reservation.try_grow(bytes).is_ok() {
+            let batch = self.gather(&ranges, rows);
+            let written = batch.and_then(|b| self.writers[p].as_mut().expect("writer").write(&b));
+            self.reservation.shrink(bytes);
+            written?;
+        } else {
+            for r in &ranges {
+                let source = self.sources[r.source].as_ref().expect("source held");
+                self.writers[p].as_mut().expect("writer").write(&source.batch.slice(r.start, r.len))?;
+            }
+        }
+        for r in &ranges {
+            let source = self.sources[r.source].as_mut().expect("source held");
+            source.readers -= 1;
+            if source.readers == 0 {
+                self.reservation.shrink(source.bytes);
+                self.sources[r.source] = None;
+                self.free.push(r.source);
+            }
+        }
         Ok(())
     }
 
-    fn flush_all(&mut self) -> Result<()> {
-        (0..self.buffers.len()).try_for_each(|p| self.flush(p))
+    /// The rows of `ranges` copied into one batch.
+    fn gather(&self, ranges: &[Range], rows: usize) -> Result<RecordBatch> {
+        let batches: Vec<&RecordBatch> =
+            ranges.iter().map(|r| &self.sources[r.source].as_ref().expect("source held").batch).collect();
+        let mut columns: Vec<ArrayRef> = Vec::with_capacity(self.schema.fields().len());
+        for (i, field) in self.schema.fields().iter().enumerate() {
+            columns.push(if matches!(field.data_type(), DataType::Dictionary(..)) {
+                // Concatenation merges dictionaries; copying would repeat each batch's.
+                let slices: Vec<ArrayRef> =
+                    ranges.iter().zip(&batches).map(|(r, b)| b.column(i).slice(r.start, r.len)).collect();
+                let slices: Vec<&dyn Array> = slices.iter().map(|a| a.as_ref()).collect();
+                arrow::compute::concat(&slices)?
+            } else {
+                let data: Vec<_> = batches.iter().map(|b| b.column(i).to_data()).collect();
+                let mut copy = MutableArrayData::new(data.iter().collect(), field.is_nullable(), rows);
+                for (k, r) in ranges.iter().enumerate() {
+                    copy.try_extend(k, r.start, r.start + r.len)?;
+                }
+                make_array(copy.freeze())
+            });
+        }
+        Ok(RecordBatch::try_new_with_options(
+            self.schema.clone(),
+            columns,
+            &RecordBatchOptions::new().with_row_count(Some(rows)),
+        )?)
     }
 
-    /// Writes what is buffered and returns one file per partition (`None` for an empty one).
+    fn flush_all(&mut self) -> Result<()> {
+        (0..self.pending.len()).try_for_each(|p| self.flush(p))
+    }
+
+    /// Writes what is held and returns one file per partition (`None` for an empty one).
     pub fn finish(mut self) -> Result<Vec<Option<SpillFile>>> {
         self.flush_all()?;
+        debug_assert!(self.sources.iter().all(Option::is_none), "every split batch written");
         let files: Vec<Option<SpillFile>> =
             self.writers.into_iter().map(|w| w.map(|w| w.finish()).transpose()).collect::<Result<_>>()?;
         files.iter().flatten().for_each(|f| self.metrics.spilled(f));
