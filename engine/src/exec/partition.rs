@@ -264,3 +264,115 @@ impl SpillPartitions {
         Ok(files)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::exec::OperatorRegistry;
+    use crate::memory::MemoryPool;
+    use crate::spill::SpillManager;
+    use arrow::array::{AsArray, Int64Array, StringArray};
+    use arrow::datatypes::{Field, Int64Type, Schema};
+    use std::sync::atomic::AtomicBool;
+
+    fn context(dir: &std::path::Path, budget: u64) -> ExecContext {
+        let config = Config::default().with_mem_budget(budget).with_threads(1).with_batch_size(500);
+        ExecContext {
+            pool: MemoryPool::new(config.mem_budget),
+            config,
+            threads: Arc::new(rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap()),
+            counters: Default::default(),
+            cancel: Arc::new(AtomicBool::new(false)),
+            spill: SpillManager::new(dir, u64::MAX).unwrap(),
+            operators: Default::default(),
+            pending_minimums: Default::default(),
+            shared: Default::default(),
+            batch_target: 1 << 20,
+        }
+    }
+
+    /// Splits 40 batches of 300 rows (`id`, and a string of up to 200 bytes) by `id % 7` into
+    /// seven partitions (the ids of one batch in partition 3 only), with all but `leave` bytes of
+    /// the pool taken by someone else after the first 20, if asked; returns the ids each partition's file holds, in
+    /// order, and how many batches they were written as.
+    fn split(budget: u64, limit: u64, leave: Option<u64>) -> (Vec<Vec<i64>>, usize) {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = context(dir.path(), budget);
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("s", DataType::Utf8, true),
+        ]));
+        let metrics = OperatorRegistry::default().register(0, "test", String::new());
+        let mut parts = SpillPartitions::new(&ctx, &metrics, schema.clone(), "test", 7, limit);
+        let mut other = ctx.pool.register("other", false);
+        for b in 0..40i64 {
+            let ids: Vec<i64> = (b * 300..(b + 1) * 300).collect();
+            let strings: Vec<Option<String>> =
+                ids.iter().map(|i| (i % 11 != 0).then(|| "x".repeat((i % 200) as usize))).collect();
+            let batch = RecordBatch::try_new(
+                schema.clone(),
+                vec![Arc::new(Int64Array::from(ids.clone())), Arc::new(StringArray::from(strings))],
+            )
+            .unwrap();
+            if b == 13 {
+                let mut rows = vec![Vec::new(); 7];
+                rows[3] = (0..300).collect();
+                parts.push_split(&batch, &rows).unwrap();
+            } else {
+                let mut rows = vec![Vec::new(); 7];
+                ids.iter().enumerate().for_each(|(r, i)| rows[(i % 7) as usize].push(r as u32));
+                parts.push_split(&batch, &rows).unwrap();
+            }
+            if let Some(leave) = leave.filter(|_| b == 20) {
+                other.try_grow(ctx.pool.available() - leave).unwrap();
+            }
+        }
+        let files = parts.finish().unwrap();
+        drop(other);
+        assert_eq!(ctx.pool.reserved(), 0, "everything given back");
+        let mut writes = 0;
+        let ids = files
+            .iter()
+            .map(|f| {
+                let mut ids = Vec::new();
+                for batch in f.as_ref().unwrap().reader().unwrap() {
+                    let batch = batch.unwrap();
+                    writes += 1;
+                    let s = batch.column(1).as_string::<i32>();
+                    for (r, id) in batch.column(0).as_primitive::<Int64Type>().values().iter().enumerate() {
+                        assert_eq!(s.is_valid(r), id % 11 != 0);
+                        assert_eq!(s.value(r).len(), if id % 11 != 0 { (id % 200) as usize } else { 0 });
+                        ids.push(*id);
+                    }
+                }
+                ids
+            })
+            .collect();
+        (ids, writes)
+    }
+
+    fn expected() -> Vec<Vec<i64>> {
+        let mut want = vec![Vec::new(); 7];
+        for id in 0..12_000i64 {
+            want[if (3900..4200).contains(&id) { 3 } else { (id % 7) as usize }].push(id);
+        }
+        want
+    }
+
+    #[test]
+    fn every_row_reaches_its_partition_in_order_whatever_the_memory() {
+        // Room: each partition writes 500 rows at a time, copied from many batches into one.
+        let (ids, roomy_writes) = split(64 << 20, 32 << 20, None);
+        assert_eq!(ids, expected());
+        assert!(roomy_writes < 40, "{roomy_writes} writes");
+        // A limit of two input batches: every partition writes whenever the split batches reach it.
+        let (ids, tight_writes) = split(64 << 20, 80 << 10, None);
+        assert_eq!(ids, expected());
+        assert!(tight_writes > roomy_writes, "{tight_writes} writes");
+        // The pool nearly all taken: the copies are refused, so ranges are written as they are.
+        let (ids, starved_writes) = split(1 << 20, 1 << 20, Some(40 << 10));
+        assert_eq!(ids, expected());
+        assert!(starved_writes > tight_writes, "{starved_writes} writes");
+    }
+}
