@@ -197,6 +197,40 @@ fn unique_build_keys_spilled_join_matches_a_nested_loop() {
 }
 
 #[test]
+fn a_big_build_side_few_probe_keys_find_gives_every_pair() {
+    // 100K distinct build keys (more than a core's cache holds, so the table filters probe keys
+    // once most of a batch misses), probed by 300K rows of which about one in twenty has a
+    // partner; then nearly every probe row has one (the filter is skipped).
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(21);
+    let right: Rows = (0..100_000i64).map(|i| (Some(i * 20 - 1_000_000), None, i)).collect();
+    write_key_rows(&dir.path().join("r.parquet"), &right, 8_192);
+    let always = |_: i64, _: i64| true;
+    for hits in [0.05, 0.97] {
+        let left: Rows = (0..300_000i64)
+            .map(|i| {
+                let k = if rng.random_bool(0.02) {
+                    None
+                } else if rng.random_bool(hits) {
+                    Some(rng.random_range(0..100_000) * 20 - 1_000_000)
+                } else {
+                    Some(rng.random_range(-5_000_000..5_000_000) | 1)
+                };
+                (k, None, i)
+            })
+            .collect();
+        write_key_rows(&dir.path().join("l.parquet"), &left, 8_192);
+        let e = engine(dir.path(), 1 << 30);
+        for (join, keep_left, keep_right) in
+            [("JOIN", false, false), ("LEFT JOIN", true, false), ("FULL JOIN", true, true)]
+        {
+            let sql = format!("SELECT l.id, r.id FROM l {join} r ON l.k = r.k");
+            assert_eq!(pairs(&e, &sql), expected(&left, &right, keep_left, keep_right, &always), "{sql}, {hits}");
+        }
+    }
+}
+
+#[test]
 fn cross_comma_and_multi_table_joins() {
     let dir = tempfile::tempdir().unwrap();
     let left = side(dir.path(), "l", 3_000, 3, 0.0, 16);

@@ -60,6 +60,11 @@ impl IntMap {
         self.slots.capacity() * std::mem::size_of::<Slot>()
     }
 
+    /// Keys held.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
     /// What to ask [`reserve`](Self::reserve) and [`growth_bytes`](Self::growth_bytes) for, to
     /// add `additional` keys to a map filled batch by batch: `additional` itself while it fits,
     /// else at least as many keys as it holds (it doubles: each key moves a bounded number of
@@ -193,12 +198,87 @@ impl IntMap {
         values
     }
 
+    /// Like [`get_all`](Self::get_all), for keys many of which are not there: `filter` (made
+    /// from this map's keys) turns most of those away before their slot is read. When most of
+    /// the first keys pass the filter, it only costs (a join whose probe keys nearly all have a
+    /// partner ran an eighth slower with it), and the batch is looked up without.
+    pub(crate) fn get_all_filtered(&self, keys: &[i64], filter: &IntFilter) -> Vec<u32> {
+        const SAMPLE: usize = 64;
+        if keys.len() >= 4 * SAMPLE && keys[..SAMPLE].iter().filter(|&&k| filter.may_contain(k)).count() > SAMPLE / 2 {
+            return self.get_all(keys);
+        }
+        let mut values = vec![ABSENT; keys.len()];
+        let maybe: Vec<u32> = (0..keys.len() as u32).filter(|&i| filter.may_contain(keys[i as usize])).collect();
+        for (j, &i) in maybe.iter().enumerate() {
+            if let Some(&ahead) = maybe.get(j + Self::AHEAD) {
+                self.prefetch(keys[ahead as usize]);
+            }
+            values[i as usize] = self.get(keys[i as usize]);
+        }
+        values
+    }
+
+    /// The keys in the map, in no order.
+    pub(crate) fn keys(&self) -> impl Iterator<Item = i64> + '_ {
+        self.slots.iter().filter(|s| s.value != ABSENT).map(|s| s.key)
+    }
+
     /// Starts fetching the slot where `key` would be.
     #[inline(always)]
     pub(crate) fn prefetch(&self, key: i64) {
         if let Some(slot) = self.slots.get(self.slot(key)) {
             prefetch(slot);
         }
+    }
+}
+
+/// A filter of a map's keys that says for sure when a key is not there: a blocked Bloom filter,
+/// three bits of one 64-bit word per key, about a byte per key.
+///
+/// A join probing millions of keys of which few have a partner (TPC-H Q5 probes lineitem's 60M
+/// order keys against 456K orders of one year) spent a third of its CPU reading slots of a 16 MiB
+/// map, one cache and TLB miss each, to find them empty. The filter is a sixteenth of the map's
+/// size, so it mostly stays in the core's cache, and turns away about 19 keys in 20 of those.
+pub(crate) struct IntFilter {
+    words: Vec<u64>,
+}
+
+impl IntFilter {
+    /// Bytes of a filter for `keys` keys.
+    pub(crate) fn bytes_for(keys: usize) -> usize {
+        Self::words_for(keys) * 8
+    }
+
+    fn words_for(keys: usize) -> usize {
+        keys.div_ceil(8).next_power_of_two()
+    }
+
+    /// A filter of `keys`, sized for `count` of them.
+    pub(crate) fn new(count: usize, keys: impl Iterator<Item = i64>) -> IntFilter {
+        let mut filter = IntFilter { words: vec![0; Self::words_for(count)] };
+        for key in keys {
+            let (word, bits) = filter.locate(key);
+            filter.words[word] |= bits;
+        }
+        filter
+    }
+
+    /// The word and the bits of `key` (a mix of all its bits: keys are often sequential).
+    #[inline(always)]
+    fn locate(&self, key: i64) -> (usize, u64) {
+        let mut z = key as u64;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        let word = (z >> 32) as usize & (self.words.len() - 1);
+        (word, 1 << (z & 63) | 1 << ((z >> 6) & 63) | 1 << ((z >> 12) & 63))
+    }
+
+    /// False when `key` is not among the filter's keys; true when it may be.
+    #[inline(always)]
+    pub(crate) fn may_contain(&self, key: i64) -> bool {
+        let (word, bits) = self.locate(key);
+        self.words[word] & bits == bits
     }
 }
 
@@ -260,6 +340,25 @@ mod tests {
         map.reserve(map.capacity());
         assert!(map.bytes() > before);
         assert!((0..keys.len()).all(|i| map.get(keys[i]) == n + i as u32));
+    }
+
+    #[test]
+    fn the_filter_keeps_every_key_and_turns_most_others_away() {
+        let mut map = IntMap::default();
+        let keys: Vec<i64> = (0..100_000i64).map(|i| i * 3).chain([i64::MIN, i64::MAX, -7]).collect();
+        map.reserve(keys.len());
+        for (i, &k) in keys.iter().enumerate() {
+            map.insert(k, i as u32);
+        }
+        let filter = IntFilter::new(map.len, map.keys());
+        assert_eq!(filter.words.len() * 8, IntFilter::bytes_for(keys.len()));
+        assert!(keys.iter().all(|&k| filter.may_contain(k)), "no key is ever turned away");
+        // Absent keys: sequential ones between the present, and far away.
+        let absent: Vec<i64> = (0..100_000i64).map(|i| i * 3 + 1).chain((0..100_000).map(|i| i << 40)).collect();
+        let passed = absent.iter().filter(|&&k| filter.may_contain(k)).count();
+        assert!(passed < absent.len() / 10, "{passed} of {} absent keys pass", absent.len());
+        let probe: Vec<i64> = keys.iter().chain(&absent).copied().collect();
+        assert_eq!(map.get_all_filtered(&probe, &filter), map.get_all(&probe));
     }
 
     #[test]
