@@ -28,7 +28,7 @@
 
 use std::collections::VecDeque;
 use std::hash::BuildHasher;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arrow::array::{
@@ -140,6 +140,7 @@ impl AggregateStream {
                         Err(e) => return Some(Err(e)),
                     };
                     table.expected_rows = self.input_rows;
+                    table.scanned_at_start = Some(self.ctx.counters.rows.load(std::sync::atomic::Ordering::Relaxed));
                     let mut sized = false;
                     let mut fill = || -> Result<()> {
                         while let Some(item) = child.next_reserved() {
@@ -679,6 +680,9 @@ struct GroupTable {
     /// many partitions its overflow goes to.
     expected_rows: Option<u64>,
     rows_seen: u64,
+    /// For the first table, whose expected rows are those its input's scans decode: what the
+    /// query's scans had decoded when the input started (see [`GroupTable::start_partitions`]).
+    scanned_at_start: Option<u64>,
     /// Partitions of the overflow (a power of two), chosen when the table fills.
     fan_out: usize,
 }
@@ -748,6 +752,7 @@ impl GroupTable {
             seed: depth as u64,
             no_spill: false,
             expected_rows: None,
+            scanned_at_start: None,
             rows_seen: 0,
             fan_out: MIN_PARTITIONS,
         })
@@ -973,7 +978,19 @@ impl GroupTable {
         if let Some(expected) = self.expected_rows {
             let row_bytes = batch.get_array_memory_size() as u64 / batch.num_rows().max(1) as u64;
             let group_bytes = self.reservation.size() / self.groups.max(1) as u64;
-            let left = expected.saturating_sub(self.rows_seen + at as u64);
+            let seen = self.rows_seen + at as u64;
+            // Over joins, filters or a first phase of aggregation, the table sees a fraction of
+            // the rows its scans decode: the rows to come are projected from how far the scans
+            // have got. Counting every scanned row as one to come, TPC-H Q10's aggregation (1.1M
+            // rows in, of 76M scanned) spilled 8 MiB into 256 files.
+            let scanned =
+                self.scanned_at_start.map_or(0, |s| self.ctx.counters.rows.load(Ordering::Relaxed).saturating_sub(s));
+            let total = if scanned > 0 && scanned < expected {
+                (u128::from(seen) * u128::from(expected) / u128::from(scanned)) as u64
+            } else {
+                expected
+            };
+            let left = total.saturating_sub(seen);
             let wanted = (3 * left * row_bytes.max(group_bytes).max(1) / self.limit.max(1)) as usize;
             // Each partition buffers its rows until a write is worth it: at least 256 KiB of the
             // table's share a partition, or the writes get small (and the heap fragmented).
