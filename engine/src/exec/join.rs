@@ -529,9 +529,16 @@ impl Shared {
             return Ok(None);
         }
         let probe_ids = UInt32Array::from(probe_ids);
-        let probe_cols = arrow::compute::take_record_batch(&current.batch, &probe_ids)?;
+        // Every probe row once, in order (a lookup in a small dimension table such as TPC-H's
+        // nation): the batch's columns as they are, not a copy of them.
+        let whole = probe_ids.len() == n && probe_ids.values().iter().enumerate().all(|(k, &p)| p as usize == k);
+        let probe_cols = if whole {
+            current.batch.columns().to_vec()
+        } else {
+            arrow::compute::take_record_batch(&current.batch, &probe_ids)?.columns().to_vec()
+        };
         let build_cols = table.gather(&build_ids)?;
-        let mut out = shared.assemble(build_cols, probe_cols.columns().to_vec(), probe_ids.len())?;
+        let mut out = shared.assemble(build_cols, probe_cols, probe_ids.len())?;
         let mut keep: Option<Vec<bool>> = None;
         if let Some(filter) = &shared.spec.filter {
             let mask = crate::expr::not_null_true(&filter.evaluate_predicate(&out)?);
