@@ -1056,7 +1056,10 @@ enum BatchKeys {
     None,
     /// One integer-like key as `i64`, with its nulls.
     Int(Int64Array),
-    Rows(Rows),
+    /// Keys in row format, and the hash each is found by in the table (made once per row: a
+    /// group's key was hashed to look it up, to add it, and again each time the table grew;
+    /// TPC-H Q16's keys of two strings and two integers spent a sixth of its CPU there).
+    Rows(Rows, Vec<u64>),
     /// Packed keys; the rows that did not pack (if any) and, then, every row in row format.
     Packed {
         keys: Vec<u64>,
@@ -1081,14 +1084,18 @@ impl BatchKeys {
                 };
                 BatchKeys::Packed { keys, unpacked }
             }
-            (Some(c), None, _) => BatchKeys::Rows(c.convert_columns(columns)?),
+            (Some(c), None, _) => {
+                let rows = c.convert_columns(columns)?;
+                let hashes = rows.iter().map(|r| hash_key(r.data())).collect();
+                BatchKeys::Rows(rows, hashes)
+            }
         })
     }
 
     /// The row-format key of row `row`, if the keys are in row format.
     fn row(&self, row: usize) -> Option<&[u8]> {
         match self {
-            BatchKeys::Rows(r) => Some(r.row(row).data()),
+            BatchKeys::Rows(r, _) => Some(r.row(row).data()),
             BatchKeys::Packed { unpacked: Some((rows, r)), .. } if rows[row] => Some(r.row(row).data()),
             _ => None,
         }
@@ -1109,7 +1116,7 @@ impl BatchKeys {
                 Some(r) => state.hash_one(r),
                 None => state.hash_one(keys[row]),
             },
-            BatchKeys::Rows(r) => state.hash_one(r.row(row).data()),
+            BatchKeys::Rows(r, _) => state.hash_one(r.row(row).data()),
         }
     }
 
@@ -1127,6 +1134,8 @@ struct RowKeys {
     table: HashTable<u32>,
     data: Vec<u8>,
     offsets: Vec<usize>,
+    /// Each group's hash (0 for a group not in the table): growing the table rehashes none.
+    hashes: Vec<u64>,
 }
 
 impl RowKeys {
@@ -1139,9 +1148,10 @@ impl RowKeys {
     }
 
     fn reserve(&mut self, additional: usize) {
-        let (data, offsets) = (&self.data, &self.offsets);
-        self.table.reserve(additional, |&g| hash_key(&data[offsets[g as usize]..offsets[g as usize + 1]]));
+        let hashes = &self.hashes;
+        self.table.reserve(additional, |&g| hashes[g as usize]);
         self.offsets.reserve_exact(additional);
+        self.hashes.reserve_exact(additional);
     }
 
     fn clear(&mut self) {
@@ -1149,22 +1159,27 @@ impl RowKeys {
         self.data.clear();
         self.offsets.clear();
         self.offsets.push(0);
+        self.hashes.clear();
     }
 
-    fn find(&self, key: &[u8]) -> Option<usize> {
-        self.table.find(hash_key(key), |&g| self.key(g as usize) == key).map(|&g| g as usize)
+    /// The group of `key`, whose hash is `h`.
+    fn find(&self, key: &[u8], h: u64) -> Option<usize> {
+        self.table.find(h, |&g| self.key(g as usize) == key).map(|&g| g as usize)
     }
 
-    /// Adds group `g` (the next one) with `key` in the table, or only its (empty) entry.
-    fn push(&mut self, key: Option<&[u8]>, g: u32) {
-        let Some(key) = key else {
+    /// Adds group `g` (the next one) with `key` (and its hash) in the table, or only its (empty)
+    /// entry.
+    fn push(&mut self, key: Option<(&[u8], u64)>, g: u32) {
+        let Some((key, h)) = key else {
             self.offsets.push(self.data.len());
+            self.hashes.push(0);
             return;
         };
         self.data.extend_from_slice(key);
         self.offsets.push(self.data.len());
-        let (data, offsets) = (&self.data, &self.offsets);
-        self.table.insert_unique(hash_key(key), g, |&x| hash_key(&data[offsets[x as usize]..offsets[x as usize + 1]]));
+        self.hashes.push(h);
+        let hashes = &self.hashes;
+        self.table.insert_unique(h, g, |&x| hashes[x as usize]);
     }
 }
 
@@ -1208,8 +1223,8 @@ impl GroupIndex {
         (match self {
             GroupIndex::Single => 0,
             GroupIndex::Int { .. } => IntMap::bytes_for(capacity) + capacity * 9,
-            GroupIndex::Rows { .. } => table(4) + capacity * 8,
-            GroupIndex::Packed { .. } => IntMap::bytes_for(capacity) + capacity * 8 + table(4) + capacity * 8,
+            GroupIndex::Rows { .. } => table(4) + capacity * 16,
+            GroupIndex::Packed { .. } => IntMap::bytes_for(capacity) + capacity * 8 + table(4) + capacity * 16,
         }) as u64
     }
 
@@ -1227,6 +1242,7 @@ impl GroupIndex {
                 keys.reserve_exact(additional);
                 if rows.table.is_empty() {
                     rows.offsets.reserve_exact(additional);
+                    rows.hashes.reserve_exact(additional);
                 } else {
                     rows.reserve(additional);
                 }
@@ -1290,9 +1306,9 @@ impl GroupIndex {
                 ABSENT => None,
                 g => Some(g as usize),
             },
-            (GroupIndex::Rows(rows), BatchKeys::Rows(r)) => rows.find(r.row(row).data()),
+            (GroupIndex::Rows(rows), BatchKeys::Rows(r, hashes)) => rows.find(r.row(row).data(), hashes[row]),
             (GroupIndex::Packed { map, rows, .. }, BatchKeys::Packed { keys: packed, .. }) => match keys.row(row) {
-                Some(key) => rows.find(key),
+                Some(key) => rows.find(key, hash_key(key)),
                 None => match map.get(packed[row] as i64) {
                     ABSENT => None,
                     g => Some(g as usize),
@@ -1317,7 +1333,9 @@ impl GroupIndex {
                     nulls.push(false);
                 }
             }
-            (GroupIndex::Rows(rows), BatchKeys::Rows(r)) => rows.push(Some(r.row(row).data()), g),
+            (GroupIndex::Rows(rows), BatchKeys::Rows(r, hashes)) => {
+                rows.push(Some((r.row(row).data(), hashes[row])), g)
+            }
             (GroupIndex::Packed { map, keys: ks, rows }, BatchKeys::Packed { keys: packed, .. }) => match keys.row(row)
             {
                 Some(key) => {
@@ -1327,7 +1345,7 @@ impl GroupIndex {
                         rows.reserve(ks.capacity().saturating_sub(ks.len()).max(1));
                     }
                     ks.push(0);
-                    rows.push(Some(key), g);
+                    rows.push(Some((key, hash_key(key))), g);
                 }
                 None => {
                     map.insert(packed[row] as i64, g);
