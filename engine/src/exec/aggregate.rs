@@ -8,13 +8,15 @@
 //! 0. Over a scan, `count`/`sum`/`min`/`max` aggregate in two phases: each scan worker first
 //!    aggregates every batch it produces on its own (see [`two_phase`]), so far fewer rows reach
 //!    the steps below, which then merge partial results.
-//! 1. Each input batch is reduced to its group keys (one integer-like key as an `i64`, others in
-//!    row format) and aggregate arguments. Rows of groups already in the table update their states
-//!    in place; a new group is added while the operator's reservation (`HashAggregate`,
-//!    spillable) can grow for it. The table grows in steps (its capacity doubles), each reserved
-//!    before it is made, the old and the new copy both counted while they coexist.
+//! 1. Each input batch is reduced to its group keys (one integer-like key as an `i64`, a few
+//!    narrow ones packed into one integer, others in row format, hashed once) and aggregate
+//!    arguments. Rows of groups already in the table update their states in place; a new group
+//!    is added while the operator's reservation (`HashAggregate`, spillable) can grow for it. The
+//!    table grows in steps (its capacity doubles), each reserved before it is made, the old and
+//!    the new copy both counted while they coexist.
 //! 2. Once it cannot, the table stops growing: rows of groups already in it still update them,
-//!    rows of any other group go, as they are, to one of 16 partitions chosen by a hash of the key,
+//!    rows of any other group go, as they are, to one of 16 to 256 partitions (as many as the
+//!    rows still to come need, see [`GroupTable::start_partitions`]) chosen by a hash of the key,
 //!    buffered per partition and written to spill files. Every group is thus aggregated in exactly
 //!    one place: the table, or one partition.
 //! 3. The table's groups are emitted; then each partition is aggregated the same way with another
@@ -140,7 +142,7 @@ impl AggregateStream {
                         Err(e) => return Some(Err(e)),
                     };
                     table.expected_rows = self.input_rows;
-                    table.scanned_at_start = Some(self.ctx.counters.rows.load(std::sync::atomic::Ordering::Relaxed));
+                    table.scanned_at_start = Some(self.ctx.counters.rows.load(Ordering::Relaxed));
                     let mut sized = false;
                     let mut fill = || -> Result<()> {
                         while let Some(item) = child.next_reserved() {
