@@ -231,6 +231,38 @@ fn a_big_build_side_few_probe_keys_find_gives_every_pair() {
 }
 
 #[test]
+fn a_join_above_an_outer_join_filters_its_probe_side_by_key_and_loses_nothing() {
+    // The top join's build side (a few rows of r) filters the rows the outer join below probes
+    // with (l's, by l.k) before that join: unmatched rows of either side of it, null-extended,
+    // must come out exactly as without the filter.
+    let dir = tempfile::tempdir().unwrap();
+    let left = side(dir.path(), "l", 20_000, 5, 0.0, 8);
+    let right = side(dir.path(), "r", 3_000, 6, 0.0, 8);
+    let always = |_: i64, _: i64| true;
+    let few: Vec<&KeyRow> = right.iter().filter(|r| r.2 < 60).collect();
+    for budget in [1u64 << 30, 3 << 20] {
+        let e = engine(dir.path(), budget);
+        for (join, keep_left, keep_right) in
+            [("LEFT JOIN", true, false), ("RIGHT JOIN", false, true), ("JOIN", false, false)]
+        {
+            let sql = format!(
+                "SELECT a.lid, b.id FROM (SELECT l.k AS k, l.id AS lid, r.id AS rid FROM l {join} r ON l.k = r.k) a \
+                 JOIN (SELECT * FROM r WHERE id < 60) b ON a.k = b.k"
+            );
+            let mut want: Vec<(Option<i64>, Option<i64>)> = Vec::new();
+            for (lid, _) in expected(&left, &right, keep_left, keep_right, &always) {
+                let k = lid.and_then(|l| left[l as usize].0);
+                for b in few.iter().filter(|b| k.is_some() && b.0 == k) {
+                    want.push((lid, Some(b.2)));
+                }
+            }
+            want.sort_unstable();
+            assert_eq!(pairs(&e, &sql), want, "{sql}");
+        }
+    }
+}
+
+#[test]
 fn cross_comma_and_multi_table_joins() {
     let dir = tempfile::tempdir().unwrap();
     let left = side(dir.path(), "l", 3_000, 3, 0.0, 16);

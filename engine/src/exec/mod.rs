@@ -419,6 +419,40 @@ impl Pipeline {
                 _ => return,
             }
         }
+        if let Source::Join { build, probe, spec, above } = &mut self.source {
+            // Into the probe side of a join whose output is its inputs' columns side by side, when
+            // the keys are made of probe columns (TPC-H Q2's correlated minimum over partsupp
+            // joined to supplier, filtered to the 7854 parts that matter before the join rather
+            // than after aggregating all 1.2M). A probe row filtered out could only have made rows
+            // whose key the table above lacks, or left a build row without a partner, with null
+            // probe columns: a null key, which matches nothing either.
+            if !above.is_empty() || spec.join_type.is_existence() {
+                return;
+            }
+            let left_len = if spec.build_is_left { build.schema.fields().len() } else { probe.schema.fields().len() };
+            let probe_at = if spec.build_is_left { left_len } else { 0 };
+            let probe_columns = probe_at..probe_at + probe.schema.fields().len();
+            let mut below = Vec::with_capacity(keys.len());
+            for k in &keys {
+                let mut ok = true;
+                let mapped = k.transform(&mut |e| match e {
+                    Expr::Column { index, name } if probe_columns.contains(&index) => {
+                        Ok(Expr::Column { index: index - probe_at, name })
+                    }
+                    Expr::Column { .. } => {
+                        ok = false;
+                        Ok(e)
+                    }
+                    other => Ok(other),
+                });
+                match mapped {
+                    Ok(m) if ok => below.push(m),
+                    _ => return,
+                }
+            }
+            probe.push_key_filter_here(below, make);
+            return;
+        }
         if let Source::Aggregate { input, group_exprs, .. } = &mut self.source {
             // A key that is a group column is that group expression over the input.
             let mut below = Vec::with_capacity(keys.len());
