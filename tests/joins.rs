@@ -236,17 +236,18 @@ fn a_join_above_an_outer_join_filters_its_probe_side_by_key_and_loses_nothing() 
     // with (l's, by l.k) before that join: unmatched rows of either side of it, null-extended,
     // must come out exactly as without the filter.
     let dir = tempfile::tempdir().unwrap();
-    let left = side(dir.path(), "l", 20_000, 5, 0.0, 8);
-    let right = side(dir.path(), "r", 3_000, 6, 0.0, 8);
+    let left = side(dir.path(), "l", 60_000, 5, 0.0, 200);
+    let right = side(dir.path(), "r", 40_000, 6, 0.0, 200);
     let always = |_: i64, _: i64| true;
     let few: Vec<&KeyRow> = right.iter().filter(|r| r.2 < 60).collect();
+    // r builds the outer join (the smaller side), l probes it; at 3 MiB r's rows spill.
     for budget in [1u64 << 30, 3 << 20] {
         let e = engine(dir.path(), budget);
         for (join, keep_left, keep_right) in
             [("LEFT JOIN", true, false), ("RIGHT JOIN", false, true), ("JOIN", false, false)]
         {
             let sql = format!(
-                "SELECT a.lid, b.id FROM (SELECT l.k AS k, l.id AS lid, r.id AS rid FROM l {join} r ON l.k = r.k) a \
+                "SELECT a.lid, b.id, a.rs FROM (SELECT l.k AS k, l.id AS lid, r.s AS rs FROM l {join} r ON l.k = r.k) a \
                  JOIN (SELECT * FROM r WHERE id < 60) b ON a.k = b.k"
             );
             let mut want: Vec<(Option<i64>, Option<i64>)> = Vec::new();
@@ -259,6 +260,7 @@ fn a_join_above_an_outer_join_filters_its_probe_side_by_key_and_loses_nothing() 
             want.sort_unstable();
             assert_eq!(pairs(&e, &sql), want, "{sql}");
         }
+        assert_eq!(e.spill().stats().files > 0, budget < 1 << 30, "the tight budget spills");
     }
 }
 
