@@ -40,12 +40,12 @@ use arrow::array::{
 use arrow::datatypes::{DataType, Decimal128Type, Field, Float64Type, Schema, SchemaRef};
 use arrow_row::{RowConverter, Rows, SortField};
 use foldhash::fast::FixedState;
-use hashbrown::HashTable;
 
 use super::int_map::{IntMap, ABSENT};
 use super::operators::Expand;
 use super::packed_keys::Packing;
 use super::partition::SpillPartitions;
+use super::row_keys::RowKeys;
 use super::{hash_table_bytes, int_like, BatchStream, ExecContext, OperatorMetrics, OperatorRegistry};
 use crate::error::{Error, Result};
 use crate::expr::{AggregateExpr, AggregateFunction, Expr};
@@ -1134,62 +1134,6 @@ impl BatchKeys {
     /// two): the top bits of the hash.
     fn partition(&self, row: usize, seed: u64, fan_out: usize) -> usize {
         (self.hash(row, seed + 1) >> (64 - fan_out.trailing_zeros())) as usize
-    }
-}
-
-/// Keys in row format, concatenated, found through a table of group numbers. Every group has an
-/// entry in `offsets`; in a packed index, the groups whose keys packed have empty ones.
-#[derive(Default)]
-struct RowKeys {
-    table: HashTable<u32>,
-    data: Vec<u8>,
-    offsets: Vec<usize>,
-    /// Each group's hash (0 for a group not in the table): growing the table rehashes none.
-    hashes: Vec<u64>,
-}
-
-impl RowKeys {
-    fn new() -> RowKeys {
-        RowKeys { offsets: vec![0], ..RowKeys::default() }
-    }
-
-    fn key(&self, g: usize) -> &[u8] {
-        &self.data[self.offsets[g]..self.offsets[g + 1]]
-    }
-
-    fn reserve(&mut self, additional: usize) {
-        let hashes = &self.hashes;
-        self.table.reserve(additional, |&g| hashes[g as usize]);
-        self.offsets.reserve_exact(additional);
-        self.hashes.reserve_exact(additional);
-    }
-
-    fn clear(&mut self) {
-        self.table.clear();
-        self.data.clear();
-        self.offsets.clear();
-        self.offsets.push(0);
-        self.hashes.clear();
-    }
-
-    /// The group of `key`, whose hash is `h`.
-    fn find(&self, key: &[u8], h: u64) -> Option<usize> {
-        self.table.find(h, |&g| self.key(g as usize) == key).map(|&g| g as usize)
-    }
-
-    /// Adds group `g` (the next one) with `key` (and its hash) in the table, or only its (empty)
-    /// entry.
-    fn push(&mut self, key: Option<(&[u8], u64)>, g: u32) {
-        let Some((key, h)) = key else {
-            self.offsets.push(self.data.len());
-            self.hashes.push(0);
-            return;
-        };
-        self.data.extend_from_slice(key);
-        self.offsets.push(self.data.len());
-        self.hashes.push(h);
-        let hashes = &self.hashes;
-        self.table.insert_unique(h, g, |&x| hashes[x as usize]);
     }
 }
 

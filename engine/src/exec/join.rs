@@ -44,6 +44,7 @@ use hashbrown::HashTable;
 use super::int_map::{IntFilter, IntMap};
 use super::operators::{Expand, Stage};
 use super::partition::SpillPartitions;
+use super::row_keys::RowKeys;
 use super::{hash_table_bytes, int_like, BatchStream, ExecContext, OperatorMetrics, Pipeline};
 use crate::error::{Error, Result};
 use crate::expr::Expr;
@@ -696,11 +697,9 @@ struct BuildTable {
     /// it is too big to stay in a core's cache and probe keys miss it; `None` inside when the
     /// pool had no room for it.
     int_filter: OnceLock<Option<(IntFilter, MemoryReservation)>>,
-    /// Packed keys whose values did not fit: each distinct key once (row format, concatenated),
-    /// found through `loose_table` (which holds indexes into `loose_heads`).
-    loose_table: HashTable<u32>,
-    loose_data: Vec<u8>,
-    loose_offsets: Vec<usize>,
+    /// Packed keys whose values did not fit: each distinct key once, in row format, numbered as
+    /// the chain heads in `loose_heads` are.
+    loose_keys: RowKeys,
     loose_heads: Vec<u32>,
     /// The next row of each row's chain.
     next: Vec<u32>,
@@ -731,9 +730,7 @@ impl BuildTable {
             table: HashTable::new(),
             int_heads: IntMap::default(),
             int_filter: OnceLock::new(),
-            loose_table: HashTable::new(),
-            loose_data: Vec::new(),
-            loose_offsets: vec![0],
+            loose_keys: RowKeys::new(),
             loose_heads: Vec::new(),
             next: Vec::new(),
             matched: Vec::new(),
@@ -760,36 +757,25 @@ impl BuildTable {
             + self.key_null.capacity()
             + hash_table_bytes(self.table.capacity(), 4)
             + self.int_heads.bytes()
-            + self.loose_data.capacity()
-            + self.loose_offsets.capacity() * 8
-            + self.loose_heads.capacity() * 4
-            + hash_table_bytes(self.loose_table.capacity(), 4)) as u64
+            + self.loose_keys.bytes()
+            + self.loose_heads.capacity() * 4) as u64
     }
 
     /// Links row `id`, whose packed key did not fit, into the chain of its row-format key.
     fn add_loose(&mut self, key: &[u8], id: u32) -> bool {
         let h = hash_key(key, TABLE_SEED);
-        let (data, offsets) = (&self.loose_data, &self.loose_offsets);
-        let key_of = |j: u32| &data[offsets[j as usize]..offsets[j as usize + 1]];
-        if let Some(&j) = self.loose_table.find(h, |&j| key_of(j) == key) {
-            self.next[id as usize] = std::mem::replace(&mut self.loose_heads[j as usize], id);
+        if let Some(j) = self.loose_keys.find(key, h) {
+            self.next[id as usize] = std::mem::replace(&mut self.loose_heads[j], id);
             return true;
         }
-        let j = self.loose_heads.len() as u32;
-        self.loose_data.extend_from_slice(key);
-        self.loose_offsets.push(self.loose_data.len());
+        self.loose_keys.push(Some((key, h)), self.loose_heads.len() as u32);
         self.loose_heads.push(id);
-        let (data, offsets) = (&self.loose_data, &self.loose_offsets);
-        let key_of = |j: u32| &data[offsets[j as usize]..offsets[j as usize + 1]];
-        self.loose_table.insert_unique(h, j, |&j| hash_key(key_of(j), TABLE_SEED));
         false
     }
 
     /// The chain head of a packed key that did not fit, by its row-format key.
     fn loose_head(&self, key: &[u8]) -> u32 {
-        let h = hash_key(key, TABLE_SEED);
-        let key_of = |j: u32| &self.loose_data[self.loose_offsets[j as usize]..self.loose_offsets[j as usize + 1]];
-        self.loose_table.find(h, |&j| key_of(j) == key).map_or(NONE, |&j| self.loose_heads[j as usize])
+        self.loose_keys.find(key, hash_key(key, TABLE_SEED)).map_or(NONE, |j| self.loose_heads[j])
     }
 
     /// Sizes the table of integer keys for `rows` rows at once, when the share allows: a
@@ -827,8 +813,8 @@ impl BuildTable {
             Keys::Int(_) => self.int_heads.growth_bytes(self.int_heads.room_for(n)),
             Keys::Packed { loose, .. } => {
                 let loose_growth = match loose {
-                    Some(_) if self.loose_table.len() + n > self.loose_table.capacity() => {
-                        grown(self.loose_table.len(), self.loose_table.capacity(), 4)
+                    Some(_) if self.loose_keys.table.len() + n > self.loose_keys.table.capacity() => {
+                        grown(self.loose_keys.table.len(), self.loose_keys.table.capacity(), 4)
                     }
                     _ => 0,
                 };
@@ -841,8 +827,8 @@ impl BuildTable {
         };
         let key_bytes = match &keys {
             Keys::Rows(_) => keys.bytes() + n * 8,
-            // Loose keys are kept, with an offset and a chain head each.
-            Keys::Packed { loose: Some((_, rows)), .. } => rows.size() + n * 12,
+            // Loose keys are kept, with an offset, a hash and a chain head each.
+            Keys::Packed { loose: Some((_, rows)), .. } => rows.size() + n * 20,
             _ => 0,
         };
         let held = narrow(&batch)?;
@@ -876,7 +862,12 @@ impl BuildTable {
                     self.all_head = id;
                 }
             }
-            Keys::Int(values) => {
+            Keys::Int(_) | Keys::Packed { .. } => {
+                let (values, loose): (&[i64], _) = match &keys {
+                    Keys::Int(values) => (values, None),
+                    Keys::Packed { packed, loose } => (packed, loose.as_ref()),
+                    _ => unreachable!("integer keys"),
+                };
                 self.int_heads.reserve(self.int_heads.room_for(n));
                 for (i, &key) in values.iter().enumerate() {
                     if let Some(&ahead) = values.get(i + IntMap::AHEAD) {
@@ -886,23 +877,7 @@ impl BuildTable {
                         continue;
                     }
                     let id = first + i as u32;
-                    if let Some(head) = self.int_heads.insert(key, id) {
-                        self.next[id as usize] = head;
-                        self.duplicates = true;
-                    }
-                }
-            }
-            Keys::Packed { packed, loose } => {
-                self.int_heads.reserve(self.int_heads.room_for(n));
-                for (i, &key) in packed.iter().enumerate() {
-                    if let Some(&ahead) = packed.get(i + IntMap::AHEAD) {
-                        self.int_heads.prefetch(ahead);
-                    }
-                    if !valid_row(i) {
-                        continue;
-                    }
-                    let id = first + i as u32;
-                    if let Some((_, rows)) = loose.as_ref().filter(|(flags, _)| flags[i]) {
+                    if let Some((_, rows)) = loose.filter(|(flags, _)| flags[i]) {
                         self.duplicates |= self.add_loose(rows.row(i).data(), id);
                     } else if let Some(head) = self.int_heads.insert(key, id) {
                         self.next[id as usize] = head;

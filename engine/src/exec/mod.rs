@@ -23,6 +23,7 @@ mod metrics;
 mod operators;
 mod packed_keys;
 mod partition;
+mod row_keys;
 mod scan;
 mod shared;
 pub mod sink;
@@ -50,6 +51,31 @@ use self::aggregate::AggregateStream;
 use self::join::{JoinSpec, JoinStream};
 use self::scan::{ScanPipeline, ScanStream};
 use self::sort::SortStream;
+
+/// `keys` with every column replaced by what `column(index, name)` gives for it; `None` when it
+/// gives nothing for one (a key that cannot be expressed below).
+fn map_key_columns(
+    keys: &[crate::expr::Expr],
+    mut column: impl FnMut(usize, String) -> Option<crate::expr::Expr>,
+) -> Option<Vec<crate::expr::Expr>> {
+    use crate::expr::Expr;
+    keys.iter()
+        .map(|k| {
+            let mut ok = true;
+            let mapped = k.transform(&mut |e| match e {
+                Expr::Column { index, name } => match column(index, name.clone()) {
+                    Some(below) => Ok(below),
+                    None => {
+                        ok = false;
+                        Ok(Expr::Column { index, name })
+                    }
+                },
+                other => Ok(other),
+            });
+            mapped.ok().filter(|_| ok)
+        })
+        .collect()
+}
 
 /// Types whose values convert to and from `i64` one-to-one: a single key of such a type is kept as
 /// an `i64` inline in hash tables (joins, aggregations).
@@ -432,46 +458,19 @@ impl Pipeline {
             let left_len = if spec.build_is_left { build.schema.fields().len() } else { probe.schema.fields().len() };
             let probe_at = if spec.build_is_left { left_len } else { 0 };
             let probe_columns = probe_at..probe_at + probe.schema.fields().len();
-            let mut below = Vec::with_capacity(keys.len());
-            for k in &keys {
-                let mut ok = true;
-                let mapped = k.transform(&mut |e| match e {
-                    Expr::Column { index, name } if probe_columns.contains(&index) => {
-                        Ok(Expr::Column { index: index - probe_at, name })
-                    }
-                    Expr::Column { .. } => {
-                        ok = false;
-                        Ok(e)
-                    }
-                    other => Ok(other),
-                });
-                match mapped {
-                    Ok(m) if ok => below.push(m),
-                    _ => return,
-                }
+            let below = map_key_columns(&keys, |index, name| {
+                probe_columns.contains(&index).then(|| Expr::column(index - probe_at, name))
+            });
+            if let Some(below) = below {
+                probe.push_key_filter_here(below, make);
             }
-            probe.push_key_filter_here(below, make);
             return;
         }
         if let Source::Aggregate { input, group_exprs, .. } = &mut self.source {
             // A key that is a group column is that group expression over the input.
-            let mut below = Vec::with_capacity(keys.len());
-            for k in &keys {
-                let mut ok = true;
-                let mapped = k.transform(&mut |e| match e {
-                    Expr::Column { index, .. } if index < group_exprs.len() => Ok(group_exprs[index].clone()),
-                    Expr::Column { .. } => {
-                        ok = false;
-                        Ok(e)
-                    }
-                    other => Ok(other),
-                });
-                match mapped {
-                    Ok(m) if ok => below.push(m),
-                    _ => return,
-                }
+            if let Some(below) = map_key_columns(&keys, |index, _| group_exprs.get(index).cloned()) {
+                input.push_key_filter_here(below, make);
             }
-            input.push_key_filter_here(below, make);
         }
     }
 
