@@ -418,6 +418,85 @@ fn agrees_with_duckdb() {
     );
 }
 
+/// Aggregations over joins whose other side only labels the groups are computed in part below
+/// the join (eager aggregation): the plan says so, and the answers are those of the same query
+/// with the other side filtered by a condition that keeps every row (which keeps the plan as
+/// written), with duplicate, null and unmatched keys on both sides and every aggregate that
+/// decomposes.
+#[test]
+fn aggregates_in_part_below_joins_that_label_groups() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = 5_000;
+    let fact = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Int32, true),
+            Field::new("s", DataType::Utf8, true),
+            Field::new("v", DataType::Decimal128(10, 2), true),
+            Field::new("d", DataType::Date32, true),
+        ])),
+        vec![
+            Arc::new(Int32Array::from_iter((0..n).map(|i| (i % 50 != 0).then_some(i % 40)))) as ArrayRef,
+            Arc::new(StringArray::from_iter((0..n).map(|i| (i % 11 != 0).then(|| format!("s{}", i % 3))))),
+            Arc::new(
+                Decimal128Array::from_iter((0..n).map(|i| (i % 7 != 0).then_some(i as i128 * 37 % 100_000)))
+                    .with_precision_and_scale(10, 2)
+                    .unwrap(),
+            ),
+            Arc::new(Date32Array::from_iter((0..n).map(|i| (i % 13 != 0).then_some(19_000 + i % 400)))),
+        ],
+    )
+    .unwrap();
+    // Keys 0..30 (the fact's 30..40 find nothing), 3 and 4 twice, 99 unmatched, and a null.
+    let keys: Vec<Option<i32>> = (0..30).map(Some).chain([Some(3), Some(4), Some(99), None]).collect();
+    let labels: Vec<Option<String>> =
+        keys.iter().enumerate().map(|(i, k)| (i % 9 != 5).then(|| format!("label {}", k.unwrap_or(-1) % 6))).collect();
+    let dim = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![Field::new("k", DataType::Int32, true), Field::new("s", DataType::Utf8, true)])),
+        vec![Arc::new(Int32Array::from(keys)) as ArrayRef, Arc::new(StringArray::from(labels))],
+    )
+    .unwrap();
+    common::write_parquet(&dir.path().join("f.parquet"), &[fact], None);
+    common::write_parquet(&dir.path().join("d.parquet"), &[dim], None);
+    let config = Config::default().with_mem_budget(256 << 20).with_threads(2).with_spill_dir(dir.path());
+    let mut e = Engine::new(config).unwrap();
+    for t in ["f", "d"] {
+        e.register(t, dir.path().join(format!("{t}.parquet")).to_str().unwrap()).unwrap();
+    }
+    let aggregations = |sql: &str| {
+        let plan = e.sql(sql).unwrap().explain();
+        let logical = plan.split("Physical plan:").next().unwrap().to_string();
+        logical.matches("Aggregate:").count()
+    };
+    // `{d}` is the labelling table: plain, or filtered by a condition that keeps every row.
+    let cases = [
+        "SELECT d.k, d.s, sum(f.v), count(*), count(f.v), avg(f.v), min(f.d), max(f.s) \
+         FROM f, {d} d WHERE f.k = d.k GROUP BY d.k, d.s",
+        // Arguments from two inputs, joined to each other before the partial aggregation.
+        "SELECT d.s, x.k, sum(x.v), count(*), max(y.d) FROM f x, f y, {d} d \
+         WHERE x.k = y.k AND y.k = d.k AND x.s = y.s GROUP BY d.s, x.k",
+        // A group column of the aggregated side beside the join key.
+        "SELECT d.k, x.s, sum(x.v), count(x.d), min(x.s) FROM f x JOIN {d} d ON x.k = d.k GROUP BY d.k, x.s",
+    ];
+    for case in cases {
+        let eager = case.replace("{d}", "d");
+        let kept = case.replace("{d}", "(SELECT * FROM d WHERE k + 1 > k OR k IS NULL)");
+        assert_eq!(aggregations(&eager), 2, "{eager}: aggregated in part below the join");
+        assert_eq!(aggregations(&kept), 1, "{kept}: aggregated above the join");
+        let want = result(&e, &kept);
+        assert!(want.len() > 20, "{kept}: {} groups", want.len());
+        assert_eq!(result(&e, &eager), want, "{eager}");
+        assert_eq!(e.pool().reserved(), 0);
+    }
+    // Not joined on a group column, or an aggregate that does not decompose: the aggregation
+    // stays above the join.
+    for sql in [
+        "SELECT d.s, sum(f.v) FROM f, d WHERE f.k = d.k GROUP BY d.s",
+        "SELECT d.k, d.s, stddev(f.v) FROM f, d WHERE f.k = d.k GROUP BY d.k, d.s",
+    ] {
+        assert_eq!(aggregations(sql), 1, "{sql}: aggregated above the join");
+    }
+}
+
 #[test]
 fn subquery_errors() {
     let dir = tempfile::tempdir().unwrap();

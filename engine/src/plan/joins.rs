@@ -34,7 +34,7 @@ pub fn reorder(plan: LogicalPlan) -> LogicalPlan {
     }
 }
 
-fn is_inner_join(plan: &LogicalPlan) -> bool {
+pub(super) fn is_inner_join(plan: &LogicalPlan) -> bool {
     matches!(plan, LogicalPlan::Join { join_type: JoinType::Inner, .. })
 }
 
@@ -49,7 +49,13 @@ fn equality(l: Expr, r: Expr) -> Expr {
 
 /// Collects the inputs of a tree of inner joins (with filters between them) and its conditions,
 /// over the tree's output columns; `offset` is where the subtree's columns start.
-fn flatten(plan: LogicalPlan, offset: usize, inputs: &mut Vec<LogicalPlan>, conditions: &mut Vec<Expr>) {
+pub(super) fn flatten(
+    plan: LogicalPlan,
+    offset: usize,
+    inputs: &mut Vec<LogicalPlan>,
+    conditions: &mut Vec<Expr>,
+    leaf: fn(LogicalPlan) -> LogicalPlan,
+) {
     let shift = |e: &Expr, by: usize| e.remap_columns(&|c| c + by);
     match plan {
         LogicalPlan::Join { left, right, join_type: JoinType::Inner, on, filter, .. } => {
@@ -60,14 +66,14 @@ fn flatten(plan: LogicalPlan, offset: usize, inputs: &mut Vec<LogicalPlan>, cond
             if let Some(f) = &filter {
                 conditions.extend(f.conjuncts().into_iter().map(|c| shift(c, offset)));
             }
-            flatten(*left, offset, inputs, conditions);
-            flatten(*right, offset + nl, inputs, conditions);
+            flatten(*left, offset, inputs, conditions, leaf);
+            flatten(*right, offset + nl, inputs, conditions, leaf);
         }
         LogicalPlan::Filter { input, predicate } if is_inner_join(&input) => {
             conditions.extend(predicate.conjuncts().into_iter().map(|c| shift(c, offset)));
-            flatten(*input, offset, inputs, conditions);
+            flatten(*input, offset, inputs, conditions, leaf);
         }
-        other => inputs.push(reorder(other)),
+        other => inputs.push(leaf(other)),
     }
 }
 
@@ -226,7 +232,7 @@ fn reorder_tree(plan: LogicalPlan) -> LogicalPlan {
     let schema = plan.schema();
     let mut inputs = Vec::new();
     let mut conditions = Vec::new();
-    flatten(plan, 0, &mut inputs, &mut conditions);
+    flatten(plan, 0, &mut inputs, &mut conditions, reorder);
     let widths: Vec<usize> = inputs.iter().map(|p| p.schema().fields().len()).collect();
     let starts: Vec<usize> = widths.iter().scan(0, |acc, w| Some(std::mem::replace(acc, *acc + w))).collect();
     let owner = |column: usize| starts.iter().rposition(|&s| s <= column).expect("column in some input");
@@ -359,7 +365,7 @@ fn rebuild(
 }
 
 /// `a = b` of two plain columns (of the flattened tree).
-fn column_equality(c: &Expr) -> Option<(usize, usize)> {
+pub(super) fn column_equality(c: &Expr) -> Option<(usize, usize)> {
     match c {
         Expr::Binary { op: BinaryOp::Eq, left, right, .. } => match (left.as_ref(), right.as_ref()) {
             (Expr::Column { index: a, .. }, Expr::Column { index: b, .. }) if a != b => Some((*a, *b)),
@@ -370,12 +376,12 @@ fn column_equality(c: &Expr) -> Option<(usize, usize)> {
 }
 
 /// Columns known equal to each other (union-find over the flattened tree's columns).
-struct ColumnClasses {
+pub(super) struct ColumnClasses {
     parent: Vec<usize>,
 }
 
 impl ColumnClasses {
-    fn new(columns: usize) -> ColumnClasses {
+    pub(super) fn new(columns: usize) -> ColumnClasses {
         ColumnClasses { parent: (0..columns).collect() }
     }
 
@@ -383,7 +389,7 @@ impl ColumnClasses {
         self.parent.len()
     }
 
-    fn find(&self, mut c: usize) -> usize {
+    pub(super) fn find(&self, mut c: usize) -> usize {
         while self.parent[c] != c {
             c = self.parent[c];
         }
@@ -391,7 +397,7 @@ impl ColumnClasses {
     }
 
     /// Joins the classes of `a` and `b`; false when they were one already.
-    fn union(&mut self, a: usize, b: usize) -> bool {
+    pub(super) fn union(&mut self, a: usize, b: usize) -> bool {
         let (ra, rb) = (self.find(a), self.find(b));
         self.parent[ra.max(rb)] = ra.min(rb);
         ra != rb

@@ -11,6 +11,7 @@
 //! equalities between the two sides into join keys), pushes projections into scans (only needed
 //! columns are decoded) and hands filters directly above a scan to it for row-group and page pruning.
 
+mod eager;
 mod joins;
 mod simplify;
 pub mod stats;
@@ -498,6 +499,8 @@ pub fn optimize(plan: LogicalPlan) -> LogicalPlan {
     // become inner joins), then inner joins are reordered, then filters go down again.
     let plan = joins::push_filters(plan);
     let plan = joins::push_semi_joins(plan);
+    // Before join ordering, which then orders the joins below and above a partial aggregation.
+    let plan = eager::push_aggregates(plan);
     let plan = joins::reorder(plan);
     let plan = joins::push_filters(plan);
     let all: BTreeSet<usize> = (0..plan.schema().fields().len()).collect();

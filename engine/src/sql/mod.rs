@@ -703,7 +703,7 @@ fn aggregate(
     aggregates: Vec<crate::expr::AggregateExpr>,
     schema: arrow::datatypes::SchemaRef,
 ) -> Result<LogicalPlan> {
-    use crate::expr::{AggregateExpr, AggregateFunction as F, BinaryOp, Function};
+    use crate::expr::{AggregateExpr, AggregateFunction as F, Function};
     use arrow::datatypes::DataType;
     let mut distinct_args: Vec<Expr> = Vec::new();
     for a in aggregates.iter().filter(|a| a.distinct) {
@@ -837,15 +837,12 @@ fn aggregate(
                 let zero = Expr::Literal(Arc::new(arrow::array::Int64Array::from(vec![0])));
                 Expr::Function { func: Function::Coalesce, args: vec![sum, zero], data_type: DataType::Int64 }
             }
-            Final::Avg(s, c) => {
-                let double = |e: Expr| Expr::Cast { expr: Box::new(e), to: DataType::Float64 };
-                Expr::Binary {
-                    op: BinaryOp::Divide,
-                    left: Box::new(double(add(F::Sum, s)?)),
-                    right: Box::new(double(add(F::Sum, c)?)),
-                    data_type: DataType::Float64,
-                }
-            }
+            // The division the aggregation's own average makes (as DuckDB's), on the totals.
+            Final::Avg(s, c) => Expr::Function {
+                func: Function::AvgDivide,
+                args: vec![add(F::Sum, s)?, add(F::Sum, c)?],
+                data_type: DataType::Float64,
+            },
         });
     }
     let mut fields: Vec<Field> = (0..keys).map(|i| first_schema.field(i).clone()).collect();
