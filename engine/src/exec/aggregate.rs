@@ -457,6 +457,17 @@ impl Expand for PartialAggregator {
             None => GroupTable::new(&self.spec, &self.ctx, 0, self.limit)?,
         };
         table.no_spill = true;
+        // Input clustered by the keys (lineitem by l_orderkey): a group per run of equal keys,
+        // found by comparing neighbours instead of looking every row up.
+        if let Some((run_of, starts)) = runs(&input, self.spec.key_count)? {
+            if table.add_runs(&input, &run_of, starts.len())? {
+                let out = table.output_runs(&input, &starts)?;
+                table.reset();
+                self.spare.lock().unwrap_or_else(|e| e.into_inner()).push(table);
+                return emit(out);
+            }
+            table.reset();
+        }
         let out = if table.add(&input)? {
             let out = table.output(0, table.groups())?;
             table.reset();
@@ -469,6 +480,52 @@ impl Expand for PartialAggregator {
         };
         emit(out)
     }
+}
+
+/// Each row's run of equal keys and the first row of every run, when `input`'s rows (the
+/// operator's layout, `keys` key columns first) come in runs of two rows or more on average;
+/// `None` otherwise (a look at the first rows decides early for input in no such order). Nulls
+/// are equal to each other here, as grouping has them.
+fn runs(input: &RecordBatch, keys: usize) -> Result<Option<(Vec<u32>, Vec<u32>)>> {
+    use arrow::compute::kernels::cmp::distinct;
+    const SAMPLE: usize = 64;
+    let n = input.num_rows();
+    if keys == 0 || n < 2 * SAMPLE {
+        return Ok(None);
+    }
+    let changes = |len: usize| -> Result<arrow::buffer::BooleanBuffer> {
+        let mut changed: Option<arrow::buffer::BooleanBuffer> = None;
+        for column in &input.columns()[..keys] {
+            let differs = distinct(&column.slice(1, len - 1), &column.slice(0, len - 1))?;
+            let differs = differs.values().clone();
+            changed = Some(match changed {
+                Some(c) => &c | &differs,
+                None => differs,
+            });
+        }
+        Ok(changed.expect("at least one key"))
+    };
+    if changes(SAMPLE)?.count_set_bits() * 2 >= SAMPLE {
+        return Ok(None);
+    }
+    let changed = changes(n)?;
+    let runs = changed.count_set_bits() + 1;
+    if runs * 2 > n {
+        return Ok(None);
+    }
+    let mut run_of = Vec::with_capacity(n);
+    let mut starts = Vec::with_capacity(runs);
+    run_of.push(0u32);
+    starts.push(0u32);
+    let mut run = 0u32;
+    for (i, c) in changed.iter().enumerate() {
+        if c {
+            run += 1;
+            starts.push(i as u32 + 1);
+        }
+        run_of.push(run);
+    }
+    Ok(Some((run_of, starts)))
 }
 
 /// Each row of `input` (the operator's layout) as a partial row of its own: count 1 (or 0 for a
@@ -1030,6 +1087,52 @@ impl GroupTable {
     }
 
     /// Output rows for groups `start..end` (in insertion order).
+    /// Folds `batch` into the (empty) table as `runs` groups, row `r` into group `run_of[r]`,
+    /// without the index: see [`runs`]. False when the states do not fit the table's share.
+    fn add_runs(&mut self, batch: &RecordBatch, run_of: &[u32], runs: usize) -> Result<bool> {
+        debug_assert_eq!(self.groups, 0);
+        if runs > self.capacity && !self.grow_to(runs) {
+            return Ok(false);
+        }
+        for _ in 0..runs {
+            self.push_group();
+        }
+        self.groups = runs;
+        let spec = self.spec.clone();
+        let mut grown = 0u64;
+        for (acc, col) in self.accs.iter_mut().zip(&spec.arg_columns) {
+            let arg = match col {
+                Some(c) => Some(ArgValues::new(acc, batch.column(*c))?),
+                None => None,
+            };
+            grown += update_batch(acc, arg.as_ref(), run_of)?;
+        }
+        Ok(grown == 0 || self.reservation.try_grow(grown).is_ok())
+    }
+
+    /// The groups [`add_runs`](Self::add_runs) made, their keys taken from the first row of each
+    /// run of `batch`.
+    fn output_runs(&self, batch: &RecordBatch, starts: &[u32]) -> Result<RecordBatch> {
+        let first_rows = arrow::array::UInt32Array::from(starts.to_vec());
+        let mut columns: Vec<ArrayRef> = Vec::with_capacity(self.spec.out_schema.fields().len());
+        for (k, field) in self.spec.out_schema.fields().iter().take(self.spec.key_count).enumerate() {
+            let keys = arrow::compute::take(batch.column(k), &first_rows, None)?;
+            columns.push(match keys.data_type() == field.data_type() {
+                true => keys,
+                false => arrow::compute::cast(&keys, field.data_type())?,
+            });
+        }
+        for (i, acc) in self.accs.iter().enumerate() {
+            let field = self.spec.out_schema.field(self.spec.key_count + i);
+            columns.push(finish(acc, 0, self.groups, field.data_type())?);
+        }
+        Ok(RecordBatch::try_new_with_options(
+            self.spec.out_schema.clone(),
+            columns,
+            &RecordBatchOptions::new().with_row_count(Some(self.groups)),
+        )?)
+    }
+
     fn output(&self, start: usize, end: usize) -> Result<RecordBatch> {
         let mut columns: Vec<ArrayRef> = Vec::with_capacity(self.spec.out_schema.fields().len());
         columns.extend(self.index.key_columns(&self.spec, start, end)?);
