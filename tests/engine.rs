@@ -1143,10 +1143,10 @@ fn group_keys_in_runs_agree_with_an_independent_aggregation() {
         r += 1;
     }
     run_of.truncate(n);
-    let k1 = |r: usize| (r % 17 != 0).then_some((r % 1000) as i64);
-    let k2 = |r: usize| (r % 13 != 0).then(|| format!("k{}", r % 3));
-    let v = |i: usize| (i % 5 != 0).then_some((i * 7919 % 10_000) as i64 - 5_000);
-    let s = |i: usize| (i % 7 != 0).then(|| format!("s{:05}", i * 31 % 99_991));
+    let k1 = |r: usize| (!r.is_multiple_of(17)).then_some((r % 1000) as i64);
+    let k2 = |r: usize| (!r.is_multiple_of(13)).then(|| format!("k{}", r % 3));
+    let v = |i: usize| (!i.is_multiple_of(5)).then_some((i * 7919 % 10_000) as i64 - 5_000);
+    let s = |i: usize| (!i.is_multiple_of(7)).then(|| format!("s{:05}", i * 31 % 99_991));
     let schema = Arc::new(Schema::new(vec![
         Field::new("k1", DataType::Int64, true),
         Field::new("k2", DataType::Utf8, true),
