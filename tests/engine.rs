@@ -1131,9 +1131,9 @@ fn packed_and_row_format_group_keys_agree() {
 
 #[test]
 fn group_keys_in_runs_agree_with_an_independent_aggregation() {
-    // Rows in runs of one to five equal keys (a file sorted or clustered by its group keys), each
-    // key coming back in later runs, nulls in keys and values: the per-batch runs that the scan's
-    // workers aggregate must merge into the same groups as any other input.
+    // Rows in runs of one to five equal keys (a file sorted by its group keys), then keys coming
+    // back in later runs, nulls in keys and values: the per-batch runs that the scan's workers
+    // aggregate must merge into the same groups as any other input.
     let dir = tempfile::tempdir().unwrap();
     let n = 300_000usize;
     let mut run_of = Vec::with_capacity(n);
@@ -1143,7 +1143,13 @@ fn group_keys_in_runs_agree_with_an_independent_aggregation() {
         r += 1;
     }
     run_of.truncate(n);
-    let k1 = |r: usize| (!r.is_multiple_of(17)).then_some((r % 1000) as i64);
+    // The first half sorted by the keys (runs the workers fold without a table), the second
+    // coming back to the same keys again and again (and with nulls).
+    let half = run_of[n / 2];
+    let k1 = |r: usize| match r < half {
+        true => Some(r as i64),
+        false => (!r.is_multiple_of(17)).then_some((r % 1000) as i64),
+    };
     let k2 = |r: usize| (!r.is_multiple_of(13)).then(|| format!("k{}", r % 3));
     let v = |i: usize| (!i.is_multiple_of(5)).then_some((i * 7919 % 10_000) as i64 - 5_000);
     let s = |i: usize| (!i.is_multiple_of(7)).then(|| format!("s{:05}", i * 31 % 99_991));

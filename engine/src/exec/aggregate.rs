@@ -483,16 +483,17 @@ impl Expand for PartialAggregator {
 }
 
 /// Each row's run of equal keys and the first row of every run, when `input`'s rows (the
-/// operator's layout, `keys` key columns first) come in runs of two rows or more on average;
-/// `None` otherwise (a look at the first rows decides early for input in no such order). Nulls
-/// are equal to each other here, as grouping has them.
+/// operator's layout, `keys` key columns first) come in runs of two rows or more on average and
+/// sorted by the first key; `None` otherwise (a look at the first rows decides early for input in
+/// no such order). Nulls are equal to each other here, as grouping has them.
 fn runs(input: &RecordBatch, keys: usize) -> Result<Option<(Vec<u32>, Vec<u32>)>> {
-    use arrow::compute::kernels::cmp::distinct;
+    use arrow::compute::kernels::cmp::{distinct, gt, lt};
     const SAMPLE: usize = 64;
     let n = input.num_rows();
     if keys == 0 || n < 2 * SAMPLE {
         return Ok(None);
     }
+    // Where the keys change: bit `i` for rows `i` and `i + 1` of the first `len`.
     let changes = |len: usize| -> Result<arrow::buffer::BooleanBuffer> {
         let mut changed: Option<arrow::buffer::BooleanBuffer> = None;
         for column in &input.columns()[..keys] {
@@ -505,24 +506,37 @@ fn runs(input: &RecordBatch, keys: usize) -> Result<Option<(Vec<u32>, Vec<u32>)>
         }
         Ok(changed.expect("at least one key"))
     };
-    if changes(SAMPLE)?.count_set_bits() * 2 >= SAMPLE {
+    let starts_of = |changed: &arrow::buffer::BooleanBuffer| -> Vec<u32> {
+        std::iter::once(0).chain(changed.set_indices().map(|i| i as u32 + 1)).collect()
+    };
+    // Runs are worth it only where each is a group of its own in the batch (input sorted by the
+    // keys): a few groups that come back run after run (TPC-H Q1's flags) fold into a handful of
+    // partial rows in a table, where runs would hand the final aggregation thousands. The first
+    // key column moving one way from run to run says so.
+    let sorted = |starts: &[u32]| -> Result<bool> {
+        let m = starts.len();
+        if m < 2 {
+            return Ok(true);
+        }
+        let first = arrow::compute::take(input.column(0), &arrow::array::UInt32Array::from(starts.to_vec()), None)?;
+        let (earlier, later) = (first.slice(0, m - 1), first.slice(1, m - 1));
+        let all = |b: arrow::array::BooleanArray| b.null_count() == 0 && b.true_count() == m - 1;
+        Ok(all(lt(&earlier, &later)?) || all(gt(&earlier, &later)?))
+    };
+    let sample = changes(SAMPLE)?;
+    if sample.count_set_bits() * 2 >= SAMPLE || !sorted(&starts_of(&sample))? {
         return Ok(None);
     }
     let changed = changes(n)?;
-    let runs = changed.count_set_bits() + 1;
-    if runs * 2 > n {
+    let starts = starts_of(&changed);
+    if starts.len() * 2 > n || !sorted(&starts)? {
         return Ok(None);
     }
     let mut run_of = Vec::with_capacity(n);
-    let mut starts = Vec::with_capacity(runs);
     run_of.push(0u32);
-    starts.push(0u32);
     let mut run = 0u32;
-    for (i, c) in changed.iter().enumerate() {
-        if c {
-            run += 1;
-            starts.push(i as u32 + 1);
-        }
+    for c in changed.iter() {
+        run += c as u32;
         run_of.push(run);
     }
     Ok(Some((run_of, starts)))
