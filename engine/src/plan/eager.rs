@@ -314,16 +314,12 @@ fn rewrite(
     for (k, &x) in boundary.iter().enumerate() {
         position[x] = k;
     }
-    let name = |c: usize| {
-        let field_of = |p: usize| {
-            if p < part_width {
-                part_schema.field(p).name().clone()
-            } else {
-                let i = flat.owner(c);
-                flat.inputs[i].schema().field(c - flat.starts[i]).name().clone()
-            }
-        };
-        field_of(position[c])
+    let name = |c: usize| match position[c] < part_width {
+        true => part_schema.field(position[c]).name().clone(),
+        false => {
+            let i = flat.owner(c);
+            flat.inputs[i].schema().field(c - flat.starts[i]).name().clone()
+        }
     };
     let outer_conditions: Vec<Expr> = flat
         .edges
