@@ -1100,7 +1100,6 @@ impl GroupTable {
         Ok(parts.finish()?.into_iter().flatten().collect())
     }
 
-    /// Output rows for groups `start..end` (in insertion order).
     /// Folds `batch` into the (empty) table as `runs` groups, row `r` into group `run_of[r]`,
     /// without the index: see [`runs`]. False when the states do not fit the table's share.
     fn add_runs(&mut self, batch: &RecordBatch, run_of: &[u32], runs: usize) -> Result<bool> {
@@ -1128,33 +1127,26 @@ impl GroupTable {
     /// run of `batch`.
     fn output_runs(&self, batch: &RecordBatch, starts: &[u32]) -> Result<RecordBatch> {
         let first_rows = arrow::array::UInt32Array::from(starts.to_vec());
-        let mut columns: Vec<ArrayRef> = Vec::with_capacity(self.spec.out_schema.fields().len());
-        for (k, field) in self.spec.out_schema.fields().iter().take(self.spec.key_count).enumerate() {
-            let keys = arrow::compute::take(batch.column(k), &first_rows, None)?;
-            columns.push(match keys.data_type() == field.data_type() {
-                true => keys,
-                false => arrow::compute::cast(&keys, field.data_type())?,
-            });
-        }
-        for (i, acc) in self.accs.iter().enumerate() {
-            let field = self.spec.out_schema.field(self.spec.key_count + i);
-            columns.push(finish(acc, 0, self.groups, field.data_type())?);
-        }
-        Ok(RecordBatch::try_new_with_options(
-            self.spec.out_schema.clone(),
-            columns,
-            &RecordBatchOptions::new().with_row_count(Some(self.groups)),
-        )?)
+        let keys = (0..self.spec.key_count)
+            .map(|k| Ok(arrow::compute::take(batch.column(k), &first_rows, None)?))
+            .collect::<Result<Vec<_>>>()?;
+        self.batch_of(keys, 0, self.groups)
     }
 
+    /// Output rows for groups `start..end` (in insertion order).
     fn output(&self, start: usize, end: usize) -> Result<RecordBatch> {
+        self.batch_of(self.index.key_columns(&self.spec, start, end)?, start, end)
+    }
+
+    /// The output batch of groups `start..end` with these key columns, and their states.
+    fn batch_of(&self, keys: Vec<ArrayRef>, start: usize, end: usize) -> Result<RecordBatch> {
         let mut columns: Vec<ArrayRef> = Vec::with_capacity(self.spec.out_schema.fields().len());
-        columns.extend(self.index.key_columns(&self.spec, start, end)?);
+        columns.extend(keys);
         for (i, acc) in self.accs.iter().enumerate() {
             let field = self.spec.out_schema.field(self.spec.key_count + i);
             columns.push(finish(acc, start, end, field.data_type())?);
         }
-        // Key columns come back as the converter's types; conform to the plan's schema.
+        // Key columns come back as the converter's (or the input's) types; conform to the plan's.
         let columns = columns
             .into_iter()
             .zip(self.spec.out_schema.fields())

@@ -39,9 +39,9 @@ use std::sync::Arc;
 
 use arrow::datatypes::{DataType, Field, Schema};
 
-use super::joins::{column_equality, flatten, is_inner_join, ColumnClasses};
+use super::joins::{column_equality, equality, flatten, is_inner_join, ColumnClasses};
 use super::LogicalPlan;
-use crate::expr::{AggregateExpr, AggregateFunction as F, BinaryOp, Expr, Function};
+use crate::expr::{AggregateExpr, AggregateFunction as F, Expr, Function};
 
 /// Most inputs a join under an aggregation may have for the subsets of them to be tried.
 const MAX_INPUTS: usize = 12;
@@ -189,7 +189,7 @@ fn eager(node: &LogicalPlan) -> Option<LogicalPlan> {
             && (0..n).filter(|i| rest & (1 << i) != 0).all(|i| flat.plain(i))
             && group_masks.iter().all(|&g| g & s == g || g & s == 0)
             && group_masks.iter().any(|&g| g != 0 && g & s == 0)
-            && crossing.clone().count() > 0
+            && crossing.clone().next().is_some()
             && crossing.clone().all(|&(a, _)| group_classes.contains(&classes.find(a)))
     };
     let s = (1..full).filter(|&s| suits(s)).max_by_key(|s| s.count_ones())?;
@@ -375,10 +375,6 @@ fn rewrite(
     let mut exprs: Vec<Expr> = (0..nk).map(|i| Expr::column(i, second_schema.field(i).name())).collect();
     exprs.extend(outputs);
     Some(LogicalPlan::Projection { input: Box::new(aggregate), exprs, schema: schema.clone() })
-}
-
-fn equality(l: Expr, r: Expr) -> Expr {
-    Expr::Binary { op: BinaryOp::Eq, left: Box::new(l), right: Box::new(r), data_type: DataType::Boolean }
 }
 
 /// Column `c` of the flattened join, numbered as `renumber` says.

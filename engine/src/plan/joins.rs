@@ -43,7 +43,7 @@ fn map_inputs(plan: LogicalPlan, f: fn(LogicalPlan) -> LogicalPlan) -> LogicalPl
     plan.map_inputs(&mut |p| f(p))
 }
 
-fn equality(l: Expr, r: Expr) -> Expr {
+pub(super) fn equality(l: Expr, r: Expr) -> Expr {
     Expr::Binary { op: BinaryOp::Eq, left: Box::new(l), right: Box::new(r), data_type: DataType::Boolean }
 }
 
