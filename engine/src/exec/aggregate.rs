@@ -459,8 +459,8 @@ impl Expand for PartialAggregator {
         table.no_spill = true;
         // Input clustered by the keys (lineitem by l_orderkey): a group per run of equal keys,
         // found by comparing neighbours instead of looking every row up.
-        if let Some((run_of, starts)) = runs(&input, self.spec.key_count)? {
-            if table.add_runs(&input, &run_of, starts.len())? {
+        if let Some(starts) = runs(&input, self.spec.key_count)? {
+            if table.add_runs(&input, &starts)? {
                 let out = table.output_runs(&input, &starts)?;
                 table.reset();
                 self.spare.lock().unwrap_or_else(|e| e.into_inner()).push(table);
@@ -482,11 +482,11 @@ impl Expand for PartialAggregator {
     }
 }
 
-/// Each row's run of equal keys and the first row of every run, when `input`'s rows (the
+/// The first row of every run of equal keys, when `input`'s rows (the
 /// operator's layout, `keys` key columns first) come in runs of two rows or more on average and
 /// sorted by the first key; `None` otherwise (a look at the first rows decides early for input in
 /// no such order). Nulls are equal to each other here, as grouping has them.
-fn runs(input: &RecordBatch, keys: usize) -> Result<Option<(Vec<u32>, Vec<u32>)>> {
+fn runs(input: &RecordBatch, keys: usize) -> Result<Option<Vec<u32>>> {
     use arrow::compute::kernels::cmp::{distinct, gt, lt};
     const SAMPLE: usize = 64;
     let n = input.num_rows();
@@ -532,14 +532,7 @@ fn runs(input: &RecordBatch, keys: usize) -> Result<Option<(Vec<u32>, Vec<u32>)>
     if starts.len() * 2 > n || !sorted(&starts)? {
         return Ok(None);
     }
-    let mut run_of = Vec::with_capacity(n);
-    run_of.push(0u32);
-    let mut run = 0u32;
-    for c in changed.iter() {
-        run += c as u32;
-        run_of.push(run);
-    }
-    Ok(Some((run_of, starts)))
+    Ok(Some(starts))
 }
 
 /// Each row of `input` (the operator's layout) as a partial row of its own: count 1 (or 0 for a
@@ -1026,9 +1019,11 @@ impl GroupTable {
             }
         }
         // Min/max values grow when a longer value wins; counted after the batch.
+        let gathered = Gathered::pays(self.groups, n).then(|| Gathered::sort(&group_of, self.groups));
+        let order = gathered.as_ref().map_or(Order::Scattered(&group_of), Order::Gathered);
         let mut grown = 0u64;
         for (acc, arg) in self.accs.iter_mut().zip(&args) {
-            grown += update_batch(acc, arg.as_ref(), &group_of)?;
+            grown += update_batch(acc, arg.as_ref(), order)?;
         }
         if grown > 0 && self.reservation.try_grow(grown).is_err() {
             if self.no_spill {
@@ -1100,10 +1095,12 @@ impl GroupTable {
         Ok(parts.finish()?.into_iter().flatten().collect())
     }
 
-    /// Folds `batch` into the (empty) table as `runs` groups, row `r` into group `run_of[r]`,
-    /// without the index: see [`runs`]. False when the states do not fit the table's share.
-    fn add_runs(&mut self, batch: &RecordBatch, run_of: &[u32], runs: usize) -> Result<bool> {
+    /// Folds `batch` into the (empty) table as a group per run of rows, run `k` starting at row
+    /// `starts[k]`, without the index: see [`runs`]. False when the states do not fit the table's
+    /// share.
+    fn add_runs(&mut self, batch: &RecordBatch, starts: &[u32]) -> Result<bool> {
         debug_assert_eq!(self.groups, 0);
+        let runs = starts.len();
         if runs > self.capacity && !self.grow_to(runs) {
             return Ok(false);
         }
@@ -1111,6 +1108,7 @@ impl GroupTable {
             self.push_group();
         }
         self.groups = runs;
+        let gathered = Gathered::runs(starts, batch.num_rows());
         let spec = self.spec.clone();
         let mut grown = 0u64;
         for (acc, col) in self.accs.iter_mut().zip(&spec.arg_columns) {
@@ -1118,7 +1116,7 @@ impl GroupTable {
                 Some(c) => Some(ArgValues::new(acc, batch.column(*c))?),
                 None => None,
             };
-            grown += update_batch(acc, arg.as_ref(), run_of)?;
+            grown += update_batch(acc, arg.as_ref(), Order::Gathered(&gathered))?;
         }
         Ok(grown == 0 || self.reservation.try_grow(grown).is_ok())
     }
@@ -1521,9 +1519,130 @@ fn extreme_int(t: &DataType) -> Option<bool> {
 /// The group of a row that went to a partition instead.
 const NO_GROUP: u32 = u32::MAX;
 
-/// Folds every row of `arg` into its group (`group_of[row]`, or [`NO_GROUP`]); returns bytes the
-/// state grew by. The common states have loops of their own; the rest go row by row.
-fn update_batch(acc: &mut Acc, arg: Option<&ArgValues>, group_of: &[u32]) -> Result<u64> {
+/// How the rows of a batch reach their groups.
+#[derive(Clone, Copy)]
+enum Order<'a> {
+    /// Row `r` goes to group `group_of[r]` ([`NO_GROUP`]: to none).
+    Scattered(&'a [u32]),
+    /// Group by group.
+    Gathered(&'a Gathered),
+}
+
+/// A batch's rows in group order: group `spans[k].0` gets rows `rows[spans[k].1..spans[k].2]`,
+/// in batch order.
+///
+/// Folded row by row, the rows of a few groups (TPC-H Q1's four flag pairs) make a chain of loads
+/// and stores to the same few states, each waiting for the one before, once per aggregate. Group by
+/// group, a state stays in a register over its rows; the sort that gathers them is one such chain,
+/// paid once per batch.
+struct Gathered {
+    rows: Vec<u32>,
+    spans: Vec<(usize, usize, usize)>,
+}
+
+impl Gathered {
+    /// Whether a table of `groups` groups folds a batch of `rows` rows group by group: only when
+    /// each group gets several rows on average (else the sort is pure cost).
+    fn pays(groups: usize, rows: usize) -> bool {
+        groups * 8 <= rows
+    }
+
+    /// The rows of `group_of` (groups below `groups`; [`NO_GROUP`] rows left out) sorted by group,
+    /// by counting.
+    fn sort(group_of: &[u32], groups: usize) -> Gathered {
+        let mut next = vec![0usize; groups];
+        for &g in group_of {
+            if g != NO_GROUP {
+                next[g as usize] += 1;
+            }
+        }
+        let mut spans = Vec::new();
+        let mut end = 0;
+        for (g, slot) in next.iter_mut().enumerate() {
+            let count = *slot;
+            if count > 0 {
+                spans.push((g, end, end + count));
+            }
+            *slot = end;
+            end += count;
+        }
+        let mut rows = vec![0u32; end];
+        for (r, &g) in group_of.iter().enumerate() {
+            if g != NO_GROUP {
+                let at = &mut next[g as usize];
+                rows[*at] = r as u32;
+                *at += 1;
+            }
+        }
+        Gathered { rows, spans }
+    }
+
+    /// Rows already in runs (see [`runs`]): run `k` starts at row `starts[k]` and is group `k`.
+    fn runs(starts: &[u32], n: usize) -> Gathered {
+        let ends = starts.iter().skip(1).map(|&s| s as usize).chain(std::iter::once(n));
+        let spans = starts.iter().zip(ends).enumerate().map(|(k, (&s, e))| (k, s as usize, e)).collect();
+        Gathered { rows: (0..n as u32).collect(), spans }
+    }
+
+    fn groups(&self) -> impl Iterator<Item = (usize, &[u32])> + '_ {
+        self.spans.iter().map(|&(g, s, e)| (g, &self.rows[s..e]))
+    }
+}
+
+fn overflow(f: &str) -> Error {
+    Error::Execution(format!("overflow in {f}()"))
+}
+
+/// `start` plus the valid values among `rows`, and how many were valid; `None` on overflow.
+#[inline]
+fn sum_int(
+    start: i128,
+    values: &[i128],
+    nulls: Option<&arrow::buffer::NullBuffer>,
+    rows: &[u32],
+) -> Option<(i128, i64)> {
+    let mut sum = start;
+    match nulls {
+        None => {
+            for &r in rows {
+                sum = sum.checked_add(values[r as usize])?;
+            }
+            Some((sum, rows.len() as i64))
+        }
+        Some(nulls) => {
+            let mut count = 0;
+            for &r in rows.iter().filter(|&&r| nulls.is_valid(r as usize)) {
+                sum = sum.checked_add(values[r as usize])?;
+                count += 1;
+            }
+            Some((sum, count))
+        }
+    }
+}
+
+/// `start` plus the valid values among `rows` (added in row order, as row by row would), and how
+/// many were valid.
+#[inline]
+fn sum_float(start: f64, values: &[f64], nulls: Option<&arrow::buffer::NullBuffer>, rows: &[u32]) -> (f64, i64) {
+    let mut sum = start;
+    let mut count = 0;
+    for &r in rows.iter().filter(|&&r| nulls.is_none_or(|n| n.is_valid(r as usize))) {
+        sum += values[r as usize];
+        count += 1;
+    }
+    (sum, count)
+}
+
+/// Folds every row of `arg` into its group, in `order`; returns bytes the state grew by. The
+/// common states have loops of their own; the rest go row by row.
+fn update_batch(acc: &mut Acc, arg: Option<&ArgValues>, order: Order) -> Result<u64> {
+    match order {
+        Order::Scattered(group_of) => update_scattered(acc, arg, group_of),
+        Order::Gathered(gathered) => update_gathered(acc, arg, gathered),
+    }
+}
+
+fn update_scattered(acc: &mut Acc, arg: Option<&ArgValues>, group_of: &[u32]) -> Result<u64> {
     let rows = || group_of.iter().enumerate().filter(|(_, g)| **g != NO_GROUP).map(|(r, g)| (r, *g as usize));
     match (acc, arg) {
         (Acc::Count(v), None) => rows().for_each(|(_, g)| v[g] += 1),
@@ -1534,7 +1653,7 @@ fn update_batch(acc: &mut Acc, arg: Option<&ArgValues>, group_of: &[u32]) -> Res
         (Acc::SumInt { sum, seen }, Some(ArgValues::Int(a))) => {
             let values = a.values();
             for (r, g) in rows().filter(|(r, _)| a.is_valid(*r)) {
-                sum[g] = sum[g].checked_add(values[r]).ok_or_else(|| Error::Execution("overflow in sum()".into()))?;
+                sum[g] = sum[g].checked_add(values[r]).ok_or_else(|| overflow("sum"))?;
                 seen[g] = true;
             }
         }
@@ -1543,6 +1662,20 @@ fn update_batch(acc: &mut Acc, arg: Option<&ArgValues>, group_of: &[u32]) -> Res
             for (r, g) in rows().filter(|(r, _)| a.is_valid(*r)) {
                 sum[g] += values[r];
                 seen[g] = true;
+            }
+        }
+        (Acc::AvgInt { sum, count, .. }, Some(ArgValues::Int(a))) => {
+            let values = a.values();
+            for (r, g) in rows().filter(|(r, _)| a.is_valid(*r)) {
+                sum[g] = sum[g].checked_add(values[r]).ok_or_else(|| overflow("avg"))?;
+                count[g] += 1;
+            }
+        }
+        (Acc::AvgFloat { sum, count }, Some(ArgValues::Float(a))) => {
+            let values = a.values();
+            for (r, g) in rows().filter(|(r, _)| a.is_valid(*r)) {
+                sum[g] += values[r];
+                count[g] += 1;
             }
         }
         (Acc::ExtremeInt { values, seen, max, .. }, Some(ArgValues::Int(a))) => {
@@ -1559,6 +1692,72 @@ fn update_batch(acc: &mut Acc, arg: Option<&ArgValues>, group_of: &[u32]) -> Res
             let mut grown = 0;
             for (r, g) in rows() {
                 grown += update(acc, g, arg, r)?;
+            }
+            return Ok(grown);
+        }
+    }
+    Ok(0)
+}
+
+fn update_gathered(acc: &mut Acc, arg: Option<&ArgValues>, gathered: &Gathered) -> Result<u64> {
+    match (acc, arg) {
+        (Acc::Count(v), None) | (Acc::Count(v), Some(ArgValues::Nulls(None))) => {
+            for (g, rows) in gathered.groups() {
+                v[g] += rows.len() as i64;
+            }
+        }
+        (Acc::Count(v), Some(ArgValues::Nulls(Some(nulls)))) => {
+            for (g, rows) in gathered.groups() {
+                v[g] += rows.iter().filter(|&&r| nulls.is_valid(r as usize)).count() as i64;
+            }
+        }
+        (Acc::SumInt { sum, seen }, Some(ArgValues::Int(a))) => {
+            for (g, rows) in gathered.groups() {
+                let (s, n) = sum_int(sum[g], a.values(), a.nulls(), rows).ok_or_else(|| overflow("sum"))?;
+                sum[g] = s;
+                seen[g] |= n > 0;
+            }
+        }
+        (Acc::SumFloat { sum, seen }, Some(ArgValues::Float(a))) => {
+            for (g, rows) in gathered.groups() {
+                let (s, n) = sum_float(sum[g], a.values(), a.nulls(), rows);
+                sum[g] = s;
+                seen[g] |= n > 0;
+            }
+        }
+        (Acc::AvgInt { sum, count, .. }, Some(ArgValues::Int(a))) => {
+            for (g, rows) in gathered.groups() {
+                let (s, n) = sum_int(sum[g], a.values(), a.nulls(), rows).ok_or_else(|| overflow("avg"))?;
+                sum[g] = s;
+                count[g] += n;
+            }
+        }
+        (Acc::AvgFloat { sum, count }, Some(ArgValues::Float(a))) => {
+            for (g, rows) in gathered.groups() {
+                let (s, n) = sum_float(sum[g], a.values(), a.nulls(), rows);
+                sum[g] = s;
+                count[g] += n;
+            }
+        }
+        (Acc::ExtremeInt { values, seen, max, .. }, Some(ArgValues::Int(a))) => {
+            let input = a.values();
+            for (g, rows) in gathered.groups() {
+                let valid = rows.iter().map(|&r| r as usize).filter(|&r| a.is_valid(r)).map(|r| input[r]);
+                let best = if *max { valid.max() } else { valid.min() };
+                if let Some(v) = best {
+                    if !seen[g] || (*max && v > values[g]) || (!*max && v < values[g]) {
+                        values[g] = v;
+                        seen[g] = true;
+                    }
+                }
+            }
+        }
+        (acc, arg) => {
+            let mut grown = 0;
+            for (g, rows) in gathered.groups() {
+                for &r in rows {
+                    grown += update(acc, g, arg, r as usize)?;
+                }
             }
             return Ok(grown);
         }

@@ -728,10 +728,13 @@ fn decimal_binary(op: BinaryOp, l: &Value, r: &Value, data_type: &DataType) -> R
         _ => apply!(|a: i128, b: i128| a.wrapping_mul(b), |a: i128, b: i128| a.checked_mul(b)),
     };
     if exact > p {
-        let bound = 10u128.pow(p);
+        // Without an early exit, the check of a whole batch vectorizes: it was a tenth of TPC-H
+        // Q1's arithmetic.
+        let bound = 10i128.pow(p);
+        let within = |v: i128| -bound < v && v < bound;
         let fits = match out.nulls() {
-            None => out.values().iter().all(|v| v.unsigned_abs() < bound),
-            Some(n) => out.values().iter().zip(n.iter()).all(|(v, valid)| !valid || v.unsigned_abs() < bound),
+            None => out.values().iter().fold(true, |fits, &v| fits & within(v)),
+            Some(n) => out.values().iter().zip(n.iter()).fold(true, |fits, (&v, valid)| fits & (!valid | within(v))),
         };
         if !fits {
             return Err(Error::Execution(format!(
