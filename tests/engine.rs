@@ -1220,3 +1220,99 @@ fn group_keys_in_runs_agree_with_an_independent_aggregation() {
         assert_eq!(e.pool().reserved(), 0);
     }
 }
+
+#[test]
+fn groups_of_row_groups_with_disjoint_keys_go_out_early_and_agree() {
+    // Row groups holding disjoint, increasing ranges of `k` (as lineitem's of `l_orderkey`), rows
+    // shuffled within each: the aggregation hands each row group's groups on once the next row
+    // group comes. Where a key spans two row groups (sorted rows, row groups cut anywhere) it
+    // must not, and answers agree either way, also when the table spills.
+    let dir = tempfile::tempdir().unwrap();
+    // Row groups of several batches each.
+    let (groups, rows_per_group, n) = (10usize, 20_000usize, 200_000usize);
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("k", DataType::Int64, false),
+        Field::new("c", DataType::Utf8, true),
+        Field::new("v", DataType::Int64, true),
+    ]));
+    // Row `i` of row group `g` (rows shuffled by a multiplier prime to the group size): its key
+    // `10000 * g + j`, j below 9000, so each row group holds its own range.
+    let key = |g: usize, i: usize| (10_000 * g + (i * 7919 % rows_per_group) % 9_000) as i64;
+    let c = |i: usize| (!i.is_multiple_of(11)).then(|| format!("c{}", i % 3));
+    let v = |i: usize| (!i.is_multiple_of(13)).then_some((i * 31 % 1000) as i64 - 400);
+    let batch = |keys: Vec<i64>, start: usize| {
+        let rows = start..start + keys.len();
+        RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(Int64Array::from(keys)),
+                Arc::new(rows.clone().map(c).collect::<StringArray>()),
+                Arc::new(rows.map(v).collect::<Int64Array>()),
+            ],
+        )
+        .unwrap()
+    };
+    let props = |rows: usize| {
+        parquet::file::properties::WriterProperties::builder().set_max_row_group_row_count(Some(rows)).build()
+    };
+    let disjoint: Vec<RecordBatch> =
+        (0..groups).map(|g| batch((0..rows_per_group).map(|i| key(g, i)).collect(), g * rows_per_group)).collect();
+    write_parquet(&dir.path().join("disjoint.parquet"), &disjoint, Some(props(rows_per_group)));
+    // The same rows sorted by key, cut into row groups of 33,333 rows: neighbours share a key.
+    let mut all: Vec<(i64, usize)> = (0..n).map(|i| (key(i / rows_per_group, i % rows_per_group), i)).collect();
+    all.sort();
+    let sorted = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            Arc::new(all.iter().map(|&(k, _)| k).collect::<Int64Array>()),
+            Arc::new(all.iter().map(|&(_, i)| c(i)).collect::<StringArray>()),
+            Arc::new(all.iter().map(|&(_, i)| v(i)).collect::<Int64Array>()),
+        ],
+    )
+    .unwrap();
+    write_parquet(&dir.path().join("touching.parquet"), &[sorted], Some(props(33_333)));
+
+    type Group = (i64, i64, Option<i64>);
+    let mut want: std::collections::BTreeMap<(i64, Option<String>), Group> = Default::default();
+    for i in 0..n {
+        let v = v(i).filter(|v| *v > -300);
+        let g = want.entry((key(i / rows_per_group, i % rows_per_group), c(i))).or_default();
+        g.0 += 1;
+        if let Some(v) = v {
+            g.1 += v;
+            g.2 = Some(g.2.map_or(v, |m| m.max(v)));
+        }
+    }
+    let want: Vec<Vec<String>> = want
+        .into_iter()
+        .map(|((k, c), (n, sum, max))| {
+            let text = |v: Option<i64>| v.map_or("NULL".to_string(), |v| v.to_string());
+            vec![c.unwrap_or("NULL".into()), k.to_string(), n.to_string(), text(max.map(|_| sum)), text(max)]
+        })
+        .collect();
+    // The clustered key second among the groups, and renamed under a projection.
+    let sql = |t: &str| {
+        format!(
+            "SELECT c, kk, count(*), sum(w), max(w) FROM \
+             (SELECT k AS kk, c, CASE WHEN v > -300 THEN v END AS w FROM {t}) \
+             GROUP BY c, kk ORDER BY kk, c NULLS FIRST"
+        )
+    };
+    for (table, clustered) in [("disjoint", true), ("touching", false)] {
+        for budget in [256u64 << 20, 8 << 20] {
+            let config = Config::default().with_mem_budget(budget).with_threads(2).with_spill_dir(dir.path());
+            let mut e = Engine::new(config).unwrap();
+            e.register(table, dir.path().join(format!("{table}.parquet")).to_str().unwrap()).unwrap();
+            let plan = e.sql(&sql(table)).unwrap().explain();
+            assert_eq!(plan.contains("row groups hold disjoint ranges of kk"), clustered, "{plan}");
+            // The small budget has the table of one row group's groups spill (and go on as usual).
+            let (_, metrics) = e.sql(&sql(table)).unwrap().explain_analyze().unwrap();
+            let spilled = metrics.operators.iter().any(|o| o.name == "HashAggregate" && o.spill_rows > 0);
+            assert_eq!(spilled, budget < 64 << 20, "{table} at a budget of {budget}");
+            let (_, got) = rows(&e, &sql(table));
+            assert_eq!(got.len(), want.len(), "{table} at a budget of {budget}");
+            assert!(got == want, "{table} at a budget of {budget}");
+            assert_eq!(e.pool().reserved(), 0);
+        }
+    }
+}

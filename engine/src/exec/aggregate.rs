@@ -73,10 +73,57 @@ pub(crate) struct AggregateStream {
     child_stream: u64,
     /// Rows the input's scans will decode, when known: what the first table may have to spill.
     input_rows: Option<u64>,
+    /// Groups already complete, out before the input ends (see [`Clustered`]).
+    ready: VecDeque<(RecordBatch, MemoryReservation)>,
+}
+
+/// An input clustered by group key `key`: the scan's morsels hold disjoint, increasing ranges of
+/// it, starting at `starts`, and come in order (see [`ScanPipeline::clustered_by`]). Once a batch
+/// of a later morsel comes, every group in the table has had all its rows: the table's groups go
+/// out and it starts again, empty. A table then holds a morsel's groups, not all of them: TPC-H
+/// Q18's 15M groups of lineitem by `l_orderkey` came to the consumer's one table, which spilled
+/// most of them to aggregate them again later, with the scan's workers idle half the time.
+///
+/// [`ScanPipeline::clustered_by`]: super::scan::ScanPipeline::clustered_by
+pub(crate) struct Clustered {
+    key: usize,
+    starts: Vec<i64>,
+    /// The morsel the table's groups come from.
+    morsel: usize,
+}
+
+impl Clustered {
+    pub(crate) fn new((key, starts): (usize, Vec<i64>)) -> Clustered {
+        Clustered { key, starts, morsel: 0 }
+    }
+
+    /// Whether the table's groups are complete now that `batch` (the operator's layout) comes:
+    /// its rows are of a later morsel.
+    fn complete_before(&mut self, batch: &RecordBatch) -> Result<bool> {
+        if batch.num_rows() == 0 {
+            return Ok(false);
+        }
+        let first = arrow::compute::cast(&batch.column(self.key).slice(0, 1), &DataType::Int64)?;
+        let first = first.as_primitive::<arrow::datatypes::Int64Type>();
+        if first.is_null(0) {
+            return Err(Error::Execution(
+                "internal error: a null key in input clustered by a column without nulls".into(),
+            ));
+        }
+        let morsel = self.starts.partition_point(|&start| start <= first.value(0)).saturating_sub(1);
+        if morsel < self.morsel {
+            return Err(Error::Execution("internal error: clustered input out of order".into()));
+        }
+        let later = morsel > self.morsel;
+        self.morsel = morsel;
+        Ok(later)
+    }
 }
 
 enum State {
-    Pending(Box<BatchStream>, Vec<Expr>, Vec<Option<Expr>>),
+    Pending(Box<BatchStream>, Vec<Expr>, Vec<Option<Expr>>, Option<Clustered>),
+    /// Taking the input in.
+    Filling(Box<Filling>),
     /// Tables whose groups come out in turn (the first from `next` on), and partitions still to
     /// aggregate (with their depth).
     Emitting {
@@ -85,6 +132,16 @@ enum State {
         partitions: VecDeque<(SpillFile, usize)>,
     },
     Done,
+}
+
+struct Filling {
+    child: BatchStream,
+    group_exprs: Vec<Expr>,
+    arg_exprs: Vec<Option<Expr>>,
+    table: GroupTable,
+    /// Whether the table's share was sized again at the first batch.
+    sized: bool,
+    clustered: Option<Clustered>,
 }
 
 /// What is aggregated, over the operator's own layout: key columns, then one argument column per
@@ -116,70 +173,114 @@ impl AggregateStream {
         child_max: u64,
         child_stream: u64,
         input_rows: Option<u64>,
+        clustered: Option<(usize, Vec<i64>)>,
         ctx: &ExecContext,
         metrics: Arc<OperatorMetrics>,
     ) -> Result<AggregateStream> {
         let first_limit = table_limit(ctx.available_for_sizing().saturating_sub(child_max), ctx);
         let (spec, arg_exprs) = build_spec(&child.schema(), &group_exprs, aggregates, out_schema, metrics)?;
         Ok(AggregateStream {
-            state: State::Pending(Box::new(child), group_exprs, arg_exprs),
+            state: State::Pending(Box::new(child), group_exprs, arg_exprs, clustered.map(Clustered::new)),
             spec,
             ctx: ctx.clone(),
             first_limit,
             child_stream,
             input_rows,
+            ready: VecDeque::new(),
         })
+    }
+
+    /// Adds input batches to the table until the input ends (true), or until groups are ready
+    /// to go out before it does (false; see [`Clustered`]).
+    fn fill(&mut self, f: &mut Filling, cancel: &AtomicBool) -> Result<bool> {
+        let table = &mut f.table;
+        while let Some(item) = f.child.next_reserved() {
+            let (batch, reservation) = item?;
+            if cancel.load(Ordering::Relaxed) {
+                return Err(Error::Cancelled);
+            }
+            if !f.sized {
+                // The first batch is here: joins and sorts below hold what they hold now, not the
+                // most they might. The table's share is sized again from what is free (TPC-H Q10:
+                // its aggregation over three joins got 5 MiB of 512 and spilled).
+                f.sized = true;
+                let free = self.ctx.available_for_sizing().saturating_sub(self.child_stream);
+                table.limit = table.limit.max(table_limit(free + table.reservation.size(), &self.ctx));
+            }
+            let input = project(&batch, &f.group_exprs, &f.arg_exprs, &self.spec.input_schema)?;
+            f.child.release(reservation);
+            self.spec.metrics.rows_in(input.num_rows());
+            // Once the table spills, its groups are no longer all in it: it keeps on as usual.
+            let complete = match &mut f.clustered {
+                Some(c) => c.complete_before(&input)? && table.partitions.is_none() && table.groups() > 0,
+                None => false,
+            };
+            if complete {
+                for start in (0..table.groups()).step_by(self.ctx.config.batch_size.max(1)) {
+                    let end = (start + self.ctx.config.batch_size.max(1)).min(table.groups());
+                    let batch = table.output(start, end)?;
+                    let mut r = self.ctx.pool.register("HashAggregate output", false);
+                    r.try_grow(batch.get_array_memory_size() as u64)?;
+                    self.ready.push_back((batch, r));
+                }
+                table.clear();
+            }
+            table.add(&input)?;
+            self.spec.metrics.reserved(table.reservation.size());
+            if complete {
+                return Ok(false);
+            }
+        }
+        if self.spec.key_count == 0 && table.groups() == 0 {
+            // No GROUP BY: one group even for no rows (count 0, sum NULL).
+            table.add_empty_group()?;
+        }
+        Ok(true)
     }
 
     pub(crate) fn next_reserved(&mut self, cancel: &AtomicBool) -> Option<Result<(RecordBatch, MemoryReservation)>> {
         loop {
+            if let Some(ready) = self.ready.pop_front() {
+                return Some(Ok(ready));
+            }
             match &mut self.state {
                 State::Done => return None,
-                State::Pending(child, group_exprs, arg_exprs) => {
-                    let (group_exprs, arg_exprs) = (std::mem::take(group_exprs), std::mem::take(arg_exprs));
+                State::Pending(..) => {
+                    let State::Pending(child, group_exprs, arg_exprs, clustered) =
+                        std::mem::replace(&mut self.state, State::Done)
+                    else {
+                        unreachable!()
+                    };
                     let mut table = match GroupTable::new(&self.spec, &self.ctx, 0, self.first_limit) {
                         Ok(t) => t,
                         Err(e) => return Some(Err(e)),
                     };
                     table.expected_rows = self.input_rows;
                     table.scanned_at_start = Some(self.ctx.counters.rows.load(Ordering::Relaxed));
-                    let mut sized = false;
-                    let mut fill = || -> Result<()> {
-                        while let Some(item) = child.next_reserved() {
-                            let (batch, reservation) = item?;
-                            if cancel.load(std::sync::atomic::Ordering::Relaxed) {
-                                return Err(Error::Cancelled);
-                            }
-                            if !sized {
-                                // The first batch is here: joins and sorts below hold what they
-                                // hold now, not the most they might. The table's share is sized
-                                // again from what is free (TPC-H Q10: its aggregation over three
-                                // joins got 5 MiB of 512 and spilled).
-                                sized = true;
-                                let free = self.ctx.available_for_sizing().saturating_sub(self.child_stream);
-                                table.limit = table.limit.max(table_limit(free + table.reservation.size(), &self.ctx));
-                            }
-                            let input = project(&batch, &group_exprs, &arg_exprs, &self.spec.input_schema)?;
-                            child.release(reservation);
-                            self.spec.metrics.rows_in(input.num_rows());
-                            table.add(&input)?;
-                            self.spec.metrics.reserved(table.reservation.size());
+                    self.state = State::Filling(Box::new(Filling {
+                        child: *child,
+                        group_exprs,
+                        arg_exprs,
+                        table,
+                        sized: false,
+                        clustered,
+                    }));
+                }
+                State::Filling(_) => {
+                    let State::Filling(mut f) = std::mem::replace(&mut self.state, State::Done) else { unreachable!() };
+                    match self.fill(&mut f, cancel) {
+                        Err(e) => return Some(Err(e)),
+                        Ok(false) => {
+                            self.state = State::Filling(f);
+                            continue;
                         }
-                        if self.spec.key_count == 0 && table.groups() == 0 {
-                            // No GROUP BY: one group even for no rows (count 0, sum NULL).
-                            table.add_empty_group()?;
-                        }
-                        Ok(())
-                    };
-                    if let Err(e) = fill() {
-                        self.state = State::Done;
-                        return Some(Err(e));
+                        Ok(true) => {}
                     }
-                    let partitions = match table.finish_partitions() {
+                    let partitions = match f.table.finish_partitions() {
                         Ok(p) => p.into_iter().map(|f| (f, 1)).collect(),
                         Err(e) => return Some(Err(e)),
                     };
-                    self.state = State::Emitting { tables: VecDeque::from([table]), next: 0, partitions };
+                    self.state = State::Emitting { tables: VecDeque::from([f.table]), next: 0, partitions };
                 }
                 State::Emitting { tables, next, partitions } => {
                     if let Some(table) = tables.front() {
@@ -263,6 +364,7 @@ impl AggregateStream {
 
     pub(crate) fn stop(&mut self) {
         self.state = State::Done;
+        self.ready.clear();
     }
 }
 
@@ -831,9 +933,14 @@ impl GroupTable {
     /// Empties a table that never spilled for its next input, keeping what it allocated (and
     /// the reservation for that): min/max values are freed, and so given back.
     fn reset(&mut self) {
+        self.clear();
+        self.rows_seen = 0;
+    }
+
+    /// Empties the table of its groups (for more of the same input: the rows seen stay counted).
+    fn clear(&mut self) {
         debug_assert!(self.partitions.is_none());
         self.groups = 0;
-        self.rows_seen = 0;
         self.index.clear();
         for acc in &mut self.accs {
             acc.clear();

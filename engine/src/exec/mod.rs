@@ -410,6 +410,18 @@ impl Pipeline {
         true
     }
 
+    /// A group key among `keys` (over this pipeline's output) whose values come clustered, and
+    /// where each morsel's values start (see [`ScanPipeline::clustered_by`]): a scan, with the
+    /// key passed through unchanged.
+    pub(crate) fn clustered_by(&self, keys: &[crate::expr::Expr]) -> Option<(usize, Vec<i64>)> {
+        let Source::Scan(scan) = &self.source else { return None };
+        keys.iter().enumerate().find_map(|(k, key)| {
+            let crate::expr::Expr::Column { index, .. } = key else { return None };
+            let column = operators::column_source(*index, &self.tail_ops)?;
+            Some((k, scan.clustered_by(column)?))
+        })
+    }
+
     /// Filters the rows that feed this pipeline's blocking work by a join key: `keys` (over the
     /// pipeline's output) are traced down through projections and an aggregation's group keys
     /// to the scan below, whose workers then run `make(keys there)`. Only an aggregation is worth
@@ -682,10 +694,14 @@ impl Pipeline {
                     depth,
                     Some(self.id),
                     format!(
-                        "{role}HashAggregate groups [{}], aggregates [{}]{}",
+                        "{role}HashAggregate groups [{}], aggregates [{}]{}{}",
                         exprs(group_exprs),
                         aggs.join(", "),
-                        if two_phase { " (partial aggregation on the scan workers)" } else { "" }
+                        if two_phase { " (partial aggregation on the scan workers)" } else { "" },
+                        match input.clustered_by(group_exprs) {
+                            Some((k, _)) => format!(", groups of each row group out once it is read (row groups hold disjoint ranges of {})", group_exprs[k]),
+                            None => String::new(),
+                        }
                     ),
                 );
                 input.describe(ctx, depth + 1, "", out);
@@ -807,6 +823,7 @@ impl Pipeline {
                 )?))
             }
             Source::Aggregate { mut input, group_exprs, aggregates, schema } => {
+                let clustered = input.clustered_by(&group_exprs);
                 // Over a scan, count/sum/min/max aggregate in two phases: each worker reduces its
                 // batches, this thread merges the partial rows.
                 let split = aggregate::two_phase(&input.schema, &group_exprs, &aggregates, &schema, ctx)?;
@@ -837,6 +854,7 @@ impl Pipeline {
                     child_max,
                     child_stream,
                     input_rows,
+                    clustered,
                     ctx,
                     metrics.clone(),
                 )?))

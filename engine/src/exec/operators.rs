@@ -54,6 +54,22 @@ impl Operator {
     }
 }
 
+/// The input column that output column `column` of `ops` is, unchanged (projections of a plain
+/// column, filters); `None` when it is computed.
+pub(crate) fn column_source(mut column: usize, ops: &[Operator]) -> Option<usize> {
+    for op in ops.iter().rev() {
+        match op {
+            Operator::Project { exprs, .. } => match exprs.get(column)? {
+                Expr::Column { index, .. } => column = *index,
+                _ => return None,
+            },
+            Operator::Filter(..) => {}
+            Operator::Repeat { .. } | Operator::Limit { .. } => return None,
+        }
+    }
+    Some(column)
+}
+
 /// An operator that turns one batch into any number of batches and holds only read-only state
 /// (a join's probe against a built table): it can run on the scan workers, after their operators.
 pub(crate) trait Expand: Send + Sync {

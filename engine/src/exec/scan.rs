@@ -60,6 +60,21 @@ impl ScanPipeline {
         }
     }
 
+    /// Where each morsel's values of output column `column` start, when the morsels hold
+    /// disjoint, increasing ranges of it (Parquet statistics say so, see
+    /// [`Table::morsel_int_ranges`]) and the workers' operators pass it through unchanged: then
+    /// rows of a value come from one morsel only, and the consumer, which takes morsels in order,
+    /// has had every row of a value below the start of the morsel it is in.
+    pub(crate) fn clustered_by(&self, column: usize) -> Option<Vec<i64>> {
+        let mut column = column;
+        for stage in self.stages.iter().rev() {
+            let Stage::Ops(ops) = stage else { return None };
+            column = operators::column_source(column, ops)?;
+        }
+        let ranges = self.table.morsel_int_ranges(*self.projection.get(column)?, self.morsels.as_deref()?)?;
+        ranges.windows(2).all(|w| w[0].1 < w[1].0).then(|| ranges.iter().map(|r| r.0).collect())
+    }
+
     /// The table's name and the columns read, for metrics.
     pub(crate) fn describe(&self) -> String {
         let schema = self.table.schema();

@@ -337,6 +337,53 @@ impl Table {
         Ok(out)
     }
 
+    /// The smallest and the largest value of `column` in each of `morsels`, from the Parquet
+    /// statistics, for a column of signed integers or dates (whose recorded bounds are exact) with
+    /// no nulls; `None` when a morsel's statistics do not say all of that.
+    pub(crate) fn morsel_int_ranges(&self, column: usize, morsels: &[Morsel]) -> Option<Vec<(i64, i64)>> {
+        use ::parquet::arrow::arrow_reader::statistics::StatisticsConverter;
+        use arrow::array::{Array, AsArray, Int64Array};
+        use arrow::datatypes::Int64Type;
+        let field = self.schema.field(column);
+        let signed = matches!(
+            field.data_type(),
+            DataType::Int8 | DataType::Int16 | DataType::Int32 | DataType::Int64 | DataType::Date32 | DataType::Date64
+        );
+        if !signed || self.files.iter().any(|f| column >= self.schema.fields().len() - f.partition.len()) {
+            return None;
+        }
+        // Each file's row groups at once: (mins, maxes) as Int64, null counts.
+        let mut per_file: Vec<Option<(Int64Array, Int64Array, arrow::array::UInt64Array)>> =
+            vec![None; self.files.len()];
+        let mut out = Vec::with_capacity(morsels.len());
+        for morsel in morsels {
+            let file = &self.files[morsel.file];
+            if morsel.range.is_some() {
+                return None;
+            }
+            if per_file[morsel.file].is_none() {
+                let meta = file.parquet.as_ref()?;
+                let converter =
+                    StatisticsConverter::try_new(field.name(), meta.schema(), meta.parquet_schema()).ok()?;
+                let groups = meta.metadata().row_groups();
+                let ints = |a: ArrayRef| -> Option<Int64Array> {
+                    Some(arrow::compute::cast(&a, &DataType::Int64).ok()?.as_primitive::<Int64Type>().clone())
+                };
+                let mins = ints(converter.row_group_mins(groups.iter()).ok()?)?;
+                let maxes = ints(converter.row_group_maxes(groups.iter()).ok()?)?;
+                let nulls = converter.row_group_null_counts(groups.iter()).ok()?;
+                per_file[morsel.file] = Some((mins, maxes, nulls));
+            }
+            let (mins, maxes, nulls) = per_file[morsel.file].as_ref()?;
+            let rg = morsel.row_group;
+            if mins.is_null(rg) || maxes.is_null(rg) || nulls.is_null(rg) || nulls.value(rg) != 0 {
+                return None;
+            }
+            out.push((mins.value(rg), maxes.value(rg)));
+        }
+        Some(out)
+    }
+
     /// Whether the files are Parquet (whose morsels are row groups with known sizes).
     pub fn is_parquet(&self) -> bool {
         self.format == Format::Parquet
