@@ -73,8 +73,6 @@ pub(crate) struct AggregateStream {
     child_stream: u64,
     /// Rows the input's scans will decode, when known: what the first table may have to spill.
     input_rows: Option<u64>,
-    /// Groups already complete, out before the input ends (see [`Clustered`]).
-    ready: VecDeque<(RecordBatch, MemoryReservation)>,
 }
 
 /// An input clustered by group key `key`: the scan's morsels hold disjoint, increasing ranges of
@@ -142,6 +140,10 @@ struct Filling {
     /// Whether the table's share was sized again at the first batch.
     sized: bool,
     clustered: Option<Clustered>,
+    /// A batch of a later morsel (and what holds it), added once the table's groups (complete)
+    /// are out; the next of them to go out.
+    later: Option<(RecordBatch, MemoryReservation)>,
+    next: usize,
 }
 
 /// What is aggregated, over the operator's own layout: key columns, then one argument column per
@@ -186,12 +188,12 @@ impl AggregateStream {
             first_limit,
             child_stream,
             input_rows,
-            ready: VecDeque::new(),
         })
     }
 
-    /// Adds input batches to the table until the input ends (true), or until groups are ready
-    /// to go out before it does (false; see [`Clustered`]).
+    /// Adds input batches to the table until the input ends (true), or until its groups are
+    /// complete before it does (false; see [`Clustered`]): the batch that says so waits in
+    /// `f.later` while they go out.
     fn fill(&mut self, f: &mut Filling, cancel: &AtomicBool) -> Result<bool> {
         let table = &mut f.table;
         while let Some(item) = f.child.next_reserved() {
@@ -216,20 +218,14 @@ impl AggregateStream {
                 None => false,
             };
             if complete {
-                for start in (0..table.groups()).step_by(self.ctx.config.batch_size.max(1)) {
-                    let end = (start + self.ctx.config.batch_size.max(1)).min(table.groups());
-                    let batch = table.output(start, end)?;
-                    let mut r = self.ctx.pool.register("HashAggregate output", false);
-                    r.try_grow(batch.get_array_memory_size() as u64)?;
-                    self.ready.push_back((batch, r));
-                }
-                table.clear();
+                let mut held = self.ctx.pool.register("HashAggregate waiting batch", false);
+                held.try_grow(input.get_array_memory_size() as u64)?;
+                f.later = Some((input, held));
+                f.next = 0;
+                return Ok(false);
             }
             table.add(&input)?;
             self.spec.metrics.reserved(table.reservation.size());
-            if complete {
-                return Ok(false);
-            }
         }
         if self.spec.key_count == 0 && table.groups() == 0 {
             // No GROUP BY: one group even for no rows (count 0, sum NULL).
@@ -240,9 +236,6 @@ impl AggregateStream {
 
     pub(crate) fn next_reserved(&mut self, cancel: &AtomicBool) -> Option<Result<(RecordBatch, MemoryReservation)>> {
         loop {
-            if let Some(ready) = self.ready.pop_front() {
-                return Some(Ok(ready));
-            }
             match &mut self.state {
                 State::Done => return None,
                 State::Pending(..) => {
@@ -264,7 +257,26 @@ impl AggregateStream {
                         table,
                         sized: false,
                         clustered,
+                        later: None,
+                        next: 0,
                     }));
+                }
+                State::Filling(f) if f.later.is_some() => {
+                    // The table's groups are complete: out a batch at a time, then the table
+                    // starts again with the batch that came.
+                    if f.next < f.table.groups() {
+                        let end = (f.next + self.ctx.config.batch_size.max(1)).min(f.table.groups());
+                        let chunk = output_reserved(&self.ctx, f.table.output(f.next, end));
+                        f.next = end;
+                        return Some(chunk);
+                    }
+                    f.table.clear();
+                    let (later, _held) = f.later.take().expect("a batch waits");
+                    if let Err(e) = f.table.add(&later) {
+                        self.state = State::Done;
+                        return Some(Err(e));
+                    }
+                    self.spec.metrics.reserved(f.table.reservation.size());
                 }
                 State::Filling(_) => {
                     let State::Filling(mut f) = std::mem::replace(&mut self.state, State::Done) else { unreachable!() };
@@ -286,13 +298,9 @@ impl AggregateStream {
                     if let Some(table) = tables.front() {
                         if *next < table.groups() {
                             let end = (*next + self.ctx.config.batch_size.max(1)).min(table.groups());
-                            let chunk = table.output(*next, end);
+                            let chunk = output_reserved(&self.ctx, table.output(*next, end));
                             *next = end;
-                            return Some(chunk.and_then(|batch| {
-                                let mut r = self.ctx.pool.register("HashAggregate output", false);
-                                r.try_grow(batch.get_array_memory_size() as u64)?;
-                                Ok((batch, r))
-                            }));
+                            return Some(chunk);
                         }
                         // This table is done: free it before the next partitions' tables are built.
                         tables.pop_front();
@@ -364,8 +372,15 @@ impl AggregateStream {
 
     pub(crate) fn stop(&mut self) {
         self.state = State::Done;
-        self.ready.clear();
     }
+}
+
+/// An output batch of a table, paid for from the pool until the consumer is done with it.
+fn output_reserved(ctx: &ExecContext, batch: Result<RecordBatch>) -> Result<(RecordBatch, MemoryReservation)> {
+    let batch = batch?;
+    let mut r = ctx.pool.register("HashAggregate output", false);
+    r.try_grow(batch.get_array_memory_size() as u64)?;
+    Ok((batch, r))
 }
 
 /// The spec of an aggregation over `in_schema`, and the argument expressions it evaluates.
