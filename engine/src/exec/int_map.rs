@@ -208,7 +208,15 @@ impl IntMap {
             return self.get_all(keys);
         }
         let mut values = vec![ABSENT; keys.len()];
-        let maybe: Vec<u32> = (0..keys.len() as u32).filter(|&i| filter.may_contain(keys[i as usize])).collect();
+        // Written for every key, kept for those that may be there: no branch for the CPU to
+        // mispredict, so the filter's words (a cache miss each when it is big) load in parallel.
+        let mut maybe = vec![0u32; keys.len()];
+        let mut kept = 0;
+        for (i, &key) in keys.iter().enumerate() {
+            maybe[kept] = i as u32;
+            kept += filter.may_contain(key) as usize;
+        }
+        maybe.truncate(kept);
         for (j, &i) in maybe.iter().enumerate() {
             if let Some(&ahead) = maybe.get(j + Self::AHEAD) {
                 self.prefetch(keys[ahead as usize]);
