@@ -541,6 +541,15 @@ fn sort_fixture(dir: &Path, rows: usize) -> Vec<(Option<i64>, Option<String>, i6
     data
 }
 
+/// An engine at `budget` on two threads, spilling into `dir`, with `dir/{table}.parquet` registered
+/// as `table`.
+fn engine_on(dir: &Path, budget: u64, table: &str) -> Engine {
+    let config = Config::default().with_mem_budget(budget).with_threads(2).with_spill_dir(dir);
+    let mut e = Engine::new(config).unwrap();
+    e.register(table, dir.join(format!("{table}.parquet")).to_str().unwrap()).unwrap();
+    e
+}
+
 fn engine_with(dir: &Path, budget: u64) -> Engine {
     let config = Config::default().with_mem_budget(budget).with_threads(2).with_spill_dir(dir).with_batch_size(1024);
     let mut e = Engine::new(config).unwrap();
@@ -1117,9 +1126,7 @@ fn packed_and_row_format_group_keys_agree() {
     let sql =
         "SELECT flag, small, count(*), sum(n) FROM g GROUP BY flag, small ORDER BY flag NULLS FIRST, small NULLS FIRST";
     for budget in [256u64 << 20, 8 << 20] {
-        let config = Config::default().with_mem_budget(budget).with_threads(2).with_spill_dir(dir.path());
-        let mut e = Engine::new(config).unwrap();
-        e.register("g", dir.path().join("g.parquet").to_str().unwrap()).unwrap();
+        let e = engine_on(dir.path(), budget, "g");
         let (_, got) = rows(&e, sql);
         assert_eq!(got.len(), want.len(), "groups at a budget of {budget}");
         assert!(got == want, "groups at a budget of {budget}");
@@ -1211,9 +1218,7 @@ fn group_keys_in_runs_agree_with_an_independent_aggregation() {
     let sql = "SELECT k1, k2, count(*), count(v), sum(v), min(v), max(s) FROM c GROUP BY k1, k2 \
                ORDER BY k1 NULLS FIRST, k2 NULLS FIRST";
     for budget in [256u64 << 20, 8 << 20] {
-        let config = Config::default().with_mem_budget(budget).with_threads(2).with_spill_dir(dir.path());
-        let mut e = Engine::new(config).unwrap();
-        e.register("c", dir.path().join("c.parquet").to_str().unwrap()).unwrap();
+        let e = engine_on(dir.path(), budget, "c");
         let (_, got) = rows(&e, sql);
         assert_eq!(got.len(), want.len(), "groups at a budget of {budget}");
         assert!(got == want, "groups at a budget of {budget}");
@@ -1300,9 +1305,7 @@ fn groups_of_row_groups_with_disjoint_keys_go_out_early_and_agree() {
     };
     for (table, clustered) in [("disjoint", true), ("touching", false)] {
         for budget in [256u64 << 20, 8 << 20] {
-            let config = Config::default().with_mem_budget(budget).with_threads(2).with_spill_dir(dir.path());
-            let mut e = Engine::new(config).unwrap();
-            e.register(table, dir.path().join(format!("{table}.parquet")).to_str().unwrap()).unwrap();
+            let e = engine_on(dir.path(), budget, table);
             let plan = e.sql(&sql(table)).unwrap().explain();
             assert_eq!(plan.contains("row groups hold disjoint ranges of kk"), clustered, "{plan}");
             // The small budget has the table of one row group's groups spill (and go on as usual).
