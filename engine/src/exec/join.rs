@@ -34,15 +34,17 @@ use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use arrow::array::{new_null_array, Array, ArrayRef, AsArray, RecordBatch, RecordBatchOptions, UInt32Array};
-use arrow::buffer::{NullBuffer, ScalarBuffer};
+use arrow::array::{
+    new_null_array, Array, ArrayRef, AsArray, BooleanArray, RecordBatch, RecordBatchOptions, UInt32Array,
+};
+use arrow::buffer::{BooleanBuffer, NullBuffer, ScalarBuffer};
 use arrow::datatypes::{DataType, Int64Type, SchemaRef};
 use arrow_row::{RowConverter, Rows, SortField};
 use foldhash::fast::FixedState;
 use hashbrown::HashTable;
 
 use super::int_map::{IntFilter, IntMap};
-use super::operators::{Expand, Stage};
+use super::operators::{Expand, KeyTest, Stage};
 use super::partition::SpillPartitions;
 use super::row_keys::RowKeys;
 use super::{hash_table_bytes, int_like, BatchStream, ExecContext, OperatorMetrics, Pipeline};
@@ -193,6 +195,16 @@ impl Keys {
 }
 
 impl Shared {
+    /// Whether a probe row whose key is not in the table gives no output (inner and semi joins,
+    /// existence joins whose query rows build): then the table's keys may filter the probe side
+    /// before the join (see [`KeyFilter`], [`Expand::key_test`]).
+    fn drops_unmatched(&self) -> bool {
+        !self.keep_probe
+            && !self.spec.join_type.is_null_aware()
+            && self.existence.is_none_or(|e| e.outer_is_build || e.join_type == JoinType::Semi)
+            && !matches!(self.key_kind, KeyKind::None)
+    }
+
     /// Keys of a batch of one side, and which rows have no null key.
     fn keys(&self, batch: &RecordBatch, build: bool) -> Result<(Keys, Option<NullBuffer>)> {
         let exprs = if build { &self.spec.build_keys } else { &self.spec.probe_keys };
@@ -609,6 +621,11 @@ struct Prober {
 }
 
 impl Expand for Prober {
+    fn key_test(&self) -> Option<(Vec<Expr>, Arc<dyn KeyTest>)> {
+        let test = TableKeys { shared: self.shared.clone(), table: self.table.clone(), count: self.count };
+        self.shared.drops_unmatched().then(|| (self.shared.spec.probe_keys.clone(), Arc::new(test) as Arc<dyn KeyTest>))
+    }
+
     fn expand(&self, batch: RecordBatch, emit: &mut dyn FnMut(RecordBatch) -> Result<bool>) -> Result<bool> {
         let shared = &self.shared;
         if self.count {
@@ -646,20 +663,44 @@ impl Expand for Prober {
     }
 }
 
+/// The keys of a finished build table as a test of probe rows: a row whose key is not there has
+/// no partner.
+struct TableKeys {
+    shared: Arc<Shared>,
+    table: Arc<BuildTable>,
+    /// Rows the test drops early count as the join's input (they are the probe's rows).
+    count: bool,
+}
+
+impl KeyTest for TableKeys {
+    fn keeps(&self, batch: &RecordBatch, keys: &[Expr]) -> Result<BooleanArray> {
+        let (keys, valid) = self.shared.keys_of(batch, keys)?;
+        let heads = self.table.heads(&keys, valid.as_ref(), batch.num_rows());
+        Ok(BooleanArray::new(BooleanBuffer::collect_bool(heads.len(), |i| heads[i] != NONE), None))
+    }
+
+    fn dropped(&self, rows: usize) {
+        if self.count {
+            self.shared.metrics.rows_in(rows);
+        }
+    }
+}
+
 /// Drops rows whose join key is not in a finished build table, before they reach the work that
 /// leads to the join (an aggregation grouping by the key, say): rows the join would drop anyway.
 /// `keys` compute the probe key over the batches this runs on.
 struct KeyFilter {
-    shared: Arc<Shared>,
-    table: Arc<BuildTable>,
+    test: Arc<TableKeys>,
     keys: Vec<Expr>,
 }
 
 impl Expand for KeyFilter {
+    fn key_test(&self) -> Option<(Vec<Expr>, Arc<dyn KeyTest>)> {
+        Some((self.keys.clone(), self.test.clone()))
+    }
+
     fn expand(&self, batch: RecordBatch, emit: &mut dyn FnMut(RecordBatch) -> Result<bool>) -> Result<bool> {
-        let (keys, valid) = self.shared.keys_of(&batch, &self.keys)?;
-        let heads = self.table.heads(&keys, valid.as_ref(), batch.num_rows());
-        let keep: arrow::array::BooleanArray = heads.iter().map(|&h| Some(h != NONE)).collect();
+        let keep = self.test.keeps(&batch, &self.keys)?;
         if keep.true_count() == 0 {
             return Ok(true);
         }
@@ -1520,13 +1561,11 @@ impl JoinStream {
             // Probe rows without a partner are dropped (an inner or semi join): a probe side that
             // is not a plain scan (an aggregation grouping by the key, say) gets its input
             // filtered by the table's keys before the work, not after (TPC-H Q17, Q20).
-            let drops_unmatched = !shared.keep_probe
-                && !shared.spec.join_type.is_null_aware()
-                && shared.existence.is_none_or(|e| e.outer_is_build || e.join_type == JoinType::Semi);
-            if drops_unmatched && !matches!(shared.key_kind, KeyKind::None) {
+            if shared.drops_unmatched() {
                 let (shared2, table2) = (shared.clone(), table.clone());
                 probe.push_key_filter(&shared.spec.probe_keys, &move |keys| {
-                    Stage::Expand(Arc::new(KeyFilter { shared: shared2.clone(), table: table2.clone(), keys }))
+                    let test = TableKeys { shared: shared2.clone(), table: table2.clone(), count: false };
+                    Stage::Expand(Arc::new(KeyFilter { test: Arc::new(test), keys }))
                 });
             }
             // The probe and whatever was pushed down from above run on the probe side's workers.

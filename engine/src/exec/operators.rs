@@ -76,6 +76,22 @@ pub(crate) trait Expand: Send + Sync {
     /// Hands every output batch of `batch` to `emit`, stopping early (returning false) when
     /// `emit` does.
     fn expand(&self, batch: RecordBatch, emit: &mut dyn FnMut(RecordBatch) -> Result<bool>) -> Result<bool>;
+
+    /// Keys (expressions over this stage's input) such that a row whose keys fail the test would
+    /// produce nothing here: a join's probe into a finished table drops a row whose key is not in
+    /// it. A scan feeding the stage may run the test on those columns first and decode its other
+    /// columns only for the rows that pass (see [`crate::source::Table::scan_morsel_encoded`]).
+    fn key_test(&self) -> Option<(Vec<Expr>, Arc<dyn KeyTest>)> {
+        None
+    }
+}
+
+/// The test of [`Expand::key_test`].
+pub(crate) trait KeyTest: Send + Sync {
+    /// Whether each row of `batch` may give output, with the keys `keys` computed over it.
+    fn keeps(&self, batch: &RecordBatch, keys: &[Expr]) -> Result<arrow::array::BooleanArray>;
+    /// The test dropped `rows` rows before they reached the stage (for its metrics).
+    fn dropped(&self, rows: usize);
 }
 
 /// A step run on every batch of a stream: stateless operators, or an expansion (a join's probe

@@ -114,6 +114,9 @@ pub struct ScanCounters {
     pub workers: std::sync::atomic::AtomicUsize,
     /// Rows of the row groups read that page statistics ruled out (not decoded).
     pub page_pruned_rows: std::sync::atomic::AtomicU64,
+    /// Rows an early test dropped (a join's keys, see [`Table::scan_morsel_encoded`]): their
+    /// other columns were not decoded, or not kept.
+    pub early_dropped_rows: std::sync::atomic::AtomicU64,
 }
 
 impl Table {
@@ -438,12 +441,14 @@ impl Table {
         counters: &ScanCounters,
         emit: &mut dyn FnMut(RecordBatch) -> Result<bool>,
     ) -> Result<()> {
-        self.scan_morsel_encoded(morsel, projection, pruning, batch_rows, counters, &[], emit)
+        self.scan_morsel_encoded(morsel, projection, pruning, batch_rows, counters, &[], None, emit)
     }
 
     /// [`scan_morsel`](Self::scan_morsel), with the string columns at positions `dictionaries`
     /// of the projection handed out as `Dictionary(Int32, Utf8)` arrays (and their batches' schemas
-    /// saying so) in the Parquet row groups that store them dictionary-encoded throughout.
+    /// saying so) in the Parquet row groups that store them dictionary-encoded throughout. With
+    /// `early`, a Parquet scan without such columns hands out only the rows its test passes, and
+    /// decodes the columns the test does not read for those rows only; other scans ignore it.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn scan_morsel_encoded(
         &self,
@@ -453,6 +458,7 @@ impl Table {
         batch_rows: usize,
         counters: &ScanCounters,
         dictionaries: &[usize],
+        early: Option<EarlyTest>,
         emit: &mut dyn FnMut(RecordBatch) -> Result<bool>,
     ) -> Result<()> {
         let file = &self.files[morsel.file];
@@ -475,23 +481,55 @@ impl Table {
             emit(batch)
         };
         match &self.format {
-            Format::Parquet => parquet::scan(
-                file,
-                morsel.row_group,
-                &out_schema,
-                batch_rows,
-                counters,
-                pruning,
-                &self.schema,
-                &dictionaries.iter().map(|&i| out_schema.field(i).name().as_str()).collect::<Vec<_>>(),
-                &mut adapt,
-            ),
+            Format::Parquet => {
+                let early = early.filter(|_| partition_columns.is_empty() && dictionaries.is_empty());
+                let first = match early {
+                    Some(e) => Some((Arc::new(out_schema.project(e.columns)?), e.keeps)),
+                    None => None,
+                };
+                let mut keeps = first.as_ref().map(|(schema, keeps)| {
+                    move |batch: RecordBatch| -> Result<arrow::array::BooleanArray> {
+                        let batch = adapt_batch(batch, schema, &[]).map_err(|e| Error::bad_file(&file.path, e))?;
+                        let keep = keeps(&batch)?;
+                        // The rows the test drops were read all the same.
+                        let dropped = (batch.num_rows() - keep.true_count()) as u64;
+                        counters.rows.fetch_add(dropped, std::sync::atomic::Ordering::Relaxed);
+                        counters.early_dropped_rows.fetch_add(dropped, std::sync::atomic::Ordering::Relaxed);
+                        Ok(keep)
+                    }
+                });
+                let split = first.as_ref().zip(keeps.as_mut()).map(|((schema, _), keeps)| parquet::Split {
+                    names: schema.fields().iter().map(|f| f.name().as_str()).collect(),
+                    keeps,
+                });
+                parquet::scan(
+                    file,
+                    morsel.row_group,
+                    &out_schema,
+                    batch_rows,
+                    counters,
+                    pruning,
+                    &self.schema,
+                    &dictionaries.iter().map(|&i| out_schema.field(i).name().as_str()).collect::<Vec<_>>(),
+                    split,
+                    &mut adapt,
+                )
+            }
             Format::Csv(options) => {
                 csv::scan(file, morsel.range, options, &out_schema, batch_rows, counters, &mut adapt)
             }
             Format::Json => json::scan(file, &out_schema, batch_rows, counters, &mut adapt),
         }
     }
+}
+
+/// A test of rows by some of a scan's columns, run before the other columns are decoded (see
+/// [`Table::scan_morsel_encoded`]).
+pub(crate) struct EarlyTest<'a> {
+    /// Positions in the projection of the columns the test reads.
+    pub columns: &'a [usize],
+    /// Which rows pass, given a batch of those columns (in that order).
+    pub keeps: &'a dyn Fn(&RecordBatch) -> Result<arrow::array::BooleanArray>,
 }
 
 /// The files a location names: a file, a directory (its files, sorted, hidden ones skipped) or a

@@ -4,9 +4,11 @@ use std::fs::File;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 
-use arrow::array::RecordBatch;
+use arrow::array::{BooleanArray, RecordBatch};
 use arrow::datatypes::SchemaRef;
-use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder};
+use parquet::arrow::arrow_reader::{
+    ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder,
+};
 use parquet::arrow::ProjectionMask;
 
 use parquet::arrow::arrow_reader::RowSelection;
@@ -223,8 +225,18 @@ fn with_dictionaries(
     ArrowReaderMetadata::try_new(meta.metadata().clone(), ArrowReaderOptions::new().with_schema(hinted)).ok()
 }
 
+/// Columns of a scan decoded first, and a test of their rows: the other columns are decoded for
+/// the rows that pass only (see [`super::EarlyTest`]).
+pub(super) struct Split<'a> {
+    /// Names of the columns decoded first.
+    pub names: Vec<&'a str>,
+    /// Which rows of a batch of those columns (as the file stores them) pass.
+    pub keeps: &'a mut dyn FnMut(RecordBatch) -> Result<BooleanArray>,
+}
+
 /// Decodes the projected columns of one row group, in batches of `batch_rows`. The string
 /// columns named in `dictionaries` come as dictionary arrays where the row group stores them so.
+/// With `split`, the batches hold only the rows its test passes.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn scan(
     file: &SourceFile,
@@ -235,6 +247,7 @@ pub(super) fn scan(
     pruning: Option<&PruningPredicate>,
     table_schema: &arrow::datatypes::Schema,
     dictionaries: &[&str],
+    split: Option<Split>,
     emit: &mut dyn FnMut(RecordBatch) -> Result<bool>,
 ) -> Result<()> {
     let dictionary_meta = match dictionaries {
@@ -267,31 +280,117 @@ pub(super) fn scan(
         }
         return Ok(());
     }
-    let handle = File::open(&file.path).map_err(|e| Error::bad_file(&file.path, e))?;
-    let mask = ProjectionMask::roots(meta.parquet_schema(), roots);
-    let pages = pruning.and_then(|p| page_selection(file, meta, row_group, &leaves, p, table_schema));
-    let builder = match pages {
-        Some((_, selection)) if !selection.selects_any() => {
-            counters.page_pruned_rows.fetch_add(rg.num_rows().max(0) as u64, Ordering::Relaxed);
-            return Ok(());
+    // The row group, or (when the page index rules pages out) the row group alone with the rows
+    // its pages leave.
+    let (meta, row_group, pages) =
+        match pruning.and_then(|p| page_selection(file, meta, row_group, &leaves, p, table_schema)) {
+            Some((_, selection)) if !selection.selects_any() => {
+                counters.page_pruned_rows.fetch_add(rg.num_rows().max(0) as u64, Ordering::Relaxed);
+                return Ok(());
+            }
+            Some((alone, selection)) => {
+                let skipped = rg.num_rows().max(0) as u64 - selection.row_count() as u64;
+                counters.page_pruned_rows.fetch_add(skipped, Ordering::Relaxed);
+                (alone, 0, Some(selection))
+            }
+            None => (meta.clone(), row_group, None),
+        };
+    let open =
+        |columns: &[&str], selection: Option<RowSelection>, batch_rows: usize| -> Result<ParquetRecordBatchReader> {
+            let handle = File::open(&file.path).map_err(|e| Error::bad_file(&file.path, e))?;
+            let roots = columns.iter().filter_map(|n| meta.schema().index_of(n).ok());
+            let mask = ProjectionMask::roots(meta.parquet_schema(), roots);
+            let mut builder = ParquetRecordBatchReaderBuilder::new_with_metadata(handle, meta.clone())
+                .with_row_groups(vec![row_group])
+                .with_projection(mask)
+                .with_batch_size(batch_rows.max(1));
+            if let Some(selection) = selection {
+                builder = builder.with_row_selection(selection);
+            }
+            builder.build().map_err(|e| bad(&e))
+        };
+    let Some(split) = split else {
+        for batch in open(&names, pages, batch_rows)? {
+            if !emit(batch.map_err(|e| bad(&e))?)? {
+                break;
+            }
         }
-        Some((alone, selection)) => {
-            let skipped = rg.num_rows().max(0) as u64 - selection.row_count() as u64;
-            counters.page_pruned_rows.fetch_add(skipped, Ordering::Relaxed);
-            ParquetRecordBatchReaderBuilder::new_with_metadata(handle, alone)
-                .with_row_groups(vec![0])
-                .with_row_selection(selection)
-        }
-        None => {
-            ParquetRecordBatchReaderBuilder::new_with_metadata(handle, meta.clone()).with_row_groups(vec![row_group])
-        }
+        return Ok(());
     };
-    let reader = builder.with_projection(mask).with_batch_size(batch_rows.max(1)).build().map_err(|e| bad(&e))?;
-    for batch in reader {
+    // The test's columns first, for the whole row group; then the others for the rows it passes
+    // only. The reader skips the rows between them (or, where they are dense, decodes every row
+    // and drops the rest: arrow's choice from the lengths of the runs).
+    let mut firsts = Vec::new();
+    let mut masks = Vec::new();
+    for batch in open(&split.names, pages.clone(), batch_rows)? {
         let batch = batch.map_err(|e| bad(&e))?;
-        if !emit(batch)? {
+        let keep = (split.keeps)(batch.clone())?;
+        if keep.true_count() > 0 {
+            firsts.push(arrow::compute::filter_record_batch(&batch, &keep)?);
+        }
+        masks.push(keep);
+    }
+    if firsts.is_empty() {
+        return Ok(());
+    }
+    let passed = RowSelection::from_filters(&masks);
+    drop(masks);
+    let selection = match pages {
+        Some(pages) => pages.and_then(&passed),
+        None => passed,
+    };
+    let rest: Vec<&str> = names.iter().copied().filter(|n| !split.names.contains(n)).collect();
+    let mut firsts = Rows::new(firsts);
+    // The reader's buffers hold a whole batch: no larger than the rows that passed.
+    let batch_rows = batch_rows.min(firsts.len());
+    for batch in open(&rest, Some(selection), batch_rows)? {
+        let batch = batch.map_err(|e| bad(&e))?;
+        let first = firsts.take(batch.num_rows())?;
+        let fields: Vec<_> = first.schema().fields().iter().chain(batch.schema().fields()).cloned().collect();
+        let columns: Vec<_> = first.columns().iter().chain(batch.columns()).cloned().collect();
+        let joined = RecordBatch::try_new(std::sync::Arc::new(arrow::datatypes::Schema::new(fields)), columns)?;
+        if !emit(joined)? {
             break;
         }
     }
     Ok(())
+}
+
+/// Batches taken from the front a number of rows at a time.
+struct Rows {
+    batches: std::collections::VecDeque<RecordBatch>,
+}
+
+impl Rows {
+    fn new(batches: Vec<RecordBatch>) -> Rows {
+        Rows { batches: batches.into() }
+    }
+
+    fn len(&self) -> usize {
+        self.batches.iter().map(|b| b.num_rows()).sum()
+    }
+
+    /// The next `n` rows (fewer when there are no more), as one batch.
+    fn take(&mut self, n: usize) -> Result<RecordBatch> {
+        let Some(schema) = self.batches.front().map(|b| b.schema()) else {
+            return Err(Error::Execution("a split scan decoded more rows than its test passed".into()));
+        };
+        let mut parts = Vec::new();
+        let mut left = n;
+        while left > 0 {
+            let Some(front) = self.batches.front_mut() else { break };
+            if front.num_rows() <= left {
+                left -= front.num_rows();
+                parts.push(self.batches.pop_front().expect("a front batch"));
+            } else {
+                parts.push(front.slice(0, left));
+                *front = front.slice(left, front.num_rows() - left);
+                left = 0;
+            }
+        }
+        match parts.len() {
+            1 => Ok(parts.pop().expect("one part")),
+            _ => Ok(arrow::compute::concat_batches(&schema, &parts)?),
+        }
+    }
 }
