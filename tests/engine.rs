@@ -1319,3 +1319,66 @@ fn groups_of_row_groups_with_disjoint_keys_go_out_early_and_agree() {
         }
     }
 }
+
+#[test]
+fn a_partial_aggregation_that_barely_reduces_hands_rows_on_and_loses_nothing() {
+    // 300K rows of nearly unique (k, v) pairs (one row in eight repeats its neighbour, so a
+    // batch's partial step reduces it by an eighth): past the first 100K rows the workers stop
+    // grouping and hand rows on for the final step to group. Answers must not change, also
+    // when the final step spills.
+    let dir = tempfile::tempdir().unwrap();
+    let n = 300_000i64;
+    let k = |i: i64| (i * 7919) % 50_000;
+    let v = |i: i64| if i % 8 == 1 { i - 1 } else { i };
+    let schema =
+        Arc::new(Schema::new(vec![Field::new("k", DataType::Int64, false), Field::new("v", DataType::Int64, false)]));
+    let batch = RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new((0..n).map(|i| k(v(i))).collect::<Int64Array>()),
+            Arc::new((0..n).map(v).collect::<Int64Array>()),
+        ],
+    )
+    .unwrap();
+    write_parquet(&dir.path().join("pairs.parquet"), &[batch], None);
+    let mut want: std::collections::BTreeMap<i64, (i64, std::collections::BTreeSet<i64>)> = Default::default();
+    for i in 0..n {
+        let g = want.entry(k(v(i))).or_default();
+        g.0 += 1;
+        g.1.insert(v(i));
+    }
+    let distinct_pairs: i64 = want.values().map(|g| g.1.len() as i64).sum();
+    for budget in [256u64 << 20, 8 << 20] {
+        let e = engine_on(dir.path(), budget, "pairs");
+        let sql = "SELECT k, v, count(*) AS n FROM pairs GROUP BY k, v";
+        let mut seen = 0;
+        let mut total = 0;
+        let metrics = e
+            .sql(sql)
+            .unwrap()
+            .for_each(|b| {
+                let int = |c: usize| b.column(c).as_any().downcast_ref::<Int64Array>().unwrap().clone();
+                let (ks, vs, ns) = (int(0), int(1), int(2));
+                for i in 0..b.num_rows() {
+                    assert_eq!(ks.value(i), k(vs.value(i)), "{sql}");
+                    assert!(want[&ks.value(i)].1.contains(&vs.value(i)), "{sql}");
+                    assert_eq!(ns.value(i), if vs.value(i) % 8 == 0 { 2 } else { 1 }, "{sql}: {}", vs.value(i));
+                }
+                seen += b.num_rows() as i64;
+                total += ns.values().iter().sum::<i64>();
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!((seen, total), (distinct_pairs, n), "{sql} at {budget}");
+        // Grouping every batch would have handed the final step 7/8 of the rows.
+        let aggregate = metrics.operators.iter().find(|o| o.name == "HashAggregate").unwrap();
+        assert!(aggregate.rows_in > n as u64 * 15 / 16, "{sql} at {budget}: {metrics:?}");
+        assert_eq!(e.spill().stats().files > 0, budget < 256 << 20, "{sql} at {budget}");
+        let (_, distinct) =
+            rows(&e, "SELECT k, count(DISTINCT v) AS d, count(*) AS n FROM pairs GROUP BY k ORDER BY k");
+        let expected: Vec<Vec<String>> =
+            want.iter().map(|(k, g)| vec![k.to_string(), g.1.len().to_string(), g.0.to_string()]).collect();
+        assert_eq!(distinct, expected, "count(DISTINCT) at {budget}");
+        assert_eq!(e.pool().reserved(), 0);
+    }
+}
