@@ -21,7 +21,8 @@ use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arrow::array::RecordBatch;
+use arrow::array::{Array, BooleanArray, RecordBatch};
+use arrow::buffer::BooleanBuffer;
 
 use super::dict_filter::DictFilter;
 use super::operators::{self, KeyTest, Operator, Stage};
@@ -182,31 +183,54 @@ impl ScanPipeline {
         Ok(ctx.config.threads.min(morsels).min(fit as usize).max(1))
     }
 
-    /// The key test of the first operator after the workers' projections (see
-    /// [`Expand::key_test`]), when the keys are columns the scan decodes and some column is not
-    /// a key: then the workers decode the keys of a row group first and the other columns only
-    /// for the rows that pass. TPC-H Q8 probes lineitem's 60M rows against 13K parts, Q17 against
-    /// 2K: they decode the prices and quantities of 0.7% and 0.1% of the rows.
+    /// What the workers can test of a row before they decode all its columns: the conditions of
+    /// the filters they run first, and the key test of the operator after their projections (a
+    /// join's probe, see [`Expand::key_test`]), when those read columns the scan decodes and leave
+    /// some column unread. Then the workers decode those columns of a row group first and the
+    /// others only for the rows that pass. TPC-H Q8 probes lineitem's 60M rows against 13K parts,
+    /// Q17 against 2K: they decode the prices and quantities of 0.7% and 0.1% of the rows.
     fn early_test(&self) -> Option<EarlyKeys> {
-        let (ops, expand): (&[Operator], _) = match self.stages.as_slice() {
-            [Stage::Ops(ops), Stage::Expand(e), ..] => (ops, e),
-            [Stage::Expand(e), ..] => (&[], e),
-            _ => return None,
-        };
-        if !self.table.is_parquet() || ops.iter().any(|op| !matches!(op, Operator::Project { .. })) {
+        if !self.table.is_parquet() {
             return None;
         }
-        let (keys, test) = expand.key_test()?;
+        let (ops, expand): (&[Operator], _) = match self.stages.as_slice() {
+            [Stage::Ops(ops), Stage::Expand(e), ..] => (ops, Some(e)),
+            [Stage::Ops(ops), ..] => (ops, None),
+            [Stage::Expand(e), ..] => (&[], Some(e)),
+            [] => return None,
+        };
+        // Filters first (their conditions read the scan's columns), then projections only.
+        let filters = ops.iter().take_while(|op| matches!(op, Operator::Filter(..))).count();
+        if !ops[filters..].iter().all(|op| matches!(op, Operator::Project { .. })) {
+            return None;
+        }
         let mut columns: Vec<usize> = Vec::new();
-        let keys = super::map_key_columns(&keys, |index, name| {
-            let column = operators::column_source(index, ops)?;
+        let mut at = |column: usize, name: String| {
             let at = columns.iter().position(|&c| c == column).unwrap_or_else(|| {
                 columns.push(column);
                 columns.len() - 1
             });
             Some(Expr::column(at, name))
-        })?;
-        (columns.len() < self.projection.len()).then_some(EarlyKeys { columns, keys, test })
+        };
+        let conditions: Vec<Expr> = ops[..filters]
+            .iter()
+            .flat_map(|op| match op {
+                Operator::Filter(_, conjuncts) => conjuncts.clone(),
+                _ => Vec::new(),
+            })
+            .collect();
+        let filter = super::map_key_columns(&conditions, &mut at)?;
+        let keyed = match expand.and_then(|e| e.key_test()) {
+            Some((keys, test)) => {
+                let keys = super::map_key_columns(&keys, |index, name| at(operators::column_source(index, ops)?, name));
+                keys.map(|keys| (keys, test))
+            }
+            None => None,
+        };
+        if filter.is_empty() && keyed.is_none() {
+            return None;
+        }
+        (columns.len() < self.projection.len()).then_some(EarlyKeys { columns, filter, keyed })
     }
 
     /// Whether work of other operators (a join's probe, a partial aggregation, a join's key
@@ -313,14 +337,64 @@ struct Shared {
     active_workers: AtomicUsize,
 }
 
-/// A key test that a scan runs on the key columns before it decodes the others (see
-/// [`ScanPipeline::early_test`]).
+/// Conditions and a key test that a scan runs on the columns they read before it decodes the
+/// others (see [`ScanPipeline::early_test`]).
 struct EarlyKeys {
-    /// Positions in the projection of the columns the keys read.
+    /// Positions in the projection of the columns the conditions and keys read.
     columns: Vec<usize>,
-    /// The keys, over a batch of those columns.
-    keys: Vec<Expr>,
-    test: Arc<dyn KeyTest>,
+    /// The conditions of the workers' first filters, over a batch of those columns.
+    filter: Vec<Expr>,
+    /// The keys (over a batch of those columns) and their test.
+    keyed: Option<(Vec<Expr>, Arc<dyn KeyTest>)>,
+}
+
+/// Counts of the rows an early test saw.
+#[derive(Default)]
+struct EarlyCounts {
+    tested: std::cell::Cell<usize>,
+    /// Rows the filters passed.
+    filtered: std::cell::Cell<usize>,
+    /// Rows the filters and the key test passed.
+    passed: std::cell::Cell<usize>,
+}
+
+impl EarlyKeys {
+    /// Which rows of `batch` (of [`Self::columns`]) pass the filters, then the key test.
+    fn keeps(&self, batch: &RecordBatch, counts: &EarlyCounts) -> Result<BooleanArray> {
+        let rows = batch.num_rows();
+        let mut passed = BooleanBuffer::new_set(rows);
+        for condition in &self.filter {
+            // A null condition drops the row, as the filter does.
+            let next = condition.evaluate_predicate(batch)?;
+            passed = match next.nulls() {
+                Some(valid) => &(&passed & next.values()) & valid.inner(),
+                None => &passed & next.values(),
+            };
+        }
+        let mut keep = BooleanArray::new(passed, None);
+        let filtered = keep.true_count();
+        if let (Some((keys, test)), true) = (&self.keyed, filtered > 0) {
+            // The keys of the rows the filters passed only (what the operator would see).
+            keep = match filtered == rows {
+                true => test.keeps(batch, keys)?,
+                false => {
+                    let found = test.keeps(&arrow::compute::filter_record_batch(batch, &keep)?, keys)?;
+                    let mut out = arrow::array::BooleanBufferBuilder::new(rows);
+                    out.append_n(rows, false);
+                    for (i, row) in keep.values().set_indices().enumerate() {
+                        if found.value(i) {
+                            out.set_bit(row, true);
+                        }
+                    }
+                    BooleanArray::new(out.finish(), None)
+                }
+            };
+        }
+        counts.tested.set(counts.tested.get() + rows);
+        counts.filtered.set(counts.filtered.get() + filtered);
+        counts.passed.set(counts.passed.get() + keep.true_count());
+        Ok(keep)
+    }
 }
 
 enum Message {
@@ -406,14 +480,8 @@ fn worker(w: usize, workers: usize, shared: &Shared, ctx: &ExecContext, tx: Send
                 (None, _) => operators::run_stages(&shared.stages, batch, &mut send),
             }
         };
-        let (tested, passed) = (std::cell::Cell::new(0), std::cell::Cell::new(0));
-        let keeps = |batch: &RecordBatch| -> Result<arrow::array::BooleanArray> {
-            let e = early.expect("a test runs only with one");
-            let keep = e.test.keeps(batch, &e.keys)?;
-            tested.set(tested.get() + batch.num_rows());
-            passed.set(passed.get() + keep.true_count());
-            Ok(keep)
-        };
+        let counts = EarlyCounts::default();
+        let keeps = |batch: &RecordBatch| early.expect("a test runs only with one").keeps(batch, &counts);
         let result = shared.table.scan_morsel_encoded(
             morsel,
             &shared.projection,
@@ -425,13 +493,16 @@ fn worker(w: usize, workers: usize, shared: &Shared, ctx: &ExecContext, tx: Send
             &mut emit,
         );
         if let Some(e) = early {
-            // The dropped rows are the scan's output and the tested operator's input.
-            let dropped = tested.get() - passed.get();
-            e.test.dropped(dropped);
+            // Rows the filters passed and the key test dropped are the scan's output and the
+            // tested operator's input.
+            let dropped = counts.filtered.get() - counts.passed.get();
+            if let Some((_, test)) = &e.keyed {
+                test.dropped(dropped);
+            }
             if let Some(metrics) = &shared.scan_rows {
                 metrics.rows_out(dropped);
             }
-            if passed.get() * 2 > tested.get() {
+            if counts.passed.get() * 2 > counts.tested.get() {
                 early_pause = 16;
             }
         }

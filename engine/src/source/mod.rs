@@ -114,8 +114,8 @@ pub struct ScanCounters {
     pub workers: std::sync::atomic::AtomicUsize,
     /// Rows of the row groups read that page statistics ruled out (not decoded).
     pub page_pruned_rows: std::sync::atomic::AtomicU64,
-    /// Rows an early test dropped (a join's keys, see [`Table::scan_morsel_encoded`]): their
-    /// other columns were not decoded, or not kept.
+    /// Rows an early test dropped (a filter's conditions, a join's keys, see
+    /// [`Table::scan_morsel_encoded`]): their other columns were not decoded, or not kept.
     pub early_dropped_rows: std::sync::atomic::AtomicU64,
 }
 
