@@ -439,8 +439,8 @@ fn a_selective_join_tests_the_probe_keys_before_decoding_the_rest_and_loses_noth
     // columns of its filter) first and l's other columns only for the rows that pass the filter
     // and whose key r's table has: with 40 keys in r nearly every row drops before the rest is
     // decoded; with 75K keys nearly all pass (then l is decoded whole). A filter alone works the
-    // same way. Answers, the rows read, the scan's output and the join's input must be what they
-    // are without the test.
+    // same way, also one on a string column tested on its dictionary. Answers, the rows read, the
+    // scan's output and the join's input must be what they are without the test.
     let dir = tempfile::tempdir().unwrap();
     let left = side(dir.path(), "l", 150_000, 31, 0.0, 64);
     let always = |_: i64, _: i64| true;
@@ -461,6 +461,14 @@ fn a_selective_join_tests_the_probe_keys_before_decoding_the_rest_and_loses_noth
             expected(&left, &right, false, false, &differ).into_iter().filter(|p| third(p.0.unwrap())).collect();
         let mut sparse: Vec<_> = left.iter().filter(|l| l.2 % 97 == 0).map(|l| (Some(l.2), l.0)).collect();
         sparse.sort_unstable();
+        // Conditions on a string column alone are tested on its dictionary's values.
+        let starts_ab = |l: &KeyRow| l.1.as_deref().is_some_and(|s| s.starts_with("ab"));
+        let mut ab: Vec<_> = left.iter().filter(|l| starts_ab(l)).map(|l| (Some(l.2), l.0)).collect();
+        ab.sort_unstable();
+        let late = |l: i64| left[l as usize].1.as_deref().is_some_and(|s| s >= "m");
+        let late_keys: Vec<_> =
+            expected(&left, &right, false, false, &always).into_iter().filter(|p| late(p.0.unwrap())).collect();
+        let (abs, lates) = (left.iter().filter(|l| starts_ab(l)).count(), left.iter().filter(|l| late(l.2)).count());
         let e = engine(dir.path(), 1 << 30);
         let (all, one_in_97) = (left.len(), left.len().div_ceil(97));
         for (sql, want, scanned, joined) in [
@@ -474,6 +482,8 @@ fn a_selective_join_tests_the_probe_keys_before_decoding_the_rest_and_loses_noth
             ("SELECT l.id, l.id FROM l WHERE l.k IN (SELECT k FROM r)", semi, all, true),
             ("SELECT l.id, r.id FROM l JOIN r ON l.k = r.k AND l.s <> r.s WHERE l.id % 3 <> 0", filtered, thirds, true),
             ("SELECT l.id, l.k FROM l WHERE l.id % 97 = 0", sparse, one_in_97, false),
+            ("SELECT l.id, l.k FROM l WHERE l.s LIKE 'ab%'", ab, abs, false),
+            ("SELECT l.id, r.id FROM l JOIN r ON l.k = r.k WHERE l.s >= 'm'", late_keys, lates, true),
         ] {
             let dropped = || e.counters().early_dropped_rows.load(std::sync::atomic::Ordering::Relaxed);
             let before = dropped();

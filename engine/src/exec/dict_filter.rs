@@ -100,14 +100,7 @@ impl DictFilter {
     /// The rows of `batch` that pass every condition, with the tested columns as plain strings
     /// again; `None` when no row passes.
     pub(crate) fn apply(&self, batch: RecordBatch, cache: &mut DictCache) -> Result<Option<RecordBatch>> {
-        let mut mask: Option<BooleanBuffer> = None;
-        for (tested, cached) in self.columns.iter().zip(cache.iter_mut()) {
-            let passes = tested.passes(batch.column(tested.column), cached)?;
-            mask = Some(match mask {
-                Some(m) => &m & &passes,
-                None => passes,
-            });
-        }
+        let mask = self.passes(&|c| batch.column(c).clone(), cache)?;
         let batch = match mask {
             Some(m) if m.count_set_bits() == 0 => return Ok(None),
             Some(m) if m.count_set_bits() < batch.num_rows() => {
@@ -116,6 +109,26 @@ impl DictFilter {
             _ => batch,
         };
         Ok(Some(decode(batch)?))
+    }
+}
+
+impl DictFilter {
+    /// Which rows pass every condition, with `column` giving the column at a position of the
+    /// scan's output; `None` when nothing is tested.
+    pub(crate) fn passes(
+        &self,
+        column: &dyn Fn(usize) -> ArrayRef,
+        cache: &mut DictCache,
+    ) -> Result<Option<BooleanBuffer>> {
+        let mut mask: Option<BooleanBuffer> = None;
+        for (tested, cached) in self.columns.iter().zip(cache.iter_mut()) {
+            let passes = tested.passes(&column(tested.column), cached)?;
+            mask = Some(match mask {
+                Some(m) => &m & &passes,
+                None => passes,
+            });
+        }
+        Ok(mask)
     }
 }
 

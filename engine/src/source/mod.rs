@@ -482,14 +482,20 @@ impl Table {
         };
         match &self.format {
             Format::Parquet => {
-                let early = early.filter(|_| partition_columns.is_empty() && dictionaries.is_empty());
+                // Columns read as dictionaries are among the tested ones (their conditions are).
+                let early = early
+                    .filter(|e| partition_columns.is_empty() && dictionaries.iter().all(|d| e.columns.contains(d)));
                 let first = match early {
-                    Some(e) => Some((Arc::new(out_schema.project(e.columns)?), e.keeps)),
+                    Some(e) => {
+                        let keep: Vec<bool> = e.columns.iter().map(|c| dictionaries.contains(c)).collect();
+                        Some((Arc::new(out_schema.project(e.columns)?), keep, e.keeps))
+                    }
                     None => None,
                 };
-                let mut keeps = first.as_ref().map(|(schema, keeps)| {
+                let mut keeps = first.as_ref().map(|(schema, keep_dictionary, keeps)| {
                     move |batch: RecordBatch| -> Result<arrow::array::BooleanArray> {
-                        let batch = adapt_batch(batch, schema, &[]).map_err(|e| Error::bad_file(&file.path, e))?;
+                        let batch =
+                            adapt_batch(batch, schema, keep_dictionary).map_err(|e| Error::bad_file(&file.path, e))?;
                         let keep = keeps(&batch)?;
                         // The rows the test drops were read all the same.
                         let dropped = (batch.num_rows() - keep.true_count()) as u64;
@@ -498,7 +504,7 @@ impl Table {
                         Ok(keep)
                     }
                 });
-                let split = first.as_ref().zip(keeps.as_mut()).map(|((schema, _), keeps)| parquet::Split {
+                let split = first.as_ref().zip(keeps.as_mut()).map(|((schema, ..), keeps)| parquet::Split {
                     names: schema.fields().iter().map(|f| f.name().as_str()).collect(),
                     keeps,
                 });
