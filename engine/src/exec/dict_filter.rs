@@ -97,22 +97,6 @@ impl DictFilter {
         vec![None; self.columns.len()]
     }
 
-    /// The rows of `batch` that pass every condition, with the tested columns as plain strings
-    /// again; `None` when no row passes.
-    pub(crate) fn apply(&self, batch: RecordBatch, cache: &mut DictCache) -> Result<Option<RecordBatch>> {
-        let mask = self.passes(&|c| batch.column(c).clone(), cache)?;
-        let batch = match mask {
-            Some(m) if m.count_set_bits() == 0 => return Ok(None),
-            Some(m) if m.count_set_bits() < batch.num_rows() => {
-                arrow::compute::filter_record_batch(&batch, &BooleanArray::new(m, None))?
-            }
-            _ => batch,
-        };
-        Ok(Some(decode(batch)?))
-    }
-}
-
-impl DictFilter {
     /// Which rows pass every condition, with `column` giving the column at a position of the
     /// scan's output; `None` when nothing is tested.
     pub(crate) fn passes(
@@ -129,6 +113,20 @@ impl DictFilter {
             });
         }
         Ok(mask)
+    }
+
+    /// The rows of `batch` that pass every condition, with the tested columns as plain strings
+    /// again; `None` when no row passes.
+    pub(crate) fn apply(&self, batch: RecordBatch, cache: &mut DictCache) -> Result<Option<RecordBatch>> {
+        let mask = self.passes(&|c| batch.column(c).clone(), cache)?;
+        let batch = match mask {
+            Some(m) if m.count_set_bits() == 0 => return Ok(None),
+            Some(m) if m.count_set_bits() < batch.num_rows() => {
+                arrow::compute::filter_record_batch(&batch, &BooleanArray::new(m, None))?
+            }
+            _ => batch,
+        };
+        Ok(Some(decode(batch)?))
     }
 }
 

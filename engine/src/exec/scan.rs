@@ -501,10 +501,10 @@ fn worker(w: usize, workers: usize, shared: &Shared, ctx: &ExecContext, tx: Send
                 (None, _) => operators::run_stages(&shared.stages, batch, &mut send),
             }
         };
-        let counts = early.map(|e| e.counts());
-        let keeps = |batch: &RecordBatch| match (early, &counts) {
-            (Some(e), Some(counts)) => e.keeps(batch, counts),
-            _ => unreachable!("a test runs only with one"),
+        let tested = early.map(|e| (e, e.counts()));
+        let keeps = |batch: &RecordBatch| {
+            let (e, counts) = tested.as_ref().expect("the scan tests rows early only with a test");
+            e.keeps(batch, counts)
         };
         let result = shared.table.scan_morsel_encoded(
             morsel,
@@ -516,7 +516,7 @@ fn worker(w: usize, workers: usize, shared: &Shared, ctx: &ExecContext, tx: Send
             early.map(|e| EarlyTest { columns: &e.columns, keeps: &keeps }),
             &mut emit,
         );
-        if let (Some(e), Some(counts)) = (early, counts) {
+        if let Some((e, counts)) = &tested {
             // Rows the filters passed and the key test dropped are the scan's output and the
             // tested operator's input.
             let dropped = counts.filtered.get() - counts.passed.get();

@@ -447,8 +447,9 @@ impl Table {
     /// [`scan_morsel`](Self::scan_morsel), with the string columns at positions `dictionaries`
     /// of the projection handed out as `Dictionary(Int32, Utf8)` arrays (and their batches' schemas
     /// saying so) in the Parquet row groups that store them dictionary-encoded throughout. With
-    /// `early`, a Parquet scan without such columns hands out only the rows its test passes, and
-    /// decodes the columns the test does not read for those rows only; other scans ignore it.
+    /// `early`, a Parquet scan hands out only the rows its test passes, and decodes the columns
+    /// the test does not read for those rows only; other scans ignore it, as does one with
+    /// partition columns or dictionary columns the test does not read.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn scan_morsel_encoded(
         &self,
