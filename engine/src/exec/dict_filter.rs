@@ -219,8 +219,8 @@ fn decode(batch: RecordBatch) -> Result<RecordBatch> {
 /// `IS NULL`, `CASE`, logic and string functions that take any string, over the input's columns.
 /// A dictionary may hold a value that no row left by the other conditions holds (they may be
 /// tested first, on fewer rows); a condition that could fail on it (a cast to a number, say)
-/// stays with them.
-fn cannot_fail(e: &Expr) -> bool {
+/// stays with them. A scan's early test (which tests every row) takes only such conditions too.
+pub(crate) fn cannot_fail(e: &Expr) -> bool {
     use crate::expr::{BinaryOp, Function};
     let own = match e {
         Expr::Column { .. }

@@ -221,6 +221,12 @@ impl ScanPipeline {
                 _ => Vec::new(),
             })
             .collect();
+        // The filter may test a condition that can fail (a cast of a string) only on rows that
+        // pass the others (those tested on dictionaries first, say): the early test, which tests
+        // every row, takes none.
+        if !conditions.iter().all(super::dict_filter::cannot_fail) {
+            return None;
+        }
         let filter = super::map_key_columns(&conditions, &mut at)?;
         let keyed = match expand.and_then(|e| e.key_test()) {
             Some((keys, test)) => {
@@ -551,14 +557,19 @@ fn in_flight_grow(r: &mut MemoryReservation, bytes: u64, shared: &Shared, ctx: &
 }
 
 /// Resizes `r` to `bytes`; when the pool is full but the consumer still holds batches that it will
-/// release, waits for it instead of failing.
+/// release, waits for it instead of failing. It waits a little too while an operator that spills
+/// on request holds memory: the pool passes over one busy with its own work (a sort taking in the
+/// batch before), and asks it again on the next try.
 fn reserve_waiting(r: &mut MemoryReservation, bytes: u64, shared: &Shared, ctx: &ExecContext) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(60);
     loop {
         match r.try_resize(bytes) {
             Ok(()) => return Ok(()),
             Err(e) => {
-                let can_wait = shared.held_by_consumer.load(Ordering::Acquire) > 0 && Instant::now() < deadline;
+                let held = shared.held_by_consumer.load(Ordering::Acquire) > 0;
+                let busy = started.elapsed() < Duration::from_secs(2) && ctx.pool.reclaimable() > 0;
+                let can_wait = (held || busy) && Instant::now() < deadline;
                 if !can_wait || shared.stop.load(Ordering::Relaxed) || ctx.cancel.load(Ordering::Relaxed) {
                     return Err(e);
                 }
