@@ -529,3 +529,60 @@ fn a_condition_that_can_fail_is_tested_only_on_the_rows_the_others_pass() {
     assert_eq!(pairs(&e, sql), want, "{sql}");
     assert!(e.sql("SELECT l.id, l.k FROM l WHERE CAST(l.s AS BIGINT) > 0").unwrap().for_each(|_| Ok(())).is_err());
 }
+
+#[test]
+fn inputs_in_key_order_join_one_key_range_at_a_time_without_spilling_and_lose_nothing() {
+    // Both sides are written in key order (as lineitem and orders are by order key), so their row
+    // groups hold disjoint, increasing key ranges. r (the build side, ~8 MB with its strings) is
+    // far over the 3 MiB budget: it is joined one key range at a time, with nothing written to
+    // disk. Keys only l has, only r has, and below and above the other side's keys test that
+    // every row lands in exactly one range; r's row groups straddle l's, so some are read for two
+    // ranges. With a hot key (40K build rows of one key) its range does not fit after all and is
+    // partitioned, then joined in chunks.
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(41);
+    let mut left_keys: Vec<i64> = (0..300_000).map(|_| rng.random_range(-1_000..230_000)).collect();
+    left_keys.sort_unstable();
+    let left: Rows =
+        left_keys.iter().enumerate().map(|(i, &k)| (Some(k), Some(format!("l{}", i % 97)), i as i64)).collect();
+    write_key_rows(&dir.path().join("l.parquet"), &left, 10_000);
+    let string = |rng: &mut rand::rngs::StdRng| -> String {
+        (0..rng.random_range(20..80)).map(|_| rng.random_range(b'a'..=b'z') as char).collect()
+    };
+    let always = |_: i64, _: i64| true;
+    let odd = |l: i64, r: i64| (l + r) % 3 != 0;
+    for hot in [false, true] {
+        // Even keys from 0 to 210K (some twice), or key 100K on 40K rows.
+        let mut keys: Vec<i64> = (0..100_000).map(|i| i * 2 + (i % 7 == 0) as i64 * 2).collect();
+        if hot {
+            keys.extend(std::iter::repeat_n(100_000, 40_000));
+        }
+        keys.sort_unstable();
+        let right: Rows = keys.iter().enumerate().map(|(i, &k)| (Some(k), Some(string(&mut rng)), i as i64)).collect();
+        write_key_rows(&dir.path().join("r.parquet"), &right, 4_000);
+        let tight = engine(dir.path(), 3 << 20);
+        for (join, keep_left, keep_right) in
+            [("JOIN", false, false), ("LEFT JOIN", true, false), ("RIGHT JOIN", false, true), ("FULL JOIN", true, true)]
+        {
+            let cases: Vec<(String, Condition)> = vec![
+                (format!("SELECT l.id, r.id, r.s FROM l {join} r ON l.k = r.k"), &always),
+                (format!("SELECT l.id, r.id, r.s FROM l {join} r ON l.k = r.k AND (l.id + r.id) % 3 <> 0"), &odd),
+            ];
+            for (sql, cond) in cases {
+                let want = expected(&left, &right, keep_left, keep_right, cond);
+                assert_eq!(pairs(&tight, &sql), want, "hot key {hot}: {sql}");
+            }
+        }
+        let metrics =
+            tight.sql("SELECT count(*) AS n FROM l JOIN r ON l.k = r.k").unwrap().for_each(|_| Ok(())).unwrap();
+        let join = metrics.operators.iter().find(|o| o.name == "HashJoin").unwrap();
+        assert_eq!(join.rows_out, expected(&left, &right, false, false, &always).len() as u64, "{metrics:?}");
+        if !hot {
+            // Each row of either side reaches the join once, whichever range reads it.
+            assert_eq!(join.rows_in, (left.len() + right.len()) as u64, "{metrics:?}");
+        }
+        let spilled = tight.spill().stats().files;
+        assert_eq!(spilled > 0, hot, "only the hot key's range spills: {spilled} files");
+        assert_eq!(tight.spill().on_disk(), 0);
+    }
+}

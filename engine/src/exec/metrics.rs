@@ -112,6 +112,11 @@ pub(crate) struct OperatorRegistry(Arc<Mutex<Vec<Arc<OperatorMetrics>>>>);
 impl OperatorRegistry {
     /// Registers an operator and returns its record.
     pub fn register(&self, id: u64, name: &str, detail: String) -> Arc<OperatorMetrics> {
+        let mut all = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        // A node run more than once (a scan read one key range at a time) adds to its numbers.
+        if let Some(m) = all.iter().find(|m| m.id == id) {
+            return m.clone();
+        }
         let m = Arc::new(OperatorMetrics {
             id,
             name: name.to_string(),
@@ -126,7 +131,7 @@ impl OperatorRegistry {
             passes: AtomicU64::new(0),
             spills_on_request: AtomicU64::new(0),
         });
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).push(m.clone());
+        all.push(m.clone());
         m
     }
 

@@ -280,6 +280,19 @@ pub struct PipelineStats {
     pub min_memory: u64,
 }
 
+/// One morsel of a scan in key order (see [`Pipeline::key_ranges`]).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct MorselKeys {
+    /// Least key.
+    pub min: i64,
+    /// Greatest key.
+    pub max: i64,
+    /// Rows.
+    pub rows: u64,
+    /// Estimated decoded bytes.
+    pub bytes: u64,
+}
+
 impl Pipeline {
     pub(crate) fn new(plan: &LogicalPlan) -> Result<Pipeline> {
         let schema = plan.schema();
@@ -419,6 +432,34 @@ impl Pipeline {
             let crate::expr::Expr::Column { index, .. } = key else { return None };
             let column = operators::column_source(*index, &self.tail_ops)?;
             Some((k, scan.clustered_by(column)?))
+        })
+    }
+
+    /// The scan column that output column `key` passes through unchanged, when this pipeline is
+    /// a scan whose operators keep every row they are given a key for (no limit).
+    fn scan_key(&self, key: &crate::expr::Expr) -> Option<(&ScanPipeline, usize)> {
+        let (Source::Scan(scan), crate::expr::Expr::Column { index, .. }) = (&self.source, key) else { return None };
+        Some((scan, operators::column_source(*index, &self.tail_ops)?))
+    }
+
+    /// Each morsel's least and greatest value of `key`, rows and estimated bytes, when this
+    /// pipeline is a scan whose morsels come in order of it (see
+    /// [`ScanPipeline::key_ranges`]).
+    pub(crate) fn key_ranges(&self, key: &crate::expr::Expr) -> Option<Vec<MorselKeys>> {
+        let (scan, column) = self.scan_key(key)?;
+        let ranges = scan.key_ranges(column)?.into_iter().zip(scan.morsel_sizes()?);
+        Some(ranges.map(|((min, max), (rows, bytes))| MorselKeys { min, max, rows, bytes }).collect())
+    }
+
+    /// A copy of this pipeline (a scan, see [`Pipeline::key_ranges`]) that makes only the rows
+    /// whose `key` lies in `lo..=hi`; its metrics are this pipeline's.
+    pub(crate) fn restricted(&self, key: &crate::expr::Expr, lo: i64, hi: i64) -> Option<Pipeline> {
+        let (scan, column) = self.scan_key(key)?;
+        Some(Pipeline {
+            id: self.id,
+            source: Source::Scan(scan.restricted(column, lo, hi)?),
+            tail_ops: self.tail_ops.clone(),
+            schema: self.schema.clone(),
         })
     }
 

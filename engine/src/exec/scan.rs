@@ -33,6 +33,7 @@ use crate::memory::MemoryReservation;
 use crate::source::{EarlyTest, Morsel, PruningPredicate, Table};
 
 /// A scan and the stateless operators that run on its workers.
+#[derive(Clone)]
 pub(crate) struct ScanPipeline {
     table: Arc<Table>,
     projection: Vec<usize>,
@@ -68,13 +69,84 @@ impl ScanPipeline {
     /// rows of a value come from one morsel only, and the consumer, which takes morsels in order,
     /// has had every row of a value below the start of the morsel it is in.
     pub(crate) fn clustered_by(&self, column: usize) -> Option<Vec<i64>> {
+        let ranges = self.key_ranges(column)?;
+        ranges.windows(2).all(|w| w[0].1 < w[1].0).then(|| ranges.iter().map(|r| r.0).collect())
+    }
+
+    /// Each morsel's least and greatest value of output column `column` (a column without nulls),
+    /// when the morsels come in order of it: each range starts at or after the end of the one
+    /// before (a value may end one morsel and start the next, as when a writer cut row groups by
+    /// row count through rows of one key).
+    pub(crate) fn key_ranges(&self, column: usize) -> Option<Vec<(i64, i64)>> {
+        let column = self.scan_column(column)?;
+        let ranges = self.table.morsel_int_ranges(self.projection[column], self.morsels.as_deref()?)?;
+        ranges.windows(2).all(|w| w[0].1 <= w[1].0).then_some(ranges)
+    }
+
+    /// Rows and estimated decoded bytes of each morsel (Parquet only).
+    pub(crate) fn morsel_sizes(&self) -> Option<Vec<(u64, u64)>> {
+        let morsels = self.morsels.as_deref()?;
+        morsels
+            .iter()
+            .map(|&m| {
+                let rows = self.table.morsel_rows(m)?;
+                Some((rows, rows * self.table.estimated_row_bytes(m, &self.projection)))
+            })
+            .collect()
+    }
+
+    /// The scan's own column that output column `column` passes through unchanged.
+    fn scan_column(&self, column: usize) -> Option<usize> {
         let mut column = column;
         for stage in self.stages.iter().rev() {
             let Stage::Ops(ops) = stage else { return None };
             column = operators::column_source(column, ops)?;
         }
-        let ranges = self.table.morsel_int_ranges(*self.projection.get(column)?, self.morsels.as_deref()?)?;
-        ranges.windows(2).all(|w| w[0].1 < w[1].0).then(|| ranges.iter().map(|r| r.0).collect())
+        (column < self.projection.len()).then_some(column)
+    }
+
+    /// This scan restricted to the rows whose output column `column` lies in `lo..=hi`: the
+    /// morsels whose range (see [`ScanPipeline::key_ranges`]) meets it, filtered on the scan's
+    /// column before anything else the workers run (so an early test takes the condition). `None`
+    /// when the column is not one the scan reads as it is.
+    pub(crate) fn restricted(&self, column: usize, lo: i64, hi: i64) -> Option<ScanPipeline> {
+        use crate::expr::BinaryOp;
+        let ranges = self.key_ranges(column)?;
+        let column = self.scan_column(column)?;
+        let morsels = self.morsels.as_deref()?;
+        let kept = morsels.iter().zip(&ranges).filter(|(_, r)| r.0 <= hi && r.1 >= lo).map(|(m, _)| *m).collect();
+        let data_type = self.table.schema().field(self.projection[column]).data_type().clone();
+        let name = self.table.schema().field(self.projection[column]).name().clone();
+        let bound = |op: BinaryOp, value: i64| -> Option<Expr> {
+            let value: arrow::array::ArrayRef = Arc::new(arrow::array::Int64Array::from(vec![value]));
+            Some(Expr::Binary {
+                op,
+                left: Box::new(Expr::column(column, name.clone())),
+                right: Box::new(Expr::Literal(arrow::compute::cast(&value, &data_type).ok()?)),
+                data_type: arrow::datatypes::DataType::Boolean,
+            })
+        };
+        let mut conditions = Vec::new();
+        if lo > ranges.first()?.0 {
+            conditions.push(bound(BinaryOp::GtEq, lo)?);
+        }
+        if hi < ranges.last()?.1 {
+            conditions.push(bound(BinaryOp::LtEq, hi)?);
+        }
+        let mut scan = self.clone();
+        scan.morsels = Some(kept);
+        if let Some(predicate) = conditions.iter().cloned().reduce(|a, b| Expr::Binary {
+            op: BinaryOp::And,
+            left: Box::new(a),
+            right: Box::new(b),
+            data_type: arrow::datatypes::DataType::Boolean,
+        }) {
+            match scan.stages.first_mut() {
+                Some(Stage::Ops(ops)) => ops.insert(0, Operator::filter(predicate)),
+                _ => scan.stages.insert(0, Stage::Ops(vec![Operator::filter(predicate)])),
+            }
+        }
+        Some(scan)
     }
 
     /// The table's name and the columns read, for metrics.
