@@ -625,6 +625,54 @@ fn order_by_is_the_same_spilled_or_not_and_matches_an_independent_sort() {
     assert_eq!(tight.spill().on_disk(), 0, "spill files removed once merged");
 }
 
+/// Keys that agree on their first 32 bytes or more (longer than the prefix a sort compares
+/// first), with duplicates: a wrong tie-break in the run sort or in the merge, or an unstable top-k,
+/// changes the order of ids.
+#[test]
+fn order_by_keys_with_long_common_prefixes_is_stable_spilled_or_not() {
+    use rand::{Rng, SeedableRng};
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+    let heads = [String::new(), "a".into(), "p".repeat(31), "p".repeat(40)];
+    let data: Vec<(Option<i64>, Option<String>, i64)> = (0..150_000)
+        .map(|i| {
+            let head = &heads[rng.random_range(0..4)];
+            let tail: String = (0..rng.random_range(0..3)).map(|_| rng.random_range(b'a'..=b'c') as char).collect();
+            (Some(i % 7), Some(format!("{head}{tail}")), i)
+        })
+        .collect();
+    write_key_rows(&dir.path().join("sortme.parquet"), &data, 20_000);
+    let mut by_s = data.clone();
+    by_s.sort_by(|a, b| a.1.cmp(&b.1));
+    let mut by_s_desc_k = data.clone();
+    by_s_desc_k.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    let cases: Vec<(&str, Vec<i64>)> = vec![
+        ("SELECT s, id FROM t ORDER BY s", by_s.iter().map(|r| r.2).collect()),
+        ("SELECT id FROM t ORDER BY s DESC, k", by_s_desc_k.iter().map(|r| r.2).collect()),
+        ("SELECT id FROM t ORDER BY s LIMIT 3000", by_s.iter().take(3000).map(|r| r.2).collect()),
+    ];
+    let ids = |e: &Engine, sql: &str| -> Vec<i64> {
+        let mut out = Vec::new();
+        e.sql(sql)
+            .unwrap()
+            .for_each(|b| {
+                let col = b.column(b.num_columns() - 1).as_any().downcast_ref::<Int64Array>().unwrap();
+                out.extend(col.values().iter().copied());
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(e.pool().reserved(), 0, "pool back to zero after {sql}");
+        out
+    };
+    let roomy = engine_with(dir.path(), 1 << 30);
+    let tight = engine_with(dir.path(), 3 << 20);
+    for (sql, want) in &cases {
+        assert_eq!(&ids(&roomy, sql), want, "unlimited: {sql}");
+        assert_eq!(&ids(&tight, sql), want, "spilled: {sql}");
+    }
+    assert!(tight.spill().stats().files > 10, "the tight budget spilled runs");
+}
+
 #[test]
 fn order_by_errors() {
     let dir = tempfile::tempdir().unwrap();
