@@ -451,6 +451,13 @@ impl Pipeline {
         Some(ranges.map(|((min, max), (rows, bytes))| MorselKeys { min, max, rows, bytes }).collect())
     }
 
+    /// Whether this pipeline is a scan whose every row comes out (see
+    /// [`ScanPipeline::keeps_every_row`]).
+    pub(crate) fn keeps_every_row(&self) -> bool {
+        matches!(&self.source, Source::Scan(scan) if scan.keeps_every_row())
+            && self.tail_ops.iter().all(|op| matches!(op, Operator::Project { .. }))
+    }
+
     /// A copy of this pipeline (a scan, see [`Pipeline::key_ranges`]) that makes only the rows
     /// whose `key` lies in `lo..=hi`; its metrics are this pipeline's.
     pub(crate) fn restricted(&self, key: &crate::expr::Expr, lo: i64, hi: i64) -> Option<Pipeline> {

@@ -83,6 +83,15 @@ impl ScanPipeline {
         ranges.windows(2).all(|w| w[0].1 <= w[1].0).then_some(ranges)
     }
 
+    /// Whether every row the scan reads comes out (no filter or limit on its workers), so that
+    /// sizes estimated from its morsels hold for its output.
+    pub(crate) fn keeps_every_row(&self) -> bool {
+        self.stages.iter().all(|stage| match stage {
+            Stage::Ops(ops) => ops.iter().all(|op| matches!(op, Operator::Project { .. })),
+            Stage::Expand(_) => false,
+        })
+    }
+
     /// Rows and estimated decoded bytes of each morsel (Parquet only).
     pub(crate) fn morsel_sizes(&self) -> Option<Vec<(u64, u64)>> {
         let morsels = self.morsels.as_deref()?;
