@@ -1547,9 +1547,7 @@ impl JoinStream {
     /// Joins the inputs whole, or one key range at a time when they allow it and the build side
     /// would not fit (see [`key_ranges`]).
     fn start(&mut self, build: Pipeline, probe: Pipeline, cancel: &AtomicBool) -> Result<()> {
-        let beside = build.stream_memory(&self.ctx, self.queue_limit) + probe.min_memory(&self.ctx);
-        let limit =
-            self.first_limit.max(table_limit(self.ctx.available_for_sizing().saturating_sub(beside), &self.ctx));
+        let limit = self.first_limit.max(self.table_share(self.beside_table(&build, &probe)));
         match key_ranges(&self.shared, &build, &probe, limit) {
             Some(ranges) => {
                 self.ranges = ranges;
@@ -1558,6 +1556,18 @@ impl JoinStream {
             }
             None => self.join_inputs(build, probe, None, cancel),
         }
+    }
+
+    /// The most a build table may hold now: what is free less what runs beside it, the build
+    /// side while it streams (a join below has its own table by then, already reserved) and
+    /// later the probe side, which needs at least its minimum.
+    fn table_share(&self, beside: u64) -> u64 {
+        table_limit(self.ctx.available_for_sizing().saturating_sub(beside), &self.ctx)
+    }
+
+    /// What runs beside a build table (see [`JoinStream::table_share`]).
+    fn beside_table(&self, build: &Pipeline, probe: &Pipeline) -> u64 {
+        build.stream_memory(&self.ctx, self.queue_limit) + probe.min_memory(&self.ctx)
     }
 
     /// Builds from the build input (`rows` of it expected, when known); probes in memory if it
@@ -1574,11 +1584,9 @@ impl JoinStream {
             table.expect_rows(&shared, rows);
         }
         let minimum = min_memory(&self.ctx);
-        // What runs beside the table: the build side while it streams (a join below has its own
-        // table by then, already reserved), and later the probe side, which needs at least its
-        // minimum. The table may take its share of the rest, sized once the build side's first
+        // The table takes its share (see [`JoinStream::table_share`]) once the build side's first
         // batch is here (and what the build side holds is known).
-        let beside = build.stream_memory(&self.ctx, self.queue_limit) + probe.min_memory(&self.ctx);
+        let beside = self.beside_table(&build, &probe);
         let mut input = super::start_beside(&self.ctx, "HashJoin", minimum, || {
             build.execute_with(&self.ctx, Some(self.queue_limit))
         })?;
@@ -1588,8 +1596,7 @@ impl JoinStream {
             let batch = batch?;
             if !sized {
                 sized = true;
-                let share = table_limit(self.ctx.available_for_sizing().saturating_sub(beside), &self.ctx);
-                self.first_limit = self.first_limit.max(share);
+                self.first_limit = self.first_limit.max(self.table_share(beside));
                 table.limit = self.first_limit;
             }
             shared.metrics.rows_in(batch.num_rows());
