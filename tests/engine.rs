@@ -1039,28 +1039,32 @@ fn hive_partition_folders_become_columns_and_prune_files() {
     assert_eq!(got, vec![vec!["2"]]);
 }
 
-/// Conditions on one string column are tested once per dictionary value where a row group stores
-/// the column dictionary-encoded; the rows must come out as if every row were tested: with nulls,
-/// several such columns, other conditions beside them, and row groups stored plainly or falling
-/// back to plain pages half-way.
-#[test]
-fn string_conditions_agree_on_dictionary_and_plain_row_groups() {
+const MODES: [&str; 5] = ["AIR", "AIR REG", "MAIL", "RAIL", "TRUCK"];
+
+/// Row `i`'s `mode` in [`write_mode_how`]'s files: five values and nulls.
+fn mode(i: i64) -> Option<String> {
+    (i % 11 != 3).then(|| MODES[(i * 7 % 5) as usize].to_string())
+}
+
+/// Row `i`'s `how`: three values and nulls, but past row 2500 every value is new.
+fn how(i: i64) -> Option<String> {
+    match i {
+        _ if i % 13 == 5 => None,
+        i if (2500..3000).contains(&i) => Some(format!("HAND OVER {i}")),
+        i => Some(["DELIVER IN PERSON", "NONE", "COLLECT COD"][(i % 3) as usize].to_string()),
+    }
+}
+
+/// Writes rows 0..3000 of (`id`, [`mode`], [`how`]) to `dir`: `a.parquet` holds rows 0..1000 and
+/// 2000..3000 in row groups of 500 rows with dictionaries (the one of rows 2500..3000 falls back
+/// to plain pages half-way: a small dictionary limit), `b.parquet` rows 1000..2000 stored plainly.
+fn write_mode_how(dir: &Path) {
     use parquet::file::properties::WriterProperties;
-    let dir = tempfile::tempdir().unwrap();
     let schema = Arc::new(Schema::new(vec![
         Field::new("id", DataType::Int64, false),
         Field::new("mode", DataType::Utf8, true),
         Field::new("how", DataType::Utf8, true),
     ]));
-    const MODES: [&str; 5] = ["AIR", "AIR REG", "MAIL", "RAIL", "TRUCK"];
-    let mode = |i: i64| (i % 11 != 3).then(|| MODES[(i * 7 % 5) as usize].to_string());
-    // Past row 2500 every value is new: a small dictionary limit makes the writer fall back to
-    // plain pages in the middle of that row group.
-    let how = |i: i64| match i {
-        _ if i % 13 == 5 => None,
-        i if (2500..3000).contains(&i) => Some(format!("HAND OVER {i}")),
-        i => Some(["DELIVER IN PERSON", "NONE", "COLLECT COD"][(i % 3) as usize].to_string()),
-    };
     let batch = |ids: std::ops::Range<i64>| {
         let modes: StringArray = ids.clone().map(mode).collect();
         let hows: StringArray = ids.clone().map(how).collect();
@@ -1076,10 +1080,10 @@ fn string_conditions_agree_on_dictionary_and_plain_row_groups() {
         .set_write_batch_size(100)
         .set_dictionary_page_size_limit(2048)
         .build();
-    write_parquet(&dir.path().join("a.parquet"), &[batch(0..1000), batch(2000..3000)], Some(dictionary));
-    // The file has both kinds of chunk this test is about.
+    write_parquet(&dir.join("a.parquet"), &[batch(0..1000), batch(2000..3000)], Some(dictionary));
+    // The file has both kinds of chunk the tests are about.
     let data_page_encodings = |rg: usize, column: usize| -> Vec<parquet::basic::Encoding> {
-        let file = std::fs::File::open(dir.path().join("a.parquet")).unwrap();
+        let file = std::fs::File::open(dir.join("a.parquet")).unwrap();
         let options = parquet::arrow::arrow_reader::ArrowReaderOptions::new().with_encoding_stats_as_mask(false);
         let meta = parquet::arrow::arrow_reader::ArrowReaderMetadata::load(&file, options).unwrap();
         let stats = meta.metadata().row_group(rg).column(column).page_encoding_stats().unwrap().clone();
@@ -1089,7 +1093,17 @@ fn string_conditions_agree_on_dictionary_and_plain_row_groups() {
     assert_eq!(data_page_encodings(0, 2), [RLE_DICTIONARY], "dictionary pages only");
     assert!(data_page_encodings(3, 2).contains(&PLAIN) && data_page_encodings(3, 2).contains(&RLE_DICTIONARY));
     let plain = WriterProperties::builder().set_dictionary_enabled(false).build();
-    write_parquet(&dir.path().join("b.parquet"), &[batch(1000..2000)], Some(plain));
+    write_parquet(&dir.join("b.parquet"), &[batch(1000..2000)], Some(plain));
+}
+
+/// Conditions on one string column are tested once per dictionary value where a row group stores
+/// the column dictionary-encoded; the rows must come out as if every row were tested: with nulls,
+/// several such columns, other conditions beside them, and row groups stored plainly or falling
+/// back to plain pages half-way.
+#[test]
+fn string_conditions_agree_on_dictionary_and_plain_row_groups() {
+    let dir = tempfile::tempdir().unwrap();
+    write_mode_how(dir.path());
     let mut e = engine(dir.path());
     e.register("d", dir.path().join("*.parquet").to_str().unwrap()).unwrap();
 
@@ -1128,6 +1142,40 @@ fn string_conditions_agree_on_dictionary_and_plain_row_groups() {
     // A condition that fails on every stored value is left to the rows the others leave (none).
     let (_, got) = column(&e, "SELECT id FROM d WHERE id < 0 AND CAST(how AS INTEGER) = 1");
     assert!(got.is_empty());
+}
+
+/// A Parquet output takes the string columns a scan only moves as the dictionaries the input
+/// stores: the file must hold the same plain strings as a collected result, in every kind of row
+/// group, whether the column is tested on its dictionary too, renamed, repeated, computed beside,
+/// behind a filter that decodes the other columns for the rows it passes, or cut by a limit.
+#[test]
+fn parquet_output_of_dictionary_strings_holds_plain_strings() {
+    let dir = tempfile::tempdir().unwrap();
+    write_mode_how(dir.path());
+    let mut e = engine(dir.path());
+    e.register("d", dir.path().join("*.parquet").to_str().unwrap()).unwrap();
+    let queries = [
+        "SELECT id, mode, how FROM d",
+        "SELECT mode AS m, id, how, mode FROM d WHERE id % 3 = 1",
+        "SELECT how, id FROM d WHERE mode IN ('AIR', 'RAIL') AND how IS NOT NULL",
+        "SELECT mode, upper(mode) AS u, how FROM d WHERE id BETWEEN 400 AND 2700",
+        "SELECT id, how FROM d WHERE how LIKE 'HAND%' OR id < 10",
+        "SELECT mode, how FROM d WHERE id > 2490 LIMIT 7",
+    ];
+    for (k, sql) in queries.iter().enumerate() {
+        let out = dir.path().join(format!("out{k}.parquet"));
+        let want = concat(&e.sql(sql).unwrap().collect().unwrap());
+        let (summary, _) = e.sql(sql).unwrap().write(&out).unwrap();
+        assert_eq!(e.pool().reserved(), 0, "{sql}");
+        let back = concat(&read_parquet(&out));
+        assert_eq!(summary.rows as usize, want.num_rows(), "{sql}");
+        assert!(want.num_rows() > 0, "{sql} selects something");
+        for (f, w) in back.schema().fields().iter().zip(want.schema().fields()) {
+            assert_eq!(f.data_type(), w.data_type(), "{sql}: type of {}", f.name());
+        }
+        // Output keeps input order (a limit too keeps the first rows in it).
+        assert_eq!(back.columns(), want.columns(), "{sql}");
+    }
 }
 
 /// Group keys of narrow columns are packed into one integer where they fit and kept in row format

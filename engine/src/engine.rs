@@ -399,6 +399,9 @@ impl<'e> Query<'e> {
         let engine = self.engine;
         // The sink holds its buffers now: the plan runs in what is left.
         self.ctx = engine.ctx.for_plan(&self.pipeline, engine.ctx.pool.reserved())?;
+        if sink.takes_dictionaries() {
+            self.pipeline.keep_dictionaries();
+        }
         let mut sink = BackgroundSink::start(sink)?;
         let metrics = self.for_each_owned(|batch, reservation| sink.write(batch, reservation))?;
         if engine.ctx.cancel.load(Ordering::Relaxed) {

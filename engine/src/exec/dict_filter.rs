@@ -115,9 +115,14 @@ impl DictFilter {
         Ok(mask)
     }
 
-    /// The rows of `batch` that pass every condition, with the tested columns as plain strings
-    /// again; `None` when no row passes.
-    pub(crate) fn apply(&self, batch: RecordBatch, cache: &mut DictCache) -> Result<Option<RecordBatch>> {
+    /// The rows of `batch` that pass every condition, with its dictionary columns as plain
+    /// strings again but for those at positions `passed`; `None` when no row passes.
+    pub(crate) fn apply(
+        &self,
+        batch: RecordBatch,
+        cache: &mut DictCache,
+        passed: &[usize],
+    ) -> Result<Option<RecordBatch>> {
         let mask = self.passes(&|c| batch.column(c).clone(), cache)?;
         let batch = match mask {
             Some(m) if m.count_set_bits() == 0 => return Ok(None),
@@ -126,7 +131,7 @@ impl DictFilter {
             }
             _ => batch,
         };
-        Ok(Some(decode(batch)?))
+        Ok(Some(decode(batch, passed)?))
     }
 }
 
@@ -190,18 +195,22 @@ fn single_string_column(c: &Expr, schema: &Schema) -> Option<usize> {
     }
 }
 
-/// The batch with its dictionary columns unpacked to their value type.
-fn decode(batch: RecordBatch) -> Result<RecordBatch> {
+/// The batch with its dictionary columns unpacked to their value type, but for those at positions
+/// `passed`.
+fn decode(batch: RecordBatch, passed: &[usize]) -> Result<RecordBatch> {
     let schema = batch.schema();
-    if !schema.fields().iter().any(|f| matches!(f.data_type(), DataType::Dictionary(..))) {
+    let unpacked = |(i, f): (usize, &arrow::datatypes::FieldRef)| {
+        matches!(f.data_type(), DataType::Dictionary(..)) && !passed.contains(&i)
+    };
+    if !schema.fields().iter().enumerate().any(unpacked) {
         return Ok(batch);
     }
     let rows = batch.num_rows();
     let mut fields: Vec<Field> = Vec::with_capacity(schema.fields().len());
     let mut columns: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
-    for (f, c) in schema.fields().iter().zip(batch.columns()) {
+    for (i, (f, c)) in schema.fields().iter().zip(batch.columns()).enumerate() {
         match f.data_type() {
-            DataType::Dictionary(_, value) => {
+            DataType::Dictionary(_, value) if !passed.contains(&i) => {
                 columns.push(arrow::compute::cast(c, value)?);
                 fields.push(f.as_ref().clone().with_data_type(value.as_ref().clone()));
             }

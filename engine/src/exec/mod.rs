@@ -294,6 +294,15 @@ pub(crate) struct MorselKeys {
 }
 
 impl Pipeline {
+    /// For an output that takes string columns as dictionary arrays (a Parquet sink): a scan
+    /// feeding it directly passes on those it only moves as the file stores them (see
+    /// [`ScanPipeline::keep_dictionaries`]).
+    pub(crate) fn keep_dictionaries(&mut self) {
+        if let Source::Scan(scan) = &mut self.source {
+            scan.keep_dictionaries(&self.tail_ops);
+        }
+    }
+
     pub(crate) fn new(plan: &LogicalPlan) -> Result<Pipeline> {
         let schema = plan.schema();
         let mut ops = Vec::new();

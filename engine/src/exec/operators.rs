@@ -70,6 +70,46 @@ pub(crate) fn column_source(mut column: usize, ops: &[Operator]) -> Option<usize
     Some(column)
 }
 
+/// Whether `ops` only ever move input column `column` as it is: projections of the bare column
+/// (to any number of outputs), filters and limits that do not read it. Then its arrays may come in
+/// any encoding of its type (a dictionary of strings, say) and leave the same way.
+pub(crate) fn passes_through(column: usize, ops: &[Operator]) -> bool {
+    let mut at = vec![column];
+    for op in ops {
+        match op {
+            Operator::Filter(_, conjuncts) => {
+                let mut read = false;
+                conjuncts.iter().for_each(|c| c.visit_columns(&mut |i| read |= at.contains(&i)));
+                if read {
+                    return false;
+                }
+            }
+            Operator::Project { exprs, .. } => {
+                let mut next = Vec::new();
+                for (out, e) in exprs.iter().enumerate() {
+                    match e {
+                        Expr::Column { index, .. } if at.contains(index) => next.push(out),
+                        _ => {
+                            let mut read = false;
+                            e.visit_columns(&mut |i| read |= at.contains(&i));
+                            if read {
+                                return false;
+                            }
+                        }
+                    }
+                }
+                at = next;
+            }
+            Operator::Limit { .. } => {}
+            Operator::Repeat { .. } => return false,
+        }
+        if at.is_empty() {
+            return true;
+        }
+    }
+    true
+}
+
 /// An operator that turns one batch into any number of batches and holds only read-only state
 /// (a join's probe against a built table): it can run on the scan workers, after their operators.
 pub(crate) trait Expand: Send + Sync {
@@ -205,15 +245,22 @@ fn project(batch: &RecordBatch, exprs: &[Expr], schema: &SchemaRef) -> Result<Re
     let columns = exprs.iter().map(|e| e.evaluate(batch)?.into_array(rows)).collect::<Result<Vec<_>>>()?;
     // A literal may be typed NULL while the field says otherwise, or arrays may carry nulls in a
     // field planned non-null: build with the planned schema, relaxing nullability where needed.
+    // A column the scan hands out as a dictionary of the field's type (see
+    // `ScanPipeline::keep_dictionaries`) passes as one.
     let fields: Vec<_> = schema
         .fields()
         .iter()
         .zip(&columns)
         .map(|(f, c)| {
+            let mut f = f.as_ref().clone();
             if c.null_count() > 0 && !f.is_nullable() {
-                f.as_ref().clone().with_nullable(true)
-            } else {
-                f.as_ref().clone()
+                f = f.with_nullable(true);
+            }
+            match c.data_type() {
+                t @ arrow::datatypes::DataType::Dictionary(_, v) if v.as_ref() == f.data_type() => {
+                    f.with_data_type(t.clone())
+                }
+                _ => f,
             }
         })
         .collect();

@@ -43,6 +43,9 @@ pub(crate) struct ScanPipeline {
     morsels: Option<Vec<Morsel>>,
     /// What the workers run on each decoded batch, in order.
     stages: Vec<Stage>,
+    /// Set by [`keep_dictionaries`](Self::keep_dictionaries): the operators the consumer runs on
+    /// the scan's output.
+    dictionary_output: Option<Vec<Operator>>,
 }
 
 impl ScanPipeline {
@@ -178,6 +181,7 @@ impl ScanPipeline {
             pruning: pruning.clone(),
             morsels,
             stages: vec![Stage::Ops(worker_ops)],
+            dictionary_output: None,
         })
     }
 
@@ -323,6 +327,36 @@ impl ScanPipeline {
         (columns.len() < self.projection.len()).then_some(EarlyKeys { columns, dict, filter, keyed })
     }
 
+    /// Lets the scan hand out the string columns that its workers' operators and `tail` (the
+    /// consumer's, up to the query's output) only move as they are (see
+    /// [`operators::passes_through`]) as the dictionaries their Parquet row groups store, for an
+    /// output that takes them so: a Parquet sink interns every value into its own dictionary
+    /// either way. Unpacking them copies every row's bytes one value at a time: a tenth of the
+    /// CPU of a lineitem scan writing `l_shipmode` with two numbers.
+    pub(crate) fn keep_dictionaries(&mut self, tail: &[Operator]) {
+        self.dictionary_output = Some(tail.to_vec());
+    }
+
+    /// The columns (positions in the projection) handed out as dictionaries where stored so: see
+    /// [`keep_dictionaries`](Self::keep_dictionaries). Called once the dictionary filter has taken
+    /// its conditions: a column it alone tests may pass too.
+    fn passed_dictionaries(&self) -> Vec<usize> {
+        let Some(tail) = &self.dictionary_output else { return Vec::new() };
+        let mut ops: Vec<Operator> = match self.stages.as_slice() {
+            [] => Vec::new(),
+            [Stage::Ops(ops)] => ops.clone(),
+            _ => return Vec::new(),
+        };
+        ops.extend(tail.iter().cloned());
+        let schema = self.table.schema();
+        (0..self.projection.len())
+            .filter(|&c| {
+                schema.field(self.projection[c]).data_type() == &arrow::datatypes::DataType::Utf8
+                    && operators::passes_through(c, &ops)
+            })
+            .collect()
+    }
+
     /// Whether work of other operators (a join's probe, a partial aggregation, a join's key
     /// filter) runs on the workers after the scan's own: then the workers count the scan's
     /// output rows themselves (see [`Shared::scan_rows`]).
@@ -355,7 +389,12 @@ impl ScanPipeline {
             _ => None,
         };
         let early = self.early_test(dict_filter.as_ref());
+        let passed = match self.table.is_parquet() {
+            true => self.passed_dictionaries(),
+            false => Vec::new(),
+        };
         let shared = Arc::new(Shared {
+            passed,
             scan_rows,
             early,
             dict_filter,
@@ -409,6 +448,8 @@ struct Shared {
     stages: Vec<Stage>,
     /// Conditions taken out of the first filter, tested on dictionary values before the stages.
     dict_filter: Option<DictFilter>,
+    /// Columns the workers pass on as dictionaries (see [`ScanPipeline::keep_dictionaries`]).
+    passed: Vec<usize>,
     /// Keys tested before the other columns are decoded.
     early: Option<EarlyKeys>,
     /// The scan's metrics when other operators' work runs among the stages: its output rows are
@@ -516,7 +557,8 @@ fn worker(w: usize, workers: usize, shared: &Shared, ctx: &ExecContext, tx: Send
     let mut decode = ctx.pool.register(format!("{name} decode"), false);
     let mut in_flight = ctx.pool.register(format!("{name} batches"), false);
     let target = ctx.batch_bytes_target();
-    let dictionaries = shared.dict_filter.as_ref().map(|d| d.columns()).unwrap_or_default();
+    let mut dictionaries = shared.dict_filter.as_ref().map(|d| d.columns()).unwrap_or_default();
+    dictionaries.extend(shared.passed.iter().filter(|c| !dictionaries.contains(c)).collect::<Vec<_>>());
     let mut dict_cache = shared.dict_filter.as_ref().map(|d| d.cache()).unwrap_or_default();
     let stopped = || shared.stop.load(Ordering::Relaxed) || ctx.cancel.load(Ordering::Relaxed);
     // Morsels to decode whole before the early test is tried again, after one where it passed
@@ -567,7 +609,7 @@ fn worker(w: usize, workers: usize, shared: &Shared, ctx: &ExecContext, tx: Send
                 Ok(tx.send(Message::Batch(out, reservation, bytes)).is_ok())
             };
             let batch = match &shared.dict_filter {
-                Some(d) => match d.apply(batch, &mut dict_cache)? {
+                Some(d) => match d.apply(batch, &mut dict_cache, &shared.passed)? {
                     Some(b) => b,
                     None => return Ok(true),
                 },

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use arrow::array::RecordBatch;
+use arrow::array::{ArrayRef, RecordBatch, RecordBatchOptions};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
@@ -391,25 +391,30 @@ pub fn portable_schema(schema: &Schema) -> SchemaRef {
     Arc::new(Schema::new(fields))
 }
 
+/// `batch` with the columns of `schema`'s types, but for dictionaries of a field's type: the
+/// Parquet writer writes the values of a dictionary array as it does those of a plain one (the
+/// file's schema is the sink's), so they stay packed.
 fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
     if batch.schema().fields() == schema.fields() {
         return Ok(batch.clone());
     }
-    let columns = batch
-        .columns()
-        .iter()
-        .zip(schema.fields())
-        .map(
-            |(c, f)| {
-                if c.data_type() == f.data_type() {
-                    Ok(c.clone())
-                } else {
-                    arrow::compute::cast(c, f.data_type())
-                }
-            },
-        )
-        .collect::<std::result::Result<Vec<_>, _>>()?;
-    Ok(RecordBatch::try_new(schema.clone(), columns)?)
+    let mut fields: Vec<Field> = Vec::with_capacity(schema.fields().len());
+    let mut columns: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
+    for (c, f) in batch.columns().iter().zip(schema.fields()) {
+        match c.data_type() {
+            t if t == f.data_type() => columns.push(c.clone()),
+            DataType::Dictionary(_, v) if v.as_ref() == f.data_type() => {
+                fields.push(f.as_ref().clone().with_data_type(c.data_type().clone()));
+                columns.push(c.clone());
+                continue;
+            }
+            _ => columns.push(arrow::compute::cast(c, f.data_type())?),
+        }
+        fields.push(f.as_ref().clone());
+    }
+    let schema = Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()));
+    let rows = RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
+    Ok(RecordBatch::try_new_with_options(schema, columns, &rows)?)
 }
 
 /// A writer's error: failed writes (a full disk) are I/O errors on the target, the rest are
@@ -432,6 +437,11 @@ pub trait Sink {
     fn finish(self: Box<Self>) -> Result<WriteSummary>;
     /// About how many bytes the file has so far (written and still buffered).
     fn size(&self) -> u64;
+    /// Whether string columns may come as dictionary arrays of their type (a scan then passes
+    /// them on as the Parquet file stores them).
+    fn takes_dictionaries(&self) -> bool {
+        false
+    }
 }
 
 /// A sink running on a thread of its own, so that encoding and compressing the output overlaps
@@ -626,6 +636,10 @@ impl Sink for ParquetSink {
 
     fn size(&self) -> u64 {
         (self.writer.bytes_written() + self.writer.in_progress_size()) as u64
+    }
+
+    fn takes_dictionaries(&self) -> bool {
+        true
     }
 }
 

@@ -449,7 +449,7 @@ impl Table {
     /// saying so) in the Parquet row groups that store them dictionary-encoded throughout. With
     /// `early`, a Parquet scan hands out only the rows its test passes, and decodes the columns
     /// the test does not read for those rows only; other scans ignore it, as does one with
-    /// partition columns or dictionary columns the test does not read.
+    /// partition columns.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn scan_morsel_encoded(
         &self,
@@ -483,9 +483,7 @@ impl Table {
         };
         match &self.format {
             Format::Parquet => {
-                // Columns read as dictionaries are among the tested ones (their conditions are).
-                let early = early
-                    .filter(|e| partition_columns.is_empty() && dictionaries.iter().all(|d| e.columns.contains(d)));
+                let early = early.filter(|_| partition_columns.is_empty());
                 let first = match early {
                     Some(e) => {
                         let keep: Vec<bool> = e.columns.iter().map(|c| dictionaries.contains(c)).collect();
