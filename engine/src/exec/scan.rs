@@ -229,9 +229,10 @@ impl ScanPipeline {
         // Text formats need the same buffers for every morsel.
         let any = [Morsel { file: 0, row_group: 0, range: None }];
         let morsels = self.morsels.as_deref().unwrap_or(&any);
+        let prefetch = crate::source::prefetch_limit(ctx.pool.budget());
         let pages = morsels
             .iter()
-            .map(|m| self.table.page_buffer_bytes(*m, &self.projection, self.pruning.as_ref()))
+            .map(|m| self.table.page_buffer_bytes(*m, &self.projection, self.pruning.as_ref(), prefetch))
             .max()
             .unwrap_or(0);
         let row = morsels.iter().map(|m| self.table.estimated_row_bytes(*m, &self.projection)).max().unwrap_or(0);
@@ -557,6 +558,7 @@ fn worker(w: usize, workers: usize, shared: &Shared, ctx: &ExecContext, tx: Send
     let mut decode = ctx.pool.register(format!("{name} decode"), false);
     let mut in_flight = ctx.pool.register(format!("{name} batches"), false);
     let target = ctx.batch_bytes_target();
+    let prefetch = crate::source::prefetch_limit(ctx.pool.budget());
     let mut dictionaries = shared.dict_filter.as_ref().map(|d| d.columns()).unwrap_or_default();
     dictionaries.extend(shared.passed.iter().filter(|c| !dictionaries.contains(c)).collect::<Vec<_>>());
     let mut dict_cache = shared.dict_filter.as_ref().map(|d| d.cache()).unwrap_or_default();
@@ -571,7 +573,7 @@ fn worker(w: usize, workers: usize, shared: &Shared, ctx: &ExecContext, tx: Send
         let morsel = shared.morsels[k];
         let row_bytes = shared.table.estimated_row_bytes(morsel, &shared.projection).max(1);
         let batch_rows = ((target / row_bytes) as usize).clamp(64, ctx.config.batch_size.max(64));
-        let pages = shared.table.page_buffer_bytes(morsel, &shared.projection, shared.pruning.as_ref());
+        let pages = shared.table.page_buffer_bytes(morsel, &shared.projection, shared.pruning.as_ref(), prefetch);
         let early = shared.early.as_ref().filter(|_| early_pause == 0);
         early_pause = early_pause.saturating_sub(1);
         // The tested columns of the whole morsel are held while the others are decoded.
@@ -643,6 +645,7 @@ fn worker(w: usize, workers: usize, shared: &Shared, ctx: &ExecContext, tx: Send
             &ctx.counters,
             &dictionaries,
             early.map(|e| EarlyTest { columns: &e.columns, keeps: &keeps }),
+            prefetch,
             &mut emit,
         );
         if let Some((e, counts)) = &tested {

@@ -12,6 +12,7 @@ mod csv;
 mod hive;
 mod json;
 mod parquet;
+pub(crate) use parquet::prefetch_limit;
 mod pruning;
 
 use std::path::{Path, PathBuf};
@@ -419,10 +420,16 @@ impl Table {
     /// Bytes of raw input that one morsel reads for the given columns, so the reader's page buffers
     /// can be sized: the largest column chunk's share, capped at one page per column.
     /// With a pruning predicate, also the page index read to skip pages.
-    pub fn page_buffer_bytes(&self, morsel: Morsel, projection: &[usize], pruning: Option<&PruningPredicate>) -> u64 {
+    pub fn page_buffer_bytes(
+        &self,
+        morsel: Morsel,
+        projection: &[usize],
+        pruning: Option<&PruningPredicate>,
+        prefetch: u64,
+    ) -> u64 {
         let file = &self.files[morsel.file];
         match &file.parquet {
-            Some(meta) => parquet::page_buffer_bytes(meta, morsel.row_group, &self.schema, projection, pruning),
+            Some(meta) => parquet::page_buffer_bytes(meta, morsel.row_group, &self.schema, projection, pruning, prefetch),
             // CSV and JSON readers buffer a block of the file at a time.
             None => csv::READ_BUFFER_BYTES,
         }
@@ -441,7 +448,7 @@ impl Table {
         counters: &ScanCounters,
         emit: &mut dyn FnMut(RecordBatch) -> Result<bool>,
     ) -> Result<()> {
-        self.scan_morsel_encoded(morsel, projection, pruning, batch_rows, counters, &[], None, emit)
+        self.scan_morsel_encoded(morsel, projection, pruning, batch_rows, counters, &[], None, 0, emit)
     }
 
     /// [`scan_morsel`](Self::scan_morsel), with the string columns at positions `dictionaries`
@@ -460,6 +467,7 @@ impl Table {
         counters: &ScanCounters,
         dictionaries: &[usize],
         early: Option<EarlyTest>,
+        prefetch: u64,
         emit: &mut dyn FnMut(RecordBatch) -> Result<bool>,
     ) -> Result<()> {
         let file = &self.files[morsel.file];
@@ -517,6 +525,7 @@ impl Table {
                     &self.schema,
                     &dictionaries.iter().map(|&i| out_schema.field(i).name().as_str()).collect::<Vec<_>>(),
                     split,
+                    prefetch,
                     &mut adapt,
                 )
             }
