@@ -429,7 +429,9 @@ impl Table {
     ) -> u64 {
         let file = &self.files[morsel.file];
         match &file.parquet {
-            Some(meta) => parquet::page_buffer_bytes(meta, morsel.row_group, &self.schema, projection, pruning, prefetch),
+            Some(meta) => {
+                parquet::page_buffer_bytes(meta, morsel.row_group, &self.schema, projection, pruning, prefetch)
+            }
             // CSV and JSON readers buffer a block of the file at a time.
             None => csv::READ_BUFFER_BYTES,
         }
