@@ -82,7 +82,7 @@ pub(super) fn page_buffer_bytes(
     let rg = meta.metadata().row_group(row_group);
     let names = projected_names(table_schema, projection);
     let leaves = leaves_of(meta, &names);
-    // Chunks read whole (see [`ChunkBytes`]) are held whole.
+    // Chunks that may be read whole (see [`ChunkBytes`]) are counted whole.
     let whole = chunk_bytes(rg, &leaves) <= prefetch;
     let index = match pruning {
         Some(_) => {
@@ -245,11 +245,10 @@ fn chunk_bytes(rg: &parquet::file::metadata::RowGroupMetaData, leaves: &[usize])
 }
 
 /// The column chunks of one row group that a reader decodes, read whole into memory (one read per
-/// chunk) and handed to the decoder as slices, beside the file for anything else (everything,
-/// with no chunk read). Reading the file
-/// itself, the decoder reads each page's header through a buffer of 8 KiB and then the page again,
-/// in reads that start at 8 KiB and double: a lineitem scan of every column at scale factor 10
-/// read 3.5 GB from its 2.5 GB file in 1.3M calls, copying a gigabyte twice.
+/// chunk) and handed to the decoder as slices, beside the file for anything else (everything, when
+/// no chunk was read). Reading the file itself, the decoder reads each page's header through a
+/// buffer of 8 KiB and then the page again, in reads that start at 8 KiB and double: a lineitem
+/// scan of every column at scale factor 10 read 3.5 GB from its 2.5 GB file in 1.3M calls.
 struct ChunkBytes {
     file: std::sync::Arc<File>,
     len: u64,
@@ -351,10 +350,10 @@ impl parquet::file::reader::ChunkReader for ChunkBytes {
     fn get_bytes(&self, start: u64, length: usize) -> parquet::errors::Result<bytes::Bytes> {
         match self.find(start, length as u64) {
             // A compressed page is decompressed into a buffer of its own and its slice dropped.
-            // A page stored plainly is decoded from the slice itself, which keeps the whole chunk
-            // allocated for as long as the decoder holds it: fifty groupings of an uncompressed
-            // file in one process (32 MiB budget) ended at 27 MiB of RSS after the first's 24,
-            // against 24 to 25 with a copy. Such a page gets a copy of its own, as from the file.
+            // A page stored plainly is used as it is, and a slice keeps the whole chunk allocated
+            // for as long as anything holds the page: fifty groupings of an uncompressed file in
+            // one process (32 MiB budget) ended at 27 MiB of RSS after the first's 24, against 24
+            // to 25 with a copy. Such a page gets a copy of its own, as from the file.
             Some((bytes, true)) => Ok(bytes.slice(..length)),
             Some((bytes, false)) => Ok(bytes::Bytes::copy_from_slice(&bytes[..length])),
             None => self.file.get_bytes(start, length),
@@ -440,8 +439,6 @@ pub(super) fn scan(
             }
             None => (meta.clone(), row_group, None),
         };
-    // Chunks are read whole (see [`ChunkBytes`]) where the reader will read (about) every page:
-    // not where the page index leaves some out, nor for rows a test left few of.
     // Chunks are read whole (see [`ChunkBytes`]) where the reader reads about every page: not
     // where the page index leaves pages out, nor for the few rows a test left.
     let rg_meta = meta.metadata().row_group(row_group);
