@@ -1178,6 +1178,46 @@ fn parquet_output_of_dictionary_strings_holds_plain_strings() {
     }
 }
 
+/// A string column stored as one big dictionary per row group (30K distinct values of 40 bytes)
+/// reaches a Parquet output within a 16 MiB budget: a batch of a few thousand rows holding that
+/// dictionary counts all of it, so where it would count more than plain strings the scan unpacks it
+/// (passed as it is, every batch counted 1.4 MiB, and the scan's queue failed to reserve).
+#[test]
+fn big_dictionaries_reach_parquet_outputs_within_a_small_budget() {
+    use parquet::file::properties::WriterProperties;
+    let dir = tempfile::tempdir().unwrap();
+    let value = |i: u64| format!("value-{:06}-{}", (i * 7919) % 30_000, "x".repeat(27));
+    let schema =
+        Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false), Field::new("s", DataType::Utf8, false)]));
+    let batches: Vec<RecordBatch> = (0..10u64)
+        .map(|b| {
+            let ids = b * 200_000..(b + 1) * 200_000;
+            let strings: StringArray = ids.clone().map(|i| Some(value(i))).collect();
+            let ids = Int64Array::from_iter_values(ids.map(|i| i as i64));
+            RecordBatch::try_new(schema.clone(), vec![Arc::new(ids), Arc::new(strings)]).unwrap()
+        })
+        .collect();
+    let props = WriterProperties::builder()
+        .set_max_row_group_row_count(Some(200_000))
+        .set_dictionary_page_size_limit(4 << 20)
+        .set_compression(parquet::basic::Compression::SNAPPY)
+        .build();
+    write_parquet(&dir.path().join("b.parquet"), &batches, Some(props));
+    let e = engine_on(dir.path(), 16 << 20, "b");
+    let out = dir.path().join("out.parquet");
+    let (summary, _) = e.sql("SELECT id, s FROM b WHERE id % 2 = 0").unwrap().write(&out).unwrap();
+    assert_eq!(summary.rows, 1_000_000);
+    assert_eq!(e.pool().reserved(), 0);
+    let back = concat(&read_parquet(&out));
+    assert_eq!(back.schema().field(1).data_type(), &DataType::Utf8);
+    use arrow::array::AsArray;
+    let (ids, strings) =
+        (back.column(0).as_primitive::<arrow::datatypes::Int64Type>(), back.column(1).as_string::<i32>());
+    for r in (0..back.num_rows()).step_by(997) {
+        assert_eq!(strings.value(r), value(ids.value(r) as u64), "row {r}");
+    }
+}
+
 /// Group keys of narrow columns are packed into one integer where they fit and kept in row format
 /// where a string is too long; a table holding both kinds, filled, spilled and merged, gives the
 /// groups a plain count gives.

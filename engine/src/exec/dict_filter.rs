@@ -198,11 +198,30 @@ fn single_string_column(c: &Expr, schema: &Schema) -> Option<usize> {
 /// The batch with its dictionary columns unpacked to their value type, but for those at positions
 /// `passed`.
 fn decode(batch: RecordBatch, passed: &[usize]) -> Result<RecordBatch> {
+    unpack(batch, |i, _| !passed.contains(&i))
+}
+
+/// The batch with the dictionary columns that hold more bytes of values than 8 a row unpacked to
+/// their value type. A dictionary array's memory counts its values in every batch that shares
+/// them (reservations go by [`Array::get_array_memory_size`]): a column of 30K distinct 40-byte
+/// strings stored as one dictionary per row group counted 1.4 MiB in each batch of a few thousand
+/// rows, and a scan passing it to a Parquet output failed at a 16 MiB budget where plain strings
+/// fit. The few values of a flag or a mode stay packed.
+pub(crate) fn unpack_large_dictionaries(batch: RecordBatch) -> Result<RecordBatch> {
+    let rows = batch.num_rows();
+    unpack(batch, |_, c| match c.as_any_dictionary_opt() {
+        Some(d) => d.values().get_array_memory_size() > 8 * rows,
+        None => false,
+    })
+}
+
+/// The batch with the dictionary columns `which` picks (by position and array) unpacked to their
+/// value type.
+fn unpack(batch: RecordBatch, which: impl Fn(usize, &ArrayRef) -> bool) -> Result<RecordBatch> {
     let schema = batch.schema();
-    let unpacked = |(i, f): (usize, &arrow::datatypes::FieldRef)| {
-        matches!(f.data_type(), DataType::Dictionary(..)) && !passed.contains(&i)
-    };
-    if !schema.fields().iter().enumerate().any(unpacked) {
+    let picked = |i: usize, f: &Field, c: &ArrayRef| matches!(f.data_type(), DataType::Dictionary(..)) && which(i, c);
+    let any = schema.fields().iter().zip(batch.columns()).enumerate().any(|(i, (f, c))| picked(i, f, c));
+    if !any {
         return Ok(batch);
     }
     let rows = batch.num_rows();
@@ -210,7 +229,7 @@ fn decode(batch: RecordBatch, passed: &[usize]) -> Result<RecordBatch> {
     let mut columns: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
     for (i, (f, c)) in schema.fields().iter().zip(batch.columns()).enumerate() {
         match f.data_type() {
-            DataType::Dictionary(_, value) if !passed.contains(&i) => {
+            DataType::Dictionary(_, value) if picked(i, f, c) => {
                 columns.push(arrow::compute::cast(c, value)?);
                 fields.push(f.as_ref().clone().with_data_type(value.as_ref().clone()));
             }

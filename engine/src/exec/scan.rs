@@ -596,6 +596,10 @@ fn worker(w: usize, workers: usize, shared: &Shared, ctx: &ExecContext, tx: Send
                 reserve_waiting(&mut decode, decoded, shared, ctx)?;
             }
             let mut send = |out: RecordBatch| -> Result<bool> {
+                let out = match shared.passed.is_empty() {
+                    true => out,
+                    false => super::dict_filter::unpack_large_dictionaries(out)?,
+                };
                 let bytes = out.get_array_memory_size() as u64;
                 let queued = &shared.queued[w];
                 while queued.load(Ordering::Acquire) > 0 && queued.load(Ordering::Acquire) + bytes > shared.queue_limit
