@@ -1096,6 +1096,14 @@ fn write_mode_how(dir: &Path) {
     write_parquet(&dir.join("b.parquet"), &[batch(1000..2000)], Some(plain));
 }
 
+/// An engine with [`write_mode_how`]'s files in `dir` registered as `d`.
+fn mode_how_engine(dir: &Path) -> Engine {
+    write_mode_how(dir);
+    let mut e = engine(dir);
+    e.register("d", dir.join("*.parquet").to_str().unwrap()).unwrap();
+    e
+}
+
 /// Conditions on one string column are tested once per dictionary value where a row group stores
 /// the column dictionary-encoded; the rows must come out as if every row were tested: with nulls,
 /// several such columns, other conditions beside them, and row groups stored plainly or falling
@@ -1103,9 +1111,7 @@ fn write_mode_how(dir: &Path) {
 #[test]
 fn string_conditions_agree_on_dictionary_and_plain_row_groups() {
     let dir = tempfile::tempdir().unwrap();
-    write_mode_how(dir.path());
-    let mut e = engine(dir.path());
-    e.register("d", dir.path().join("*.parquet").to_str().unwrap()).unwrap();
+    let e = mode_how_engine(dir.path());
 
     type Test = fn(i64, Option<String>, Option<String>) -> bool;
     let cases: [(&str, Test); 8] = [
@@ -1151,9 +1157,7 @@ fn string_conditions_agree_on_dictionary_and_plain_row_groups() {
 #[test]
 fn parquet_output_of_dictionary_strings_holds_plain_strings() {
     let dir = tempfile::tempdir().unwrap();
-    write_mode_how(dir.path());
-    let mut e = engine(dir.path());
-    e.register("d", dir.path().join("*.parquet").to_str().unwrap()).unwrap();
+    let e = mode_how_engine(dir.path());
     let queries = [
         "SELECT id, mode, how FROM d",
         "SELECT mode AS m, id, how, mode FROM d WHERE id % 3 = 1",
