@@ -293,7 +293,7 @@ impl IntFilter {
 /// Asks the CPU to bring `value`'s cache line in (a hint: it never faults, and does nothing on
 /// targets without the instruction).
 #[inline(always)]
-fn prefetch<T>(value: &T) {
+pub(crate) fn prefetch<T>(value: &T) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: a prefetch reads nothing the program sees and cannot fault; the pointer comes from
     // a reference.
