@@ -94,3 +94,43 @@ fn many_small_batches_go_to_parts_read_back_in_order() {
     assert!(parts.iter().all(|p| !p.exists()));
     assert_eq!(spill.on_disk(), 0);
 }
+
+#[test]
+fn text_is_compressed_and_numbers_are_stored_plain() {
+    let parent = tempfile::tempdir().unwrap();
+    let spill = SpillManager::new(parent.path(), u64::MAX).unwrap();
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("k", DataType::Int64, false),
+        Field::new("s", DataType::Utf8, true),
+        Field::new("t", DataType::Struct(vec![Field::new("b", DataType::Binary, true)].into()), true),
+    ]));
+    let k = Int64Array::from_iter_values(0..100);
+    let s = StringArray::from_iter((0..100).map(|i| (i % 3 != 0).then(|| format!("some text {}", i % 5))));
+    let b = arrow::array::BinaryArray::from_iter((0..100).map(|i| Some(vec![i as u8 % 4; 8])));
+    let t = arrow::array::StructArray::from(vec![(
+        Arc::new(Field::new("b", DataType::Binary, true)),
+        Arc::new(b) as arrow::array::ArrayRef,
+    )]);
+    let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(k), Arc::new(s), Arc::new(t)]).unwrap();
+    let mut w = spill.create(schema, "Sort").unwrap();
+    w.write(&batch).unwrap();
+    let file = w.finish().unwrap();
+    let bytes = Bytes::from(std::fs::read(file.path()).unwrap());
+    let meta = parquet::file::metadata::ParquetMetaDataReader::new().parse_and_finish(&bytes).unwrap();
+    let codecs: Vec<(String, Compression)> = meta
+        .row_group(0)
+        .columns()
+        .iter()
+        .map(|c| (c.column_path().string(), c.compression()))
+        .collect();
+    assert_eq!(
+        codecs,
+        vec![
+            ("k".to_string(), Compression::UNCOMPRESSED),
+            ("s".to_string(), Compression::LZ4_RAW),
+            ("t.b".to_string(), Compression::LZ4_RAW),
+        ]
+    );
+    let back: Vec<RecordBatch> = file.reader().unwrap().collect::<Result<_>>().unwrap();
+    assert_eq!(back, vec![batch]);
+}
