@@ -402,7 +402,7 @@ impl<'e> Query<'e> {
         if sink.takes_dictionaries() {
             self.pipeline.keep_dictionaries();
         }
-        let mut sink = BackgroundSink::start(sink)?;
+        let mut sink = BackgroundSink::start(sink, &engine.ctx.pool)?;
         let metrics = self.for_each_owned(|batch, reservation| sink.write(batch, reservation))?;
         if engine.ctx.cancel.load(Ordering::Relaxed) {
             return Err(Error::Cancelled);
