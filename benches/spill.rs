@@ -61,13 +61,11 @@ fn bench(c: &mut Criterion) {
         })
     });
 
-    for (label, compression) in
-        [
-            ("parquet_uncompressed", Compression::UNCOMPRESSED),
-            ("parquet_lz4", Compression::LZ4_RAW),
-            ("parquet_zstd1", Compression::ZSTD(Default::default())),
-        ]
-    {
+    for (label, compression) in [
+        ("parquet_uncompressed", Compression::UNCOMPRESSED),
+        ("parquet_lz4", Compression::LZ4_RAW),
+        ("parquet_zstd1", Compression::ZSTD(Default::default())),
+    ] {
         let path = dir.path().join(format!("{label}.parquet"));
         group.bench_function(label, |b| {
             b.iter(|| {

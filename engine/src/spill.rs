@@ -4,10 +4,10 @@
 //! * Each run owns one folder `flow-spill-*` under the spill dir, with a `pid` file naming its owner.
 //!   At start, folders whose owner is dead are removed ([`SpillManager::new`]).
 //! * A [`SpillWriter`] writes each batch as one row group (text LZ4_RAW, numbers plain, no
-//!   statistics, no dictionary, no page index: see [`spill_properties`]), so the writer never
-//!   buffers more than the batch it was given. The bytes on disk are
-//!   counted against `--max-spill`; a write that would pass it fails with [`Error::SpillLimit`] and
-//!   removes its file.
+//!   statistics, no dictionary, no page index: see `spill_properties`), so the writer never
+//!   buffers more than the batch it was given. The bytes on disk are counted against
+//!   `--max-spill`; a write that would pass it fails with [`Error::SpillLimit`] and removes its
+//!   file.
 //! * A Parquet writer keeps every row group's metadata (a few KB each) until the footer is written,
 //!   and a reader loads it all. A spill file of thousands of small batches (a partition filled a few
 //!   rows at a time) would hold megabytes no reservation pays for, so a spill file is written as
@@ -159,7 +159,7 @@ impl SpillManager {
 /// fifth of the CPU of a sort's run phase (lineitem by `l_comment` at scale factor 10, 512 MiB),
 /// and reading them back decompressed them again. Stored plain, that sort spilled 2.6 GiB instead
 /// of 1.7 and took 32.0-36.9 s instead of 37.4-39.7 (all columns plain: 3.7 GiB, 33.8-37.2 s).
-pub(crate) fn spill_properties(schema: &SchemaRef) -> parquet::errors::Result<WriterProperties> {
+fn spill_properties(schema: &SchemaRef) -> parquet::errors::Result<WriterProperties> {
     let columns = parquet::arrow::ArrowSchemaConverter::new().convert(schema)?;
     let mut props = WriterProperties::builder()
         .set_compression(Compression::UNCOMPRESSED)

@@ -117,12 +117,8 @@ fn text_is_compressed_and_numbers_are_stored_plain() {
     let file = w.finish().unwrap();
     let bytes = Bytes::from(std::fs::read(file.path()).unwrap());
     let meta = parquet::file::metadata::ParquetMetaDataReader::new().parse_and_finish(&bytes).unwrap();
-    let codecs: Vec<(String, Compression)> = meta
-        .row_group(0)
-        .columns()
-        .iter()
-        .map(|c| (c.column_path().string(), c.compression()))
-        .collect();
+    let codecs: Vec<(String, Compression)> =
+        meta.row_group(0).columns().iter().map(|c| (c.column_path().string(), c.compression())).collect();
     assert_eq!(
         codecs,
         vec![

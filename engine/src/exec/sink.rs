@@ -514,16 +514,17 @@ impl BackgroundSink {
         let writer = std::thread::Builder::new()
             .name("flow-writer".into())
             .spawn(move || {
-                let _stopped = stopped;
+                // Moved in whole, so that it drops (and marks the writer stopped) as the thread ends.
+                let guard = stopped;
                 while let Ok(item) = batches.recv() {
                     match item {
                         Queued::Batch(batch, reservation, bytes) => {
                             sink.write(&batch)?;
                             drop((batch, reservation));
-                            let mut queue = _stopped.0.lock();
+                            let mut queue = guard.0.lock();
                             queue.batches -= 1;
                             queue.bytes -= bytes;
-                            _stopped.0.done.notify_one();
+                            guard.0.done.notify_one();
                         }
                         Queued::Finish => return sink.finish().map(Some),
                     }

@@ -84,16 +84,7 @@ impl SortStream {
         metrics: Arc<OperatorMetrics>,
     ) -> Result<SortStream> {
         let schema = child.schema();
-        let fields = keys
-            .iter()
-            .map(|k| {
-                SortField::new_with_options(
-                    schema.field(k.column).data_type().clone(),
-                    SortOptions { descending: k.descending, nulls_first: k.nulls_first },
-                )
-            })
-            .collect();
-        let converter = RowConverter::new(fields)?;
+        let converter = RowConverter::new(sort_fields(&schema, &keys))?;
         let prefix_words = prefix_words(&schema, &keys);
         let share = ctx.available_for_sizing().saturating_sub(child_max);
         let reservation = ctx.pool.register("ExternalSort", true);
@@ -279,18 +270,8 @@ impl Sorter {
 
     /// What makes a merge's keys of chunks read back (the same as [`Sorter::keys_of`]).
     fn chunk_keys(&self) -> Result<ChunkKeys> {
-        let fields = self
-            .keys
-            .iter()
-            .map(|k| {
-                SortField::new_with_options(
-                    self.schema.field(k.column).data_type().clone(),
-                    SortOptions { descending: k.descending, nulls_first: k.nulls_first },
-                )
-            })
-            .collect();
         Ok(ChunkKeys {
-            converter: Arc::new(RowConverter::new(fields)?),
+            converter: Arc::new(RowConverter::new(sort_fields(&self.schema, &self.keys))?),
             columns: self.keys.iter().map(|k| k.column).collect(),
         })
     }
@@ -667,6 +648,18 @@ impl Sorter {
         };
         Ok(State::Merge(merger))
     }
+}
+
+/// The row-format fields of the sort keys.
+fn sort_fields(schema: &SchemaRef, keys: &[SortKey]) -> Vec<SortField> {
+    keys.iter()
+        .map(|k| {
+            SortField::new_with_options(
+                schema.field(k.column).data_type().clone(),
+                SortOptions { descending: k.descending, nulls_first: k.nulls_first },
+            )
+        })
+        .collect()
 }
 
 /// A sorted run: chunks kept in memory, or a spill file.
@@ -1058,7 +1051,9 @@ impl Merger {
         for run in runs {
             readers.push(match (run, &merger.ahead) {
                 (Run::Memory(chunks), _) => RunReader::Memory(chunks),
-                (Run::Spilled(file), Some(ahead)) => RunReader::Ahead { next: Some(ahead.ask(file.reader()?)?), _file: file },
+                (Run::Spilled(file), Some(ahead)) => {
+                    RunReader::Ahead { next: Some(ahead.ask(file.reader()?)?), _file: file }
+                }
                 (Run::Spilled(file), None) => RunReader::Spilled { reader: file.reader()?, _file: file },
                 (Run::Writing(..), _) => unreachable!("writes finish before a merge"),
             });
