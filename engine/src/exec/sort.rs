@@ -637,9 +637,11 @@ impl Sorter {
             }
         }
         // The final merge reads each spilled run's next chunk ahead, on a thread of its own, when
-        // the pool holds that chunk and its keys too for every run (see [`ReadAhead`]).
+        // the pool holds that chunk and its keys too for every run (see [`ReadAhead`]), and the
+        // run may use more than one thread.
         let per_run_ahead = per_run + self.max_chunk_bytes + self.max_chunk_keys;
-        let ahead = self.runs.iter().any(|r| matches!(r, Run::Spilled(_)))
+        let ahead = self.ctx.config.threads > 1
+            && self.runs.iter().any(|r| matches!(r, Run::Spilled(_)))
             && self.runs.len() <= fan_in_now_with(&self.ctx.pool, per_run_ahead);
         let runs = std::mem::take(&mut self.runs);
         let merger = match ahead {
