@@ -109,6 +109,11 @@ fn bench(c: &mut Criterion) {
         });
     }
     group.finish();
+    let mut w = spill.create(schema.clone(), "bench").unwrap();
+    for batch in &data {
+        w.write(batch).unwrap();
+    }
+    eprintln!("parquet_spill_manager: {} bytes", w.finish().unwrap().bytes());
     for entry in std::fs::read_dir(dir.path()).unwrap().flatten() {
         if entry.path().is_file() {
             eprintln!("{}: {} bytes", entry.file_name().to_string_lossy(), entry.metadata().unwrap().len());
