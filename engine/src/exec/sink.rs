@@ -1110,8 +1110,10 @@ mod tests {
     }
 
     /// How many batches of 100 KB a background sink takes while its writer is stuck, with `held`
-    /// bytes of a 32 MiB pool taken by others (the queue's bytes are a 32nd of it: 1 MiB).
-    fn queued_while_stuck(held: u64) -> usize {
+    /// bytes of a 32 MiB pool taken by others (the queue's bytes are a 32nd of it: 1 MiB): waits
+    /// until `expected` are queued (however slowly the producer runs), then a while longer for
+    /// any more the queue would wrongly take.
+    fn queued_while_stuck(held: u64, expected: usize) -> usize {
         let pool = MemoryPool::new(32 << 20);
         let mut others = pool.register("others", false);
         others.try_grow(held).unwrap();
@@ -1129,8 +1131,11 @@ mod tests {
             }
             sink.finish().unwrap();
         });
-        // The producer queues what it may at once, then waits for the writer.
-        std::thread::sleep(Duration::from_millis(300));
+        let start = std::time::Instant::now();
+        while queued.load(Ordering::SeqCst) < expected && start.elapsed() < Duration::from_secs(20) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        std::thread::sleep(Duration::from_millis(200));
         let n = queued.load(Ordering::SeqCst);
         for _ in 0..20 {
             gate.send(()).unwrap();
@@ -1142,8 +1147,8 @@ mod tests {
     #[test]
     fn the_output_queue_grows_only_while_the_pool_has_room() {
         // Ten batches make 1 MiB less 48 KB; the writer holds none of them yet.
-        assert_eq!(queued_while_stuck(0), 10);
+        assert_eq!(queued_while_stuck(0, 10), 10);
         // Less than 1 MiB free: two batches, as the queue always takes.
-        assert_eq!(queued_while_stuck(31 << 20), 2);
+        assert_eq!(queued_while_stuck(31 << 20, 2), 2);
     }
 }

@@ -818,10 +818,9 @@ impl RunReader {
             RunReader::Spilled { reader, .. } => read_chunk(reader, keys),
             RunReader::Ahead { next, .. } => {
                 let Some(pending) = next.take() else { return Ok(None) };
-                let stopped = || Error::Execution("internal error: the sort's read-ahead thread stopped".into());
-                let (reader, chunk) = pending.recv().map_err(|_| stopped())?;
+                let (reader, chunk) = pending.recv().map_err(|_| ReadAhead::stopped())?;
                 if let Ok(Some(_)) = &chunk {
-                    *next = Some(ahead.ok_or_else(stopped)?.ask(reader)?);
+                    *next = Some(ahead.ok_or_else(ReadAhead::stopped)?.ask(reader)?);
                 }
                 chunk
             }
@@ -897,11 +896,13 @@ impl ReadAhead {
     /// Asks for `reader`'s next chunk; the answer comes on the channel returned.
     fn ask(&self, reader: SpillReader) -> Result<std::sync::mpsc::Receiver<ReadChunk>> {
         let (answer, receiver) = std::sync::mpsc::sync_channel(1);
-        self.requests
-            .as_ref()
-            .and_then(|r| r.send((reader, answer)).ok())
-            .ok_or_else(|| Error::Execution("internal error: the sort's read-ahead thread stopped".into()))?;
+        self.requests.as_ref().and_then(|r| r.send((reader, answer)).ok()).ok_or_else(Self::stopped)?;
         Ok(receiver)
+    }
+
+    /// The error when the thread is gone (it stops only when dropped, or on a panic).
+    fn stopped() -> Error {
+        Error::Execution("internal error: the sort's read-ahead thread stopped".into())
     }
 }
 
