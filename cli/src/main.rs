@@ -425,6 +425,7 @@ fn unit_report(step: &str, unit: &Unit, attempts: u32) -> UnitReport {
         spill: Default::default(),
         reserved_after: 0,
         rss_after: None,
+        allocated_after: None,
     }
 }
 
@@ -434,6 +435,7 @@ fn release_memory(engine: &Engine, entry: &mut UnitReport, bookkeeping: u64) {
     flow_engine::alloc::release_free_memory();
     entry.reserved_after = engine.pool().reserved().saturating_sub(bookkeeping);
     entry.rss_after = flow_engine::alloc::current_rss();
+    entry.allocated_after = flow_engine::alloc::allocated_now();
 }
 
 fn spill_delta(after: flow_engine::SpillStats, before: flow_engine::SpillStats) -> flow_engine::SpillStats {

@@ -86,6 +86,9 @@ pub struct UnitReport {
     pub reserved_after: u64,
     /// The process's resident set size once the unit was done and memory released.
     pub rss_after: Option<u64>,
+    /// Heap bytes still live once the unit was done, as the counting allocator sees them: what
+    /// the run keeps between units (its report, the step's unit list), never a unit's data.
+    pub allocated_after: Option<u64>,
 }
 
 impl Report {
