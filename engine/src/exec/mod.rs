@@ -16,12 +16,14 @@
 //! on the consumer; when a limit is satisfied the stream stops its sources early.
 
 mod aggregate;
+mod dict_column;
 mod dict_filter;
 mod int_map;
 mod join;
 mod metrics;
 mod operators;
 mod packed_keys;
+mod parquet_writer;
 mod partition;
 mod row_keys;
 mod scan;

@@ -13,10 +13,10 @@ use std::sync::Arc;
 
 use arrow::array::{ArrayRef, RecordBatch, RecordBatchOptions};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 
+use super::parquet_writer::ParquetWriter;
 use crate::error::{Error, Result};
 use crate::memory::{MemoryPool, MemoryReservation};
 
@@ -601,7 +601,7 @@ impl Drop for BackgroundSink {
 /// A Parquet file sink.
 pub struct ParquetSink {
     pending: PendingFile,
-    writer: ArrowWriter<File>,
+    writer: ParquetWriter<File>,
     schema: SchemaRef,
     reservation: MemoryReservation,
     row_group_bytes: usize,
@@ -655,7 +655,7 @@ impl ParquetSink {
             .build();
         let (mut pending, file) = PendingFile::create(target)?;
         pending.no_clobber = options.overwrite == Overwrite::Error;
-        let writer = ArrowWriter::try_new(file, schema.clone(), Some(props))
+        let writer = ParquetWriter::try_new(file, schema.clone(), props)
             .map_err(|e| Error::Execution(format!("writing {}: {e}", target.display())))?;
         // Reserve a working size up front (open pages, and a row group of encoded data up to a
         // thirty-second of the budget), so that operators filling the pool cannot starve the
@@ -744,7 +744,7 @@ impl ParquetSink {
         let target = this.pending.target.clone();
         let err = |e: parquet::errors::ParquetError| writer_error(&target, e);
         this.writer.flush().map_err(err)?;
-        let row_groups = this.writer.flushed_row_groups().len();
+        let row_groups = this.writer.row_groups();
         let file = this.writer.into_inner().map_err(err)?;
         let bytes = this.pending.commit(&file)?;
         drop(this.reservation);
