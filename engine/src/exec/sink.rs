@@ -645,7 +645,7 @@ impl ParquetSink {
         // and then written plain all the same, so a smaller one gives up sooner. On TPC-H scale
         // factor 10, writing three lineitem columns took 2.5 s instead of 2.9 s (CPU 3.7 s, not
         // 4.1 s), and the file came out a tenth smaller; columns of a few values keep theirs.
-        let props = WriterProperties::builder()
+        let props = delta_for_integers(WriterProperties::builder(), &schema)
             .set_compression(options.compression.parquet())
             .set_statistics_enabled(EnabledStatistics::Page)
             .set_data_page_size_limit(page_bytes)
@@ -672,6 +672,31 @@ impl ParquetSink {
     fn error(&self, e: parquet::errors::ParquetError) -> Error {
         writer_error(&self.pending.target, e)
     }
+}
+
+/// Integer columns (integers, dates, timestamps, decimals of up to 18 digits) whose dictionary
+/// fills go on as DELTA_BINARY_PACKED instead of PLAIN: differences, bit-packed, which for keys
+/// and prices take a few bits a value instead of 4 or 8 bytes, and leave zstd less to do. Writing
+/// every lineitem column of TPC-H scale factor 10 where `l_discount` is 0.05 to 0.07 took 8.4 to
+/// 8.7 s instead of 9.2 to 9.4 s (user CPU 14.0 s against 15.2 s), in a file 6% smaller; the
+/// three columns of `q_filter_project` 1.5 to 1.7 s instead of 1.9 s. The encoding is part of
+/// the format since its first version and valid in the data pages (v1) flow writes; pyarrow,
+/// DuckDB and Polars read such files back equal to the PLAIN ones.
+/// (A schema Parquet cannot hold is left to the writer, which names the column.)
+fn delta_for_integers(
+    mut props: parquet::file::properties::WriterPropertiesBuilder,
+    schema: &Schema,
+) -> parquet::file::properties::WriterPropertiesBuilder {
+    use parquet::basic::{Encoding, Type};
+    let Ok(parquet) = parquet::arrow::ArrowSchemaConverter::new().convert(schema) else {
+        return props;
+    };
+    for column in parquet.columns() {
+        if matches!(column.physical_type(), Type::INT32 | Type::INT64) {
+            props = props.set_column_encoding(column.path().clone(), Encoding::DELTA_BINARY_PACKED);
+        }
+    }
+    props
 }
 
 /// `batch` cut into slices of about `bytes` of memory each (zero-copy).
@@ -1150,5 +1175,64 @@ mod tests {
         assert_eq!(queued_while_stuck(0, 10), 10);
         // Less than 1 MiB free: two batches, as the queue always takes.
         assert_eq!(queued_while_stuck(31 << 20, 2), 2);
+    }
+
+    #[test]
+    fn integers_of_many_values_go_delta_encoded_and_dictionary_strings_stay_dictionaries() {
+        use arrow::array::{Date32Array, DictionaryArray, Int32Array, StringArray};
+        use arrow::datatypes::Int32Type;
+        use parquet::arrow::arrow_reader::{ArrowReaderOptions, ParquetRecordBatchReaderBuilder};
+        use parquet::basic::Encoding;
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("out.parquet");
+        let rows = 300_000;
+        let keys = Int64Array::from_iter_values((0..rows).map(|i| i * 3 + i % 7));
+        let few = Int64Array::from_iter_values((0..rows).map(|i| i % 5));
+        let days = Date32Array::from_iter_values((0..rows).map(|i| (i / 100) as i32));
+        let modes = StringArray::from(vec!["AIR", "MAIL", "SHIP"]);
+        let mode_keys = Int32Array::from_iter_values((0..rows).map(|i| ((i * 7) % 3) as i32));
+        let dictionary = DictionaryArray::<Int32Type>::try_new(mode_keys, Arc::new(modes)).unwrap();
+        let batch = RecordBatch::try_from_iter([
+            ("key", Arc::new(keys) as ArrayRef),
+            ("few", Arc::new(few) as ArrayRef),
+            ("day", Arc::new(days) as ArrayRef),
+            ("mode", Arc::new(dictionary) as ArrayRef),
+        ])
+        .unwrap();
+        let schema = Schema::new(vec![
+            Field::new("key", DataType::Int64, true),
+            Field::new("few", DataType::Int64, true),
+            Field::new("day", DataType::Date32, true),
+            Field::new("mode", DataType::Utf8, true),
+        ]);
+        let pool = MemoryPool::new(64 << 20);
+        let mut sink = ParquetSink::create(&target, &schema, &pool).unwrap();
+        for offset in (0..rows as usize).step_by(8192) {
+            sink.write(&batch.slice(offset, 8192.min(rows as usize - offset))).unwrap();
+        }
+        Box::new(sink).finish().unwrap();
+        assert_eq!(pool.reserved(), 0);
+        let file = std::fs::File::open(&target).unwrap();
+        let options = ArrowReaderOptions::new().with_encoding_stats_as_mask(false);
+        let reader = ParquetRecordBatchReaderBuilder::try_new_with_options(file, options).unwrap();
+        // The encodings of a column's data pages.
+        let encodings = |column: usize| -> Vec<Encoding> {
+            let meta = reader.metadata().row_group(0).column(column);
+            let stats = meta.page_encoding_stats().unwrap().iter();
+            stats.filter(|s| s.page_type == parquet::basic::PageType::DATA_PAGE).map(|s| s.encoding).collect()
+        };
+        // Keys fill the dictionary and go on as deltas; the rest keep their dictionaries.
+        assert!(encodings(0).contains(&Encoding::DELTA_BINARY_PACKED), "{:?}", encodings(0));
+        for column in 1..4 {
+            assert!(!encodings(column).contains(&Encoding::DELTA_BINARY_PACKED), "{column}: {:?}", encodings(column));
+            assert!(!encodings(column).contains(&Encoding::PLAIN), "{column}: {:?}", encodings(column));
+        }
+        let read: Vec<RecordBatch> = reader.build().unwrap().map(|b| b.unwrap()).collect();
+        let read = arrow::compute::concat_batches(&read[0].schema(), &read).unwrap();
+        assert_eq!(read.column(0).as_ref(), batch.column(0).as_ref());
+        assert_eq!(read.column(1).as_ref(), batch.column(1).as_ref());
+        assert_eq!(read.column(2).as_ref(), batch.column(2).as_ref());
+        let modes = arrow::compute::cast(batch.column(3), &DataType::Utf8).unwrap();
+        assert_eq!(read.column(3).as_ref(), modes.as_ref());
     }
 }

@@ -274,10 +274,18 @@ impl ChunkBytes {
         let chunks = chunks
             .into_iter()
             .map(|((start, length), compressed)| {
-                let mut buf = vec![0u8; length as usize];
+                // Read into spare capacity: zeroing the buffer first took a fortieth of a wide
+                // scan's worker time.
+                let mut buf = Vec::with_capacity(length as usize);
                 let mut f = &file;
                 f.seek(SeekFrom::Start(start))?;
-                f.read_exact(&mut buf)?;
+                f.take(length).read_to_end(&mut buf)?;
+                if buf.len() as u64 != length {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "a column chunk past the file's end",
+                    ));
+                }
                 Ok((start, bytes::Bytes::from(buf), compressed))
             })
             .collect::<std::io::Result<Vec<_>>>()?;
