@@ -430,4 +430,11 @@ fn pyarrow_duckdb_and_polars_read_what_flow_writes() {
     );
     ok(&run);
     python(&py, &["hive", &format!("{folder}/hive")]);
+    // Integers as deltas, strings through flow's own dictionary encoder, with each codec.
+    let wide = script_sql("WIDE_SQL");
+    for codec in ["zstd", "snappy", "lz4", "none"] {
+        let out = format!("wide-{codec}.parquet");
+        ok(&flow(d, &["sql", "--source", "big=big.parquet", "--compression", codec, "-o", &out, &wide]));
+        python(&py, &["wide", &format!("{folder}/{out}")]);
+    }
 }

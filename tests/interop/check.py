@@ -3,6 +3,7 @@
     python check.py source DIR        writes DIR/src.parquet (every type, nulls included)
     python check.py typed DIR/out...  checks files flow wrote from TYPED_SQL (see tests/outputs.rs)
     python check.py hive DIR/hive     checks the hive-partitioned folder flow wrote from HIVE_SQL
+    python check.py wide DIR/out...   checks a file flow wrote from WIDE_SQL over DIR/big.parquet
 
 Expected values come from the source as pyarrow built it and from DuckDB running the same SQL;
 expected types are spelled out below, per reader. Exits non-zero with the first difference.
@@ -26,6 +27,10 @@ TYPED_SQL = """SELECT id, i8, i16, i32, i64, u8, u32, f32, f64, dec, dec38, s, b
     s || '!' AS shout, CAST(dt AS TIMESTAMP) AS midnight
 FROM src ORDER BY id"""
 HIVE_SQL = "SELECT kind, year, id, s, dec FROM src"
+# Over 120 000 rows: integers of too many values for a dictionary (written as deltas) and
+# strings of a few values that the scan passes on as dictionaries (flow's own column encoder).
+WIDE_SQL = "SELECT id, key, day, amount, mode, note FROM big WHERE id % 10 <> 3"
+WIDE_ROWS = 120_000
 
 # column: (pyarrow type, DuckDB type, Polars type)
 TYPES = {
@@ -126,6 +131,22 @@ def source(folder):
         }
     )
     pq.write_table(t, f"{folder}/src.parquet", row_group_size=300)
+    modes = ["AIR", "MAIL", "RAIL", "SHIP", "TRUCK", "FOB", "REG AIR"]
+    ids = range(WIDE_ROWS)
+    big = pa.table(
+        {
+            "id": pa.array(ids, pa.int64()),
+            "key": pa.array(null_every(97, [(i * 2654435761) % (1 << 40) - (1 << 39) for i in ids]), pa.int64()),
+            "day": pa.array([day + datetime.timedelta(days=i // 7) for i in ids], pa.date32()),
+            "amount": pa.array(
+                null_every(89, [decimal.Decimal(i * 7919 % 10_000_000 - 5_000_000).scaleb(-2) for i in ids]),
+                pa.decimal128(12, 2),
+            ),
+            "mode": pa.array(null_every(11, [modes[i * 5 % 7] for i in ids]), pa.string()),
+            "note": pa.array([f"note {i % 300} ✓" if i % 50 else None for i in ids], pa.string()),
+        }
+    )
+    pq.write_table(big, f"{folder}/big.parquet", row_group_size=40_000)
 
 
 def duck_reference(sql, folder):
@@ -219,6 +240,39 @@ def hive(path):
     print(f"interop: {path}: {len(want)} rows in hive partitions agree in pyarrow, DuckDB and Polars")
 
 
+def wide(path):
+    folder = path.rsplit("/", 1)[0]
+    # The file must hold what this check is for: delta-encoded integers, dictionary strings.
+    meta = pq.ParquetFile(path).metadata
+    columns = {meta.row_group(0).column(c).path_in_schema: meta.row_group(0).column(c) for c in range(meta.num_columns)}
+    for name in ["key", "amount"]:
+        if "DELTA_BINARY_PACKED" not in columns[name].encodings:
+            fail(f"{name}: encodings {columns[name].encodings}, expected DELTA_BINARY_PACKED among them")
+    for name in ["mode", "note"]:
+        if not columns[name].has_dictionary_page or "PLAIN" not in columns[name].encodings:
+            fail(f"{name}: encodings {columns[name].encodings}, expected a dictionary")
+
+    con = duckdb.connect()
+    con.execute(f"CREATE VIEW big AS SELECT * FROM read_parquet('{folder}/big.parquet')")
+    expected = con.sql(WIDE_SQL).to_arrow_table()
+    got = pq.read_table(path)
+    for name in expected.schema.names:
+        same(got.column(name).to_pylist(), expected.column(name).to_pylist(), f"pyarrow {name}")
+    rows = con.execute(f"SELECT * FROM read_parquet('{path}')").fetchall()
+    same(rows, con.execute(WIDE_SQL).fetchall(), "DuckDB")
+    # Statistics and the page index: DuckDB's filters on the file agree with the file's rows.
+    for where in ["mode = 'RAIL'", "key > 0", "amount < 0", "note = 'note 7 ✓'", "mode IS NULL"]:
+        count = con.execute(f"SELECT count(*) FROM read_parquet('{path}') WHERE {where}").fetchone()[0]
+        want = con.execute(f"SELECT count(*) FROM ({WIDE_SQL}) WHERE {where}").fetchone()[0]
+        if count != want:
+            fail(f"DuckDB: {count} rows where {where}, expected {want}")
+    frame = pl.read_parquet(path)
+    reference = pl.from_arrow(expected)
+    for name in expected.schema.names:
+        same(frame[name].to_list(), reference[name].to_list(), f"Polars {name}")
+    print(f"interop: {path}: {got.num_rows} rows of delta and dictionary columns agree in pyarrow, DuckDB and Polars")
+
+
 if __name__ == "__main__":
     command, target = sys.argv[1], sys.argv[2]
-    {"source": source, "typed": typed, "hive": hive}[command](target)
+    {"source": source, "typed": typed, "hive": hive, "wide": wide}[command](target)

@@ -52,7 +52,7 @@ pub(crate) fn takes(array: &dyn Array, descr: &ColumnDescPtr, props: &WriterProp
         && props.statistics_enabled(path) == EnabledStatistics::Page
         && props.bloom_filter_properties(path).is_none()
         && props.writer_version() == WriterVersion::PARQUET_1_0
-        && Compressor::new(props.compression(path)).is_some()
+        && Compressor::handles(props.compression(path))
 }
 
 /// One column chunk being encoded (see the module's documentation).
@@ -706,6 +706,14 @@ enum Compressor {
 }
 
 impl Compressor {
+    /// Whether `compression` is one of the codecs [`Compressor::new`] makes.
+    fn handles(compression: Compression) -> bool {
+        matches!(
+            compression,
+            Compression::UNCOMPRESSED | Compression::SNAPPY | Compression::LZ4_RAW | Compression::ZSTD(_)
+        )
+    }
+
     fn new(compression: Compression) -> Option<Compressor> {
         Some(match compression {
             Compression::UNCOMPRESSED => Compressor::None,
