@@ -28,7 +28,8 @@ fn generate(path: &std::path::Path) {
     // Row groups of 100K rows, as TPC-H's generator and DuckDB write them (about 120K): a row group
     // of parquet-rs's default 1M rows needs a 30 MiB budget to be decoded at all, more than the
     // tight variant's 16 MiB.
-    let props = parquet::file::properties::WriterProperties::builder().set_max_row_group_row_count(Some(100_000)).build();
+    let props =
+        parquet::file::properties::WriterProperties::builder().set_max_row_group_row_count(Some(100_000)).build();
     let mut w = parquet::arrow::ArrowWriter::try_new(file, schema.clone(), Some(props)).unwrap();
     let modes = ["AIR", "FOB", "MAIL", "RAIL", "REG AIR", "SHIP", "TRUCK"];
     for start in (0..ROWS).step_by(100_000) {

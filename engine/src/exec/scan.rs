@@ -574,14 +574,25 @@ fn worker(w: usize, workers: usize, shared: &Shared, ctx: &ExecContext, tx: Send
         let row_bytes = shared.table.estimated_row_bytes(morsel, &shared.projection).max(1);
         let batch_rows = ((target / row_bytes) as usize).clamp(64, ctx.config.batch_size.max(64));
         let pages = shared.table.page_buffer_bytes(morsel, &shared.projection, shared.pruning.as_ref(), prefetch);
-        let early = shared.early.as_ref().filter(|_| early_pause == 0);
+        let mut early = shared.early.as_ref().filter(|_| early_pause == 0);
         early_pause = early_pause.saturating_sub(1);
-        // The tested columns of the whole morsel are held while the others are decoded.
+        // The tested columns of the whole morsel are held while the others are decoded. That is
+        // beyond what the plan sized a worker for (pages and batches): when the pool cannot give
+        // it now, the morsel is decoded whole instead (a row group of 1M rows held 20 MiB of
+        // tested columns, and failed a 16 MiB budget that decodes it in batches).
+        let base = pages + batch_rows as u64 * row_bytes;
         let held = early.map_or(0, |e| {
             let columns: Vec<usize> = e.columns.iter().map(|&c| shared.projection[c]).collect();
             shared.table.estimated_row_bytes(morsel, &columns) * shared.table.morsel_rows(morsel).unwrap_or(0)
         });
-        if let Err(e) = reserve_waiting(&mut decode, pages + batch_rows as u64 * row_bytes + held, shared, ctx) {
+        let held = match held > 0 && decode.try_resize(base + held).is_err() {
+            true => {
+                early = None;
+                0
+            }
+            false => held,
+        };
+        if let Err(e) = reserve_waiting(&mut decode, base + held, shared, ctx) {
             let _ = tx.send(Message::Error(e));
             return;
         }
