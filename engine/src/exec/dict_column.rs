@@ -466,6 +466,7 @@ impl DictColumn {
     /// The bytes this encoder holds, the input dictionary it keeps for the next batch included.
     pub(crate) fn memory_size(&self) -> usize {
         self.input.as_ref().map_or(0, |values| values.get_array_memory_size())
+            + self.compressor.memory_size()
             + self.data.inner().capacity()
             + self.dictionary.capacity()
             + self.spans.capacity() * 8
@@ -697,12 +698,13 @@ fn increment(mut data: Vec<u8>) -> Option<Vec<u8>> {
     None
 }
 
-/// A page compressor for the codecs flow writes.
+/// A page compressor for the codecs flow writes. A zstd context is kept from page to page (its
+/// tables are not set up again for each), and counted in the encoder's memory.
 enum Compressor {
     None,
     Snappy(snap::raw::Encoder),
     Lz4,
-    Zstd(zstd::bulk::Compressor<'static>),
+    Zstd(zstd::bulk::Compressor<'static>, usize),
 }
 
 impl Compressor {
@@ -719,7 +721,9 @@ impl Compressor {
             Compression::UNCOMPRESSED => Compressor::None,
             Compression::SNAPPY => Compressor::Snappy(snap::raw::Encoder::new()),
             Compression::LZ4_RAW => Compressor::Lz4,
-            Compression::ZSTD(level) => Compressor::Zstd(zstd::bulk::Compressor::new(level.compression_level()).ok()?),
+            Compression::ZSTD(level) => {
+                Compressor::Zstd(zstd::bulk::Compressor::new(level.compression_level()).ok()?, 0)
+            }
             _ => return None,
         })
     }
@@ -730,8 +734,20 @@ impl Compressor {
             Compressor::None => data,
             Compressor::Snappy(encoder) => encoder.compress_vec(&data).map_err(|e| external(Box::new(e)))?,
             Compressor::Lz4 => lz4_flex::block::compress(&data),
-            Compressor::Zstd(compressor) => compressor.compress(&data).map_err(|e| external(Box::new(e)))?,
+            Compressor::Zstd(compressor, bytes) => {
+                let out = compressor.compress(&data).map_err(|e| external(Box::new(e)))?;
+                *bytes = compressor.context_mut().sizeof();
+                out
+            }
         })
+    }
+
+    /// The bytes of the zstd context (its tables and buffers, as sized by the last page).
+    fn memory_size(&self) -> usize {
+        match self {
+            Compressor::Zstd(_, bytes) => *bytes,
+            _ => 0,
+        }
     }
 }
 
