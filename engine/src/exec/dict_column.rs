@@ -215,8 +215,9 @@ impl DictColumn {
         if array.is_empty() {
             return Ok(());
         }
-        // A dictionary much larger than the batch is cheaper to look up row by row than to map.
-        if values.len() > 4 * array.len() + 1024 {
+        // A dictionary much larger than the batch is cheaper to look up row by row than to map;
+        // so is any once the chunk has turned PLAIN.
+        if self.plain || values.len() > 4 * array.len() + 1024 {
             return self.write_rows(array.len(), |i| array.is_valid(i).then(|| array.keys().value(i) as usize), values);
         }
         let same = self.input.as_ref().is_some_and(|input| Arc::ptr_eq(input, array.values()));
