@@ -483,7 +483,7 @@ impl DictColumn {
 
     /// Writes the last page and hands out the chunk (the dictionary page first) and what the
     /// row group records of it.
-    pub(crate) fn close(mut self) -> Result<(ChunkBytes, ColumnCloseResult)> {
+    pub(crate) fn close(mut self) -> Result<(EncodedChunk, ColumnCloseResult)> {
         self.write_page()?;
         let mut encodings = vec![Encoding::RLE];
         let mut encoding_stats = Vec::new();
@@ -549,7 +549,7 @@ impl DictColumn {
             column_index: Some(self.index.build()?),
             offset_index: Some(offsets.build()),
         };
-        Ok((ChunkBytes { head, data }, close))
+        Ok((EncodedChunk { head, data }, close))
     }
 
     fn chunk_statistics(&self) -> Statistics {
@@ -753,18 +753,18 @@ impl Compressor {
 }
 
 /// An encoded column chunk: the dictionary page (if any), then the data pages.
-pub(crate) struct ChunkBytes {
+pub(crate) struct EncodedChunk {
     head: Bytes,
     data: Bytes,
 }
 
-impl Length for ChunkBytes {
+impl Length for EncodedChunk {
     fn len(&self) -> u64 {
         (self.head.len() + self.data.len()) as u64
     }
 }
 
-impl ChunkReader for ChunkBytes {
+impl ChunkReader for EncodedChunk {
     type T = bytes::buf::Reader<bytes::buf::Chain<Bytes, Bytes>>;
 
     fn get_read(&self, start: u64) -> Result<Self::T> {
