@@ -51,9 +51,10 @@ pub enum Command {
         common: CommonArgs,
         #[command(flatten)]
         sources: SourceArgs,
-        /// Write the result here instead of printing it (.parquet or .csv; a folder with
-        /// --partition-by or --max-file-size).
-        #[arg(short, long, value_name = "OUT.parquet|OUT.csv")]
+        /// Write the result here instead of printing it (.parquet, .csv, .tsv or .json, or the
+        /// --format given; a folder with --partition-by or --max-file-size). `-` (or /dev/stdout)
+        /// streams it to standard output, as CSV unless --format says otherwise.
+        #[arg(short, long, value_name = "OUT.parquet|OUT.csv|-")]
         output: Option<PathBuf>,
         #[command(flatten)]
         write: WriteArgs,
@@ -186,6 +187,10 @@ pub enum GenCommand {
 /// How -o writes.
 #[derive(Debug, Args, Default)]
 pub struct WriteArgs {
+    /// The output's format: parquet, csv, tsv or json (one object per line). Without -o, the
+    /// result streams to standard output in that format instead of printing a table.
+    #[arg(long, value_name = "FORMAT")]
+    pub format: Option<String>,
     /// Parquet compression: zstd (level 1, the default), zstd(LEVEL) with LEVEL 1 to 22, snappy,
     /// lz4 or none.
     #[arg(long, value_name = "CODEC")]

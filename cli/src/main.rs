@@ -701,6 +701,16 @@ fn write_output(
     Ok((summary, metrics))
 }
 
+/// Whether `-o` names standard output: `-`, or the paths that are standard output on Linux.
+fn is_stdout(path: &Path) -> bool {
+    matches!(path.to_str(), Some("-" | "/dev/stdout" | "/dev/fd/1" | "/proc/self/fd/1"))
+}
+
+/// Whether an error is a write to a closed pipe.
+fn broken_pipe(e: &Error) -> bool {
+    matches!(e.inner(), Error::Io { source, .. } if source.kind() == std::io::ErrorKind::BrokenPipe)
+}
+
 fn run_sql(
     common: &CommonArgs,
     sources: &SourceArgs,
@@ -710,7 +720,7 @@ fn run_sql(
     verbose: bool,
 ) -> Result<(), Error> {
     let started = Instant::now();
-    if output.is_none() && write.any() {
+    if output.is_none() && write.format.is_none() && write.any() {
         return Err(Error::Config("writer options (--compression, --partition-by, ...) need -o".into()));
     }
     let options = write_options(write)?;
@@ -721,10 +731,36 @@ fn run_sql(
     signal::watch(engine.cancel_flag());
     let query = engine.sql(sql)?;
     let mut report = Report::new(engine.config());
+    let format = write.format.as_deref().map(OutputFormat::parse).transpose()?;
+    let stream = match output {
+        Some(path) => is_stdout(path),
+        None => format.is_some(),
+    };
     match output {
+        _ if stream => {
+            if !write.partition_by.is_empty() || options.max_file_bytes.is_some() {
+                return Err(Error::Config(
+                    "--partition-by and --max-file-size write a folder: -o must name one, not standard output".into(),
+                ));
+            }
+            let stdout: Box<dyn Write + Send> = Box::new(std::io::stdout());
+            match query.write_to(stdout, format.unwrap_or(OutputFormat::Csv), &options) {
+                Ok(_) => {}
+                // A closed pipe (`flow sql -o - ... | head`) is not an error.
+                Err(e) if broken_pipe(&e) => return Ok(()),
+                Err(e) => return Err(e),
+            }
+            if verbose {
+                report.finish(&engine, started);
+                eprintln!("{}", report.summary());
+            }
+        }
         Some(path) => {
             let progress = progress::Progress::start(&engine);
-            let format = OutputFormat::from_path(path);
+            let format = match format {
+                Some(f) => f,
+                None => OutputFormat::from_path(path)?,
+            };
             let (summary, metrics) = write_output(query, path, format, &write.partition_by, &options)?;
             progress.finish();
             report.steps.push(StepReport::new("sql", Some(&summary), &metrics));

@@ -12,8 +12,8 @@ use arrow::datatypes::SchemaRef;
 
 use crate::error::{Error, Result};
 use crate::exec::sink::{
-    exists_error, target_taken, BackgroundSink, CsvSink, OutputFormat, Overwrite, ParquetSink, PartitionedOutput,
-    PartitionedWriter, Sink, WriteOptions, WriteSummary,
+    exists_error, target_taken, BackgroundSink, Destination, OutputFormat, Overwrite, ParquetSink, PartitionedOutput,
+    PartitionedWriter, Sink, TextSink, WriteOptions, WriteSummary,
 };
 use crate::exec::{BatchStream, ExecContext, ExplainLine, Pipeline, PipelineStats};
 use crate::memory::{MemoryPool, MemoryReservation};
@@ -289,9 +289,10 @@ impl<'e> Query<'e> {
         Ok(out)
     }
 
-    /// Runs the query into a file; the format comes from the extension (`.csv` or Parquet).
+    /// Runs the query into a file; the format comes from the extension (`.parquet` or none,
+    /// `.csv`, `.tsv`, `.json`; see [`OutputFormat::from_path`]).
     pub fn write(self, path: impl AsRef<Path>) -> Result<(WriteSummary, QueryMetrics)> {
-        let format = OutputFormat::from_path(path.as_ref());
+        let format = OutputFormat::from_path(path.as_ref())?;
         self.write_as(path, format)
     }
 
@@ -331,10 +332,34 @@ impl<'e> Query<'e> {
         if options.overwrite == Overwrite::Error && target_taken(path) {
             return Err(exists_error(path));
         }
+        self.write_to_destination(Destination::file(path, options)?, format, options)
+    }
+
+    /// Runs the query into a stream (standard output, a socket, a pipe) in the given format, as
+    /// it is produced: nothing is buffered beyond the writer's own buffers (a Parquet row group).
+    /// The summary's path is `-`.
+    pub fn write_to(
+        self,
+        out: Box<dyn std::io::Write + Send>,
+        format: OutputFormat,
+        options: &WriteOptions,
+    ) -> Result<(WriteSummary, QueryMetrics)> {
+        if options.max_file_bytes.is_some() {
+            return Err(Error::Config("a maximum file size needs a folder to write files in, not a stream".into()));
+        }
+        self.write_to_destination(Destination::Stream(out), format, options)
+    }
+
+    fn write_to_destination(
+        self,
+        to: Destination,
+        format: OutputFormat,
+        options: &WriteOptions,
+    ) -> Result<(WriteSummary, QueryMetrics)> {
         let pool = &self.engine.ctx.pool;
         let sink: Box<dyn Sink + Send> = match format {
-            OutputFormat::Parquet => Box::new(ParquetSink::with_options(path, &self.schema(), pool, options)?),
-            OutputFormat::Csv => Box::new(CsvSink::with_options(path, pool, options)?),
+            OutputFormat::Parquet => Box::new(ParquetSink::to(to, &self.schema(), pool, options)?),
+            format => Box::new(TextSink::to(to, format, pool)?),
         };
         self.run_into(sink)
     }

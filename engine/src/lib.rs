@@ -43,6 +43,7 @@ pub mod inspect;
 pub mod memory;
 pub mod pipeline;
 pub mod plan;
+pub mod scratch;
 pub mod source;
 pub mod spill;
 pub mod sql;

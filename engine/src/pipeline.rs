@@ -452,13 +452,9 @@ impl OutputSpec {
     pub fn format(&self) -> Result<OutputFormat> {
         match self {
             OutputSpec::Path(p) | OutputSpec::Table(OutputTable { path: p, format: None, .. }) => {
-                Ok(OutputFormat::from_path(Path::new(p)))
+                OutputFormat::from_path(Path::new(p))
             }
-            OutputSpec::Table(OutputTable { format: Some(f), .. }) => match f.to_ascii_lowercase().as_str() {
-                "parquet" => Ok(OutputFormat::Parquet),
-                "csv" => Ok(OutputFormat::Csv),
-                other => Err(Error::Config(format!("unknown output format '{other}' (hint: parquet or csv)"))),
-            },
+            OutputSpec::Table(OutputTable { format: Some(f), .. }) => OutputFormat::parse(f),
         }
     }
 }

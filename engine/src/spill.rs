@@ -61,6 +61,8 @@ pub struct SpillManager {
 #[derive(Debug)]
 struct SpillInner {
     dir: tempfile::TempDir,
+    /// Removes the folder at an abrupt exit too (see [`crate::scratch`]).
+    _registration: crate::scratch::Registration,
     max_bytes: u64,
     on_disk: AtomicU64,
     peak_on_disk: AtomicU64,
@@ -81,6 +83,7 @@ impl SpillManager {
         std::fs::write(&pid_path, std::process::id().to_string()).map_err(|e| Error::io(pid_path, e))?;
         Ok(SpillManager {
             inner: Arc::new(SpillInner {
+                _registration: crate::scratch::Registration::new(dir.path()),
                 dir,
                 max_bytes,
                 on_disk: AtomicU64::new(0),
@@ -456,7 +459,7 @@ fn remove_orphans(parent: &Path) {
     }
 }
 
-fn process_alive(pid: i32) -> bool {
+pub(crate) fn process_alive(pid: i32) -> bool {
     if pid <= 0 {
         return false;
     }

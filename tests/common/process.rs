@@ -47,7 +47,7 @@ pub fn flow_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
     let (code, max_rss) = wait_with_rusage(pid);
     Run {
         code,
-        stdout: std::fs::read_to_string(&out_path).unwrap(),
+        stdout: String::from_utf8_lossy(&std::fs::read(&out_path).unwrap()).into_owned(),
         stderr: std::fs::read_to_string(&err_path).unwrap(),
         max_rss,
     }
@@ -99,4 +99,51 @@ pub fn assert_rss_within(run: &Run, dir: &Path, budget: u64, what: &str) {
         run.stderr.trim()
     );
     assert!(peak <= limit, "{what}: peak RSS {} MiB > limit {} MiB; {}", peak / MIB, limit / MIB, run.stderr);
+}
+
+/// Runs `flow` like [`flow`], but kills it (and fails the test) when it has not ended within
+/// `seconds`: for the cases that used to hang.
+pub fn flow_within(dir: &Path, args: &[&str], seconds: u64) -> Run {
+    let out_path = dir.join(".stdout");
+    let err_path = dir.join(".stderr");
+    let mut child = Command::new(flow_bin())
+        .args(args)
+        .current_dir(dir)
+        .env_remove("FLOW_MEM_BUDGET")
+        .env_remove("FLOW_THREADS")
+        .stdin(Stdio::null())
+        .stdout(File::create(&out_path).unwrap())
+        .stderr(File::create(&err_path).unwrap())
+        .spawn()
+        .expect("start flow");
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed().as_secs() >= seconds {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("flow {args:?} did not end within {seconds} s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    use std::os::unix::process::ExitStatusExt;
+    let code = status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+    Run {
+        code,
+        stdout: std::fs::read_to_string(&out_path).unwrap(),
+        stderr: std::fs::read_to_string(&err_path).unwrap(),
+        max_rss: 0,
+    }
+}
+
+/// Whether process `pid` (a child not yet reaped) has ended, without reaping it.
+pub fn has_exited(pid: i32) -> bool {
+    // SAFETY: waitid with WNOWAIT only looks at the child's state.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    let r = unsafe {
+        libc::waitid(libc::P_PID, pid as libc::id_t, &mut info, libc::WEXITED | libc::WNOHANG | libc::WNOWAIT)
+    };
+    r == 0 && unsafe { info.si_pid() } == pid
 }

@@ -22,11 +22,23 @@ use crate::memory::MemoryReservation;
 use crate::spill::{SpillFile, SpillReader};
 
 /// The materialized CTEs of one running query.
+///
+/// A CTE may read another (`WITH a AS (...), b AS (SELECT ... FROM a JOIN a ...)`), so computing
+/// one starts readers of others on the same thread: the registry's lock is held only to find a
+/// CTE's slot, and each slot has a lock of its own, held while that CTE is computed. A CTE reads
+/// only CTEs defined before it, so slots are always locked in one order and two threads
+/// computing CTEs cannot wait on each other.
 #[derive(Default, Clone)]
 pub(crate) struct SharedRegistry {
-    inner: Arc<Mutex<HashMap<u64, Arc<SharedRows>>>>,
+    slots: Arc<Mutex<HashMap<u64, Arc<Slot>>>>,
     /// References to each CTE in the query's plan.
     pub(crate) readers: Arc<HashMap<u64, usize>>,
+}
+
+/// One CTE: empty until its first reference has computed it.
+#[derive(Default)]
+struct Slot {
+    rows: Mutex<Option<Arc<SharedRows>>>,
 }
 
 /// The rows of one CTE.
@@ -44,7 +56,7 @@ struct Storage {
 impl SharedRegistry {
     /// A registry for a plan with `readers` references to each CTE.
     pub(crate) fn new(readers: HashMap<u64, usize>) -> SharedRegistry {
-        SharedRegistry { inner: Default::default(), readers: Arc::new(readers) }
+        SharedRegistry { slots: Default::default(), readers: Arc::new(readers) }
     }
 
     /// A reader of CTE `id`; the first call computes it with `start`.
@@ -57,18 +69,20 @@ impl SharedRegistry {
         start: impl FnOnce() -> Result<BatchStream>,
         cancel: &AtomicBool,
     ) -> Result<SharedStream> {
-        let mut map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let rows = match map.get(&id) {
-            Some(rows) => rows.clone(),
-            None => {
-                let storage = materialize(name, ctx, metrics, start()?, cancel)?;
-                let readers = self.readers.get(&id).copied().unwrap_or(1).max(1);
-                let rows = Arc::new(SharedRows {
-                    storage: Mutex::new(Some(storage)),
-                    readers_left: AtomicUsize::new(readers),
-                });
-                map.insert(id, rows.clone());
-                rows
+        let slot = self.slots.lock().unwrap_or_else(|e| e.into_inner()).entry(id).or_default().clone();
+        let rows = {
+            let mut rows = slot.rows.lock().unwrap_or_else(|e| e.into_inner());
+            match &*rows {
+                Some(rows) => rows.clone(),
+                None => {
+                    let storage = materialize(name, ctx, metrics, start()?, cancel)?;
+                    let readers = self.readers.get(&id).copied().unwrap_or(1).max(1);
+                    let computed = Arc::new(SharedRows {
+                        storage: Mutex::new(Some(storage)),
+                        readers_left: AtomicUsize::new(readers),
+                    });
+                    rows.insert(computed).clone()
+                }
             }
         };
         let spill_reader = {

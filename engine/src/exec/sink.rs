@@ -27,14 +27,49 @@ pub enum OutputFormat {
     Parquet,
     /// Comma-separated text with a header line.
     Csv,
+    /// Tab-separated text with a header line.
+    Tsv,
+    /// Newline-delimited JSON: an object per row, nulls written as `null`.
+    Json,
 }
 
 impl OutputFormat {
-    /// The format a path's extension implies (Parquet unless it ends in `.csv`).
-    pub fn from_path(path: &Path) -> OutputFormat {
-        match path.extension().and_then(|e| e.to_str()).map(|e| e.to_ascii_lowercase()) {
-            Some(e) if e == "csv" || e == "tsv" => OutputFormat::Csv,
-            _ => OutputFormat::Parquet,
+    /// The format a path's extension names: `.parquet` (or none: a folder output, or a file
+    /// named without one), `.csv`, `.tsv`, `.json`/`.ndjson`/`.jsonl`. Any other extension is an
+    /// error rather than a Parquet file under a misleading name.
+    pub fn from_path(path: &Path) -> Result<OutputFormat> {
+        let extension = path.extension().and_then(|e| e.to_str()).map(|e| e.to_ascii_lowercase());
+        match extension.as_deref() {
+            None | Some("parquet" | "pq") => Ok(OutputFormat::Parquet),
+            Some("csv") => Ok(OutputFormat::Csv),
+            Some("tsv") => Ok(OutputFormat::Tsv),
+            Some("json" | "ndjson" | "jsonl") => Ok(OutputFormat::Json),
+            Some(other) => Err(Error::Config(format!(
+                "output {}: unknown extension '.{other}' (hint: name it .parquet, .csv, .tsv or .json, or choose \
+                 the format with --format)",
+                path.display()
+            ))),
+        }
+    }
+
+    /// Parses `parquet`, `csv`, `tsv` or `json` (also `ndjson`).
+    pub fn parse(text: &str) -> Result<OutputFormat> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "parquet" => Ok(OutputFormat::Parquet),
+            "csv" => Ok(OutputFormat::Csv),
+            "tsv" => Ok(OutputFormat::Tsv),
+            "json" | "ndjson" | "jsonl" => Ok(OutputFormat::Json),
+            _ => Err(Error::Config(format!("unknown output format '{text}' (hint: parquet, csv, tsv or json)"))),
+        }
+    }
+
+    /// The file extension of the format.
+    pub fn extension(self) -> &'static str {
+        match self {
+            OutputFormat::Parquet => "parquet",
+            OutputFormat::Csv => "csv",
+            OutputFormat::Tsv => "tsv",
+            OutputFormat::Json => "json",
         }
     }
 }
@@ -178,99 +213,85 @@ pub struct WriteSummary {
 }
 
 /// A temporary file beside the target; removed on drop unless committed.
-struct PendingFile {
-    temp: PathBuf,
+pub(crate) struct PendingFile {
+    temp: Scratch,
     target: PathBuf,
-    committed: bool,
     /// Fail at commit rather than replace a file that appeared at the target meanwhile.
     no_clobber: bool,
 }
 
-static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
-
 impl PendingFile {
     fn create(target: &Path) -> Result<(PendingFile, File)> {
-        let parent = match target.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
+        let parent = scratch::parent_of(target);
         std::fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
-        if target.is_dir() {
-            return Err(Error::io(target, std::io::Error::other("is a directory")));
-        }
-        let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "out".into());
-        let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-        let temp = parent.join(format!(".{name}.flow-tmp-{}-{n}", std::process::id()));
-        let file = File::create(&temp).map_err(|e| Error::io(target, e))?;
-        Ok((PendingFile { temp, target: target.to_path_buf(), committed: false, no_clobber: false }, file))
+        check_target(target)?;
+        scratch::remove_abandoned(target);
+        let (temp, file) = Scratch::file(scratch::name_beside(target, "tmp"))?;
+        Ok((PendingFile { temp, target: target.to_path_buf(), no_clobber: false }, file))
     }
 
     /// Makes the file durable and moves it into place.
-    fn commit(mut self, file: &File) -> Result<u64> {
-        file.sync_all().map_err(|e| Error::io(&self.temp, e))?;
-        let bytes = file.metadata().map_err(|e| Error::io(&self.temp, e))?.len();
+    fn commit(self, file: &File) -> Result<u64> {
+        let temp = self.temp.path();
+        file.sync_all().map_err(|e| Error::io(temp, e))?;
+        let bytes = file.metadata().map_err(|e| Error::io(temp, e))?.len();
+        // Checked again: what is at the target may have changed while the query ran.
+        check_target(&self.target)?;
         if self.no_clobber {
             // A hard link fails when the target exists: no check-then-rename race.
-            match std::fs::hard_link(&self.temp, &self.target) {
+            match std::fs::hard_link(temp, &self.target) {
                 Ok(()) => {
-                    let _ = std::fs::remove_file(&self.temp);
+                    let _ = std::fs::remove_file(temp);
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Err(exists_error(&self.target)),
                 // File systems without hard links: check, then rename.
                 Err(_) if self.target.exists() => return Err(exists_error(&self.target)),
-                Err(_) => std::fs::rename(&self.temp, &self.target).map_err(|e| Error::io(&self.target, e))?,
+                Err(_) => std::fs::rename(temp, &self.target).map_err(|e| Error::io(&self.target, e))?,
             }
         } else {
-            std::fs::rename(&self.temp, &self.target).map_err(|e| Error::io(&self.target, e))?;
+            std::fs::rename(temp, &self.target).map_err(|e| Error::io(&self.target, e))?;
         }
-        if let Some(parent) = self.target.parent().filter(|p| !p.as_os_str().is_empty()) {
-            if let Ok(dir) = File::open(parent) {
-                let _ = dir.sync_all();
-            }
+        self.temp.keep();
+        if let Ok(dir) = File::open(scratch::parent_of(&self.target)) {
+            let _ = dir.sync_all();
         }
-        self.committed = true;
         Ok(bytes)
     }
 }
 
-impl Drop for PendingFile {
-    fn drop(&mut self) {
-        if !self.committed {
-            let _ = std::fs::remove_file(&self.temp);
-        }
-    }
+/// An output file replaces only a regular file (or nothing): never a folder, a device, a fifo or
+/// a symbolic link, which a rename would put the output in place of (see [`Destination::file`]
+/// for how those are written).
+fn check_target(target: &Path) -> Result<()> {
+    let Ok(meta) = std::fs::symlink_metadata(target) else { return Ok(()) };
+    let what = if meta.is_dir() {
+        "is a directory"
+    } else if meta.file_type().is_symlink() {
+        "is a symbolic link"
+    } else if !meta.is_file() {
+        "is not a regular file"
+    } else {
+        return Ok(());
+    };
+    Err(Error::io(target, std::io::Error::other(what)))
 }
 
 /// A temporary folder beside a target folder, where a folder output is written before it is moved
 /// into place; removed on drop unless committed. Its name starts with a dot, which readers of
 /// folders (pyarrow, DuckDB, Spark) skip.
 pub struct StagingDir {
-    path: PathBuf,
-    committed: bool,
+    scratch: Scratch,
 }
 
-/// A fresh name beside `target`: `.<name>.flow-<what>-<pid>-<n>`.
-fn name_beside(target: &Path, what: &str) -> PathBuf {
-    let parent = match target.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "out".into());
-    let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-    parent.join(format!(".{name}.flow-{what}-{}-{n}", std::process::id()))
-}
-
-fn remove_any(path: &Path) -> std::io::Result<()> {
-    if path.is_dir() {
-        std::fs::remove_dir_all(path)
-    } else {
-        std::fs::remove_file(path)
-    }
-}
+use crate::scratch::{self, name_beside, remove_any, Scratch};
 
 /// Puts `from` at `to`, replacing what is there: the old one is renamed aside first and removed
 /// once the new one is in place (put back if that fails).
 fn swap_into(from: &Path, to: &Path) -> Result<()> {
+    match std::fs::symlink_metadata(to) {
+        Ok(m) if !m.is_dir() => check_target(to)?,
+        _ => {}
+    }
     if std::fs::symlink_metadata(to).is_err() {
         if let Some(parent) = to.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
@@ -289,25 +310,20 @@ fn swap_into(from: &Path, to: &Path) -> Result<()> {
 impl StagingDir {
     /// Creates the folder beside `target` (creating `target`'s parent folders).
     pub fn beside(target: &Path) -> Result<StagingDir> {
-        let path = name_beside(target, "tmp");
-        std::fs::create_dir_all(&path).map_err(|e| Error::io(&path, e))?;
-        Ok(StagingDir { path, committed: false })
+        scratch::remove_abandoned(target);
+        Ok(StagingDir { scratch: Scratch::dir(name_beside(target, "tmp"))? })
     }
 
     /// The folder to write in.
     pub fn path(&self) -> &Path {
-        &self.path
+        self.scratch.path()
     }
 
     /// Moves what was written (`written`, paths inside the staging folder) into `target` as
     /// `overwrite` says; returns the summaries with their final paths.
-    pub fn commit(
-        mut self,
-        target: &Path,
-        overwrite: Overwrite,
-        written: &[WriteSummary],
-    ) -> Result<Vec<WriteSummary>> {
-        let relative = |p: &Path| p.strip_prefix(&self.path).map(Path::to_path_buf).unwrap_or_else(|_| p.to_path_buf());
+    pub fn commit(self, target: &Path, overwrite: Overwrite, written: &[WriteSummary]) -> Result<Vec<WriteSummary>> {
+        let staged = self.path();
+        let relative = |p: &Path| p.strip_prefix(staged).map(Path::to_path_buf).unwrap_or_else(|_| p.to_path_buf());
         match overwrite {
             Overwrite::Error => {
                 if target_taken(target) {
@@ -316,10 +332,10 @@ impl StagingDir {
                 if target.is_dir() {
                     std::fs::remove_dir(target).map_err(|e| Error::io(target, e))?;
                 }
-                std::fs::rename(&self.path, target).map_err(|e| Error::io(target, e))?;
+                std::fs::rename(staged, target).map_err(|e| Error::io(target, e))?;
             }
-            Overwrite::Replace => swap_into(&self.path, target)?,
-            Overwrite::ReplacePartitions if !target.is_dir() => swap_into(&self.path, target)?,
+            Overwrite::Replace => swap_into(staged, target)?,
+            Overwrite::ReplacePartitions if !target.is_dir() => swap_into(staged, target)?,
             Overwrite::ReplacePartitions => {
                 // Each partition folder that got files replaces its namesake; the rest stay.
                 let leaves: std::collections::BTreeSet<PathBuf> =
@@ -328,7 +344,7 @@ impl StagingDir {
                     if leaf.as_os_str().is_empty() {
                         continue;
                     }
-                    swap_into(&self.path.join(&leaf), &target.join(&leaf))?;
+                    swap_into(&staged.join(&leaf), &target.join(&leaf))?;
                 }
                 // Files at the top (there are none with partition_by; kept for completeness).
                 for w in written {
@@ -337,22 +353,16 @@ impl StagingDir {
                         swap_into(&w.path, &target.join(&rel))?;
                     }
                 }
-                let _ = std::fs::remove_dir_all(&self.path);
+                let _ = std::fs::remove_dir_all(staged);
             }
         }
-        self.committed = true;
+        let written =
+            written.iter().map(|w| WriteSummary { path: target.join(relative(&w.path)), ..w.clone() }).collect();
+        self.scratch.keep();
         if let Ok(dir) = File::open(target.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."))) {
             let _ = dir.sync_all();
         }
-        Ok(written.iter().map(|w| WriteSummary { path: target.join(relative(&w.path)), ..w.clone() }).collect())
-    }
-}
-
-impl Drop for StagingDir {
-    fn drop(&mut self) {
-        if !self.committed {
-            let _ = std::fs::remove_dir_all(&self.path);
-        }
+        Ok(written)
     }
 }
 
@@ -426,6 +436,90 @@ fn writer_error(target: &Path, e: parquet::errors::ParquetError) -> Error {
             Err(other) => Error::Execution(format!("writing {}: {other}", target.display())),
         },
         other => Error::Execution(format!("writing {}: {other}", target.display())),
+    }
+}
+
+/// Where a file sink's bytes go: a file under a temporary name, moved into place when complete,
+/// or a stream (standard output) that takes them as they come.
+pub(crate) enum Destination {
+    /// A file.
+    File(PendingFile, File),
+    /// A stream; its summary's path is `-`.
+    Stream(Box<dyn Write + Send>),
+}
+
+impl Destination {
+    /// A file at `target`, written beside it first and renamed into place. A symbolic link is
+    /// followed (the file it points to is replaced, the link stays); a device or a pipe
+    /// (`/dev/null`, a fifo) is written into as a stream; a folder is an error.
+    pub(crate) fn file(target: &Path, options: &WriteOptions) -> Result<Destination> {
+        use std::os::unix::fs::FileTypeExt;
+        let mut target = target.to_path_buf();
+        if let Ok(meta) = std::fs::metadata(&target) {
+            let kind = meta.file_type();
+            if kind.is_char_device() || kind.is_fifo() {
+                let file = File::options().write(true).open(&target).map_err(|e| Error::io(&target, e))?;
+                return Ok(Destination::Stream(Box::new(file)));
+            }
+            if std::fs::symlink_metadata(&target).is_ok_and(|m| m.file_type().is_symlink()) {
+                target = std::fs::canonicalize(&target).map_err(|e| Error::io(&target, e))?;
+            }
+        }
+        let (mut pending, file) = PendingFile::create(&target)?;
+        pending.no_clobber = options.overwrite == Overwrite::Error;
+        Ok(Destination::File(pending, file))
+    }
+
+    fn split(self) -> (Option<PendingFile>, PathBuf, Out) {
+        match self {
+            Destination::File(pending, file) => {
+                let target = pending.target.clone();
+                (Some(pending), target, Out::File(file))
+            }
+            Destination::Stream(stream) => (None, PathBuf::from("-"), Out::Stream(stream, 0)),
+        }
+    }
+}
+
+/// The writer behind a sink (see [`Destination`]).
+enum Out {
+    File(File),
+    /// A stream and the bytes written to it.
+    Stream(Box<dyn Write + Send>, u64),
+}
+
+impl Write for Out {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Out::File(f) => f.write(buf),
+            Out::Stream(s, bytes) => {
+                let n = s.write(buf)?;
+                *bytes += n as u64;
+                Ok(n)
+            }
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Out::File(f) => f.flush(),
+            Out::Stream(s, _) => s.flush(),
+        }
+    }
+}
+
+/// Completes what a sink wrote to `out`: a file is made durable and moved into place, a stream
+/// flushed. Returns the bytes written.
+fn complete(pending: Option<PendingFile>, target: &Path, out: Out) -> Result<u64> {
+    match (pending, out) {
+        (Some(pending), Out::File(file)) => pending.commit(&file),
+        (_, mut out) => {
+            out.flush().map_err(|e| Error::io(target, e))?;
+            Ok(match out {
+                Out::Stream(_, bytes) => bytes,
+                Out::File(_) => 0,
+            })
+        }
     }
 }
 
@@ -600,8 +694,9 @@ impl Drop for BackgroundSink {
 
 /// A Parquet file sink.
 pub struct ParquetSink {
-    pending: PendingFile,
-    writer: ParquetWriter<File>,
+    pending: Option<PendingFile>,
+    target: PathBuf,
+    writer: ParquetWriter<Out>,
     schema: SchemaRef,
     reservation: MemoryReservation,
     row_group_bytes: usize,
@@ -623,11 +718,22 @@ impl ParquetSink {
         options: &WriteOptions,
     ) -> Result<ParquetSink> {
         let default = (pool.budget() / 8).clamp(256 << 10, 128 << 20) as usize;
-        Self::open(target, schema, pool, options, options.row_group_bytes(pool, default))
+        Self::open(Destination::file(target, options)?, schema, pool, options, options.row_group_bytes(pool, default))
+    }
+
+    /// A sink that writes to `to`, a file or a stream.
+    pub(crate) fn to(
+        to: Destination,
+        schema: &Schema,
+        pool: &MemoryPool,
+        options: &WriteOptions,
+    ) -> Result<ParquetSink> {
+        let default = (pool.budget() / 8).clamp(256 << 10, 128 << 20) as usize;
+        Self::open(to, schema, pool, options, options.row_group_bytes(pool, default))
     }
 
     fn open(
-        target: &Path,
+        to: Destination,
         schema: &Schema,
         pool: &MemoryPool,
         options: &WriteOptions,
@@ -653,10 +759,8 @@ impl ParquetSink {
             .set_max_row_group_row_count(Some(options.row_group_rows.unwrap_or(1 << 20).max(1)))
             .set_created_by(format!("flow version {}", env!("CARGO_PKG_VERSION")))
             .build();
-        let (mut pending, file) = PendingFile::create(target)?;
-        pending.no_clobber = options.overwrite == Overwrite::Error;
-        let writer = ParquetWriter::try_new(file, schema.clone(), props)
-            .map_err(|e| Error::Execution(format!("writing {}: {e}", target.display())))?;
+        let (pending, target, out) = to.split();
+        let writer = ParquetWriter::try_new(out, schema.clone(), props).map_err(|e| writer_error(&target, e))?;
         // Reserve a working size up front (open pages, and a row group of encoded data up to a
         // thirty-second of the budget), so that operators filling the pool cannot starve the
         // writer half-way. Bigger row groups grow into the pool as rows come; when it is short,
@@ -666,11 +770,11 @@ impl ParquetSink {
         let mut reservation = pool.register(format!("ParquetSink[{}]", target.display()), false);
         let upfront = row_group_bytes.min((pool.budget() / 32) as usize);
         reservation.try_grow((columns * page_bytes * 2 + upfront) as u64)?;
-        Ok(ParquetSink { pending, writer, schema, reservation, row_group_bytes, rows: 0 })
+        Ok(ParquetSink { pending, target, writer, schema, reservation, row_group_bytes, rows: 0 })
     }
 
     fn error(&self, e: parquet::errors::ParquetError) -> Error {
-        writer_error(&self.pending.target, e)
+        writer_error(&self.target, e)
     }
 }
 
@@ -768,52 +872,74 @@ impl ParquetSink {
 
     fn finish_file(self: Box<Self>) -> Result<WriteSummary> {
         let mut this = *self;
-        let target = this.pending.target.clone();
+        let target = this.target.clone();
         let err = |e: parquet::errors::ParquetError| writer_error(&target, e);
         this.writer.flush().map_err(err)?;
         let row_groups = this.writer.row_groups();
-        let file = this.writer.into_inner().map_err(err)?;
-        let bytes = this.pending.commit(&file)?;
+        let out = this.writer.into_inner().map_err(err)?;
+        let bytes = complete(this.pending, &target, out)?;
         drop(this.reservation);
         Ok(WriteSummary { path: target, rows: this.rows, bytes, row_groups })
     }
 }
 
-/// A CSV file sink (header line, `,` separated, RFC 4180 quoting).
-pub struct CsvSink {
-    pending: PendingFile,
-    writer: arrow::csv::Writer<Counting<BufWriter<File>>>,
+/// A text sink: CSV or TSV (a header line, RFC 4180 quoting) or newline-delimited JSON.
+pub struct TextSink {
+    pending: Option<PendingFile>,
+    target: PathBuf,
+    writer: TextWriter,
     _reservation: MemoryReservation,
     rows: u64,
     written: Arc<AtomicU64>,
 }
 
-impl CsvSink {
+enum TextWriter {
+    Csv(arrow::csv::Writer<Counting<BufWriter<Out>>>),
+    Json(arrow::json::LineDelimitedWriter<Counting<BufWriter<Out>>>),
+}
+
+impl TextSink {
     /// Opens a CSV sink at `target`, with a write buffer of a sixteenth of the budget (64 KiB to
     /// 1 MiB).
-    pub fn create(target: &Path, pool: &MemoryPool) -> Result<CsvSink> {
+    pub fn create(target: &Path, pool: &MemoryPool) -> Result<TextSink> {
         Self::with_options(target, pool, &WriteOptions::default())
     }
 
     /// Opens a CSV sink; of `options` only the overwrite policy applies to CSV.
-    pub fn with_options(target: &Path, pool: &MemoryPool, options: &WriteOptions) -> Result<CsvSink> {
+    pub fn with_options(target: &Path, pool: &MemoryPool, options: &WriteOptions) -> Result<TextSink> {
+        Self::to(Destination::file(target, options)?, OutputFormat::Csv, pool)
+    }
+
+    /// A sink of `format` (CSV, TSV or JSON) writing to `to`.
+    pub(crate) fn to(to: Destination, format: OutputFormat, pool: &MemoryPool) -> Result<TextSink> {
         let buffer = (pool.budget() / 16).clamp(64 << 10, 1 << 20) as usize;
-        let mut reservation = pool.register(format!("CsvSink[{}]", target.display()), false);
+        let (pending, target, out) = to.split();
+        let mut reservation = pool.register(format!("TextSink[{}]", target.display()), false);
         reservation.try_grow(buffer as u64)?;
-        let (mut pending, file) = PendingFile::create(target)?;
-        pending.no_clobber = options.overwrite == Overwrite::Error;
         let written = Arc::new(AtomicU64::new(0));
-        let out = Counting { inner: BufWriter::with_capacity(buffer, file), bytes: written.clone() };
-        let writer = arrow::csv::WriterBuilder::new().with_header(true).build(out);
-        Ok(CsvSink { pending, writer, _reservation: reservation, rows: 0, written })
+        let out = Counting { inner: BufWriter::with_capacity(buffer, out), bytes: written.clone() };
+        let writer = match format {
+            OutputFormat::Json => {
+                TextWriter::Json(arrow::json::WriterBuilder::new().with_explicit_nulls(true).build(out))
+            }
+            OutputFormat::Tsv => {
+                TextWriter::Csv(arrow::csv::WriterBuilder::new().with_header(true).with_delimiter(b'\t').build(out))
+            }
+            _ => TextWriter::Csv(arrow::csv::WriterBuilder::new().with_header(true).build(out)),
+        };
+        Ok(TextSink { pending, target, writer, _reservation: reservation, rows: 0, written })
     }
 }
 
-impl Sink for CsvSink {
+impl Sink for TextSink {
     fn write(&mut self, batch: &RecordBatch) -> Result<()> {
-        self.writer.write(batch).map_err(|e| match e {
-            arrow::error::ArrowError::IoError(_, io) => Error::io(&self.pending.target, io),
-            other => Error::Execution(format!("writing {}: {other}", self.pending.target.display())),
+        let written = match &mut self.writer {
+            TextWriter::Csv(w) => w.write(batch),
+            TextWriter::Json(w) => w.write(batch),
+        };
+        written.map_err(|e| match e {
+            arrow::error::ArrowError::IoError(_, io) => Error::io(&self.target, io),
+            other => Error::Execution(format!("writing {}: {other}", self.target.display())),
         })?;
         self.rows += batch.num_rows() as u64;
         Ok(())
@@ -821,11 +947,17 @@ impl Sink for CsvSink {
 
     fn finish(self: Box<Self>) -> Result<WriteSummary> {
         let this = *self;
-        let target = this.pending.target.clone();
-        let mut buffered = this.writer.into_inner().inner;
+        let target = this.target.clone();
+        let mut buffered = match this.writer {
+            TextWriter::Csv(w) => w.into_inner().inner,
+            TextWriter::Json(mut w) => {
+                w.finish().map_err(|e| Error::Execution(format!("writing {}: {e}", target.display())))?;
+                w.into_inner().inner
+            }
+        };
         buffered.flush().map_err(|e| Error::io(&target, e))?;
-        let file = buffered.into_inner().map_err(|e| Error::io(&target, e.into_error()))?;
-        let bytes = this.pending.commit(&file)?;
+        let out = buffered.into_inner().map_err(|e| Error::io(&target, e.into_error()))?;
+        let bytes = complete(this.pending, &target, out)?;
         Ok(WriteSummary { path: target, rows: this.rows, bytes, row_groups: 0 })
     }
 
@@ -1061,10 +1193,7 @@ impl PartitionedWriter {
 
     fn open_sink(&mut self, partition: &str) -> Result<Box<dyn Sink>> {
         let n = self.files_per_partition.get(partition).copied().unwrap_or(0);
-        let ext = match self.out.format {
-            OutputFormat::Parquet => "parquet",
-            OutputFormat::Csv => "csv",
-        };
+        let ext = self.out.format.extension();
         let name = match n {
             n if self.out.numbered => format!("{}_{n}.{ext}{}", self.out.stem, self.out.suffix),
             0 => format!("{}.{ext}{}", self.out.stem, self.out.suffix),
@@ -1074,13 +1203,13 @@ impl PartitionedWriter {
             if partition.is_empty() { self.out.dir.join(name) } else { self.out.dir.join(partition).join(name) };
         let sink: Box<dyn Sink> = match self.out.format {
             OutputFormat::Parquet => Box::new(ParquetSink::open(
-                &target,
+                Destination::file(&target, &self.out.options)?,
                 &self.data_schema,
                 &self.pool,
                 &self.out.options,
                 self.row_group_bytes,
             )?),
-            OutputFormat::Csv => Box::new(CsvSink::with_options(&target, &self.pool, &self.out.options)?),
+            format => Box::new(TextSink::to(Destination::file(&target, &self.out.options)?, format, &self.pool)?),
         };
         self.files_per_partition.insert(partition.to_string(), n + 1);
         Ok(sink)

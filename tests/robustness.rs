@@ -1,0 +1,201 @@
+//! The `flow` binary on what users actually send: queries that used to hang or crash, outputs to
+//! standard output and devices, runs interrupted or killed half-way. Each test names the failure
+//! it guards against.
+
+mod common;
+#[path = "common/process.rs"]
+mod process;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow::array::{Int64Array, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Schema};
+use common::*;
+use process::*;
+
+/// `t.parquet`: `k` 0..rows, `g` = k % 10, `s` = "s{k}".
+fn table(dir: &Path, rows: i64) {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("k", DataType::Int64, false),
+        Field::new("g", DataType::Int64, false),
+        Field::new("s", DataType::Utf8, false),
+    ]));
+    let k: Vec<i64> = (0..rows).collect();
+    let batch = RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(Int64Array::from(k.clone())),
+            Arc::new(Int64Array::from(k.iter().map(|v| v % 10).collect::<Vec<_>>())),
+            Arc::new(StringArray::from(k.iter().map(|v| format!("s{v}")).collect::<Vec<_>>())),
+        ],
+    )
+    .unwrap();
+    write_parquet(&dir.join("t.parquet"), &[batch], None);
+}
+
+/// Names in `dir` that a run writes under temporary names (`.x.flow-tmp-...`).
+fn leftovers(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".flow-"))
+        .collect();
+    names.sort();
+    names
+}
+
+/// Two CTEs, the second reading the first, both read twice: the second's computation started a
+/// reader of the first while holding the lock of the registry of computed CTEs, and waited on
+/// itself forever (TPC-DS queries 2, 23 and 64).
+#[test]
+fn nested_shared_ctes_do_not_hang() {
+    let dir = tempfile::tempdir().unwrap();
+    table(dir.path(), 1000);
+    let sql = "WITH a AS (SELECT g, count(*) AS n FROM 't.parquet' GROUP BY g), \
+               b AS (SELECT x.g, x.n + y.n AS n FROM a x JOIN a y ON x.g = y.g) \
+               SELECT count(*) AS c, sum(b1.n + b2.n) AS s FROM b b1 JOIN b b2 ON b1.g = b2.g";
+    let run = flow_within(dir.path(), &["sql", "--mem-budget", "64MiB", "-o", "-", sql], 60);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.stdout, "c,s\n10,4000\n");
+}
+
+/// A run stuck where the cancel flag is never read (here: opening an output fifo nobody reads)
+/// survives the first SIGTERM; the second ends it at once with 130 and removes its spill folder.
+#[test]
+fn a_second_interrupt_ends_a_stuck_run_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    table(dir.path(), 10);
+    let fifo = dir.path().join("stuck.csv");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo with a valid path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let spill = dir.path().join("spill");
+    let pid = spawn_flow(
+        dir.path(),
+        &["sql", "--spill-dir", spill.to_str().unwrap(), "-o", "stuck.csv", "SELECT * FROM 't.parquet'"],
+    );
+    let wait_for = |what: &str, done: &dyn Fn() -> bool| {
+        let started = std::time::Instant::now();
+        while !done() {
+            assert!(started.elapsed().as_secs() < 20, "{what}");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    };
+    let spill_folders = || std::fs::read_dir(&spill).map(|d| d.count()).unwrap_or(0);
+    wait_for("the run made its spill folder", &|| spill_folders() > 0);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    // SAFETY: signals to our own child.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(!has_exited(pid), "the open() of a fifo does not end at the first signal, or this test tests nothing");
+    let sent = std::time::Instant::now();
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    wait_for("the second signal ends the run", &|| has_exited(pid));
+    assert!(sent.elapsed().as_secs() < 2, "ended {:?} after the second signal", sent.elapsed());
+    let (code, _) = wait_with_rusage(pid);
+    assert_eq!(code, 130);
+    assert_eq!(spill_folders(), 0, "the spill folder is removed");
+    let stderr = std::fs::read_to_string(dir.path().join(".stderr")).unwrap();
+    assert!(stderr.contains("interrupted"), "{stderr}");
+}
+
+/// kill -9 leaves the output's temporary file (or staging folder) behind; the next run that
+/// writes the same target removes it, and a run writing elsewhere leaves a live one alone.
+#[test]
+fn temporary_outputs_of_killed_runs_are_removed_by_the_next_write() {
+    let dir = tempfile::tempdir().unwrap();
+    table(dir.path(), 4000);
+    // 16M rows: seconds of work after the temporary file appears.
+    let slow = "SELECT a.k, b.s FROM 't.parquet' a CROSS JOIN 't.parquet' b";
+    for (target, extra) in [("out.parquet", vec![]), ("parts", vec!["--partition-by", "g"])] {
+        let mut args = vec!["sql", "--mem-budget", "64MiB", "-o", target];
+        args.extend(extra.iter().copied());
+        let mut slow_args = args.clone();
+        slow_args.push(if extra.is_empty() {
+            slow
+        } else {
+            "SELECT a.k, b.s, a.g FROM 't.parquet' a CROSS JOIN 't.parquet' b"
+        });
+        let pid = spawn_flow(dir.path(), &slow_args);
+        let started = std::time::Instant::now();
+        while leftovers(dir.path()).is_empty() {
+            assert!(started.elapsed().as_secs() < 30 && !has_exited(pid), "no temporary output appeared");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        // SAFETY: a signal to our own child.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        let (code, _) = wait_with_rusage(pid);
+        assert_eq!(code, 128 + libc::SIGKILL);
+        let left = leftovers(dir.path());
+        assert_eq!(left.len(), 1, "{left:?}");
+        assert!(left[0].starts_with(&format!(".{target}.flow-tmp-")), "{left:?}");
+        // A write elsewhere leaves it; a write to the same target removes it.
+        let run = flow(dir.path(), &["sql", "-o", "other.csv", "SELECT k FROM 't.parquet' LIMIT 1"]);
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        assert_eq!(leftovers(dir.path()), left);
+        let mut quick = args.clone();
+        quick.push("SELECT k, g FROM 't.parquet' WHERE k < 5");
+        let run = flow(dir.path(), &quick);
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        assert_eq!(leftovers(dir.path()), Vec::<String>::new());
+    }
+}
+
+/// `-o -` wrote a file named `-`, `-o /dev/stdout` renamed a temporary file over the device's
+/// link (as root), and `-o out.txt` or `-o out.json` silently wrote Parquet.
+#[test]
+fn outputs_to_standard_output_devices_and_by_extension() {
+    let dir = tempfile::tempdir().unwrap();
+    table(dir.path(), 100);
+    let sql = "SELECT k, s FROM 't.parquet' WHERE k < 3";
+    let run = flow(dir.path(), &["sql", "-o", "-", sql]);
+    assert_eq!((run.code, run.stdout.as_str()), (0, "k,s\n0,s0\n1,s1\n2,s2\n"), "{}", run.stderr);
+    assert!(!dir.path().join("-").exists());
+    let run = flow(dir.path(), &["sql", "--format", "json", "SELECT k, NULL AS n FROM 't.parquet' WHERE k < 2"]);
+    assert_eq!(run.stdout, "{\"k\":0,\"n\":null}\n{\"k\":1,\"n\":null}\n", "{}", run.stderr);
+    let run = flow(dir.path(), &["sql", "-o", "-", "--format", "tsv", sql]);
+    assert_eq!(run.stdout, "k\ts\n0\ts0\n1\ts1\n2\ts2\n");
+    // Parquet to standard output is a whole file.
+    let run = flow(dir.path(), &["sql", "-o", "/dev/stdout", "--format", "parquet", sql]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let bytes = bytes::Bytes::from(std::fs::read(dir.path().join(".stdout")).unwrap());
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReader::try_new(bytes, 1024).unwrap();
+    assert_eq!(reader.map(|b| b.unwrap().num_rows()).sum::<usize>(), 3);
+    assert!(std::fs::symlink_metadata("/dev/stdout").is_ok_and(|m| !m.is_file()));
+    // A device is written into, never renamed over.
+    let run = flow(dir.path(), &["sql", "-o", "/dev/null", sql]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(std::fs::metadata("/dev/null").is_ok_and(|m| !m.is_file()));
+    // A link is followed: the file it points to gets the output, the link stays.
+    std::fs::write(dir.path().join("real.csv"), "old\n").unwrap();
+    std::os::unix::fs::symlink(dir.path().join("real.csv"), dir.path().join("link.csv")).unwrap();
+    let run = flow(dir.path(), &["sql", "-o", "link.csv", sql]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(std::fs::symlink_metadata(dir.path().join("link.csv")).unwrap().file_type().is_symlink());
+    assert_eq!(std::fs::read_to_string(dir.path().join("real.csv")).unwrap(), "k,s\n0,s0\n1,s1\n2,s2\n");
+    // Extensions: .json is newline-delimited JSON; an unknown one is an error before anything runs.
+    let run = flow(dir.path(), &["sql", "-o", "out.json", sql]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(std::fs::read_to_string(dir.path().join("out.json")).unwrap().lines().count(), 3);
+    let run = flow(dir.path(), &["sql", "-o", "out.txt", sql]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(run.stderr.contains("unknown extension '.txt'") && run.stderr.contains("--format"), "{}", run.stderr);
+    assert!(!dir.path().join("out.txt").exists());
+    let run = flow(dir.path(), &["sql", "-o", "out.txt", "--format", "csv", sql]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let run = flow(dir.path(), &["sql", "-o", "-", "--format", "xml", sql]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(run.stderr.contains("unknown output format 'xml'"), "{}", run.stderr);
+    // A closed pipe (`| head -1`) is not an error.
+    let out = std::process::Command::new("bash")
+        .arg("-c")
+        .arg("\"$0\" sql -o - \"SELECT a.k FROM 't.parquet' a, 't.parquet' b, 't.parquet' c\" | head -1; exit ${PIPESTATUS[0]}")
+        .arg(flow_bin())
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "k\n");
+}
