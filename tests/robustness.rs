@@ -199,3 +199,49 @@ fn outputs_to_standard_output_devices_and_by_extension() {
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "k\n");
 }
+
+/// Runs `flow args` with a 2 MiB file system mounted at `dir/small` (a private mount namespace,
+/// so no privileges are needed where user namespaces are allowed); returns the run and what was
+/// left in that file system once the run ended.
+fn flow_on_a_small_disk(dir: &Path, args: &[&str]) -> (Run, String) {
+    std::fs::create_dir_all(dir.join("small")).unwrap();
+    let script = "mount -t tmpfs -o size=2m tmpfs small || exit 99; \"$0\" \"$@\"; code=$?; \
+                  find small -mindepth 1 > left.txt; exit $code";
+    let bin = flow_bin();
+    let mut full = vec!["--mount", "--map-root-user", "sh", "-c", script, bin.to_str().unwrap()];
+    full.extend_from_slice(args);
+    let out = std::process::Command::new("unshare").args(&full).current_dir(dir).output().expect("run unshare");
+    let code = out.status.code().unwrap_or(-1);
+    assert_ne!(code, 99, "could not mount a small file system: {}", String::from_utf8_lossy(&out.stderr));
+    let left = std::fs::read_to_string(dir.join("left.txt")).unwrap_or_default();
+    let run = Run {
+        code,
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        max_rss: 0,
+    };
+    (run, left)
+}
+
+/// A full disk is worth retrying: exit 75, where spill writes that hit ENOSPC exited 1 (the
+/// Parquet writer's I/O error was wrapped as an execution error). Nothing is left on the disk.
+#[test]
+fn a_full_disk_exits_75_and_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    table(dir.path(), 1_500_000);
+    // The sort spills more than the 2 MiB disk holds.
+    let sort = "SELECT s, k FROM 't.parquet' ORDER BY s DESC";
+    let (run, left) = flow_on_a_small_disk(
+        dir.path(),
+        &["sql", "--mem-budget", "16MiB", "--spill-dir", "small", "-o", "out.parquet", sort],
+    );
+    assert_eq!(run.code, 75, "{}", run.stderr);
+    assert!(run.stderr.contains("No space left on device"), "{}", run.stderr);
+    assert_eq!(left, "", "files left on the spill disk");
+    assert!(!dir.path().join("out.parquet").exists());
+    // The output on the full disk.
+    let (run, left) = flow_on_a_small_disk(dir.path(), &["sql", "-o", "small/out.csv", sort]);
+    assert_eq!(run.code, 75, "{}", run.stderr);
+    assert!(run.stderr.contains("small/out.csv") && run.stderr.contains("No space left"), "{}", run.stderr);
+    assert_eq!(left, "", "files left on the output's disk");
+}

@@ -217,6 +217,19 @@ impl Error {
         Error::Io { path: path.into(), source }
     }
 
+    /// An error of a Parquet writer or reader at `path`: a failed read or write (a full disk, a
+    /// quota, a failing device) stays an I/O error, so that it is retried (exit 75); the rest
+    /// are execution errors that say what was being `done` (`writing spill file`).
+    pub(crate) fn parquet(path: &std::path::Path, doing: &str, e: parquet::errors::ParquetError) -> Error {
+        match e {
+            parquet::errors::ParquetError::External(inner) => match inner.downcast::<std::io::Error>() {
+                Ok(io) => Error::io(path, *io),
+                Err(other) => Error::Execution(format!("{doing} {}: {other}", path.display())),
+            },
+            other => Error::Execution(format!("{doing} {}: {other}", path.display())),
+        }
+    }
+
     pub(crate) fn bad_file(path: impl Into<PathBuf>, message: impl std::fmt::Display) -> Error {
         Error::BadFile { path: path.into(), message: message.to_string() }
     }

@@ -136,9 +136,9 @@ impl SpillManager {
 
     fn open_part(&self, path: &Path, schema: &SchemaRef) -> Result<ArrowWriter<File>> {
         let file = File::create(path).map_err(|e| Error::io(path, e))?;
-        let err = |e: &dyn std::fmt::Display| Error::Execution(format!("spill file {}: {e}", path.display()));
-        let props = spill_properties(schema).map_err(|e| err(&e))?;
-        ArrowWriter::try_new(file, schema.clone(), Some(props)).map_err(|e| err(&e))
+        let err = |e| Error::parquet(path, "writing spill file", e);
+        let props = spill_properties(schema).map_err(err)?;
+        ArrowWriter::try_new(file, schema.clone(), Some(props)).map_err(err)
     }
 
     fn charge(&self, bytes: u64) -> Result<()> {
@@ -196,8 +196,7 @@ impl SpillWriter {
             return Err(Error::Execution("spill writer used after finish".into()));
         };
         let path = file.parts.last().cloned().unwrap_or_default();
-        let err =
-            |e: parquet::errors::ParquetError| Error::Execution(format!("writing spill file {}: {e}", path.display()));
+        let err = |e| Error::parquet(&path, "writing spill file", e);
         writer.write(batch).map_err(err)?;
         writer.flush().map_err(err)?;
         file.rows += batch.num_rows() as u64;
@@ -227,7 +226,7 @@ impl SpillWriter {
         let Some(mut writer) = self.writer.take() else { return Ok(()) };
         let file = self.file.as_mut().expect("spill file present");
         let path = file.parts.last().cloned().unwrap_or_default();
-        writer.finish().map_err(|e| Error::Execution(format!("writing spill file {}: {e}", path.display())))?;
+        writer.finish().map_err(|e| Error::parquet(&path, "writing spill file", e))?;
         let written = writer.bytes_written() as u64;
         drop(writer);
         if written > self.counted {

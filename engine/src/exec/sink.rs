@@ -430,13 +430,7 @@ fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
 /// A writer's error: failed writes (a full disk) are I/O errors on the target, the rest are
 /// execution errors.
 fn writer_error(target: &Path, e: parquet::errors::ParquetError) -> Error {
-    match e {
-        parquet::errors::ParquetError::External(inner) => match inner.downcast::<std::io::Error>() {
-            Ok(io) => Error::io(target, *io),
-            Err(other) => Error::Execution(format!("writing {}: {other}", target.display())),
-        },
-        other => Error::Execution(format!("writing {}: {other}", target.display())),
-    }
+    Error::parquet(target, "writing", e)
 }
 
 /// Where a file sink's bytes go: a file under a temporary name, moved into place when complete,
