@@ -570,3 +570,23 @@ fn windows_over_partitions_larger_than_the_budget() {
     assert_eq!(tiny, roomy);
     assert_eq!(roomy[0][0], "200000");
 }
+
+/// The library on a thread with a small stack (a caller's own thread): planning and running a
+/// chain of 5000 terms grows its own stack instead of overflowing this one.
+#[test]
+fn deep_expressions_run_on_a_small_caller_stack() {
+    let dir = tempfile::tempdir().unwrap();
+    tables(dir.path());
+    let path = dir.path().to_path_buf();
+    let answer = std::thread::Builder::new()
+        .stack_size(256 << 10)
+        .spawn(move || {
+            let e = engine(&path, 64 << 20);
+            let sql = format!("SELECT sum(k{}) FROM a", " + 1".repeat(5000));
+            result(&e, &sql)
+        })
+        .unwrap()
+        .join()
+        .expect("no overflow");
+    assert_eq!(answer, vec![vec![(1 + 2 + 2 + 3 + 4 + 4 + 6 * 5000).to_string()]]);
+}

@@ -99,8 +99,21 @@ fn main() -> ExitCode {
     if std::env::var_os("FLOW_BACKTRACE").is_none() {
         std::panic::set_hook(Box::new(|_| {}));
     }
-    // A bug must not end the run without a word: a panic becomes an error like any other.
-    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_command(&cli)));
+    // A bug must not end the run without a word: a panic becomes an error like any other. The
+    // command runs on a thread with the stack the engine's deepest passes want (see
+    // `flow_engine::stack`), so they never switch stacks.
+    let run = std::thread::scope(|scope| {
+        let command = || std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_command(&cli)));
+        match std::thread::Builder::new()
+            .name("flow".into())
+            .stack_size(flow_engine::stack::SEGMENT)
+            .spawn_scoped(scope, command)
+        {
+            Ok(thread) => thread.join().unwrap_or_else(Err),
+            // No room for that stack: run here, the engine grows its own.
+            Err(_) => command(),
+        }
+    });
     let result = run.unwrap_or_else(|panic| {
         let what = panic
             .downcast_ref::<&str>()

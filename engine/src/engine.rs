@@ -21,6 +21,7 @@ use crate::plan::{optimize, LogicalPlan};
 use crate::source::{Format, ScanCounters, Table};
 use crate::spill::{SpillManager, SpillStats};
 use crate::sql::{plan_sql, Catalog, Relation};
+use crate::stack::deep;
 use crate::Config;
 
 /// A configured engine. See the [crate docs](crate) for an example.
@@ -30,6 +31,9 @@ pub struct Engine {
     catalog: Catalog,
 }
 
+/// The stack of a worker thread: as much as an entry point gets (see [`crate::stack`]).
+const WORKER_STACK: usize = crate::stack::SEGMENT;
+
 impl Engine {
     /// Opens an engine: creates the memory pool, the worker threads and the private spill folder
     /// (removing folders left by dead runs).
@@ -37,6 +41,7 @@ impl Engine {
         let threads = rayon::ThreadPoolBuilder::new()
             .num_threads(config.threads.max(1))
             .thread_name(|i| format!("flow-worker-{i}"))
+            .stack_size(WORKER_STACK)
             .build()
             .map_err(|e| Error::Config(format!("cannot start {} threads: {e}", config.threads)))?;
         let spill = SpillManager::new(&config.spill_dir, config.max_spill)?;
@@ -105,7 +110,7 @@ impl Engine {
 
     /// Registers the result of `sql` as a view named `name` that later queries can read.
     pub fn register_view(&mut self, name: &str, sql: &str) -> Result<()> {
-        let plan = plan_sql(sql, &self.catalog)?;
+        let plan = deep(|| plan_sql(sql, &self.catalog))?;
         self.catalog.insert(name, Relation::View(plan));
         Ok(())
     }
@@ -125,19 +130,23 @@ impl Engine {
     /// # Ok(()) }
     /// ```
     pub fn sql(&self, sql: &str) -> Result<Query<'_>> {
-        let plan = optimize(plan_sql(sql, &self.catalog)?);
-        Query::new(self, plan)
+        deep(|| {
+            let plan = optimize(plan_sql(sql, &self.catalog)?);
+            Query::new(self, plan)
+        })
     }
 
     /// Plans `sql` with the table or view `name` narrowed to its rows where `predicate` (SQL over
     /// its columns) holds. The optimizer pushes the predicate down like any filter, into the scan
     /// and its row-group pruning. This is how a unit of work reads only its share.
     pub fn sql_where(&self, sql: &str, name: &str, predicate: &str) -> Result<Query<'_>> {
-        let narrowed = format!("SELECT * FROM {} WHERE {predicate}", crate::sql::quote_ident(name));
-        let mut catalog = self.catalog.clone();
-        catalog.insert(name, Relation::View(plan_sql(&narrowed, &self.catalog)?));
-        let plan = optimize(plan_sql(sql, &catalog)?);
-        Query::new(self, plan)
+        deep(|| {
+            let narrowed = format!("SELECT * FROM {} WHERE {predicate}", crate::sql::quote_ident(name));
+            let mut catalog = self.catalog.clone();
+            catalog.insert(name, Relation::View(plan_sql(&narrowed, &self.catalog)?));
+            let plan = optimize(plan_sql(sql, &catalog)?);
+            Query::new(self, plan)
+        })
     }
 
     /// Whether `name` is a registered table or view.
@@ -252,6 +261,10 @@ impl<'e> Query<'e> {
 
     /// Starts the query and returns its batches as they are produced, in input order.
     pub fn stream(self) -> Result<BatchStream> {
+        deep(|| self.start())
+    }
+
+    fn start(self) -> Result<BatchStream> {
         // Each query counts its own operators.
         let mut counts = std::collections::HashMap::new();
         self.pipeline.shared_counts(&mut counts);
@@ -267,9 +280,13 @@ impl<'e> Query<'e> {
     /// Runs the query and returns every batch. The batches are reserved from the pool while they
     /// are collected; a result larger than the budget fails with a clear error instead of swapping.
     pub fn collect(self) -> Result<Vec<RecordBatch>> {
+        deep(|| self.collect_here())
+    }
+
+    fn collect_here(self) -> Result<Vec<RecordBatch>> {
         let pool = self.engine.ctx.pool.clone();
         let mut held = pool.register("CollectResult", false);
-        let mut stream = self.stream()?;
+        let mut stream = self.start()?;
         let mut out = Vec::new();
         while let Some(item) = stream.next_reserved() {
             let (batch, reservation) = item?;
@@ -438,10 +455,14 @@ impl<'e> Query<'e> {
 
     /// Runs the query, handing each batch to `f` with a reservation that holds it for as long
     /// as `f` keeps it (the query's flow control moves on meanwhile); returns the metrics.
-    fn for_each_owned(self, mut f: impl FnMut(RecordBatch, MemoryReservation) -> Result<()>) -> Result<QueryMetrics> {
+    fn for_each_owned(self, f: impl FnMut(RecordBatch, MemoryReservation) -> Result<()>) -> Result<QueryMetrics> {
+        deep(|| self.drive(f))
+    }
+
+    fn drive(self, mut f: impl FnMut(RecordBatch, MemoryReservation) -> Result<()>) -> Result<QueryMetrics> {
         let (engine, start) = (self.engine, Instant::now());
         let before = snapshot(engine);
-        let mut stream = self.stream()?;
+        let mut stream = self.start()?;
         let stats = stream.stats();
         let mut rows = 0;
         while let Some(item) = stream.next_reserved() {

@@ -282,15 +282,33 @@ fn top_consumers(largest: &[(String, u64)]) -> String {
 ///    3 |     WHERE s = 5
 ///      |           ^
 /// ```
+///
+/// A line longer than a terminal (generated SQL) is cut to [`CARET_WIDTH`] characters around the
+/// spot, with `...` where it was cut.
 pub fn caret(sql: &str, line: u64, column: u64) -> Option<String> {
     let text = sql.lines().nth(line.checked_sub(1)? as usize)?;
     let number = line.to_string();
     let pad = " ".repeat(number.len());
+    let chars: Vec<char> = text.chars().collect();
+    let at = (column.saturating_sub(1) as usize).min(chars.len());
+    let (start, end) = match chars.len() > CARET_WIDTH {
+        true => {
+            let start = at.saturating_sub(CARET_WIDTH / 2).min(chars.len() - CARET_WIDTH);
+            (start, start + CARET_WIDTH)
+        }
+        false => (0, chars.len()),
+    };
+    let (open, close) = (if start > 0 { "..." } else { "" }, if end < chars.len() { "..." } else { "" });
+    let shown: String = chars[start..end].iter().collect();
     // Columns count characters; tabs keep their width under the caret.
-    let before: String =
-        text.chars().take(column.saturating_sub(1) as usize).map(|c| if c == '\t' { '\t' } else { ' ' }).collect();
-    Some(format!(" {number} | {text}\n {pad} | {before}^"))
+    let before: String = std::iter::repeat_n(' ', open.len())
+        .chain(chars[start..at].iter().map(|&c| if c == '\t' { '\t' } else { ' ' }))
+        .collect();
+    Some(format!(" {number} | {open}{shown}{close}\n {pad} | {before}^"))
 }
+
+/// The most characters of a line of SQL an error shows.
+const CARET_WIDTH: usize = 100;
 
 /// Formats a byte count the way the CLI prints it: `15.4 MiB`.
 pub fn human(bytes: u64) -> String {

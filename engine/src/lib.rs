@@ -47,6 +47,7 @@ pub mod scratch;
 pub mod source;
 pub mod spill;
 pub mod sql;
+pub mod stack;
 pub mod units;
 
 pub use config::{available_memory, default_mem_budget, parse_size, Config};

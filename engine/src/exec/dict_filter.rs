@@ -275,9 +275,6 @@ pub(crate) fn cannot_fail(e: &Expr) -> bool {
         _ => false,
     };
     let mut children = true;
-    let _ = e.map_children(&mut |c| {
-        children &= cannot_fail(c);
-        Ok(c.clone())
-    });
+    e.for_each_child(&mut |c| children &= cannot_fail(c));
     own && children
 }

@@ -1129,6 +1129,10 @@ impl BatchStream {
     /// The next batch together with the reservation that pays for it; give the reservation back
     /// with [`release`](Self::release) when done with the batch.
     pub fn next_reserved(&mut self) -> Option<Result<(RecordBatch, MemoryReservation)>> {
+        crate::stack::deep(|| self.next_here())
+    }
+
+    fn next_here(&mut self) -> Option<Result<(RecordBatch, MemoryReservation)>> {
         self.release_held();
         loop {
             if self.done {

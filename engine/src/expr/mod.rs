@@ -271,6 +271,7 @@ impl Expr {
     }
 
     /// The type of the values this expression yields over `input`.
+    #[recursive::recursive]
     pub fn data_type(&self, input: &Schema) -> DataType {
         match self {
             Expr::Column { index, .. } => input.field(*index).data_type().clone(),
@@ -299,43 +300,16 @@ impl Expr {
     }
 
     /// Calls `f` on every column index the expression reads.
+    #[recursive::recursive]
     pub fn visit_columns(&self, f: &mut dyn FnMut(usize)) {
         match self {
             Expr::Column { index, .. } => f(*index),
-            Expr::Literal(_)
-            | Expr::AggregateRef { .. }
-            | Expr::OuterColumn { .. }
-            | Expr::WindowRef { .. }
-            | Expr::Subquery { .. } => {}
-            Expr::Binary { left, right, .. } => {
-                left.visit_columns(f);
-                right.visit_columns(f);
-            }
-            Expr::Not(e) | Expr::Negate(e) | Expr::IsNull { expr: e, .. } | Expr::Cast { expr: e, .. } => {
-                e.visit_columns(f)
-            }
-            Expr::InList { expr, list, .. } => {
-                expr.visit_columns(f);
-                list.iter().for_each(|e| e.visit_columns(f));
-            }
-            Expr::Like { expr, pattern, .. } => {
-                expr.visit_columns(f);
-                pattern.visit_columns(f);
-            }
-            Expr::Case { whens, otherwise, .. } => {
-                for (c, v) in whens {
-                    c.visit_columns(f);
-                    v.visit_columns(f);
-                }
-                if let Some(e) = otherwise {
-                    e.visit_columns(f);
-                }
-            }
-            Expr::Function { args, .. } => args.iter().for_each(|e| e.visit_columns(f)),
+            other => other.for_each_child(&mut |c| c.visit_columns(f)),
         }
     }
 
     /// The same expression with every column index mapped through `map`.
+    #[recursive::recursive]
     pub fn remap_columns(&self, map: &dyn Fn(usize) -> usize) -> Expr {
         let r = |e: &Expr| Box::new(e.remap_columns(map));
         match self {
@@ -376,6 +350,7 @@ impl Expr {
     }
 
     /// Evaluates over a batch.
+    #[recursive::recursive]
     pub fn evaluate(&self, batch: &RecordBatch) -> Result<Value> {
         Ok(match self {
             Expr::Column { index, .. } => Value::Array(batch.column(*index).clone()),
@@ -549,22 +524,57 @@ impl Expr {
     }
 
     /// Whether the expression reads a column of an enclosing query.
+    #[recursive::recursive]
     pub fn has_outer_refs(&self) -> bool {
         let mut found = matches!(self, Expr::OuterColumn { .. });
-        let _ = self.map_children(&mut |c| {
-            found |= c.has_outer_refs();
-            Ok(c.clone())
-        });
+        self.for_each_child(&mut |c| found |= c.has_outer_refs());
         found
     }
 
+    /// Calls `f` on each direct child.
+    pub fn for_each_child(&self, f: &mut dyn FnMut(&Expr)) {
+        match self {
+            Expr::Column { .. }
+            | Expr::Literal(_)
+            | Expr::AggregateRef { .. }
+            | Expr::OuterColumn { .. }
+            | Expr::WindowRef { .. }
+            | Expr::Subquery { .. } => {}
+            Expr::Binary { left, right, .. } => {
+                f(left);
+                f(right);
+            }
+            Expr::Not(e) | Expr::Negate(e) | Expr::IsNull { expr: e, .. } | Expr::Cast { expr: e, .. } => f(e),
+            Expr::InList { expr, list, .. } => {
+                f(expr);
+                list.iter().for_each(f);
+            }
+            Expr::Like { expr, pattern, .. } => {
+                f(expr);
+                f(pattern);
+            }
+            Expr::Case { whens, otherwise, .. } => {
+                for (c, v) in whens {
+                    f(c);
+                    f(v);
+                }
+                if let Some(e) = otherwise {
+                    f(e);
+                }
+            }
+            Expr::Function { args, .. } => args.iter().for_each(f),
+        }
+    }
+
     /// Rewrites the expression bottom-up with `f`.
+    #[recursive::recursive]
     pub fn transform(&self, f: &mut dyn FnMut(Expr) -> Result<Expr>) -> Result<Expr> {
         let node = self.map_children(&mut |c| c.transform(f))?;
         f(node)
     }
 
     /// A rough cost of evaluating the expression per row, to test cheap conditions first.
+    #[recursive::recursive]
     pub(crate) fn evaluation_cost(&self) -> usize {
         let own = match self {
             Expr::Column { .. } | Expr::Literal(_) => 0,
@@ -575,14 +585,12 @@ impl Expr {
             _ => 1,
         };
         let mut children = 0;
-        let _ = self.map_children(&mut |c| {
-            children += c.evaluation_cost();
-            Ok(c.clone())
-        });
+        self.for_each_child(&mut |c| children += c.evaluation_cost());
         own + children
     }
 
     /// Splits a conjunction `a AND b AND c` into its parts.
+    #[recursive::recursive]
     pub fn conjuncts(&self) -> Vec<&Expr> {
         match self {
             Expr::Binary { op: BinaryOp::And, left, right, .. } => {
@@ -593,6 +601,26 @@ impl Expr {
             other => vec![other],
         }
     }
+}
+
+/// `terms` joined by `op` (`AND` or `OR`) into a balanced tree: as deep as the log of their
+/// number, where folding them one by one made a chain as deep as they are many (a filter of
+/// thousands of conditions overflowed the stack of every pass that walked it). `None` for no
+/// terms.
+pub fn balanced(op: BinaryOp, mut terms: Vec<Expr>) -> Option<Expr> {
+    debug_assert!(matches!(op, BinaryOp::And | BinaryOp::Or));
+    while terms.len() > 1 {
+        let mut pairs = Vec::with_capacity(terms.len().div_ceil(2));
+        let mut it = terms.into_iter();
+        while let Some(a) = it.next() {
+            pairs.push(match it.next() {
+                Some(b) => Expr::Binary { op, left: Box::new(a), right: Box::new(b), data_type: DataType::Boolean },
+                None => a,
+            });
+        }
+        terms = pairs;
+    }
+    terms.pop()
 }
 
 /// The mask with nulls turned to false (a null condition does not hold).
@@ -801,6 +829,7 @@ fn as_bool(a: &ArrayRef) -> Result<BooleanArray> {
 }
 
 impl fmt::Display for Expr {
+    #[recursive::recursive]
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Expr::Column { name, .. } => write!(f, "{name}"),

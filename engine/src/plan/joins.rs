@@ -547,18 +547,18 @@ pub fn push_semi_joins(plan: LogicalPlan) -> LogicalPlan {
 /// `a AND b AND ...`, or `None` for no conditions.
 /// A condition stated twice (a filter derived again by a later pass) is kept once.
 pub fn conjunction(conditions: Vec<Expr>) -> Option<Expr> {
+    // Compared within groups of the same text only: a filter of thousands of conditions (generated
+    // SQL) compared every pair, arrays of literals included, for minutes.
     let mut unique: Vec<Expr> = Vec::with_capacity(conditions.len());
+    let mut by_text: std::collections::HashMap<String, Vec<usize>> = std::collections::HashMap::new();
     for c in conditions {
-        if !unique.contains(&c) {
+        let same = by_text.entry(c.to_string()).or_default();
+        if !same.iter().any(|&i| unique[i] == c) {
+            same.push(unique.len());
             unique.push(c);
         }
     }
-    unique.into_iter().reduce(|a, b| Expr::Binary {
-        op: BinaryOp::And,
-        left: Box::new(a),
-        right: Box::new(b),
-        data_type: DataType::Boolean,
-    })
+    crate::expr::balanced(BinaryOp::And, unique)
 }
 
 /// Which inputs of a join an expression reads.
@@ -716,12 +716,7 @@ fn derive_side(c: &Expr, nl: usize, side: Sides) -> Option<Expr> {
         let on_side: Vec<Expr> = b.conjuncts().into_iter().filter(|x| sides(x, nl) == side).cloned().collect();
         parts.push(conjunction(on_side)?);
     }
-    parts.into_iter().reduce(|a, b| Expr::Binary {
-        op: BinaryOp::Or,
-        left: Box::new(a),
-        right: Box::new(b),
-        data_type: DataType::Boolean,
-    })
+    crate::expr::balanced(BinaryOp::Or, parts)
 }
 
 fn with_filter(plan: LogicalPlan, conditions: Vec<Expr>) -> LogicalPlan {

@@ -37,6 +37,7 @@ pub fn simplify_plan(plan: LogicalPlan) -> LogicalPlan {
 }
 
 /// The expression over `input` with constant parts folded and the rewrites above applied.
+#[recursive::recursive]
 pub fn simplify_expr(e: &Expr, input: &Schema) -> Expr {
     let e = match e.map_children(&mut |c| Ok(simplify_expr(c, input))) {
         Ok(e) => e,
@@ -48,7 +49,8 @@ pub fn simplify_expr(e: &Expr, input: &Schema) -> Expr {
 
 /// Evaluates an expression that reads no column into a literal. Expressions that fail (a division
 /// by zero, a cast that does not fit) are left as they are: the error belongs to the rows that
-/// reach them, if any do.
+/// reach them, if any do. Its children are folded already, so it is constant when they are all
+/// literals (looking no deeper keeps simplification linear in the size of the expression).
 fn fold(e: Expr) -> Expr {
     if matches!(e, Expr::Literal(_)) || !is_constant(&e) {
         return e;
@@ -67,24 +69,21 @@ fn fold(e: Expr) -> Expr {
     }
 }
 
-/// True when the expression reads nothing but constants.
+/// True when a node whose children are folded reads nothing but constants: it is no column and
+/// no placeholder (aggregates and subquery results are filled in later), and its children are
+/// all literals.
 fn is_constant(e: &Expr) -> bool {
-    let mut columns = false;
-    e.visit_columns(&mut |_| columns = true);
-    !columns && !contains_placeholder(e)
-}
-
-/// Aggregates and subquery results are filled in later: never constant.
-fn contains_placeholder(e: &Expr) -> bool {
-    let mut found = matches!(
+    let placeholder = matches!(
         e,
-        Expr::AggregateRef { .. } | Expr::Subquery { .. } | Expr::OuterColumn { .. } | Expr::WindowRef { .. }
+        Expr::Column { .. }
+            | Expr::AggregateRef { .. }
+            | Expr::Subquery { .. }
+            | Expr::OuterColumn { .. }
+            | Expr::WindowRef { .. }
     );
-    let _ = e.map_children(&mut |c| {
-        found |= contains_placeholder(c);
-        Ok(c.clone())
-    });
-    found
+    let mut literals = true;
+    e.for_each_child(&mut |c| literals &= matches!(c, Expr::Literal(_)));
+    !placeholder && literals
 }
 
 fn boolean_literal(e: &Expr) -> Option<Option<bool>> {
@@ -167,12 +166,7 @@ fn factor_or(e: Expr) -> Expr {
     let or = if rest.iter().any(|r| boolean_literal(r) == Some(Some(true))) {
         None
     } else {
-        rest.into_iter().reduce(|a, b| Expr::Binary {
-            op: BinaryOp::Or,
-            left: Box::new(a),
-            right: Box::new(b),
-            data_type: DataType::Boolean,
-        })
+        crate::expr::balanced(BinaryOp::Or, rest)
     };
     super::conjunction(common.into_iter().chain(or).collect()).expect("common conditions")
 }

@@ -196,6 +196,16 @@ pub(crate) struct Outer<'a> {
 }
 
 /// Plans expressions over one input.
+/// How deep expressions may nest: an operand of an operand of ... (`1 + 1 + ... + 1` is a chain
+/// as deep as it is long). DuckDB's default limit is 1000; every pass over an expression grows
+/// its stack as it needs, so the limit is about time and memory, not the stack.
+pub const MAX_EXPR_DEPTH: usize = 10_000;
+
+thread_local! {
+    /// The nesting depth of the expression being planned on this thread.
+    static DEPTH: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
 pub(crate) struct ExprPlanner<'a> {
     scope: &'a Scope,
     schema: SchemaRef,
@@ -397,12 +407,32 @@ impl<'a> ExprPlanner<'a> {
         Ok(Expr::Cast { expr: Box::new(e), to: to.clone() })
     }
 
-    /// Plans an expression; an error about it says where it is in the SQL text.
+    /// Plans an expression; an error about it says where it is in the SQL text. Expressions
+    /// nest at most [`MAX_EXPR_DEPTH`] deep (chains of `AND` and `OR` count as one level); the
+    /// stack grows as deep nesting needs (see [`crate::expr::deep`]).
+    #[recursive::recursive]
     pub fn plan(&self, e: &ast::Expr) -> Result<Expr> {
         use sqlparser::ast::Spanned;
-        self.plan_inner(e).map_err(|err| {
-            let at = e.span().start;
-            err.located(at.line, at.column)
+        let depth = DEPTH.with(|d| {
+            d.set(d.get() + 1);
+            d.get()
+        });
+        let planned = match depth > MAX_EXPR_DEPTH {
+            true => Err(Error::sql(format!(
+                "expression nested too deeply (more than {MAX_EXPR_DEPTH} levels; hint: split it, or use IN (...) \
+                 or a join for long lists of values)"
+            ))),
+            false => self.plan_inner(e),
+        };
+        DEPTH.with(|d| d.set(d.get() - 1));
+        planned.map_err(|err| match err.position() {
+            // Placed already, by the innermost expression: the span of each enclosing one (a walk
+            // of its whole subtree) is not needed.
+            Some(_) => err,
+            None => {
+                let at = e.span().start;
+                err.located(at.line, at.column)
+            }
         })
     }
 
@@ -742,9 +772,23 @@ impl<'a> ExprPlanner<'a> {
         };
         match op {
             BinaryOp::And | BinaryOp::Or => {
-                let l = self.boolean(left, "AND/OR")?;
-                let r = self.boolean(right, "AND/OR")?;
-                Ok(Expr::Binary { op, left: Box::new(l), right: Box::new(r), data_type: DataType::Boolean })
+                // A chain `a AND b AND ...` (thousands of terms in generated SQL) is planned term by
+                // term, without recursing along it, into a balanced tree: its depth is the log of
+                // its length, for every pass that walks it later. Both are associative in SQL's
+                // three-valued logic.
+                let sql_op = if op == BinaryOp::And { BinaryOperator::And } else { BinaryOperator::Or };
+                let mut terms = Vec::new();
+                let mut pending = vec![right, left];
+                while let Some(e) = pending.pop() {
+                    match e {
+                        ast::Expr::BinaryOp { left, op, right } if *op == sql_op => {
+                            pending.push(right);
+                            pending.push(left);
+                        }
+                        term => terms.push(self.boolean(term, "AND/OR")?),
+                    }
+                }
+                Ok(crate::expr::balanced(op, terms).expect("a chain has two terms or more"))
             }
             BinaryOp::Concat => {
                 let l = self.plan(left)?;

@@ -87,7 +87,7 @@ pub(crate) struct Ctx<'a> {
 
 /// Parses one SQL statement and plans it against `catalog`.
 pub fn plan_sql(sql: &str, catalog: &Catalog) -> Result<LogicalPlan> {
-    let statements = Parser::parse_sql(&DuckDbDialect {}, sql).map_err(parse_error)?;
+    let statements = parse(sql)?;
     let statement = match statements.len() {
         1 => statements.into_iter().next().unwrap(),
         0 => return Err(Error::sql("empty statement")),
@@ -143,7 +143,7 @@ pub fn referenced_relations(sql: &str) -> Result<Vec<String>> {
             _ => {}
         }
     }
-    let statements = Parser::parse_sql(&DuckDbDialect {}, sql).map_err(parse_error)?;
+    let statements = parse(sql)?;
     let mut out = Vec::new();
     for statement in &statements {
         if let Statement::Query(q) = statement {
@@ -151,6 +151,20 @@ pub fn referenced_relations(sql: &str) -> Result<Vec<String>> {
         }
     }
     Ok(out)
+}
+
+/// How deep the parser follows nested parentheses, subqueries and function calls: a level of
+/// parentheses takes about two (sqlparser's own default, 50, stopped at 24 levels; DuckDB takes
+/// 1000). sqlparser grows its stack as deep nesting needs.
+const PARSER_RECURSION_LIMIT: usize = 2 * 1000 + 50;
+
+/// Parses SQL text into statements.
+fn parse(sql: &str) -> Result<Vec<Statement>> {
+    Parser::new(&DuckDbDialect {})
+        .with_recursion_limit(PARSER_RECURSION_LIMIT)
+        .try_with_sql(sql)
+        .and_then(|mut p| p.parse_statements())
+        .map_err(parse_error)
 }
 
 fn first_words(s: &str) -> String {
@@ -161,7 +175,9 @@ fn first_words(s: &str) -> String {
 fn parse_error(e: ParserError) -> Error {
     let text = match e {
         ParserError::ParserError(s) | ParserError::TokenizerError(s) => s,
-        ParserError::RecursionLimitExceeded => "query nests too deeply".into(),
+        ParserError::RecursionLimitExceeded => {
+            "query nests too deeply (more than 1000 levels of parentheses, subqueries or function calls)".into()
+        }
     };
     if let Some(at) = text.rfind(" at Line: ") {
         let tail = &text[at + " at Line: ".len()..];
@@ -864,10 +880,7 @@ fn aggregate(
 /// Whether an expression holds a window function.
 fn has_window(e: &Expr) -> bool {
     let mut found = matches!(e, Expr::WindowRef { .. });
-    let _ = e.map_children(&mut |c| {
-        found |= has_window(c);
-        Ok(c.clone())
-    });
+    e.for_each_child(&mut |c| found |= has_window(c));
     found
 }
 

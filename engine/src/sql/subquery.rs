@@ -135,10 +135,7 @@ pub(crate) fn collect_ids(e: &Expr, out: &mut Vec<usize>) {
     if let Expr::Subquery { id, .. } = e {
         out.push(*id);
     }
-    let _ = e.map_children(&mut |c| {
-        collect_ids(c, out);
-        Ok(c.clone())
-    });
+    e.for_each_child(&mut |c| collect_ids(c, out));
 }
 
 /// The first `width` columns of `plan`.
