@@ -70,7 +70,7 @@ pub enum Error {
         largest: Vec<(String, u64)>,
     },
     /// A plan whose minimum memory does not fit the budget, found before running.
-    #[error("budget too small: {what} needs at least {} but --mem-budget is {} (hint: use --mem-budget {} or more)", human(*needed), human(*budget), human(*needed))]
+    #[error("budget too small: {what} needs at least {} but --mem-budget is {} (hint: use --mem-budget {} or more)", human_up(*needed), human(*budget), human_up(*needed))]
     BudgetTooSmall {
         /// What needs the memory.
         what: String,
@@ -310,7 +310,35 @@ pub fn caret(sql: &str, line: u64, column: u64) -> Option<String> {
 /// The most characters of a line of SQL an error shows.
 const CARET_WIDTH: usize = 100;
 
+/// `bytes` as [`human`] prints it, rounded up rather than to the nearest: a minimum printed as
+/// the budget it exceeds ("needs at least 3.5 MiB but --mem-budget is 3.5 MiB") says nothing.
+pub fn human_up(bytes: u64) -> String {
+    let mut unit = 1u64;
+    while unit < (1 << 60) && bytes >= unit * 1024 {
+        unit *= 1024;
+    }
+    // Up to one decimal in that unit, as `human` shows it.
+    let (bytes, unit) = (bytes as u128, unit as u128);
+    human(((bytes * 10).div_ceil(unit) * unit / 10) as u64)
+}
+
 /// Formats a byte count the way the CLI prints it: `15.4 MiB`.
 pub fn human(bytes: u64) -> String {
     bytesize::ByteSize(bytes).display().iec().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_minimum_is_rounded_up() {
+        let mib = 1u64 << 20;
+        assert_eq!(human(7 * mib / 2 + 1000), "3.5 MiB");
+        assert_eq!(human_up(7 * mib / 2 + 1000), "3.6 MiB");
+        assert_eq!(human_up(7 * mib / 2), "3.5 MiB");
+        assert_eq!(human_up(1000), "1000 B");
+        let e = Error::BudgetTooSmall { what: "q".into(), needed: 7 * mib / 2 + 1, budget: 7 * mib / 2 };
+        assert!(e.to_string().contains("needs at least 3.6 MiB but --mem-budget is 3.5 MiB"), "{e}");
+    }
 }

@@ -236,7 +236,8 @@ impl ScanPipeline {
             .max()
             .unwrap_or(0);
         let row = morsels.iter().map(|m| self.table.estimated_row_bytes(*m, &self.projection)).max().unwrap_or(0);
-        let batch = (row.max(1) * ctx.config.batch_size as u64).min(ctx.batch_bytes_target()).max(row * 64);
+        // Wide rows (a value of megabytes) make batches of fewer rows, down to one.
+        let batch = (row.max(1) * ctx.config.batch_size as u64).min(ctx.batch_bytes_target()).max(row);
         (pages + 3 * batch, batch)
     }
 
@@ -381,7 +382,7 @@ impl ScanPipeline {
         let spare = ctx.available_for_sizing().saturating_sub(workers as u64 * worker_bytes + batch_bytes);
         // Half the spare memory: the rest is headroom for what no reservation sees (allocator slack,
         // encoder scratch space).
-        let queue_limit = queue_limit.unwrap_or((spare / (2 * workers as u64)).clamp(2 * batch_bytes, 256 << 20));
+        let queue_limit = queue_limit.unwrap_or((spare / (2 * workers as u64)).min(256 << 20).max(2 * batch_bytes));
         let stats = self.stats(ctx);
         let scan_rows = self.expands().then(|| metrics.clone());
         // Conditions on a single string column test each value of a Parquet dictionary once.
@@ -572,7 +573,7 @@ fn worker(w: usize, workers: usize, shared: &Shared, ctx: &ExecContext, tx: Send
         }
         let morsel = shared.morsels[k];
         let row_bytes = shared.table.estimated_row_bytes(morsel, &shared.projection).max(1);
-        let batch_rows = ((target / row_bytes) as usize).clamp(64, ctx.config.batch_size.max(64));
+        let batch_rows = ((target / row_bytes) as usize).clamp(1, ctx.config.batch_size.max(1));
         let pages = shared.table.page_buffer_bytes(morsel, &shared.projection, shared.pruning.as_ref(), prefetch);
         let mut early = shared.early.as_ref().filter(|_| early_pause == 0);
         early_pause = early_pause.saturating_sub(1);
