@@ -344,29 +344,6 @@ fn inspect_shows_schema_row_groups_and_statistics() {
     failed(&flow(d, &["inspect", "missing.parquet"]), "missing.parquet");
 }
 
-/// A Python with pyarrow, DuckDB and Polars: `FLOW_INTEROP_PYTHON` if set, else a venv under
-/// `target/` made (once) from PyPI.
-fn interop_python() -> PathBuf {
-    if let Some(p) = std::env::var_os("FLOW_INTEROP_PYTHON") {
-        return p.into();
-    }
-    let venv = repo_root().join("target/interop-venv");
-    let python = venv.join("bin/python");
-    let ready = venv.join(".ready");
-    if !ready.exists() {
-        let _ = std::fs::remove_dir_all(&venv);
-        let status = Command::new("python3").args(["-m", "venv"]).arg(&venv).status();
-        assert!(status.is_ok_and(|s| s.success()), "python3 -m venv failed: the interop tests need Python 3");
-        let status = Command::new(&python)
-            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
-            .args(["pyarrow==26.0.1", "duckdb==2.0.1", "polars==2.1.0"])
-            .status();
-        assert!(status.is_ok_and(|s| s.success()), "pip install pyarrow duckdb polars failed (PyPI reachable?)");
-        std::fs::write(&ready, b"").unwrap();
-    }
-    python
-}
-
 fn python(python: &Path, args: &[&str]) {
     let script = repo_root().join("tests/interop/check.py");
     let out = Command::new(python).arg(&script).args(args).output().expect("run python");

@@ -615,10 +615,13 @@ fn push_into(plan: LogicalPlan, mut conditions: Vec<Expr>) -> LogicalPlan {
             let join_type = match join_type {
                 JoinType::Left if rejects(|c, nl| c >= nl) => JoinType::Inner,
                 JoinType::Right if rejects(|c, nl| c < nl) => JoinType::Inner,
+                // Rows null-extended on the left are gone when the conditions reject nulls there:
+                // what is left keeps every left row, a left join (found by the fuzzer: this
+                // said right join, and a later pass made it inner).
                 JoinType::Full => match (rejects(|c, nl| c < nl), rejects(|c, nl| c >= nl)) {
                     (true, true) => JoinType::Inner,
-                    (true, false) => JoinType::Right,
-                    (false, true) => JoinType::Left,
+                    (true, false) => JoinType::Left,
+                    (false, true) => JoinType::Right,
                     (false, false) => JoinType::Full,
                 },
                 other => other,
