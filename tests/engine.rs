@@ -56,7 +56,7 @@ fn rows(engine: &Engine, sql: &str) -> (Vec<DataType>, Vec<Vec<String>>) {
             Ok(())
         })
         .unwrap_or_else(|e| panic!("{sql}: {e}"));
-    assert_eq!(engine.pool().reserved(), 0, "pool back to zero after {sql}");
+    assert_eq!(engine.pool().reserved(), engine.catalog_memory(), "pool back to zero after {sql}");
     (types, out)
 }
 
@@ -216,7 +216,12 @@ fn compatible_files_unify_and_incompatible_ones_fail() {
         vec![("x", Arc::new(Int64Array::from(vec![5])) as ArrayRef), ("y", Arc::new(StringViewArray::from(vec!["s"])))],
     );
     let e = engine(dir.path());
-    let glob = format!("SELECT x, y, z FROM '{}/u/*.parquet'", dir.path().display());
+    // Files of different columns are an error unless read by name, as in DuckDB.
+    let plain = format!("SELECT x, y FROM '{}/u/*.parquet'", dir.path().display());
+    let msg = e.sql(&plain).err().expect("different columns").to_string();
+    assert!(msg.contains("column 'y'") && msg.contains("b.parquet") && msg.contains("union_by_name"), "{msg}");
+    let glob =
+        format!("SELECT x, y, z FROM read_parquet('{}/u/*.parquet', union_by_name = true)", dir.path().display());
     let (types, got) = rows(&e, &glob);
     assert_eq!(types, vec![DataType::Int64, DataType::Utf8, DataType::Float64]);
     assert_eq!(
@@ -224,7 +229,8 @@ fn compatible_files_unify_and_incompatible_ones_fail() {
         vec![["1", "p", "NULL"], ["2", "q", "NULL"], ["3", "NULL", "0.5"], ["4", "r", "NULL"], ["5", "s", "NULL"]]
     );
     // A directory reads the same files.
-    let (_, by_dir) = rows(&e, &format!("SELECT x FROM read_parquet('{}/u')", dir.path().display()));
+    let (_, by_dir) =
+        rows(&e, &format!("SELECT x FROM read_parquet('{}/u', union_by_name = true)", dir.path().display()));
     assert_eq!(by_dir.len(), 5);
     write(&u.join("e.parquet"), vec![("x", Arc::new(StringArray::from(vec!["oops"])) as ArrayRef)]);
     let err = e.sql(&glob).err().expect("incompatible files");
@@ -286,7 +292,7 @@ fn row_groups_are_pruned_by_statistics() {
         assert_eq!(metrics.pipeline.row_groups_scanned, groups, "{sql}");
         assert_eq!(metrics.rows_out, count, "{sql}");
     }
-    assert_eq!(e.pool().reserved(), 0);
+    assert_eq!(e.pool().reserved(), e.catalog_memory());
 }
 
 #[test]
@@ -349,7 +355,7 @@ fn pages_are_pruned_by_the_page_index() {
         assert!(paged_read <= most_read, "{filter}: read {paged_read} rows, expected at most {most_read}");
         assert!(paged_read <= whole_read, "{filter}");
     }
-    assert_eq!(e.pool().reserved(), 0);
+    assert_eq!(e.pool().reserved(), e.catalog_memory());
 }
 
 #[test]
@@ -411,12 +417,12 @@ fn limits_stop_early_and_release_memory() {
     let first = stream.next().unwrap().unwrap();
     assert_eq!(first.num_rows(), 1000);
     drop(stream);
-    assert_eq!(e.pool().reserved(), 0);
+    assert_eq!(e.pool().reserved(), e.catalog_memory());
     // Cancelling stops a running query with a clear error.
     e.cancel_flag().store(true, std::sync::atomic::Ordering::SeqCst);
     let err = e.sql("SELECT id FROM n").unwrap().collect().unwrap_err();
     assert!(err.is_cancelled());
-    assert_eq!(e.pool().reserved(), 0);
+    assert_eq!(e.pool().reserved(), e.catalog_memory());
 }
 
 #[test]
@@ -430,7 +436,7 @@ fn types_round_trip_through_parquet_output() {
         .write(&out)
         .unwrap();
     assert_eq!((summary.rows, metrics.rows_out), (4, 4));
-    assert_eq!(e.pool().reserved(), 0);
+    assert_eq!(e.pool().reserved(), e.catalog_memory());
     let back = concat(&read_parquet(&out));
     let types: Vec<DataType> = back.schema().fields().iter().map(|f| f.data_type().clone()).collect();
     assert_eq!(
@@ -496,13 +502,32 @@ fn tiny_budgets_are_refused_up_front() {
     let schema = Arc::new(Schema::new(vec![Field::new("s", DataType::Utf8, false)]));
     let big: StringArray = (0..20_000).map(|i| Some(format!("{i:0>200}"))).collect();
     write_parquet(&dir.path().join("w.parquet"), &[RecordBatch::try_new(schema, vec![Arc::new(big)]).unwrap()], None);
-    let config = Config::default().with_mem_budget(256 << 10).with_threads(2).with_spill_dir(dir.path());
-    let mut e = Engine::new(config).unwrap();
-    e.register("w", dir.path().join("w.parquet").to_str().unwrap()).unwrap();
-    match e.sql("SELECT s FROM w").err() {
-        Some(Error::BudgetTooSmall { needed, budget, .. }) => assert!(needed > budget),
+    let engine = |budget: u64| {
+        let config = Config::default().with_mem_budget(budget).with_threads(2).with_spill_dir(dir.path());
+        let mut e = Engine::new(config).unwrap();
+        e.register("w", dir.path().join("w.parquet").to_str().unwrap()).unwrap();
+        e
+    };
+    let out = dir.path().join("out.parquet");
+    // Refused when it starts, before anything is read or written, with a minimum that works:
+    // the minimum depends on the budget it is computed under (buffers sized from the budget), so
+    // it is the smallest budget that fits its own minimum.
+    let e = engine(256 << 10);
+    let needed = match e.sql("SELECT s FROM w").and_then(|q| q.write(&out)).err() {
+        Some(Error::BudgetTooSmall { needed, budget, .. }) => {
+            assert!(needed > budget);
+            needed
+        }
         other => panic!("expected BudgetTooSmall, got {other:?}"),
-    }
+    };
+    assert!(!out.exists());
+    assert_eq!(e.counters().rows.load(std::sync::atomic::Ordering::Relaxed), 0, "nothing read");
+    let e = engine(needed);
+    let (summary, _) = e.sql("SELECT s FROM w").and_then(|q| q.write(&out)).unwrap();
+    assert_eq!(summary.rows, 20_000);
+    let e = engine(needed - 1);
+    let refused = e.sql("SELECT s FROM w").and_then(|q| q.write(&out)).err();
+    assert!(matches!(refused, Some(Error::BudgetTooSmall { needed: n, .. }) if n == needed), "{refused:?}");
 }
 
 #[test]
@@ -547,7 +572,7 @@ fn large_csv_is_split_at_record_boundaries() {
         .unwrap();
     assert_eq!(next, 2_000_000);
     assert!(metrics.pipeline.row_groups_scanned >= 3, "scanned in slices: {:?}", metrics.pipeline);
-    assert_eq!(e.pool().reserved(), 0);
+    assert_eq!(e.pool().reserved(), e.catalog_memory());
 }
 
 /// Rows with nulls, a skewed key (half the rows share one value), long strings and duplicates.
@@ -632,7 +657,7 @@ fn order_by_is_the_same_spilled_or_not_and_matches_an_independent_sort() {
                 Ok(())
             })
             .unwrap_or_else(|err| panic!("{sql}: {err}"));
-        assert_eq!(e.pool().reserved(), 0, "pool back to zero after {sql}");
+        assert_eq!(e.pool().reserved(), e.catalog_memory(), "pool back to zero after {sql}");
         (out, metrics)
     };
     let cases: Vec<(&str, Vec<i64>)> = vec![
@@ -696,7 +721,7 @@ fn order_by_keys_with_long_common_prefixes_is_stable_spilled_or_not() {
                 Ok(())
             })
             .unwrap();
-        assert_eq!(e.pool().reserved(), 0, "pool back to zero after {sql}");
+        assert_eq!(e.pool().reserved(), e.catalog_memory(), "pool back to zero after {sql}");
         out
     };
     let roomy = engine_with(dir.path(), 1 << 30);
@@ -993,7 +1018,7 @@ fn min_and_max_of_numbers_dates_and_timestamps_with_nulls_spilled_or_not() {
         if budget < 4 << 20 {
             assert!(e.spill().stats().files > 0, "spilled: {:?}", e.spill().stats());
         }
-        assert_eq!(e.pool().reserved(), 0);
+        assert_eq!(e.pool().reserved(), e.catalog_memory());
     }
 }
 
@@ -1026,7 +1051,7 @@ fn a_sort_over_an_aggregation_gives_the_same_answer_at_every_budget() {
     for mib in [16u64, 24, 32, 40, 48, 56, 64] {
         let e = open(mib << 20);
         assert_eq!(count(&e).unwrap_or_else(|err| panic!("{mib} MiB: {err}")), want, "{mib} MiB");
-        assert_eq!(e.pool().reserved(), 0);
+        assert_eq!(e.pool().reserved(), e.catalog_memory());
     }
 }
 
@@ -1205,7 +1230,7 @@ fn parquet_output_of_dictionary_strings_holds_plain_strings() {
         let out = dir.path().join(format!("out{k}.parquet"));
         let want = concat(&e.sql(sql).unwrap().collect().unwrap());
         let (summary, _) = e.sql(sql).unwrap().write(&out).unwrap();
-        assert_eq!(e.pool().reserved(), 0, "{sql}");
+        assert_eq!(e.pool().reserved(), e.catalog_memory(), "{sql}");
         let back = concat(&read_parquet(&out));
         assert_eq!(summary.rows as usize, want.num_rows(), "{sql}");
         assert!(want.num_rows() > 0, "{sql} selects something");
@@ -1246,7 +1271,7 @@ fn big_dictionaries_reach_parquet_outputs_within_a_small_budget() {
     let out = dir.path().join("out.parquet");
     let (summary, _) = e.sql("SELECT id, s FROM b WHERE id % 2 = 0").unwrap().write(&out).unwrap();
     assert_eq!(summary.rows, 1_000_000);
-    assert_eq!(e.pool().reserved(), 0);
+    assert_eq!(e.pool().reserved(), e.catalog_memory());
     let back = concat(&read_parquet(&out));
     assert_eq!(back.schema().field(1).data_type(), &DataType::Utf8);
     use arrow::array::AsArray;
@@ -1397,7 +1422,7 @@ fn group_keys_in_runs_agree_with_an_independent_aggregation() {
         let (_, got) = rows(&e, sql);
         assert_eq!(got.len(), want.len(), "groups at a budget of {budget}");
         assert!(got == want, "groups at a budget of {budget}");
-        assert_eq!(e.pool().reserved(), 0);
+        assert_eq!(e.pool().reserved(), e.catalog_memory());
     }
 }
 
@@ -1490,7 +1515,7 @@ fn groups_of_row_groups_with_disjoint_keys_go_out_early_and_agree() {
             let (_, got) = rows(&e, &sql(table));
             assert_eq!(got.len(), want.len(), "{table} at a budget of {budget}");
             assert!(got == want, "{table} at a budget of {budget}");
-            assert_eq!(e.pool().reserved(), 0);
+            assert_eq!(e.pool().reserved(), e.catalog_memory());
         }
     }
 }
@@ -1554,6 +1579,6 @@ fn a_partial_aggregation_that_barely_reduces_hands_rows_on_and_loses_nothing() {
         let expected: Vec<Vec<String>> =
             want.iter().map(|(k, g)| vec![k.to_string(), g.1.len().to_string(), g.0.to_string()]).collect();
         assert_eq!(distinct, expected, "count(DISTINCT) at {budget}");
-        assert_eq!(e.pool().reserved(), 0);
+        assert_eq!(e.pool().reserved(), e.catalog_memory());
     }
 }

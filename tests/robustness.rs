@@ -345,3 +345,100 @@ fn a_value_of_megabytes_is_read_in_a_small_budget() {
         run.stderr
     );
 }
+
+/// `x.csv.gz` was taken for CSV and failed on its first compressed byte; `.zst` was unknown.
+/// Compressed CSV and NDJSON read as streams, inside the budget, and `--sources DIR` names
+/// `x.csv.gz` `x`.
+#[test]
+fn gzip_and_zstd_text_inputs_are_read() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut csv = String::from("k,name\n");
+    let mut json = String::new();
+    for i in 0..50_000 {
+        csv.push_str(&format!("{i},\"n{},{}\"\n", i % 7, i % 3));
+        json.push_str(&format!("{{\"k\": {i}, \"name\": \"n{}\"}}\n", i % 7));
+    }
+    let gzip = |path: &str, text: &str| {
+        let mut e = flate2::write::GzEncoder::new(std::fs::File::create(d.join(path)).unwrap(), Default::default());
+        e.write_all(text.as_bytes()).unwrap();
+        e.finish().unwrap();
+    };
+    std::fs::create_dir(d.join("in")).unwrap();
+    gzip("in/events.csv.gz", &csv);
+    gzip("in/lines.ndjson.gz", &json);
+    std::fs::write(d.join("in/more.csv.zst"), zstd::encode_all(csv.as_bytes(), 3).unwrap()).unwrap();
+    let want = format!("n,s\n50000,{}\n", (0..50_000u64).sum::<u64>());
+    for table in ["events", "lines", "more"] {
+        let sql = format!("SELECT count(*) AS n, sum(k) AS s FROM {table}");
+        let run = flow(d, &["sql", "--mem-budget", "16MiB", "--sources", "in", "-o", "-", &sql]);
+        assert_eq!((run.code, run.stdout.as_str()), (0, want.as_str()), "{table}: {}", run.stderr);
+    }
+    let run = flow(
+        d,
+        &["sql", "-o", "-", "SELECT name, count(*) AS n FROM 'in/events.csv.gz' GROUP BY 1 ORDER BY 1 LIMIT 1"],
+    );
+    assert_eq!((run.code, run.stdout.as_str()), (0, "name,n\n\"n0,0\",2381\n"), "{}", run.stderr);
+    // A damaged file is an error naming it, exit 2.
+    std::fs::write(d.join("broken.csv.gz"), b"\x1f\x8b\x08\x00garbage").unwrap();
+    let run = flow(d, &["sql", "SELECT * FROM 'broken.csv.gz'"]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(run.stderr.starts_with("error: broken.csv.gz:"), "{}", run.stderr);
+}
+
+/// Errors in text files name the file's line: a bad value on line 50002 of a CSV file said
+/// "line 50001 ... (after line 49153)", and a broken NDJSON line 3 said "line 1".
+#[test]
+fn errors_in_text_files_name_their_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut csv = String::from("a,b\n");
+    for i in 1..=60_000 {
+        csv.push_str(&if i == 50_001 { "oops,x\n".to_string() } else { format!("{i},x\n") });
+    }
+    std::fs::write(d.join("bad.csv"), csv).unwrap();
+    let run = flow(d, &["sql", "SELECT sum(a) FROM 'bad.csv'"]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(run.stderr.contains("bad.csv: line 50002: ") && run.stderr.contains("'oops'"), "{}", run.stderr);
+    assert!(!run.stderr.contains("after line"), "{}", run.stderr);
+    std::fs::write(d.join("bad.ndjson"), "{\"a\": 1}\n{\"a\": 2}\n{\"a\": 3\n{\"a\": 4}\n").unwrap();
+    let run = flow(d, &["sql", "SELECT sum(a) FROM 'bad.ndjson'"]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(run.stderr.contains("bad.ndjson: line 3: not valid JSON"), "{}", run.stderr);
+}
+
+/// A glob over Parquet files of different columns was silently unioned by name, where DuckDB
+/// refuses; now it is refused unless `union_by_name` asks for it (in SQL or a pipeline source).
+#[test]
+fn files_of_different_columns_need_union_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir(d.join("parts")).unwrap();
+    let write = |name: &str, columns: Vec<(&str, arrow::array::ArrayRef)>| {
+        let batch = RecordBatch::try_from_iter(columns).unwrap();
+        write_parquet(&d.join("parts").join(name), &[batch], None);
+    };
+    write(
+        "a.parquet",
+        vec![
+            ("k", Arc::new(Int64Array::from(vec![1, 2])) as _),
+            ("s", Arc::new(StringArray::from(vec!["x", "y"])) as _),
+        ],
+    );
+    write("b.parquet", vec![("k", Arc::new(Int64Array::from(vec![3])) as _)]);
+    let run = flow(d, &["sql", "SELECT count(*) AS n FROM 'parts/*.parquet'"]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(run.stderr.contains("column 's'") && run.stderr.contains("union_by_name"), "{}", run.stderr);
+    let sql = "SELECT count(*) AS n, count(s) AS s FROM read_parquet('parts/*.parquet', union_by_name = true)";
+    let run = flow(d, &["sql", "-o", "-", sql]);
+    assert_eq!((run.code, run.stdout.as_str()), (0, "n,s\n3,2\n"), "{}", run.stderr);
+    std::fs::write(
+        d.join("p.toml"),
+        "[sources]\nparts = { path = \"parts/*.parquet\", union_by_name = true }\n[[steps]]\nsql = \"SELECT count(s) AS s FROM parts\"\noutput = \"out.csv\"\n",
+    )
+    .unwrap();
+    let run = flow(d, &["run", "p.toml"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(std::fs::read_to_string(d.join("out.csv")).unwrap(), "s\n2\n");
+}

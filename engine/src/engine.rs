@@ -29,7 +29,14 @@ pub struct Engine {
     ctx: ExecContext,
     spill: SpillManager,
     catalog: Catalog,
+    /// What each registered table's footers take in memory, by table name (see
+    /// [`Engine::register`]).
+    footers: std::collections::HashMap<String, MemoryReservation>,
 }
+
+/// Batches a writer holds beside what the query reserves for its output: one more waiting in its
+/// queue, and the one it encodes (see [`BackgroundSink`]).
+const WRITER_BATCHES: u64 = 2;
 
 /// The stack of a worker thread: as much as an entry point gets (see [`crate::stack`]).
 const WORKER_STACK: usize = crate::stack::SEGMENT;
@@ -58,7 +65,7 @@ impl Engine {
             batch_target: 0,
         };
         let ctx = ExecContext { batch_target: ExecContext::default_batch_target(&ctx.config), ..ctx };
-        Ok(Engine { ctx, spill, catalog: Catalog::default() })
+        Ok(Engine { ctx, spill, catalog: Catalog::default(), footers: Default::default() })
     }
 
     /// The configuration.
@@ -97,15 +104,41 @@ impl Engine {
     }
 
     /// Registers files (a path, glob or directory) under `name`, with the format from the extension.
+    ///
+    /// Their footers stay in memory while the table is registered (a file written in thousands of
+    /// small row groups holds megabytes of metadata): they are counted in the pool, past the
+    /// budget if need be, so that a query too big for what is left is refused with a minimum
+    /// that counts them.
     pub fn register(&mut self, name: &str, location: &str) -> Result<()> {
         self.register_with_format(name, location, None)
     }
 
     /// Registers files under `name` in an explicit format.
     pub fn register_with_format(&mut self, name: &str, location: &str, format: Option<Format>) -> Result<()> {
-        let table = Table::open(name, &self.catalog.resolve_path(location), format)?;
+        self.register_with(name, location, format, false)
+    }
+
+    /// Registers files under `name`; with `union_by_name`, files of different columns are read
+    /// by column name, with nulls where a file lacks one (else they must have the same columns).
+    pub fn register_with(
+        &mut self,
+        name: &str,
+        location: &str,
+        format: Option<Format>,
+        union_by_name: bool,
+    ) -> Result<()> {
+        let table = Table::open_with(name, &self.catalog.resolve_path(location), format, union_by_name)?;
+        let mut footers = self.ctx.pool.register(format!("Footers[{name}]"), false);
+        footers.grow_over_budget(table.metadata_bytes());
+        self.footers.insert(name.to_ascii_lowercase(), footers);
         self.catalog.insert(name, Relation::Table(Arc::new(table)));
         Ok(())
+    }
+
+    /// What the footers of the registered tables take in the pool (see [`Engine::register`]):
+    /// all that stays reserved between queries.
+    pub fn catalog_memory(&self) -> u64 {
+        self.footers.values().map(|r| r.size()).sum()
     }
 
     /// Registers the result of `sql` as a view named `name` that later queries can read.
@@ -183,16 +216,40 @@ pub struct Query<'e> {
     pipeline: Pipeline,
     /// What the query runs with (its batch size chosen for its plan).
     ctx: ExecContext,
+    /// Whether `ctx` was checked to fit the budget with what the query's consumer takes beside
+    /// it: a writer's buffers are known only when the query is written, so a plan is refused
+    /// there, with the minimum for the plan and its writer, not when it is planned.
+    fits: bool,
+    /// What the footers of the files the query reads take in memory (a file written in thousands
+    /// of small row groups holds megabytes of metadata), reserved while the query lives.
+    footers: MemoryReservation,
+    footer_bytes: u64,
 }
 
 impl<'e> Query<'e> {
     fn new(engine: &'e Engine, plan: LogicalPlan) -> Result<Query<'e>> {
+        // Registered tables' footers are counted already; tables the query opened itself (a
+        // quoted path) count while it lives.
+        let registered = engine.catalog.tables();
+        let footer_bytes = plan
+            .tables()
+            .iter()
+            .filter(|t| !registered.iter().any(|r| Arc::ptr_eq(r, t)))
+            .map(|t| t.metadata_bytes())
+            .sum();
         let pipeline = Pipeline::new(&plan)?;
         // The minimums of every operator that can run at once: scans (a row group's decode
-        // buffers), and the working memory of sorts, aggregations and joins; refused up front
-        // when they cannot fit.
-        let ctx = engine.ctx.for_plan(&pipeline, engine.ctx.pool.reserved())?;
-        Ok(Query { engine, plan, pipeline, ctx })
+        // buffers), and the working memory of sorts, aggregations and joins, decide its batch
+        // size; it is refused when it starts (see `fits`) if they cannot fit.
+        let mut footers = engine.ctx.pool.register("Footers", false);
+        let (ctx, fits) = match footers.try_grow(footer_bytes) {
+            Ok(()) => match engine.ctx.for_plan(&pipeline, engine.ctx.pool.reserved(), 0) {
+                Ok(ctx) => (ctx, true),
+                Err(_) => (engine.ctx.smallest_batches(), false),
+            },
+            Err(_) => (engine.ctx.smallest_batches(), false),
+        };
+        Ok(Query { engine, plan, pipeline, ctx, fits, footers, footer_bytes })
     }
 
     /// The result's schema.
@@ -264,7 +321,11 @@ impl<'e> Query<'e> {
         deep(|| self.start())
     }
 
-    fn start(self) -> Result<BatchStream> {
+    fn start(mut self) -> Result<BatchStream> {
+        if !self.fits {
+            self.ctx = self.engine.ctx.for_plan(&self.pipeline, self.held(), 0)?;
+            self.hold_footers()?;
+        }
         // Each query counts its own operators.
         let mut counts = std::collections::HashMap::new();
         self.pipeline.shared_counts(&mut counts);
@@ -331,7 +392,7 @@ impl<'e> Query<'e> {
     /// # }
     /// ```
     pub fn write_with(
-        self,
+        mut self,
         path: impl AsRef<Path>,
         format: OutputFormat,
         options: &WriteOptions,
@@ -349,6 +410,7 @@ impl<'e> Query<'e> {
         if options.overwrite == Overwrite::Error && target_taken(path) {
             return Err(exists_error(path));
         }
+        self.check_format(format, options)?;
         self.write_to_destination(Destination::file(path, options)?, format, options)
     }
 
@@ -356,7 +418,7 @@ impl<'e> Query<'e> {
     /// it is produced: nothing is buffered beyond the writer's own buffers (a Parquet row group).
     /// The summary's path is `-`.
     pub fn write_to(
-        self,
+        mut self,
         out: Box<dyn std::io::Write + Send>,
         format: OutputFormat,
         options: &WriteOptions,
@@ -364,7 +426,17 @@ impl<'e> Query<'e> {
         if options.max_file_bytes.is_some() {
             return Err(Error::Config("a maximum file size needs a folder to write files in, not a stream".into()));
         }
+        self.check_format(format, options)?;
         self.write_to_destination(Destination::Stream(out), format, options)
+    }
+
+    /// Refuses a write of `format` before anything is created (see [`Self::check_write`]).
+    fn check_format(&mut self, format: OutputFormat, options: &WriteOptions) -> Result<()> {
+        let schema = self.schema();
+        match format {
+            OutputFormat::Parquet => self.check_write(&|budget| ParquetSink::upfront(&schema, budget, options)),
+            _ => self.check_write(&TextSink::upfront),
+        }
     }
 
     fn write_to_destination(
@@ -374,11 +446,51 @@ impl<'e> Query<'e> {
         options: &WriteOptions,
     ) -> Result<(WriteSummary, QueryMetrics)> {
         let pool = &self.engine.ctx.pool;
-        let sink: Box<dyn Sink + Send> = match format {
-            OutputFormat::Parquet => Box::new(ParquetSink::to(to, &self.schema(), pool, options)?),
-            format => Box::new(TextSink::to(to, format, pool)?),
+        let sink: Result<Box<dyn Sink + Send>> = match format {
+            OutputFormat::Parquet => ParquetSink::to(to, &self.schema(), pool, options).map(|s| Box::new(s) as _),
+            format => TextSink::to(to, format, pool).map(|s| Box::new(s) as _),
         };
+        let sink = sink.map_err(|e| self.too_small_for_the_writer(e))?;
         self.run_into(sink)
+    }
+
+    /// A writer that cannot take its buffers from the pool: the budget is too small for the
+    /// writer and the query together, which is what the error says.
+    fn too_small_for_the_writer(&self, e: Error) -> Error {
+        match e {
+            Error::ResourcesExhausted { consumer, requested, in_use, budget, .. } => Error::BudgetTooSmall {
+                what: format!("this query with its output's writer ({consumer})"),
+                needed: self.engine.ctx.least_budget(&self.pipeline, &|_| in_use + requested, WRITER_BATCHES),
+                budget,
+            },
+            other => other,
+        }
+    }
+
+    /// Refuses a write before anything is created when the budget cannot hold the query and a
+    /// writer of `upfront(budget)` bytes, with the smallest budget that can.
+    fn check_write(&mut self, upfront: &dyn Fn(u64) -> u64) -> Result<()> {
+        let ctx = &self.engine.ctx;
+        let held = self.held();
+        let least = ctx.least_budget(&self.pipeline, &|budget| held + upfront(budget), WRITER_BATCHES);
+        if least > ctx.config.mem_budget {
+            return Err(Error::BudgetTooSmall {
+                what: "this query".into(),
+                needed: least,
+                budget: ctx.config.mem_budget,
+            });
+        }
+        self.hold_footers()
+    }
+
+    /// What the pool holds besides the query's running operators: reservations of others, and
+    /// the query's footers (counted when not reserved yet).
+    fn held(&self) -> u64 {
+        self.engine.ctx.pool.reserved() + (self.footer_bytes - self.footers.size())
+    }
+
+    fn hold_footers(&mut self) -> Result<()> {
+        self.footers.try_resize(self.footer_bytes)
     }
 
     /// Runs the query into the folder `dir`: files of at most `options.max_file_bytes` (about;
@@ -421,8 +533,11 @@ impl<'e> Query<'e> {
     /// [`PartitionedWriter`]). Files appear only once complete.
     pub fn write_partitioned(mut self, out: PartitionedOutput) -> Result<(Vec<WriteSummary>, QueryMetrics)> {
         let engine = self.engine;
-        let mut writer = PartitionedWriter::new(out, &self.schema(), &engine.ctx.pool)?;
-        self.ctx = engine.ctx.for_plan(&self.pipeline, engine.ctx.pool.reserved())?;
+        self.hold_footers().map_err(|e| self.too_small_for_the_writer(e))?;
+        let writer = PartitionedWriter::new(out, &self.schema(), &engine.ctx.pool);
+        let mut writer = writer.map_err(|e| self.too_small_for_the_writer(e))?;
+        self.ctx = engine.ctx.for_plan(&self.pipeline, engine.ctx.pool.reserved(), WRITER_BATCHES)?;
+        self.fits = true;
         let metrics = self.for_each(|batch| writer.write(batch))?;
         if engine.ctx.cancel.load(Ordering::Relaxed) {
             return Err(Error::Cancelled);
@@ -439,8 +554,17 @@ impl<'e> Query<'e> {
     /// Runs the query into `sink`, which encodes on a thread of its own (see [`BackgroundSink`]).
     fn run_into(mut self, sink: Box<dyn Sink + Send>) -> Result<(WriteSummary, QueryMetrics)> {
         let engine = self.engine;
-        // The sink holds its buffers now: the plan runs in what is left.
-        self.ctx = engine.ctx.for_plan(&self.pipeline, engine.ctx.pool.reserved())?;
+        // The sink holds its buffers now: the plan runs in what is left, and the sink takes one
+        // batch at a time into its pages. It may grow into half of what the plan's minimums
+        // leave free (bigger row groups), not further: operators that started beside it count
+        // on the rest.
+        let mut sink = sink;
+        let held = engine.ctx.pool.reserved();
+        self.ctx = engine.ctx.for_plan(&self.pipeline, held, WRITER_BATCHES)?;
+        self.fits = true;
+        let need = self.pipeline.min_memory(&self.ctx) + self.pipeline.output_batch_bytes(&self.ctx);
+        let slack = engine.ctx.config.mem_budget.saturating_sub(held + need);
+        sink.limit_memory(sink.reserved() + self.pipeline.output_batch_bytes(&self.ctx) + slack / 2);
         if sink.takes_dictionaries() {
             self.pipeline.keep_dictionaries();
         }

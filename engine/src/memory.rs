@@ -49,6 +49,8 @@ pub struct MemoryPool {
 struct PoolInner {
     budget: u64,
     state: Mutex<PoolState>,
+    /// Signalled whenever memory is given back (see [`MemoryPool::wait_for_release`]).
+    released: std::sync::Condvar,
 }
 
 #[derive(Debug, Default)]
@@ -61,6 +63,8 @@ struct PoolState {
     /// Bytes given back since the allocator last returned free memory, and when that was.
     released: u64,
     last_trim: Option<std::time::Instant>,
+    /// Counts every give-back, so that a waiter knows one happened.
+    releases: u64,
     next_id: u64,
     consumers: BTreeMap<u64, ConsumerState>,
 }
@@ -114,7 +118,13 @@ pub struct ConsumerUsage {
 impl MemoryPool {
     /// A pool holding at most `budget` bytes.
     pub fn new(budget: u64) -> Self {
-        MemoryPool { inner: Arc::new(PoolInner { budget, state: Mutex::new(PoolState::default()) }) }
+        MemoryPool {
+            inner: Arc::new(PoolInner {
+                budget,
+                state: Mutex::new(PoolState::default()),
+                released: std::sync::Condvar::new(),
+            }),
+        }
     }
 
     /// A pool with no limit, for tests and reference runs.
@@ -186,6 +196,8 @@ impl MemoryPool {
     /// Counts `bytes` given back (with the lock held); true when it is time to return free memory
     /// to the system (to be done once the lock is released).
     fn released(&self, state: &mut PoolState, bytes: u64) -> bool {
+        state.releases += 1;
+        self.inner.released.notify_all();
         state.released += bytes;
         let threshold = (self.inner.budget / 8).max(4 << 20);
         let recent = state.last_trim.is_some_and(|t| t.elapsed() < std::time::Duration::from_millis(100));
@@ -195,6 +207,20 @@ impl MemoryPool {
         state.released = 0;
         state.last_trim = Some(std::time::Instant::now());
         true
+    }
+
+    /// Waits until some consumer gives memory back, or `timeout` passes; true if memory was given
+    /// back. For a consumer whose request failed while others hold memory they will release
+    /// without its help (a writer's queue, another scan worker's row group).
+    pub fn wait_for_release(&self, timeout: std::time::Duration) -> bool {
+        let state = self.lock();
+        let seen = state.releases;
+        let (state, _) = self
+            .inner
+            .released
+            .wait_timeout_while(state, timeout, |s| s.releases == seen)
+            .unwrap_or_else(|e| e.into_inner());
+        state.releases != seen
     }
 
     /// Returns free heap to the system, if [`worth_trimming`] says so (call without the lock).
@@ -347,6 +373,22 @@ impl MemoryReservation {
         }
         self.size += bytes;
         Ok(())
+    }
+
+    /// Reserves `bytes` even past the budget: for memory that is held already, whatever the pool
+    /// says (the footers of a table being registered). Requests of others then fail until it is
+    /// given back, and plans are refused with a minimum that counts it.
+    pub fn grow_over_budget(&mut self, bytes: u64) {
+        if bytes == 0 {
+            return;
+        }
+        let mut state = self.pool.lock();
+        state.used += bytes;
+        state.peak = state.peak.max(state.used);
+        if let Some(c) = state.consumers.get_mut(&self.id) {
+            c.bytes += bytes;
+        }
+        self.size += bytes;
     }
 
     /// Gives back `bytes` (at most what is held).

@@ -110,6 +110,9 @@ pub struct SourceTable {
     pub header: Option<bool>,
     /// Declared CSV columns, e.g. `["id BIGINT", "name VARCHAR"]`; nothing is inferred then.
     pub columns: Option<Vec<String>>,
+    /// Files of different columns are read by column name, with nulls where a file lacks one
+    /// (default false: they must have the same columns).
+    pub union_by_name: Option<bool>,
 }
 
 /// One step.
@@ -331,6 +334,11 @@ impl SourceSpec {
             SourceSpec::Path(p) => p,
             SourceSpec::Table(t) => &t.path,
         }
+    }
+
+    /// Whether files of different columns are read by name (see [`SourceTable::union_by_name`]).
+    pub fn union_by_name(&self) -> bool {
+        matches!(self, SourceSpec::Table(SourceTable { union_by_name: Some(true), .. }))
     }
 
     /// The format and options (`None`: from the extension).

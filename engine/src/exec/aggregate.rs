@@ -313,9 +313,19 @@ impl AggregateStream {
                     }
                     // Partitions are independent: with the input done and no scan running, as many
                     // as there are threads are aggregated at once, each in its slice of the share.
+                    // Each table gets at least twice the operator's minimum, and a partition that
+                    // was split again runs alone with all of it: under a small budget, a third
+                    // of the room each was too little for any partition's groups, which split
+                    // again and again until the aggregation gave up (found by the fuzzer).
                     let idle = self.ctx.counters.workers.load(std::sync::atomic::Ordering::Acquire) == 0;
-                    let at_once = if idle { self.ctx.config.threads.max(1).min(partitions.len()) } else { 1 };
-                    let limit = table_limit(self.ctx.obtainable(), &self.ctx) / at_once as u64;
+                    let whole = table_limit(self.ctx.obtainable(), &self.ctx);
+                    let fit = (whole / (2 * min_memory(&self.ctx))).max(1) as usize;
+                    let split_again = partitions.front().is_some_and(|(_, depth)| *depth > 1);
+                    let at_once = match idle && !split_again {
+                        true => self.ctx.config.threads.max(1).min(partitions.len()).min(fit),
+                        false => 1,
+                    };
+                    let limit = whole / at_once as u64;
                     let batch: Vec<(SpillFile, usize)> = partitions.drain(..at_once).collect();
                     let run = |(file, depth): (SpillFile, usize)| -> Result<(GroupTable, Vec<SpillFile>, usize)> {
                         if depth > MAX_DEPTH {

@@ -168,15 +168,17 @@ impl ExecContext {
     /// The context a pipeline runs in: batches as large as the default, or smaller until the
     /// minimums of all the plan's operators take at most half of what is left of the budget once
     /// `held` bytes are taken (a writer's buffers), at least as small as needed for them to fit
-    /// at all. Errors with the smallest budget that would do when even the smallest batches do
-    /// not fit.
-    pub(crate) fn for_plan(&self, pipeline: &Pipeline, held: u64) -> Result<ExecContext> {
+    /// at all. `consumer_batches`: batches the pipeline's consumer copies into memory of its own
+    /// (a writer encodes each batch it is given: one). Errors with the smallest budget that would
+    /// do when even the smallest batches do not fit.
+    pub(crate) fn for_plan(&self, pipeline: &Pipeline, held: u64, consumer_batches: u64) -> Result<ExecContext> {
         let budget = self.config.mem_budget.saturating_sub(held);
         let mut ctx = self.clone();
         ctx.batch_target = Self::default_batch_target(&self.config);
+        let need = |ctx: &ExecContext| plan_need(pipeline, ctx, consumer_batches);
         let mut fitting = None;
         loop {
-            let needed = pipeline.min_memory(&ctx);
+            let needed = need(&ctx);
             if needed <= budget {
                 fitting = Some(ctx.batch_target);
                 if needed <= budget / 2 {
@@ -195,11 +197,52 @@ impl ExecContext {
             }
             None => Err(crate::Error::BudgetTooSmall {
                 what: "this query".into(),
-                needed: pipeline.min_memory(&ctx) + held,
+                needed: self.least_budget(pipeline, &|_| held, consumer_batches),
                 budget: self.config.mem_budget,
             }),
         }
     }
+
+    /// This context with the smallest batches.
+    pub(crate) fn smallest_batches(&self) -> ExecContext {
+        ExecContext { batch_target: MIN_BATCH_TARGET, ..self.clone() }
+    }
+
+    /// This context as it would be under a budget of `budget`, with the smallest batches: what
+    /// the minimums are computed in.
+    fn sized_for(&self, budget: u64) -> ExecContext {
+        let mut config = self.config.clone();
+        config.mem_budget = budget;
+        ExecContext { config, pool: MemoryPool::new(budget), batch_target: MIN_BATCH_TARGET, ..self.clone() }
+    }
+
+    /// The smallest budget `pipeline` runs in with what `held(budget)` takes beside it (tables'
+    /// footers, an output's writer) and `consumer_batches` batches copied by its consumer.
+    ///
+    /// Operators size some buffers from the budget (a Parquet chunk is read whole when it fits
+    /// in a sixty-fourth of it, a writer's pages grow with it), so a minimum computed under one
+    /// budget is not the minimum under another: a query refused at 1 MiB asked for 1.3, was
+    /// refused at 1.3 and asked for 1.5. This is the fixed point, from the budget given up: the
+    /// smallest budget at least as big as the minimum computed under it.
+    pub(crate) fn least_budget(&self, pipeline: &Pipeline, held: &dyn Fn(u64) -> u64, consumer_batches: u64) -> u64 {
+        let need = |budget: u64| plan_need(pipeline, &self.sized_for(budget), consumer_batches) + held(budget);
+        let mut budget = self.config.mem_budget;
+        // The minimum grows far slower than the budget: a few steps reach it.
+        for _ in 0..32 {
+            let needed = need(budget);
+            if needed <= budget {
+                return budget;
+            }
+            budget = needed;
+        }
+        budget
+    }
+}
+
+/// What a pipeline needs to run in `ctx`: its operators' minimums and the batches its consumer
+/// copies.
+fn plan_need(pipeline: &Pipeline, ctx: &ExecContext, consumer_batches: u64) -> u64 {
+    pipeline.min_memory(ctx) + consumer_batches * pipeline.output_batch_bytes(ctx)
 }
 
 /// The smallest batch target: below it, per-batch overheads dominate.
@@ -638,6 +681,14 @@ impl Pipeline {
                 }
                 stats
             }
+        }
+    }
+
+    /// About the most one batch of the pipeline's output holds.
+    pub(crate) fn output_batch_bytes(&self, ctx: &ExecContext) -> u64 {
+        match &self.source {
+            Source::Scan(scan) => scan.batch_bytes(ctx),
+            _ => ctx.batch_bytes_target(),
         }
     }
 

@@ -103,7 +103,11 @@ impl SpillPartitions {
         // The copy is reserved before it is made (and the indices, for as long as it takes).
         let row_bytes = batch.get_array_memory_size() as u64 / batch.num_rows().max(1) as u64;
         let estimate = row_bytes * total as u64 + 4 * total as u64;
-        self.make_room(estimate)?;
+        if self.make_room(estimate).is_err() {
+            // No room for a copy of the batch, with every partition written out: each
+            // partition's rows go straight to its file, a piece at a time.
+            return self.write_directly(batch, rows, row_bytes);
+        }
         let split = match arrow::compute::take_record_batch(batch, &UInt32Array::from(indices)) {
             Ok(split) => split,
             Err(e) => {
@@ -128,6 +132,40 @@ impl SpillPartitions {
         Ok(())
     }
 
+    /// Writes each partition's rows of `batch` to its file without holding them: copies of at
+    /// most what the pool can pay for (halved until they fit, down to one row), each written
+    /// and freed before the next.
+    fn write_directly(&mut self, batch: &RecordBatch, rows: &[Vec<u32>], row_bytes: u64) -> Result<()> {
+        for (p, rows) in rows.iter().enumerate().filter(|(_, r)| !r.is_empty()) {
+            if self.writers[p].is_none() {
+                self.writers[p] = Some(self.ctx.spill.create(self.schema.clone(), &format!("{}-p{p}", self.label))?);
+            }
+            let mut piece = rows.len();
+            let mut start = 0;
+            while start < rows.len() {
+                let len = piece.min(rows.len() - start);
+                let bytes = (row_bytes + 4) * len as u64;
+                let paid = match self.reservation.try_grow(bytes) {
+                    Ok(()) => bytes,
+                    // A single row is written whatever the pool says.
+                    Err(_) if len == 1 => 0,
+                    Err(_) => {
+                        piece = len / 2;
+                        continue;
+                    }
+                };
+                let indices = UInt32Array::from(rows[start..start + len].to_vec());
+                let written = arrow::compute::take_record_batch(batch, &indices)
+                    .map_err(Into::into)
+                    .and_then(|b| self.writers[p].as_mut().expect("writer").write(&b));
+                self.reservation.shrink(paid);
+                written?;
+                start += len;
+            }
+        }
+        Ok(())
+    }
+
     /// Adds a batch to partition `p`.
     pub fn push(&mut self, p: usize, batch: RecordBatch) -> Result<()> {
         if batch.num_rows() == 0 {
@@ -135,7 +173,13 @@ impl SpillPartitions {
         }
         let len = batch.num_rows();
         let bytes = batch.get_array_memory_size() as u64;
-        self.make_room(bytes)?;
+        if self.make_room(bytes).is_err() {
+            // No room to keep it: written as it is (its memory is its sender's).
+            if self.writers[p].is_none() {
+                self.writers[p] = Some(self.ctx.spill.create(self.schema.clone(), &format!("{}-p{p}", self.label))?);
+            }
+            return self.writers[p].as_mut().expect("writer").write(&batch);
+        }
         let source = self.keep(batch, bytes, 1);
         self.add_range(p, Range { source, start: 0, len })
     }

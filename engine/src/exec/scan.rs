@@ -241,6 +241,11 @@ impl ScanPipeline {
         (pages + 3 * batch, batch)
     }
 
+    /// About the most one output batch holds.
+    pub(crate) fn batch_bytes(&self, ctx: &ExecContext) -> u64 {
+        self.worker_memory(ctx).1
+    }
+
     /// The least memory the pipeline runs in: one worker and the consumer.
     pub(crate) fn min_memory(&self, ctx: &ExecContext) -> u64 {
         let (worker, batch) = self.worker_memory(ctx);
@@ -407,6 +412,8 @@ impl ScanPipeline {
             stages: self.stages,
             stop: AtomicBool::new(false),
             held_by_consumer: AtomicUsize::new(0),
+            head: AtomicUsize::new(0),
+            worker_bytes,
             queued: (0..workers).map(|_| AtomicU64::new(0)).collect(),
             queue_limit,
             active_workers: AtomicUsize::new(workers),
@@ -461,6 +468,11 @@ struct Shared {
     /// Batches the consumer has taken and not yet released, so a worker short of memory knows
     /// whether waiting can help.
     held_by_consumer: AtomicUsize,
+    /// The morsel the consumer waits for: its worker goes first when memory is short.
+    head: AtomicUsize,
+    /// What one worker needs for a morsel (its page buffers and batches): workers other than
+    /// the head's leave that much free in the pool before they queue more batches.
+    worker_bytes: u64,
     /// Bytes of batches each worker has sent and the consumer has not yet taken.
     queued: Vec<AtomicU64>,
     /// Most bytes a worker may have queued.
@@ -586,14 +598,18 @@ fn worker(w: usize, workers: usize, shared: &Shared, ctx: &ExecContext, tx: Send
             let columns: Vec<usize> = e.columns.iter().map(|&c| shared.projection[c]).collect();
             shared.table.estimated_row_bytes(morsel, &columns) * shared.table.morsel_rows(morsel).unwrap_or(0)
         });
-        let held = match held > 0 && decode.try_resize(base + held).is_err() {
+        // Taken only while it leaves the pool half of what is free: other workers and the
+        // operators running beside the scan were sized on that memory (a worker holding 5.6 MiB
+        // of tested columns under an 8 MiB budget failed its neighbour's next row group).
+        let room = (ctx.pool.available() + decode.size()) / 2;
+        let held = match held > 0 && (base + held > room || decode.try_resize(base + held).is_err()) {
             true => {
                 early = None;
                 0
             }
             false => held,
         };
-        if let Err(e) = reserve_waiting(&mut decode, base + held, shared, ctx) {
+        if let Err(e) = reserve_waiting(&mut decode, base + held, shared, ctx, Waiting::between(k)) {
             let _ = tx.send(Message::Error(e));
             return;
         }
@@ -605,7 +621,7 @@ fn worker(w: usize, workers: usize, shared: &Shared, ctx: &ExecContext, tx: Send
             // stored): account for what was really decoded.
             let decoded = batch.get_array_memory_size() as u64;
             if decoded > decode.size() {
-                reserve_waiting(&mut decode, decoded, shared, ctx)?;
+                reserve_waiting(&mut decode, decoded, shared, ctx, Waiting::within(k))?;
             }
             let mut send = |out: RecordBatch| -> Result<bool> {
                 let out = match shared.passed.is_empty() {
@@ -614,14 +630,24 @@ fn worker(w: usize, workers: usize, shared: &Shared, ctx: &ExecContext, tx: Send
                 };
                 let bytes = out.get_array_memory_size() as u64;
                 let queued = &shared.queued[w];
-                while queued.load(Ordering::Acquire) > 0 && queued.load(Ordering::Acquire) + bytes > shared.queue_limit
-                {
+                // A worker ahead of the consumer queues while its queue has room, and, when the
+                // pool is short, only while it leaves a morsel's worth free for the worker the
+                // consumer waits on: else that worker could not get memory that batches waiting
+                // behind it hold.
+                let full = || {
+                    let q = queued.load(Ordering::Acquire);
+                    let ahead = shared.head.load(Ordering::Acquire) != k;
+                    q > 0
+                        && (q + bytes > shared.queue_limit
+                            || (ahead && ctx.pool.available() < bytes + shared.worker_bytes))
+                };
+                while full() {
                     if stopped() {
                         return Ok(false);
                     }
                     std::thread::sleep(Duration::from_micros(100));
                 }
-                in_flight_grow(&mut in_flight, bytes, shared, ctx)?;
+                in_flight_grow(&mut in_flight, bytes, shared, ctx, Waiting::within(k))?;
                 let reservation = in_flight.split(bytes);
                 queued.fetch_add(bytes, Ordering::AcqRel);
                 Ok(tx.send(Message::Batch(out, reservation, bytes)).is_ok())
@@ -693,29 +719,72 @@ fn worker(w: usize, workers: usize, shared: &Shared, ctx: &ExecContext, tx: Send
     }
 }
 
-fn in_flight_grow(r: &mut MemoryReservation, bytes: u64, shared: &Shared, ctx: &ExecContext) -> Result<()> {
+fn in_flight_grow(
+    r: &mut MemoryReservation,
+    bytes: u64,
+    shared: &Shared,
+    ctx: &ExecContext,
+    waiting: Waiting,
+) -> Result<()> {
     let target = r.size() + bytes;
-    reserve_waiting(r, target, shared, ctx)
+    reserve_waiting(r, target, shared, ctx, waiting)
 }
 
-/// Resizes `r` to `bytes`; when the pool is full but the consumer still holds batches that it will
-/// release, waits for it instead of failing. It waits a little too while an operator that spills
-/// on request holds memory: the pool passes over one busy with its own work (a sort taking in the
-/// batch before), and asks it again on the next try.
-fn reserve_waiting(r: &mut MemoryReservation, bytes: u64, shared: &Shared, ctx: &ExecContext) -> Result<()> {
-    let started = Instant::now();
-    let deadline = started + Duration::from_secs(60);
+/// Where in its morsel a worker asks for memory.
+#[derive(Clone, Copy)]
+struct Waiting {
+    morsel: usize,
+    /// Between two morsels: what the reservation holds is not in use, and is given back while
+    /// the worker waits.
+    between: bool,
+}
+
+impl Waiting {
+    fn between(morsel: usize) -> Waiting {
+        Waiting { morsel, between: true }
+    }
+
+    fn within(morsel: usize) -> Waiting {
+        Waiting { morsel, between: false }
+    }
+}
+
+/// How long a worker waits for memory while nothing at all is given back in the pool: then no
+/// one is going to, and the shortage is real.
+const STALL: Duration = Duration::from_secs(10);
+
+/// Resizes `r` to `bytes`; when the pool is full, waits for memory to be given back instead of
+/// failing: by the consumer (the batches it holds, a writer's queue, a spilling operator above),
+/// or by the other workers of this scan, whose row groups end. The worker the consumer waits on
+/// asks first: the others wait, between morsels with nothing held, while it waits too. It fails
+/// when nothing at all was given back for [`STALL`] (a shortage no waiting mends), or when no one
+/// else holds anything.
+fn reserve_waiting(
+    r: &mut MemoryReservation,
+    bytes: u64,
+    shared: &Shared,
+    ctx: &ExecContext,
+    waiting: Waiting,
+) -> Result<()> {
+    let mut quiet = Instant::now();
     loop {
+        let head = shared.head.load(Ordering::Acquire) == waiting.morsel;
         match r.try_resize(bytes) {
             Ok(()) => return Ok(()),
             Err(e) => {
-                let held = shared.held_by_consumer.load(Ordering::Acquire) > 0;
-                let busy = started.elapsed() < Duration::from_secs(2) && ctx.pool.reclaimable() > 0;
-                let can_wait = (held || busy) && Instant::now() < deadline;
-                if !can_wait || shared.stop.load(Ordering::Relaxed) || ctx.cancel.load(Ordering::Relaxed) {
+                if shared.stop.load(Ordering::Relaxed) || ctx.cancel.load(Ordering::Relaxed) {
                     return Err(e);
                 }
-                std::thread::sleep(Duration::from_millis(1));
+                if waiting.between && !head {
+                    r.free();
+                }
+                let others = ctx.pool.reserved() > r.size();
+                if !others || quiet.elapsed() > STALL {
+                    return Err(e);
+                }
+                if ctx.pool.wait_for_release(Duration::from_millis(50)) {
+                    quiet = Instant::now();
+                }
             }
         }
     }
@@ -761,7 +830,10 @@ impl ScanStream {
                 }
             };
             match message {
-                Message::MorselEnd => self.next_morsel += 1,
+                Message::MorselEnd => {
+                    self.next_morsel += 1;
+                    self.shared.head.store(self.next_morsel, Ordering::Release);
+                }
                 Message::Error(e) => {
                     self.finish();
                     return Some(Err(e));

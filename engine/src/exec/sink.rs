@@ -187,9 +187,9 @@ impl WriteOptions {
         format!("{:?} {:?} {:?} {:?}", self.compression, self.row_group_rows, self.row_group_bytes, self.max_file_bytes)
     }
 
-    fn row_group_bytes(&self, pool: &MemoryPool, default: usize) -> usize {
+    fn row_group_bytes(&self, budget: u64, default: usize) -> usize {
         let mut bytes = match self.row_group_bytes {
-            Some(b) => (b.min(pool.budget() / 4) as usize).max(64 << 10),
+            Some(b) => (b.min(budget / 4) as usize).max(64 << 10),
             None => default,
         };
         if let Some(max) = self.max_file_bytes {
@@ -530,6 +530,14 @@ pub trait Sink {
     fn takes_dictionaries(&self) -> bool {
         false
     }
+    /// The most the sink may hold: the query was sized leaving it that much (see
+    /// `Query::run_into`). A sink that buffers (a Parquet row group) ends its buffers early
+    /// rather than grow past it.
+    fn limit_memory(&mut self, _bytes: u64) {}
+    /// What the sink holds now.
+    fn reserved(&self) -> u64 {
+        0
+    }
 }
 
 /// A sink running on a thread of its own, so that encoding and compressing the output overlaps
@@ -688,6 +696,10 @@ impl Drop for BackgroundSink {
 
 /// A Parquet file sink.
 pub struct ParquetSink {
+    /// What the sink reserved when it opened (its open pages): it never holds less.
+    floor: u64,
+    /// The most it may hold (see [`Sink::limit_memory`]).
+    cap: u64,
     pending: Option<PendingFile>,
     target: PathBuf,
     writer: ParquetWriter<Out>,
@@ -711,8 +723,30 @@ impl ParquetSink {
         pool: &MemoryPool,
         options: &WriteOptions,
     ) -> Result<ParquetSink> {
-        let default = (pool.budget() / 8).clamp(256 << 10, 128 << 20) as usize;
-        Self::open(Destination::file(target, options)?, schema, pool, options, options.row_group_bytes(pool, default))
+        Self::to(Destination::file(target, options)?, schema, pool, options)
+    }
+
+    /// A sink's row groups by default: an eighth of the budget, between 256 KiB and 128 MiB.
+    fn default_row_group_bytes(budget: u64) -> usize {
+        (budget / 8).clamp(256 << 10, 128 << 20) as usize
+    }
+
+    /// What a sink of `columns` columns with row groups of `row_group_bytes` writes its pages
+    /// in, and reserves when it opens: pages shrink with many columns so that every column's
+    /// open page fits in the same share (down to 64 KiB; 16 KiB for the small row groups of
+    /// partitioned writers); the reservation holds two pages a column and a row group of encoded
+    /// data up to a thirty-second of the budget.
+    fn sizes(columns: usize, row_group_bytes: usize, budget: u64) -> (usize, u64) {
+        let smallest_page = if row_group_bytes >= 1 << 20 { 64 << 10 } else { 16 << 10 };
+        let page_bytes = (row_group_bytes / (4 * columns)).clamp(smallest_page, 1 << 20);
+        let upfront = row_group_bytes.min((budget / 32) as usize);
+        (page_bytes, (columns * page_bytes * 2 + upfront) as u64)
+    }
+
+    /// What a sink for `schema` reserves when it opens under `budget`.
+    pub(crate) fn upfront(schema: &Schema, budget: u64, options: &WriteOptions) -> u64 {
+        let row_group_bytes = options.row_group_bytes(budget, Self::default_row_group_bytes(budget));
+        Self::sizes(schema.fields().len().max(1), row_group_bytes, budget).1
     }
 
     /// A sink that writes to `to`, a file or a stream.
@@ -722,8 +756,8 @@ impl ParquetSink {
         pool: &MemoryPool,
         options: &WriteOptions,
     ) -> Result<ParquetSink> {
-        let default = (pool.budget() / 8).clamp(256 << 10, 128 << 20) as usize;
-        Self::open(to, schema, pool, options, options.row_group_bytes(pool, default))
+        let default = Self::default_row_group_bytes(pool.budget());
+        Self::open(to, schema, pool, options, options.row_group_bytes(pool.budget(), default))
     }
 
     fn open(
@@ -734,11 +768,7 @@ impl ParquetSink {
         row_group_bytes: usize,
     ) -> Result<ParquetSink> {
         let schema = portable_schema(schema);
-        let columns = schema.fields().len().max(1);
-        // Pages shrink with many columns so that every column's open page fits in the same share
-        // (down to 64 KiB; 16 KiB for the small row groups of partitioned writers).
-        let smallest_page = if row_group_bytes >= 1 << 20 { 64 << 10 } else { 16 << 10 };
-        let page_bytes = (row_group_bytes / (4 * columns)).clamp(smallest_page, 1 << 20);
+        let (page_bytes, upfront) = Self::sizes(schema.fields().len().max(1), row_group_bytes, pool.budget());
         // Statistics per page also write the page index (column and offset indexes), which lets
         // readers skip pages by value, as flow's own scans do. A dictionary stops at 256 KiB: a
         // column of many distinct values (keys, prices) is interned until its dictionary is full
@@ -762,9 +792,18 @@ impl ParquetSink {
         // the budget from the query even when the result is a few rows (TPC-H Q9's join spilled
         // for it at 512 MiB).
         let mut reservation = pool.register(format!("ParquetSink[{}]", target.display()), false);
-        let upfront = row_group_bytes.min((pool.budget() / 32) as usize);
-        reservation.try_grow((columns * page_bytes * 2 + upfront) as u64)?;
-        Ok(ParquetSink { pending, target, writer, schema, reservation, row_group_bytes, rows: 0 })
+        reservation.try_grow(upfront)?;
+        Ok(ParquetSink {
+            floor: upfront,
+            cap: u64::MAX,
+            pending,
+            target,
+            writer,
+            schema,
+            reservation,
+            row_group_bytes,
+            rows: 0,
+        })
     }
 
     fn error(&self, e: parquet::errors::ParquetError) -> Error {
@@ -831,20 +870,33 @@ impl Sink for ParquetSink {
     fn takes_dictionaries(&self) -> bool {
         true
     }
+
+    fn limit_memory(&mut self, bytes: u64) {
+        self.cap = bytes;
+    }
+
+    fn reserved(&self) -> u64 {
+        self.reservation.size()
+    }
 }
 
 impl ParquetSink {
+    /// What the writer holds: its pages and encoders, and the encoded row group (its own
+    /// estimate leaves out encoder scratch space, so the row group is counted on top), never
+    /// less than the page buffers it will fill again.
+    fn holding(&self) -> u64 {
+        ((self.writer.memory_size() + self.writer.in_progress_size()) as u64).max(self.floor)
+    }
+
     fn write_slice(&mut self, batch: &RecordBatch) -> Result<()> {
         let batch = conform(batch, &self.schema)?;
         // The writer copies the batch into encoded pages: reserve that growth first (an upper
-        // bound: the uncompressed size of the batch), flushing the row group early when the pool
-        // is short.
+        // bound: the uncompressed size of the batch), ending the row group early when the pool
+        // is short or the sink would pass its limit.
         let incoming = batch.get_array_memory_size() as u64;
-        let before = self.reservation.size();
-        if self.reservation.try_grow(incoming).is_err() {
+        if self.reservation.size() + incoming > self.cap || self.reservation.try_grow(incoming).is_err() {
             self.writer.flush().map_err(|e| self.error(e))?;
-            self.reservation
-                .try_resize(((self.writer.memory_size() + self.writer.in_progress_size()) as u64).max(before))?;
+            self.reservation.try_resize(self.holding())?;
             self.reservation.try_grow(incoming)?;
         }
         self.writer.write(&batch).map_err(|e| self.error(e))?;
@@ -852,14 +904,10 @@ impl ParquetSink {
         if self.writer.in_progress_size() >= self.row_group_bytes {
             self.writer.flush().map_err(|e| self.error(e))?;
         }
-        // Hold what the writer really holds now, but never less than the page buffers it will
-        // fill again. Its own estimate leaves out encoder scratch space, so count the encoded row
-        // group on top of it.
-        let held = ((self.writer.memory_size() + self.writer.in_progress_size()) as u64).max(before);
-        if self.reservation.try_resize(held).is_err() {
+        let held = self.holding();
+        if held > self.cap || self.reservation.try_resize(held).is_err() {
             self.writer.flush().map_err(|e| self.error(e))?;
-            let held = ((self.writer.memory_size() + self.writer.in_progress_size()) as u64).max(before);
-            self.reservation.try_resize(held)?;
+            self.reservation.try_resize(self.holding())?;
         }
         Ok(())
     }
@@ -893,6 +941,11 @@ enum TextWriter {
 }
 
 impl TextSink {
+    /// The write buffer a text sink reserves under `budget`: a sixteenth of it, 64 KiB to 1 MiB.
+    pub(crate) fn upfront(budget: u64) -> u64 {
+        (budget / 16).clamp(64 << 10, 1 << 20)
+    }
+
     /// Opens a CSV sink at `target`, with a write buffer of a sixteenth of the budget (64 KiB to
     /// 1 MiB).
     pub fn create(target: &Path, pool: &MemoryPool) -> Result<TextSink> {
@@ -906,7 +959,7 @@ impl TextSink {
 
     /// A sink of `format` (CSV, TSV or JSON) writing to `to`.
     pub(crate) fn to(to: Destination, format: OutputFormat, pool: &MemoryPool) -> Result<TextSink> {
-        let buffer = (pool.budget() / 16).clamp(64 << 10, 1 << 20) as usize;
+        let buffer = Self::upfront(pool.budget()) as usize;
         let (pending, target, out) = to.split();
         let mut reservation = pool.register(format!("TextSink[{}]", target.display()), false);
         reservation.try_grow(buffer as u64)?;
@@ -1074,7 +1127,7 @@ impl PartitionedWriter {
         } else {
             (pool.budget() / 64).clamp(256 << 10, 16 << 20) as usize
         };
-        let row_group_bytes = out.options.row_group_bytes(pool, default);
+        let row_group_bytes = out.options.row_group_bytes(pool.budget(), default);
         let scratch = pool.register(format!("PartitionedWriter[{}]", out.dir.display()), false);
         Ok(PartitionedWriter {
             out,

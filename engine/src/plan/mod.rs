@@ -327,6 +327,38 @@ impl LogicalPlan {
         }
     }
 
+    /// The node's inputs.
+    pub fn inputs(&self) -> Vec<&LogicalPlan> {
+        match self {
+            LogicalPlan::Scan { .. } => vec![],
+            LogicalPlan::Filter { input, .. }
+            | LogicalPlan::Projection { input, .. }
+            | LogicalPlan::Aggregate { input, .. }
+            | LogicalPlan::Sort { input, .. }
+            | LogicalPlan::Limit { input, .. }
+            | LogicalPlan::Shared { input, .. }
+            | LogicalPlan::Repeat { input }
+            | LogicalPlan::Window { input, .. } => vec![input],
+            LogicalPlan::Join { left, right, .. } => vec![left, right],
+            LogicalPlan::Union { inputs, .. } => inputs.iter().collect(),
+        }
+    }
+
+    /// Every table the plan scans, each once.
+    pub fn tables(&self) -> Vec<Arc<crate::source::Table>> {
+        fn walk(plan: &LogicalPlan, out: &mut Vec<Arc<crate::source::Table>>) {
+            if let LogicalPlan::Scan { table, .. } = plan {
+                if !out.iter().any(|t| Arc::ptr_eq(t, table)) {
+                    out.push(table.clone());
+                }
+            }
+            plan.inputs().into_iter().for_each(|i| walk(i, out));
+        }
+        let mut out = Vec::new();
+        walk(self, &mut out);
+        out
+    }
+
     /// Rewrites every node bottom-up with `f`.
     pub fn transform_up(self, f: &mut dyn FnMut(LogicalPlan) -> LogicalPlan) -> LogicalPlan {
         let node = self.map_inputs(&mut |input| input.transform_up(f));

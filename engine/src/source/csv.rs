@@ -44,7 +44,7 @@ impl CsvOptions {
 }
 
 pub(super) fn infer_schema(path: &Path, options: &CsvOptions) -> Result<SchemaRef> {
-    let mut file = File::open(path).map_err(|e| Error::bad_file(path, e))?;
+    let mut file = super::compressed::open(path)?;
     if let Some(schema) = &options.schema {
         if options.has_header {
             // Check the header has as many fields as the declared schema.
@@ -83,7 +83,8 @@ pub const SLICE_BYTES: u64 = 32 << 20;
 pub(super) fn slices(path: &Path, options: &CsvOptions) -> Result<Vec<Option<(u64, u64)>>> {
     use rayon::prelude::*;
     let size = std::fs::metadata(path).map_err(|e| Error::bad_file(path, e))?.len();
-    if size <= 2 * SLICE_BYTES {
+    // A compressed file is read from its start: one slice.
+    if size <= 2 * SLICE_BYTES || super::compressed::Compression::of(path) != super::compressed::Compression::None {
         return Ok(vec![None]);
     }
     let n = size.div_ceil(SLICE_BYTES);
@@ -162,10 +163,16 @@ pub(super) fn scan(
     let path = &file.path;
     let projection: Vec<usize> =
         out_schema.fields().iter().filter_map(|f| file.schema.index_of(f.name()).ok()).collect();
-    let mut handle = File::open(path).map_err(|e| Error::bad_file(path, e))?;
     let (start, end) = range.unwrap_or((0, u64::MAX));
-    handle.seek(std::io::SeekFrom::Start(start)).map_err(|e| Error::bad_file(path, e))?;
-    let counting = CountingRead { inner: handle.take(end - start), counters };
+    let input: Box<dyn Read + Send> = match range {
+        None => super::compressed::open(path)?,
+        Some(_) => {
+            let mut handle = File::open(path).map_err(|e| Error::bad_file(path, e))?;
+            handle.seek(std::io::SeekFrom::Start(start)).map_err(|e| Error::bad_file(path, e))?;
+            Box::new(handle.take(end - start))
+        }
+    };
+    let counting = CountingRead { inner: input, counters };
     // Only the first slice holds the header line.
     let format = options.format().with_header(options.has_header && start == 0);
     let reader = arrow::csv::ReaderBuilder::new(file.schema.clone())
@@ -174,11 +181,9 @@ pub(super) fn scan(
         .with_projection(projection.clone())
         .build(BufReader::with_capacity(READ_BUFFER_BYTES as usize, counting))
         .map_err(|e| Error::bad_file(path, e))?;
-    let rows_before = if options.has_header && start == 0 { 1 } else { 0 };
-    let mut seen = 0u64;
+    let header = options.has_header && start == 0;
     for batch in reader {
-        let batch = batch.map_err(|e| Error::bad_file(path, csv_error(e, seen + rows_before, start)))?;
-        seen += batch.num_rows() as u64;
+        let batch = batch.map_err(|e| Error::bad_file(path, csv_error(e, path, start, header)))?;
         let batch = if projection.is_empty() {
             RecordBatch::try_new_with_options(
                 Arc::new(Schema::empty()),
@@ -195,14 +200,36 @@ pub(super) fn scan(
     Ok(())
 }
 
-/// Arrow's CSV errors count lines from the start of the current batch; say where in the file.
-fn csv_error(e: arrow::error::ArrowError, lines_before: u64, slice_start: u64) -> String {
+/// Arrow's CSV errors count the records the reader has read, from 1, not the file's lines: the
+/// error names the file's line instead (the header is line 1; a slice of a large file starts
+/// after as many lines as the file has before it; a record with quoted newlines counts as one).
+fn csv_error(e: arrow::error::ArrowError, path: &Path, slice_start: u64, header: bool) -> String {
     let text = e.to_string();
     let text = text.strip_prefix("Csv error: ").unwrap_or(&text).to_string();
-    if slice_start == 0 {
-        format!("{text} (after line {lines_before})")
-    } else {
-        format!("{text} (after record {lines_before} of the slice at byte {slice_start})")
+    let text = text.strip_prefix("Parser error: ").unwrap_or(&text).to_string();
+    let Some((before, after)) = text.split_once(" at line ") else { return text };
+    let digits: String = after.chars().take_while(char::is_ascii_digit).collect();
+    let Ok(record) = digits.parse::<u64>() else { return text };
+    let lines_before = match slice_start {
+        0 => 0,
+        start => newlines_before(path, start).unwrap_or(0),
+    };
+    let line = lines_before + record + u64::from(header);
+    format!("line {line}: {before}{}", &after[digits.len()..])
+}
+
+/// Newlines in the first `end` bytes of a file.
+fn newlines_before(path: &Path, end: u64) -> std::io::Result<u64> {
+    let mut reader = BufReader::with_capacity(256 << 10, File::open(path)?.take(end));
+    let mut count = 0u64;
+    loop {
+        let buf = reader.fill_buf()?;
+        if buf.is_empty() {
+            return Ok(count);
+        }
+        count += buf.iter().filter(|&&b| b == b'\n').count() as u64;
+        let len = buf.len();
+        reader.consume(len);
     }
 }
 

@@ -8,6 +8,7 @@
 //! The unit of parallel work is a [`Morsel`]: a row group of a Parquet file, or a whole CSV/NDJSON
 //! file. [`Table::scan_morsel`] decodes one morsel in batches, reading only the projected columns.
 
+mod compressed;
 mod csv;
 mod hive;
 mod json;
@@ -39,8 +40,7 @@ pub enum Format {
 impl Format {
     /// The format a path's extension implies (`.parquet`, `.csv`/`.tsv`, `.json`/`.ndjson`/`.jsonl`).
     pub fn from_path(path: &str) -> Option<Format> {
-        let lower = path.to_ascii_lowercase();
-        let lower = lower.trim_end_matches(".gz");
+        let lower = compressed::without_suffix(path).to_ascii_lowercase();
         if lower.ends_with(".parquet") || lower.ends_with(".pq") {
             Some(Format::Parquet)
         } else if lower.ends_with(".csv") || lower.ends_with(".txt") {
@@ -122,8 +122,15 @@ pub struct ScanCounters {
 
 impl Table {
     /// Opens `location` (a file, a glob such as `data/*.parquet`, or a directory) in `format`; with
-    /// `None` the format comes from the file extension.
+    /// `None` the format comes from the file extension. Its files must have the same columns
+    /// (their order and compatible types may differ), as DuckDB wants; see [`Table::open_with`].
     pub fn open(name: &str, location: &str, format: Option<Format>) -> Result<Table> {
+        Self::open_with(name, location, format, false)
+    }
+
+    /// [`Table::open`]; with `union_by_name`, files may have different columns: the table has
+    /// every column of any file, null in the files that lack it (DuckDB's `union_by_name`).
+    pub fn open_with(name: &str, location: &str, format: Option<Format>, union_by_name: bool) -> Result<Table> {
         let paths = resolve_paths(location)?;
         let format = match format {
             Some(f) => f,
@@ -146,6 +153,9 @@ impl Table {
                 Format::Json => (json::infer_schema(path)?, None),
             };
             files.push(SourceFile { path: path.clone(), schema, parquet, partition: Vec::new() });
+        }
+        if !union_by_name {
+            same_columns(&files)?;
         }
         let schema = unify_schemas(&files)?;
         let schema = hive::add_partition_columns(location, &paths, &mut files, schema)?;
@@ -288,6 +298,18 @@ impl Table {
             most = most.max(estimate);
         }
         (most > 0.0).then_some(most)
+    }
+
+    /// Memory the files' footers take as this table holds them (a file written in thousands of
+    /// small row groups holds megabytes of metadata); counted in the pool while the table is
+    /// registered or read.
+    pub fn metadata_bytes(&self) -> u64 {
+        self.files
+            .iter()
+            .map(|f| {
+                f.parquet.as_ref().map_or(0, |m| m.metadata().memory_size() as u64) + f.path.as_os_str().len() as u64
+            })
+            .sum()
     }
 
     /// The table's name.
@@ -433,7 +455,7 @@ impl Table {
                 parquet::page_buffer_bytes(meta, morsel.row_group, &self.schema, projection, pruning, prefetch)
             }
             // CSV and JSON readers buffer a block of the file at a time.
-            None => csv::READ_BUFFER_BYTES,
+            None => csv::READ_BUFFER_BYTES + compressed::decoder_bytes(&file.path),
         }
     }
 
@@ -651,6 +673,32 @@ fn unify_types(a: &DataType, b: &DataType) -> Option<DataType> {
         (Date32, Timestamp(u, tz)) | (Timestamp(u, tz), Date32) => Timestamp(*u, tz.clone()),
         _ => return None,
     })
+}
+
+/// Files read as one table have the same columns, unless the user asked to union them by name:
+/// a glob that picks up a file of another kind is more often a mistake than a wish.
+fn same_columns(files: &[SourceFile]) -> Result<()> {
+    let Some(first) = files.first() else { return Ok(()) };
+    let names = |f: &SourceFile| -> Vec<String> { f.schema.fields().iter().map(|c| c.name().clone()).collect() };
+    let expected = names(first);
+    for file in &files[1..] {
+        let found = names(file);
+        let missing = expected.iter().find(|c| !found.contains(c));
+        let extra = found.iter().find(|c| !expected.contains(c));
+        let (column, has, lacks) = match (missing, extra) {
+            (Some(c), _) => (c, first, file),
+            (None, Some(c)) => (c, file, first),
+            (None, None) => continue,
+        };
+        return Err(Error::Schema(format!(
+            "column '{column}' is in {} but not in {} (hint: union_by_name = true reads files of different columns \
+             by name, with nulls where a file lacks one: read_parquet('...', union_by_name = true), or in a \
+             pipeline's source)",
+            has.path.display(),
+            lacks.path.display()
+        )));
+    }
+    Ok(())
 }
 
 fn unify_schemas(files: &[SourceFile]) -> Result<SchemaRef> {

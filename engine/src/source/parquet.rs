@@ -60,8 +60,30 @@ pub(super) fn estimated_row_bytes(
     let rg = meta.metadata().row_group(row_group);
     let rows = rg.num_rows().max(1) as u64;
     let names = projected_names(table_schema, projection);
-    let bytes: u64 = leaves_of(meta, &names).iter().map(|&l| rg.column(l).uncompressed_size().max(0) as u64).sum();
+    let bytes: u64 = leaves_of(meta, &names).iter().map(|&l| decoded_bytes(rg.column(l), rows)).sum();
     bytes.div_ceil(rows)
+}
+
+/// About what a column chunk takes decoded into Arrow arrays. Fixed-width values take what the
+/// chunk holds uncompressed. Strings and binaries take more: a dictionary-encoded chunk stores
+/// each value once (its decoded size is the rows times a value's length, taken from the
+/// statistics' minimum and maximum when they are exact), and the decoder grows its value buffer
+/// by doubling, so a batch holds up to twice its values' bytes (200-byte strings estimated at 64
+/// KiB a batch took 101 KiB, and a run accepted at its minimum failed).
+fn decoded_bytes(column: &parquet::file::metadata::ColumnChunkMetaData, rows: u64) -> u64 {
+    use parquet::basic::Type;
+    let stored = column.uncompressed_size().max(0) as u64;
+    if !matches!(column.column_type(), Type::BYTE_ARRAY | Type::FIXED_LEN_BYTE_ARRAY) {
+        return stored;
+    }
+    let longest = column.statistics().and_then(|s| {
+        let exact = s.min_is_exact() && s.max_is_exact();
+        let len = s.min_bytes_opt().map_or(0, |b| b.len()).max(s.max_bytes_opt().map_or(0, |b| b.len()));
+        exact.then_some(len as u64)
+    });
+    // Each value's offset besides its bytes.
+    let by_length = longest.map_or(0, |l| rows * (l + 4));
+    2 * stored.max(by_length)
 }
 
 /// Memory the page reader holds for one morsel: for each projected column, its largest page, once

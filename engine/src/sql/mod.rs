@@ -58,6 +58,17 @@ impl Catalog {
     pub fn get(&self, name: &str) -> Option<&Relation> {
         self.relations.get(&name.to_ascii_lowercase())
     }
+    /// The registered tables (not views).
+    pub fn tables(&self) -> Vec<Arc<Table>> {
+        self.relations
+            .values()
+            .filter_map(|r| match r {
+                Relation::Table(t) => Some(t.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// The registered names, sorted.
     pub fn names(&self) -> Vec<String> {
         let mut v: Vec<String> = self.relations.keys().cloned().collect();
@@ -165,6 +176,23 @@ fn parse(sql: &str) -> Result<Vec<Statement>> {
         .try_with_sql(sql)
         .and_then(|mut p| p.parse_statements())
         .map_err(parse_error)
+}
+
+/// Every word of `sql` that could name a table (identifiers, quoted or not, lowercased): a
+/// superset of the tables it reads, at any depth, found without planning it.
+pub fn mentioned_names(sql: &str) -> Vec<String> {
+    use sqlparser::tokenizer::{Token, Tokenizer};
+    let Ok(tokens) = Tokenizer::new(&DuckDbDialect {}, sql).tokenize() else { return Vec::new() };
+    let mut out: Vec<String> = tokens
+        .into_iter()
+        .filter_map(|t| match t {
+            Token::Word(w) => Some(w.value.to_ascii_lowercase()),
+            _ => None,
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
 }
 
 fn first_words(s: &str) -> String {
@@ -367,7 +395,8 @@ fn plan_order_by(mut select: SelectPlan, order_by: &ast::OrderBy, fetch: Option<
         let planned_with_select = select.order.get(keys.len()).copied().flatten();
         let column = match &item.expr {
             _ if planned_with_select.is_some() => planned_with_select.unwrap(),
-            ast::Expr::Value(v) if matches!(v.value, ast::Value::Number(..)) => {
+            // An integer is a position; another number is a constant, as in DuckDB.
+            ast::Expr::Value(v) if is_integer(&v.value) => {
                 let n = count_literal(&item.expr, "ORDER BY")?.unwrap_or(0);
                 if n == 0 || n > visible {
                     return Err(Error::Plan(format!(
@@ -443,6 +472,11 @@ impl SelectPlan {
             .position(|f| f.name() == name)
             .or_else(|| self.fields.iter().position(|f| f.name().eq_ignore_ascii_case(name)))
     }
+}
+
+/// Whether a literal is an integer (a position in GROUP BY and ORDER BY).
+fn is_integer(v: &ast::Value) -> bool {
+    matches!(v, ast::Value::Number(n, _) if n.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// A LIMIT or OFFSET count: a non-negative integer (`LIMIT NULL` / `LIMIT ALL` mean no limit).
@@ -631,7 +665,7 @@ fn plan_select(select: &ast::Select, ctx: Ctx<'_>, order_by: &[ast::OrderByExpr]
     }
     for g in group_asts {
         let item = match g {
-            ast::Expr::Value(v) if matches!(v.value, ast::Value::Number(..)) => {
+            ast::Expr::Value(v) if is_integer(&v.value) => {
                 let n = count_literal(g, "GROUP BY")?.unwrap_or(0);
                 let Some(e) = select_item_expr(select, n) else {
                     return Err(Error::Plan(format!("GROUP BY position {n} is not in the select list")));
@@ -1329,6 +1363,12 @@ fn plan_table_function(name: &str, args: &[ast::FunctionArg], ctx: Ctx<'_>) -> R
         }
     }
     let path = path.ok_or_else(|| Error::Plan(format!("{name}() needs a path")))?;
+    // Every reader takes union_by_name.
+    let mut union_by_name = false;
+    if let Some(i) = options.iter().position(|(k, _)| k == "union_by_name") {
+        union_by_name = boolean_literal(&options.remove(i).1)
+            .ok_or_else(|| Error::Plan(format!("{name}() union_by_name must be true or false")))?;
+    }
     let format = match lower.as_str() {
         "read_parquet" | "parquet_scan" => {
             if let Some((k, _)) = options.first() {
@@ -1349,13 +1389,8 @@ fn plan_table_function(name: &str, args: &[ast::FunctionArg], ctx: Ctx<'_>) -> R
                     "delim" | "sep" | "delimiter" => csv.delimiter = single_byte(v, k)?,
                     "quote" => csv.quote = single_byte(v, k)?,
                     "header" => {
-                        csv.has_header = match v {
-                            ast::Expr::Value(b) => match &b.value {
-                                ast::Value::Boolean(b) => *b,
-                                _ => return Err(Error::Plan("read_csv header must be true or false".into())),
-                            },
-                            _ => return Err(Error::Plan("read_csv header must be true or false".into())),
-                        }
+                        csv.has_header = boolean_literal(v)
+                            .ok_or_else(|| Error::Plan("read_csv header must be true or false".into()))?;
                     }
                     "sample_size" => {
                         csv.infer_rows = count_literal(v, "sample_size")?.unwrap_or(usize::MAX);
@@ -1371,8 +1406,18 @@ fn plan_table_function(name: &str, args: &[ast::FunctionArg], ctx: Ctx<'_>) -> R
             )))
         }
     };
-    let table = Table::open(&path, &ctx.catalog.resolve_path(&path), Some(format))?;
+    let table = Table::open_with(&path, &ctx.catalog.resolve_path(&path), Some(format), union_by_name)?;
     Ok(LogicalPlan::scan(Arc::new(table)))
+}
+
+fn boolean_literal(e: &ast::Expr) -> Option<bool> {
+    match e {
+        ast::Expr::Value(v) => match &v.value {
+            ast::Value::Boolean(b) => Some(*b),
+            _ => None,
+        },
+        _ => None,
+    }
 }
 
 fn string_literal(e: &ast::Expr) -> Option<String> {
