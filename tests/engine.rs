@@ -1582,3 +1582,28 @@ fn a_partial_aggregation_that_barely_reduces_hands_rows_on_and_loses_nothing() {
         assert_eq!(e.pool().reserved(), e.catalog_memory());
     }
 }
+
+/// A join key on a string column that a filter tests on its Parquet dictionary: the workers'
+/// early key test got the column as a dictionary array and the row converter refused it
+/// ("expected Utf8 got Dictionary(Int32, Utf8)"; found by the differential fuzzer).
+#[test]
+fn a_join_key_tested_early_on_a_dictionary_column_reads_plain_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let ids: Vec<i64> = (0..20_000).collect();
+    let s: StringArray = ids.iter().map(|i| (i % 3 != 0).then(|| format!("k{}", i % 50))).collect();
+    write(
+        &dir.path().join("t.parquet"),
+        vec![("id", Arc::new(Int64Array::from(ids.clone())) as ArrayRef), ("s", Arc::new(s))],
+    );
+    let e = engine_on(dir.path(), 64 << 20, "t");
+    // The probe side reads `id` besides `s`: the workers test `s` (the filter on its dictionary,
+    // then the join key) before they decode `id` for the rows that pass.
+    let k1 = ids.iter().filter(|i| *i % 3 != 0 && *i % 50 == 1).count().to_string();
+    for filter in ["a.s IS NOT NULL", "a.s LIKE 'k%'"] {
+        let sql = format!(
+            "SELECT count(a.id) FROM t a JOIN (SELECT 'k1' AS o FROM t WHERE id = 5) b ON a.s = b.o WHERE {filter}"
+        );
+        let (_, got) = rows(&e, &sql);
+        assert_eq!(got, vec![vec![k1.clone()]], "{sql}");
+    }
+}

@@ -517,6 +517,13 @@ fn subquery_errors() {
     assert!(matches!(other.inner(), Error::NotSupported(_)), "{other}");
     let unknown = err("SELECT k FROM a WHERE EXISTS (SELECT 1 FROM b WHERE b.kk = a.k)").to_string();
     assert!(unknown.contains("unknown column 'b.kk'") && unknown.contains("did you mean k?"), "{unknown}");
+    // A subquery in the operand of another is refused when planned, not at its first row
+    // ("internal error: a subquery was not planned"; found by the fuzzer).
+    let nested = e
+        .sql("SELECT k FROM a WHERE CASE WHEN k < (SELECT max(k) FROM b WHERE b.k = a.k) THEN s ELSE '' END NOT IN (SELECT s FROM b)")
+        .err()
+        .expect("refused when planned");
+    assert!(matches!(nested.inner(), Error::NotSupported(_)), "{nested}");
     let window = err("SELECT k FROM a WHERE row_number() OVER () > 1").to_string();
     assert!(window.contains("not allowed here"), "{window}");
     let frame = err("SELECT sum(k) OVER (ORDER BY s RANGE BETWEEN 1 PRECEDING AND CURRENT ROW) FROM a").to_string();

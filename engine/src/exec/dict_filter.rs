@@ -215,6 +215,15 @@ pub(crate) fn unpack_large_dictionaries(batch: RecordBatch) -> Result<RecordBatc
     })
 }
 
+/// The batch with every dictionary column unpacked to its value type (the batch itself when it
+/// has none): for expressions and keys that expect the plain type.
+pub(crate) fn unpack_all(batch: &RecordBatch) -> Result<RecordBatch> {
+    if batch.columns().iter().all(|c| c.as_any_dictionary_opt().is_none()) {
+        return Ok(batch.clone());
+    }
+    unpack(batch.clone(), |_, c| c.as_any_dictionary_opt().is_some())
+}
+
 /// The batch with the dictionary columns `which` picks (by position and array) unpacked to their
 /// value type.
 fn unpack(batch: RecordBatch, which: impl Fn(usize, &ArrayRef) -> bool) -> Result<RecordBatch> {

@@ -236,9 +236,46 @@ impl ScanPipeline {
             .max()
             .unwrap_or(0);
         let row = morsels.iter().map(|m| self.table.estimated_row_bytes(*m, &self.projection)).max().unwrap_or(0);
+        let row = self.widened(row);
         // Wide rows (a value of megabytes) make batches of fewer rows, down to one.
         let batch = (row.max(1) * ctx.config.batch_size as u64).min(ctx.batch_bytes_target()).max(row);
         (pages + 3 * batch, batch)
+    }
+
+    /// `row` bytes of scanned columns as the widest row the workers' projections make of them:
+    /// batches are sized in rows, and a projection that adds computed columns (two decimals
+    /// beside two integers) made batches of three times the bytes every operator above was
+    /// sized for.
+    fn widened(&self, row: u64) -> u64 {
+        let (widest, scanned) = self.widening();
+        row.saturating_mul(widest).div_ceil(scanned)
+    }
+
+    /// The widest projected row over the scanned row, by their types' widths, as a fraction
+    /// (at least one).
+    fn widening(&self) -> (u64, u64) {
+        use crate::source::type_width;
+        let schema = self.table.schema();
+        let scanned: u64 = self.projection.iter().map(|&c| type_width(schema.field(c).data_type())).sum();
+        let widest = self
+            .stages
+            .iter()
+            .flat_map(|s| match s {
+                Stage::Ops(ops) => ops.as_slice(),
+                Stage::Expand(_) => &[],
+            })
+            .filter_map(|op| match op {
+                Operator::Project { schema, .. } => {
+                    Some(schema.fields().iter().map(|f| type_width(f.data_type())).sum::<u64>())
+                }
+                _ => None,
+            })
+            .max()
+            .unwrap_or(0);
+        match widest > scanned && scanned > 0 {
+            true => (widest, scanned),
+            false => (1, 1),
+        }
     }
 
     /// About the most one output batch holds.
@@ -400,6 +437,7 @@ impl ScanPipeline {
             true => self.passed_dictionaries(),
             false => Vec::new(),
         };
+        let widening = self.widening();
         let shared = Arc::new(Shared {
             passed,
             scan_rows,
@@ -414,6 +452,7 @@ impl ScanPipeline {
             held_by_consumer: AtomicUsize::new(0),
             head: AtomicUsize::new(0),
             worker_bytes,
+            widening,
             queued: (0..workers).map(|_| AtomicU64::new(0)).collect(),
             queue_limit,
             active_workers: AtomicUsize::new(workers),
@@ -449,6 +488,12 @@ impl ScanPipeline {
     }
 }
 
+impl Shared {
+    fn widened_row(&self, row: u64) -> u64 {
+        row.saturating_mul(self.widening.0).div_ceil(self.widening.1)
+    }
+}
+
 struct Shared {
     table: Arc<Table>,
     projection: Vec<usize>,
@@ -473,6 +518,8 @@ struct Shared {
     /// What one worker needs for a morsel (its page buffers and batches): workers other than
     /// the head's leave that much free in the pool before they queue more batches.
     worker_bytes: u64,
+    /// How much wider the workers' projections make a row (see [`ScanPipeline::widened`]).
+    widening: (u64, u64),
     /// Bytes of batches each worker has sent and the consumer has not yet taken.
     queued: Vec<AtomicU64>,
     /// Most bytes a worker may have queued.
@@ -526,6 +573,13 @@ impl EarlyKeys {
             None => None,
         }
         .unwrap_or_else(|| BooleanBuffer::new_set(rows));
+        // The other conditions and the keys read plain values: a column tested on its
+        // dictionary comes as one (a join key of such a column failed in the row converter).
+        let plain = match self.filter.is_empty() && self.keyed.is_none() {
+            true => batch.clone(),
+            false => super::dict_filter::unpack_all(batch)?,
+        };
+        let batch = &plain;
         for condition in &self.filter {
             // A null condition drops the row, as the filter does.
             let next = condition.evaluate_predicate(batch)?;
@@ -585,7 +639,7 @@ fn worker(w: usize, workers: usize, shared: &Shared, ctx: &ExecContext, tx: Send
         }
         let morsel = shared.morsels[k];
         let row_bytes = shared.table.estimated_row_bytes(morsel, &shared.projection).max(1);
-        let batch_rows = ((target / row_bytes) as usize).clamp(1, ctx.config.batch_size.max(1));
+        let batch_rows = ((target / shared.widened_row(row_bytes)) as usize).clamp(1, ctx.config.batch_size.max(1));
         let pages = shared.table.page_buffer_bytes(morsel, &shared.projection, shared.pruning.as_ref(), prefetch);
         let mut early = shared.early.as_ref().filter(|_| early_pause == 0);
         early_pause = early_pause.saturating_sub(1);

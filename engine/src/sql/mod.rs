@@ -105,8 +105,32 @@ pub fn plan_sql(sql: &str, catalog: &Catalog) -> Result<LogicalPlan> {
         n => return Err(Error::sql(format!("expected one statement, found {n}"))),
     };
     match statement {
-        Statement::Query(query) => plan_query(&query, Ctx { catalog, outer: None }),
+        Statement::Query(query) => all_subqueries_planned(plan_query(&query, Ctx { catalog, outer: None })?),
         other => Err(Error::NotSupported(format!("statement {}", first_words(&other.to_string())))),
+    }
+}
+
+/// A subquery the planner could not turn into a join (one inside the operand of another, say)
+/// is left as a placeholder: refused here, before anything runs, rather than at the first row
+/// (found by the fuzzer: "internal error: a subquery was not planned").
+fn all_subqueries_planned(plan: LogicalPlan) -> Result<LogicalPlan> {
+    fn has_subquery(e: &Expr) -> bool {
+        let mut found = matches!(e, Expr::Subquery { .. });
+        e.for_each_child(&mut |c| found |= has_subquery(c));
+        found
+    }
+    let mut left = false;
+    let plan = plan.transform_up(&mut |node| {
+        node.map_exprs(&mut |e| {
+            left |= has_subquery(&e);
+            e
+        })
+    });
+    match left {
+        true => Err(Error::NotSupported(
+            "a subquery in this place (inside another subquery's operand, or under a CASE there)".into(),
+        )),
+        false => Ok(plan),
     }
 }
 
