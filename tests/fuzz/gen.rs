@@ -638,12 +638,18 @@ impl<'a> QueryGen<'a> {
                 let pattern = *["k1%", "%a%", "_", "%", "k_", "%0"].choose(self.rng).unwrap();
                 format!("{} LIKE '{pattern}'", self.expr(Ty::Str, scope, d, sub))
             }
-            10 | 11 => self.exists(scope, sub),
-            12 => self.in_subquery(scope, sub),
-            _ => {
+            10 | 11 if sub > 0 => self.exists(scope, sub),
+            12 if sub > 0 => self.in_subquery(scope, sub),
+            13 if sub > 0 => {
                 let ty = self.comparable_type(scope);
                 let op = *["=", "<", ">="].choose(self.rng).unwrap();
                 format!("{} {op} {}", self.expr(ty, scope, d, sub), self.scalar_subquery(ty, scope, sub))
+            }
+            // AND, OR and NOT at the bottom (no depth left): a plain comparison, never a subquery
+            // where `sub` allows none.
+            _ => {
+                let ty = self.comparable_type(scope);
+                format!("{} = {}", self.expr(ty, scope, 0, 0), self.literal(ty))
             }
         }
     }

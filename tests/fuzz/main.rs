@@ -83,6 +83,9 @@ fn differential_fuzz() {
                     if case.binary { "binary" } else { "in process" },
                     outcome.error.as_deref().unwrap_or("ok")
                 );
+                if outcome.unsupported {
+                    eprintln!("  {}", case.sql);
+                }
             }
             let line = serde_json::json!({
                 "id": case.seed,
