@@ -623,3 +623,14 @@ fn a_full_join_filtered_on_one_side_keeps_that_sides_unmatched_rows() {
     same(&e, "SELECT a.k, b.k FROM a FULL JOIN b ON a.k = b.k WHERE b.k > 2", &[&["3", "3"], &["NULL", "5"]]);
     same(&e, "SELECT count(*) FROM a FULL JOIN b ON a.k = b.k WHERE a.k + b.k > 5", &[&["1"]]);
 }
+
+/// `f(a = b)` is a comparison passed to `f`, as in DuckDB (the parser reads it as an argument named
+/// `a`; found by the differential fuzzer).
+#[test]
+fn a_comparison_as_a_function_argument() {
+    let dir = tempfile::tempdir().unwrap();
+    tables(dir.path());
+    let e = engine(dir.path(), 64 << 20);
+    same(&e, "SELECT count(k = 2), max(k = 2) FROM a", &[&["6", "true"]]);
+    same(&e, "SELECT coalesce(k = 2, FALSE) AS c, count(*) FROM a GROUP BY 1", &[&["false", "5"], &["true", "2"]]);
+}

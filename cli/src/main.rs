@@ -835,3 +835,19 @@ fn run_sql(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_counting_allocator_keeps_the_count_of_threads_that_ended() {
+        // Each thread allocates less than it publishes at once, and hands what it allocated back
+        // before it ends: the count must still have it.
+        let before = flow_engine::alloc::allocated_now().expect("installed in this binary");
+        let kept: Vec<Vec<u8>> = (0..64).map(|_| std::thread::spawn(|| vec![1u8; 100 << 10]).join().unwrap()).collect();
+        let after = flow_engine::alloc::allocated_now().unwrap();
+        let expected = 64 * (100 << 10);
+        let slack = 2 * flow_engine::alloc::FLUSH_BYTES as u64;
+        assert!(after + slack >= before + expected, "{before} then {after}: {expected} allocated");
+        drop(kept);
+    }
+}

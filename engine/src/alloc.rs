@@ -20,8 +20,22 @@ static CURRENT: AtomicI64 = AtomicI64::new(0);
 static PEAK: AtomicI64 = AtomicI64::new(0);
 static INSTALLED: AtomicBool = AtomicBool::new(false);
 
+/// A thread's count not published yet; published when the thread ends. Without that, each
+/// thread that ended took up to [`FLUSH_BYTES`] of the count with it: a sort at 32 MiB writing
+/// 223 runs on threads of their own reported 37.9 MiB allocated at a real peak of 24.
+struct Delta(Cell<i64>);
+
+impl Drop for Delta {
+    fn drop(&mut self) {
+        let v = self.0.replace(0);
+        if v != 0 {
+            CURRENT.fetch_add(v, Ordering::Relaxed);
+        }
+    }
+}
+
 thread_local! {
-    static DELTA: Cell<i64> = const { Cell::new(0) };
+    static DELTA: Delta = const { Delta(Cell::new(0)) };
 }
 
 /// An allocator (the system's by default) that counts live bytes.
@@ -36,7 +50,7 @@ impl CountingAllocator<System> {
 
 fn record(bytes: i64) {
     let publish = DELTA
-        .try_with(|d| {
+        .try_with(|Delta(d)| {
             let v = d.get() + bytes;
             if v.abs() >= FLUSH_BYTES {
                 d.set(0);

@@ -130,3 +130,28 @@ fn text_is_compressed_and_numbers_are_stored_plain() {
     let back: Vec<RecordBatch> = file.reader().unwrap().collect::<Result<_>>().unwrap();
     assert_eq!(back, vec![batch]);
 }
+
+#[test]
+fn wide_spill_files_keep_the_metadata_of_an_open_part_within_what_is_counted() {
+    // Sixteen columns: a part of 64 row groups held about 400 KB of decoded footer, and a merge
+    // holds a part of every run open at once.
+    let fields: Vec<Field> = (0..16).map(|i| Field::new(format!("c{i}"), DataType::Int64, true)).collect();
+    let schema = Arc::new(Schema::new(fields));
+    let columns: Vec<arrow::array::ArrayRef> =
+        (0..16).map(|i| Arc::new(Int64Array::from_iter_values(i..i + 10)) as _).collect();
+    let batch = RecordBatch::try_new(schema.clone(), columns).unwrap();
+    let per_part = row_groups_per_part(&schema);
+    assert!((4..ROW_GROUPS_PER_PART).contains(&per_part), "{per_part} row groups a part");
+    let parent = tempfile::tempdir().unwrap();
+    let spill = SpillManager::new(parent.path(), u64::MAX).unwrap();
+    let mut w = spill.create(schema.clone(), "ExternalSort").unwrap();
+    for _ in 0..per_part * 2 + 1 {
+        w.write(&batch).unwrap();
+    }
+    let file = w.finish().unwrap();
+    assert_eq!(file.parts().len(), 3);
+    let reader = file.reader().unwrap();
+    let held = reader.current.as_ref().unwrap().meta.metadata().memory_size() as u64;
+    assert!(held <= open_file_bytes(&schema), "an open part holds {held} bytes, {} counted", open_file_bytes(&schema));
+    assert!(open_file_bytes(&schema) <= 64 << 10);
+}

@@ -5,9 +5,10 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-/// The `flow` binary built for these tests.
+/// The `flow` binary built for these tests, or the one `FLOW_TEST_BINARY` names (a copy, for a
+/// long fuzz run that must not see the binary rebuilt under it).
 pub fn flow_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_flow"))
+    std::env::var_os("FLOW_TEST_BINARY").map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_flow")), PathBuf::from)
 }
 
 /// What a finished `flow` process did.

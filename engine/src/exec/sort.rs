@@ -589,8 +589,10 @@ impl Sorter {
     fn merge(&mut self) -> Result<State> {
         // The input is done: the kept minimum goes to the merge buffers.
         self.floor = None;
-        // One decoded chunk, its keys and the reader's page buffers, per run on disk.
-        let per_run = (2 * self.max_chunk_bytes + self.max_chunk_keys).max(1);
+        // One decoded chunk, its keys, the reader's page buffers and its open part's footer, per
+        // run on disk.
+        let per_run =
+            (2 * self.max_chunk_bytes + self.max_chunk_keys + crate::spill::open_file_bytes(&self.schema)).max(1);
         let above = self.above;
         let fan_in_now_with = |pool: &crate::memory::MemoryPool, per_run: u64| {
             ((pool.available().saturating_sub(above) * 3 / 4) / per_run) as usize

@@ -219,6 +219,25 @@ pub(crate) struct ExprPlanner<'a> {
     windows: Option<&'a std::cell::RefCell<Vec<super::window::WindowItem>>>,
 }
 
+/// `f(a = b)`: the parser reads `a = b` as an argument named `a`, DuckDB as a comparison, which a
+/// function of positional arguments can only mean.
+fn comparison_argument(arg: &ast::FunctionArg) -> Option<ast::Expr> {
+    let (name, value) = match arg {
+        ast::FunctionArg::ExprNamed {
+            name,
+            arg: ast::FunctionArgExpr::Expr(value),
+            operator: ast::FunctionArgOperator::Equals,
+        } => (name.clone(), value),
+        ast::FunctionArg::Named {
+            name,
+            arg: ast::FunctionArgExpr::Expr(value),
+            operator: ast::FunctionArgOperator::Equals,
+        } => (ast::Expr::Identifier(name.clone()), value),
+        _ => return None,
+    };
+    Some(ast::Expr::BinaryOp { left: Box::new(name), op: ast::BinaryOperator::Eq, right: Box::new(value.clone()) })
+}
+
 fn literal(a: ArrayRef) -> Expr {
     Expr::Literal(a)
 }
@@ -334,11 +353,15 @@ impl<'a> ExprPlanner<'a> {
             return Err(Error::NotSupported(format!("{name}() with ORDER BY / FILTER / WITHIN GROUP")));
         }
         let inner = ExprPlanner::new(self.scope, self.schema.clone()).with_outer(self.outer);
-        let (func, arg) = match list.args.as_slice() {
-            [ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Wildcard)] if name == "count" => {
+        let comparison = match list.args.as_slice() {
+            [a] => comparison_argument(a),
+            _ => None,
+        };
+        let (func, arg) = match (list.args.as_slice(), &comparison) {
+            ([ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Wildcard)], _) if name == "count" => {
                 (AggregateFunction::CountStar, None)
             }
-            [ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(e))] => {
+            (_, Some(e)) | ([ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(e))], None) => {
                 let func = AggregateFunction::by_name(name).expect("checked by is_aggregate");
                 let arg = inner.plan(e).map_err(|err| match err {
                     Error::Plan(m) if m.contains("is not allowed here") => {
@@ -863,6 +886,10 @@ impl<'a> ExprPlanner<'a> {
         if f.filter.is_some() || !f.within_group.is_empty() {
             return Err(Error::NotSupported(format!("{name}() with FILTER / WITHIN GROUP")));
         }
+        let comparisons: Vec<Option<ast::Expr>> = match &f.args {
+            ast::FunctionArguments::List(list) => list.args.iter().map(comparison_argument).collect(),
+            _ => Vec::new(),
+        };
         let args: Vec<&ast::Expr> = match &f.args {
             ast::FunctionArguments::None => vec![],
             ast::FunctionArguments::Subquery(_) => return Err(Error::NotSupported("subqueries".into())),
@@ -872,9 +899,10 @@ impl<'a> ExprPlanner<'a> {
                 }
                 list.args
                     .iter()
-                    .map(|a| match a {
-                        ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(e)) => Ok(e),
-                        other => Err(Error::NotSupported(format!("argument {other} of {name}()"))),
+                    .zip(&comparisons)
+                    .map(|(a, comparison)| match (a, comparison) {
+                        (_, Some(e)) | (ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(e)), None) => Ok(e),
+                        (other, None) => Err(Error::NotSupported(format!("argument {other} of {name}()"))),
                     })
                     .collect::<Result<_>>()?
             }
