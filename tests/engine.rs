@@ -1607,3 +1607,32 @@ fn a_join_key_tested_early_on_a_dictionary_column_reads_plain_values() {
         assert_eq!(got, vec![vec![k1.clone()]], "{sql}");
     }
 }
+
+/// A file of many small row groups: a batch holds its row group's rows and no more capacity. The
+/// Parquet reader sizes each column's buffer for a whole batch (capped at the file's rows, not
+/// the row group's): 100-row batches carried the capacity of a whole batch, and a join over
+/// such a file ran 18 MiB over its budget.
+#[test]
+fn batches_of_small_row_groups_hold_only_their_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let ids = Int64Array::from_iter_values(0..200_000);
+    let batch = RecordBatch::try_from_iter([("id", Arc::new(ids) as ArrayRef)]).unwrap();
+    let props = parquet::file::properties::WriterProperties::builder().set_max_row_group_row_count(Some(100)).build();
+    write_parquet(&dir.path().join("small_groups.parquet"), &[batch], Some(props));
+    let e = engine_on(dir.path(), 256 << 20, "small_groups");
+    let mut rows = 0;
+    e.sql("SELECT id FROM small_groups")
+        .unwrap()
+        .for_each(|b| {
+            rows += b.num_rows();
+            assert!(
+                b.get_array_memory_size() <= 8 << 10,
+                "{} rows hold {} bytes",
+                b.num_rows(),
+                b.get_array_memory_size()
+            );
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(rows, 200_000);
+}

@@ -303,13 +303,19 @@ impl Table {
     /// Memory the files' footers take as this table holds them (a file written in thousands of
     /// small row groups holds megabytes of metadata); counted in the pool while the table is
     /// registered or read.
+    ///
+    /// A footer is decoded into many small allocations (a few per column chunk), each costing the
+    /// allocator a header and rounding: the resident size of footers of 35K row groups was 1.10 to
+    /// 1.16 times what Parquet's `memory_size` counts, so a quarter more is counted.
     pub fn metadata_bytes(&self) -> u64 {
-        self.files
+        let bytes: u64 = self
+            .files
             .iter()
             .map(|f| {
                 f.parquet.as_ref().map_or(0, |m| m.metadata().memory_size() as u64) + f.path.as_os_str().len() as u64
             })
-            .sum()
+            .sum();
+        bytes + bytes / 4
     }
 
     /// The table's name.

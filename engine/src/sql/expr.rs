@@ -232,7 +232,11 @@ fn comparison_argument(arg: &ast::FunctionArg) -> Option<ast::Expr> {
             name,
             arg: ast::FunctionArgExpr::Expr(value),
             operator: ast::FunctionArgOperator::Equals,
-        } => (ast::Expr::Identifier(name.clone()), value),
+        } => match name.quote_style {
+            // `'a' = b`: the parser took the string for a quoted name.
+            Some('\'') => (ast::Expr::Value(ast::Value::SingleQuotedString(name.value.clone()).into()), value),
+            _ => (ast::Expr::Identifier(name.clone()), value),
+        },
         _ => return None,
     };
     Some(ast::Expr::BinaryOp { left: Box::new(name), op: ast::BinaryOperator::Eq, right: Box::new(value.clone()) })
