@@ -1504,7 +1504,7 @@ fn groups_of_row_groups_with_disjoint_keys_go_out_early_and_agree() {
         )
     };
     for (table, clustered) in [("disjoint", true), ("touching", false)] {
-        for budget in [256u64 << 20, 8 << 20] {
+        for budget in [256u64 << 20, 4 << 20] {
             let e = engine_on(dir.path(), budget, table);
             let plan = e.sql(&sql(table)).unwrap().explain();
             assert_eq!(plan.contains("row groups hold disjoint ranges of kk"), clustered, "{plan}");

@@ -46,7 +46,7 @@ const METADATA_PER_COLUMN_CHUNK: u64 = 512;
 /// The metadata of one open part is kept under this. A merge holds a part of every run open at
 /// once: with 64 row groups a part, the 178 runs of a top-k sort of TPC-H's 16-column `lineitem`
 /// at a 32 MiB budget held 69 MiB of footers no reservation paid for.
-const METADATA_PER_PART: u64 = 64 << 10;
+pub(crate) const METADATA_PER_PART: u64 = 64 << 10;
 
 /// Row groups in one part of a spill file of `schema`: as many as keep its metadata under
 /// [`METADATA_PER_PART`], from 4 to [`ROW_GROUPS_PER_PART`].

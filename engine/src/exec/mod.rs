@@ -56,6 +56,21 @@ use self::sort::SortStream;
 
 /// `keys` with every column replaced by what `column(index, name)` gives for it; `None` when it
 /// gives nothing for one (a key that cannot be expressed below).
+/// Whether `e` is null whenever the columns in `columns` are (and it reads one): columns, casts,
+/// negation, arithmetic and concatenation of such; anything else (`coalesce`, `CASE`, `IS NULL`)
+/// is taken as able to turn nulls into values.
+fn null_with(e: &crate::expr::Expr, columns: &std::ops::Range<usize>) -> bool {
+    use crate::expr::Expr;
+    match e {
+        Expr::Column { index, .. } => columns.contains(index),
+        Expr::Cast { expr, .. } | Expr::Negate(expr) => null_with(expr, columns),
+        Expr::Binary { op, left, right, .. } if op.is_arithmetic() || *op == crate::expr::BinaryOp::Concat => {
+            null_with(left, columns) || null_with(right, columns)
+        }
+        _ => false,
+    }
+}
+
 fn map_key_columns(
     keys: &[crate::expr::Expr],
     mut column: impl FnMut(usize, String) -> Option<crate::expr::Expr>,
@@ -565,13 +580,25 @@ impl Pipeline {
             // joined to supplier, filtered to the 7854 parts that matter before the join rather
             // than after aggregating all 1.2M). A probe row filtered out could only have made rows
             // whose key the table above lacks, or left a build row without a partner, with null
-            // probe columns: a null key, which matches nothing either.
+            // probe columns: a null key, which matches nothing either, as long as the key is null
+            // when its probe columns are. `coalesce(x, 106)` is not: below a full join, the rows
+            // the filter took from the probe side came back as build rows without a partner,
+            // keyed 106, and matched (found by the differential fuzzer).
             if !above.is_empty() || spec.join_type.is_existence() {
                 return;
             }
             let left_len = if spec.build_is_left { build.schema.fields().len() } else { probe.schema.fields().len() };
             let probe_at = if spec.build_is_left { left_len } else { 0 };
             let probe_columns = probe_at..probe_at + probe.schema.fields().len();
+            let build_kept = match spec.join_type {
+                crate::plan::JoinType::Full => true,
+                crate::plan::JoinType::Left => spec.build_is_left,
+                crate::plan::JoinType::Right => !spec.build_is_left,
+                _ => false,
+            };
+            if build_kept && !keys.iter().all(|k| null_with(k, &probe_columns)) {
+                return;
+            }
             let below = map_key_columns(&keys, |index, name| {
                 probe_columns.contains(&index).then(|| Expr::column(index - probe_at, name))
             });
@@ -696,14 +723,16 @@ impl Pipeline {
     pub(crate) fn min_memory(&self, ctx: &ExecContext) -> u64 {
         match &self.source {
             Source::Scan(scan) => scan.min_memory(ctx),
-            Source::Sort { input, .. } => input.min_memory(ctx) + sort::min_memory(ctx),
+            Source::Sort { input, .. } => input.min_memory(ctx) + sort::plan_min_memory(ctx),
             Source::Aggregate { input, .. } => input.min_memory(ctx) + aggregate::min_memory(ctx),
             Source::Join { build, probe, .. } => {
                 build.min_memory(ctx).max(probe.min_memory(ctx)) + join::min_memory(ctx)
             }
             Source::Union(inputs) => inputs.iter().map(|i| i.min_memory(ctx)).max().unwrap_or(0),
             Source::Shared { input, .. } => input.min_memory(ctx),
-            Source::Window { input, .. } => input.min_memory(ctx) + sort::min_memory(ctx) + window::min_memory(ctx),
+            Source::Window { input, .. } => {
+                input.min_memory(ctx) + sort::plan_min_memory(ctx) + window::min_memory(ctx)
+            }
         }
     }
 

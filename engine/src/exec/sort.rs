@@ -45,12 +45,19 @@ use crate::memory::{MemoryReservation, Reclaim};
 use crate::plan::SortKey;
 use crate::spill::{SpillFile, SpillReader};
 
-/// The least memory a sort needs: a few batches to buffer and sort, and to merge runs two at a
-/// time (a chunk of each, its keys and a chunk being read, in three quarters of what is free:
-/// eight batches). With four, a sort accepted at its minimum failed to merge its runs (found by
-/// the fuzzer).
+/// What a sort keeps reserved for itself while its input runs: a few batches to buffer and sort
+/// (more than that at a small budget starved the operators beside it: an aggregation feeding a
+/// sort at 8 MiB could not reserve its output with eight batches kept).
 pub(crate) fn min_memory(ctx: &ExecContext) -> u64 {
-    8 * ctx.batch_bytes_target().min(1 << 20)
+    4 * ctx.batch_bytes_target().min(1 << 20)
+}
+
+/// The least memory a plan with a sort is accepted with: also room to merge runs two at a time
+/// once the input is done (a chunk of each, its keys, a chunk being read and the open parts'
+/// footers, in three quarters of what is free: eight batches). Accepted with four, a sort
+/// failed to merge its runs (found by the fuzzer).
+pub(crate) fn plan_min_memory(ctx: &ExecContext) -> u64 {
+    8 * ctx.batch_bytes_target().min(1 << 20) + 2 * crate::spill::METADATA_PER_PART
 }
 
 /// A sort in progress: consumes its input on the first call, then hands out sorted chunks.
@@ -413,7 +420,7 @@ impl Sorter {
     /// are sorted on the consumer, or on a thread of their own once the sort spills (see
     /// [`Sorter::sort_behind`]).
     fn sort_run(&mut self, parallel: bool) -> Result<()> {
-        let buffered = std::mem::take(&mut self.buffer);
+        let mut buffered = std::mem::take(&mut self.buffer);
         let total: usize = buffered.iter().map(|(b, _)| b.num_rows()).sum();
         let scratch_bytes = order_bytes(total, self.prefix_words);
         let mut scratch = self.ctx.pool.register("ExternalSort order", false);
@@ -422,29 +429,77 @@ impl Sorter {
             // around, which may have taken more than they had when this sort sized itself).
             self.spill_memory_runs()?;
             self.draw_on_floor(scratch_bytes);
-            scratch.try_grow(scratch_bytes).map_err(|_| self.too_small(scratch_bytes))?;
+            if scratch.try_grow(scratch_bytes).is_err() {
+                if buffered.len() < 2 {
+                    return Err(self.too_small(scratch_bytes));
+                }
+                // Still no room to order the whole buffer (an aggregation beside this sort
+                // at 8 MiB held what the sort had counted on): its two halves are sorted as
+                // two runs, one after the other, which keeps the sort stable.
+                let second = buffered.split_off(buffered.len() / 2);
+                let second_bytes: u64 =
+                    second.iter().map(|(b, k)| b.get_array_memory_size() as u64 + k.size() as u64).sum();
+                let second_bytes = second_bytes.min(self.buffer_bytes);
+                self.buffer = buffered;
+                self.buffer_bytes -= second_bytes;
+                self.sort_run(parallel)?;
+                self.buffer = second;
+                self.buffer_bytes = second_bytes;
+                return self.sort_run(parallel);
+            }
         }
         let order = run_order(&buffered, self.fetch, parallel.then_some(&*self.ctx.threads), self.prefix_words);
         let batches: Vec<&RecordBatch> = buffered.iter().map(|(b, _)| b).collect();
         let chunk_rows = self.chunk_rows(&buffered);
         let mut chunks = VecDeque::new();
+        // Set when the run's chunks do not fit beside its input: the run goes to disk as it is cut.
+        let mut writer: Option<crate::spill::SpillWriter> = None;
         for part in order.chunks(chunk_rows) {
             let chunk = order.gather(part, &self.schema, &batches)?;
             let bytes = chunk.get_array_memory_size() as u64;
             // Sorted chunks replace the buffer: account for them as they are made (runs kept in
             // memory go to disk when the pool is short).
-            if self.grow_from_floor(bytes).is_err() {
+            if writer.is_none() && self.grow_from_floor(bytes).is_err() {
                 self.spill_memory_runs()?;
-                self.grow_from_floor(bytes).map_err(|_| self.too_small(bytes))?;
+                if self.grow_from_floor(bytes).is_err() {
+                    // The input and its sorted copy do not fit together (the operators around
+                    // took more than they had when the sort sized its buffer): the chunks made so
+                    // far and the rest go to a spill file one at a time. An aggregation feeding
+                    // this sort at 8 MiB failed here, accepted at its minimum.
+                    let mut w = self.ctx.spill.create(self.schema.clone(), "ExternalSort")?;
+                    for made in chunks.drain(..) {
+                        self.write_chunk(&mut w, &made)?;
+                        self.reservation.shrink(made.get_array_memory_size() as u64);
+                    }
+                    writer = Some(w);
+                }
             }
-            chunks.push_back(chunk);
+            match writer.as_mut() {
+                Some(w) => self.write_chunk(w, &chunk)?,
+                None => chunks.push_back(chunk),
+            }
         }
         drop(batches);
         drop(buffered);
         self.reservation.shrink(self.buffer_bytes);
         self.buffer_bytes = 0;
-        self.runs.push(Run::Memory(chunks));
+        let run = match writer {
+            Some(w) => {
+                let file = w.finish()?;
+                self.metrics.spilled(&file);
+                Run::Spilled(file)
+            }
+            None => Run::Memory(chunks),
+        };
+        self.runs.push(run);
         Ok(())
+    }
+
+    /// Writes a chunk of a run to its spill file, noting its size for the merge.
+    fn write_chunk(&mut self, writer: &mut crate::spill::SpillWriter, chunk: &RecordBatch) -> Result<()> {
+        self.max_chunk_bytes = self.max_chunk_bytes.max(chunk.get_array_memory_size() as u64);
+        self.max_chunk_keys = self.max_chunk_keys.max(chunk.num_rows() as u64 * self.key_row_bytes);
+        writer.write(chunk)
     }
 
     /// Rows of one chunk of a run of `batches`: a batch's worth, fewer when rows are wide, and
