@@ -1362,6 +1362,12 @@ pub(crate) struct JoinStream {
     first_limit: u64,
     /// Scan queue limit for the inputs.
     queue_limit: u64,
+    /// Two batches kept for the join's own batch reservations (a batch read back from a
+    /// partition, an output batch), drawn on when the pool is short and refilled when it is not:
+    /// the table takes its share of what is free when it starts and the operators beside it grow
+    /// into the rest, and near the minimum these small reservations then failed (found by the
+    /// fuzzer).
+    batch_floor: std::sync::Mutex<MemoryReservation>,
 }
 
 impl JoinStream {
@@ -1396,8 +1402,11 @@ impl JoinStream {
             .join_type
             .is_existence()
             .then_some(Existence { join_type: spec.join_type, outer_is_build: spec.build_is_left });
+        let mut batch_floor = ctx.pool.register("HashJoin batches kept", false);
+        let _ = batch_floor.try_grow(2 * ctx.batch_bytes_target());
         let first_limit = table_limit(ctx.available_for_sizing().saturating_sub(children_max), ctx);
         Ok(JoinStream {
+            batch_floor: std::sync::Mutex::new(batch_floor),
             shared: Arc::new(Shared {
                 spec,
                 build_schema,
@@ -1428,14 +1437,14 @@ impl JoinStream {
     }
 
     pub(crate) fn next_reserved(&mut self, cancel: &AtomicBool) -> Option<Result<(RecordBatch, MemoryReservation)>> {
-        let reserve = |ctx: &ExecContext, batch: RecordBatch| -> Result<(RecordBatch, MemoryReservation)> {
-            let mut r = ctx.pool.register("HashJoin output", false);
-            r.try_grow(batch.get_array_memory_size() as u64)?;
+        self.refill_batch_floor();
+        let reserve = |join: &Self, batch: RecordBatch| -> Result<(RecordBatch, MemoryReservation)> {
+            let r = join.reserve_batch("HashJoin output", &batch)?;
             Ok((batch, r))
         };
         loop {
             if let Some(batch) = self.pending.pop_front() {
-                return Some(reserve(&self.ctx, batch));
+                return Some(reserve(self, batch));
             }
             let next = self.next_batch(cancel);
             let from_workers = std::mem::take(&mut self.from_workers);
@@ -1448,7 +1457,7 @@ impl JoinStream {
                 Ok(Some((batch, r))) if from_workers || self.above.is_empty() => {
                     return Some(match r {
                         Some(r) => Ok((batch, r)),
-                        None => reserve(&self.ctx, batch),
+                        None => reserve(self, batch),
                     });
                 }
                 Ok(Some((batch, r))) => {
@@ -1467,6 +1476,7 @@ impl JoinStream {
                 }
                 Ok(None) => {
                     self.state = State::Done;
+                    self.free_batch_floor();
                     return None;
                 }
                 Err(e) => {
@@ -1478,6 +1488,7 @@ impl JoinStream {
     }
 
     pub(crate) fn stop(&mut self) {
+        self.free_batch_floor();
         self.state = State::Done;
         self.tasks.clear();
         self.pending.clear();
@@ -1486,9 +1497,38 @@ impl JoinStream {
 
     /// A reservation for a batch read back from a spill file, held while the join works on it.
     fn reserve_read(&self, batch: &RecordBatch) -> Result<MemoryReservation> {
-        let mut r = self.ctx.pool.register("HashJoin read batch", false);
-        r.try_grow(batch.get_array_memory_size() as u64)?;
+        self.reserve_batch("HashJoin read batch", batch)
+    }
+
+    /// A reservation of `batch`'s bytes for `name`, from the kept batches when the pool is short.
+    fn reserve_batch(&self, name: &str, batch: &RecordBatch) -> Result<MemoryReservation> {
+        let bytes = batch.get_array_memory_size() as u64;
+        let mut r = self.ctx.pool.register(name, false);
+        if r.try_grow(bytes).is_err() {
+            if let Ok(mut floor) = self.batch_floor.lock() {
+                let give = bytes.min(floor.size());
+                floor.shrink(give);
+            }
+            r.try_grow(bytes)?;
+        }
         Ok(r)
+    }
+
+    fn free_batch_floor(&self) {
+        if let Ok(mut floor) = self.batch_floor.lock() {
+            floor.free();
+        }
+    }
+
+    /// Takes the kept batches back from the pool when it has them free (no reclaiming for it).
+    fn refill_batch_floor(&self) {
+        let want = 2 * self.ctx.batch_bytes_target();
+        if let Ok(mut floor) = self.batch_floor.lock() {
+            let short = want.saturating_sub(floor.size());
+            if short > 0 && self.ctx.pool.available() >= short {
+                let _ = floor.try_grow(short);
+            }
+        }
     }
 
     fn next_batch(&mut self, cancel: &AtomicBool) -> Result<Option<(RecordBatch, Option<MemoryReservation>)>> {
