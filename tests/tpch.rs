@@ -139,8 +139,8 @@ fn check(q: &str, budget: u64) -> bool {
 
 /// Where the budget is large enough that nothing needs to spill.
 const ROOMY: u64 = 1 << 30;
-/// Small enough that the larger joins, aggregations and sorts spill at this scale.
-const TINY: u64 = 5 << 20;
+/// Small enough that the larger joins, aggregations and sorts spill at this scale (5.75 MiB).
+const TINY: u64 = 23 << 18;
 
 macro_rules! tpch {
     ($($q:ident),*) => {$(

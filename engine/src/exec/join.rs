@@ -82,6 +82,13 @@ pub(crate) fn min_memory(ctx: &ExecContext) -> u64 {
     6 * ctx.batch_bytes_target().min(1 << 20)
 }
 
+/// What a join keeps for its own batch reservations (see `JoinStream::batch_floor`): two batches,
+/// of at most 1 MiB each (above that the pool is roomy, and a join of a plan of seven would keep
+/// 224 MiB at a 1 GiB budget).
+pub(crate) fn kept_batches(ctx: &ExecContext) -> u64 {
+    2 * ctx.batch_bytes_target().min(1 << 20)
+}
+
 /// The share of `available` the build table may fill; the rest is for partition buffers and
 /// output chunks, and for the operators above.
 pub(crate) fn table_limit(available: u64, ctx: &ExecContext) -> u64 {
@@ -1403,7 +1410,7 @@ impl JoinStream {
             .is_existence()
             .then_some(Existence { join_type: spec.join_type, outer_is_build: spec.build_is_left });
         let mut batch_floor = ctx.pool.register("HashJoin batches kept", false);
-        let _ = batch_floor.try_grow(2 * ctx.batch_bytes_target());
+        let _ = batch_floor.try_grow(kept_batches(ctx));
         let first_limit = table_limit(ctx.available_for_sizing().saturating_sub(children_max), ctx);
         Ok(JoinStream {
             batch_floor: std::sync::Mutex::new(batch_floor),
@@ -1522,7 +1529,7 @@ impl JoinStream {
 
     /// Takes the kept batches back from the pool when it has them free (no reclaiming for it).
     fn refill_batch_floor(&self) {
-        let want = 2 * self.ctx.batch_bytes_target();
+        let want = kept_batches(&self.ctx);
         if let Ok(mut floor) = self.batch_floor.lock() {
             let short = want.saturating_sub(floor.size());
             if short > 0 && self.ctx.pool.available() >= short {

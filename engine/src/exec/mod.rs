@@ -54,8 +54,6 @@ use self::join::{JoinSpec, JoinStream};
 use self::scan::{ScanPipeline, ScanStream};
 use self::sort::SortStream;
 
-/// `keys` with every column replaced by what `column(index, name)` gives for it; `None` when it
-/// gives nothing for one (a key that cannot be expressed below).
 /// Whether `e` is null whenever the columns in `columns` are (and it reads one): columns, casts,
 /// negation, arithmetic and concatenation of such; anything else (`coalesce`, `CASE`, `IS NULL`)
 /// is taken as able to turn nulls into values.
@@ -71,6 +69,8 @@ fn null_with(e: &crate::expr::Expr, columns: &std::ops::Range<usize>) -> bool {
     }
 }
 
+/// `keys` with every column replaced by what `column(index, name)` gives for it; `None` when it
+/// gives nothing for one (a key that cannot be expressed below).
 fn map_key_columns(
     keys: &[crate::expr::Expr],
     mut column: impl FnMut(usize, String) -> Option<crate::expr::Expr>,
@@ -726,7 +726,7 @@ impl Pipeline {
             Source::Sort { input, .. } => input.min_memory(ctx) + sort::plan_min_memory(ctx),
             Source::Aggregate { input, .. } => input.min_memory(ctx) + aggregate::min_memory(ctx),
             Source::Join { build, probe, .. } => {
-                build.min_memory(ctx).max(probe.min_memory(ctx)) + join::min_memory(ctx)
+                build.min_memory(ctx).max(probe.min_memory(ctx)) + join::min_memory(ctx) + join::kept_batches(ctx)
             }
             Source::Union(inputs) => inputs.iter().map(|i| i.min_memory(ctx)).max().unwrap_or(0),
             Source::Shared { input, .. } => input.min_memory(ctx),
