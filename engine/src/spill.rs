@@ -175,8 +175,9 @@ impl SpillManager {
     fn open_part(&self, path: &Path, schema: &SchemaRef) -> Result<ArrowWriter<File>> {
         let file = File::create(path).map_err(|e| Error::io(path, e))?;
         let err = |e| Error::parquet(path, "writing spill file", e);
-        let props = spill_properties(schema).map_err(err)?;
-        ArrowWriter::try_new(file, schema.clone(), Some(props)).map_err(err)
+        let stored = stored_schema(schema);
+        let props = spill_properties(&stored).map_err(err)?;
+        ArrowWriter::try_new(file, stored, Some(props)).map_err(err)
     }
 
     fn charge(&self, bytes: u64) -> Result<()> {
@@ -189,6 +190,20 @@ impl SpillManager {
         i.bytes.fetch_add(bytes, Ordering::Relaxed);
         i.peak_on_disk.fetch_max(used + bytes, Ordering::Relaxed);
         Ok(())
+    }
+}
+
+/// The schema a spill file of batches of `schema` is written with. Batches without columns (a
+/// window under a query that reads none of its input's columns) keep their rows as a column of
+/// nulls: Parquet counts rows only through columns, and such a file read back as empty batches.
+fn stored_schema(schema: &SchemaRef) -> SchemaRef {
+    match schema.fields().is_empty() {
+        true => Arc::new(arrow::datatypes::Schema::new(vec![arrow::datatypes::Field::new(
+            "__rows",
+            arrow::datatypes::DataType::Null,
+            true,
+        )])),
+        false => schema.clone(),
     }
 }
 
@@ -237,7 +252,14 @@ impl SpillWriter {
         };
         let path = file.parts.last().cloned().unwrap_or_default();
         let err = |e| Error::parquet(&path, "writing spill file", e);
-        writer.write(batch).map_err(err)?;
+        match batch.num_columns() {
+            0 => {
+                let rows: arrow::array::ArrayRef = Arc::new(arrow::array::NullArray::new(batch.num_rows()));
+                let stored = RecordBatch::try_new(stored_schema(&file.schema), vec![rows])?;
+                writer.write(&stored).map_err(err)?;
+            }
+            _ => writer.write(batch).map_err(err)?,
+        }
         writer.flush().map_err(err)?;
         file.rows += batch.num_rows() as u64;
         self.row_groups += 1;
@@ -393,8 +415,9 @@ impl SpillReader {
         // SAFETY: spill files are private to this run and never modified after `finish`.
         let map = Arc::new(unsafe { Mmap::map(&file) }.map_err(|e| Error::io(&path, e))?);
         let bytes = Bytes::from_owner(SharedMap(map.clone()));
-        let meta = ArrowReaderMetadata::load(&bytes, ArrowReaderOptions::new().with_schema(self.schema.clone()))
-            .map_err(|e| err(&e))?;
+        let meta =
+            ArrowReaderMetadata::load(&bytes, ArrowReaderOptions::new().with_schema(stored_schema(&self.schema)))
+                .map_err(|e| err(&e))?;
         self.current = Some(Box::new(PartReader { path, map, bytes, meta, next_group: 0 }));
         Ok(true)
     }
@@ -404,6 +427,10 @@ impl SpillReader {
         loop {
             let Some(part) = self.current.as_mut() else { return Ok(None) };
             if let Some(batch) = part.next_batch()? {
+                if self.schema.fields().is_empty() {
+                    let options = arrow::array::RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
+                    return Ok(Some(RecordBatch::try_new_with_options(self.schema.clone(), vec![], &options)?));
+                }
                 return Ok(Some(batch));
             }
             if !self.open_next()? {

@@ -155,3 +155,27 @@ fn wide_spill_files_keep_the_metadata_of_an_open_part_within_what_is_counted() {
     assert!(held <= open_file_bytes(&schema), "an open part holds {held} bytes, {} counted", open_file_bytes(&schema));
     assert!(open_file_bytes(&schema) <= 64 << 10);
 }
+
+#[test]
+fn batches_without_columns_keep_their_row_counts() {
+    // A window over a join whose columns nothing above reads spills batches of rows alone.
+    let schema = Arc::new(Schema::empty());
+    let batch = |n: usize| {
+        RecordBatch::try_new_with_options(
+            schema.clone(),
+            vec![],
+            &arrow::array::RecordBatchOptions::new().with_row_count(Some(n)),
+        )
+        .unwrap()
+    };
+    let parent = tempfile::tempdir().unwrap();
+    let spill = SpillManager::new(parent.path(), u64::MAX).unwrap();
+    let mut w = spill.create(schema.clone(), "window").unwrap();
+    for n in [10, 1, 300] {
+        w.write(&batch(n)).unwrap();
+    }
+    let file = w.finish().unwrap();
+    assert_eq!(file.rows(), 311);
+    let back: Vec<usize> = file.reader().unwrap().map(|b| b.unwrap().num_rows()).collect();
+    assert_eq!(back, vec![10, 1, 300]);
+}
