@@ -552,13 +552,12 @@ impl<'e> Query<'e> {
     }
 
     /// Runs the query into `sink`, which encodes on a thread of its own (see [`BackgroundSink`]).
-    fn run_into(mut self, sink: Box<dyn Sink + Send>) -> Result<(WriteSummary, QueryMetrics)> {
+    fn run_into(mut self, mut sink: Box<dyn Sink + Send>) -> Result<(WriteSummary, QueryMetrics)> {
         let engine = self.engine;
         // The sink holds its buffers now: the plan runs in what is left, and the sink takes one
         // batch at a time into its pages. It may grow into half of what the plan's minimums
         // leave free (bigger row groups), not further: operators that started beside it count
         // on the rest.
-        let mut sink = sink;
         let held = engine.ctx.pool.reserved();
         self.ctx = engine.ctx.for_plan(&self.pipeline, held, WRITER_BATCHES)?;
         self.fits = true;

@@ -137,9 +137,7 @@ impl SpillPartitions {
     /// and freed before the next.
     fn write_directly(&mut self, batch: &RecordBatch, rows: &[Vec<u32>], row_bytes: u64) -> Result<()> {
         for (p, rows) in rows.iter().enumerate().filter(|(_, r)| !r.is_empty()) {
-            if self.writers[p].is_none() {
-                self.writers[p] = Some(self.ctx.spill.create(self.schema.clone(), &format!("{}-p{p}", self.label))?);
-            }
+            self.open_writer(p)?;
             let mut piece = rows.len();
             let mut start = 0;
             while start < rows.len() {
@@ -175,9 +173,7 @@ impl SpillPartitions {
         let bytes = batch.get_array_memory_size() as u64;
         if self.make_room(bytes).is_err() {
             // No room to keep it: written as it is (its memory is its sender's).
-            if self.writers[p].is_none() {
-                self.writers[p] = Some(self.ctx.spill.create(self.schema.clone(), &format!("{}-p{p}", self.label))?);
-            }
+            self.open_writer(p)?;
             return self.writers[p].as_mut().expect("writer").write(&batch);
         }
         let source = self.keep(batch, bytes, 1);
@@ -228,6 +224,14 @@ impl SpillPartitions {
         }
     }
 
+    /// Starts partition `p`'s file if it has none yet.
+    fn open_writer(&mut self, p: usize) -> Result<()> {
+        if self.writers[p].is_none() {
+            self.writers[p] = Some(self.ctx.spill.create(self.schema.clone(), &format!("{}-p{p}", self.label))?);
+        }
+        Ok(())
+    }
+
     /// Writes partition `p`'s rows as one batch, and frees the split batches no partition reads
     /// any more.
     fn flush(&mut self, p: usize) -> Result<()> {
@@ -238,9 +242,7 @@ impl SpillPartitions {
         let (rows, bytes) = (self.rows[p], self.bytes[p]);
         self.rows[p] = 0;
         self.bytes[p] = 0;
-        if self.writers[p].is_none() {
-            self.writers[p] = Some(self.ctx.spill.create(self.schema.clone(), &format!("{}-p{p}", self.label))?);
-        }
+        self.open_writer(p)?;
         // The copy is reserved first; when the pool cannot pay for it, the ranges are written as
         // they are (smaller row groups, nothing copied).
         if ranges.len() > 1 && self.reservation.try_grow(bytes).is_ok() {

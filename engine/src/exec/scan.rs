@@ -247,8 +247,7 @@ impl ScanPipeline {
     /// beside two integers) made batches of three times the bytes every operator above was
     /// sized for.
     fn widened(&self, row: u64) -> u64 {
-        let (widest, scanned) = self.widening();
-        row.saturating_mul(widest).div_ceil(scanned)
+        widen(row, self.widening())
     }
 
     /// The widest projected row over the scanned row, by their types' widths, as a fraction
@@ -488,10 +487,9 @@ impl ScanPipeline {
     }
 }
 
-impl Shared {
-    fn widened_row(&self, row: u64) -> u64 {
-        row.saturating_mul(self.widening.0).div_ceil(self.widening.1)
-    }
+/// `row` bytes times `widest / scanned` (see [`ScanPipeline::widening`]), rounded up.
+fn widen(row: u64, (widest, scanned): (u64, u64)) -> u64 {
+    row.saturating_mul(widest).div_ceil(scanned)
 }
 
 struct Shared {
@@ -639,7 +637,7 @@ fn worker(w: usize, workers: usize, shared: &Shared, ctx: &ExecContext, tx: Send
         }
         let morsel = shared.morsels[k];
         let row_bytes = shared.table.estimated_row_bytes(morsel, &shared.projection).max(1);
-        let batch_rows = ((target / shared.widened_row(row_bytes)) as usize).clamp(1, ctx.config.batch_size.max(1));
+        let batch_rows = ((target / widen(row_bytes, shared.widening)) as usize).clamp(1, ctx.config.batch_size.max(1));
         let pages = shared.table.page_buffer_bytes(morsel, &shared.projection, shared.pruning.as_ref(), prefetch);
         let mut early = shared.early.as_ref().filter(|_| early_pause == 0);
         early_pause = early_pause.saturating_sub(1);

@@ -64,10 +64,8 @@ pub(crate) fn decoder_bytes(path: &Path) -> u64 {
 
 /// The window the first zstd frame of `path` asks for, from its header (RFC 8878, 3.1.1.1).
 fn zstd_window(path: &Path) -> Option<u64> {
-    let mut header = [0u8; 18];
-    let mut file = File::open(path).ok()?;
-    let n = read_up_to(&mut file, &mut header).ok()?;
-    let header = &header[..n];
+    let mut header = Vec::with_capacity(18);
+    File::open(path).ok()?.take(18).read_to_end(&mut header).ok()?;
     if header.len() < 6 || header[..4] != [0x28, 0xB5, 0x2F, 0xFD] {
         return None;
     }
@@ -89,17 +87,6 @@ fn zstd_window(path: &Path) -> Option<u64> {
         value |= u64::from(*b) << (8 * i);
     }
     Some(if size_bytes == 2 { value + 256 } else { value })
-}
-
-fn read_up_to(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match file.read(&mut buf[n..])? {
-            0 => break,
-            k => n += k,
-        }
-    }
-    Ok(n)
 }
 
 /// Opens `path` for reading its text, decompressing as it goes.
