@@ -472,7 +472,12 @@ impl<'e> Query<'e> {
     fn check_write(&mut self, upfront: &dyn Fn(u64) -> u64) -> Result<()> {
         let ctx = &self.engine.ctx;
         let held = self.held();
-        let least = ctx.least_budget(&self.pipeline, &|budget| held + upfront(budget), WRITER_BATCHES);
+        // The writer is sized from what the others leave it (see `ParquetSink::to`).
+        let least = ctx.least_budget(
+            &self.pipeline,
+            &|budget| held + upfront(budget.saturating_sub(held)),
+            WRITER_BATCHES,
+        );
         if least > ctx.config.mem_budget {
             return Err(Error::BudgetTooSmall {
                 what: "this query".into(),

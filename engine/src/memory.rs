@@ -32,6 +32,18 @@
 //! ([`MemoryPool::reclaimable`]) as theirs to take. A reclaim runs on the thread that asked,
 //! never waits for a lock (a consumer busy with its own work is skipped) and never asks again
 //! from inside another reclaim.
+//!
+//! # Headroom for batches in flight
+//!
+//! A table that spills when it cannot grow takes what is free, and an operator beside it then
+//! cannot reserve the next batch it must hand on: a join's output under an aggregation whose
+//! table grew into the memory the join's output had just given back (found by the fuzzer, near
+//! the smallest budgets a plan is accepted at). An operator that hands batches on keeps
+//! [`Headroom`] for them while it runs ([`MemoryPool::keep`]): bytes not reserved, but left free
+//! by growth that could be done without ([`MemoryReservation::try_grow_spare`], a table that
+//! spills instead) and not counted as free by operators sizing themselves
+//! ([`MemoryPool::spare`]). A batch is reserved the usual way and may take them; once it is
+//! dropped they are free again, with nothing to refill.
 
 use std::cell::Cell;
 use std::collections::BTreeMap;
@@ -65,6 +77,8 @@ struct PoolState {
     last_trim: Option<std::time::Instant>,
     /// Counts every give-back, so that a waiter knows one happened.
     releases: u64,
+    /// Bytes kept free for batches in flight (see [`Headroom`]).
+    kept: u64,
     next_id: u64,
     consumers: BTreeMap<u64, ConsumerState>,
 }
@@ -156,6 +170,20 @@ impl MemoryPool {
     /// Bytes still free.
     pub fn available(&self) -> u64 {
         self.inner.budget.saturating_sub(self.reserved())
+    }
+
+    /// Bytes free beyond the headroom kept for batches in flight: what growth that could be
+    /// done without may take, and what operators sizing themselves count as free.
+    pub fn spare(&self) -> u64 {
+        let state = self.lock();
+        self.inner.budget.saturating_sub(state.used).saturating_sub(state.kept)
+    }
+
+    /// Keeps `bytes` free for batches in flight until the returned guard drops (see the module
+    /// docs).
+    pub fn keep(&self, bytes: u64) -> Headroom {
+        self.lock().kept += bytes;
+        Headroom { pool: self.clone(), bytes }
     }
 
     /// Bytes held by consumers that spill on request (see [`Reclaim`]): what an operator sizing
@@ -304,7 +332,17 @@ impl MemoryReservation {
     /// Reserves `bytes` more, or fails without changing anything. When the pool is short it
     /// first asks the biggest spillable consumers to spill (see [`Reclaim`]).
     pub fn try_grow(&mut self, bytes: u64) -> Result<()> {
-        let Err(refused) = self.grow(bytes) else { return Ok(()) };
+        self.try_grow_leaving(bytes, false)
+    }
+
+    /// Reserves `bytes` of growth that could be done without (a table that spills when it
+    /// cannot grow), leaving the headroom kept for batches in flight free (see [`Headroom`]).
+    pub fn try_grow_spare(&mut self, bytes: u64) -> Result<()> {
+        self.try_grow_leaving(bytes, true)
+    }
+
+    fn try_grow_leaving(&mut self, bytes: u64, leave_kept: bool) -> Result<()> {
+        let Err(refused) = self.grow(bytes, leave_kept) else { return Ok(()) };
         if RECLAIMING.with(Cell::get) {
             return Err(refused);
         }
@@ -312,7 +350,8 @@ impl MemoryReservation {
         for reclaimer in self.reclaim_candidates() {
             let short = {
                 let state = self.pool.lock();
-                (state.used + bytes).saturating_sub(self.pool.inner.budget)
+                let kept = if leave_kept { state.kept } else { 0 };
+                (state.used + bytes + kept).saturating_sub(self.pool.inner.budget)
             };
             let freed = {
                 let _reclaiming = ReclaimingGuard::enter();
@@ -323,7 +362,7 @@ impl MemoryReservation {
                 state.reclaims += 1;
                 state.reclaimed += freed;
             }
-            match self.grow(bytes) {
+            match self.grow(bytes, leave_kept) {
                 Ok(()) => return Ok(()),
                 Err(e) => last = e,
             }
@@ -346,18 +385,19 @@ impl MemoryReservation {
         found.into_iter().map(|(_, r)| r).collect()
     }
 
-    /// Reserves `bytes` more if they fit now.
-    fn grow(&mut self, bytes: u64) -> Result<()> {
+    /// Reserves `bytes` more if they fit now (beside the kept headroom when `leave_kept`).
+    fn grow(&mut self, bytes: u64, leave_kept: bool) -> Result<()> {
         if bytes == 0 {
             return Ok(());
         }
         let mut state = self.pool.lock();
         let budget = self.pool.inner.budget;
-        if state.used.saturating_add(bytes) > budget {
+        let kept = if leave_kept { state.kept } else { 0 };
+        if state.used.saturating_add(bytes).saturating_add(kept) > budget {
             let mut largest: Vec<(String, u64)> =
                 state.consumers.values().filter(|c| c.bytes > 0).map(|c| (c.name.clone(), c.bytes)).collect();
             largest.sort_by_key(|c| std::cmp::Reverse(c.1));
-            largest.truncate(3);
+            largest.truncate(30);
             return Err(Error::ResourcesExhausted {
                 consumer: state.consumers.get(&self.id).map(|c| c.name.clone()).unwrap_or_default(),
                 requested: bytes,
@@ -461,6 +501,29 @@ impl MemoryReservation {
             }
         }
         self.size += bytes;
+    }
+}
+
+/// Bytes kept free for batches in flight while it lives (see [`MemoryPool::keep`]).
+#[derive(Debug)]
+pub struct Headroom {
+    pool: MemoryPool,
+    bytes: u64,
+}
+
+impl Headroom {
+    /// Keeps at least `bytes` from now on (batches came out larger than first thought).
+    pub fn raise_to(&mut self, bytes: u64) {
+        if bytes > self.bytes {
+            self.pool.lock().kept += bytes - self.bytes;
+            self.bytes = bytes;
+        }
+    }
+}
+
+impl Drop for Headroom {
+    fn drop(&mut self) {
+        self.pool.lock().kept -= self.bytes;
     }
 }
 

@@ -265,7 +265,7 @@ impl AggregateStream {
                     // The table's groups are complete: out a batch at a time, then the table
                     // starts again with the batch that came.
                     if f.next < f.table.groups() {
-                        let end = (f.next + self.ctx.config.batch_size.max(1)).min(f.table.groups());
+                        let end = (f.next + f.table.output_rows(&self.ctx)).min(f.table.groups());
                         let chunk = output_reserved(&self.ctx, f.table.output(f.next, end));
                         f.next = end;
                         return Some(chunk);
@@ -297,7 +297,7 @@ impl AggregateStream {
                 State::Emitting { tables, next, partitions } => {
                     if let Some(table) = tables.front() {
                         if *next < table.groups() {
-                            let end = (*next + self.ctx.config.batch_size.max(1)).min(table.groups());
+                            let end = (*next + table.output_rows(&self.ctx)).min(table.groups());
                             let chunk = output_reserved(&self.ctx, table.output(*next, end));
                             *next = end;
                             return Some(chunk);
@@ -911,6 +911,14 @@ struct GroupTable {
 }
 
 impl GroupTable {
+    /// Groups an output batch takes: a batch's bytes at what the table holds a group (more than
+    /// the group's output: its index entry too), at most the batch size. Output batches of the
+    /// batch size in rows took 300 KiB a batch of 64 KiB under a 1 MiB budget, and failed.
+    fn output_rows(&self, ctx: &ExecContext) -> usize {
+        let per_group = (self.reservation.size() / self.groups.max(1) as u64).max(1);
+        ((ctx.batch_bytes_target() / per_group) as usize).clamp(1, ctx.config.batch_size.max(1))
+    }
+
     fn new(spec: &Arc<Spec>, ctx: &ExecContext, depth: usize, limit: u64) -> Result<GroupTable> {
         let mut accs = Vec::with_capacity(spec.aggregates.len());
         for (a, col) in spec.aggregates.iter().zip(&spec.arg_columns) {
@@ -1028,7 +1036,7 @@ impl GroupTable {
     /// that does not fit the table's share of the pool.
     fn grow_to(&mut self, capacity: usize) -> bool {
         let (old, new) = (self.fixed_bytes(self.capacity), self.fixed_bytes(capacity));
-        if self.reservation.size() + new > self.limit || self.reservation.try_grow(new).is_err() {
+        if self.reservation.size() + new > self.limit || self.reservation.try_grow_spare(new).is_err() {
             return false;
         }
         let additional = capacity - self.groups;
@@ -1064,7 +1072,7 @@ impl GroupTable {
         // Variable-length keys grow their buffer the same way: new size reserved first.
         let key_len = keys.len(row);
         if let Some((old, new)) = self.index.key_growth(key_len) {
-            if self.reservation.size() + new > self.limit || self.reservation.try_grow(new).is_err() {
+            if self.reservation.size() + new > self.limit || self.reservation.try_grow_spare(new).is_err() {
                 return None;
             }
             self.index.grow_keys(new as usize);

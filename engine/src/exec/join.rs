@@ -82,11 +82,16 @@ pub(crate) fn min_memory(ctx: &ExecContext) -> u64 {
     6 * ctx.batch_bytes_target().min(1 << 20)
 }
 
-/// What a join keeps for its own batch reservations (see `JoinStream::batch_floor`): two batches,
+/// What a join keeps for its own batch reservations (see `JoinStream::headroom`): two batches,
 /// of at most 1 MiB each (above that the pool is roomy, and a join of a plan of seven would keep
 /// 224 MiB at a 1 GiB budget).
 pub(crate) fn kept_batches(ctx: &ExecContext) -> u64 {
-    2 * ctx.batch_bytes_target().min(1 << 20)
+    kept_for(ctx.batch_bytes_target())
+}
+
+/// The headroom kept for batches of `bytes`: two of them, of at most 1 MiB each.
+pub(crate) fn kept_for(bytes: u64) -> u64 {
+    2 * bytes.min(1 << 20)
 }
 
 /// The share of `available` the build table may fill; the rest is for partition buffers and
@@ -850,7 +855,8 @@ impl BuildTable {
             return;
         }
         let bytes = self.int_heads.growth_bytes(rows as usize) as u64;
-        if bytes > 0 && self.reservation.size() + bytes <= self.limit / 2 && self.reservation.try_grow(bytes).is_ok() {
+        if bytes > 0 && self.reservation.size() + bytes <= self.limit / 2 && self.reservation.try_grow_spare(bytes).is_ok()
+        {
             self.int_heads.reserve(rows as usize);
             let held = self.heap_bytes();
             self.reservation.shrink(self.reservation.size().saturating_sub(held));
@@ -897,7 +903,7 @@ impl BuildTable {
         };
         let held = narrow(&batch)?;
         let need = (held.get_array_memory_size() + 2 * (key_bytes + n * 5) + grown_table) as u64;
-        if self.reservation.size() + need > self.limit || self.reservation.try_grow(need).is_err() {
+        if self.reservation.size() + need > self.limit || self.reservation.try_grow_spare(need).is_err() {
             if !self.batches.is_empty() {
                 return Ok(Some(batch));
             }
@@ -1080,7 +1086,7 @@ impl BuildTable {
             self.int_filter.get_or_init(|| {
                 let count = self.int_heads.len();
                 let mut reservation = self.reservation.pool().register("HashJoin key filter", false);
-                reservation.try_grow(IntFilter::bytes_for(count) as u64).ok()?;
+                reservation.try_grow_spare(IntFilter::bytes_for(count) as u64).ok()?;
                 Some((IntFilter::new(count, self.int_heads.keys()), reservation))
             });
         }
@@ -1134,7 +1140,7 @@ impl BuildTable {
             return Ok(());
         }
         let bytes = group.iter().map(|b| b.get_array_memory_size()).sum::<usize>() as u64;
-        if reservation.try_grow(bytes).is_err() {
+        if reservation.try_grow_spare(bytes).is_err() {
             *short = true;
             merged.append(group);
             return Ok(());
@@ -1369,12 +1375,12 @@ pub(crate) struct JoinStream {
     first_limit: u64,
     /// Scan queue limit for the inputs.
     queue_limit: u64,
-    /// Two batches kept for the join's own batch reservations (a batch read back from a
-    /// partition, an output batch), drawn on when the pool is short and refilled when it is not:
-    /// the table takes its share of what is free when it starts and the operators beside it grow
-    /// into the rest, and near the minimum these small reservations then failed (found by the
-    /// fuzzer).
-    batch_floor: std::sync::Mutex<MemoryReservation>,
+    /// Headroom for two of the join's own batches (a batch read back from a partition, an
+    /// output batch) while it runs: tables (its own, an aggregation's above) do not grow into
+    /// it, and near the minimum these small reservations failed without it (found by the fuzzer).
+    /// Output rows are wider than either input's: it grows with the largest batch seen (see
+    /// [`kept_for`]).
+    headroom: std::sync::Mutex<Option<crate::memory::Headroom>>,
 }
 
 impl JoinStream {
@@ -1409,11 +1415,10 @@ impl JoinStream {
             .join_type
             .is_existence()
             .then_some(Existence { join_type: spec.join_type, outer_is_build: spec.build_is_left });
-        let mut batch_floor = ctx.pool.register("HashJoin batches kept", false);
-        let _ = batch_floor.try_grow(kept_batches(ctx));
+        let headroom = std::sync::Mutex::new(Some(ctx.pool.keep(kept_batches(ctx))));
         let first_limit = table_limit(ctx.available_for_sizing().saturating_sub(children_max), ctx);
         Ok(JoinStream {
-            batch_floor: std::sync::Mutex::new(batch_floor),
+            headroom,
             shared: Arc::new(Shared {
                 spec,
                 build_schema,
@@ -1444,7 +1449,6 @@ impl JoinStream {
     }
 
     pub(crate) fn next_reserved(&mut self, cancel: &AtomicBool) -> Option<Result<(RecordBatch, MemoryReservation)>> {
-        self.refill_batch_floor();
         let reserve = |join: &Self, batch: RecordBatch| -> Result<(RecordBatch, MemoryReservation)> {
             let r = join.reserve_batch("HashJoin output", &batch)?;
             Ok((batch, r))
@@ -1483,7 +1487,7 @@ impl JoinStream {
                 }
                 Ok(None) => {
                     self.state = State::Done;
-                    self.free_batch_floor();
+                    self.drop_headroom();
                     return None;
                 }
                 Err(e) => {
@@ -1495,7 +1499,7 @@ impl JoinStream {
     }
 
     pub(crate) fn stop(&mut self) {
-        self.free_batch_floor();
+        self.drop_headroom();
         self.state = State::Done;
         self.tasks.clear();
         self.pending.clear();
@@ -1507,35 +1511,19 @@ impl JoinStream {
         self.reserve_batch("HashJoin read batch", batch)
     }
 
-    /// A reservation of `batch`'s bytes for `name`, from the kept batches when the pool is short.
+    /// A reservation of `batch`'s bytes for `name` (the join's headroom leaves room for it).
     fn reserve_batch(&self, name: &str, batch: &RecordBatch) -> Result<MemoryReservation> {
         let bytes = batch.get_array_memory_size() as u64;
-        let mut r = self.ctx.pool.register(name, false);
-        if r.try_grow(bytes).is_err() {
-            if let Ok(mut floor) = self.batch_floor.lock() {
-                let give = bytes.min(floor.size());
-                floor.shrink(give);
-            }
-            r.try_grow(bytes)?;
+        if let Some(headroom) = self.headroom.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+            headroom.raise_to(kept_for(bytes));
         }
+        let mut r = self.ctx.pool.register(name, false);
+        r.try_grow(bytes)?;
         Ok(r)
     }
 
-    fn free_batch_floor(&self) {
-        if let Ok(mut floor) = self.batch_floor.lock() {
-            floor.free();
-        }
-    }
-
-    /// Takes the kept batches back from the pool when it has them free (no reclaiming for it).
-    fn refill_batch_floor(&self) {
-        let want = kept_batches(&self.ctx);
-        if let Ok(mut floor) = self.batch_floor.lock() {
-            let short = want.saturating_sub(floor.size());
-            if short > 0 && self.ctx.pool.available() >= short {
-                let _ = floor.try_grow(short);
-            }
-        }
+    fn drop_headroom(&self) {
+        self.headroom.lock().unwrap_or_else(|e| e.into_inner()).take();
     }
 
     fn next_batch(&mut self, cancel: &AtomicBool) -> Result<Option<(RecordBatch, Option<MemoryReservation>)>> {

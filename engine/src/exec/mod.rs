@@ -153,17 +153,23 @@ pub struct ExecContext {
 }
 
 impl ExecContext {
-    /// What an operator that is starting may size itself from: the pool's free bytes, less the
-    /// minimums of the operators waiting above it.
+    /// What an operator that is starting may size itself from: the pool's free bytes beyond the
+    /// headroom kept for batches in flight, less the minimums of the operators waiting above it.
     pub(crate) fn available_for_sizing(&self) -> u64 {
+        self.pool.spare().saturating_sub(self.pending_minimums.load(Ordering::Acquire))
+    }
+
+    /// What an operator's minimum may take: as [`Self::available_for_sizing`], with the headroom
+    /// kept for batches in flight, which a minimum may use (it is counted in the plan's).
+    pub(crate) fn available_for_minimums(&self) -> u64 {
         self.pool.available().saturating_sub(self.pending_minimums.load(Ordering::Acquire))
     }
 
     /// What an operator sizing itself mid-run (a join's next partition, say) may count on: the
-    /// pool's free bytes and what consumers that spill on request hold (a sort above, taking
+    /// pool's spare bytes and what consumers that spill on request hold (a sort above, taking
     /// this operator's output into runs it keeps in memory; see [`crate::memory::Reclaim`]).
     pub(crate) fn obtainable(&self) -> u64 {
-        self.pool.available() + self.pool.reclaimable()
+        self.pool.spare() + self.pool.reclaimable()
     }
 
     /// Bytes one batch in flight should hold at most. Every operator's minimum is a few batches,
@@ -1049,7 +1055,13 @@ impl Pipeline {
             StreamSource::Scan(s) => s.stats(),
             _ => stats,
         };
+        // A join keeps its own (for the batches it reads back too); a union's inputs theirs.
+        let headroom = match &source {
+            StreamSource::Join(_) | StreamSource::Union(_) => None,
+            _ => Some(ctx.pool.keep(join::kept_for(ctx.batch_bytes_target()) / 2)),
+        };
         Ok(BatchStream {
+            headroom,
             stats,
             schema: self.schema,
             metrics,
@@ -1075,7 +1087,7 @@ pub(crate) fn start_beside(
     start: impl FnOnce() -> Result<BatchStream>,
 ) -> Result<BatchStream> {
     let pending = ctx.pending_minimums.load(Ordering::Acquire);
-    if ctx.available_for_sizing() < minimum {
+    if ctx.available_for_minimums() < minimum {
         return Err(crate::Error::BudgetTooSmall {
             what: operator.to_string(),
             needed: ctx.pool.budget() - ctx.pool.available() + pending + minimum,
@@ -1186,6 +1198,9 @@ pub struct BatchStream {
     source: StreamSource,
     tail: Vec<operators::TailState>,
     held: Option<MemoryReservation>,
+    /// Headroom for the batches this stream hands on (see [`crate::memory::Headroom`]): one of
+    /// the target size, then two of the largest seen (batches of wide rows pass the target).
+    headroom: Option<crate::memory::Headroom>,
     cancel: Arc<AtomicBool>,
     done: bool,
 }
@@ -1235,6 +1250,9 @@ impl BatchStream {
                 }
                 Some(Ok(item)) => item,
             };
+            if let Some(headroom) = &mut self.headroom {
+                headroom.raise_to(join::kept_for(batch.get_array_memory_size() as u64));
+            }
             let mut batch = Some(batch);
             for t in &mut self.tail {
                 batch = match batch {
@@ -1274,6 +1292,7 @@ impl BatchStream {
 
     fn finish(&mut self) {
         self.done = true;
+        self.headroom = None;
         self.source.stop();
     }
 }

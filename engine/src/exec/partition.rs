@@ -143,7 +143,7 @@ impl SpillPartitions {
             while start < rows.len() {
                 let len = piece.min(rows.len() - start);
                 let bytes = (row_bytes + 4) * len as u64;
-                let paid = match self.reservation.try_grow(bytes) {
+                let paid = match self.reservation.try_grow_spare(bytes) {
                     Ok(()) => bytes,
                     // A single row is written whatever the pool says.
                     Err(_) if len == 1 => 0,
@@ -214,7 +214,11 @@ impl SpillPartitions {
         loop {
             let holding = self.pending.iter().any(|p| !p.is_empty());
             if !holding || self.reservation.size() + bytes <= self.limit {
-                match self.reservation.try_grow(bytes) {
+                // While batches are held, writing them out makes room: the headroom kept for
+                // batches in flight is left alone.
+                let grown =
+                    if holding { self.reservation.try_grow_spare(bytes) } else { self.reservation.try_grow(bytes) };
+                match grown {
                     Ok(()) => return Ok(()),
                     Err(e) if !holding => return Err(e),
                     Err(_) => {}
@@ -245,7 +249,7 @@ impl SpillPartitions {
         self.open_writer(p)?;
         // The copy is reserved first; when the pool cannot pay for it, the ranges are written as
         // they are (smaller row groups, nothing copied).
-        if ranges.len() > 1 && self.reservation.try_grow(bytes).is_ok() {
+        if ranges.len() > 1 && self.reservation.try_grow_spare(bytes).is_ok() {
             let batch = self.gather(&ranges, rows);
             let written = batch.and_then(|b| self.writers[p].as_mut().expect("writer").write(&b));
             self.reservation.shrink(bytes);

@@ -298,9 +298,11 @@ impl ScanPipeline {
     /// As many workers as there are threads, morsels, and room in the pool for.
     fn workers(&self, ctx: &ExecContext, morsels: usize) -> Result<usize> {
         let (worker, batch) = self.worker_memory(ctx);
-        let available = ctx.available_for_sizing();
-        let fit = available.saturating_sub(batch) / worker.max(1);
-        if fit == 0 {
+        // Workers past the first are optional: they leave the headroom kept for batches in
+        // flight alone, which the first may use.
+        let fit = ctx.available_for_sizing().saturating_sub(batch) / worker.max(1);
+        let available = ctx.available_for_minimums();
+        if fit == 0 && available < batch + worker {
             let budget = ctx.pool.budget();
             return Err(Error::BudgetTooSmall {
                 what: format!("scanning {}", self.table.name()),

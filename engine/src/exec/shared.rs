@@ -116,7 +116,7 @@ fn materialize(
         input.release(held);
         metrics.rows_in(batch.num_rows());
         let bytes = batch.get_array_memory_size() as u64;
-        if writer.is_none() && reservation.size() + bytes <= limit && reservation.try_grow(bytes).is_ok() {
+        if writer.is_none() && reservation.size() + bytes <= limit && reservation.try_grow_spare(bytes).is_ok() {
             batches.push(batch);
             metrics.reserved(reservation.size());
             continue;

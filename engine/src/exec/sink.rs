@@ -743,32 +743,39 @@ impl ParquetSink {
         (page_bytes, (columns * page_bytes * 2 + upfront) as u64)
     }
 
-    /// What a sink for `schema` reserves when it opens under `budget`.
-    pub(crate) fn upfront(schema: &Schema, budget: u64, options: &WriteOptions) -> u64 {
-        let row_group_bytes = options.row_group_bytes(budget, Self::default_row_group_bytes(budget));
-        Self::sizes(schema.fields().len().max(1), row_group_bytes, budget).1
+    /// What a sink for `schema` reserves when it opens with `room` bytes of the budget not
+    /// reserved by others.
+    pub(crate) fn upfront(schema: &Schema, room: u64, options: &WriteOptions) -> u64 {
+        let row_group_bytes = options.row_group_bytes(room, Self::default_row_group_bytes(room));
+        Self::sizes(schema.fields().len().max(1), row_group_bytes, room).1
     }
 
-    /// A sink that writes to `to`, a file or a stream.
+    /// A sink that writes to `to`, a file or a stream, sized from the part of the budget that
+    /// nothing else holds when it opens: the footers of many tables can take most of a budget,
+    /// and buffers sized from the whole of it then leave the query nothing (a sink opened at
+    /// 123 MiB beside 110 MiB of footers took 11.6 MiB and could not take its next slice).
     pub(crate) fn to(
         to: Destination,
         schema: &Schema,
         pool: &MemoryPool,
         options: &WriteOptions,
     ) -> Result<ParquetSink> {
-        let default = Self::default_row_group_bytes(pool.budget());
-        Self::open(to, schema, pool, options, options.row_group_bytes(pool.budget(), default))
+        let room = pool.budget().saturating_sub(pool.reserved());
+        let default = Self::default_row_group_bytes(room);
+        Self::open(to, schema, pool, options, options.row_group_bytes(room, default), room)
     }
 
+    /// A sink with row groups of `row_group_bytes` whose pages are sized for `room` bytes.
     fn open(
         to: Destination,
         schema: &Schema,
         pool: &MemoryPool,
         options: &WriteOptions,
         row_group_bytes: usize,
+        room: u64,
     ) -> Result<ParquetSink> {
         let schema = portable_schema(schema);
-        let (page_bytes, upfront) = Self::sizes(schema.fields().len().max(1), row_group_bytes, pool.budget());
+        let (page_bytes, upfront) = Self::sizes(schema.fields().len().max(1), row_group_bytes, room);
         // Statistics per page also write the page index (column and offset indexes), which lets
         // readers skip pages by value, as flow's own scans do. A dictionary stops at 256 KiB: a
         // column of many distinct values (keys, prices) is interned until its dictionary is full
@@ -885,19 +892,27 @@ impl ParquetSink {
     /// estimate leaves out encoder scratch space, so the row group is counted on top), never
     /// less than the page buffers it will fill again.
     fn holding(&self) -> u64 {
-        ((self.writer.memory_size() + self.writer.in_progress_size()) as u64).max(self.floor)
+        self.in_use().max(self.floor)
+    }
+
+    /// The writer's pages and encoders, and the encoded row group.
+    fn in_use(&self) -> u64 {
+        (self.writer.memory_size() + self.writer.in_progress_size()) as u64
     }
 
     fn write_slice(&mut self, batch: &RecordBatch) -> Result<()> {
         let batch = conform(batch, &self.schema)?;
         // The writer copies the batch into encoded pages: reserve that growth first (an upper
         // bound: the uncompressed size of the batch), ending the row group early when the pool
-        // is short or the sink would pass its limit.
+        // is short or the sink would pass its limit. The floor reserved at opening is there for
+        // pages to fill: the growth is counted from what the writer holds, not on top of the
+        // floor.
         let incoming = batch.get_array_memory_size() as u64;
-        if self.reservation.size() + incoming > self.cap || self.reservation.try_grow(incoming).is_err() {
+        let wanted = |sink: &ParquetSink| (sink.in_use() + incoming).max(sink.floor);
+        let growth = wanted(self).saturating_sub(self.reservation.size());
+        if wanted(self) > self.cap || self.reservation.try_grow_spare(growth).is_err() {
             self.writer.flush().map_err(|e| self.error(e))?;
-            self.reservation.try_resize(self.holding())?;
-            self.reservation.try_grow(incoming)?;
+            self.reservation.try_resize(wanted(self))?;
         }
         self.writer.write(&batch).map_err(|e| self.error(e))?;
         self.rows += batch.num_rows() as u64;
@@ -941,13 +956,14 @@ enum TextWriter {
 }
 
 impl TextSink {
-    /// The write buffer a text sink reserves under `budget`: a sixteenth of it, 64 KiB to 1 MiB.
-    pub(crate) fn upfront(budget: u64) -> u64 {
-        (budget / 16).clamp(64 << 10, 1 << 20)
+    /// The write buffer a text sink reserves when `room` bytes of the budget are not reserved
+    /// by others: a sixteenth of them, 64 KiB to 1 MiB.
+    pub(crate) fn upfront(room: u64) -> u64 {
+        (room / 16).clamp(64 << 10, 1 << 20)
     }
 
-    /// Opens a CSV sink at `target`, with a write buffer of a sixteenth of the budget (64 KiB to
-    /// 1 MiB).
+    /// Opens a CSV sink at `target`, with a write buffer of a sixteenth of the budget left
+    /// free (64 KiB to 1 MiB).
     pub fn create(target: &Path, pool: &MemoryPool) -> Result<TextSink> {
         Self::with_options(target, pool, &WriteOptions::default())
     }
@@ -959,7 +975,7 @@ impl TextSink {
 
     /// A sink of `format` (CSV, TSV or JSON) writing to `to`.
     pub(crate) fn to(to: Destination, format: OutputFormat, pool: &MemoryPool) -> Result<TextSink> {
-        let buffer = Self::upfront(pool.budget()) as usize;
+        let buffer = Self::upfront(pool.budget().saturating_sub(pool.reserved())) as usize;
         let (pending, target, out) = to.split();
         let mut reservation = pool.register(format!("TextSink[{}]", target.display()), false);
         reservation.try_grow(buffer as u64)?;
@@ -1255,6 +1271,7 @@ impl PartitionedWriter {
                 &self.pool,
                 &self.out.options,
                 self.row_group_bytes,
+                self.pool.budget(),
             )?),
             format => Box::new(TextSink::to(Destination::file(&target, &self.out.options)?, format, &self.pool)?),
         };

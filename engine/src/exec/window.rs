@@ -1034,7 +1034,7 @@ impl WindowStream {
 
     fn push_block(&mut self, prepared: Prepared) -> Result<()> {
         let bytes = prepared.bytes();
-        let fits = |r: &mut MemoryReservation, limit: u64| r.size() + bytes <= limit && r.try_grow(bytes).is_ok();
+        let fits = |r: &mut MemoryReservation, limit: u64| r.size() + bytes <= limit && r.try_grow_spare(bytes).is_ok();
         if !fits(&mut self.reservation, self.limit) {
             // Complete partitions go out first, which frees their rows.
             if self.partition_starts.len() > 1 {
