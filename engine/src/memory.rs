@@ -397,7 +397,7 @@ impl MemoryReservation {
             let mut largest: Vec<(String, u64)> =
                 state.consumers.values().filter(|c| c.bytes > 0).map(|c| (c.name.clone(), c.bytes)).collect();
             largest.sort_by_key(|c| std::cmp::Reverse(c.1));
-            largest.truncate(30);
+            largest.truncate(3);
             return Err(Error::ResourcesExhausted {
                 consumer: state.consumers.get(&self.id).map(|c| c.name.clone()).unwrap_or_default(),
                 requested: bytes,
