@@ -442,3 +442,70 @@ fn files_of_different_columns_need_union_by_name() {
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert_eq!(std::fs::read_to_string(d.join("out.csv")).unwrap(), "s\n2\n");
 }
+
+/// Runs `sql` over the tables `t` and `u` of `dir` at the smallest budget flow accepts it at,
+/// found as a user finds it (1 MiB, then what the error asks for), and a little above: each run
+/// must finish. Near their minimums, plans were accepted and then failed: a table grew into
+/// what the next batch of an operator beside it needed, a writer sized its buffers from a budget
+/// that footers held most of, an aggregation's output batch of 8192 groups of long strings
+/// took 300 KiB where 64 KiB was planned (found by the differential fuzzer).
+fn runs_at_its_smallest_budget(dir: &Path, sql: &str) {
+    let run = |budget: u64| {
+        let config =
+            flow_engine::Config::default().with_mem_budget(budget).with_threads(2).with_spill_dir(dir.join("spill"));
+        let mut engine = flow_engine::Engine::new(config)?;
+        engine.register("t", dir.join("t.parquet").to_str().unwrap())?;
+        engine.register("u", dir.join("u.parquet").to_str().unwrap())?;
+        engine.sql(sql)?.write(dir.join("out.parquet")).map(|_| ())
+    };
+    let mut budget = 1 << 20;
+    let smallest = loop {
+        match run(budget) {
+            Ok(()) => break budget,
+            Err(e) => match e.inner() {
+                flow_engine::Error::BudgetTooSmall { needed, .. } if budget == 1 << 20 => budget = *needed,
+                _ => panic!("{sql}: accepted at {budget} bytes, then: {e}"),
+            },
+        }
+    };
+    for budget in [smallest + smallest / 20, smallest + smallest / 5] {
+        if let Err(e) = run(budget) {
+            panic!("{sql}: the smallest budget is {smallest} bytes, and at {budget}: {e}");
+        }
+    }
+}
+
+#[test]
+fn plans_accepted_at_their_smallest_budget_finish() {
+    let dir = tempfile::tempdir().unwrap();
+    // `t`: 4,000 rows of long strings; `u`: 40,000 rows in row groups of 10, whose footers take
+    // most of a small budget.
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("k", DataType::Int64, false),
+        Field::new("g", DataType::Int64, false),
+        Field::new("s", DataType::Utf8, false),
+    ]));
+    let batch = |rows: i64, width: usize| {
+        let k: Vec<i64> = (0..rows).map(|i| (i * 7919) % rows).collect();
+        RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(Int64Array::from(k.clone())),
+                Arc::new(Int64Array::from(k.iter().map(|v| v % 10).collect::<Vec<_>>())),
+                Arc::new(StringArray::from(k.iter().map(|v| format!("{v:0width$}")).collect::<Vec<_>>())),
+            ],
+        )
+        .unwrap()
+    };
+    write_parquet(&dir.path().join("t.parquet"), &[batch(4_000, 120)], None);
+    let small_groups =
+        parquet::file::properties::WriterProperties::builder().set_max_row_group_row_count(Some(10)).build();
+    write_parquet(&dir.path().join("u.parquet"), &[batch(40_000, 8)], Some(small_groups));
+    for sql in [
+        "SELECT k, min(s || s) AS a, max(s) AS b FROM t GROUP BY k",
+        "SELECT k, s FROM u WHERE k % 7 <> 0",
+        "SELECT DISTINCT a.s, b.k FROM t a FULL JOIN t b ON a.k = b.g",
+    ] {
+        runs_at_its_smallest_budget(dir.path(), sql);
+    }
+}

@@ -473,11 +473,8 @@ impl<'e> Query<'e> {
         let ctx = &self.engine.ctx;
         let held = self.held();
         // The writer is sized from what the others leave it (see `ParquetSink::to`).
-        let least = ctx.least_budget(
-            &self.pipeline,
-            &|budget| held + upfront(budget.saturating_sub(held)),
-            WRITER_BATCHES,
-        );
+        let least =
+            ctx.least_budget(&self.pipeline, &|budget| held + upfront(budget.saturating_sub(held)), WRITER_BATCHES);
         if least > ctx.config.mem_budget {
             return Err(Error::BudgetTooSmall {
                 what: "this query".into(),

@@ -626,6 +626,28 @@ mod tests {
     }
 
     #[test]
+    fn growth_that_can_spill_leaves_the_headroom_to_batches() {
+        let pool = MemoryPool::new(100);
+        let mut table = pool.register("table", true);
+        let mut batch = pool.register("batch", false);
+        let mut headroom = pool.keep(30);
+        assert_eq!(pool.spare(), 70);
+        assert!(table.try_grow_spare(71).is_err());
+        table.try_grow_spare(70).unwrap();
+        // A batch may take the headroom; the table may not, even once the batch is gone.
+        batch.try_grow(30).unwrap();
+        batch.free();
+        assert!(table.try_grow_spare(1).is_err());
+        headroom.raise_to(40);
+        assert_eq!(pool.spare(), 0);
+        assert!(batch.try_grow(30).is_ok());
+        batch.free();
+        drop(headroom);
+        table.try_grow_spare(30).unwrap();
+        assert_eq!(pool.spare(), 0);
+    }
+
+    #[test]
     fn a_refused_request_makes_the_biggest_spillable_consumer_spill() {
         let pool = MemoryPool::new(100);
         let small = spiller(&pool, "small", 20, 0);

@@ -1195,14 +1195,15 @@ impl GroupTable {
         for (acc, arg) in self.accs.iter_mut().zip(&args) {
             grown += update_batch(acc, arg.as_ref(), order)?;
         }
-        if grown > 0 && self.reservation.try_grow(grown).is_err() {
-            if self.no_spill {
-                return Ok(false);
-            }
-            if self.partitions.is_none() {
-                // The values are already held; stop the table from growing any further instead.
-                self.start_partitions(batch, n)?;
-            }
+        let counted = grown == 0 || self.reservation.try_grow(grown).is_ok();
+        if !counted && self.no_spill {
+            return Ok(false);
+        }
+        // The values are already held: when the pool refuses them, or they take the table past
+        // its share, the table stops growing instead. Past its share, it took what the scan
+        // below needed for its next batch (4,000 groups of 240-byte minimums under 1.3 MiB).
+        if (!counted || self.reservation.size() > self.limit) && self.partitions.is_none() && !self.no_spill {
+            self.start_partitions(batch, n)?;
         }
         if !spilled.is_empty() {
             self.partition_rows(batch, spilled)?;

@@ -855,7 +855,9 @@ impl BuildTable {
             return;
         }
         let bytes = self.int_heads.growth_bytes(rows as usize) as u64;
-        if bytes > 0 && self.reservation.size() + bytes <= self.limit / 2 && self.reservation.try_grow_spare(bytes).is_ok()
+        if bytes > 0
+            && self.reservation.size() + bytes <= self.limit / 2
+            && self.reservation.try_grow_spare(bytes).is_ok()
         {
             self.int_heads.reserve(rows as usize);
             let held = self.heap_bytes();

@@ -1058,7 +1058,7 @@ impl Pipeline {
         // A join keeps its own (for the batches it reads back too); a union's inputs theirs.
         let headroom = match &source {
             StreamSource::Join(_) | StreamSource::Union(_) => None,
-            _ => Some(ctx.pool.keep(join::kept_for(ctx.batch_bytes_target()) / 2)),
+            _ => Some(ctx.pool.keep(join::kept_for(ctx.batch_bytes_target()))),
         };
         Ok(BatchStream {
             headroom,
@@ -1198,8 +1198,8 @@ pub struct BatchStream {
     source: StreamSource,
     tail: Vec<operators::TailState>,
     held: Option<MemoryReservation>,
-    /// Headroom for the batches this stream hands on (see [`crate::memory::Headroom`]): one of
-    /// the target size, then two of the largest seen (batches of wide rows pass the target).
+    /// Headroom for the batches this stream hands on (see [`crate::memory::Headroom`]): two of
+    /// the target size, or of the largest seen (batches of wide rows pass the target).
     headroom: Option<crate::memory::Headroom>,
     cancel: Arc<AtomicBool>,
     done: bool,
