@@ -1062,6 +1062,9 @@ impl Pipeline {
         };
         Ok(BatchStream {
             headroom,
+            repeating: None,
+            pool: ctx.pool.clone(),
+            chunk_bytes: ctx.batch_bytes_target(),
             stats,
             schema: self.schema,
             metrics,
@@ -1201,8 +1204,21 @@ pub struct BatchStream {
     /// Headroom for the batches this stream hands on (see [`crate::memory::Headroom`]): two of
     /// the target size, or of the largest seen (batches of wide rows pass the target).
     headroom: Option<crate::memory::Headroom>,
+    /// A repeat (`EXCEPT ALL`, `INTERSECT ALL`) handing out its copies a chunk at a time.
+    repeating: Option<Repeat>,
+    pool: crate::memory::MemoryPool,
+    /// Bytes a chunk of repeated rows takes at most (the batch target).
+    chunk_bytes: u64,
     cancel: Arc<AtomicBool>,
     done: bool,
+}
+
+/// A repeat in progress: the tail operator it is, its state, and the reservation of the source's
+/// batch it repeats (given back once the last copy is out).
+struct Repeat {
+    at: usize,
+    state: operators::Repeating,
+    held: Option<MemoryReservation>,
 }
 
 impl BatchStream {
@@ -1230,6 +1246,16 @@ impl BatchStream {
     fn next_here(&mut self) -> Option<Result<(RecordBatch, MemoryReservation)>> {
         self.release_held();
         loop {
+            if self.repeating.is_some() {
+                match self.next_repeated() {
+                    Ok(Some(out)) => return Some(Ok(out)),
+                    Ok(None) => continue,
+                    Err(e) => {
+                        self.finish();
+                        return Some(Err(e));
+                    }
+                }
+            }
             if self.done {
                 return None;
             }
@@ -1254,12 +1280,24 @@ impl BatchStream {
                 headroom.raise_to(join::kept_for(batch.get_array_memory_size() as u64));
             }
             let mut batch = Some(batch);
-            for t in &mut self.tail {
+            let mut reservation = Some(reservation);
+            // A scan counts the batches it handed out by their reservations: its batches are
+            // repeated whole.
+            let chunked = !matches!(self.source, StreamSource::Scan(_));
+            for (at, t) in self.tail.iter_mut().enumerate() {
+                if let (Some(schema), true, Some(b)) = (t.repeat_schema(), chunked, &batch) {
+                    let state = operators::Repeating::new(b.clone(), schema.clone());
+                    self.repeating = Some(Repeat { at, state, held: reservation.take() });
+                    batch = None;
+                    break;
+                }
                 batch = match batch {
                     Some(b) => match t.apply(b) {
                         Ok(b) => b,
                         Err(e) => {
-                            self.source.release(reservation);
+                            if let Some(r) = reservation {
+                                self.source.release(r);
+                            }
                             self.finish();
                             return Some(Err(e));
                         }
@@ -1267,6 +1305,7 @@ impl BatchStream {
                     None => None,
                 };
             }
+            let Some(reservation) = reservation else { continue };
             if self.tail.iter().any(|t| t.exhausted()) {
                 // Everything the limit needs is here: stop the sources early.
                 self.source.stop();
@@ -1276,6 +1315,38 @@ impl BatchStream {
                 Some(b) if b.num_rows() > 0 || self.schema.fields().is_empty() => return Some(Ok((b, reservation))),
                 _ => self.source.release(reservation),
             }
+        }
+    }
+
+    /// The next chunk of the repeat in progress, through the operators after it, with a
+    /// reservation of its own; `None` when the chunk came to nothing or the repeat is done.
+    fn next_repeated(&mut self) -> Result<Option<(RecordBatch, MemoryReservation)>> {
+        let Some(repeat) = self.repeating.as_mut() else { return Ok(None) };
+        let rows = (self.chunk_bytes / repeat.state.row_bytes()).max(1) as usize;
+        let at = repeat.at;
+        let Some(mut chunk) = repeat.state.next_chunk(rows)? else {
+            self.end_repeat();
+            return Ok(None);
+        };
+        for t in &mut self.tail[at + 1..] {
+            match t.apply(chunk)? {
+                Some(b) => chunk = b,
+                None => return Ok(None),
+            }
+        }
+        if self.tail.iter().any(|t| t.exhausted()) {
+            self.end_repeat();
+            self.source.stop();
+            self.done = true;
+        }
+        let mut reservation = self.pool.register("Repeat output", false);
+        reservation.try_grow(chunk.get_array_memory_size() as u64)?;
+        Ok(Some((chunk, reservation)))
+    }
+
+    fn end_repeat(&mut self) {
+        if let Some(Repeat { held: Some(r), .. }) = self.repeating.take() {
+            self.source.release(r);
         }
     }
 
@@ -1292,6 +1363,7 @@ impl BatchStream {
 
     fn finish(&mut self) {
         self.done = true;
+        self.end_repeat();
         self.headroom = None;
         self.source.stop();
     }
