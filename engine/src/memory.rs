@@ -341,6 +341,14 @@ impl MemoryReservation {
         self.try_grow_leaving(bytes, true)
     }
 
+    /// Reserves `bytes` for a table that may always hold `floor` bytes (its operator's minimum
+    /// share, counted in the plan's minimum) and past that only spare ones: kept out of the
+    /// headroom altogether, a table near the smallest budget could not grow at all and cut its
+    /// input into pieces of one batch.
+    pub fn try_grow_past(&mut self, bytes: u64, floor: u64) -> Result<()> {
+        self.try_grow_leaving(bytes, self.size + bytes > floor)
+    }
+
     fn try_grow_leaving(&mut self, bytes: u64, leave_kept: bool) -> Result<()> {
         let Err(refused) = self.grow(bytes, leave_kept) else { return Ok(()) };
         if RECLAIMING.with(Cell::get) {
@@ -645,6 +653,17 @@ mod tests {
         drop(headroom);
         table.try_grow_spare(30).unwrap();
         assert_eq!(pool.spare(), 0);
+    }
+
+    #[test]
+    fn a_table_takes_its_floor_from_the_headroom_and_no_more() {
+        let pool = MemoryPool::new(100);
+        let _headroom = pool.keep(60);
+        let mut table = pool.register("table", true);
+        table.try_grow_past(30, 50).unwrap();
+        table.try_grow_past(20, 50).unwrap();
+        assert!(table.try_grow_past(1, 50).is_err());
+        assert_eq!(table.size(), 50);
     }
 
     #[test]

@@ -14,8 +14,12 @@ import decimal
 import json
 import math
 import sys
+import threading
 
 import duckdb
+
+# The time a query gets, as in the Rust side's `TIMEOUT`.
+TIMEOUT_SECONDS = 120
 
 
 def number(v):
@@ -96,11 +100,16 @@ def main():
         con.execute("SET threads = 2")
         for name, path in case["tables"].items():
             con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet('{path}')")
+        # As long as flow is given: a query DuckDB cannot answer in it is too big to judge.
+        timer = threading.Timer(TIMEOUT_SECONDS, con.interrupt)
+        timer.start()
         try:
             theirs = con.execute(case["sql"]).fetchall()
             error = None
         except Exception as e:  # any DuckDB error
             theirs, error = None, str(e).splitlines()[0]
+        finally:
+            timer.cancel()
         flow_error = case.get("flow_error")
         if error is not None and flow_error is not None:
             verdict, detail = "both_error", f"DuckDB: {error}; flow: {flow_error}"

@@ -914,6 +914,11 @@ impl GroupTable {
     /// Groups an output batch takes: a batch's bytes at what the table holds a group (more than
     /// the group's output: its index entry too), at most the batch size. Output batches of the
     /// batch size in rows took 300 KiB a batch of 64 KiB under a 1 MiB budget, and failed.
+    /// What the table may always take, headroom or not (see `MemoryReservation::try_grow_past`).
+    fn floor(&self) -> u64 {
+        min_memory(&self.ctx) / 2
+    }
+
     fn output_rows(&self, ctx: &ExecContext) -> usize {
         let per_group = (self.reservation.size() / self.groups.max(1) as u64).max(1);
         ((ctx.batch_bytes_target() / per_group) as usize).clamp(1, ctx.config.batch_size.max(1))
@@ -1036,7 +1041,7 @@ impl GroupTable {
     /// that does not fit the table's share of the pool.
     fn grow_to(&mut self, capacity: usize) -> bool {
         let (old, new) = (self.fixed_bytes(self.capacity), self.fixed_bytes(capacity));
-        if self.reservation.size() + new > self.limit || self.reservation.try_grow_spare(new).is_err() {
+        if self.reservation.size() + new > self.limit || self.reservation.try_grow_past(new, self.floor()).is_err() {
             return false;
         }
         let additional = capacity - self.groups;
@@ -1072,7 +1077,8 @@ impl GroupTable {
         // Variable-length keys grow their buffer the same way: new size reserved first.
         let key_len = keys.len(row);
         if let Some((old, new)) = self.index.key_growth(key_len) {
-            if self.reservation.size() + new > self.limit || self.reservation.try_grow_spare(new).is_err() {
+            if self.reservation.size() + new > self.limit || self.reservation.try_grow_past(new, self.floor()).is_err()
+            {
                 return None;
             }
             self.index.grow_keys(new as usize);

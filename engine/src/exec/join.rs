@@ -784,11 +784,14 @@ struct BuildTable {
     reservation: MemoryReservation,
     /// Most bytes the table may hold.
     limit: u64,
+    /// What it may always take, headroom or not (see `MemoryReservation::try_grow_past`).
+    floor: u64,
 }
 
 impl BuildTable {
     fn new(ctx: &ExecContext, schema: &SchemaRef, limit: u64) -> BuildTable {
         BuildTable {
+            floor: min_memory(ctx) / 2,
             schema: schema.clone(),
             batches: Vec::new(),
             starts: Vec::new(),
@@ -905,7 +908,7 @@ impl BuildTable {
         };
         let held = narrow(&batch)?;
         let need = (held.get_array_memory_size() + 2 * (key_bytes + n * 5) + grown_table) as u64;
-        if self.reservation.size() + need > self.limit || self.reservation.try_grow_spare(need).is_err() {
+        if self.reservation.size() + need > self.limit || self.reservation.try_grow_past(need, self.floor).is_err() {
             if !self.batches.is_empty() {
                 return Ok(Some(batch));
             }

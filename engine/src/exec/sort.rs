@@ -333,9 +333,12 @@ impl Sorter {
         }
         let extra = bytes.saturating_sub(moved);
         let over = |s: &Self| s.in_flight() + s.reservation.size() + extra > s.buffer_limit;
-        if over(self) || self.reservation.try_grow_spare(extra).is_err() {
+        // Plain growth, not spare: the sort gives memory back when others ask for it (see
+        // `Reclaim`), and a buffer kept out of the headroom cut a run per batch near the minimum
+        // (thousands of runs of one batch, merged for 18 minutes).
+        if over(self) || self.reservation.try_grow(extra).is_err() {
             self.spill_memory_runs()?;
-            if over(self) || self.reservation.try_grow_spare(extra).is_err() {
+            if over(self) || self.reservation.try_grow(extra).is_err() {
                 if self.buffer.is_empty() {
                     // The buffer's size is a target for runs; one batch larger than it is
                     // still sorted, as long as the pool can hold it.

@@ -1034,7 +1034,9 @@ impl WindowStream {
 
     fn push_block(&mut self, prepared: Prepared) -> Result<()> {
         let bytes = prepared.bytes();
-        let fits = |r: &mut MemoryReservation, limit: u64| r.size() + bytes <= limit && r.try_grow_spare(bytes).is_ok();
+        let floor = min_memory(&self.ctx) / 2;
+        let fits =
+            |r: &mut MemoryReservation, limit: u64| r.size() + bytes <= limit && r.try_grow_past(bytes, floor).is_ok();
         if !fits(&mut self.reservation, self.limit) {
             // Complete partitions go out first, which frees their rows.
             if self.partition_starts.len() > 1 {
