@@ -162,8 +162,10 @@ fn tiny_budget_spills() {
     // (Aggregations size their tables once their input streams, from what the joins below
     // really hold, so fewer of them spill than when they sized from the most those might hold.)
     let spilled: Vec<&String> = all.iter().filter(|q| check(q, TINY)).collect();
+    // (Collected in this process, Q9 no longer spills here since the headroom operators keep for
+    // their batches was capped at a sixteenth of the budget; Q10 and Q18 do.)
     assert!(spilled.len() >= 3, "only {spilled:?} spilled at {TINY} bytes");
-    for q in ["q09", "q18"] {
+    for q in ["q10", "q18"] {
         assert!(spilled.iter().any(|s| s.as_str() == q), "{q} did not spill at {TINY} bytes: {spilled:?}");
     }
     eprintln!("spilled at {TINY} bytes: {spilled:?}");

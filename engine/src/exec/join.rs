@@ -86,12 +86,7 @@ pub(crate) fn min_memory(ctx: &ExecContext) -> u64 {
 /// of at most 1 MiB each (above that the pool is roomy, and a join of a plan of seven would keep
 /// 224 MiB at a 1 GiB budget).
 pub(crate) fn kept_batches(ctx: &ExecContext) -> u64 {
-    kept_for(ctx.batch_bytes_target())
-}
-
-/// The headroom kept for batches of `bytes`: two of them, of at most 1 MiB each.
-pub(crate) fn kept_for(bytes: u64) -> u64 {
-    2 * bytes.min(1 << 20)
+    super::headroom_for(ctx.batch_bytes_target())
 }
 
 /// The share of `available` the build table may fill; the rest is for partition buffers and
@@ -1384,7 +1379,7 @@ pub(crate) struct JoinStream {
     /// output batch) while it runs: tables (its own, an aggregation's above) do not grow into
     /// it, and near the minimum these small reservations failed without it (found by the fuzzer).
     /// Output rows are wider than either input's: it grows with the largest batch seen (see
-    /// [`kept_for`]).
+    /// [`super::headroom_for`]).
     headroom: std::sync::Mutex<Option<crate::memory::Headroom>>,
 }
 
@@ -1520,7 +1515,7 @@ impl JoinStream {
     fn reserve_batch(&self, name: &str, batch: &RecordBatch) -> Result<MemoryReservation> {
         let bytes = batch.get_array_memory_size() as u64;
         if let Some(headroom) = self.headroom.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
-            headroom.raise_to(kept_for(bytes));
+            headroom.raise_to(super::headroom_for(bytes));
         }
         let mut r = self.ctx.pool.register(name, false);
         r.try_grow(bytes)?;

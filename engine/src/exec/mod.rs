@@ -266,6 +266,12 @@ fn plan_need(pipeline: &Pipeline, ctx: &ExecContext, consumer_batches: u64) -> u
     pipeline.min_memory(ctx) + consumer_batches * pipeline.output_batch_bytes(ctx)
 }
 
+/// The headroom an operator keeps for its batches of `bytes` (see [`crate::memory::Headroom`]):
+/// two of them, of at most 1 MiB each.
+pub(crate) fn headroom_for(bytes: u64) -> u64 {
+    2 * bytes.min(1 << 20)
+}
+
 /// The smallest batch target: below it, per-batch overheads dominate.
 const MIN_BATCH_TARGET: u64 = 64 << 10;
 
@@ -1058,7 +1064,7 @@ impl Pipeline {
         // A join keeps its own (for the batches it reads back too); a union's inputs theirs.
         let headroom = match &source {
             StreamSource::Join(_) | StreamSource::Union(_) => None,
-            _ => Some(ctx.pool.keep(join::kept_for(ctx.batch_bytes_target()))),
+            _ => Some(ctx.pool.keep(headroom_for(ctx.batch_bytes_target()))),
         };
         Ok(BatchStream {
             headroom,
@@ -1277,7 +1283,7 @@ impl BatchStream {
                 Some(Ok(item)) => item,
             };
             if let Some(headroom) = &mut self.headroom {
-                headroom.raise_to(join::kept_for(batch.get_array_memory_size() as u64));
+                headroom.raise_to(headroom_for(batch.get_array_memory_size() as u64));
             }
             let mut batch = Some(batch);
             let mut reservation = Some(reservation);
