@@ -271,25 +271,10 @@ impl Repeating {
     }
 }
 
+/// Every copy at once: where the batches are counted by their source (a scan's), not chunked.
 fn repeat_rows(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
-    use arrow::array::{Array, AsArray};
-    let counts = batch.column(batch.num_columns() - 1);
-    let counts = counts.as_primitive::<arrow::datatypes::Int64Type>();
-    let mut indices = Vec::new();
-    for row in 0..batch.num_rows() {
-        let n = if counts.is_valid(row) { counts.value(row).max(0) } else { 0 };
-        indices.extend(std::iter::repeat_n(row as u32, n as usize));
-    }
-    let indices = arrow::array::UInt32Array::from(indices);
-    let columns = batch.columns()[..batch.num_columns() - 1]
-        .iter()
-        .map(|c| arrow::compute::take(c.as_ref(), &indices, None))
-        .collect::<std::result::Result<Vec<_>, _>>()?;
-    Ok(RecordBatch::try_new_with_options(
-        schema.clone(),
-        columns,
-        &RecordBatchOptions::new().with_row_count(Some(indices.len())),
-    )?)
+    let mut all = Repeating::new(batch.clone(), schema.clone());
+    Ok(all.next_chunk(usize::MAX)?.unwrap_or_else(|| RecordBatch::new_empty(schema.clone())))
 }
 
 fn project(batch: &RecordBatch, exprs: &[Expr], schema: &SchemaRef) -> Result<RecordBatch> {
