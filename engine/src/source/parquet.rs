@@ -87,8 +87,16 @@ fn decoded_bytes(column: &parquet::file::metadata::ColumnChunkMetaData, rows: u6
 }
 
 /// Memory the page reader holds for one morsel: for each projected column, its largest page, once
-/// compressed and once decompressed. Page sizes come from the page encoding stats (pages per chunk);
-/// a writer that records none is assumed to have written the whole chunk as one page.
+/// compressed and once decompressed, and its dictionary. Page sizes come from the page encoding
+/// stats (pages per chunk); a writer that records none is assumed to have written the whole chunk as
+/// one page.
+///
+/// A dictionary page is decoded once per chunk and kept while the chunk is read; decoding it holds
+/// the page too. Writers cap a dictionary at about 1 MiB and then fall back to plain pages, so a
+/// projection of three such columns kept 3.3 MiB of dictionaries beside its pages (a run at 6.7 MiB
+/// allocated 9.9 MiB with 6.6 accounted). The dictionary's bytes are told apart from the data
+/// pages' by the offsets of the chunk's first dictionary and data page; compressed, its share of the
+/// chunk's uncompressed bytes is taken to be its share of the compressed ones.
 ///
 /// With a pruning predicate, also the row group's page index, read to skip pages: decoded, it takes a
 /// few times the bytes it takes in the file.
@@ -136,16 +144,36 @@ pub(super) fn page_buffer_bytes(
                     .unwrap_or(1);
                 let uncompressed = c.uncompressed_size().max(0) as u64;
                 let compressed = c.compressed_size().max(0) as u64;
+                let plain = c.compression() == Compression::UNCOMPRESSED;
+                let dictionary = dictionary_page_bytes(c).min(compressed);
+                let dictionary_decoded = match plain {
+                    true => dictionary,
+                    false => ((dictionary as u128 * uncompressed as u128) / compressed.max(1) as u128) as u64,
+                }
+                .min(uncompressed);
+                let (uncompressed, compressed) = (uncompressed - dictionary_decoded, compressed - dictionary);
                 // Pages of one chunk vary in size: allow half again the average.
                 let page = |total: u64| (total.div_ceil(pages) * 3 / 2).min(total);
-                let read = match whole {
-                    true => compressed,
-                    false if c.compression() == Compression::UNCOMPRESSED => 0,
-                    false => page(compressed),
+                // The chunk read whole, or each page read on its own when compressed (uncompressed,
+                // the page read is the page decoded).
+                let (held, read, read_dictionary) = match whole {
+                    true => (compressed + dictionary, 0, 0),
+                    false if plain => (0, 0, 0),
+                    false => (0, page(compressed), dictionary),
                 };
-                page(uncompressed) + read + codec_state_bytes(c.compression())
+                let largest_page = (page(uncompressed) + read).max(dictionary_decoded + read_dictionary);
+                held + dictionary_decoded + largest_page + codec_state_bytes(c.compression())
             })
             .sum::<u64>()
+}
+
+/// Bytes of a column chunk's dictionary page in the file, header included: from the chunk's first
+/// (dictionary) page to its first data page. Zero when it has none.
+fn dictionary_page_bytes(column: &parquet::file::metadata::ColumnChunkMetaData) -> u64 {
+    match column.dictionary_page_offset() {
+        Some(start) if start >= 0 && column.data_page_offset() > start => (column.data_page_offset() - start) as u64,
+        _ => 0,
+    }
 }
 
 /// Memory a column's page reader keeps for its decompressor, beyond the pages: a zstd context holds
