@@ -17,6 +17,7 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 
 use super::parquet_writer::ParquetWriter;
+use super::sliced_bytes;
 use crate::error::{Error, Result};
 use crate::memory::{MemoryPool, MemoryReservation};
 
@@ -848,7 +849,7 @@ fn delta_for_integers(
 /// `batch` cut into slices of about `bytes` of memory each (zero-copy).
 fn slices(batch: &RecordBatch, bytes: usize) -> Vec<RecordBatch> {
     let rows = batch.num_rows();
-    let size = batch.get_array_memory_size().max(1);
+    let size = sliced_bytes(batch).max(1) as usize;
     if size <= bytes || rows <= 1 {
         return vec![batch.clone()];
     }
@@ -907,12 +908,21 @@ impl ParquetSink {
         // is short or the sink would pass its limit. The floor reserved at opening is there for
         // pages to fill: the growth is counted from what the writer holds, not on top of the
         // floor.
-        let incoming = batch.get_array_memory_size() as u64;
+        let incoming = sliced_bytes(&batch);
         let wanted = |sink: &ParquetSink| (sink.in_use() + incoming).max(sink.floor);
         let growth = wanted(self).saturating_sub(self.reservation.size());
         if wanted(self) > self.cap || self.reservation.try_grow_spare(growth).is_err() {
             self.writer.flush().map_err(|e| self.error(e))?;
-            self.reservation.try_resize(wanted(self))?;
+            if let Err(e) = self.reservation.try_resize(wanted(self)) {
+                // Still short with the row group written out (a slice is a quarter of a row
+                // group, and the pool may have less): the batch goes in halves, down to one row.
+                let rows = batch.num_rows();
+                if rows <= 1 {
+                    return Err(e);
+                }
+                self.write_slice(&batch.slice(0, rows / 2))?;
+                return self.write_slice(&batch.slice(rows / 2, rows - rows / 2));
+            }
         }
         self.writer.write(&batch).map_err(|e| self.error(e))?;
         self.rows += batch.num_rows() as u64;
@@ -1241,7 +1251,7 @@ impl PartitionedWriter {
         let mut pieces = slices(batch, (max / 4).max(1) as usize).into_iter().peekable();
         while let Some(piece) = pieces.next() {
             let part = self.open.get_mut(&partition).expect("opened above");
-            part.written += piece.get_array_memory_size() as u64;
+            part.written += sliced_bytes(&piece);
             part.sink.write(&piece)?;
             if part.sink.size() >= max {
                 let part = self.open.remove(&partition).expect("open");
@@ -1370,6 +1380,30 @@ mod tests {
         assert_eq!(queued_while_stuck(0, 10), 10);
         // Less than 1 MiB free: two batches, as the queue always takes.
         assert_eq!(queued_while_stuck(31 << 20, 2), 2);
+    }
+
+    /// A batch goes to the writer in slices, and each slice counts its own rows' bytes: counted
+    /// with the buffers it shares, every slice of a 640 KB batch asked for 640 KB, and a run at
+    /// its smallest budget of 1.8 MiB failed to write 8,192 rows of wide constants.
+    #[test]
+    fn each_slice_of_a_batch_counts_its_own_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("out.parquet");
+        let rows = 40_000;
+        let batch = RecordBatch::try_from_iter([
+            ("a", Arc::new(Int64Array::from_iter_values(0..rows)) as ArrayRef),
+            ("b", Arc::new(Int64Array::from_iter_values((0..rows).map(|i| i * 7))) as ArrayRef),
+        ])
+        .unwrap();
+        assert_eq!(sliced_bytes(&batch.slice(0, 1000)), 16_000);
+        let pool = MemoryPool::new(2 << 20);
+        let mut sink = ParquetSink::create(&target, &batch.schema(), &pool).unwrap();
+        // Others leave less than the 640 KB batch free.
+        let mut others = pool.register("others", false);
+        others.try_grow(pool.budget() - pool.reserved() - (300 << 10)).unwrap();
+        sink.write(&batch).unwrap();
+        let summary = Box::new(sink).finish().unwrap();
+        assert_eq!(summary.rows, rows as u64);
     }
 
     #[test]
