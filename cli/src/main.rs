@@ -335,6 +335,7 @@ fn run_steps(
         let options = output.write_options()?;
         set_sql(&step.sql);
         let query = engine.sql(&step.sql).map_err(|e| e.in_step(&label))?;
+        flow_engine::alloc::release_code_pages();
         progress.start_query(&label, query.input_rows());
         let (summary, metrics) = write_output(query, &target, format, &[], &options).map_err(|e| e.in_step(&label))?;
         report.steps.push(StepReport::new(&label, Some(&summary), &metrics));
@@ -383,6 +384,7 @@ fn run_units(
             flow_engine::alloc::reset_peak();
             progress.start_query(&name, job.query(unit).ok().and_then(|q| q.input_rows()));
             let spill_before = engine.spill().stats();
+            flow_engine::alloc::release_code_pages();
             let result = job.run(unit);
             let mut entry = unit_report(label, unit, attempts);
             match result {
@@ -763,6 +765,8 @@ fn run_sql(
     register_sources(&mut engine, sources, &[sql])?;
     signal::watch(engine.cancel_flag());
     let query = engine.sql(sql)?;
+    // The planner's code is not needed while the query runs (see `release_code_pages`).
+    flow_engine::alloc::release_code_pages();
     let mut report = Report::new(engine.config());
     let format = write.format.as_deref().map(OutputFormat::parse).transpose()?;
     let stream = match output {

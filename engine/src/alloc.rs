@@ -139,3 +139,103 @@ pub fn release_free_memory() {
         libc::malloc_trim(0);
     }
 }
+
+/// Unmaps the program's own machine code from this process (the pages stay in the system's file
+/// cache: code used again is mapped back in by the next page faults, a few hundred of them for
+/// everything a query runs). Call it between planning and executing a query.
+///
+/// The code a process has run stays resident: planning a query ran 9 MiB of the binary's code
+/// (the SQL parser, the planner and its rewrites, each page fault mapping 64 KiB around the page
+/// asked for), and executing it another 8, so that a run at a 5.4 MiB budget peaked at 30.5 MiB
+/// of RSS with 3.8 MiB allocated: of the 24 MiB the promise allows beside the budget, 18 went to
+/// code. Execution maps back only the code it runs.
+///
+/// Only the executable's read-and-execute mappings are dropped: nothing writes them, so they are
+/// the file's pages (the relocated read-only data beside them was written at startup, and would be
+/// lost). Not done under a debugger, whose breakpoints are private copies of code pages.
+pub fn release_code_pages() {
+    #[cfg(target_os = "linux")]
+    {
+        let Ok(exe) = std::fs::read_link("/proc/self/exe") else { return };
+        let Ok(status) = std::fs::read_to_string("/proc/self/status") else { return };
+        let traced = status.lines().any(|l| l.starts_with("TracerPid:") && l.split_whitespace().nth(1) != Some("0"));
+        let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else { return };
+        if traced {
+            return;
+        }
+        for (start, end) in code_mappings(&maps, &exe.to_string_lossy()) {
+            // SAFETY: a private, read-only and executable mapping of the executable's file that
+            // nothing has written: dropping its pages loses nothing, as they are read from the
+            // file again when touched. The range comes whole from /proc/self/maps.
+            unsafe {
+                libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED);
+            }
+        }
+    }
+}
+
+/// The address ranges of `exe`'s private read-and-execute mappings in a `/proc/self/maps` text.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+fn code_mappings(maps: &str, exe: &str) -> Vec<(usize, usize)> {
+    maps.lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let range = fields.next()?;
+            let perms = fields.next()?;
+            let path = fields.nth(3)?;
+            if perms != "r-xp" || path != exe || fields.next().is_some() {
+                return None;
+            }
+            let (start, end) = range.split_once('-')?;
+            Some((usize::from_str_radix(start, 16).ok()?, usize::from_str_radix(end, 16).ok()?))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_executables_code_is_picked() {
+        let maps = "\
+5581a0000000-5581a0600000 r--p 00000000 fd:01 123 /usr/bin/flow
+5581a0600000-5581a2000000 r-xp 00600000 fd:01 123 /usr/bin/flow
+5581a2000000-5581a2200000 r--p 02000000 fd:01 123 /usr/bin/flow
+5581a2200000-5581a2201000 rw-p 02200000 fd:01 123 /usr/bin/flow
+7f0000000000-7f0000100000 r-xp 00028000 fd:01 456 /usr/lib/x86_64-linux-gnu/libc.so.6
+7f0000200000-7f0000300000 r-xp 00000000 fd:01 123 /usr/bin/flow (deleted)
+7f0000400000-7f0000500000 rw-p 00000000 00:00 0
+";
+        assert_eq!(code_mappings(maps, "/usr/bin/flow"), vec![(0x5581a0600000, 0x5581a2000000)]);
+    }
+
+    /// Resident bytes of the executable's code, from `/proc/self/smaps`.
+    fn resident_code() -> u64 {
+        let exe = std::fs::read_link("/proc/self/exe").unwrap().to_string_lossy().into_owned();
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let mut code = false;
+        let mut kib = 0;
+        for line in smaps.lines() {
+            if let Some(rss) = line.strip_prefix("Rss:") {
+                if code {
+                    kib += rss.trim().trim_end_matches("kB").trim().parse::<u64>().unwrap();
+                }
+            } else if line.split_whitespace().next().is_some_and(|f| f.contains('-') && !f.ends_with(':')) {
+                code = !code_mappings(line, &exe).is_empty();
+            }
+        }
+        kib << 10
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn code_pages_are_dropped_and_come_back_when_run() {
+        let before = resident_code();
+        release_code_pages();
+        // This test runs on, its code mapped back in as it goes.
+        let after = resident_code();
+        assert!(before > 0 && after < before, "{before} then {after} bytes of code resident");
+        assert_eq!(code_mappings("", "x"), vec![]);
+    }
+}
