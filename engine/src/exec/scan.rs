@@ -450,7 +450,6 @@ impl ScanPipeline {
             morsels: self.morsels.unwrap_or_default(),
             stages: self.stages,
             stop: AtomicBool::new(false),
-            held_by_consumer: AtomicUsize::new(0),
             head: AtomicUsize::new(0),
             worker_bytes,
             widening,
@@ -489,6 +488,14 @@ impl ScanPipeline {
     }
 }
 
+/// What a batch takes beyond its arrays' buffers and structs: the batch and its column list, a
+/// header per buffer, its reservation and its place in a queue. Nothing next to a batch of
+/// thousands of rows; a row group of 7 rows made batches of 200 bytes, and a queue of them took
+/// several times what was counted.
+fn batch_overhead(batch: &RecordBatch) -> u64 {
+    256 + 128 * batch.num_columns() as u64
+}
+
 /// `row` bytes times `widest / scanned` (see [`ScanPipeline::widening`]), rounded up.
 fn widen(row: u64, (widest, scanned): (u64, u64)) -> u64 {
     row.saturating_mul(widest).div_ceil(scanned)
@@ -510,9 +517,6 @@ struct Shared {
     /// those that reach the first of them, not those that leave the pipeline.
     scan_rows: Option<Arc<OperatorMetrics>>,
     stop: AtomicBool,
-    /// Batches the consumer has taken and not yet released, so a worker short of memory knows
-    /// whether waiting can help.
-    held_by_consumer: AtomicUsize,
     /// The morsel the consumer waits for: its worker goes first when memory is short.
     head: AtomicUsize,
     /// What one worker needs for a morsel (its page buffers and batches): workers other than
@@ -682,7 +686,7 @@ fn worker(w: usize, workers: usize, shared: &Shared, ctx: &ExecContext, tx: Send
                     true => out,
                     false => super::dict_filter::unpack_large_dictionaries(out)?,
                 };
-                let bytes = out.get_array_memory_size() as u64;
+                let bytes = out.get_array_memory_size() as u64 + batch_overhead(&out);
                 let queued = &shared.queued[w];
                 // A worker ahead of the consumer queues while its queue has room, and, when the
                 // pool is short, only while it leaves a morsel's worth free for the worker the
@@ -894,7 +898,6 @@ impl ScanStream {
                 }
                 Message::Batch(batch, reservation, bytes) => {
                     self.shared.queued[from].fetch_sub(bytes, Ordering::AcqRel);
-                    self.shared.held_by_consumer.fetch_add(1, Ordering::AcqRel);
                     return Some(Ok((batch, reservation)));
                 }
             }
@@ -904,7 +907,6 @@ impl ScanStream {
     /// The caller is done with a batch it took: its memory goes back to the pool.
     pub(crate) fn release(&self, reservation: MemoryReservation) {
         drop(reservation);
-        self.shared.held_by_consumer.fetch_sub(1, Ordering::AcqRel);
     }
 
     /// Stops the workers early (a limit is satisfied).
