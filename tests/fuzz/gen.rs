@@ -442,8 +442,14 @@ impl<'a> QueryGen<'a> {
                     let ty = self.some_type(&scope);
                     items.push((self.expr(ty, &scope, 1, depth), ty));
                 }
+                // One function at most whose value depends on the order of equal rows: two of
+                // them pair their values row by row, and rows equal in every column may pair
+                // either way (lag's first of three equal rows beside row_number 1 or 2).
+                let mut positional = true;
                 for _ in 0..self.rng.random_range(1..=2) {
-                    items.push(self.window(&scope));
+                    let (item, ty, by_position) = self.window(&scope, positional);
+                    positional &= !by_position;
+                    items.push((item, ty));
                 }
             }
             _ => match types {
@@ -728,8 +734,15 @@ impl<'a> QueryGen<'a> {
     }
 
     /// A window function: deterministic ones, ordered by every column of the scope where order
-    /// decides the value.
-    fn window(&mut self, scope: &Scope) -> (String, Ty) {
+    /// decides the value; with `positional` false, none whose value depends on the position of
+    /// a row among equal ones (row_number, lag, a frame of rows). Also whether it is one.
+    fn window(&mut self, scope: &Scope, positional: bool) -> (String, Ty, bool) {
+        let (item, ty) = self.window_function(scope, positional);
+        let by_position = ["row_number(", "lag(", "ROWS BETWEEN"].iter().any(|p| item.contains(p));
+        (item, ty, by_position)
+    }
+
+    fn window_function(&mut self, scope: &Scope, positional: bool) -> (String, Ty) {
         let partition = match self.rng.random_range(0..3) {
             0 => String::new(),
             _ => {
@@ -749,7 +762,11 @@ impl<'a> QueryGen<'a> {
         let ty = self.some_type(scope);
         let column = self.expr(ty, scope, 0, 0);
         let numeric = scope.columns.iter().find(|(_, t)| matches!(t, Ty::Int | Ty::Dec)).map(|(c, _)| c.clone());
-        match self.rng.random_range(0..7) {
+        let kind = match self.rng.random_range(0..7) {
+            k @ (0 | 4 | 5) if !positional => [1, 2, 3, 6][k % 4],
+            k => k,
+        };
+        match kind {
             0 => (format!("row_number() OVER ({partition} ORDER BY {total})"), Ty::Int),
             1 => {
                 let (key, _) = scope
