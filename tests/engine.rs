@@ -1608,10 +1608,10 @@ fn a_join_key_tested_early_on_a_dictionary_column_reads_plain_values() {
     }
 }
 
-/// A file of many small row groups: a batch holds its row group's rows and no more capacity. The
-/// Parquet reader sizes each column's buffer for a whole batch (capped at the file's rows, not
-/// the row group's): 100-row batches carried the capacity of a whole batch, and a join over
-/// such a file ran 18 MiB over its budget.
+/// A file of many small row groups: a batch holds its rows and no more capacity. The Parquet
+/// reader sizes each column's buffer for a whole batch (capped at the file's rows, not the row
+/// group's): 100-row batches carried the capacity of a whole batch, and a join over such a file
+/// ran 18 MiB over its budget. (Batches this small now go on as one, of about 2,000 rows.)
 #[test]
 fn batches_of_small_row_groups_hold_only_their_rows() {
     let dir = tempfile::tempdir().unwrap();
@@ -1626,7 +1626,7 @@ fn batches_of_small_row_groups_hold_only_their_rows() {
         .for_each(|b| {
             rows += b.num_rows();
             assert!(
-                b.get_array_memory_size() <= 8 << 10,
+                b.get_array_memory_size() <= 8 * b.num_rows() + (1 << 10),
                 "{} rows hold {} bytes",
                 b.num_rows(),
                 b.get_array_memory_size()

@@ -1081,7 +1081,7 @@ impl Pipeline {
             held: None,
             small: Vec::new(),
             ready: None,
-            coalesce_rows: ctx.config.batch_size.max(1) / 2,
+            coalesce_rows: ctx.config.batch_size.max(1) / 4,
             cancel: ctx.cancel.clone(),
             done: false,
         })
@@ -1223,8 +1223,9 @@ pub struct BatchStream {
     small: Vec<(RecordBatch, MemoryReservation)>,
     /// A batch that came after small ones, to go out after them.
     ready: Option<(RecordBatch, MemoryReservation)>,
-    /// Small batches go out together once they make this many rows (or half the batch target
-    /// in bytes).
+    /// Small batches (an eighth of this many rows, a sixteenth of the batch target in bytes) go
+    /// out together once they make this many rows (or a quarter of the batch target in bytes):
+    /// batches of a thousand rows pass as they are, not copied.
     coalesce_rows: usize,
     cancel: Arc<AtomicBool>,
     done: bool,
@@ -1356,8 +1357,8 @@ impl BatchStream {
         mut reservation: MemoryReservation,
     ) -> Option<Result<(RecordBatch, MemoryReservation)>> {
         let small = batch.num_columns() > 0
-            && batch.num_rows() < self.coalesce_rows / 2
-            && sliced_bytes(&batch) < self.chunk_bytes / 4;
+            && batch.num_rows() < self.coalesce_rows / 8
+            && sliced_bytes(&batch) < self.chunk_bytes / 16;
         if !small {
             if self.small.is_empty() {
                 return Some(Ok((batch, reservation)));
@@ -1368,10 +1369,20 @@ impl BatchStream {
         // The source gets its reservation back at once (empty), so its flow control moves on.
         let moved = reservation.split(reservation.size());
         self.source.release(reservation);
+        // Batches of one stream may differ in their columns' types (a string column comes as a
+        // dictionary from row groups that store it so): those go out apart.
+        let same_types = |a: &RecordBatch, b: &RecordBatch| {
+            a.columns().iter().zip(b.columns()).all(|(x, y)| x.data_type() == y.data_type())
+        };
+        if self.small.first().is_some_and(|(first, _)| !same_types(first, &batch)) {
+            let out = self.coalesced();
+            self.small.push((batch, moved));
+            return Some(out);
+        }
         self.small.push((batch, moved));
         let rows: usize = self.small.iter().map(|(b, _)| b.num_rows()).sum();
         let bytes: u64 = self.small.iter().map(|(_, r)| r.size()).sum();
-        match rows >= self.coalesce_rows || bytes >= self.chunk_bytes / 2 || self.done {
+        match rows >= self.coalesce_rows || bytes >= self.chunk_bytes / 4 || self.done {
             true => Some(self.coalesced()),
             false => None,
         }
