@@ -79,7 +79,7 @@ proptest! {
         right in rows(2_000),
         batch_size in prop_oneof![Just(1usize), Just(7), Just(100), Just(4096)],
         row_group in 1usize..2_000,
-        budget in prop_oneof![Just(3u64 << 20), Just(6 << 20), Just(1 << 30)],
+        budget in prop_oneof![Just(4u64 << 20), Just(6 << 20), Just(1 << 30)],
     ) {
         let dir = tempfile::tempdir().unwrap();
         write(dir.path(), "l", &left, row_group);
