@@ -1636,3 +1636,23 @@ fn batches_of_small_row_groups_hold_only_their_rows() {
         .unwrap();
     assert_eq!(rows, 200_000);
 }
+
+/// Small batches go on together, and the two sides of a union may differ in whether a column
+/// can be null (`INTERSECT ALL` of a constant and a `CASE` without `ELSE`). Put together,
+/// such batches failed ("Column 'a' is declared as non-nullable but contains null values").
+#[test]
+fn small_batches_of_a_union_go_on_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let ids = Int64Array::from_iter_values(0..2_000);
+    let batch = RecordBatch::try_from_iter([("id", Arc::new(ids) as ArrayRef)]).unwrap();
+    let props = parquet::file::properties::WriterProperties::builder().set_max_row_group_row_count(Some(10)).build();
+    write_parquet(&dir.path().join("small_groups.parquet"), &[batch], Some(props));
+    let e = engine_on(dir.path(), 64 << 20, "small_groups");
+    let sql = "SELECT count(*) AS n FROM (
+            SELECT 'k' AS a FROM small_groups WHERE id < 100
+            INTERSECT ALL
+            SELECT CASE WHEN id % 2 = 0 THEN 'k' END AS a FROM small_groups WHERE id < 100
+        )";
+    let (_, got) = rows(&e, sql);
+    assert_eq!(got, vec![vec!["50".to_string()]]);
+}

@@ -1399,7 +1399,22 @@ impl BatchStream {
         }
         let batch = match batches.len() {
             1 => batches.pop().expect("one batch"),
-            _ => arrow::compute::concat_batches(&batches[0].schema(), &batches)?,
+            _ => {
+                // A column may be nullable in some of the batches only (the two sides of a
+                // union): it is in the one batch.
+                let first = batches[0].schema();
+                let fields: Vec<arrow::datatypes::FieldRef> = (0..first.fields().len())
+                    .map(|i| {
+                        let field = first.field(i);
+                        match batches.iter().any(|b| b.schema().field(i).is_nullable()) {
+                            true if !field.is_nullable() => Arc::new(field.clone().with_nullable(true)),
+                            _ => first.fields()[i].clone(),
+                        }
+                    })
+                    .collect();
+                let schema = Arc::new(arrow::datatypes::Schema::new_with_metadata(fields, first.metadata().clone()));
+                arrow::compute::concat_batches(&schema, &batches)?
+            }
         };
         drop(batches);
         // The one batch holds its buffers without the small batches' structures.
