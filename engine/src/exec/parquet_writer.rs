@@ -51,6 +51,7 @@ impl<W: Write + Send> ParquetWriter<W> {
         let factory = ArrowRowGroupWriterFactory::new(&file, schema.clone());
         let descr = file.schema_descr();
         // Each field's range starts empty (MAX..0) and widens over the leaves under it.
+        #[allow(clippy::reversed_empty_ranges)]
         let mut leaves = vec![usize::MAX..0; schema.fields().len()];
         for leaf in 0..descr.num_columns() {
             let range = &mut leaves[descr.get_column_root_idx(leaf)];
