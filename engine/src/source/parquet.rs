@@ -92,11 +92,12 @@ fn decoded_bytes(column: &parquet::file::metadata::ColumnChunkMetaData, rows: u6
 /// one page.
 ///
 /// A dictionary page is decoded once per chunk and kept while the chunk is read; decoding it holds
-/// the page too, one column at a time. Writers cap a dictionary at about 1 MiB and then fall back to plain pages, so a
-/// projection of three such columns kept 3.3 MiB of dictionaries beside its pages (a run at 6.7 MiB
-/// allocated 9.9 MiB with 6.6 accounted). The dictionary's bytes are told apart from the data
-/// pages' by the offsets of the chunk's first dictionary and data page; compressed, its share of the
-/// chunk's uncompressed bytes is taken to be its share of the compressed ones.
+/// the page too, one column at a time. Writers cap a dictionary at about 1 MiB and then fall back
+/// to plain pages, so a projection of three such columns kept 3.3 MiB of dictionaries beside its
+/// pages (a run at 6.7 MiB allocated 9.9 MiB with 6.6 accounted). The dictionary's bytes are told
+/// apart from the data pages' by the offsets of the chunk's first dictionary and data page;
+/// compressed, its share of the chunk's uncompressed bytes is taken to be its share of the
+/// compressed ones.
 ///
 /// With a pruning predicate, also the row group's page index, read to skip pages: decoded, it takes a
 /// few times the bytes it takes in the file.
