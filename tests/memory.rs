@@ -354,6 +354,27 @@ fn a_window_over_millions_of_rows_at_16_mib_stays_in_budget() {
     assert_eq!(ones, 1001);
 }
 
+/// Runs `sql` with `threads` threads into `out.parquet` at the smallest budget flow accepts it at
+/// (the one a refusal at 1 MiB names), and checks that what was allocated at the peak was counted
+/// in the pool (within 1 MiB: the program's own allocations beside the query's).
+fn counted_at_smallest_budget(dir: &std::path::Path, sql: &str, threads: &str) {
+    let run = |budget: &str| {
+        flow(
+            dir,
+            &["sql", "--mem-budget", budget, "--threads", threads, "--report", "report.json", "-o", "out.parquet", sql],
+        )
+    };
+    let probe = run("1MiB");
+    let needed = probe.stderr.split("hint: use --mem-budget ").nth(1).and_then(|s| s.split(" or more").next());
+    let needed = needed.unwrap_or_else(|| panic!("refused at 1 MiB: {}", probe.stderr)).replace(' ', "");
+    let run = run(&needed);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let report = report(dir);
+    let (accounted, allocated) =
+        (report["peak_accounted"].as_u64().unwrap(), report["peak_allocated"].as_u64().unwrap());
+    assert!(allocated <= accounted + MIB, "at {needed}: {allocated} bytes allocated, {accounted} accounted");
+}
+
 /// A writer with default settings stores each column's first values as a dictionary of up to
 /// about 1 MiB and then falls back to plain pages: the reader decodes that dictionary once and
 /// keeps it while it reads the chunk. Three such columns held 3.3 MiB nobody had reserved (a run at
@@ -381,18 +402,7 @@ fn dictionaries_of_a_megabyte_are_counted() {
     let props = WriterProperties::builder().set_compression(Compression::UNCOMPRESSED).build();
     write_parquet(&dir.path().join("t.parquet"), &[batch], Some(props));
     let sql = "SELECT s, id + v AS w FROM 't.parquet'";
-    let probe = flow_sql(dir.path(), "1MiB", "out.parquet", sql);
-    let needed = probe.stderr.split("hint: use --mem-budget ").nth(1).and_then(|s| s.split(" or more").next());
-    let needed = needed.unwrap_or_else(|| panic!("refused at 1 MiB: {}", probe.stderr)).replace(' ', "");
-    let run = flow(
-        dir.path(),
-        &["sql", "--mem-budget", &needed, "--threads", "1", "--report", "report.json", "-o", "out.parquet", sql],
-    );
-    assert_eq!(run.code, 0, "{}", run.stderr);
-    let report = report(dir.path());
-    let (accounted, allocated) =
-        (report["peak_accounted"].as_u64().unwrap(), report["peak_allocated"].as_u64().unwrap());
-    assert!(allocated <= accounted + MIB, "at {needed}: {allocated} bytes allocated, {accounted} accounted");
+    counted_at_smallest_budget(dir.path(), sql, "1");
     assert_eq!(
         read_parquet(&dir.path().join("out.parquet")).iter().map(|b| b.num_rows()).sum::<usize>(),
         rows as usize
@@ -419,15 +429,7 @@ fn batches_of_a_few_rows_and_whole_partition_maxima_are_counted() {
     write_parquet(&dir.path().join("t.parquet"), &[batch], Some(props));
     let sql =
         "SELECT CAST(sum(c) AS BIGINT) AS c, CAST(sum(m) AS BIGINT) AS m FROM (SELECT count(*) OVER () AS c, max(x) OVER () AS m FROM 't.parquet')";
-    let probe = flow_sql(dir.path(), "1MiB", "out.parquet", sql);
-    let needed = probe.stderr.split("hint: use --mem-budget ").nth(1).and_then(|s| s.split(" or more").next());
-    let needed = needed.unwrap_or_else(|| panic!("refused at 1 MiB: {}", probe.stderr)).replace(' ', "");
-    let run = flow_sql(dir.path(), &needed, "out.parquet", sql);
-    assert_eq!(run.code, 0, "{}", run.stderr);
-    let report = report(dir.path());
-    let (accounted, allocated) =
-        (report["peak_accounted"].as_u64().unwrap(), report["peak_allocated"].as_u64().unwrap());
-    assert!(allocated <= accounted + MIB, "at {needed}: {allocated} bytes allocated, {accounted} accounted");
+    counted_at_smallest_budget(dir.path(), sql, "2");
     let out = concat(&read_parquet(&dir.path().join("out.parquet")));
     let sums: Vec<i64> =
         (0..2).map(|c| out.column(c).as_any().downcast_ref::<Int64Array>().unwrap().value(0)).collect();
