@@ -377,6 +377,37 @@ fn operators_report_their_rows_memory_and_spilling() {
     }
 }
 
+/// Only whether an uncorrelated `EXISTS` has a row matters: the join reads the subquery's first
+/// row, not all of it. `NOT EXISTS (SELECT 1 FROM big)` once joined every outer row against all of
+/// `big` (its rows of no columns spilled by the hundred thousand, and at its smallest budget the
+/// join's table of them went over its limit and the run failed).
+#[test]
+fn an_uncorrelated_exists_reads_one_row_of_its_subquery() {
+    let dir = tempfile::tempdir().unwrap();
+    let left = side(dir.path(), "l", 20_000, 7, 0.0, 16);
+    let right = side(dir.path(), "r", 50_000, 8, 0.0, 16);
+    let count = |e: &Engine, sql: &str| flow_rows(e, sql).1[0][0].parse::<usize>().unwrap();
+    for budget in [1u64 << 30, 2 << 20] {
+        let e = engine(dir.path(), budget);
+        for (sql, expected) in [
+            ("SELECT count(*) FROM l WHERE NOT EXISTS (SELECT 1 FROM r)", 0),
+            ("SELECT count(*) FROM l WHERE EXISTS (SELECT 1 FROM r WHERE r.k > 3)", left.len()),
+            ("SELECT count(*) FROM l WHERE NOT EXISTS (SELECT r.s FROM r WHERE r.k < 0)", left.len()),
+            (
+                "SELECT count(*) FROM l WHERE EXISTS (SELECT 1 FROM r) = (l.k > 5)",
+                left.iter().filter(|r| r.0 > Some(5)).count(),
+            ),
+        ] {
+            assert_eq!(count(&e, sql), expected, "{sql} at {budget}");
+            let metrics = e.sql(sql).unwrap().for_each(|_| Ok(())).unwrap();
+            let join = metrics.operators.iter().find(|o| o.name == "HashJoin").unwrap();
+            assert!(join.rows_in <= left.len() as u64 + 1, "{sql}: {metrics:?}");
+            assert_eq!(join.spill_files, 0, "{sql}: {metrics:?}");
+        }
+    }
+    assert!(right.len() > 1);
+}
+
 #[test]
 fn explain_shows_the_join_order_keys_and_pushed_filters() {
     let dir = tempfile::tempdir().unwrap();

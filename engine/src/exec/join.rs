@@ -901,13 +901,28 @@ impl BuildTable {
             Keys::Packed { loose: Some((_, rows)), .. } => rows.size() + n * 20,
             _ => 0,
         };
+        // The per-row vectors (chain links, match flags, null-key flags) double when full: the new
+        // buffer is held beside the old while they move.
+        let grown_rows = match self.rows + n > self.next.capacity() {
+            true => (2 * self.next.capacity()).max(self.rows + n) * 6,
+            false => 0,
+        };
         let held = narrow(&batch)?;
-        let need = (held.get_array_memory_size() + 2 * (key_bytes + n * 5) + grown_table) as u64;
+        let need = (held.get_array_memory_size() + 2 * key_bytes + grown_rows + grown_table) as u64;
         if self.reservation.size() + need > self.limit || self.reservation.try_grow_past(need, self.floor).is_err() {
             if !self.batches.is_empty() {
                 return Ok(Some(batch));
             }
-            // An empty table takes one batch whatever its size: there is no progress otherwise.
+            // An empty table must take rows to make progress. A batch beyond the limit on its own
+            // (rows of no columns come back from spill files by the hundred thousand, and each
+            // costs the table its links) goes in the part that fits; the rest comes back.
+            let room = self.limit.saturating_sub(self.reservation.size());
+            if need > room && n > 1 {
+                let fit = ((n as u64 * room / need) as usize).clamp(1, n - 1);
+                // What comes back of the part is its end (the links' estimate is not linear).
+                let taken = fit - self.try_add(shared, batch.slice(0, fit))?.map_or(0, |back| back.num_rows());
+                return Ok(Some(batch.slice(taken, n - taken)));
+            }
             self.reservation.try_grow(need)?;
         }
         let first = self.rows as u32;
@@ -1841,10 +1856,19 @@ impl JoinStream {
             let next = match probe.replay.pop_front() {
                 Some(held) => Some(held),
                 None => match reader.next_batch()? {
-                    Some(batch) => {
-                        let r = self.reserve_read(&batch)?;
-                        Some((batch, r))
-                    }
+                    Some(batch) => match self.reserve_read(&batch) {
+                        Ok(r) => Some((batch, r)),
+                        // A batch larger than the wave's estimate, with the room taken: the
+                        // room goes back, and the batches go one at a time.
+                        Err(_) => {
+                            drop(room);
+                            let r = self.reserve_read(&batch)?;
+                            probe.replay.extend(inputs);
+                            probe.replay.push_back((batch, r));
+                            probe.no_wave = true;
+                            return Ok(true);
+                        }
+                    },
                     None => None,
                 },
             };

@@ -381,6 +381,16 @@ fn exists_body(plan: LogicalPlan) -> Result<Option<LogicalPlan>> {
     }
 }
 
+/// The body of an uncorrelated `EXISTS` (`uncorrelated`): only whether it has a row matters, so
+/// its first row will do. Without the limit, `NOT EXISTS (SELECT 1 FROM big)` joined every outer
+/// row against every row of `big`, spilling both.
+fn first_row_if(uncorrelated: bool, body: LogicalPlan) -> LogicalPlan {
+    match uncorrelated {
+        true => LogicalPlan::Limit { input: Box::new(body), skip: 0, fetch: Some(1) },
+        false => body,
+    }
+}
+
 fn bool_literal(v: bool) -> Expr {
     Expr::Literal(Arc::new(BooleanArray::from(vec![v])))
 }
@@ -427,7 +437,8 @@ fn filter_join(plan: LogicalPlan, item: SubqueryItem, negated: bool, outer: Oute
             let p = pull_up(body)?;
             let conds = p.preds.iter().map(|e| to_pair(e, width, outer)).collect::<Result<Vec<_>>>()?;
             let join_type = if negated { JoinType::Anti { null_aware: false } } else { JoinType::Semi };
-            Ok(LogicalPlan::join(plan, p.plan, join_type, Vec::new(), conjunction(conds)))
+            let sub = first_row_if(conds.is_empty(), p.plan);
+            Ok(LogicalPlan::join(plan, sub, join_type, Vec::new(), conjunction(conds)))
         }
         SubqueryKind::In => {
             let p = pull_up(item.plan)?;
@@ -473,8 +484,9 @@ fn value_join(plan: LogicalPlan, item: SubqueryItem, outer: OuterMap<'_>) -> Res
             let Some(body) = exists_body(item.plan)? else { return Ok((plan, bool_literal(true))) };
             let p = pull_up(body)?;
             let conds = p.preds.iter().map(|e| to_pair(e, width, outer)).collect::<Result<Vec<_>>>()?;
+            let sub = first_row_if(conds.is_empty(), p.plan);
             let joined =
-                LogicalPlan::join(plan, p.plan, JoinType::Mark { null_aware: false }, Vec::new(), conjunction(conds));
+                LogicalPlan::join(plan, sub, JoinType::Mark { null_aware: false }, Vec::new(), conjunction(conds));
             let value = mark(&joined);
             Ok((joined, value))
         }
