@@ -125,6 +125,28 @@ fn sql_prints_a_table() {
     assert!(run.stdout.contains("(3 rows)"));
 }
 
+/// `flow functions` lists what the engine's registry holds, by group; a name narrows it.
+#[test]
+fn functions_lists_the_registry() {
+    let dir = tempfile::tempdir().unwrap();
+    let all = flow(dir.path(), &["functions"]);
+    assert_eq!(all.code, 0, "{}", all.stderr);
+    for line in ["Strings:", "  lower(s): s in lower case (also lcase)", "Dates and times:", "  date_trunc(part, d): "]
+    {
+        assert!(all.stdout.contains(line), "{line} in {}", all.stdout);
+    }
+    // Every function SQL calls by name is listed, and only those.
+    let listed = all.stdout.lines().filter(|l| l.starts_with("  ")).count();
+    let callable = flow_engine::expr::functions().filter(|d| d.group != flow_engine::expr::Group::Internal).count();
+    assert_eq!(listed, callable);
+    assert!(!all.stdout.contains("try_cast"));
+    let some = flow(dir.path(), &["functions", "TRIM"]);
+    assert_eq!(some.stdout.lines().filter(|l| l.starts_with("  ")).count(), 3, "{}", some.stdout);
+    let none = flow(dir.path(), &["functions", "zzz"]);
+    assert_eq!(none.code, 2);
+    assert!(none.stderr.contains("no function's name contains 'zzz'"), "{}", none.stderr);
+}
+
 #[test]
 fn sql_orders_rows() {
     let dir = fixture();

@@ -149,6 +149,8 @@ fn dates_filters_and_limits() {
     let e = engine(dir.path());
     check(&e, "SELECT EXTRACT(year FROM day) FROM t", DataType::Int64, &["2024", "2024", "2023", "NULL"]);
     check(&e, "SELECT date_part('month', day) FROM t", DataType::Int64, &["1", "2", "12", "NULL"]);
+    check(&e, "SELECT year(day) + month(day) FROM t", DataType::Int64, &["2025", "2026", "2035", "NULL"]);
+    check(&e, "SELECT nullif(day, '2024-01-15') FROM t WHERE id < 3", DataType::Date32, &["NULL", "2024-02-29"]);
     check(&e, "SELECT id FROM t WHERE day > '2024-01-31'", DataType::Int64, &["2"]);
     check(&e, "SELECT id FROM t WHERE day < DATE '2024-01-31' AND flag IS NULL", DataType::Int64, &["3"]);
     check(
@@ -172,6 +174,13 @@ fn plan_errors_name_what_is_wrong() {
     assert!(matches!(err("SELECT nme FROM t"), Error::Sql { line: 1, column: 8, .. }));
     assert!(err("SELECT nme FROM t").to_string().contains("did you mean name?"));
     assert!(err("SELECT name FROM tt").to_string().contains("did you mean t?"));
+    assert!(err("SELECT lowr(name) FROM t").to_string().contains("function lowr() (hint: did you mean lower?)"));
+    assert!(err("SELECT date_part(name, day) FROM t").to_string().contains("takes the part as a string constant"));
+    assert!(err("SELECT left(name) FROM t").to_string().contains("left() takes 2 arguments, got 1"));
+    assert!(err("SELECT round(price, qty) FROM t")
+        .to_string()
+        .contains("round() with a non-constant number of digits"));
+    assert!(err("SELECT EXTRACT(year FROM name) FROM t").to_string().contains("EXTRACT needs a date or timestamp"));
     assert!(err("SELECT id FROM t WHERE name").to_string().contains("WHERE must be a boolean condition, got VARCHAR"));
     assert!(err("SELECT upper(id) FROM t").to_string().contains("upper needs a string, got BIGINT"));
     assert!(err("SELECT frobnicate(id) FROM t").to_string().contains("function frobnicate()"));

@@ -87,6 +87,12 @@ pub enum Command {
     /// Run the benchmark suite: TPC-H 1 to 22 and out-of-core shapes, timed from outside with
     /// peak RSS, side by side with DuckDB and Polars when their Python packages are there.
     Bench(BenchArgs),
+    /// List the SQL functions: how each is called and what it returns (the scalar functions;
+    /// aggregates and window functions are in docs/sql.md).
+    Functions {
+        /// Only functions whose names (or other names) contain this.
+        name: Option<String>,
+    },
     /// Show what is inside Parquet files: schema, row groups, sizes, compression, statistics.
     Inspect {
         /// Also show every row group's column statistics.

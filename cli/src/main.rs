@@ -160,6 +160,7 @@ fn run_command(cli: &Cli) -> Result<(), Error> {
             explain(common, sources, *analyze, step.as_deref(), query, cli.verbose)
         }
         Command::Inspect { row_groups, files } => inspect(files, *row_groups),
+        Command::Functions { name } => list_functions(name.as_deref()),
         Command::Bench(args) => bench::run(args),
         Command::Gen { what } => generate(what, cli.verbose),
     }
@@ -672,6 +673,46 @@ fn generate(what: &GenCommand, verbose: bool) -> Result<(), Error> {
                 human(summary.bytes),
                 started.elapsed().as_secs_f64()
             );
+            Ok(())
+        }
+    }
+}
+
+/// `flow functions [NAME]`: the scalar functions by group, from the engine's registry; with
+/// `NAME`, those whose names contain it.
+fn list_functions(name: Option<&str>) -> Result<(), Error> {
+    use flow_engine::expr::{functions, Group};
+    let name = name.map(|n| n.to_ascii_lowercase());
+    let matches = |d: &flow_engine::expr::FunctionDef| {
+        name.as_deref().is_none_or(|n| std::iter::once(&d.name).chain(d.aliases).any(|a| a.contains(n)))
+    };
+    let mut out = String::new();
+    let groups = [
+        (Group::String, "Strings"),
+        (Group::Number, "Numbers"),
+        (Group::Date, "Dates and times"),
+        (Group::General, "Any type"),
+    ];
+    for (group, title) in groups {
+        let defs: Vec<_> = functions().filter(|d| d.group == group && matches(d)).collect();
+        if defs.is_empty() {
+            continue;
+        }
+        out.push_str(&format!("{title}:\n"));
+        for d in defs {
+            let also = match d.aliases {
+                [] => String::new(),
+                names => format!(" (also {})", names.join(", ")),
+            };
+            out.push_str(&format!("  {}: {}{also}\n", d.signature, d.doc));
+        }
+    }
+    match (out.is_empty(), name) {
+        (true, Some(n)) => {
+            Err(Error::Config(format!("no function's name contains '{n}' (flow functions lists them all)")))
+        }
+        _ => {
+            print!("{out}");
             Ok(())
         }
     }

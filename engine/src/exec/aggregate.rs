@@ -529,7 +529,7 @@ pub(crate) fn two_phase(
                 }
             }
             From::Avg(s, c) => Expr::Function {
-                func: crate::expr::Function::AvgDivide,
+                func: crate::expr::Function::of(&crate::expr::AVG_DIVIDE),
                 args: vec![merged(*s), merged(*c)],
                 data_type: DataType::Float64,
             },

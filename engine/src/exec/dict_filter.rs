@@ -258,7 +258,7 @@ fn unpack(batch: RecordBatch, which: impl Fn(usize, &ArrayRef) -> bool) -> Resul
 /// tested first, on fewer rows); a condition that could fail on it (a cast to a number, say)
 /// stays with them. A scan's early test (which tests every row) takes only such conditions too.
 pub(crate) fn cannot_fail(e: &Expr) -> bool {
-    use crate::expr::{BinaryOp, Function};
+    use crate::expr::BinaryOp;
     let own = match e {
         Expr::Column { .. }
         | Expr::Literal(_)
@@ -268,19 +268,7 @@ pub(crate) fn cannot_fail(e: &Expr) -> bool {
         | Expr::Like { .. }
         | Expr::Case { .. } => true,
         Expr::Binary { op, .. } => op.is_comparison() || matches!(op, BinaryOp::And | BinaryOp::Or | BinaryOp::Concat),
-        Expr::Function { func, .. } => matches!(
-            func,
-            Function::Lower
-                | Function::Upper
-                | Function::Length
-                | Function::Trim
-                | Function::Ltrim
-                | Function::Rtrim
-                | Function::Concat
-                | Function::Coalesce
-                | Function::Replace
-                | Function::Position
-        ),
+        Expr::Function { func, .. } => func.def().infallible,
         _ => false,
     };
     let mut children = true;

@@ -17,7 +17,8 @@ use arrow::compute::kernels::{boolean, cmp, numeric};
 use arrow::datatypes::{DataType, Schema};
 
 pub use self::aggregate::{AggregateExpr, AggregateFunction};
-pub use self::functions::{DatePartKind, Function};
+pub use self::functions::{all as functions, DatePartKind, Function, FunctionDef, Group};
+pub(crate) use self::functions::{names as function_names, AVG_DIVIDE, COALESCE, LEAST, TRY_CAST};
 use crate::error::{Error, Result};
 
 /// A binary operator.

@@ -504,3 +504,48 @@ mod tests {
         assert_eq!(t(BinaryOp::Multiply, INTERVAL, Int32), Some(INTERVAL));
     }
 }
+
+/// `e` (of its type in `schema`) as `to`: a constant is cast now, anything else gets a cast.
+pub(crate) fn coerce(e: super::Expr, schema: &arrow::datatypes::Schema, to: &DataType) -> Result<super::Expr> {
+    let from = e.data_type(schema);
+    if &from == to {
+        return Ok(e);
+    }
+    if let super::Expr::Literal(a) = &e {
+        return cast_sql(a, to).map(super::Expr::Literal).map_err(|err| Error::Plan(err.to_string()));
+    }
+    Ok(super::Expr::Cast { expr: Box::new(e), to: to.clone() })
+}
+
+/// The comparison `l op r`, both sides cast to the type they compare in; `mismatch` makes the
+/// error for two types that do not compare. A string constant next to a date, timestamp, number
+/// or boolean is read as that type, as in DuckDB (`l_shipdate < '1995-01-01'`).
+pub(crate) fn comparison(
+    op: BinaryOp,
+    l: super::Expr,
+    r: super::Expr,
+    schema: &arrow::datatypes::Schema,
+    mismatch: impl Fn(&DataType, &DataType) -> Error,
+) -> Result<super::Expr> {
+    use super::Expr;
+    let (lt, rt) = (l.data_type(schema), r.data_type(schema));
+    let (l, r) = match (&l, &r) {
+        (Expr::Literal(_), _) if lt == DataType::Utf8 && rt != DataType::Utf8 && rt != DataType::Null => {
+            (coerce(l, schema, &rt).map_err(|_| mismatch(&lt, &rt))?, r)
+        }
+        (_, Expr::Literal(_)) if rt == DataType::Utf8 && lt != DataType::Utf8 && lt != DataType::Null => {
+            let r = coerce(r, schema, &lt).map_err(|_| mismatch(&lt, &rt))?;
+            (l, r)
+        }
+        _ => (l, r),
+    };
+    let (lt, rt) = (l.data_type(schema), r.data_type(schema));
+    let t = common_type(&lt, &rt).ok_or_else(|| mismatch(&lt, &rt))?;
+    let t = if t == DataType::Null { DataType::Boolean } else { t };
+    Ok(Expr::Binary {
+        op,
+        left: Box::new(coerce(l, schema, &t)?),
+        right: Box::new(coerce(r, schema, &t)?),
+        data_type: DataType::Boolean,
+    })
+}

@@ -357,7 +357,7 @@ fn rewrite(
             Final::Count(p) => Expr::Cast { expr: Box::new(add(F::Sum, p)), to: DataType::Int64 },
             // The division the aggregation's own average makes (as DuckDB's), on the totals.
             Final::Avg(sum, count) => Expr::Function {
-                func: Function::AvgDivide,
+                func: Function::of(&crate::expr::AVG_DIVIDE),
                 args: vec![add(F::Sum, sum), add(F::Sum, count)],
                 data_type: DataType::Float64,
             },

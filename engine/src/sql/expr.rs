@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use arrow::array::{
-    new_null_array, Array, ArrayRef, BooleanArray, Decimal128Array, Float64Array, Int32Array, Int64Array, StringArray,
+    new_null_array, ArrayRef, BooleanArray, Decimal128Array, Float64Array, Int32Array, Int64Array, StringArray,
 };
 use arrow::datatypes::{DataType, SchemaRef};
 use sqlparser::ast::{self, BinaryOperator, UnaryOperator};
@@ -11,9 +11,9 @@ use sqlparser::ast::{self, BinaryOperator, UnaryOperator};
 use super::subquery::{SubqueryItem, SubqueryKind};
 use super::Catalog;
 use crate::error::{Error, Result};
-use crate::expr::types::{self, arithmetic_types, common_type, is_numeric, is_temporal, sql_type_name};
+use crate::expr::types::{self, arithmetic_types, common_type, is_numeric, sql_type_name};
 use crate::expr::DatePartKind;
-use crate::expr::{AggregateExpr, AggregateFunction, BinaryOp, Expr, Function};
+use crate::expr::{AggregateExpr, AggregateFunction, BinaryOp, Expr, Function, TRY_CAST};
 
 /// The columns an expression can name: one entry per input column.
 #[derive(Debug, Clone)]
@@ -424,14 +424,7 @@ impl<'a> ExprPlanner<'a> {
 
     /// Casts `e` to `to`: at plan time for constants, else with a cast node.
     fn coerce(&self, e: Expr, to: &DataType) -> Result<Expr> {
-        let from = self.ty(&e);
-        if &from == to {
-            return Ok(e);
-        }
-        if let Expr::Literal(a) = &e {
-            return types::cast_sql(a, to).map(Expr::Literal).map_err(|err| Error::Plan(err.to_string()));
-        }
-        Ok(Expr::Cast { expr: Box::new(e), to: to.clone() })
+        types::coerce(e, &self.schema, to)
     }
 
     /// Plans an expression; an error about it says where it is in the SQL text. Expressions
@@ -601,7 +594,7 @@ impl<'a> ExprPlanner<'a> {
                             sql_type_name(&to)
                         )));
                     }
-                    return Ok(Expr::Function { func: Function::TryCast, args: vec![inner], data_type: to });
+                    return Ok(Expr::Function { func: Function::of(&TRY_CAST), args: vec![inner], data_type: to });
                 }
                 let inner = self.plan(expr)?;
                 let from = self.ty(&inner);
@@ -617,44 +610,48 @@ impl<'a> ExprPlanner<'a> {
             A::Extract { field, expr, .. } => {
                 let part = DatePartKind::parse(&field.to_string())
                     .ok_or_else(|| Error::NotSupported(format!("EXTRACT({field})")))?;
-                self.extract(part, expr)?
+                let args = vec![literal(Arc::new(StringArray::from(vec![part.name()]))), self.plan(expr)?];
+                Self::function("date_part").plan(
+                    "EXTRACT",
+                    args,
+                    vec![String::new(), expr.to_string()],
+                    &self.schema,
+                )?
             }
             A::Substring { expr, substring_from, substring_for, .. } => {
-                let mut args = vec![self.string(expr, "substring")?];
-                let from = match substring_from {
-                    Some(f) => self.integer(f, "substring")?,
-                    None => literal(Arc::new(Int64Array::from(vec![1]))),
-                };
-                args.push(from);
-                if let Some(n) = substring_for {
-                    args.push(self.integer(n, "substring")?);
+                let mut args = vec![self.plan(expr)?];
+                let mut texts = vec![expr.to_string()];
+                match substring_from {
+                    Some(f) => args.push(self.plan(f)?),
+                    None => args.push(literal(Arc::new(Int64Array::from(vec![1])))),
                 }
-                Expr::Function { func: Function::Substr, args, data_type: DataType::Utf8 }
+                texts.push(substring_from.as_ref().map_or("1".into(), |f| f.to_string()));
+                if let Some(n) = substring_for {
+                    args.push(self.plan(n)?);
+                    texts.push(n.to_string());
+                }
+                Self::function("substr").plan("substring", args, texts, &self.schema)?
             }
             A::Trim { expr, trim_where, trim_what, trim_characters } => {
                 if trim_what.is_some() || trim_characters.is_some() {
                     return Err(Error::NotSupported("TRIM of characters other than spaces".into()));
                 }
-                let func = match trim_where {
-                    None | Some(ast::TrimWhereField::Both) => Function::Trim,
-                    Some(ast::TrimWhereField::Leading) => Function::Ltrim,
-                    Some(ast::TrimWhereField::Trailing) => Function::Rtrim,
+                let name = match trim_where {
+                    None | Some(ast::TrimWhereField::Both) => "trim",
+                    Some(ast::TrimWhereField::Leading) => "ltrim",
+                    Some(ast::TrimWhereField::Trailing) => "rtrim",
                 };
-                Expr::Function { func, args: vec![self.string(expr, "trim")?], data_type: DataType::Utf8 }
+                self.call_sql(Self::function(name), "trim", &[expr])?
             }
             A::Function(f) => self.plan_function(f)?,
             A::Interval(interval) => self.plan_interval(interval)?,
-            A::Position { expr, r#in } => Expr::Function {
-                func: Function::Position,
-                args: vec![self.string(r#in, "position")?, self.string(expr, "position")?],
-                data_type: DataType::Int64,
-            },
+            A::Position { expr, r#in } => self.call_sql(Self::function("strpos"), "position", &[r#in, expr])?,
             A::Ceil { expr, field } | A::Floor { expr, field } => {
                 if !matches!(field, ast::CeilFloorKind::DateTimeField(ast::DateTimeField::NoDateTime)) {
                     return Err(Error::NotSupported(format!("{e}")));
                 }
-                let func = if matches!(e, A::Ceil { .. }) { Function::Ceil } else { Function::Floor };
-                self.ceil_floor(func, expr)?
+                let name = if matches!(e, A::Ceil { .. }) { "ceil" } else { "floor" };
+                self.call_sql(Self::function(name), name, &[expr])?
             }
             other => return Err(Error::NotSupported(format!("expression {other}"))),
         })
@@ -686,28 +683,6 @@ impl<'a> ExprPlanner<'a> {
         Ok(literal(Arc::new(arrow::array::IntervalMonthDayNanoArray::from(vec![value]))))
     }
 
-    fn ceil_floor(&self, func: Function, arg: &ast::Expr) -> Result<Expr> {
-        let p = self.plan(arg)?;
-        let t = self.ty(&p);
-        let data_type = match &t {
-            DataType::Decimal128(p, _) => DataType::Decimal128(*p, 0),
-            t if is_numeric(t) => t.clone(),
-            DataType::Null => DataType::Float64,
-            other => {
-                return Err(Error::Plan(format!("{}() needs a number, got {}", func.name(), sql_type_name(other))))
-            }
-        };
-        Ok(Expr::Function { func, args: vec![p], data_type })
-    }
-
-    fn number(&self, e: &ast::Expr, what: &str) -> Result<Expr> {
-        let p = self.plan(e)?;
-        match self.ty(&p) {
-            t if is_numeric(&t) || t == DataType::Null => Ok(p),
-            other => Err(Error::Plan(format!("{what} needs a number, got {} ({e})", sql_type_name(&other)))),
-        }
-    }
-
     fn boolean(&self, e: &ast::Expr, what: &str) -> Result<Expr> {
         let p = self.plan(e)?;
         match self.ty(&p) {
@@ -726,23 +701,6 @@ impl<'a> ExprPlanner<'a> {
         }
     }
 
-    fn integer(&self, e: &ast::Expr, what: &str) -> Result<Expr> {
-        let p = self.plan(e)?;
-        match self.ty(&p) {
-            t if t.is_integer() || t == DataType::Null => self.coerce(p, &DataType::Int64),
-            other => Err(Error::Plan(format!("{what} needs an integer, got {} ({e})", sql_type_name(&other)))),
-        }
-    }
-
-    fn extract(&self, part: DatePartKind, e: &ast::Expr) -> Result<Expr> {
-        let p = self.plan(e)?;
-        let t = self.ty(&p);
-        if !is_temporal(&t) {
-            return Err(Error::Plan(format!("EXTRACT needs a date or timestamp, got {} ({e})", sql_type_name(&t))));
-        }
-        Ok(Expr::Function { func: Function::Extract(part), args: vec![p], data_type: DataType::Int64 })
-    }
-
     /// The type `a` and `b` are compared in, or an error naming both types.
     fn comparison_type(&self, a: &DataType, b: &DataType, _be: &Expr, ast_e: &ast::Expr) -> Result<DataType> {
         common_type(a, b).ok_or_else(|| {
@@ -751,28 +709,7 @@ impl<'a> ExprPlanner<'a> {
     }
 
     fn compare(&self, op: BinaryOp, l: Expr, r: Expr, le: &ast::Expr, re: &ast::Expr) -> Result<Expr> {
-        let (lt, rt) = (self.ty(&l), self.ty(&r));
-        // A string constant next to a date, timestamp, number or boolean is read as that type, as in
-        // DuckDB (`l_shipdate < '1995-01-01'`).
-        let (l, r) = match (&l, &r) {
-            (Expr::Literal(_), _) if lt == DataType::Utf8 && rt != DataType::Utf8 && rt != DataType::Null => {
-                (self.coerce(l, &rt).map_err(|_| self.bad_compare(&lt, &rt, le, re))?, r)
-            }
-            (_, Expr::Literal(_)) if rt == DataType::Utf8 && lt != DataType::Utf8 && lt != DataType::Null => {
-                let r = self.coerce(r, &lt).map_err(|_| self.bad_compare(&lt, &rt, le, re))?;
-                (l, r)
-            }
-            _ => (l, r),
-        };
-        let (lt, rt) = (self.ty(&l), self.ty(&r));
-        let t = common_type(&lt, &rt).ok_or_else(|| self.bad_compare(&lt, &rt, le, re))?;
-        let t = if t == DataType::Null { DataType::Boolean } else { t };
-        Ok(Expr::Binary {
-            op,
-            left: Box::new(self.coerce(l, &t)?),
-            right: Box::new(self.coerce(r, &t)?),
-            data_type: DataType::Boolean,
-        })
+        types::comparison(op, l, r, &self.schema, |a, b| self.bad_compare(a, b, le, re))
     }
 
     fn bad_compare(&self, a: &DataType, b: &DataType, le: &ast::Expr, re: &ast::Expr) -> Error {
@@ -911,245 +848,24 @@ impl<'a> ExprPlanner<'a> {
                     .collect::<Result<_>>()?
             }
         };
-        let arity = |lo: usize, hi: usize| -> Result<()> {
-            if args.len() < lo || args.len() > hi {
-                let want = if lo == hi { format!("{lo}") } else { format!("{lo} to {hi}") };
-                return Err(Error::Plan(format!("{name}() takes {want} arguments, got {}", args.len())));
-            }
-            Ok(())
-        };
-        if name == "date_part" || name == "datepart" {
-            arity(2, 2)?;
-            let part = match self.plan(args[0])? {
-                Expr::Literal(a) if a.data_type() == &DataType::Utf8 => {
-                    a.as_any().downcast_ref::<StringArray>().map(|s| s.value(0).to_string()).unwrap_or_default()
-                }
-                _ => return Err(Error::Plan("date_part() takes the part as a string constant".into())),
-            };
-            let kind = DatePartKind::parse(&part).ok_or_else(|| Error::NotSupported(format!("date_part('{part}')")))?;
-            return self.extract(kind, args[1]);
-        }
-        if name == "date_trunc" || name == "datetrunc" {
-            arity(2, 2)?;
-            let part = match self.plan(args[0])? {
-                Expr::Literal(a) if a.data_type() == &DataType::Utf8 => {
-                    a.as_any().downcast_ref::<StringArray>().map(|s| s.value(0).to_string()).unwrap_or_default()
-                }
-                _ => return Err(Error::Plan("date_trunc() takes the part as a string constant".into())),
-            };
-            let kind = DatePartKind::parse(&part)
-                .filter(|k| !matches!(k, DatePartKind::DayOfWeek | DatePartKind::DayOfYear))
-                .ok_or_else(|| Error::NotSupported(format!("date_trunc('{part}')")))?;
-            let p = self.plan(args[1])?;
-            let t = self.ty(&p);
-            if !is_temporal(&t) {
-                return Err(Error::Plan(format!("date_trunc() needs a date or timestamp, got {}", sql_type_name(&t))));
-            }
-            return Ok(Expr::Function { func: Function::DateTrunc(kind), args: vec![p], data_type: types::TIMESTAMP });
-        }
-        if name == "nullif" {
-            // NULLIF(a, b) is CASE WHEN a = b THEN NULL ELSE a END.
-            arity(2, 2)?;
-            let a = self.plan(args[0])?;
-            let b = self.plan(args[1])?;
-            let t = self.ty(&a);
-            let equal = self.compare(BinaryOp::Eq, a.clone(), b, args[0], args[1])?;
-            return Ok(Expr::Case {
-                whens: vec![(equal, literal(new_null_array(&t, 1)))],
-                otherwise: Some(Box::new(a)),
-                data_type: t,
-            });
-        }
-        if name == "year"
-            || name == "month"
-            || name == "day"
-            || name == "quarter"
-            || name == "hour"
-            || name == "minute"
-            || name == "second"
-            || name == "dayofweek"
-            || name == "dayofyear"
-            || name == "week"
-        {
-            arity(1, 1)?;
-            let kind = DatePartKind::parse(&name).expect("a date part");
-            return self.extract(kind, args[0]);
-        }
         let func = Function::by_name(&name).ok_or_else(|| {
-            let known = [
-                "lower",
-                "upper",
-                "length",
-                "substr",
-                "trim",
-                "ltrim",
-                "rtrim",
-                "concat",
-                "coalesce",
-                "abs",
-                "hash",
-                "round",
-                "date_part",
-                "date_trunc",
-                "nullif",
-                "replace",
-                "strpos",
-                "greatest",
-                "least",
-                "ceil",
-                "floor",
-                "sqrt",
-                "power",
-                "left",
-                "right",
-                "starts_with",
-                "ends_with",
-                "contains",
-                "reverse",
-            ];
-            let hint =
-                closest(&name, known.into_iter()).map(|c| format!(" (hint: did you mean {c}?)")).unwrap_or_default();
+            let hint = closest(&name, crate::expr::function_names())
+                .map(|c| format!(" (hint: did you mean {c}?)"))
+                .unwrap_or_default();
             Error::NotSupported(format!("function {name}(){hint}"))
         })?;
-        Ok(match func {
-            Function::Lower | Function::Upper | Function::Trim | Function::Ltrim | Function::Rtrim => {
-                arity(1, 1)?;
-                Expr::Function { func, args: vec![self.string(args[0], &name)?], data_type: DataType::Utf8 }
-            }
-            Function::Length => {
-                arity(1, 1)?;
-                Expr::Function { func, args: vec![self.string(args[0], &name)?], data_type: DataType::Int64 }
-            }
-            Function::Substr => {
-                arity(2, 3)?;
-                let mut planned = vec![self.string(args[0], &name)?];
-                for a in &args[1..] {
-                    planned.push(self.integer(a, &name)?);
-                }
-                Expr::Function { func, args: planned, data_type: DataType::Utf8 }
-            }
-            Function::Concat => {
-                if args.is_empty() {
-                    return Err(Error::Plan("concat() needs at least one argument".into()));
-                }
-                let planned = args
-                    .iter()
-                    .map(|a| self.plan(a).and_then(|p| self.to_string_expr(p)))
-                    .collect::<Result<Vec<_>>>()?;
-                Expr::Function { func, args: planned, data_type: DataType::Utf8 }
-            }
-            Function::Coalesce => {
-                if args.is_empty() {
-                    return Err(Error::Plan("coalesce() needs at least one argument".into()));
-                }
-                let planned = args.iter().map(|a| self.plan(a)).collect::<Result<Vec<_>>>()?;
-                let mut t = DataType::Null;
-                for p in &planned {
-                    let pt = self.ty(p);
-                    t = common_type(&t, &pt).ok_or_else(|| {
-                        Error::Plan(format!(
-                            "coalesce() arguments have incompatible types {} and {}",
-                            sql_type_name(&t),
-                            sql_type_name(&pt)
-                        ))
-                    })?;
-                }
-                let planned = planned.into_iter().map(|p| self.coerce(p, &t)).collect::<Result<Vec<_>>>()?;
-                Expr::Function { func, args: planned, data_type: t }
-            }
-            Function::Hash => {
-                arity(1, 1)?;
-                let p = self.plan(args[0])?;
-                Expr::Function { func, args: vec![p], data_type: DataType::Int64 }
-            }
-            Function::Abs => {
-                arity(1, 1)?;
-                let p = self.plan(args[0])?;
-                let t = self.ty(&p);
-                if !is_numeric(&t) {
-                    return Err(Error::Plan(format!("abs() needs a number, got {}", sql_type_name(&t))));
-                }
-                Expr::Function { func, args: vec![p], data_type: t }
-            }
-            Function::Round => {
-                arity(1, 2)?;
-                let p = self.plan(args[0])?;
-                let t = self.ty(&p);
-                let digits = match args.get(1) {
-                    Some(d) => match self.integer(d, "round")? {
-                        Expr::Literal(a) => a,
-                        _ => return Err(Error::NotSupported("round() with a non-constant number of digits".into())),
-                    },
-                    None => Arc::new(Int64Array::from(vec![0])) as ArrayRef,
-                };
-                let n = digits.as_any().downcast_ref::<Int64Array>().filter(|a| a.is_valid(0)).map(|a| a.value(0));
-                let data_type = match (&t, n) {
-                    (DataType::Decimal128(p, s), Some(n)) if n < *s as i64 => DataType::Decimal128(*p, n.max(0) as i8),
-                    _ if is_numeric(&t) => t.clone(),
-                    _ => return Err(Error::Plan(format!("round() needs a number, got {}", sql_type_name(&t)))),
-                };
-                Expr::Function { func, args: vec![p, literal(digits)], data_type }
-            }
-            Function::Replace => {
-                arity(3, 3)?;
-                let planned = args.iter().map(|a| self.string(a, &name)).collect::<Result<Vec<_>>>()?;
-                Expr::Function { func, args: planned, data_type: DataType::Utf8 }
-            }
-            Function::Position => {
-                arity(2, 2)?;
-                let planned = vec![self.string(args[0], &name)?, self.string(args[1], &name)?];
-                Expr::Function { func, args: planned, data_type: DataType::Int64 }
-            }
-            Function::StartsWith | Function::EndsWith | Function::Contains => {
-                arity(2, 2)?;
-                let planned = vec![self.string(args[0], &name)?, self.string(args[1], &name)?];
-                Expr::Function { func, args: planned, data_type: DataType::Boolean }
-            }
-            Function::Reverse => {
-                arity(1, 1)?;
-                Expr::Function { func, args: vec![self.string(args[0], &name)?], data_type: DataType::Utf8 }
-            }
-            Function::Left | Function::Right => {
-                arity(2, 2)?;
-                let planned = vec![self.string(args[0], &name)?, self.integer(args[1], &name)?];
-                Expr::Function { func, args: planned, data_type: DataType::Utf8 }
-            }
-            Function::Greatest | Function::Least => {
-                if args.is_empty() {
-                    return Err(Error::Plan(format!("{name}() needs at least one argument")));
-                }
-                let planned = args.iter().map(|a| self.plan(a)).collect::<Result<Vec<_>>>()?;
-                let mut t = DataType::Null;
-                for p in &planned {
-                    let pt = self.ty(p);
-                    t = common_type(&t, &pt).ok_or_else(|| {
-                        Error::Plan(format!(
-                            "{name}() arguments have incompatible types {} and {}",
-                            sql_type_name(&t),
-                            sql_type_name(&pt)
-                        ))
-                    })?;
-                }
-                let planned = planned.into_iter().map(|p| self.coerce(p, &t)).collect::<Result<Vec<_>>>()?;
-                Expr::Function { func, args: planned, data_type: t }
-            }
-            Function::Ceil | Function::Floor => {
-                arity(1, 1)?;
-                self.ceil_floor(func, args[0])?
-            }
-            Function::Sqrt | Function::Ln | Function::Exp | Function::Log10 => {
-                arity(1, 1)?;
-                Expr::Function { func, args: vec![self.number(args[0], &name)?], data_type: DataType::Float64 }
-            }
-            Function::Power => {
-                arity(2, 2)?;
-                let planned = vec![self.number(args[0], &name)?, self.number(args[1], &name)?];
-                Expr::Function { func, args: planned, data_type: DataType::Float64 }
-            }
-            Function::Extract(_) | Function::DateTrunc(_) | Function::TryCast | Function::AvgDivide => {
-                unreachable!("planned from their own syntax")
-            }
-        })
+        self.call_sql(func, &name, &args)
+    }
+
+    /// A call of `func` over SQL arguments, typed by its entry; `called` is the name errors give.
+    fn call_sql(&self, func: Function, called: &str, args: &[&ast::Expr]) -> Result<Expr> {
+        let planned = args.iter().map(|a| self.plan(a)).collect::<Result<Vec<_>>>()?;
+        func.plan(called, planned, args.iter().map(|a| a.to_string()).collect(), &self.schema)
+    }
+
+    /// The function SQL calls `name`, which the planner knows to exist.
+    fn function(name: &str) -> Function {
+        Function::by_name(name).unwrap_or_else(|| panic!("{name} is a function of the registry"))
     }
 }
 

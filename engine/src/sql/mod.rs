@@ -909,11 +909,15 @@ fn aggregate(
             Final::Count(c) => {
                 let sum = Expr::Cast { expr: Box::new(add(F::Sum, c)?), to: DataType::Int64 };
                 let zero = Expr::Literal(Arc::new(arrow::array::Int64Array::from(vec![0])));
-                Expr::Function { func: Function::Coalesce, args: vec![sum, zero], data_type: DataType::Int64 }
+                Expr::Function {
+                    func: Function::of(&crate::expr::COALESCE),
+                    args: vec![sum, zero],
+                    data_type: DataType::Int64,
+                }
             }
             // The division the aggregation's own average makes (as DuckDB's), on the totals.
             Final::Avg(s, c) => Expr::Function {
-                func: Function::AvgDivide,
+                func: Function::of(&crate::expr::AVG_DIVIDE),
                 args: vec![add(F::Sum, s)?, add(F::Sum, c)?],
                 data_type: DataType::Float64,
             },
@@ -1111,9 +1115,11 @@ fn intersect_except(left: LogicalPlan, right: LogicalPlan, intersect: bool, all:
             otherwise: Some(Box::new(int(0))),
             data_type: DataType::Int64,
         },
-        (true, true) => {
-            Expr::Function { func: Function::Least, args: vec![left_rows, right_rows], data_type: DataType::Int64 }
-        }
+        (true, true) => Expr::Function {
+            func: Function::of(&crate::expr::LEAST),
+            args: vec![left_rows, right_rows],
+            data_type: DataType::Int64,
+        },
         (false, true) => binary(BinaryOp::Minus, left_rows, right_rows, DataType::Int64),
     };
     let out_schema = grouped.schema();
@@ -1271,7 +1277,11 @@ fn plan_join(left: (LogicalPlan, Scope), join: &ast::Join, ctx: Ctx<'_>) -> Resu
             let Expr::Binary { left: lk, right: rk, .. } = eq else { unreachable!("equals builds a comparison") };
             let data_type = lk.data_type(&schema);
             fields[l] = Field::new(schema.field(l).name(), data_type.clone(), true);
-            exprs[l] = Expr::Function { func: crate::expr::Function::Coalesce, args: vec![*lk, *rk], data_type };
+            exprs[l] = Expr::Function {
+                func: crate::expr::Function::of(&crate::expr::COALESCE),
+                args: vec![*lk, *rk],
+                data_type,
+            };
         }
         plan = LogicalPlan::Projection { input: Box::new(plan), exprs, schema: Arc::new(Schema::new(fields)) };
     }
