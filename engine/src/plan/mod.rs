@@ -717,10 +717,18 @@ fn prune_columns(plan: LogicalPlan, needed: &BTreeSet<usize>) -> (LogicalPlan, V
             (LogicalPlan::Union { inputs, schema }, map)
         }
         LogicalPlan::Window { input, partition_by, order_by, functions, schema } => {
-            // Every function column stays; the input keeps what is needed above, the keys and the
-            // arguments.
+            // The functions read above stay (with none, the window goes: a fuzzed query sorted
+            // 632M join rows for a dense_rank nothing read, where DuckDB took 12 s); the input
+            // keeps what is needed above, the keys and the arguments.
             let width = input.schema().fields().len();
+            let read: Vec<bool> = (0..functions.len()).map(|i| needed.contains(&(width + i))).collect();
             let mut want: BTreeSet<usize> = needed.iter().copied().filter(|&c| c < width).collect();
+            if !read.contains(&true) {
+                let (input, mut map) = prune_columns(*input, &want);
+                map.extend(read.iter().map(|_| None));
+                return (input, map);
+            }
+            let functions: Vec<_> = functions.into_iter().zip(&read).filter(|(_, &r)| r).map(|(f, _)| f).collect();
             want.extend(partition_by.iter().copied());
             want.extend(order_by.iter().map(|k| k.column));
             for f in &functions {
@@ -744,9 +752,14 @@ fn prune_columns(plan: LogicalPlan, needed: &BTreeSet<usize>) -> (LogicalPlan, V
                 .collect();
             let in_schema = input.schema();
             let mut fields: Vec<Field> = in_schema.fields().iter().map(|f| f.as_ref().clone()).collect();
-            fields.extend(schema.fields()[width..].iter().map(|f| f.as_ref().clone()));
+            let kept = schema.fields()[width..].iter().zip(&read).filter(|(_, &r)| r);
+            fields.extend(kept.map(|(f, _)| f.as_ref().clone()));
             let mut out_map: Vec<Option<usize>> = map.clone();
-            out_map.extend((0..functions.len()).map(|i| Some(new_width + i)));
+            let mut next = new_width;
+            out_map.extend(read.iter().map(|&r| {
+                next += r as usize;
+                r.then_some(next - 1)
+            }));
             let plan = LogicalPlan::Window {
                 input: Box::new(input),
                 partition_by,
