@@ -40,6 +40,7 @@ mod error;
 pub mod exec;
 pub mod expr;
 pub mod generate;
+pub mod hive;
 pub mod inspect;
 pub mod memory;
 pub mod pipeline;

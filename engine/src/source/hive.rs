@@ -16,7 +16,6 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 
 use super::SourceFile;
 use crate::error::Result;
-use crate::exec::sink::HIVE_NULL;
 
 /// Appends the partition columns of `files` (found under `location`) to `schema`, and gives each
 /// file its values. Leaves everything as it is when the files are not in a hive layout.
@@ -86,35 +85,7 @@ fn partition_of(path: &Path, base: &Path) -> Option<Vec<(String, Option<String>)
     let rel = path.strip_prefix(base).ok().or_else(|| path.strip_prefix(base.strip_prefix("./").ok()?).ok())?;
     let mut dirs: Vec<_> = rel.components().map(|c| c.as_os_str().to_string_lossy().into_owned()).collect();
     dirs.pop();
-    dirs.iter()
-        .map(|d| {
-            let (k, v) = d.split_once('=')?;
-            if k.is_empty() {
-                return None;
-            }
-            Some((k.to_string(), (v != HIVE_NULL).then(|| unescape(v))))
-        })
-        .collect()
-}
-
-/// `%2F` back to `/`, as Hive escapes folder names.
-fn unescape(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok());
-            if let Some(b) = hex {
-                out.push(b);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+    dirs.iter().map(|d| crate::hive::parse_segment(d)).collect()
 }
 
 /// Replaces the columns at `columns` (position in the batch, the file's one-element value) with
@@ -146,7 +117,5 @@ mod tests {
         assert_eq!(partition_of(Path::new("out/daily/plain/part.parquet"), base), None);
         assert_eq!(base_dir("out/daily/*/*.parquet"), Some(PathBuf::from("out/daily/")));
         assert_eq!(base_dir("*.parquet"), Some(PathBuf::from(".")));
-        assert_eq!(unescape("100%25"), "100%");
-        assert_eq!(unescape("50%"), "50%");
     }
 }

@@ -1,0 +1,248 @@
+//! Hive-partitioned outputs: one folder per partition value, a file per open partition.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::{DataType, Schema, SchemaRef};
+
+use super::parquet_file::slices;
+use super::{Destination, OutputFormat, ParquetSink, Sink, TextSink, WriteOptions, WriteSummary};
+use crate::error::{Error, Result};
+use crate::exec::sliced_bytes;
+use crate::memory::{MemoryPool, MemoryReservation};
+
+/// Where and how a [`PartitionedWriter`] writes.
+#[derive(Debug, Clone)]
+pub struct PartitionedOutput {
+    /// The folder the files (and partition folders) go in.
+    pub dir: PathBuf,
+    /// Columns whose values make the folders, hive style: `dir/a=1/b=x/<name>`. Their values are in
+    /// the path and left out of the files, as DuckDB, Spark and pyarrow expect.
+    pub partition_by: Vec<String>,
+    /// File format.
+    pub format: OutputFormat,
+    /// File name without extension; a partition that needs a second file gets `<stem>.1`, ...
+    /// (with `numbered`: `<stem>_0`, `<stem>_1`, ...).
+    pub stem: String,
+    /// Number every file from 0.
+    pub numbered: bool,
+    /// Appended to every file name (after the extension), e.g. `.staged` for files not yet
+    /// committed, so that `*.parquet` globs do not see them.
+    pub suffix: String,
+    /// Without `partition_by`, write a file (with the schema and no rows) for an empty result.
+    pub keep_empty: bool,
+    /// Compression, row groups and the file size at which a file is closed and the next begun.
+    pub options: WriteOptions,
+}
+
+struct OpenPart {
+    sink: Box<dyn Sink>,
+    written: u64,
+}
+
+/// Writes a query result as one file, or as one file per partition in a hive layout. Partitions
+/// are written as rows arrive, with a small writer each; when the pool cannot open another, the
+/// partition holding the most is finished and its next rows go to a new file.
+pub struct PartitionedWriter {
+    out: PartitionedOutput,
+    pool: MemoryPool,
+    key_columns: Vec<usize>,
+    data_columns: Vec<usize>,
+    data_schema: SchemaRef,
+    open: std::collections::HashMap<String, OpenPart>,
+    files_per_partition: std::collections::HashMap<String, usize>,
+    done: Vec<WriteSummary>,
+    scratch: MemoryReservation,
+    row_group_bytes: usize,
+}
+
+impl PartitionedWriter {
+    /// A writer for batches of `schema`; fails when a partition column is not in it.
+    pub fn new(out: PartitionedOutput, schema: &Schema, pool: &MemoryPool) -> Result<PartitionedWriter> {
+        let mut key_columns = Vec::new();
+        for name in &out.partition_by {
+            let i = schema.fields().iter().position(|f| f.name().eq_ignore_ascii_case(name)).ok_or_else(|| {
+                let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+                Error::Plan(format!(
+                    "partition_by column '{name}' is not in the result (columns: {})",
+                    names.join(", ")
+                ))
+            })?;
+            if key_columns.contains(&i) {
+                return Err(Error::Plan(format!("partition_by names '{name}' twice")));
+            }
+            key_columns.push(i);
+        }
+        let data_columns: Vec<usize> = (0..schema.fields().len()).filter(|i| !key_columns.contains(i)).collect();
+        if data_columns.is_empty() {
+            return Err(Error::Plan("partition_by takes every column: the files would have none".into()));
+        }
+        let data_schema =
+            Arc::new(Schema::new(data_columns.iter().map(|&i| schema.field(i).clone()).collect::<Vec<_>>()));
+        // Many partitions may be open at once: small row groups each.
+        let default = if key_columns.is_empty() {
+            (pool.budget() / 8).clamp(1 << 20, 128 << 20) as usize
+        } else {
+            (pool.budget() / 64).clamp(256 << 10, 16 << 20) as usize
+        };
+        let row_group_bytes = out.options.row_group_bytes(pool.budget(), default);
+        let scratch = pool.register(format!("PartitionedWriter[{}]", out.dir.display()), false);
+        Ok(PartitionedWriter {
+            out,
+            pool: pool.clone(),
+            key_columns,
+            data_columns,
+            data_schema,
+            open: Default::default(),
+            files_per_partition: Default::default(),
+            done: Vec::new(),
+            scratch,
+            row_group_bytes,
+        })
+    }
+
+    /// Appends a batch.
+    pub fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        if self.key_columns.is_empty() {
+            let batch = batch.project(&self.data_columns)?;
+            return self.write_part(String::new(), &batch);
+        }
+        // The split copies the batch once: reserve that while the pieces exist.
+        let bytes = batch.get_array_memory_size() as u64;
+        self.scratch.try_grow(bytes)?;
+        let result = self.split_and_write(batch);
+        self.scratch.shrink(bytes);
+        result
+    }
+
+    fn split_and_write(&mut self, batch: &RecordBatch) -> Result<()> {
+        let keys = self
+            .key_columns
+            .iter()
+            .map(|&i| arrow::compute::cast(batch.column(i), &DataType::Utf8))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let keys: Vec<&arrow::array::StringArray> =
+            keys.iter().map(|k| arrow::array::AsArray::as_string::<i32>(k.as_ref())).collect();
+        // Rows grouped by their key values (borrowed: nothing is allocated for a row whose
+        // partition was seen before); the folder path is built once per partition.
+        let mut group_of: std::collections::HashMap<Vec<Option<&str>>, usize> = Default::default();
+        let mut groups: Vec<(Vec<Option<&str>>, Vec<u32>)> = Vec::new();
+        let mut values: Vec<Option<&str>> = Vec::with_capacity(keys.len());
+        for row in 0..batch.num_rows() {
+            values.clear();
+            values.extend(keys.iter().map(|k| (!arrow::array::Array::is_null(*k, row)).then(|| k.value(row))));
+            match group_of.get(values.as_slice()) {
+                Some(&g) => groups[g].1.push(row as u32),
+                None => {
+                    group_of.insert(values.clone(), groups.len());
+                    groups.push((values.clone(), vec![row as u32]));
+                }
+            }
+        }
+        let order: Vec<(String, Vec<u32>)> = groups
+            .into_iter()
+            .map(|(values, rows)| {
+                let segments: Vec<String> =
+                    self.out.partition_by.iter().zip(values).map(|(name, v)| crate::hive::segment(name, v)).collect();
+                (segments.join("/"), rows)
+            })
+            .collect();
+        let data = batch.project(&self.data_columns)?;
+        for (path, rows) in order {
+            let indices = arrow::array::UInt32Array::from(rows);
+            let part = arrow::compute::take_record_batch(&data, &indices)?;
+            self.write_part(path, &part)?;
+        }
+        Ok(())
+    }
+
+    /// Opens a file for `partition` unless one is open, finishing others when the pool is short.
+    fn ensure_open(&mut self, partition: &str) -> Result<()> {
+        if !self.open.contains_key(partition) {
+            let sink = loop {
+                match self.open_sink(partition) {
+                    Ok(sink) => break sink,
+                    Err(Error::ResourcesExhausted { .. }) if !self.open.is_empty() => self.close_largest()?,
+                    Err(e) => return Err(e),
+                }
+            };
+            self.open.insert(partition.to_string(), OpenPart { sink, written: 0 });
+        }
+        Ok(())
+    }
+
+    fn write_part(&mut self, partition: String, batch: &RecordBatch) -> Result<()> {
+        self.ensure_open(&partition)?;
+        let Some(max) = self.out.options.max_file_bytes else {
+            let part = self.open.get_mut(&partition).expect("opened above");
+            part.written += batch.get_array_memory_size() as u64;
+            return part.sink.write(batch);
+        };
+        // A file that reached the size limit is complete: the partition's next rows start
+        // another. Batches go in slices, so that a file ends near the limit.
+        let mut pieces = slices(batch, (max / 4).max(1) as usize).into_iter().peekable();
+        while let Some(piece) = pieces.next() {
+            let part = self.open.get_mut(&partition).expect("opened above");
+            part.written += sliced_bytes(&piece);
+            part.sink.write(&piece)?;
+            if part.sink.size() >= max {
+                let part = self.open.remove(&partition).expect("open");
+                self.done.push(part.sink.finish()?);
+                if pieces.peek().is_some() {
+                    self.ensure_open(&partition)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn open_sink(&mut self, partition: &str) -> Result<Box<dyn Sink>> {
+        let n = self.files_per_partition.get(partition).copied().unwrap_or(0);
+        let ext = self.out.format.extension();
+        let name = match n {
+            n if self.out.numbered => format!("{}_{n}.{ext}{}", self.out.stem, self.out.suffix),
+            0 => format!("{}.{ext}{}", self.out.stem, self.out.suffix),
+            n => format!("{}.{n}.{ext}{}", self.out.stem, self.out.suffix),
+        };
+        let target =
+            if partition.is_empty() { self.out.dir.join(name) } else { self.out.dir.join(partition).join(name) };
+        let sink: Box<dyn Sink> = match self.out.format {
+            OutputFormat::Parquet => Box::new(ParquetSink::open(
+                Destination::file(&target, &self.out.options)?,
+                &self.data_schema,
+                &self.pool,
+                &self.out.options,
+                self.row_group_bytes,
+                self.pool.budget(),
+            )?),
+            format => Box::new(TextSink::to(Destination::file(&target, &self.out.options)?, format, &self.pool)?),
+        };
+        self.files_per_partition.insert(partition.to_string(), n + 1);
+        Ok(sink)
+    }
+
+    fn close_largest(&mut self) -> Result<()> {
+        let largest = self.open.iter().max_by_key(|(_, p)| p.written).map(|(k, _)| k.clone());
+        if let Some(part) = largest.and_then(|k| self.open.remove(&k)) {
+            self.done.push(part.sink.finish()?);
+        }
+        Ok(())
+    }
+
+    /// Completes every file: one per partition that got rows; without `partition_by`, one file,
+    /// also for an empty result when `keep_empty` is set.
+    pub fn finish(mut self) -> Result<Vec<WriteSummary>> {
+        if self.key_columns.is_empty() && self.open.is_empty() && self.done.is_empty() && self.out.keep_empty {
+            let empty = RecordBatch::new_empty(self.data_schema.clone());
+            self.write_part(String::new(), &empty)?;
+        }
+        let mut parts: Vec<(String, OpenPart)> = self.open.drain().collect();
+        parts.sort_by(|a, b| a.0.cmp(&b.0));
+        for (_, part) in parts {
+            self.done.push(part.sink.finish()?);
+        }
+        self.done.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(self.done)
+    }
+}
