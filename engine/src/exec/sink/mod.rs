@@ -5,11 +5,11 @@
 //! is reserved from the pool as it grows and the row group is flushed when it reaches the row-group
 //! byte target, or earlier when the pool cannot give more.
 //!
-//! - [`options`]: what an output is (format, codec, overwrite policy, sizes) and what writing it did;
-//! - [`staging`]: temporary names and folders, renamed into place when complete;
-//! - [`parquet_file`], [`text`]: the Parquet and the CSV/TSV/NDJSON sinks;
-//! - [`background`]: a sink on a thread of its own;
-//! - [`partitioned`]: hive-partitioned folders.
+//! - `options`: what an output is (format, codec, overwrite policy, sizes) and what writing it did;
+//! - `staging`: temporary names and folders, renamed into place when complete;
+//! - `parquet_file`, `text`: the Parquet and the CSV/TSV/NDJSON sinks;
+//! - `background`: a sink on a thread of its own;
+//! - `partitioned`: hive-partitioned folders.
 
 mod background;
 mod options;
