@@ -1,11 +1,11 @@
 //! SQL to logical plan: parsing with `sqlparser` (DuckDB dialect), name resolution and typing.
 //!
-//! Supported now: `SELECT [DISTINCT] expr [AS name], ... FROM sources [WHERE ...] [GROUP BY ...]
-//! [HAVING ...] [ORDER BY ...] [LIMIT n [OFFSET m]]`, where a source is a registered name, a quoted
-//! path or glob (`'data/*.parquet'`), a table function (`read_parquet`, `read_csv`, `read_json`) or
-//! a subquery in parentheses, and sources are combined with `[INNER|LEFT|RIGHT|FULL|CROSS] JOIN ...
-//! ON/USING` or commas. Everything else is an [`Error::NotSupported`] naming the construct, never a
-//! silent wrong answer.
+//! A statement is a query: `SELECT` with joins of every kind, subqueries (`subquery`: planned as
+//! joins, never run per row), `WITH`, grouping and aggregates (`DISTINCT` ones split into two
+//! aggregations), window functions (`window`), `UNION`/`INTERSECT`/`EXCEPT`, `ORDER BY` and
+//! `LIMIT`. Expressions are typed with DuckDB's rules (`expr`; functions come from the registry in
+//! `crate::expr`). `docs/sql.md` lists what runs; what does not is an [`Error::NotSupported`]
+//! naming the construct, never a silent wrong answer.
 
 mod expr;
 mod subquery;
