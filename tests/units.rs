@@ -1,6 +1,6 @@
 //! Units of work on the real `flow` binary: kill -9 at random points and resume, changed inputs
 //! and SQL, `--restart`, retries, `--keep-going`, three workers on one folder, Ctrl-C, a full disk
-//! while committing, and RSS that stays flat over 50 units.
+//! while committing, and RSS that stays flat over 50 units; and the same loop from the library.
 
 mod common;
 #[path = "common/process.rs"]
@@ -314,6 +314,59 @@ fn failing_units_are_retried_recorded_and_skipped_with_keep_going() {
     let units = unit_statuses(dir.path());
     assert_eq!(units.iter().map(|(u, _)| u.as_str()).collect::<Vec<_>>(), ["c00", "c01", "c02"]);
     assert_clean(&dir.path().join("out/per_user"));
+}
+
+/// The units' loop is the engine's: a library user runs a step's units with retries and
+/// `keep_going`, and sees each event; a second run skips what the first committed.
+#[test]
+fn a_library_user_runs_units_with_retries_and_keep_going() {
+    use flow_engine::pipeline::PipelineFile;
+    use flow_engine::units::{RunUnits, StepJob, Unit, UnitEvents, UnitOutcome, UnitRecord};
+    use flow_engine::{Config, Engine, Error};
+
+    #[derive(Default)]
+    struct Seen(Vec<String>);
+    impl UnitEvents for Seen {
+        fn listed(&mut self, units: &[Unit], mine: &[Unit]) {
+            self.0.push(format!("listed {} {}", units.len(), mine.len()));
+        }
+        fn skipped(&mut self, unit: &Unit, _record: &UnitRecord) {
+            self.0.push(format!("skipped {}", unit.label));
+        }
+        fn committed(&mut self, unit: &Unit, attempts: u32, outcome: &UnitOutcome) {
+            assert!(outcome.rows > 0);
+            self.0.push(format!("committed {} {attempts}", unit.label));
+        }
+        fn failed(&mut self, unit: &Unit, attempts: u32, _error: &Error, retrying: bool) {
+            self.0.push(format!("failed {} {attempts} {retrying}", unit.label));
+        }
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    write_events(&dir.path().join("events.parquet"), 20_000, 3, 5);
+    // Unit c01 fails on every attempt: its text is not a number.
+    let sql = "SELECT category, CAST(concat(substr(category, 2, 2), substr('x', 1, CAST(category = 'c01' AS BIGINT))) AS BIGINT) AS k, count(*) AS n FROM events GROUP BY category, k";
+    let file = PipelineFile::load(&pipeline(dir.path(), "events.parquet", sql, "")).unwrap();
+    let mut engine = Engine::new(Config::default().with_mem_budget(64 << 20).with_threads(2)).unwrap();
+    engine.register("events", dir.path().join("events.parquet").to_str().unwrap()).unwrap();
+    let job = StepJob::new(&engine, &file.steps[0], "per_user", &file.base_dir).unwrap();
+    let options = RunUnits { retries: 1, keep_going: true, ..RunUnits::default() };
+    let mut seen = Seen::default();
+    let failed = job.run_units(options, &mut seen).unwrap();
+    assert_eq!(
+        seen.0,
+        ["listed 3 3", "committed c00 1", "failed c01 1 true", "failed c01 2 false", "committed c02 1"],
+        "{:?}",
+        seen.0
+    );
+    assert_eq!(failed.len(), 1);
+    assert!(failed[0].1.to_string().contains("per_user [c01]"), "{}", failed[0].1);
+    // Without keep_going, the failure is the error; what was committed is skipped.
+    let mut again = Seen::default();
+    let err = job.run_units(RunUnits::default(), &mut again).err().expect("c01 fails");
+    assert!(err.to_string().contains("per_user [c01]"), "{err}");
+    assert_eq!(again.0, ["listed 3 3", "skipped c00", "failed c01 1 false"]);
+    assert_eq!(engine.pool().reserved(), engine.catalog_memory(), "the unit list is given back");
 }
 
 #[test]

@@ -27,7 +27,7 @@ use flow_engine::{human, Codec, Config, Engine, Error, OutputFormat, Overwrite, 
 
 use crate::args::{Cli, Command, CommonArgs, GenCommand, SourceArgs, UnitArgs, WriteArgs};
 use crate::report::{Report, StepReport, UnitReport};
-use flow_engine::units::{assigned, StepJob, Unit, UnitState};
+use flow_engine::units::{assigned, RunUnits, StepJob, Unit, UnitEvents, UnitOutcome, UnitRecord, UnitState};
 
 /// The SQL text being planned or run, so that an error pointing into it can show the spot.
 static SQL_CONTEXT: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
@@ -344,8 +344,9 @@ fn run_steps(
     Ok(())
 }
 
-/// Runs this worker's units of one step in priority order, skipping those already committed.
-/// Returns the units that failed (with `--keep-going`; otherwise the first failure is the error).
+/// Runs this worker's units of one step (see `StepJob::run_units`), showing them on the progress
+/// display and in the report. Returns the units that failed (with `--keep-going`; otherwise the
+/// first failure is the error).
 fn run_units(
     engine: &Engine,
     job: &StepJob<'_>,
@@ -354,84 +355,86 @@ fn run_units(
     progress: &progress::Progress,
     report: &mut Report,
 ) -> Result<Vec<(String, Error)>, Error> {
-    let in_step = |e: Error| e.in_step(label);
-    let units = job.units(options.restart).map_err(in_step)?;
-    // The unit list and its bookkeeping live as long as the step: they count against the budget.
-    let mut bookkeeping = engine.pool().register(format!("Units[{label}]"), false);
-    bookkeeping.try_grow(StepJob::bookkeeping_bytes(&units)).map_err(in_step)?;
-    job.remove_stale(&units).map_err(in_step)?;
-    let mine = assigned(&units, options.units.worker, options.units.workers);
-    if options.restart {
-        job.forget(&mine).map_err(in_step)?;
-    }
-    progress.println(&describe_units(label, &units, &mine, options.units));
-    progress.start_units(label, mine.len());
-    let mut failed = Vec::new();
-    for unit in &mine {
-        let name = format!("{label} [{}]", unit.label);
-        if let UnitState::Committed(record) = job.state(unit).map_err(in_step)? {
-            report.units.push(UnitReport {
-                status: "skipped",
-                rows: record.rows,
-                files: record.files.len(),
-                ..unit_report(label, unit, 0)
-            });
-            progress.unit_done();
-            continue;
-        }
-        let mut attempts = 0;
-        loop {
-            attempts += 1;
-            flow_engine::alloc::reset_peak();
-            progress.start_query(&name, job.query(unit).ok().and_then(|q| q.input_rows()));
-            let spill_before = engine.spill().stats();
-            flow_engine::alloc::release_code_pages();
-            let result = job.run(unit);
-            let mut entry = unit_report(label, unit, attempts);
-            match result {
-                Ok(outcome) => {
-                    let m = &outcome.metrics;
-                    release_memory(engine, &mut entry, bookkeeping.size());
-                    report.units.push(UnitReport {
-                        status: "committed",
-                        rows: outcome.rows,
-                        files: outcome.files.len(),
-                        rows_read: m.rows_read,
-                        bytes_read: m.bytes_read,
-                        elapsed_ms: m.elapsed.as_millis(),
-                        peak_accounted: m.peak_reserved,
-                        peak_allocated: flow_engine::alloc::allocated_peak(),
-                        spill: spill_delta(engine.spill().stats(), spill_before),
-                        ..entry
-                    });
-                    break;
-                }
-                Err(e) if e.is_cancelled() || signal::interrupted() => return Err(Error::Cancelled),
-                Err(e) => {
-                    let e = e.in_step(&name);
-                    release_memory(engine, &mut entry, bookkeeping.size());
-                    if attempts <= options.retries && !e.is_bad_input() {
-                        progress
-                            .println(&format!("flow: {e} (attempt {attempts} of {}; retrying)", options.retries + 1));
-                        continue;
-                    }
-                    // Best effort: on a full disk the record may not fit, and the unit's own
-                    // error is the one to report.
-                    let _ = job.record_failure(unit, &e, attempts);
-                    report.units.push(UnitReport { status: "failed", error: Some(e.to_string()), ..entry });
-                    if !options.keep_going {
-                        return Err(e);
-                    }
-                    progress.println(&format!("flow: {e} (going on with the other units)"));
-                    failed.push((name.clone(), e));
-                    break;
-                }
-            }
-        }
-        progress.unit_done();
-    }
+    let run = RunUnits {
+        restart: options.restart,
+        retries: options.retries,
+        keep_going: options.keep_going,
+        worker: options.units.worker,
+        workers: options.units.workers,
+    };
+    let mut shown =
+        ShownUnits { engine, label, options, progress, report, bookkeeping: 0, spill_before: engine.spill().stats() };
+    let failed = job.run_units(run, &mut shown)?;
     progress.finish_units();
-    Ok(failed)
+    Ok(failed.into_iter().map(|(unit, e)| (format!("{label} [{}]", unit.label), e)).collect())
+}
+
+/// A step's units as the progress display and the report show them.
+struct ShownUnits<'a> {
+    engine: &'a Engine,
+    label: &'a str,
+    options: RunOptions,
+    progress: &'a progress::Progress,
+    report: &'a mut Report,
+    /// What the unit list holds in the pool while the step runs.
+    bookkeeping: u64,
+    spill_before: flow_engine::SpillStats,
+}
+
+impl UnitEvents for ShownUnits<'_> {
+    fn listed(&mut self, units: &[Unit], mine: &[Unit]) {
+        self.bookkeeping = StepJob::bookkeeping_bytes(units);
+        self.progress.println(&describe_units(self.label, units, mine, self.options.units));
+        self.progress.start_units(self.label, mine.len());
+    }
+
+    fn skipped(&mut self, unit: &Unit, record: &UnitRecord) {
+        let entry = unit_report(self.label, unit, 0);
+        self.report.units.push(UnitReport { status: "skipped", rows: record.rows, files: record.files.len(), ..entry });
+        self.progress.unit_done();
+    }
+
+    fn attempt(&mut self, job: &StepJob<'_>, unit: &Unit, _attempt: u32) {
+        flow_engine::alloc::reset_peak();
+        let name = format!("{} [{}]", self.label, unit.label);
+        self.progress.start_query(&name, job.query(unit).ok().and_then(|q| q.input_rows()));
+        self.spill_before = self.engine.spill().stats();
+        flow_engine::alloc::release_code_pages();
+    }
+
+    fn committed(&mut self, unit: &Unit, attempts: u32, outcome: &UnitOutcome) {
+        let mut entry = unit_report(self.label, unit, attempts);
+        release_memory(self.engine, &mut entry, self.bookkeeping);
+        let m = &outcome.metrics;
+        self.report.units.push(UnitReport {
+            status: "committed",
+            rows: outcome.rows,
+            files: outcome.files.len(),
+            rows_read: m.rows_read,
+            bytes_read: m.bytes_read,
+            elapsed_ms: m.elapsed.as_millis(),
+            peak_accounted: m.peak_reserved,
+            peak_allocated: flow_engine::alloc::allocated_peak(),
+            spill: spill_delta(self.engine.spill().stats(), self.spill_before),
+            ..entry
+        });
+        self.progress.unit_done();
+    }
+
+    fn failed(&mut self, unit: &Unit, attempts: u32, e: &Error, retrying: bool) {
+        let mut entry = unit_report(self.label, unit, attempts);
+        release_memory(self.engine, &mut entry, self.bookkeeping);
+        if retrying {
+            let of = self.options.retries + 1;
+            self.progress.println(&format!("flow: {e} (attempt {attempts} of {of}; retrying)"));
+            return;
+        }
+        self.report.units.push(UnitReport { status: "failed", error: Some(e.to_string()), ..entry });
+        if self.options.keep_going {
+            self.progress.println(&format!("flow: {e} (going on with the other units)"));
+            self.progress.unit_done();
+        }
+    }
 }
 
 fn unit_report(step: &str, unit: &Unit, attempts: u32) -> UnitReport {

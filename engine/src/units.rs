@@ -178,6 +178,46 @@ pub fn assigned(units: &[Unit], worker: usize, workers: usize) -> Vec<Unit> {
     units.iter().enumerate().filter(|(i, _)| i % workers.max(1) == worker).map(|(_, u)| u.clone()).collect()
 }
 
+/// How a worker runs a step's units (`flow run --restart --retries N --keep-going --unit I
+/// --units N`).
+#[derive(Debug, Clone, Copy)]
+pub struct RunUnits {
+    /// Run every unit again, forgetting what earlier runs committed.
+    pub restart: bool,
+    /// Attempts after the first for a unit that fails (not for bad input).
+    pub retries: u32,
+    /// Go on with the other units after one fails for good (they are returned at the end).
+    pub keep_going: bool,
+    /// This worker's number, from 0.
+    pub worker: usize,
+    /// How many workers deal the units between them (see [`assigned`]).
+    pub workers: usize,
+}
+
+impl Default for RunUnits {
+    fn default() -> RunUnits {
+        RunUnits { restart: false, retries: 0, keep_going: false, worker: 0, workers: 1 }
+    }
+}
+
+/// What happens while a step's units run, for a caller's progress display and report. Every
+/// method does nothing unless implemented.
+pub trait UnitEvents {
+    /// The step's units in priority order, and those dealt to this worker.
+    fn listed(&mut self, _units: &[Unit], _mine: &[Unit]) {}
+    /// A unit an earlier run committed, skipped.
+    fn skipped(&mut self, _unit: &Unit, _record: &UnitRecord) {}
+    /// Attempt `attempt` (from 1) at a unit starts.
+    fn attempt(&mut self, _job: &StepJob<'_>, _unit: &Unit, _attempt: u32) {}
+    /// The unit is committed.
+    fn committed(&mut self, _unit: &Unit, _attempts: u32, _outcome: &UnitOutcome) {}
+    /// An attempt failed (`error` names the unit); `retrying` when another attempt follows.
+    fn failed(&mut self, _unit: &Unit, _attempts: u32, _error: &Error, _retrying: bool) {}
+}
+
+/// Nothing to report.
+impl UnitEvents for () {}
+
 struct UnitKey {
     /// SQL over `from` giving the unit value of a row.
     expr: String,
@@ -591,6 +631,59 @@ impl<'e> StepJob<'e> {
             }
         }
         Ok(removed)
+    }
+
+    /// Runs this worker's units in priority order: skips those committed (unless
+    /// `options.restart`), retries failures that are not bad input, and records the failures.
+    /// The unit list is counted in the pool while the step runs. Returns the units that failed
+    /// for good under `keep_going` (without it, the first such failure is the error); errors
+    /// name the step, and the unit where one failed; an interrupted run is [`Error::Cancelled`].
+    pub fn run_units(&self, options: RunUnits, events: &mut dyn UnitEvents) -> Result<Vec<(Unit, Error)>> {
+        let in_step = |e: Error| e.in_step(&self.step);
+        let units = self.units(options.restart).map_err(in_step)?;
+        let mut bookkeeping = self.engine.pool().register(format!("Units[{}]", self.step), false);
+        bookkeeping.try_grow(StepJob::bookkeeping_bytes(&units)).map_err(in_step)?;
+        self.remove_stale(&units).map_err(in_step)?;
+        let mine = assigned(&units, options.worker, options.workers);
+        if options.restart {
+            self.forget(&mine).map_err(in_step)?;
+        }
+        events.listed(&units, &mine);
+        let cancelled = self.engine.cancel_flag();
+        let mut failed = Vec::new();
+        for unit in &mine {
+            if let UnitState::Committed(record) = self.state(unit).map_err(in_step)? {
+                events.skipped(unit, &record);
+                continue;
+            }
+            let mut attempts = 0;
+            loop {
+                attempts += 1;
+                events.attempt(self, unit, attempts);
+                let error = match self.run(unit) {
+                    Ok(outcome) => {
+                        events.committed(unit, attempts, &outcome);
+                        break;
+                    }
+                    Err(e) if e.is_cancelled() || cancelled.load(Ordering::SeqCst) => return Err(Error::Cancelled),
+                    Err(e) => e.in_step(&format!("{} [{}]", self.step, unit.label)),
+                };
+                let retrying = attempts <= options.retries && !error.is_bad_input();
+                events.failed(unit, attempts, &error, retrying);
+                if retrying {
+                    continue;
+                }
+                // Best effort: on a full disk the record may not fit, and the unit's own error is
+                // the one to report.
+                let _ = self.record_failure(unit, &error, attempts);
+                if !options.keep_going {
+                    return Err(error);
+                }
+                failed.push((unit.clone(), error));
+                break;
+            }
+        }
+        Ok(failed)
     }
 
     /// Forgets the commit records of `units`, so that they run again (`--restart`; each worker
