@@ -676,3 +676,35 @@ fn window_functions_nothing_reads_are_not_computed() {
     assert!(!plan.contains("rank()"), "{plan}");
     same(&e, one, &[&["1", "1"], &["2", "2"], &["2", "2"], &["3", "1"], &["NULL", "1"], &["4", "2"], &["4", "2"]]);
 }
+
+/// An outer join below an inner join whose key reads its null-extended side is an inner join: its
+/// rows with nulls there never meet the key. Planned as inner, the join may be reordered.
+#[test]
+fn an_inner_join_on_the_null_extended_side_of_an_outer_join_makes_it_inner() {
+    let dir = tempfile::tempdir().unwrap();
+    tables(dir.path());
+    let e = engine(dir.path(), 64 << 20);
+    let sql = "SELECT a.k, b.s FROM a LEFT JOIN b ON a.k = b.k JOIN b AS c ON b.s = c.s";
+    let plan = e.sql(sql).unwrap().explain();
+    assert!(!plan.contains("LEFT"), "{plan}");
+    let twos: Vec<&[&str]> = vec![&["2", "b"]; 8];
+    same(&e, sql, &twos);
+    // The outer side's key keeps the join outer: its null-extended rows still meet it.
+    let kept = "SELECT a.k, b.s FROM a LEFT JOIN b ON a.k = b.k JOIN b AS c ON a.k = c.k";
+    assert!(e.sql(kept).unwrap().explain().contains("LEFT"));
+    same(
+        &e,
+        kept,
+        &[
+            &["2", "b"],
+            &["2", "b"],
+            &["2", "b"],
+            &["2", "b"],
+            &["2", "b"],
+            &["2", "b"],
+            &["2", "b"],
+            &["2", "b"],
+            &["3", "NULL"],
+        ],
+    );
+}

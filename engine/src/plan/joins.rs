@@ -673,13 +673,43 @@ fn push_into(plan: LogicalPlan, mut conditions: Vec<Expr>) -> LogicalPlan {
                     _ => residual.push(c),
                 }
             }
-            let left = push_into(*left, to_left);
-            let right = push_into(*right, to_right.iter().map(|c| c.remap_columns(&|col| col - nl)).collect());
+            let (left, right) = match join_type {
+                JoinType::Inner => (
+                    null_keys_rejected(*left, keys.iter().map(|(l, _)| l)),
+                    null_keys_rejected(*right, keys.iter().map(|(_, r)| r)),
+                ),
+                _ => (*left, *right),
+            };
+            let left = push_into(left, to_left);
+            let right = push_into(right, to_right.iter().map(|c| c.remap_columns(&|col| col - nl)).collect());
             let join = LogicalPlan::join(left, right, join_type, keys, conjunction(residual));
             with_filter(join, above)
         }
         other => with_filter(map_inputs(other, push_filters), conditions),
     }
+}
+
+/// `child` of an inner join whose keys on its side are `keys`: an outer join there whose
+/// null-extended rows have a null key never meets the join (SQL's `=` never matches a null), so
+/// it keeps only the rows that matched on that side (`a LEFT JOIN b ON .. JOIN c ON b.x = c.y`
+/// joins `a` and `b` inner), and may then be reordered.
+fn null_keys_rejected<'a>(child: LogicalPlan, keys: impl Iterator<Item = &'a Expr>) -> LogicalPlan {
+    let LogicalPlan::Join { left, right, join_type, on, filter, .. } = child else { return child };
+    let nl = left.schema().fields().len();
+    let not_null: Vec<Expr> = keys.map(|k| Expr::IsNull { expr: Box::new(k.clone()), negated: true }).collect();
+    let rejects = |in_side: &dyn Fn(usize) -> bool| not_null.iter().any(|c| rejects_nulls(c, in_side));
+    let join_type = match join_type {
+        JoinType::Left if rejects(&|c| c >= nl) => JoinType::Inner,
+        JoinType::Right if rejects(&|c| c < nl) => JoinType::Inner,
+        JoinType::Full => match (rejects(&|c| c < nl), rejects(&|c| c >= nl)) {
+            (true, true) => JoinType::Inner,
+            (true, false) => JoinType::Left,
+            (false, true) => JoinType::Right,
+            (false, false) => JoinType::Full,
+        },
+        other => other,
+    };
+    LogicalPlan::join(*left, *right, join_type, on, filter)
 }
 
 /// Whether `c` is never true when the columns `in_side` says belong to a null-extended side are
