@@ -404,7 +404,7 @@ impl ScanPipeline {
 
     /// Whether work of other operators (a join's probe, a partial aggregation, a join's key
     /// filter) runs on the workers after the scan's own: then the workers count the scan's
-    /// output rows themselves (see [`Shared::scan_rows`]).
+    /// output rows themselves (see [`ScanWork::scan_rows`]).
     pub(crate) fn expands(&self) -> bool {
         self.stages.iter().any(|s| matches!(s, Stage::Expand(_)))
     }
@@ -439,7 +439,7 @@ impl ScanPipeline {
             false => Vec::new(),
         };
         let widening = self.widening();
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(ScanWork {
             passed,
             scan_rows,
             early,
@@ -501,7 +501,8 @@ fn widen(row: u64, (widest, scanned): (u64, u64)) -> u64 {
     row.saturating_mul(widest).div_ceil(scanned)
 }
 
-struct Shared {
+/// What the scan's workers share: the table, what they read and run, and how they take turns.
+struct ScanWork {
     table: Arc<Table>,
     projection: Vec<usize>,
     pruning: Option<PruningPredicate>,
@@ -624,7 +625,7 @@ enum Message {
     Error(Error),
 }
 
-fn worker(w: usize, workers: usize, shared: &Shared, ctx: &ExecContext, tx: Sender<Message>) {
+fn worker(w: usize, workers: usize, shared: &ScanWork, ctx: &ExecContext, tx: Sender<Message>) {
     let name = format!("Scan[{}]#{w}", shared.table.name());
     let mut decode = ctx.pool.register(format!("{name} decode"), false);
     let mut in_flight = ctx.pool.register(format!("{name} batches"), false);
@@ -780,7 +781,7 @@ fn worker(w: usize, workers: usize, shared: &Shared, ctx: &ExecContext, tx: Send
 fn in_flight_grow(
     r: &mut MemoryReservation,
     bytes: u64,
-    shared: &Shared,
+    shared: &ScanWork,
     ctx: &ExecContext,
     waiting: Waiting,
 ) -> Result<()> {
@@ -820,7 +821,7 @@ const STALL: Duration = Duration::from_secs(10);
 fn reserve_waiting(
     r: &mut MemoryReservation,
     bytes: u64,
-    shared: &Shared,
+    shared: &ScanWork,
     ctx: &ExecContext,
     waiting: Waiting,
 ) -> Result<()> {
@@ -851,7 +852,7 @@ fn reserve_waiting(
 /// The consumer's end of a running scan: its batches in input order, before any tail operator.
 pub(crate) struct ScanStream {
     stats: PipelineStats,
-    shared: Arc<Shared>,
+    shared: Arc<ScanWork>,
     receivers: Vec<Receiver<Message>>,
     next_morsel: usize,
     done: bool,

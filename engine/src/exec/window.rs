@@ -105,8 +105,8 @@ impl Prepared {
     }
 }
 
-/// Shared by the operator and its evaluators.
-struct Shared {
+/// The window spec and its row converters, shared by the operator and its evaluators.
+struct WindowPlan {
     spec: WindowSpec,
     part_converter: Option<RowConverter>,
     order_converter: Option<RowConverter>,
@@ -114,8 +114,8 @@ struct Shared {
     arg_converters: Vec<Option<RowConverter>>,
 }
 
-impl Shared {
-    fn new(spec: WindowSpec, input_schema: &SchemaRef) -> Result<Shared> {
+impl WindowPlan {
+    fn new(spec: WindowSpec, input_schema: &SchemaRef) -> Result<WindowPlan> {
         let field = |c: usize, options: SortOptions| {
             SortField::new_with_options(input_schema.field(c).data_type().clone(), options)
         };
@@ -142,7 +142,7 @@ impl Shared {
                 _ => None,
             });
         }
-        Ok(Shared { spec, part_converter, order_converter, arg_converters })
+        Ok(WindowPlan { spec, part_converter, order_converter, arg_converters })
     }
 
     fn prepare(&self, batch: RecordBatch) -> Result<Prepared> {
@@ -223,7 +223,7 @@ impl Shared {
 /// Where a partition's rows are: a run of the block's batches, or a spill file.
 enum Storage<'a> {
     Memory { batches: &'a [Arc<Prepared>], starts: &'a [usize] },
-    File { file: &'a SpillFile, shared: &'a Shared },
+    File { file: &'a SpillFile, shared: &'a WindowPlan },
 }
 
 /// A row a function's value comes from.
@@ -865,7 +865,7 @@ struct SpilledPartition {
 
 /// A window operator in progress.
 pub(crate) struct WindowStream {
-    shared: Arc<Shared>,
+    shared: Arc<WindowPlan>,
     input: WindowInput,
     ctx: ExecContext,
     metrics: Arc<OperatorMetrics>,
@@ -903,7 +903,7 @@ impl WindowStream {
             .enumerate()
             .map(|(i, f)| Evaluator::new(i, f, input_schema))
             .collect::<Result<_>>()?;
-        let shared = Arc::new(Shared::new(spec, input_schema)?);
+        let shared = Arc::new(WindowPlan::new(spec, input_schema)?);
         let input = match (child, plain) {
             (Some(sort), _) => WindowInput::Sorted(Box::new(sort)),
             (None, Some(stream)) => WindowInput::Plain(Box::new(stream)),

@@ -54,7 +54,7 @@ impl Keys {
     }
 }
 
-impl Shared {
+impl JoinPlan {
     /// Whether a probe row whose key is not in the table gives no output (inner and semi joins,
     /// existence joins whose query rows build): then the table's keys may filter the probe side
     /// before the join (see [`KeyFilter`], [`Expand::key_test`]).
@@ -122,7 +122,7 @@ impl Shared {
     }
 }
 
-impl Shared {
+impl JoinPlan {
     /// Whether build rows need matched flags: an outer join keeping them, or an existence join
     /// whose query rows build.
     pub(super) fn track_build(&self) -> bool {
@@ -361,7 +361,7 @@ impl Shared {
         } else {
             arrow::compute::take_record_batch(batch, &UInt32Array::from(rows))?.columns().to_vec()
         };
-        let build = Shared::nulls(&self.build_schema, n);
+        let build = JoinPlan::nulls(&self.build_schema, n);
         Ok(Some(self.assemble(build, probe, n)?))
     }
 

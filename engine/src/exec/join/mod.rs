@@ -127,7 +127,7 @@ pub(crate) struct JoinSpec {
 }
 
 /// The spec with what execution derives from it.
-struct Shared {
+struct JoinPlan {
     spec: JoinSpec,
     build_schema: SchemaRef,
     probe_schema: SchemaRef,
@@ -183,7 +183,7 @@ enum Keys {
 
 /// Probes batches against a finished in-memory table, on the scan workers of the probe side.
 struct Prober {
-    shared: Arc<Shared>,
+    shared: Arc<JoinPlan>,
     table: Arc<BuildTable>,
     /// Count the batches as the join's input (not for partitions read back from disk, counted
     /// when they first came).
@@ -193,7 +193,7 @@ struct Prober {
 /// The keys of a finished build table as a test of probe rows: a row whose key is not there has
 /// no partner.
 struct TableKeys {
-    shared: Arc<Shared>,
+    shared: Arc<JoinPlan>,
     table: Arc<BuildTable>,
     /// Rows the test drops early count as the join's input (they are the probe's rows).
     count: bool,
@@ -339,7 +339,7 @@ enum State {
 
 /// A hash join in progress.
 pub(crate) struct JoinStream {
-    shared: Arc<Shared>,
+    shared: Arc<JoinPlan>,
     ctx: ExecContext,
     /// Work from above the join (see [`super::Pipeline::push_down`]): run by the probe side's
     /// workers when they probe, else here on every batch the join makes.
@@ -374,7 +374,7 @@ pub(crate) struct JoinStream {
 
 /// Splits one side's rows into spill partitions by a hash of their key.
 struct Partitioner {
-    shared: Arc<Shared>,
+    shared: Arc<JoinPlan>,
     parts: SpillPartitions,
     seed: u64,
     build: bool,

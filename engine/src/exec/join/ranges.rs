@@ -15,7 +15,7 @@ use super::*;
 /// that straddles two ranges is read by both (each keeps its part), and the smaller morsels are
 /// the cheaper to read twice.
 pub(super) fn key_ranges(
-    shared: &Shared,
+    shared: &JoinPlan,
     build: &Pipeline,
     probe: &Pipeline,
     limit: u64,
@@ -73,7 +73,7 @@ pub(super) fn key_ranges(
 }
 
 impl Partitioner {
-    pub(super) fn new(shared: &Arc<Shared>, ctx: &ExecContext, depth: usize, build: bool, limit: u64) -> Partitioner {
+    pub(super) fn new(shared: &Arc<JoinPlan>, ctx: &ExecContext, depth: usize, build: bool, limit: u64) -> Partitioner {
         let (schema, label) = if build {
             (shared.build_schema.clone(), "HashJoin-build")
         } else {

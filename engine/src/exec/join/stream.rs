@@ -60,7 +60,7 @@ impl JoinStream {
         let first_limit = table_limit(ctx.available_for_sizing().saturating_sub(children_max), ctx);
         Ok(JoinStream {
             headroom,
-            shared: Arc::new(Shared {
+            shared: Arc::new(JoinPlan {
                 spec,
                 build_schema,
                 probe_schema,
@@ -759,7 +759,7 @@ impl JoinStream {
             probe.unmatched_from = (id < table.rows).then_some(id as u32);
             if !ids.is_empty() {
                 let build = table.gather(&ids)?;
-                let probe_nulls = Shared::nulls(&shared.probe_schema, ids.len());
+                let probe_nulls = JoinPlan::nulls(&shared.probe_schema, ids.len());
                 return Ok(Some((shared.assemble(build, probe_nulls, ids.len())?, None)));
             }
         }

@@ -68,7 +68,7 @@ impl BuildTable {
     /// Sizes the table of integer keys for `rows` rows at once, when the share allows: a
     /// partition's row count is known before it is read back, and growing step by step moves
     /// every key at each step.
-    pub(super) fn expect_rows(&mut self, shared: &Shared, rows: u64) {
+    pub(super) fn expect_rows(&mut self, shared: &JoinPlan, rows: u64) {
         if !matches!(shared.key_kind, KeyKind::Int | KeyKind::Packed(_)) || rows >= NONE as u64 {
             return;
         }
@@ -84,7 +84,7 @@ impl BuildTable {
     }
 
     /// Adds a batch if its rows, keys and table growth fit; gives it back when they do not.
-    pub(super) fn try_add(&mut self, shared: &Shared, batch: RecordBatch) -> Result<Option<RecordBatch>> {
+    pub(super) fn try_add(&mut self, shared: &JoinPlan, batch: RecordBatch) -> Result<Option<RecordBatch>> {
         // A filter made by probes would miss the keys added now.
         self.int_filter.take();
         let n = batch.num_rows();
