@@ -224,10 +224,7 @@ impl JoinPlan {
                     if probe_ids.is_empty() {
                         return Ok(());
                     }
-                    let probe_cols = arrow::compute::take_record_batch(batch, &UInt32Array::from(probe_ids.clone()))?;
-                    let build_cols = table.gather(build_ids)?;
-                    let pairs = self.assemble_pairs(build_cols, probe_cols.columns().to_vec(), probe_ids.len())?;
-                    let mask = crate::expr::not_null_true(&filter.evaluate_predicate(&pairs)?);
+                    let mask = self.passing_pairs(table, batch, probe_ids, build_ids, filter)?;
                     for (k, &p) in probe_ids.iter().enumerate() {
                         if mask.value(k) {
                             matched[p as usize] = true;
@@ -298,10 +295,7 @@ impl JoinPlan {
                     if probe_ids.is_empty() {
                         return Ok(());
                     }
-                    let probe_cols = arrow::compute::take_record_batch(batch, &UInt32Array::from(probe_ids.clone()))?;
-                    let build_cols = table.gather(build_ids)?;
-                    let pairs = self.assemble_pairs(build_cols, probe_cols.columns().to_vec(), probe_ids.len())?;
-                    let mask = crate::expr::not_null_true(&filter.evaluate_predicate(&pairs)?);
+                    let mask = self.passing_pairs(table, batch, probe_ids, build_ids, filter)?;
                     for (k, &b) in build_ids.iter().enumerate() {
                         if mask.value(k) {
                             table.matched[b as usize].store(true, Ordering::Relaxed);
@@ -328,6 +322,21 @@ impl JoinPlan {
             }
         }
         Ok(())
+    }
+
+    /// Which of the candidate pairs (probe row of `batch`, build row of `table`) meet `filter`.
+    pub(super) fn passing_pairs(
+        &self,
+        table: &BuildTable,
+        batch: &RecordBatch,
+        probe_ids: &[u32],
+        build_ids: &[u32],
+        filter: &Expr,
+    ) -> Result<BooleanArray> {
+        let probe_cols = arrow::compute::take_record_batch(batch, &UInt32Array::from(probe_ids.to_vec()))?;
+        let build_cols = table.gather(build_ids)?;
+        let pairs = self.assemble_pairs(build_cols, probe_cols.columns().to_vec(), probe_ids.len())?;
+        Ok(crate::expr::not_null_true(&filter.evaluate_predicate(&pairs)?))
     }
 
     /// Candidate pairs as the join's condition reads them: left columns, then right columns.
