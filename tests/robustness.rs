@@ -452,9 +452,16 @@ fn files_of_different_columns_need_union_by_name() {
 /// took 300 KiB where 64 KiB was planned, `EXCEPT ALL` repeated a row 100,000 times into one
 /// batch (found by the differential fuzzer).
 fn runs_at_its_smallest_budget(dir: &Path, sql: &str) {
+    runs_at_its_smallest_budget_on(dir, sql, 2)
+}
+
+/// [`runs_at_its_smallest_budget`] with `threads` threads.
+fn runs_at_its_smallest_budget_on(dir: &Path, sql: &str, threads: usize) {
     let run = |budget: u64| {
-        let config =
-            flow_engine::Config::default().with_mem_budget(budget).with_threads(2).with_spill_dir(dir.join("spill"));
+        let config = flow_engine::Config::default()
+            .with_mem_budget(budget)
+            .with_threads(threads)
+            .with_spill_dir(dir.join("spill"));
         let mut engine = flow_engine::Engine::new(config)?;
         engine.register("t", dir.join("t.parquet").to_str().unwrap())?;
         engine.register("u", dir.join("u.parquet").to_str().unwrap())?;
@@ -511,5 +518,61 @@ fn plans_accepted_at_their_smallest_budget_finish() {
         "SELECT g, k % 3 AS m FROM u EXCEPT ALL SELECT g, k % 3 FROM u WHERE k < 100 ORDER BY 1, 2",
     ] {
         runs_at_its_smallest_budget(dir.path(), sql);
+    }
+}
+
+/// Two plans the differential fuzzer found accepted at their smallest budget and then failing:
+/// a join whose build rows were strings far longer than the column's minimum and maximum (the
+/// scan sized its batches from their lengths, and decoded the whole row group at once), and an
+/// outer join whose unmatched rows of one narrow column came out with nulls for sixteen-byte
+/// decimals (batches of 8192 rows took 422 KiB where 64 KiB was planned).
+#[test]
+fn long_strings_between_short_bounds_and_wide_null_extended_rows_run_at_their_smallest_budget() {
+    use arrow::array::{Decimal128Array, Int32Array};
+    let dir = tempfile::tempdir().unwrap();
+    // `t`: one row group of 1,752 rows; 100 strings whose least and greatest are 7 characters and
+    // the others 150.
+    let rows = 1_752i64;
+    let s: Vec<String> = (0..rows)
+        .map(|i| {
+            let v = (i * 37) % 100;
+            format!("{v:06}-{}", if v == 0 || v == 99 { String::new() } else { "w".repeat(143) })
+        })
+        .collect();
+    let t = RecordBatch::try_from_iter([
+        ("k", Arc::new(Int64Array::from_iter_values(0..rows)) as arrow::array::ArrayRef),
+        ("i", Arc::new(Int32Array::from_iter_values((0..rows).map(|i| ((i * 7) % rows) as i32))) as _),
+        ("s", Arc::new(StringArray::from(s)) as _),
+    ])
+    .unwrap();
+    write_parquet(&dir.path().join("t.parquet"), &[t], None);
+    // `u`: 60,000 rows in row groups of 8192, two wide decimals beside integers.
+    let rows = 60_000i64;
+    let decimal = |scale: i128| {
+        Arc::new(
+            Decimal128Array::from_iter_values((0..rows as i128).map(|i| i * scale))
+                .with_precision_and_scale(38, 10)
+                .unwrap(),
+        ) as arrow::array::ArrayRef
+    };
+    let u = RecordBatch::try_from_iter([
+        ("k", Arc::new(Int64Array::from_iter_values(0..rows)) as arrow::array::ArrayRef),
+        // Mostly null: nearly every row of `c` below is unmatched.
+        ("i", Arc::new(Int32Array::from_iter((0..rows).map(|i| (i % 10 == 0).then_some((i % 3) as i32)))) as _),
+        ("d", decimal(7)),
+        ("e", decimal(11)),
+        ("s", Arc::new(StringArray::from_iter_values((0..rows).map(|i| format!("s{}", i % 50))))),
+    ])
+    .unwrap();
+    let groups = parquet::file::properties::WriterProperties::builder().set_max_row_group_row_count(Some(8192)).build();
+    write_parquet(&dir.path().join("u.parquet"), &[u], Some(groups));
+    for sql in [
+        "SELECT a.s, b.s FROM t a JOIN t b ON a.k = b.i",
+        "SELECT CAST(b.i AS DECIMAL(18, 3)) AS i, b.d, b.s FROM u a JOIN u b ON a.k = b.k RIGHT JOIN u c ON a.k = c.i \
+         WHERE b.d IS NULL OR b.e = 13.2 OR b.d = 167.06",
+    ] {
+        for threads in 1..=3 {
+            runs_at_its_smallest_budget_on(dir.path(), sql, threads);
+        }
     }
 }

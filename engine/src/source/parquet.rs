@@ -65,23 +65,29 @@ pub(super) fn estimated_row_bytes(
 }
 
 /// About what a column chunk takes decoded into Arrow arrays. Fixed-width values take what the
-/// chunk holds uncompressed. Strings and binaries take more: a dictionary-encoded chunk stores
-/// each value once (its decoded size is the rows times a value's length, taken from the
-/// statistics' minimum and maximum when they are exact), and the decoder grows its value buffer
-/// by doubling, so a batch holds up to twice its values' bytes (200-byte strings estimated at 64
-/// KiB a batch took 101 KiB, and a run accepted at its minimum failed).
+/// chunk holds uncompressed. Strings and binaries take more, and the decoder grows its value
+/// buffer by doubling, so a batch holds up to twice its values' bytes (200-byte strings estimated
+/// at 64 KiB a batch took 101 KiB, and a run accepted at its minimum failed). Their decoded bytes
+/// come from the chunk's size statistics when the writer recorded them (parquet-rs, parquet-mr
+/// 1.14 and DuckDB do): a dictionary-encoded chunk stores each value once, and 101 strings of up
+/// to 150 bytes repeated over 1752 rows took 17 KiB stored and 250 KiB decoded. Without them, from
+/// the longest of the statistics' minimum and maximum when they are exact, which is only a hint
+/// (a string between them may be longer than both).
 fn decoded_bytes(column: &parquet::file::metadata::ColumnChunkMetaData, rows: u64) -> u64 {
     use parquet::basic::Type;
     let stored = column.uncompressed_size().max(0) as u64;
     if !matches!(column.column_type(), Type::BYTE_ARRAY | Type::FIXED_LEN_BYTE_ARRAY) {
         return stored;
     }
+    // Each value's offset besides its bytes.
+    if let Some(values) = column.unencoded_byte_array_data_bytes() {
+        return 2 * (values.max(0) as u64 + rows * 4);
+    }
     let longest = column.statistics().and_then(|s| {
         let exact = s.min_is_exact() && s.max_is_exact();
         let len = s.min_bytes_opt().map_or(0, |b| b.len()).max(s.max_bytes_opt().map_or(0, |b| b.len()));
         exact.then_some(len as u64)
     });
-    // Each value's offset besides its bytes.
     let by_length = longest.map_or(0, |l| rows * (l + 4));
     2 * stored.max(by_length)
 }

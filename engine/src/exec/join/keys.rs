@@ -122,6 +122,22 @@ impl JoinPlan {
     }
 }
 
+/// Bytes a row of [`JoinPlan::nulls`] takes: null arrays allocate their values (or offsets)
+/// zeroed, beside a validity bit.
+pub(super) fn null_row_bytes(schema: &SchemaRef) -> usize {
+    let width = |t: &DataType| match t.primitive_width() {
+        Some(w) => w,
+        None => match t {
+            DataType::Null => 0,
+            DataType::Boolean => 1,
+            DataType::LargeUtf8 | DataType::LargeBinary => 8,
+            DataType::Utf8View | DataType::BinaryView => 16,
+            _ => 4,
+        },
+    };
+    schema.fields().iter().map(|f| width(f.data_type()) + 1).sum()
+}
+
 impl JoinPlan {
     /// Whether build rows need matched flags: an outer join keeping them, or an existence join
     /// whose query rows build.
@@ -359,16 +375,21 @@ impl JoinPlan {
         (self.chunk_bytes / row_bytes.max(1)).clamp(1, self.batch_size)
     }
 
-    /// Probe rows `rows` of `batch` with nulls for the build side (an outer join's unmatched rows).
-    pub(super) fn probe_rows_alone(&self, batch: &RecordBatch, rows: Vec<u32>) -> Result<Option<RecordBatch>> {
-        if rows.is_empty() {
+    /// The next chunk of `alone`'s rows with nulls for the build side, sized by the output row.
+    pub(super) fn next_alone(&self, alone: &mut Unmatched) -> Result<Option<RecordBatch>> {
+        let Unmatched { batch, rows, at, .. } = alone;
+        if *at >= rows.len() {
             return Ok(None);
         }
-        let n = rows.len();
+        let probe_row_bytes = batch.get_array_memory_size() / batch.num_rows().max(1) + 1;
+        let max = self.chunk_rows(probe_row_bytes + null_row_bytes(&self.build_schema));
+        let ids = &rows[*at..rows.len().min(*at + max)];
+        *at += ids.len();
+        let n = ids.len();
         let probe = if n == batch.num_rows() {
             batch.columns().to_vec()
         } else {
-            arrow::compute::take_record_batch(batch, &UInt32Array::from(rows))?.columns().to_vec()
+            arrow::compute::take_record_batch(batch, &UInt32Array::from(ids.to_vec()))?.columns().to_vec()
         };
         let build = JoinPlan::nulls(&self.build_schema, n);
         Ok(Some(self.assemble(build, probe, n)?))
@@ -408,8 +429,9 @@ impl JoinPlan {
                 current.row += 1;
             }
         }
-        if current.done() {
-            // The batch's own reservation goes once its last chunk is cut.
+        if current.done() && !(self.keep_probe && bitmap.is_none()) {
+            // The batch's own reservation goes once its last chunk is cut (or, for its unmatched
+            // rows, once they are out).
             current.reservation.take();
         }
         if probe_ids.is_empty() {
@@ -479,9 +501,9 @@ impl JoinPlan {
 
     /// The rows of a finished probe batch that found no partner, null-extended (outer joins that
     /// keep probe rows).
-    pub(super) fn unmatched_probe_rows(&self, current: &ProbeBatch) -> Result<Option<RecordBatch>> {
-        let rows: Vec<u32> = (0..current.batch.num_rows()).filter(|&i| !current.matched[i]).map(|i| i as u32).collect();
-        self.probe_rows_alone(&current.batch, rows)
+    pub(super) fn unmatched_probe_rows(current: ProbeBatch) -> Unmatched {
+        let rows = (0..current.batch.num_rows()).filter(|&i| !current.matched[i]).map(|i| i as u32).collect();
+        Unmatched { batch: current.batch, rows, at: 0, _held: current.reservation }
     }
 }
 

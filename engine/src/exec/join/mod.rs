@@ -265,6 +265,17 @@ struct ProbeBatch {
     reservation: Option<MemoryReservation>,
 }
 
+/// An outer join's probe rows that found no partner, handed out null-extended a chunk at a time:
+/// the build side's nulls may be far wider than the probe row they extend.
+struct Unmatched {
+    batch: RecordBatch,
+    rows: Vec<u32>,
+    /// The next of `rows` to hand out.
+    at: usize,
+    /// The batch's reservation, held until its last chunk is out.
+    _held: Option<MemoryReservation>,
+}
+
 /// Where probe batches come from.
 enum ProbeInput {
     Stream(Box<BatchStream>),
@@ -300,6 +311,8 @@ struct Probe {
     joined: bool,
     rows_read: u64,
     current: Option<ProbeBatch>,
+    /// The unmatched rows of the last probe batch, still to hand out.
+    alone: Option<Unmatched>,
     /// Chunked mode: matched probe rows over all chunks, and what comes after this chunk.
     bitmap: Option<Bitmap>,
     chunks: Option<Chunks>,
@@ -332,6 +345,7 @@ enum State {
         _file: SpillFile,
         bitmap: Bitmap,
         offset: u64,
+        alone: Option<Unmatched>,
     },
     NextTask,
     Done,

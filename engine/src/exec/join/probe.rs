@@ -38,8 +38,11 @@ impl Expand for Prober {
             }
         }
         if shared.keep_probe {
-            if let Some(out) = shared.unmatched_probe_rows(&current)? {
-                return emit(out);
+            let mut alone = JoinPlan::unmatched_probe_rows(current);
+            while let Some(out) = shared.next_alone(&mut alone)? {
+                if !emit(out)? {
+                    return Ok(false);
+                }
             }
         }
         Ok(true)

@@ -185,33 +185,51 @@ impl JoinStream {
                     }
                     None => self.after_probe(*probe)?,
                 },
-                State::ProbeUnmatched { mut reader, _file, bitmap, offset } => match reader.next_batch()? {
-                    Some(batch) => {
-                        let _held = self.reserve_read(&batch)?;
-                        let n = batch.num_rows() as u64;
-                        let out = match self.shared.existence {
-                            Some(existence) => {
-                                // The query rows of a chunked existence join: marked over all chunks.
-                                let (_, valid) = self.shared.keys(&batch, false)?;
-                                let marks = (0..n).map(|i| {
-                                    let key_null = valid.as_ref().is_some_and(|v| v.is_null(i as usize));
-                                    (i as u32, self.shared.mark(existence, bitmap.get(offset + i), key_null))
-                                });
-                                self.shared.existence_output(existence, &batch, marks)?
-                            }
-                            None => {
-                                let rows: Vec<u32> =
-                                    (0..n).filter(|&i| !bitmap.get(offset + i)).map(|i| i as u32).collect();
-                                self.shared.probe_rows_alone(&batch, rows)?
-                            }
-                        };
-                        self.state = State::ProbeUnmatched { reader, _file, bitmap, offset: offset + n };
-                        if let Some(out) = out {
-                            return Ok(Some((out, None)));
-                        }
+                State::ProbeUnmatched { reader, _file, bitmap, offset, alone: Some(mut alone) } => {
+                    let out = self.shared.next_alone(&mut alone)?;
+                    let alone = out.is_some().then_some(alone);
+                    self.state = State::ProbeUnmatched { reader, _file, bitmap, offset, alone };
+                    if let Some(out) = out {
+                        return Ok(Some((out, None)));
                     }
-                    None => self.state = State::NextTask,
-                },
+                }
+                State::ProbeUnmatched { mut reader, _file, bitmap, offset, alone: None } => {
+                    match reader.next_batch()? {
+                        Some(batch) => {
+                            let held = self.reserve_read(&batch)?;
+                            let n = batch.num_rows() as u64;
+                            let out = match self.shared.existence {
+                                Some(existence) => {
+                                    // The query rows of a chunked existence join: marked over all chunks.
+                                    let (_, valid) = self.shared.keys(&batch, false)?;
+                                    let marks = (0..n).map(|i| {
+                                        let key_null = valid.as_ref().is_some_and(|v| v.is_null(i as usize));
+                                        (i as u32, self.shared.mark(existence, bitmap.get(offset + i), key_null))
+                                    });
+                                    self.shared.existence_output(existence, &batch, marks)?
+                                }
+                                None => {
+                                    let rows = (0..n).filter(|&i| !bitmap.get(offset + i)).map(|i| i as u32).collect();
+                                    let alone = Unmatched { batch, rows, at: 0, _held: Some(held) };
+                                    self.state = State::ProbeUnmatched {
+                                        reader,
+                                        _file,
+                                        bitmap,
+                                        offset: offset + n,
+                                        alone: Some(alone),
+                                    };
+                                    continue;
+                                }
+                            };
+                            self.state =
+                                State::ProbeUnmatched { reader, _file, bitmap, offset: offset + n, alone: None };
+                            if let Some(out) = out {
+                                return Ok(Some((out, None)));
+                            }
+                        }
+                        None => self.state = State::NextTask,
+                    }
+                }
                 State::NextTask => match self.tasks.pop_front() {
                     Some(task) => self.run_task(task)?,
                     None => match self.ranges.pop_front() {
@@ -610,7 +628,7 @@ impl JoinStream {
         match bitmap {
             Some(bitmap) => {
                 let reader = chunks.probe_file.reader()?;
-                self.state = State::ProbeUnmatched { reader, _file: chunks.probe_file, bitmap, offset: 0 };
+                self.state = State::ProbeUnmatched { reader, _file: chunks.probe_file, bitmap, offset: 0, alone: None };
             }
             None => self.state = State::NextTask,
         }
@@ -629,6 +647,12 @@ impl JoinStream {
             if probe.current.is_none() && self.probe_wave(probe)? {
                 continue;
             }
+            if let Some(alone) = &mut probe.alone {
+                match shared.next_alone(alone)? {
+                    Some(out) => return Ok(Some((out, None))),
+                    None => probe.alone = None,
+                }
+            }
             if let Some(current) = &mut probe.current {
                 if !current.done() {
                     if let Some(out) = shared.join_chunk(&probe.table, current, probe.bitmap.as_mut())? {
@@ -638,9 +662,7 @@ impl JoinStream {
                 }
                 let current = probe.current.take().expect("current batch");
                 if shared.keep_probe && probe.bitmap.is_none() {
-                    if let Some(out) = shared.unmatched_probe_rows(&current)? {
-                        return Ok(Some((out, None)));
-                    }
+                    probe.alone = Some(JoinPlan::unmatched_probe_rows(current));
                 }
                 continue;
             }
@@ -713,7 +735,9 @@ impl JoinStream {
             // The probe side is done: build rows that never matched.
             let Some(from) = probe.unmatched_from else { return Ok(None) };
             let table = &probe.table;
-            let max = shared.chunk_rows(table.row_bytes());
+            // An outer join's rows carry nulls for the probe side's columns: a decimal null takes
+            // 16 bytes, and 8192 build rows of one integer came out as 422 KiB batches.
+            let max = shared.chunk_rows(table.row_bytes() + super::keys::null_row_bytes(&shared.probe_schema));
             if let Some(existence) = shared.existence {
                 // The query rows (built) with their marks.
                 let mut ids = Vec::new();
@@ -784,6 +808,7 @@ impl Probe {
             joined,
             rows_read: 0,
             current: None,
+            alone: None,
             bitmap,
             chunks,
             unmatched_from: None,
