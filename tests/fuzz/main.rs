@@ -56,17 +56,48 @@ struct Outcome {
     problems: Vec<String>,
 }
 
+/// Cases that failed once, run on every test run (a case's tables, query and budget come from its
+/// seed). 8011888: an EXCEPT's aggregation grew while its first input ran, and the join of its
+/// second could not start its scan. 8015424: an outer join's unmatched rows of one integer went
+/// out with nulls for wide decimals, in batches of 422 KiB. 8015834: strings far longer than the
+/// column's least and greatest value made a whole row group one batch.
+const FAILED_ONCE: &[u64] = &[8011888, 8015424, 8015834];
+
 #[test]
 fn differential_fuzz() {
     let cases: u64 = std::env::var("FLOW_FUZZ_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(300);
     let base: u64 = std::env::var("FLOW_FUZZ_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(20261207);
+    let started = Instant::now();
+    let (verdicts, failures) = run_seeds((base..base + cases).collect());
+    let summary: Vec<String> = verdicts.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    eprintln!(
+        "fuzz: {cases} cases from seed {base} in {:.0}s: {}; {} failed",
+        started.elapsed().as_secs_f64(),
+        summary.join(", "),
+        failures.len()
+    );
+    let unsupported = verdicts.get("unsupported").copied().unwrap_or(0);
+    assert!(failures.is_empty(), "{} of {cases} cases failed:\n\n{}", failures.len(), failures.join("\n\n"));
+    // Queries are generated within what flow supports: a jump in refusals means a regression.
+    assert!(unsupported * 50 <= cases, "{unsupported} of {cases} cases were refused as not supported");
+    // The comparison must have compared: most cases give answers.
+    assert!(verdicts.get("agree").copied().unwrap_or(0) * 10 >= cases * 7, "too few agreements: {summary:?}");
+}
+
+#[test]
+fn cases_that_failed_once() {
+    let (verdicts, failures) = run_seeds(FAILED_ONCE.to_vec());
+    assert!(failures.is_empty(), "{} cases failed:\n\n{}", failures.len(), failures.join("\n\n"));
+    assert_eq!(verdicts.get("agree").copied(), Some(FAILED_ONCE.len() as u64), "{verdicts:?}");
+}
+
+/// Runs the cases of `seeds`: how many got each verdict, and a report of each that failed.
+fn run_seeds(mut seeds: Vec<u64>) -> (BTreeMap<String, u64>, Vec<String>) {
     let verbose = std::env::var_os("FLOW_FUZZ_VERBOSE").is_some();
     let python = common::interop_python();
     let work = tempfile::tempdir().unwrap();
-    let started = Instant::now();
     let mut verdicts: BTreeMap<String, u64> = BTreeMap::new();
     let mut failures = Vec::new();
-    let mut seeds: Vec<u64> = (base..base + cases).collect();
     while !seeds.is_empty() {
         let chunk: Vec<u64> = seeds.drain(..CHUNK.min(seeds.len())).collect();
         let mut manifest = String::new();
@@ -145,19 +176,7 @@ fn differential_fuzz() {
             }
         }
     }
-    let summary: Vec<String> = verdicts.iter().map(|(k, v)| format!("{k} {v}")).collect();
-    eprintln!(
-        "fuzz: {cases} cases from seed {base} in {:.0}s: {}; {} failed",
-        started.elapsed().as_secs_f64(),
-        summary.join(", "),
-        failures.len()
-    );
-    let unsupported = verdicts.get("unsupported").copied().unwrap_or(0);
-    assert!(failures.is_empty(), "{} of {cases} cases failed:\n\n{}", failures.len(), failures.join("\n\n"));
-    // Queries are generated within what flow supports: a jump in refusals means a regression.
-    assert!(unsupported * 50 <= cases, "{unsupported} of {cases} cases were refused as not supported");
-    // The comparison must have compared: most cases give answers.
-    assert!(verdicts.get("agree").copied().unwrap_or(0) * 10 >= cases * 7, "too few agreements: {summary:?}");
+    (verdicts, failures)
 }
 
 fn repo_file(path: &str) -> PathBuf {

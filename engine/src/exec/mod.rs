@@ -756,7 +756,14 @@ impl Pipeline {
         match &self.source {
             Source::Scan(scan) => scan.max_memory(ctx, queue_limit),
             Source::Join { probe, .. } => probe.stream_memory(ctx, queue_limit),
-            Source::Union(inputs) => inputs.iter().map(|i| i.stream_memory(ctx, queue_limit)).max().unwrap_or(0),
+            // Inputs after the first start while the operator above holds what it took: they
+            // need their minimums then (an EXCEPT's aggregation grew while its first input ran,
+            // and its second, a join, could not start its scan).
+            Source::Union(inputs) => {
+                let streams = inputs.iter().map(|i| i.stream_memory(ctx, queue_limit));
+                let starts = inputs.iter().skip(1).map(|i| i.min_memory(ctx));
+                streams.chain(starts).max().unwrap_or(0)
+            }
             Source::Shared { input, .. } => input.min_memory(ctx),
             Source::Sort { .. } => sort::min_memory(ctx),
             Source::Aggregate { .. } => aggregate::min_memory(ctx),
