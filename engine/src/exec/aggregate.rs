@@ -42,15 +42,139 @@ use arrow_row::{RowConverter, Rows, SortField};
 use foldhash::fast::FixedState;
 
 use super::int_map::{IntMap, ABSENT};
-use super::operators::Expand;
+use super::node::{Node, Running, Started};
+use super::operators::{Expand, Operator, Stage};
 use super::packed_keys::Packing;
 use super::partition::SpillPartitions;
 use super::row_keys::RowKeys;
-use super::{hash_table_bytes, int_like, BatchStream, ExecContext, OperatorMetrics, OperatorRegistry};
+use super::{
+    hash_table_bytes, int_like, start_beside, BatchStream, ExecContext, ExplainLine, OperatorMetrics, OperatorRegistry,
+    Pipeline,
+};
 use crate::error::{Error, Result};
-use crate::expr::{AggregateExpr, AggregateFunction, Expr};
+use crate::expr::{AggregateExpr, AggregateFunction, Expr, Split};
 use crate::memory::MemoryReservation;
 use crate::spill::SpillFile;
+
+/// A hash aggregation, in one phase or two (see [`two_phase`]), spilling partitions when its
+/// table outgrows its share.
+pub(crate) struct AggregateNode {
+    pub input: Box<Pipeline>,
+    pub group_exprs: Vec<Expr>,
+    pub aggregates: Vec<AggregateExpr>,
+    pub schema: SchemaRef,
+    /// Where the partial step runs, when the aggregation is split in two: the physical planner
+    /// decides it (see [`AggregateNode::new`]).
+    partial_on: Option<&'static str>,
+}
+
+impl AggregateNode {
+    /// Splits the aggregation in two when its aggregates merge and its input's workers can run
+    /// the partial step: a scan's, or those of a join's probe side.
+    pub(crate) fn new(
+        input: Pipeline,
+        group_exprs: Vec<Expr>,
+        aggregates: Vec<AggregateExpr>,
+        schema: SchemaRef,
+    ) -> AggregateNode {
+        let splits = !group_exprs.is_empty() && aggregates.iter().all(splittable);
+        let partial_on = match input.takes_stages() {
+            Some(workers) if splits => Some(workers),
+            _ => None,
+        };
+        AggregateNode { input: Box::new(input), group_exprs, aggregates, schema, partial_on }
+    }
+}
+
+impl Node for AggregateNode {
+    fn name(&self) -> &'static str {
+        "HashAggregate"
+    }
+
+    fn detail(&self) -> String {
+        let aggs: Vec<String> = self.aggregates.iter().map(|a| a.to_string()).collect();
+        format!("groups [{}], aggregates [{}]", super::exprs_text(&self.group_exprs), aggs.join(", "))
+    }
+
+    fn inputs(&self) -> Vec<&Pipeline> {
+        vec![&self.input]
+    }
+
+    fn explain(&self, ctx: &ExecContext, id: u64, depth: usize, role: &str, out: &mut Vec<ExplainLine>) {
+        let partial = self.partial_on.map(|on| format!(" (partial aggregation on the {on})")).unwrap_or_default();
+        let clustered = match self.input.clustered_by(&self.group_exprs) {
+            Some((k, _)) => format!(
+                ", groups of each row group out once it is read (row groups hold disjoint ranges of {})",
+                self.group_exprs[k]
+            ),
+            None => String::new(),
+        };
+        let text = format!("{role}HashAggregate {}{partial}{clustered}", self.detail());
+        out.push(ExplainLine { depth, id: Some(id), text });
+        self.input.describe(ctx, depth + 1, "", out);
+    }
+
+    fn min_memory(&self, ctx: &ExecContext) -> u64 {
+        self.input.min_memory(ctx) + min_memory(ctx)
+    }
+
+    fn stream_memory(&self, ctx: &ExecContext, _queue_limit: u64) -> u64 {
+        min_memory(ctx)
+    }
+
+    fn max_memory(&self, ctx: &ExecContext, queue_limit: u64) -> u64 {
+        self.input.max_memory(ctx, queue_limit).max(min_memory(ctx))
+    }
+
+    fn push_key_filter(&mut self, keys: &[Expr], make: &dyn Fn(Vec<Expr>) -> Stage) {
+        // A key that is a group column is that group expression over the input.
+        if let Some(below) = super::map_key_columns(keys, |index, _| self.group_exprs.get(index).cloned()) {
+            self.input.push_key_filter_here(below, make);
+        }
+    }
+
+    fn start(
+        self: Box<Self>,
+        ctx: &ExecContext,
+        _schema: &SchemaRef,
+        metrics: &Arc<OperatorMetrics>,
+        _queue_limit: Option<u64>,
+    ) -> Result<Started> {
+        let AggregateNode { mut input, group_exprs, aggregates, schema, partial_on } = *self;
+        let clustered = input.clustered_by(&group_exprs);
+        let mut head_ops = Vec::new();
+        // In two phases, each worker reduces its batches and this thread merges the partial rows.
+        let split = match partial_on {
+            Some(_) => two_phase(&input.schema, &group_exprs, &aggregates, &schema, ctx)?,
+            None => None,
+        };
+        let (group_exprs, aggregates, schema) = match split {
+            Some(tp) if input.push_down(vec![Stage::Expand(tp.partial.clone())], tp.partial_schema.clone()) => {
+                head_ops.push(Operator::Project { exprs: tp.output, schema: schema.clone() });
+                (tp.final_groups, tp.final_aggregates, tp.final_schema)
+            }
+            _ => (group_exprs, aggregates, schema),
+        };
+        let small = 2 * ctx.batch_bytes_target();
+        let child_max = input.max_memory(ctx, small);
+        let child_stream = input.stream_memory(ctx, small);
+        let input_rows = input.input_rows();
+        let child = start_beside(ctx, "HashAggregate", min_memory(ctx), || input.execute_with(ctx, Some(small)))?;
+        let stream = AggregateStream::new(
+            child,
+            group_exprs,
+            aggregates,
+            schema,
+            child_max,
+            child_stream,
+            input_rows,
+            clustered,
+            ctx,
+            metrics.clone(),
+        )?;
+        Ok(Started { head_ops, ..Started::new(stream) })
+    }
+}
 
 /// Fewest and most partitions a full table spills to (see [`GroupTable::start_partitions`]).
 const MIN_PARTITIONS: usize = 16;
@@ -233,8 +357,10 @@ impl AggregateStream {
         }
         Ok(true)
     }
+}
 
-    pub(crate) fn next_reserved(&mut self, cancel: &AtomicBool) -> Option<Result<(RecordBatch, MemoryReservation)>> {
+impl Running for AggregateStream {
+    fn next_reserved(&mut self, cancel: &AtomicBool) -> Option<Result<(RecordBatch, MemoryReservation)>> {
         loop {
             match &mut self.state {
                 State::Done => return None,
@@ -380,7 +506,7 @@ impl AggregateStream {
         }
     }
 
-    pub(crate) fn stop(&mut self) {
+    fn stop(&mut self) {
         self.state = State::Done;
     }
 }
@@ -465,34 +591,20 @@ pub(crate) fn two_phase(
     out_schema: &SchemaRef,
     ctx: &ExecContext,
 ) -> Result<Option<TwoPhase>> {
-    use AggregateFunction as F;
-    let splittable = |a: &AggregateExpr| !a.distinct && (mergeable(a.func) || a.func == F::Avg);
     if group_exprs.is_empty() || !aggregates.iter().all(splittable) {
         return Ok(None);
     }
     let keys = group_exprs.len();
-    // The partial aggregates (over the input), and where each of the query's comes from.
-    enum From {
-        One(usize),
-        Avg(usize, usize),
-    }
+    // The partial aggregates, and each aggregate's split with where its partials start.
     let mut partials: Vec<AggregateExpr> = Vec::new();
-    let mut from = Vec::with_capacity(aggregates.len());
+    let mut splits = Vec::with_capacity(aggregates.len());
     for a in aggregates {
-        if a.func == F::Avg {
-            let arg_type = a.arg.as_ref().map(|e| e.data_type(in_schema));
-            let sum_type = F::Sum.return_type(arg_type.as_ref())?;
-            partials.push(AggregateExpr { func: F::Sum, arg: a.arg.clone(), distinct: false, data_type: sum_type });
-            partials.push(AggregateExpr {
-                func: F::Count,
-                arg: a.arg.clone(),
-                distinct: false,
-                data_type: DataType::Int64,
-            });
-            from.push(From::Avg(partials.len() - 2, partials.len() - 1));
-        } else {
-            partials.push(a.clone());
-            from.push(From::One(partials.len() - 1));
+        let split = Split::of(a.func).expect("a two-phase aggregate splits");
+        let arg_type = a.arg.as_ref().map(|e| e.data_type(in_schema));
+        splits.push((split, partials.len()));
+        for func in split.partials() {
+            let data_type = func.return_type(arg_type.as_ref())?;
+            partials.push(AggregateExpr { func, arg: a.arg.clone(), distinct: false, data_type });
         }
     }
     let mut fields: Vec<Field> = (0..keys).map(|i| out_schema.field(i).clone()).collect();
@@ -501,15 +613,14 @@ pub(crate) fn two_phase(
     let metrics = OperatorRegistry::default().register(0, "PartialAggregate", String::new());
     let (spec, arg_exprs) = build_spec(in_schema, group_exprs, partials.clone(), partial_schema.clone(), metrics)?;
     let col = |i: usize| Expr::column(i, partial_schema.field(i).name());
-    // Final aggregates: counts are summed, the rest merge as themselves.
+    // Final aggregates: each partial column merged as its split says.
     let mut final_aggregates = Vec::new();
-    for (j, p) in partials.iter().enumerate() {
-        let func = match p.func {
-            F::CountStar | F::Count => F::Sum,
-            f => f,
-        };
-        let data_type = func.return_type(Some(&p.data_type))?;
-        final_aggregates.push(AggregateExpr { func, arg: Some(col(keys + j)), distinct: false, data_type });
+    for &(split, first) in &splits {
+        for j in first..first + split.partials().len() {
+            let func = split.merge();
+            let data_type = func.return_type(Some(&partials[j].data_type))?;
+            final_aggregates.push(AggregateExpr { func, arg: Some(col(keys + j)), distinct: false, data_type });
+        }
     }
     let mut fields: Vec<Field> = (0..keys).map(|i| partial_schema.field(i).clone()).collect();
     fields.extend(
@@ -518,21 +629,12 @@ pub(crate) fn two_phase(
     let final_schema = Arc::new(Schema::new(fields));
     let merged = |j: usize| Expr::column(keys + j, final_schema.field(keys + j).name());
     let mut output: Vec<Expr> = (0..keys).map(|i| Expr::column(i, final_schema.field(i).name())).collect();
-    for (i, f) in from.iter().enumerate() {
+    for (i, &(split, first)) in splits.iter().enumerate() {
         let want = out_schema.field(keys + i).data_type().clone();
-        output.push(match f {
-            From::One(j) => {
-                if final_aggregates[*j].data_type == want {
-                    merged(*j)
-                } else {
-                    Expr::Cast { expr: Box::new(merged(*j)), to: want }
-                }
-            }
-            From::Avg(s, c) => Expr::Function {
-                func: crate::expr::Function::of(&crate::expr::AVG_DIVIDE),
-                args: vec![merged(*s), merged(*c)],
-                data_type: DataType::Float64,
-            },
+        let answer = split.finish((first..first + split.partials().len()).map(merged).collect());
+        output.push(match answer.data_type(&final_schema) == want {
+            true => answer,
+            false => Expr::Cast { expr: Box::new(answer), to: want },
         });
     }
     let partial = PartialAggregator {
@@ -555,10 +657,10 @@ pub(crate) fn two_phase(
     }))
 }
 
-/// Whether partial results of `f` merge exactly (the two-phase form applies).
-pub(crate) fn mergeable(f: AggregateFunction) -> bool {
-    use AggregateFunction as F;
-    matches!(f, F::CountStar | F::Count | F::Sum | F::Min | F::Max)
+/// Whether `a` splits into a partial and a final step: its partial results merge exactly, or it is
+/// an average (a sum and a count).
+fn splittable(a: &AggregateExpr) -> bool {
+    !a.distinct && Split::of(a.func).is_some()
 }
 
 /// Aggregates each batch on its own, on a scan worker.

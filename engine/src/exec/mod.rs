@@ -6,8 +6,9 @@
 //!   Scan ─> ... ─> Sort ───────┘  (a sort consumes its input pipeline, spills sorted runs,
 //!                                  then merges them as the source of the operators above)
 //! ```
-//! Blocking operators (sort, aggregation, join, and a union's inputs run one after another) are a
-//! pipeline's source, fed by the pipelines below them. Work that needs no state across batches
+//! Blocking operators (sort, aggregation, join, window, shared CTE, and a union's inputs run one
+//! after another) are a pipeline's source, fed by the pipelines below them: each a [`node::Node`]
+//! of its own, made by the physical planner ([`planner`]). Work that needs no state across batches
 //! runs on the scan workers: filters, projections, a join's probe into a finished table, and the
 //! partial step of a two-phase aggregation (each an `Expand` set on the scan).
 //!
@@ -22,15 +23,18 @@ mod dict_filter;
 mod int_map;
 mod join;
 mod metrics;
+mod node;
 mod operators;
 mod packed_keys;
 mod parquet_writer;
 mod partition;
+mod planner;
 mod row_keys;
 mod scan;
 mod shared;
 pub mod sink;
 mod sort;
+mod union;
 mod window;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -45,15 +49,13 @@ pub use self::operators::Operator;
 pub(crate) use self::shared::SharedRegistry;
 use crate::error::Result;
 use crate::memory::{MemoryPool, MemoryReservation};
-use crate::plan::{LogicalPlan, SortKey};
+use crate::plan::LogicalPlan;
 use crate::source::ScanCounters;
 use crate::spill::SpillManager;
 use crate::Config;
 
-use self::aggregate::AggregateStream;
-use self::join::{JoinSpec, JoinStream};
-use self::scan::{ScanPipeline, ScanStream};
-use self::sort::SortStream;
+use self::node::{Node, Running};
+use self::scan::ScanPipeline;
 
 /// Whether `e` is null whenever the columns in `columns` are (and it reads one): columns, casts,
 /// negation, arithmetic and concatenation of such; anything else (`coalesce`, `CASE`, `IS NULL`)
@@ -276,52 +278,19 @@ pub(crate) fn headroom_for(bytes: u64) -> u64 {
 /// The smallest batch target: below it, per-batch overheads dominate.
 const MIN_BATCH_TARGET: u64 = 64 << 10;
 
-/// A pipeline: a source (a scan, or a sort fed by its own input pipeline) and the operators that
-/// run on the consumer above it.
+/// A pipeline: a source (a scan, or a blocking operator fed by pipelines of its own, see
+/// [`node`]) and the operators that run on the consumer above it.
 pub(crate) struct Pipeline {
     /// The node's number in `EXPLAIN` and in operator metrics.
     id: u64,
-    source: Source,
+    source: Box<dyn Node>,
     tail_ops: Vec<Operator>,
     schema: SchemaRef,
 }
 
-enum Source {
-    Scan(ScanPipeline),
-    Sort {
-        input: Box<Pipeline>,
-        keys: Vec<SortKey>,
-        fetch: Option<usize>,
-    },
-    Aggregate {
-        input: Box<Pipeline>,
-        group_exprs: Vec<crate::expr::Expr>,
-        aggregates: Vec<crate::expr::AggregateExpr>,
-        schema: SchemaRef,
-    },
-    Join {
-        build: Box<Pipeline>,
-        probe: Box<Pipeline>,
-        spec: JoinSpec,
-        /// Work pushed down from above (see [`Pipeline::push_down`]), run on the join's output.
-        above: Vec<operators::Stage>,
-    },
-    /// Inputs run one after another.
-    Union(Vec<Pipeline>),
-    /// Window functions over the input sorted by partition and order keys.
-    Window {
-        input: Box<Pipeline>,
-        partition_by: Vec<usize>,
-        order_by: Vec<SortKey>,
-        functions: Vec<crate::expr::window::WindowExpr>,
-        schema: SchemaRef,
-    },
-    /// A common table expression: the first reference runs `input`, every one reads its rows.
-    Shared {
-        id: u64,
-        name: String,
-        input: Box<Pipeline>,
-    },
+/// Expressions as a list in `EXPLAIN` and metrics.
+fn exprs_text(exprs: &[crate::expr::Expr]) -> String {
+    exprs.iter().map(|e| e.to_string()).collect::<Vec<_>>().join(", ")
 }
 
 /// A number for a new physical plan node, unique in the process.
@@ -367,115 +336,36 @@ pub(crate) struct MorselKeys {
 }
 
 impl Pipeline {
+    /// A pipeline of `source` and the consumer's operators `tail_ops`, making `schema`.
+    pub(crate) fn of(source: Box<dyn Node>, tail_ops: Vec<Operator>, schema: SchemaRef) -> Pipeline {
+        Pipeline { id: next_id(), source, tail_ops, schema }
+    }
+
+    /// The physical plan of `plan` (see [`planner`]).
+    pub(crate) fn new(plan: &LogicalPlan) -> Result<Pipeline> {
+        planner::plan(plan)
+    }
+
     /// For an output that takes string columns as dictionary arrays (a Parquet sink): a scan
     /// feeding it directly passes on those it only moves as the file stores them (see
     /// [`ScanPipeline::keep_dictionaries`]).
     pub(crate) fn keep_dictionaries(&mut self) {
-        if let Source::Scan(scan) = &mut self.source {
+        if let Some(scan) = self.source.as_scan_mut() {
             scan.keep_dictionaries(&self.tail_ops);
         }
     }
 
-    pub(crate) fn new(plan: &LogicalPlan) -> Result<Pipeline> {
-        let schema = plan.schema();
-        let mut ops = Vec::new();
-        let mut node = plan;
-        loop {
-            match node {
-                LogicalPlan::Scan { table, projection, pruning, .. } => {
-                    ops.reverse();
-                    // Operators up to the first limit run on the workers; the rest need one
-                    // ordered stream and run on the consumer.
-                    let split = ops.iter().position(|o| matches!(o, Operator::Limit { .. })).unwrap_or(ops.len());
-                    let tail_ops = ops.split_off(split);
-                    let scan = ScanPipeline::new(table, projection, pruning, ops)?;
-                    return Ok(Pipeline { id: next_id(), source: Source::Scan(scan), tail_ops, schema });
-                }
-                LogicalPlan::Aggregate { input, group_exprs, aggregates, schema: agg_schema } => {
-                    ops.reverse();
-                    let input = Box::new(Pipeline::new(input)?);
-                    let source = Source::Aggregate {
-                        input,
-                        group_exprs: group_exprs.clone(),
-                        aggregates: aggregates.clone(),
-                        schema: agg_schema.clone(),
-                    };
-                    return Ok(Pipeline { id: next_id(), source, tail_ops: ops, schema });
-                }
-                LogicalPlan::Sort { input, keys, fetch } => {
-                    ops.reverse();
-                    let input = Box::new(Pipeline::new(input)?);
-                    return Ok(Pipeline {
-                        id: next_id(),
-                        source: Source::Sort { input, keys: keys.clone(), fetch: *fetch },
-                        tail_ops: ops,
-                        schema,
-                    });
-                }
-                LogicalPlan::Join { left, right, join_type, on, filter, schema: join_schema } => {
-                    ops.reverse();
-                    // The side expected to be smaller builds.
-                    let build_is_left = crate::plan::estimate_rows(left) < crate::plan::estimate_rows(right);
-                    let (build, probe) = if build_is_left { (left, right) } else { (right, left) };
-                    let (left_keys, right_keys): (Vec<_>, Vec<_>) = on.iter().cloned().unzip();
-                    let (build_keys, probe_keys) =
-                        if build_is_left { (left_keys, right_keys) } else { (right_keys, left_keys) };
-                    let spec = JoinSpec {
-                        join_type: *join_type,
-                        build_is_left,
-                        build_keys,
-                        probe_keys,
-                        filter: filter.clone(),
-                        schema: join_schema.clone(),
-                        pair_schema: crate::plan::join_schema(&left.schema(), &right.schema()),
-                    };
-                    let source = Source::Join {
-                        build: Box::new(Pipeline::new(build)?),
-                        probe: Box::new(Pipeline::new(probe)?),
-                        spec,
-                        above: Vec::new(),
-                    };
-                    return Ok(Pipeline { id: next_id(), source, tail_ops: ops, schema });
-                }
-                LogicalPlan::Union { inputs, .. } => {
-                    ops.reverse();
-                    let inputs = inputs.iter().map(Pipeline::new).collect::<Result<Vec<_>>>()?;
-                    return Ok(Pipeline { id: next_id(), source: Source::Union(inputs), tail_ops: ops, schema });
-                }
-                LogicalPlan::Window { input, partition_by, order_by, functions, schema: window_schema } => {
-                    ops.reverse();
-                    let source = Source::Window {
-                        input: Box::new(Pipeline::new(input)?),
-                        partition_by: partition_by.clone(),
-                        order_by: order_by.clone(),
-                        functions: functions.clone(),
-                        schema: window_schema.clone(),
-                    };
-                    return Ok(Pipeline { id: next_id(), source, tail_ops: ops, schema });
-                }
-                LogicalPlan::Shared { id, name, input } => {
-                    ops.reverse();
-                    let input = Box::new(Pipeline::new(input)?);
-                    let source = Source::Shared { id: *id, name: name.clone(), input };
-                    return Ok(Pipeline { id: next_id(), source, tail_ops: ops, schema });
-                }
-                LogicalPlan::Filter { input, predicate } => {
-                    ops.push(Operator::filter(predicate.clone()));
-                    node = input;
-                }
-                LogicalPlan::Projection { input, exprs, schema } => {
-                    ops.push(Operator::Project { exprs: exprs.clone(), schema: schema.clone() });
-                    node = input;
-                }
-                LogicalPlan::Limit { input, skip, fetch } => {
-                    ops.push(Operator::Limit { skip: *skip, fetch: *fetch });
-                    node = input;
-                }
-                LogicalPlan::Repeat { input } => {
-                    ops.push(Operator::Repeat { schema: node.schema() });
-                    node = input;
-                }
-            }
+    /// Where work pushed down to this pipeline runs ([`Pipeline::push_down`]), or `None` when it
+    /// cannot be: a limit on the consumer needs one ordered stream, and a blocking source
+    /// other than a join has no workers to run it.
+    pub(crate) fn takes_stages(&self) -> Option<&'static str> {
+        if self.tail_ops.iter().any(|o| matches!(o, Operator::Limit { .. })) {
+            return None;
+        }
+        match self.source.name() {
+            "Scan" => Some("scan workers"),
+            "HashJoin" => Some("probe side's workers"),
+            _ => None,
         }
     }
 
@@ -489,27 +379,27 @@ impl Pipeline {
             return false;
         }
         let tail = std::mem::take(&mut self.tail_ops);
-        let all = std::iter::once(operators::Stage::Ops(tail)).chain(stages);
-        match &mut self.source {
-            Source::Scan(scan) => all.for_each(|s| scan.push_stage(s)),
-            Source::Join { above, .. } => above.extend(all),
-            _ => {
-                self.tail_ops = match all.into_iter().next() {
+        let all = std::iter::once(operators::Stage::Ops(tail)).chain(stages).collect();
+        match self.source.push_down(all) {
+            Ok(()) => {
+                self.schema = schema;
+                true
+            }
+            Err(back) => {
+                self.tail_ops = match back.into_iter().next() {
                     Some(operators::Stage::Ops(ops)) => ops,
                     _ => Vec::new(),
                 };
-                return false;
+                false
             }
         }
-        self.schema = schema;
-        true
     }
 
     /// A group key among `keys` (over this pipeline's output) whose values come clustered, and
     /// where each morsel's values start (see [`ScanPipeline::clustered_by`]): a scan, with the
     /// key passed through unchanged.
     pub(crate) fn clustered_by(&self, keys: &[crate::expr::Expr]) -> Option<(usize, Vec<i64>)> {
-        let Source::Scan(scan) = &self.source else { return None };
+        let scan = self.source.as_scan()?;
         keys.iter().enumerate().find_map(|(k, key)| {
             let crate::expr::Expr::Column { index, .. } = key else { return None };
             let column = operators::column_source(*index, &self.tail_ops)?;
@@ -520,7 +410,7 @@ impl Pipeline {
     /// The scan column that output column `key` passes through unchanged, when this pipeline is
     /// a scan whose operators keep every row they are given a key for (no limit).
     fn scan_key(&self, key: &crate::expr::Expr) -> Option<(&ScanPipeline, usize)> {
-        let (Source::Scan(scan), crate::expr::Expr::Column { index, .. }) = (&self.source, key) else { return None };
+        let (Some(scan), crate::expr::Expr::Column { index, .. }) = (self.source.as_scan(), key) else { return None };
         Some((scan, operators::column_source(*index, &self.tail_ops)?))
     }
 
@@ -536,7 +426,7 @@ impl Pipeline {
     /// Whether this pipeline is a scan whose every row comes out (see
     /// [`ScanPipeline::keeps_every_row`]).
     pub(crate) fn keeps_every_row(&self) -> bool {
-        matches!(&self.source, Source::Scan(scan) if scan.keeps_every_row())
+        self.source.as_scan().is_some_and(|scan| scan.keeps_every_row())
             && self.tail_ops.iter().all(|op| matches!(op, Operator::Project { .. }))
     }
 
@@ -546,17 +436,17 @@ impl Pipeline {
         let (scan, column) = self.scan_key(key)?;
         Some(Pipeline {
             id: self.id,
-            source: Source::Scan(scan.restricted(column, lo, hi)?),
+            source: Box::new(scan.restricted(column, lo, hi)?),
             tail_ops: self.tail_ops.clone(),
             schema: self.schema.clone(),
         })
     }
 
     /// Filters the rows that feed this pipeline's blocking work by a join key: `keys` (over the
-    /// pipeline's output) are traced down through projections and an aggregation's group keys
-    /// to the scan below, whose workers then run `make(keys there)`. Only an aggregation is worth
-    /// it (a plain scan is probed by the join itself). Nothing happens when the keys cannot be
-    /// traced.
+    /// pipeline's output) are traced down through projections, a join's probe side and an
+    /// aggregation's group keys (see [`Node::push_key_filter`]) to the scan below, whose workers
+    /// then run `make(keys there)`. Only an aggregation is worth it (a plain scan is probed by
+    /// the join itself). Nothing happens when the keys cannot be traced.
     pub(crate) fn push_key_filter(
         &mut self,
         keys: &[crate::expr::Expr],
@@ -587,45 +477,7 @@ impl Pipeline {
                 _ => return,
             }
         }
-        if let Source::Join { build, probe, spec, above } = &mut self.source {
-            // Into the probe side of a join whose output is its inputs' columns side by side, when
-            // the keys are made of probe columns (TPC-H Q2's correlated minimum over partsupp
-            // joined to supplier, filtered to the 7854 parts that matter before the join rather
-            // than after aggregating all 1.2M). A probe row filtered out could only have made rows
-            // whose key the table above lacks, or left a build row without a partner, with null
-            // probe columns: a null key, which matches nothing either, as long as the key is null
-            // when its probe columns are. `coalesce(x, 106)` is not: below a full join, the rows
-            // the filter took from the probe side came back as build rows without a partner,
-            // keyed 106, and matched (found by the differential fuzzer).
-            if !above.is_empty() || spec.join_type.is_existence() {
-                return;
-            }
-            let left_len = if spec.build_is_left { build.schema.fields().len() } else { probe.schema.fields().len() };
-            let probe_at = if spec.build_is_left { left_len } else { 0 };
-            let probe_columns = probe_at..probe_at + probe.schema.fields().len();
-            let build_kept = match spec.join_type {
-                crate::plan::JoinType::Full => true,
-                crate::plan::JoinType::Left => spec.build_is_left,
-                crate::plan::JoinType::Right => !spec.build_is_left,
-                _ => false,
-            };
-            if build_kept && !keys.iter().all(|k| null_with(k, &probe_columns)) {
-                return;
-            }
-            let below = map_key_columns(&keys, |index, name| {
-                probe_columns.contains(&index).then(|| Expr::column(index - probe_at, name))
-            });
-            if let Some(below) = below {
-                probe.push_key_filter_here(below, make);
-            }
-            return;
-        }
-        if let Source::Aggregate { input, group_exprs, .. } = &mut self.source {
-            // A key that is a group column is that group expression over the input.
-            if let Some(below) = map_key_columns(&keys, |index, _| group_exprs.get(index).cloned()) {
-                input.push_key_filter_here(below, make);
-            }
-        }
+        self.source.push_key_filter(&keys, make);
     }
 
     /// Runs the key filter on this pipeline's output, on its scan's workers.
@@ -634,7 +486,7 @@ impl Pipeline {
         keys: Vec<crate::expr::Expr>,
         make: &dyn Fn(Vec<crate::expr::Expr>) -> operators::Stage,
     ) {
-        if let Source::Scan(_) = &self.source {
+        if self.source.as_scan().is_some() {
             let schema = self.schema.clone();
             self.push_down(vec![make(keys)], schema);
         } else {
@@ -644,152 +496,43 @@ impl Pipeline {
 
     /// How many references each common table expression has.
     pub(crate) fn shared_counts(&self, out: &mut std::collections::HashMap<u64, usize>) {
-        match &self.source {
-            Source::Scan(_) => {}
-            Source::Sort { input, .. } | Source::Aggregate { input, .. } | Source::Window { input, .. } => {
-                input.shared_counts(out)
-            }
-            Source::Join { build, probe, .. } => {
-                build.shared_counts(out);
-                probe.shared_counts(out);
-            }
-            Source::Union(inputs) => inputs.iter().for_each(|i| i.shared_counts(out)),
-            Source::Shared { id, input, .. } => {
-                let n = out.entry(*id).or_insert(0);
-                *n += 1;
-                // The CTE's own plan runs once, so references inside it count once.
-                if *n == 1 {
-                    input.shared_counts(out);
-                }
-            }
-        }
+        self.source.shared_counts(out)
     }
 
     /// The files the pipeline reads, after pruning, in plan order (a file read twice is listed twice).
     pub(crate) fn input_files(&self, out: &mut Vec<std::path::PathBuf>) {
-        match &self.source {
-            Source::Scan(scan) => scan.input_files(out),
-            Source::Sort { input, .. }
-            | Source::Aggregate { input, .. }
-            | Source::Shared { input, .. }
-            | Source::Window { input, .. } => input.input_files(out),
-            Source::Join { build, probe, .. } => {
-                build.input_files(out);
-                probe.input_files(out);
-            }
-            Source::Union(inputs) => inputs.iter().for_each(|i| i.input_files(out)),
-        }
+        self.source.input_files(out)
     }
 
     /// Rows the pipeline's scans will decode, when every scan knows it before starting.
     pub(crate) fn input_rows(&self) -> Option<u64> {
-        match &self.source {
-            Source::Scan(scan) => scan.input_rows(),
-            Source::Sort { input, .. }
-            | Source::Aggregate { input, .. }
-            | Source::Shared { input, .. }
-            | Source::Window { input, .. } => input.input_rows(),
-            Source::Join { build, probe, .. } => Some(build.input_rows()? + probe.input_rows()?),
-            Source::Union(inputs) => inputs.iter().map(|i| i.input_rows()).sum(),
-        }
+        self.source.input_rows()
     }
 
     pub(crate) fn stats(&self, ctx: &ExecContext) -> PipelineStats {
-        match &self.source {
-            Source::Scan(scan) => scan.stats(ctx),
-            Source::Sort { input, .. }
-            | Source::Aggregate { input, .. }
-            | Source::Shared { input, .. }
-            | Source::Window { input, .. } => {
-                let mut stats = input.stats(ctx);
-                stats.min_memory = self.min_memory(ctx);
-                stats
-            }
-            Source::Join { build, probe, .. } => {
-                let (b, p) = (build.stats(ctx), probe.stats(ctx));
-                PipelineStats {
-                    row_groups_total: b.row_groups_total + p.row_groups_total,
-                    row_groups_scanned: b.row_groups_scanned + p.row_groups_scanned,
-                    min_memory: self.min_memory(ctx),
-                }
-            }
-            Source::Union(inputs) => {
-                let mut stats = PipelineStats { min_memory: self.min_memory(ctx), ..Default::default() };
-                for s in inputs.iter().map(|i| i.stats(ctx)) {
-                    stats.row_groups_total += s.row_groups_total;
-                    stats.row_groups_scanned += s.row_groups_scanned;
-                }
-                stats
-            }
-        }
+        PipelineStats { min_memory: self.min_memory(ctx), ..self.source.stats(ctx) }
     }
 
     /// About the most one batch of the pipeline's output holds.
     pub(crate) fn output_batch_bytes(&self, ctx: &ExecContext) -> u64 {
-        match &self.source {
-            Source::Scan(scan) => scan.batch_bytes(ctx),
-            _ => ctx.batch_bytes_target(),
-        }
+        self.source.output_batch_bytes(ctx)
     }
 
     /// The least memory the pipeline runs in.
     pub(crate) fn min_memory(&self, ctx: &ExecContext) -> u64 {
-        match &self.source {
-            Source::Scan(scan) => scan.min_memory(ctx),
-            Source::Sort { input, .. } => input.min_memory(ctx) + sort::plan_min_memory(ctx),
-            Source::Aggregate { input, .. } => input.min_memory(ctx) + aggregate::min_memory(ctx),
-            Source::Join { build, probe, .. } => {
-                build.min_memory(ctx).max(probe.min_memory(ctx)) + join::min_memory(ctx) + join::kept_batches(ctx)
-            }
-            Source::Union(inputs) => inputs.iter().map(|i| i.min_memory(ctx)).max().unwrap_or(0),
-            Source::Shared { input, .. } => input.min_memory(ctx),
-            Source::Window { input, .. } => {
-                input.min_memory(ctx) + sort::plan_min_memory(ctx) + window::min_memory(ctx)
-            }
-        }
+        self.source.min_memory(ctx)
     }
 
     /// The memory the pipeline holds besides what it has reserved once its output starts: a
     /// scan's workers and queues; for a blocking operator, the output buffers it reserves as it
     /// goes (its state is reserved already); for a join, its probe side's.
     pub(crate) fn stream_memory(&self, ctx: &ExecContext, queue_limit: u64) -> u64 {
-        match &self.source {
-            Source::Scan(scan) => scan.max_memory(ctx, queue_limit),
-            Source::Join { probe, .. } => probe.stream_memory(ctx, queue_limit),
-            // Inputs after the first start while the operator above holds what it took: they
-            // need their minimums then (an EXCEPT's aggregation grew while its first input ran,
-            // and its second, a join, could not start its scan).
-            Source::Union(inputs) => {
-                let streams = inputs.iter().map(|i| i.stream_memory(ctx, queue_limit));
-                let starts = inputs.iter().skip(1).map(|i| i.min_memory(ctx));
-                streams.chain(starts).max().unwrap_or(0)
-            }
-            Source::Shared { input, .. } => input.min_memory(ctx),
-            Source::Sort { .. } => sort::min_memory(ctx),
-            Source::Aggregate { .. } => aggregate::min_memory(ctx),
-            Source::Window { .. } => window::min_memory(ctx),
-        }
+        self.source.stream_memory(ctx, queue_limit)
     }
 
     /// The most memory the pipeline holds while running with scan queues of `queue_limit` bytes.
     fn max_memory(&self, ctx: &ExecContext, queue_limit: u64) -> u64 {
-        match &self.source {
-            Source::Scan(scan) => scan.max_memory(ctx, queue_limit),
-            // A sort below a sort has finished its input before it produces anything.
-            Source::Sort { input, .. } => input.max_memory(ctx, queue_limit).max(sort::min_memory(ctx)),
-            Source::Aggregate { input, .. } => input.max_memory(ctx, queue_limit).max(aggregate::min_memory(ctx)),
-            // The build table stays while the probe side runs: it takes the share a join would
-            // take if it started now.
-            Source::Join { build, probe, .. } => {
-                let children = build.max_memory(ctx, queue_limit).max(probe.max_memory(ctx, queue_limit));
-                children + join::table_limit(ctx.available_for_sizing().saturating_sub(children), ctx)
-            }
-            Source::Union(inputs) => inputs.iter().map(|i| i.max_memory(ctx, queue_limit)).max().unwrap_or(0),
-            Source::Shared { input, .. } => input.max_memory(ctx, queue_limit),
-            Source::Window { input, .. } => {
-                input.max_memory(ctx, queue_limit).max(sort::min_memory(ctx) + window::min_memory(ctx))
-            }
-        }
+        self.source.max_memory(ctx, queue_limit)
     }
 
     /// The physical plan, one line per operator, outermost first: what runs on the consumer
@@ -797,144 +540,13 @@ impl Pipeline {
     /// the operators its workers run.
     pub(crate) fn describe(&self, ctx: &ExecContext, depth: usize, role: &str, out: &mut Vec<ExplainLine>) {
         let mut depth = depth;
-        let mut line = |depth: usize, id: Option<u64>, text: String| out.push(ExplainLine { depth, id, text });
         let mut role = role.to_string();
         for op in self.tail_ops.iter().rev() {
-            line(depth, None, format!("{role}{}", op.describe()));
+            out.push(ExplainLine { depth, id: None, text: format!("{role}{}", op.describe()) });
             role.clear();
             depth += 1;
         }
-        let exprs = |v: &[crate::expr::Expr]| v.iter().map(|e| e.to_string()).collect::<Vec<_>>().join(", ");
-        match &self.source {
-            Source::Scan(scan) => {
-                for op in scan.worker_ops().iter().rev() {
-                    line(depth, None, format!("{role}{} (on scan workers)", op.describe()));
-                    role.clear();
-                    depth += 1;
-                }
-                let stats = scan.stats(ctx);
-                line(
-                    depth,
-                    Some(self.id),
-                    format!(
-                        "{role}Scan {} ({} of {} row groups)",
-                        scan.describe(),
-                        stats.row_groups_scanned,
-                        stats.row_groups_total
-                    ),
-                );
-            }
-            Source::Sort { input, keys, fetch } => {
-                let schema = input.schema.clone();
-                let keys: Vec<String> = keys
-                    .iter()
-                    .map(|k| {
-                        format!(
-                            "{}{}{}",
-                            schema.field(k.column).name(),
-                            if k.descending { " DESC" } else { "" },
-                            if k.nulls_first { " NULLS FIRST" } else { "" }
-                        )
-                    })
-                    .collect();
-                let top = fetch.map(|f| format!(" (top {f})")).unwrap_or_default();
-                line(depth, Some(self.id), format!("{role}ExternalSort by {}{top}", keys.join(", ")));
-                input.describe(ctx, depth + 1, "", out);
-            }
-            Source::Aggregate { input, group_exprs, aggregates, .. } => {
-                let aggs: Vec<String> = aggregates.iter().map(|a| a.to_string()).collect();
-                let two_phase = !group_exprs.is_empty()
-                    && aggregates.iter().all(|a| {
-                        !a.distinct && (aggregate::mergeable(a.func) || a.func == crate::expr::AggregateFunction::Avg)
-                    })
-                    && matches!(input.source, Source::Scan(_))
-                    && input.tail_ops.is_empty();
-                line(
-                    depth,
-                    Some(self.id),
-                    format!(
-                        "{role}HashAggregate groups [{}], aggregates [{}]{}{}",
-                        exprs(group_exprs),
-                        aggs.join(", "),
-                        if two_phase { " (partial aggregation on the scan workers)" } else { "" },
-                        match input.clustered_by(group_exprs) {
-                            Some((k, _)) => format!(", groups of each row group out once it is read (row groups hold disjoint ranges of {})", group_exprs[k]),
-                            None => String::new(),
-                        }
-                    ),
-                );
-                input.describe(ctx, depth + 1, "", out);
-            }
-            Source::Join { build, probe, spec, .. } => {
-                let keys: Vec<String> =
-                    spec.probe_keys.iter().zip(&spec.build_keys).map(|(p, b)| format!("{p} = {b}")).collect();
-                line(
-                    depth,
-                    Some(self.id),
-                    format!(
-                        "{role}HashJoin {} on [{}]{}, build side {}",
-                        spec.join_type.name(),
-                        keys.join(", "),
-                        spec.filter.as_ref().map(|f| format!(" and {f}")).unwrap_or_default(),
-                        if spec.build_is_left { "left" } else { "right" },
-                    ),
-                );
-                build.describe(ctx, depth + 1, "build: ", out);
-                probe.describe(ctx, depth + 1, "probe: ", out);
-            }
-            Source::Union(inputs) => {
-                line(depth, Some(self.id), format!("{role}Union"));
-                for input in inputs {
-                    input.describe(ctx, depth + 1, "", out);
-                }
-            }
-            Source::Shared { name, input, .. } => {
-                line(depth, Some(self.id), format!("{role}CTE {name} (computed once, read by every reference)"));
-                input.describe(ctx, depth + 1, "", out);
-            }
-            Source::Window { input, partition_by, order_by, functions, .. } => {
-                let items = crate::plan::window_items(&input.schema, partition_by, order_by, functions);
-                line(depth, Some(self.id), format!("{role}Window {items} (sorted, spilling)"));
-                input.describe(ctx, depth + 1, "", out);
-            }
-        }
-    }
-
-    /// Registers the pipeline's source operator in the query's metrics.
-    fn register(&self, ctx: &ExecContext) -> Arc<OperatorMetrics> {
-        let exprs = |v: &[crate::expr::Expr]| v.iter().map(|e| e.to_string()).collect::<Vec<_>>().join(", ");
-        let (name, detail) = match &self.source {
-            Source::Scan(scan) => ("Scan", scan.describe()),
-            Source::Sort { input, keys, fetch } => {
-                let schema = input.schema.clone();
-                let keys: Vec<String> = keys
-                    .iter()
-                    .map(|k| format!("{}{}", schema.field(k.column).name(), if k.descending { " DESC" } else { "" }))
-                    .collect();
-                let top = fetch.map(|f| format!(" (top {f})")).unwrap_or_default();
-                ("ExternalSort", format!("by {}{top}", keys.join(", ")))
-            }
-            Source::Aggregate { group_exprs, aggregates, .. } => {
-                let aggs: Vec<String> = aggregates.iter().map(|a| a.to_string()).collect();
-                ("HashAggregate", format!("groups [{}], aggregates [{}]", exprs(group_exprs), aggs.join(", ")))
-            }
-            Source::Join { spec, .. } => (
-                "HashJoin",
-                format!(
-                    "{}, build side {}, keys [{}]{}",
-                    spec.join_type.name(),
-                    if spec.build_is_left { "left" } else { "right" },
-                    exprs(&spec.build_keys),
-                    spec.filter.as_ref().map(|f| format!(", condition {f}")).unwrap_or_default()
-                ),
-            ),
-            Source::Union(inputs) => ("Union", format!("{} inputs", inputs.len())),
-            Source::Shared { name, .. } => ("CTE", name.clone()),
-            Source::Window { functions, .. } => {
-                ("Window", functions.iter().map(|f| f.to_string()).collect::<Vec<_>>().join(", "))
-            }
-        };
-        ctx.operators.register(self.id, name, detail)
+        self.source.explain(ctx, self.id, depth, &role, out);
     }
 
     /// Starts the pipeline and returns the consumer's end.
@@ -946,134 +558,10 @@ impl Pipeline {
     /// run-ahead: order does not matter to it, memory does).
     fn execute_with(self, ctx: &ExecContext, queue_limit: Option<u64>) -> Result<BatchStream> {
         let stats = self.stats(ctx);
-        let metrics = self.register(ctx);
-        // Operators that run on this thread before the pipeline's own (a two-phase aggregation's
-        // final projection).
-        let mut head_ops: Vec<Operator> = Vec::new();
-        // Whether the rows leaving the pipeline are its source's output (a scan whose workers
-        // run other operators' work counts its own; a join always does, as work from above may
-        // run on its output before it leaves).
-        let mut count_out = true;
-        let source = match self.source {
-            Source::Scan(scan) => {
-                count_out = !scan.expands();
-                StreamSource::Scan(scan.execute(ctx, queue_limit, &metrics)?)
-            }
-            Source::Sort { input, keys, fetch } => {
-                // The input runs beside the sort: leave it what it can hold at most.
-                let small = 2 * ctx.batch_bytes_target();
-                let child_max = input.max_memory(ctx, small);
-                let child_stream = input.stream_memory(ctx, small);
-                // Over an aggregation, which sizes its later passes from what is free, the sort
-                // keeps its minimum once the aggregation's output starts (its input is done by
-                // then; over a scan or a join, running workers use that room).
-                let keep_floor = matches!(input.source, Source::Aggregate { .. } | Source::Sort { .. });
-                let minimum = sort::min_memory(ctx);
-                let child = start_beside(ctx, "ExternalSort", minimum, || input.execute_with(ctx, Some(small)))?;
-                StreamSource::Sort(Box::new(SortStream::new(
-                    child,
-                    keep_floor,
-                    keys,
-                    fetch,
-                    child_max,
-                    child_stream,
-                    ctx,
-                    metrics.clone(),
-                )?))
-            }
-            Source::Aggregate { mut input, group_exprs, aggregates, schema } => {
-                let clustered = input.clustered_by(&group_exprs);
-                // Over a scan, count/sum/min/max aggregate in two phases: each worker reduces its
-                // batches, this thread merges the partial rows.
-                let split = aggregate::two_phase(&input.schema, &group_exprs, &aggregates, &schema, ctx)?;
-                let (group_exprs, aggregates, schema) = match split {
-                    Some(tp)
-                        if input.push_down(
-                            vec![operators::Stage::Expand(tp.partial.clone())],
-                            tp.partial_schema.clone(),
-                        ) =>
-                    {
-                        head_ops.push(Operator::Project { exprs: tp.output, schema: schema.clone() });
-                        (tp.final_groups, tp.final_aggregates, tp.final_schema)
-                    }
-                    _ => (group_exprs, aggregates, schema),
-                };
-                let small = 2 * ctx.batch_bytes_target();
-                let child_max = input.max_memory(ctx, small);
-                let child_stream = input.stream_memory(ctx, small);
-                let input_rows = input.input_rows();
-                let child = start_beside(ctx, "HashAggregate", aggregate::min_memory(ctx), || {
-                    input.execute_with(ctx, Some(small))
-                })?;
-                StreamSource::Aggregate(Box::new(AggregateStream::new(
-                    child,
-                    group_exprs,
-                    aggregates,
-                    schema,
-                    child_max,
-                    child_stream,
-                    input_rows,
-                    clustered,
-                    ctx,
-                    metrics.clone(),
-                )?))
-            }
-            Source::Join { build, probe, spec, above } => {
-                let small = 2 * ctx.batch_bytes_target();
-                let children = build.max_memory(ctx, small).max(probe.max_memory(ctx, small));
-                let m = metrics.clone();
-                let out_schema = self.schema.clone();
-                count_out = false;
-                StreamSource::Join(Box::new(JoinStream::new(
-                    spec, *build, *probe, above, out_schema, children, small, ctx, m,
-                )?))
-            }
-            Source::Window { input, partition_by, order_by, functions, schema } => {
-                let input_schema = input.schema.clone();
-                let mut keys: Vec<SortKey> = partition_by
-                    .iter()
-                    .map(|&column| SortKey { column, descending: false, nulls_first: false })
-                    .collect();
-                keys.extend(order_by.iter().copied());
-                let spec = window::WindowSpec { partition_by, order_by, functions, schema };
-                let small = 2 * ctx.batch_bytes_target();
-                let child_max = input.max_memory(ctx, small);
-                let child_stream = input.stream_memory(ctx, small);
-                let keep_floor =
-                    matches!(input.source, Source::Aggregate { .. } | Source::Sort { .. } | Source::Window { .. });
-                let minimum = sort::min_memory(ctx) + window::min_memory(ctx);
-                let child = start_beside(ctx, "Window", minimum, || input.execute_with(ctx, Some(small)))?;
-                let stream = if keys.is_empty() {
-                    window::WindowStream::new(spec, &input_schema, None, Some(child), ctx, metrics.clone())?
-                } else {
-                    let sort =
-                        SortStream::new(child, keep_floor, keys, None, child_max, child_stream, ctx, metrics.clone())?;
-                    window::WindowStream::new(spec, &input_schema, Some(sort), None, ctx, metrics.clone())?
-                };
-                StreamSource::Window(Box::new(stream))
-            }
-            Source::Shared { id, name, input } => {
-                let cancel = ctx.cancel.clone();
-                let start = || input.execute_with(ctx, None);
-                StreamSource::Shared(Box::new(ctx.shared.reader(id, &name, ctx, &metrics, start, &cancel)?))
-            }
-            Source::Union(inputs) => StreamSource::Union(Box::new(UnionStream {
-                metrics: metrics.clone(),
-                pending: inputs.into(),
-                current: None,
-                queue_limit,
-                ctx: ctx.clone(),
-            })),
-        };
-        let stats = match &source {
-            StreamSource::Scan(s) => s.stats(),
-            _ => stats,
-        };
-        // A join keeps its own (for the batches it reads back too); a union's inputs theirs.
-        let headroom = match &source {
-            StreamSource::Join(_) | StreamSource::Union(_) => None,
-            _ => Some(ctx.pool.keep(headroom_for(ctx.batch_bytes_target()))),
-        };
+        let metrics = ctx.operators.register(self.id, self.source.name(), self.source.detail());
+        let started = self.source.start(ctx, &self.schema, &metrics, queue_limit)?;
+        let stats = started.stream.stats().unwrap_or(stats);
+        let headroom = started.headroom.then(|| ctx.pool.keep(headroom_for(ctx.batch_bytes_target())));
         Ok(BatchStream {
             headroom,
             repeating: None,
@@ -1082,10 +570,10 @@ impl Pipeline {
             stats,
             schema: self.schema,
             metrics,
-            count_out,
+            count_out: started.count_out,
             operators: ctx.operators.clone(),
-            source,
-            tail: head_ops.into_iter().chain(self.tail_ops).map(operators::TailState::new).collect(),
+            source: started.stream,
+            tail: started.head_ops.into_iter().chain(self.tail_ops).map(operators::TailState::new).collect(),
             held: None,
             small: Vec::new(),
             ready: None,
@@ -1120,89 +608,6 @@ pub(crate) fn start_beside(
     stream
 }
 
-enum StreamSource {
-    Scan(ScanStream),
-    Sort(Box<SortStream>),
-    Aggregate(Box<AggregateStream>),
-    Join(Box<JoinStream>),
-    Union(Box<UnionStream>),
-    Shared(Box<shared::SharedStream>),
-    Window(Box<window::WindowStream>),
-}
-
-/// `UNION ALL`: each input pipeline runs once the one before it is done.
-struct UnionStream {
-    metrics: Arc<OperatorMetrics>,
-    pending: std::collections::VecDeque<Pipeline>,
-    current: Option<BatchStream>,
-    queue_limit: Option<u64>,
-    ctx: ExecContext,
-}
-
-impl UnionStream {
-    fn next_reserved(&mut self) -> Option<Result<(RecordBatch, MemoryReservation)>> {
-        loop {
-            if let Some(current) = &mut self.current {
-                match current.next_reserved() {
-                    Some(Ok((batch, mut reservation))) => {
-                        self.metrics.rows_in(batch.num_rows());
-                        // The batch travels on under its own reservation; the input gets its
-                        // reservation back at once (empty), so its flow control moves on.
-                        let moved = reservation.split(reservation.size());
-                        current.release(reservation);
-                        return Some(Ok((batch, moved)));
-                    }
-                    Some(Err(e)) => return Some(Err(e)),
-                    None => self.current = None,
-                }
-            }
-            let next = self.pending.pop_front()?;
-            match next.execute_with(&self.ctx, self.queue_limit) {
-                Ok(stream) => self.current = Some(stream),
-                Err(e) => return Some(Err(e)),
-            }
-        }
-    }
-
-    fn stop(&mut self) {
-        self.pending.clear();
-        self.current = None;
-    }
-}
-
-impl StreamSource {
-    fn next_reserved(&mut self, cancel: &AtomicBool) -> Option<Result<(RecordBatch, MemoryReservation)>> {
-        match self {
-            StreamSource::Scan(s) => s.next_reserved(cancel),
-            StreamSource::Sort(s) => s.next_reserved(cancel),
-            StreamSource::Aggregate(s) => s.next_reserved(cancel),
-            StreamSource::Join(s) => s.next_reserved(cancel),
-            StreamSource::Union(s) => s.next_reserved(),
-            StreamSource::Shared(s) => s.next_reserved(cancel),
-            StreamSource::Window(s) => s.next_reserved(cancel),
-        }
-    }
-
-    fn release(&self, reservation: MemoryReservation) {
-        match self {
-            StreamSource::Scan(s) => s.release(reservation),
-            _ => drop(reservation),
-        }
-    }
-
-    fn stop(&mut self) {
-        match self {
-            StreamSource::Scan(s) => s.stop(),
-            StreamSource::Sort(s) => s.stop(),
-            StreamSource::Aggregate(s) => s.stop(),
-            StreamSource::Join(s) => s.stop(),
-            StreamSource::Union(s) => s.stop(),
-            StreamSource::Shared(s) => s.stop(),
-            StreamSource::Window(s) => s.stop(),
-        }
-    }
-}
-
 /// The consumer's end of a running pipeline: an iterator of record batches in order.
 ///
 /// A batch returned by `next` stays accounted in the memory pool until the following call to `next`
@@ -1215,7 +620,7 @@ pub struct BatchStream {
     /// Whether `metrics` count the batches this stream hands out as the source's output.
     count_out: bool,
     operators: OperatorRegistry,
-    source: StreamSource,
+    source: Box<dyn Running>,
     tail: Vec<operators::TailState>,
     held: Option<MemoryReservation>,
     /// Headroom for the batches this stream hands on (see [`crate::memory::Headroom`]): two of
@@ -1315,7 +720,7 @@ impl BatchStream {
             let mut reservation = Some(reservation);
             // A scan counts the batches it handed out by their reservations: its batches are
             // repeated whole.
-            let chunked = !matches!(self.source, StreamSource::Scan(_));
+            let chunked = !self.source.whole_batches();
             for (at, t) in self.tail.iter_mut().enumerate() {
                 if let (Some(schema), true, Some(b)) = (t.repeat_schema(), chunked, &batch) {
                     let state = operators::Repeating::new(b.clone(), schema.clone());

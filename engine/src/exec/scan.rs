@@ -23,10 +23,12 @@ use std::time::{Duration, Instant};
 
 use arrow::array::{Array, BooleanArray, RecordBatch};
 use arrow::buffer::BooleanBuffer;
+use arrow::datatypes::SchemaRef;
 
 use super::dict_filter::{DictCache, DictFilter};
+use super::node::{Node, Running, Started};
 use super::operators::{self, KeyTest, Operator, Stage};
-use super::{ExecContext, OperatorMetrics, PipelineStats};
+use super::{ExecContext, ExplainLine, OperatorMetrics, Pipeline, PipelineStats};
 use crate::error::{Error, Result};
 use crate::expr::Expr;
 use crate::memory::MemoryReservation;
@@ -46,6 +48,92 @@ pub(crate) struct ScanPipeline {
     /// Set by [`keep_dictionaries`](Self::keep_dictionaries): the operators the consumer runs on
     /// the scan's output.
     dictionary_output: Option<Vec<Operator>>,
+}
+
+/// The scan as a pipeline's source: the workers run the stateless operators pushed down to it.
+impl Node for ScanPipeline {
+    fn name(&self) -> &'static str {
+        "Scan"
+    }
+
+    fn detail(&self) -> String {
+        self.describe()
+    }
+
+    fn inputs(&self) -> Vec<&Pipeline> {
+        Vec::new()
+    }
+
+    fn explain(&self, ctx: &ExecContext, id: u64, depth: usize, role: &str, out: &mut Vec<ExplainLine>) {
+        let (mut depth, mut role) = (depth, role.to_string());
+        for op in self.worker_ops().iter().rev() {
+            out.push(ExplainLine { depth, id: None, text: format!("{role}{} (on scan workers)", op.describe()) });
+            role.clear();
+            depth += 1;
+        }
+        let stats = ScanPipeline::stats(self, ctx);
+        let text = format!(
+            "{role}Scan {} ({} of {} row groups)",
+            self.describe(),
+            stats.row_groups_scanned,
+            stats.row_groups_total
+        );
+        out.push(ExplainLine { depth, id: Some(id), text });
+    }
+
+    fn min_memory(&self, ctx: &ExecContext) -> u64 {
+        ScanPipeline::min_memory(self, ctx)
+    }
+
+    fn stream_memory(&self, ctx: &ExecContext, queue_limit: u64) -> u64 {
+        ScanPipeline::max_memory(self, ctx, queue_limit)
+    }
+
+    fn max_memory(&self, ctx: &ExecContext, queue_limit: u64) -> u64 {
+        ScanPipeline::max_memory(self, ctx, queue_limit)
+    }
+
+    fn output_batch_bytes(&self, ctx: &ExecContext) -> u64 {
+        self.batch_bytes(ctx)
+    }
+
+    fn input_files(&self, out: &mut Vec<std::path::PathBuf>) {
+        ScanPipeline::input_files(self, out)
+    }
+
+    fn input_rows(&self) -> Option<u64> {
+        ScanPipeline::input_rows(self)
+    }
+
+    fn stats(&self, ctx: &ExecContext) -> PipelineStats {
+        ScanPipeline::stats(self, ctx)
+    }
+
+    fn push_down(&mut self, stages: Vec<Stage>) -> std::result::Result<(), Vec<Stage>> {
+        stages.into_iter().for_each(|s| self.push_stage(s));
+        Ok(())
+    }
+
+    fn as_scan(&self) -> Option<&ScanPipeline> {
+        Some(self)
+    }
+
+    fn as_scan_mut(&mut self) -> Option<&mut ScanPipeline> {
+        Some(self)
+    }
+
+    fn start(
+        self: Box<Self>,
+        ctx: &ExecContext,
+        _schema: &SchemaRef,
+        metrics: &Arc<OperatorMetrics>,
+        queue_limit: Option<u64>,
+    ) -> Result<Started> {
+        // Workers running other operators' work count the scan's output themselves.
+        let count_out = !self.expands();
+        let stream = self.execute(ctx, queue_limit, metrics)?;
+        Ok(Started { count_out, ..Started::new(stream) })
+    }
 }
 
 impl ScanPipeline {
@@ -859,13 +947,27 @@ pub(crate) struct ScanStream {
 }
 
 impl ScanStream {
-    pub(crate) fn stats(&self) -> PipelineStats {
-        self.stats
+    fn finish(&mut self) {
+        self.done = true;
+        self.shared.stop.store(true, Ordering::Relaxed);
+        // Dropping the receivers unblocks workers waiting to send.
+        self.receivers.clear();
+        while self.shared.active_workers.load(Ordering::Acquire) > 0 {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+}
+
+impl Running for ScanStream {
+    fn stats(&self) -> Option<PipelineStats> {
+        Some(self.stats)
     }
 
-    /// The next batch and its reservation; the caller must hand the reservation back with
-    /// [`release`](Self::release) (or drop it after calling `released`).
-    pub(crate) fn next_reserved(&mut self, cancel: &AtomicBool) -> Option<Result<(RecordBatch, MemoryReservation)>> {
+    fn whole_batches(&self) -> bool {
+        true
+    }
+
+    fn next_reserved(&mut self, cancel: &AtomicBool) -> Option<Result<(RecordBatch, MemoryReservation)>> {
         loop {
             if self.done {
                 return None;
@@ -905,24 +1007,9 @@ impl ScanStream {
         }
     }
 
-    /// The caller is done with a batch it took: its memory goes back to the pool.
-    pub(crate) fn release(&self, reservation: MemoryReservation) {
-        drop(reservation);
-    }
-
     /// Stops the workers early (a limit is satisfied).
-    pub(crate) fn stop(&mut self) {
+    fn stop(&mut self) {
         self.finish();
-    }
-
-    fn finish(&mut self) {
-        self.done = true;
-        self.shared.stop.store(true, Ordering::Relaxed);
-        // Dropping the receivers unblocks workers waiting to send.
-        self.receivers.clear();
-        while self.shared.active_workers.load(Ordering::Acquire) > 0 {
-            std::thread::sleep(Duration::from_micros(200));
-        }
     }
 }
 

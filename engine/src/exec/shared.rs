@@ -15,8 +15,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
 
-use super::{BatchStream, ExecContext, OperatorMetrics};
+use super::node::{Node, Running, Started};
+use super::{BatchStream, ExecContext, ExplainLine, OperatorMetrics, Pipeline};
 use crate::error::{Error, Result};
 use crate::memory::MemoryReservation;
 use crate::spill::{SpillFile, SpillReader};
@@ -51,6 +53,67 @@ struct Storage {
     batches: Vec<RecordBatch>,
     spilled: Option<SpillFile>,
     _reservation: MemoryReservation,
+}
+
+/// A common table expression: the first reference runs `input`, every one reads its rows.
+pub(crate) struct SharedNode {
+    pub id: u64,
+    pub name: String,
+    pub input: Box<Pipeline>,
+}
+
+impl Node for SharedNode {
+    fn name(&self) -> &'static str {
+        "CTE"
+    }
+
+    fn detail(&self) -> String {
+        self.name.clone()
+    }
+
+    fn inputs(&self) -> Vec<&Pipeline> {
+        vec![&self.input]
+    }
+
+    fn explain(&self, ctx: &ExecContext, id: u64, depth: usize, role: &str, out: &mut Vec<ExplainLine>) {
+        let text = format!("{role}CTE {} (computed once, read by every reference)", self.name);
+        out.push(ExplainLine { depth, id: Some(id), text });
+        self.input.describe(ctx, depth + 1, "", out);
+    }
+
+    fn min_memory(&self, ctx: &ExecContext) -> u64 {
+        self.input.min_memory(ctx)
+    }
+
+    fn stream_memory(&self, ctx: &ExecContext, _queue_limit: u64) -> u64 {
+        self.input.min_memory(ctx)
+    }
+
+    fn max_memory(&self, ctx: &ExecContext, queue_limit: u64) -> u64 {
+        self.input.max_memory(ctx, queue_limit)
+    }
+
+    /// The CTE's own plan runs once, so references inside it count once.
+    fn shared_counts(&self, out: &mut HashMap<u64, usize>) {
+        let n = out.entry(self.id).or_insert(0);
+        *n += 1;
+        if *n == 1 {
+            self.input.shared_counts(out);
+        }
+    }
+
+    fn start(
+        self: Box<Self>,
+        ctx: &ExecContext,
+        _schema: &SchemaRef,
+        metrics: &Arc<OperatorMetrics>,
+        _queue_limit: Option<u64>,
+    ) -> Result<Started> {
+        let SharedNode { id, name, input } = *self;
+        let cancel = ctx.cancel.clone();
+        let start = || input.execute_with(ctx, None);
+        Ok(Started::new(ctx.shared.reader(id, &name, ctx, metrics, start, &cancel)?))
+    }
 }
 
 impl SharedRegistry {
@@ -143,8 +206,10 @@ pub(crate) struct SharedStream {
     done: bool,
 }
 
-impl SharedStream {
-    pub(crate) fn next_reserved(&mut self, cancel: &AtomicBool) -> Option<Result<(RecordBatch, MemoryReservation)>> {
+impl SharedStream {}
+
+impl Running for SharedStream {
+    fn next_reserved(&mut self, cancel: &AtomicBool) -> Option<Result<(RecordBatch, MemoryReservation)>> {
         if self.done {
             return None;
         }
@@ -178,7 +243,7 @@ impl SharedStream {
     }
 
     /// This reference is done: the last one frees the rows.
-    pub(crate) fn stop(&mut self) {
+    fn stop(&mut self) {
         if self.done {
             return;
         }

@@ -39,7 +39,8 @@ use arrow::datatypes::SchemaRef;
 use arrow_row::{RowConverter, Rows, SortField};
 
 use super::int_map::prefetch;
-use super::{BatchStream, ExecContext, OperatorMetrics};
+use super::node::{Node, Running, Started};
+use super::{start_beside, BatchStream, ExecContext, ExplainLine, OperatorMetrics, Pipeline};
 use crate::error::{Error, Result};
 use crate::memory::{MemoryReservation, Reclaim};
 use crate::plan::SortKey;
@@ -58,6 +59,87 @@ pub(crate) fn min_memory(ctx: &ExecContext) -> u64 {
 /// failed to merge its runs (found by the fuzzer).
 pub(crate) fn plan_min_memory(ctx: &ExecContext) -> u64 {
     8 * ctx.batch_bytes_target().min(1 << 20) + 2 * crate::spill::METADATA_PER_PART
+}
+
+/// An external sort: sorted runs in memory, spilled when the pool is short, merged.
+pub(crate) struct SortNode {
+    pub input: Box<Pipeline>,
+    pub keys: Vec<SortKey>,
+    /// Only the first rows (a top-N).
+    pub fetch: Option<usize>,
+}
+
+impl SortNode {
+    /// The keys as `EXPLAIN` (with `nulls`, their null ordering) shows them.
+    fn keys(&self, nulls: bool) -> String {
+        let keys: Vec<String> = self
+            .keys
+            .iter()
+            .map(|k| {
+                format!(
+                    "{}{}{}",
+                    self.input.schema.field(k.column).name(),
+                    if k.descending { " DESC" } else { "" },
+                    if nulls && k.nulls_first { " NULLS FIRST" } else { "" }
+                )
+            })
+            .collect();
+        let top = self.fetch.map(|f| format!(" (top {f})")).unwrap_or_default();
+        format!("by {}{top}", keys.join(", "))
+    }
+}
+
+impl Node for SortNode {
+    fn name(&self) -> &'static str {
+        "ExternalSort"
+    }
+
+    fn detail(&self) -> String {
+        self.keys(false)
+    }
+
+    fn inputs(&self) -> Vec<&Pipeline> {
+        vec![&self.input]
+    }
+
+    fn explain(&self, ctx: &ExecContext, id: u64, depth: usize, role: &str, out: &mut Vec<ExplainLine>) {
+        out.push(ExplainLine { depth, id: Some(id), text: format!("{role}ExternalSort {}", self.keys(true)) });
+        self.input.describe(ctx, depth + 1, "", out);
+    }
+
+    fn min_memory(&self, ctx: &ExecContext) -> u64 {
+        self.input.min_memory(ctx) + plan_min_memory(ctx)
+    }
+
+    fn stream_memory(&self, ctx: &ExecContext, _queue_limit: u64) -> u64 {
+        min_memory(ctx)
+    }
+
+    /// A sort below a sort has finished its input before it produces anything.
+    fn max_memory(&self, ctx: &ExecContext, queue_limit: u64) -> u64 {
+        self.input.max_memory(ctx, queue_limit).max(min_memory(ctx))
+    }
+
+    fn start(
+        self: Box<Self>,
+        ctx: &ExecContext,
+        _schema: &SchemaRef,
+        metrics: &Arc<OperatorMetrics>,
+        _queue_limit: Option<u64>,
+    ) -> Result<Started> {
+        let SortNode { input, keys, fetch } = *self;
+        // The input runs beside the sort: leave it what it can hold at most.
+        let small = 2 * ctx.batch_bytes_target();
+        let child_max = input.max_memory(ctx, small);
+        let child_stream = input.stream_memory(ctx, small);
+        // Over an aggregation, which sizes its later passes from what is free, the sort keeps its
+        // minimum once the aggregation's output starts (its input is done by then; over a scan
+        // or a join, running workers use that room).
+        let keep_floor = matches!(input.source.name(), "HashAggregate" | "ExternalSort");
+        let child = start_beside(ctx, "ExternalSort", min_memory(ctx), || input.execute_with(ctx, Some(small)))?;
+        let sort = SortStream::new(child, keep_floor, keys, fetch, child_max, child_stream, ctx, metrics.clone())?;
+        Ok(Started::new(sort))
+    }
 }
 
 /// A sort in progress: consumes its input on the first call, then hands out sorted chunks.
@@ -130,8 +212,10 @@ impl SortStream {
         lock(&sorter).reservation.set_reclaimer(reclaimer);
         Ok(SortStream { state: State::Pending(Box::new(child)), sorter, ctx: ctx.clone() })
     }
+}
 
-    pub(crate) fn next_reserved(&mut self, cancel: &AtomicBool) -> Option<Result<(RecordBatch, MemoryReservation)>> {
+impl Running for SortStream {
+    fn next_reserved(&mut self, cancel: &AtomicBool) -> Option<Result<(RecordBatch, MemoryReservation)>> {
         loop {
             let next = match &mut self.state {
                 State::Pending(child) => match consume(&self.sorter, child, cancel) {
@@ -170,7 +254,7 @@ impl SortStream {
         }
     }
 
-    pub(crate) fn stop(&mut self) {
+    fn stop(&mut self) {
         self.state = State::Done;
         let mut sorter = lock(&self.sorter);
         sorter.accepting = false;

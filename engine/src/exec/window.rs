@@ -40,8 +40,9 @@ use arrow::compute::SortOptions;
 use arrow::datatypes::{DataType, Decimal128Type, Float64Type, SchemaRef};
 use arrow_row::{RowConverter, Rows, SortField};
 
+use super::node::{Node, Running, Started};
 use super::sort::SortStream;
-use super::{BatchStream, ExecContext, OperatorMetrics};
+use super::{start_beside, BatchStream, ExecContext, ExplainLine, OperatorMetrics, Pipeline};
 use crate::error::{Error, Result};
 use crate::expr::window::{FrameBound, FrameUnits, WindowExpr, WindowFunction};
 use crate::expr::{AggregateFunction, Expr};
@@ -52,6 +53,75 @@ use crate::spill::{SpillFile, SpillReader, SpillWriter};
 /// The least memory the operator needs besides its sort: a few batches of block and output.
 pub(crate) fn min_memory(ctx: &ExecContext) -> u64 {
     4 * ctx.batch_bytes_target().min(1 << 20)
+}
+
+/// Window functions over the input sorted by partition and order keys.
+pub(crate) struct WindowNode {
+    pub input: Box<Pipeline>,
+    pub partition_by: Vec<usize>,
+    pub order_by: Vec<SortKey>,
+    pub functions: Vec<WindowExpr>,
+    pub schema: SchemaRef,
+}
+
+impl Node for WindowNode {
+    fn name(&self) -> &'static str {
+        "Window"
+    }
+
+    fn detail(&self) -> String {
+        self.functions.iter().map(|f| f.to_string()).collect::<Vec<_>>().join(", ")
+    }
+
+    fn inputs(&self) -> Vec<&Pipeline> {
+        vec![&self.input]
+    }
+
+    fn explain(&self, ctx: &ExecContext, id: u64, depth: usize, role: &str, out: &mut Vec<ExplainLine>) {
+        let items = crate::plan::window_items(&self.input.schema, &self.partition_by, &self.order_by, &self.functions);
+        out.push(ExplainLine { depth, id: Some(id), text: format!("{role}Window {items} (sorted, spilling)") });
+        self.input.describe(ctx, depth + 1, "", out);
+    }
+
+    fn min_memory(&self, ctx: &ExecContext) -> u64 {
+        self.input.min_memory(ctx) + super::sort::plan_min_memory(ctx) + min_memory(ctx)
+    }
+
+    fn stream_memory(&self, ctx: &ExecContext, _queue_limit: u64) -> u64 {
+        min_memory(ctx)
+    }
+
+    fn max_memory(&self, ctx: &ExecContext, queue_limit: u64) -> u64 {
+        self.input.max_memory(ctx, queue_limit).max(super::sort::min_memory(ctx) + min_memory(ctx))
+    }
+
+    fn start(
+        self: Box<Self>,
+        ctx: &ExecContext,
+        _schema: &SchemaRef,
+        metrics: &Arc<OperatorMetrics>,
+        _queue_limit: Option<u64>,
+    ) -> Result<Started> {
+        let WindowNode { input, partition_by, order_by, functions, schema } = *self;
+        let input_schema = input.schema.clone();
+        let mut keys: Vec<SortKey> =
+            partition_by.iter().map(|&column| SortKey { column, descending: false, nulls_first: false }).collect();
+        keys.extend(order_by.iter().copied());
+        let spec = WindowSpec { partition_by, order_by, functions, schema };
+        let small = 2 * ctx.batch_bytes_target();
+        let child_max = input.max_memory(ctx, small);
+        let child_stream = input.stream_memory(ctx, small);
+        let keep_floor = matches!(input.source.name(), "HashAggregate" | "ExternalSort" | "Window");
+        let minimum = super::sort::min_memory(ctx) + min_memory(ctx);
+        let child = start_beside(ctx, "Window", minimum, || input.execute_with(ctx, Some(small)))?;
+        let stream = if keys.is_empty() {
+            WindowStream::new(spec, &input_schema, None, Some(child), ctx, metrics.clone())?
+        } else {
+            let sort = SortStream::new(child, keep_floor, keys, None, child_max, child_stream, ctx, metrics.clone())?;
+            WindowStream::new(spec, &input_schema, Some(sort), None, ctx, metrics.clone())?
+        };
+        Ok(Started::new(stream))
+    }
 }
 
 /// What a window operator computes.
@@ -932,32 +1002,6 @@ impl WindowStream {
         })
     }
 
-    pub(crate) fn stop(&mut self) {
-        self.done = true;
-        self.input.stop();
-        self.block.clear();
-        self.spilled = None;
-        self.reservation.free();
-    }
-
-    pub(crate) fn next_reserved(&mut self, cancel: &AtomicBool) -> Option<Result<(RecordBatch, MemoryReservation)>> {
-        match self.next_batch(cancel) {
-            Ok(Some(batch)) => Some((|| {
-                let bytes = super::sliced_bytes(&batch);
-                let mut r = self.output_reservation.split(bytes);
-                if r.size() < bytes {
-                    r.try_grow(bytes - r.size())?;
-                }
-                Ok((batch, r))
-            })()),
-            Ok(None) => None,
-            Err(e) => {
-                self.stop();
-                Some(Err(e))
-            }
-        }
-    }
-
     fn next_batch(&mut self, cancel: &AtomicBool) -> Result<Option<RecordBatch>> {
         loop {
             if let Some(b) = self.output.pop_front() {
@@ -1262,5 +1306,33 @@ impl WindowStream {
             self.push_block(prepared)?;
         }
         Ok(())
+    }
+}
+
+impl Running for WindowStream {
+    fn stop(&mut self) {
+        self.done = true;
+        self.input.stop();
+        self.block.clear();
+        self.spilled = None;
+        self.reservation.free();
+    }
+
+    fn next_reserved(&mut self, cancel: &AtomicBool) -> Option<Result<(RecordBatch, MemoryReservation)>> {
+        match self.next_batch(cancel) {
+            Ok(Some(batch)) => Some((|| {
+                let bytes = super::sliced_bytes(&batch);
+                let mut r = self.output_reservation.split(bytes);
+                if r.size() < bytes {
+                    r.try_grow(bytes - r.size())?;
+                }
+                Ok((batch, r))
+            })()),
+            Ok(None) => None,
+            Err(e) => {
+                self.stop();
+                Some(Err(e))
+            }
+        }
     }
 }

@@ -112,3 +112,62 @@ impl fmt::Display for AggregateExpr {
         }
     }
 }
+
+/// How an aggregate is computed in two steps: partial aggregates over the input, each merged by
+/// an aggregate of the final step over its column, then finished by an expression. One split
+/// serves the three places that make it: two-phase aggregation (partial on the scan workers),
+/// DISTINCT aggregates beside plain ones (partial per distinct value), and eager aggregation
+/// below a join (partial before the join).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Split {
+    /// `sum`, `min`, `max`: the same function over the partial results.
+    Again(AggregateFunction),
+    /// `count`, `count(*)`: the partial counts, summed.
+    Count(AggregateFunction),
+    /// `avg`: a partial sum and a partial count; their totals divided.
+    Avg,
+}
+
+impl Split {
+    /// The split of `func`, when its partial results merge exactly.
+    pub(crate) fn of(func: AggregateFunction) -> Option<Split> {
+        use AggregateFunction as F;
+        match func {
+            F::Sum | F::Min | F::Max => Some(Split::Again(func)),
+            F::Count | F::CountStar => Some(Split::Count(func)),
+            F::Avg => Some(Split::Avg),
+            _ => None,
+        }
+    }
+
+    /// The partial aggregates, over the aggregate's argument, in order.
+    pub(crate) fn partials(self) -> Vec<AggregateFunction> {
+        use AggregateFunction as F;
+        match self {
+            Split::Again(f) | Split::Count(f) => vec![f],
+            Split::Avg => vec![F::Sum, F::Count],
+        }
+    }
+
+    /// The final step's aggregate over a partial column: counts add up.
+    pub(crate) fn merge(self) -> AggregateFunction {
+        match self {
+            Split::Again(f) => f,
+            Split::Count(_) | Split::Avg => AggregateFunction::Sum,
+        }
+    }
+
+    /// The aggregate's answer from the merged partials (`merged[i]` for partial `i`).
+    pub(crate) fn finish(self, mut merged: Vec<Expr>) -> Expr {
+        match self {
+            Split::Again(_) => merged.swap_remove(0),
+            Split::Count(_) => Expr::Cast { expr: Box::new(merged.swap_remove(0)), to: DataType::Int64 },
+            // The division the aggregation's own average makes (as DuckDB's), on the totals.
+            Split::Avg => Expr::Function {
+                func: super::Function::of(&super::AVG_DIVIDE),
+                args: merged,
+                data_type: DataType::Float64,
+            },
+        }
+    }
+}

@@ -16,6 +16,7 @@ use arrow::array::{new_null_array, Array, ArrayRef, AsArray, BooleanArray, Recor
 use arrow::compute::kernels::{boolean, cmp, numeric};
 use arrow::datatypes::{DataType, Schema};
 
+pub(crate) use self::aggregate::Split;
 pub use self::aggregate::{AggregateExpr, AggregateFunction};
 pub use self::functions::{all as functions, DatePartKind, Function, FunctionDef, Group};
 pub(crate) use self::functions::{names as function_names, AVG_DIVIDE, COALESCE, LEAST, TRY_CAST};

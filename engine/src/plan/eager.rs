@@ -37,11 +37,11 @@
 
 use std::sync::Arc;
 
-use arrow::datatypes::{DataType, Field, Schema};
+use arrow::datatypes::{Field, Schema};
 
 use super::joins::{column_equality, equality, flatten, is_inner_join, ColumnClasses};
 use super::LogicalPlan;
-use crate::expr::{AggregateExpr, AggregateFunction as F, Expr, Function};
+use crate::expr::{AggregateExpr, AggregateFunction as F, Expr, Split};
 
 /// Most inputs a join under an aggregation may have for the subsets of them to be tried.
 const MAX_INPUTS: usize = 12;
@@ -112,9 +112,7 @@ fn eager(node: &LogicalPlan) -> Option<LogicalPlan> {
     let LogicalPlan::Aggregate { input, group_exprs, aggregates, schema } = node else { return None };
     if group_exprs.is_empty()
         || aggregates.is_empty()
-        || aggregates
-            .iter()
-            .any(|a| a.distinct || !matches!(a.func, F::CountStar | F::Count | F::Sum | F::Min | F::Max | F::Avg))
+        || aggregates.iter().any(|a| a.distinct || Split::of(a.func).is_none())
     {
         return None;
     }
@@ -268,18 +266,13 @@ fn rewrite(
             partials.len() - 1
         })
     };
-    enum Final {
-        Again(F, usize),
-        Count(usize),
-        Avg(usize, usize),
-    }
-    let finals: Vec<Final> = aggregates
+    // Each aggregate's split and the partial states it reads (shared where equal).
+    let finals: Vec<(Split, Vec<usize>)> = aggregates
         .iter()
         .zip(args)
-        .map(|(a, arg)| match a.func {
-            F::CountStar | F::Count => Final::Count(partial(a.func, arg)),
-            F::Avg => Final::Avg(partial(F::Sum, arg), partial(F::Count, arg)),
-            f => Final::Again(f, partial(f, arg)),
+        .map(|(a, arg)| {
+            let split = Split::of(a.func).expect("eager aggregation takes aggregates that split");
+            (split, split.partials().into_iter().map(|f| partial(f, arg)).collect())
         })
         .collect();
     let mut fields: Vec<Field> =
@@ -352,16 +345,7 @@ fn rewrite(
     };
     let outputs: Vec<Expr> = finals
         .iter()
-        .map(|f| match *f {
-            Final::Again(func, p) => add(func, p),
-            Final::Count(p) => Expr::Cast { expr: Box::new(add(F::Sum, p)), to: DataType::Int64 },
-            // The division the aggregation's own average makes (as DuckDB's), on the totals.
-            Final::Avg(sum, count) => Expr::Function {
-                func: Function::of(&crate::expr::AVG_DIVIDE),
-                args: vec![add(F::Sum, sum), add(F::Sum, count)],
-                data_type: DataType::Float64,
-            },
-        })
+        .map(|(split, parts)| split.finish(parts.iter().map(|&p| add(split.merge(), p)).collect()))
         .collect();
     let mut fields: Vec<Field> = (0..nk).map(|i| schema.field(i).clone().with_nullable(true)).collect();
     fields.extend(second.iter().enumerate().map(|(i, a)| Field::new(format!("__s{i}"), a.data_type.clone(), true)));

@@ -777,7 +777,7 @@ fn aggregate(
     aggregates: Vec<crate::expr::AggregateExpr>,
     schema: arrow::datatypes::SchemaRef,
 ) -> Result<LogicalPlan> {
-    use crate::expr::{AggregateExpr, AggregateFunction as F, Function};
+    use crate::expr::{AggregateExpr, AggregateFunction as F, Function, Split};
     use arrow::datatypes::DataType;
     let mut distinct_args: Vec<Expr> = Vec::new();
     for a in aggregates.iter().filter(|a| a.distinct) {
@@ -856,27 +856,24 @@ fn aggregate(
     enum Final {
         /// The aggregate over the distinct values (a column of the first level's keys).
         OverDistinct(F, usize),
-        /// `count`: the sum of partial counts, 0 when there are none.
-        Count(usize),
-        /// `sum`, `min`, `max` of the partial column.
-        Again(F, usize),
-        /// `avg`: sum of partial sums over sum of partial counts.
-        Avg(usize, usize),
+        /// A plain aggregate, split over the first level's partial columns.
+        Split(Split, Vec<usize>),
     }
     let mut finals = Vec::new();
     for (a, arg) in aggregates.iter().zip(&plain_arg) {
         // With a union, `count(*)` counts the plain branch's 1s.
         let func = if m > 1 && a.func == F::CountStar { F::Count } else { a.func };
-        finals.push(match (a.distinct, func) {
-            (true, f) => {
+        finals.push(match (a.distinct, Split::of(func)) {
+            (true, _) => {
                 let j = distinct_args.iter().position(|x| Some(x) == a.arg.as_ref()).expect("collected above");
-                Final::OverDistinct(f, distinct_column[j])
+                Final::OverDistinct(func, distinct_column[j])
             }
-            (false, F::CountStar | F::Count) => Final::Count(partial(func, arg, &mut partials)?),
-            (false, f @ (F::Sum | F::Min | F::Max)) => Final::Again(f, partial(f, arg, &mut partials)?),
-            (false, F::Avg) => Final::Avg(partial(F::Sum, arg, &mut partials)?, partial(F::Count, arg, &mut partials)?),
-            (false, f) => {
-                return Err(Error::NotSupported(format!("{}() together with a DISTINCT aggregate", f.name())));
+            (false, Some(split)) => {
+                let columns = split.partials().into_iter().map(|f| partial(f, arg, &mut partials));
+                Final::Split(split, columns.collect::<Result<_>>()?)
+            }
+            (false, None) => {
+                return Err(Error::NotSupported(format!("{}() together with a DISTINCT aggregate", func.name())));
             }
         });
     }
@@ -905,22 +902,22 @@ fn aggregate(
     for f in finals {
         outputs.push(match f {
             Final::OverDistinct(func, c) => add(func, c)?,
-            Final::Again(func, c) => add(func, c)?,
-            Final::Count(c) => {
-                let sum = Expr::Cast { expr: Box::new(add(F::Sum, c)?), to: DataType::Int64 };
-                let zero = Expr::Literal(Arc::new(arrow::array::Int64Array::from(vec![0])));
-                Expr::Function {
-                    func: Function::of(&crate::expr::COALESCE),
-                    args: vec![sum, zero],
-                    data_type: DataType::Int64,
+            Final::Split(split, columns) => {
+                let merged = columns.into_iter().map(|c| add(split.merge(), c)).collect::<Result<Vec<_>>>()?;
+                match split {
+                    // A group may have no plain rows (all its rows are in the DISTINCT branches):
+                    // its count is 0, not null.
+                    Split::Count(_) => Expr::Function {
+                        func: Function::of(&crate::expr::COALESCE),
+                        args: vec![
+                            split.finish(merged),
+                            Expr::Literal(Arc::new(arrow::array::Int64Array::from(vec![0]))),
+                        ],
+                        data_type: DataType::Int64,
+                    },
+                    _ => split.finish(merged),
                 }
             }
-            // The division the aggregation's own average makes (as DuckDB's), on the totals.
-            Final::Avg(s, c) => Expr::Function {
-                func: Function::of(&crate::expr::AVG_DIVIDE),
-                args: vec![add(F::Sum, s)?, add(F::Sum, c)?],
-                data_type: DataType::Float64,
-            },
         });
     }
     let mut fields: Vec<Field> = (0..keys).map(|i| first_schema.field(i).clone()).collect();

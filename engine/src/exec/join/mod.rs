@@ -37,7 +37,7 @@
 //! added, up to the share fixed when the join starts; partitions buffer under their own
 //! reservation; every output chunk is reserved before it is handed on.
 //!
-//! The types are here; their code is in [`keys`] (key encodings, hashing, what each join type
+//! The types are here; their code is in [`node`] (the join in the physical plan), [`keys`] (key encodings, hashing, what each join type
 //! makes of candidate pairs), [`table`] (the build table), [`probe`] (what the scan workers run),
 //! [`stream`] (the join as it runs: build, probe, partitions, chunks) and [`ranges`] (key ranges
 //! and grace partitions).
@@ -68,12 +68,14 @@ use crate::plan::JoinType;
 use crate::spill::{SpillFile, SpillReader};
 
 mod keys;
+mod node;
 mod probe;
 mod ranges;
 mod stream;
 mod table;
 
 use self::keys::hash_key;
+pub(crate) use self::node::JoinNode;
 use self::ranges::key_ranges;
 
 const PARTITIONS: usize = 16;

@@ -2,6 +2,7 @@
 //! unmatched rows of outer joins.
 
 use super::*;
+use crate::exec::node::Running;
 
 impl ProbeBatch {
     pub(super) fn done(&self) -> bool {
@@ -87,64 +88,6 @@ impl JoinStream {
             first_limit,
             queue_limit,
         })
-    }
-
-    pub(crate) fn next_reserved(&mut self, cancel: &AtomicBool) -> Option<Result<(RecordBatch, MemoryReservation)>> {
-        let reserve = |join: &Self, batch: RecordBatch| -> Result<(RecordBatch, MemoryReservation)> {
-            let r = join.reserve_batch("HashJoin output", &batch)?;
-            Ok((batch, r))
-        };
-        loop {
-            if let Some(batch) = self.pending.pop_front() {
-                return Some(reserve(self, batch));
-            }
-            let next = self.next_batch(cancel);
-            let from_workers = std::mem::take(&mut self.from_workers);
-            // Output made here is counted here (that of probes on workers by their `Prober`),
-            // before the work from above: the pipeline's consumer sees what that leaves.
-            if let (false, Ok(Some((batch, _)))) = (from_workers, &next) {
-                self.shared.metrics.rows_out(batch.num_rows());
-            }
-            match next {
-                Ok(Some((batch, r))) if from_workers || self.above.is_empty() => {
-                    return Some(match r {
-                        Some(r) => Ok((batch, r)),
-                        None => reserve(self, batch),
-                    });
-                }
-                Ok(Some((batch, r))) => {
-                    // The work from above, here: its output goes out batch by batch.
-                    let mut out = Vec::new();
-                    let ran = crate::exec::operators::run_stages(&self.above, batch, &mut |b| {
-                        out.push(b);
-                        Ok(true)
-                    });
-                    drop(r);
-                    if let Err(e) = ran {
-                        self.stop();
-                        return Some(Err(e));
-                    }
-                    self.pending.extend(out.into_iter().filter(|b| b.num_rows() > 0));
-                }
-                Ok(None) => {
-                    self.state = State::Done;
-                    self.drop_headroom();
-                    return None;
-                }
-                Err(e) => {
-                    self.stop();
-                    return Some(Err(e));
-                }
-            }
-        }
-    }
-
-    pub(crate) fn stop(&mut self) {
-        self.drop_headroom();
-        self.state = State::Done;
-        self.tasks.clear();
-        self.pending.clear();
-        self.wave.clear();
     }
 
     /// A reservation for a batch read back from a spill file, held while the join works on it.
@@ -787,6 +730,66 @@ impl JoinStream {
                 return Ok(Some((shared.assemble(build, probe_nulls, ids.len())?, None)));
             }
         }
+    }
+}
+
+impl Running for JoinStream {
+    fn next_reserved(&mut self, cancel: &AtomicBool) -> Option<Result<(RecordBatch, MemoryReservation)>> {
+        let reserve = |join: &Self, batch: RecordBatch| -> Result<(RecordBatch, MemoryReservation)> {
+            let r = join.reserve_batch("HashJoin output", &batch)?;
+            Ok((batch, r))
+        };
+        loop {
+            if let Some(batch) = self.pending.pop_front() {
+                return Some(reserve(self, batch));
+            }
+            let next = self.next_batch(cancel);
+            let from_workers = std::mem::take(&mut self.from_workers);
+            // Output made here is counted here (that of probes on workers by their `Prober`),
+            // before the work from above: the pipeline's consumer sees what that leaves.
+            if let (false, Ok(Some((batch, _)))) = (from_workers, &next) {
+                self.shared.metrics.rows_out(batch.num_rows());
+            }
+            match next {
+                Ok(Some((batch, r))) if from_workers || self.above.is_empty() => {
+                    return Some(match r {
+                        Some(r) => Ok((batch, r)),
+                        None => reserve(self, batch),
+                    });
+                }
+                Ok(Some((batch, r))) => {
+                    // The work from above, here: its output goes out batch by batch.
+                    let mut out = Vec::new();
+                    let ran = crate::exec::operators::run_stages(&self.above, batch, &mut |b| {
+                        out.push(b);
+                        Ok(true)
+                    });
+                    drop(r);
+                    if let Err(e) = ran {
+                        self.stop();
+                        return Some(Err(e));
+                    }
+                    self.pending.extend(out.into_iter().filter(|b| b.num_rows() > 0));
+                }
+                Ok(None) => {
+                    self.state = State::Done;
+                    self.drop_headroom();
+                    return None;
+                }
+                Err(e) => {
+                    self.stop();
+                    return Some(Err(e));
+                }
+            }
+        }
+    }
+
+    fn stop(&mut self) {
+        self.drop_headroom();
+        self.state = State::Done;
+        self.tasks.clear();
+        self.pending.clear();
+        self.wave.clear();
     }
 }
 
