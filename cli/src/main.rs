@@ -232,24 +232,7 @@ fn open_pipeline(common: &CommonArgs, path: &Path, verbose: bool) -> Result<(Pip
     let file = PipelineFile::load(path)?;
     let config = config(common, Some(&file.settings), verbose)?;
     let mut engine = Engine::new(config)?;
-    engine.set_base_dir(&file.base_dir);
-    for (name, spec) in &file.sources {
-        let format = spec.format(name)?;
-        engine
-            .register_with(name, spec.path(), format, spec.union_by_name())
-            .map_err(|e| Error::Config(format!("source '{name}': {e}")))?;
-    }
-    for (i, step) in file.steps.iter().enumerate() {
-        let label = step.label(i);
-        set_sql(&step.sql);
-        match &step.name {
-            Some(name) => engine.register_view(name, &step.sql).map_err(|e| e.in_step(&label))?,
-            None => drop(engine.sql(&step.sql).map_err(|e| e.in_step(&label))?),
-        }
-        if step.output.is_some() {
-            drop(engine.sql(&step.sql).map_err(|e| e.in_step(&label))?);
-        }
-    }
+    file.prepare(&mut engine, |step| set_sql(&step.sql))?;
     Ok((file, engine))
 }
 

@@ -46,6 +46,7 @@ use arrow::datatypes::{Field, Schema};
 use serde::Deserialize;
 
 use crate::config::parse_size;
+use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::exec::sink::{Codec, OutputFormat, Overwrite, WriteOptions};
 use crate::expr::types::parse_type_name;
@@ -263,6 +264,32 @@ impl PipelineFile {
         }
         file.check(path)?;
         Ok(file)
+    }
+
+    /// Makes `engine` ready to run the file: its folder is where relative paths start, its
+    /// sources are registered, its named steps become views, and every step is planned, so that a
+    /// mistake in any step stops the run before one runs. `on_step` sees each step before it is
+    /// planned (the command line keeps its SQL to point at errors in it).
+    pub fn prepare(&self, engine: &mut Engine, mut on_step: impl FnMut(&StepSpec)) -> Result<()> {
+        engine.set_base_dir(&self.base_dir);
+        for (name, spec) in &self.sources {
+            let format = spec.format(name)?;
+            engine
+                .register_with(name, spec.path(), format, spec.union_by_name())
+                .map_err(|e| Error::Config(format!("source '{name}': {e}")))?;
+        }
+        for (i, step) in self.steps.iter().enumerate() {
+            let label = step.label(i);
+            on_step(step);
+            match &step.name {
+                Some(name) => engine.register_view(name, &step.sql).map_err(|e| e.in_step(&label))?,
+                None => drop(engine.sql(&step.sql).map_err(|e| e.in_step(&label))?),
+            }
+            if step.output.is_some() {
+                drop(engine.sql(&step.sql).map_err(|e| e.in_step(&label))?);
+            }
+        }
+        Ok(())
     }
 
     fn check(&self, path: &Path) -> Result<()> {
