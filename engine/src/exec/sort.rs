@@ -774,6 +774,11 @@ impl Sorter {
                     let mut merger = Merger::new(self, group, None, per_run, None)?;
                     let mut writer = self.ctx.spill.create(self.schema.clone(), "ExternalSort-merge")?;
                     while let Some(chunk) = merger.next_chunk() {
+                        // A pass over gigabytes of runs takes minutes: an interrupt stops it (it
+                        // ran on for 40 s).
+                        if self.ctx.cancel.load(std::sync::atomic::Ordering::Relaxed) {
+                            return Err(Error::Cancelled);
+                        }
                         writer.write(&chunk?)?;
                     }
                     drop(merger);
