@@ -362,11 +362,7 @@ impl Pipeline {
         if self.tail_ops.iter().any(|o| matches!(o, Operator::Limit { .. })) {
             return None;
         }
-        match self.source.name() {
-            "Scan" => Some("scan workers"),
-            "HashJoin" => Some("probe side's workers"),
-            _ => None,
-        }
+        self.source.runs_pushed_work_on()
     }
 
     /// Has the workers that produce this pipeline's batches also run `stages` on them, so that

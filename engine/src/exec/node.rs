@@ -84,6 +84,11 @@ pub(crate) trait Node: Send {
         stats
     }
 
+    /// Where work pushed down to it ([`Node::push_down`]) runs, when it takes any.
+    fn runs_pushed_work_on(&self) -> Option<&'static str> {
+        None
+    }
+
     /// Takes `stages` to run on the workers that make its output (see [`Pipeline::push_down`]),
     /// or gives them back.
     fn push_down(&mut self, stages: Vec<Stage>) -> std::result::Result<(), Vec<Stage>> {

@@ -109,6 +109,10 @@ impl Node for ScanPipeline {
         ScanPipeline::stats(self, ctx)
     }
 
+    fn runs_pushed_work_on(&self) -> Option<&'static str> {
+        Some("scan workers")
+    }
+
     fn push_down(&mut self, stages: Vec<Stage>) -> std::result::Result<(), Vec<Stage>> {
         stages.into_iter().for_each(|s| self.push_stage(s));
         Ok(())

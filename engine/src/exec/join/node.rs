@@ -75,6 +75,10 @@ impl Node for JoinNode {
         children + table_limit(ctx.available_for_sizing().saturating_sub(children), ctx)
     }
 
+    fn runs_pushed_work_on(&self) -> Option<&'static str> {
+        Some("probe side's workers")
+    }
+
     /// Work from above runs on the probe side's workers once the table is built, or on the
     /// consumer when it cannot.
     fn push_down(&mut self, stages: Vec<Stage>) -> std::result::Result<(), Vec<Stage>> {
