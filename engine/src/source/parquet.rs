@@ -68,9 +68,9 @@ pub(super) fn estimated_row_bytes(
 /// chunk holds uncompressed. Strings and binaries take more, and the decoder grows its value
 /// buffer by doubling, so a batch holds up to twice its values' bytes (200-byte strings estimated
 /// at 64 KiB a batch took 101 KiB, and a run accepted at its minimum failed). Their decoded bytes
-/// come from the chunk's size statistics when the writer recorded them (parquet-rs, parquet-mr
-/// 1.14 and DuckDB do): a dictionary-encoded chunk stores each value once, and 101 strings of up
-/// to 150 bytes repeated over 1752 rows took 17 KiB stored and 250 KiB decoded. Without them, from
+/// come from the chunk's size statistics when the writer recorded them (parquet-rs does; format
+/// 2.10 added them): a dictionary-encoded chunk stores each value once, and 101 strings of up to
+/// 150 bytes repeated over 1752 rows took 17 KiB stored and 250 KiB decoded. Without them, from
 /// the longest of the statistics' minimum and maximum when they are exact, which is only a hint
 /// (a string between them may be longer than both).
 fn decoded_bytes(column: &parquet::file::metadata::ColumnChunkMetaData, rows: u64) -> u64 {
