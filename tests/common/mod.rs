@@ -94,23 +94,44 @@ pub fn write_key_rows(path: &Path, rows: &[KeyRow], chunk: usize) {
 
 /// A Python with pyarrow, DuckDB and Polars: `FLOW_INTEROP_PYTHON` if set, else a venv under
 /// `target/` made (once) from PyPI.
+///
+/// Tests of one binary run on several threads and several binaries may run at once, so the venv
+/// is made once per process (the other threads wait for it) in a folder of its own, and renamed
+/// into place only when complete: a reader never sees a half-made venv, and two makers never
+/// write into the same folder.
 pub fn interop_python() -> PathBuf {
+    static PYTHON: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    PYTHON.get_or_init(make_interop_python).clone()
+}
+
+fn make_interop_python() -> PathBuf {
     if let Some(p) = std::env::var_os("FLOW_INTEROP_PYTHON") {
         return p.into();
     }
     let venv = repo_root().join("target/interop-venv");
     let python = venv.join("bin/python");
-    let ready = venv.join(".ready");
-    if !ready.exists() {
-        let _ = std::fs::remove_dir_all(&venv);
-        let status = std::process::Command::new("python3").args(["-m", "venv"]).arg(&venv).status();
-        assert!(status.is_ok_and(|s| s.success()), "python3 -m venv failed: the interop tests need Python 3");
-        let status = std::process::Command::new(&python)
-            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
-            .args(["pyarrow==26.0.1", "duckdb==2.0.1", "polars==2.1.0"])
-            .status();
-        assert!(status.is_ok_and(|s| s.success()), "pip install pyarrow duckdb polars failed (PyPI reachable?)");
-        std::fs::write(&ready, b"").unwrap();
+    if venv.join(".ready").exists() {
+        return python;
     }
+    let fresh = repo_root().join(format!("target/interop-venv.{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&fresh);
+    let status = std::process::Command::new("python3").args(["-m", "venv"]).arg(&fresh).status();
+    assert!(status.is_ok_and(|s| s.success()), "python3 -m venv failed: the interop tests need Python 3");
+    let status = std::process::Command::new(fresh.join("bin/python"))
+        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
+        .args(["pyarrow==26.0.1", "duckdb==2.0.1", "polars==2.1.0"])
+        .status();
+    assert!(status.is_ok_and(|s| s.success()), "pip install pyarrow duckdb polars failed (PyPI reachable?)");
+    std::fs::write(fresh.join(".ready"), b"").unwrap();
+    // A venv's interpreter finds its packages from its own path, so the renamed one works as is.
+    // Another process may have put its venv in place first: then ours is not needed.
+    if !venv.join(".ready").exists() {
+        let _ = std::fs::remove_dir_all(&venv);
+        if std::fs::rename(&fresh, &venv).is_ok() {
+            return python;
+        }
+    }
+    let _ = std::fs::remove_dir_all(&fresh);
+    assert!(venv.join(".ready").exists(), "the interop venv at {} is not complete", venv.display());
     python
 }
