@@ -16,6 +16,7 @@
 //! memory pool until the consumer releases it. Operators above a limit or a blocking operator run
 //! on the consumer; when a limit is satisfied the stream stops its sources early.
 
+mod accumulators;
 mod aggregate;
 mod coalesce;
 mod dict_column;

@@ -37,9 +37,10 @@ use arrow::array::{
     RecordBatchOptions,
 };
 use arrow::compute::SortOptions;
-use arrow::datatypes::{DataType, Decimal128Type, Float64Type, SchemaRef};
+use arrow::datatypes::{DataType, Float64Type, SchemaRef};
 use arrow_row::{RowConverter, Rows, SortField};
 
+use super::accumulators::{sliding_accumulator, ArgValues, FrameValue, SlidingAccumulator};
 use super::node::{Node, Running, Started};
 use super::sort::SortStream;
 use super::{start_beside, BatchStream, ExecContext, ExplainLine, OperatorMetrics, Pipeline};
@@ -149,9 +150,8 @@ struct Prepared {
 struct Arg {
     /// The value as it is (for functions that return a row's value).
     value: Option<ArrayRef>,
-    /// Numbers for sums and averages: unscaled 128-bit integers or floats.
-    int: Option<Decimal128Array>,
-    float: Option<Float64Array>,
+    /// For aggregates over sliding frames: the form their accumulator reads.
+    acc: Option<ArgValues>,
     /// Row format, for min/max comparisons.
     rows: Option<Rows>,
 }
@@ -162,11 +162,7 @@ impl Prepared {
         let args: usize = self
             .args
             .iter()
-            .map(|a| {
-                a.int.as_ref().map_or(0, |x| x.get_array_memory_size())
-                    + a.float.as_ref().map_or(0, |x| x.get_array_memory_size())
-                    + rows(&a.rows)
-            })
+            .map(|a| a.acc.as_ref().map_or(0, |x| x.bytes()) + rows(&a.rows))
             .sum();
         (self.batch.get_array_memory_size() + rows(&self.part) + rows(&self.order) + args) as u64
     }
@@ -182,6 +178,8 @@ struct WindowPlan {
     order_converter: Option<RowConverter>,
     /// Per function: converter for min/max comparisons.
     arg_converters: Vec<Option<RowConverter>>,
+    /// Per function: for an aggregate over sliding frames, its accumulator (for its argument's form).
+    sliding: Vec<Option<Box<dyn SlidingAccumulator>>>,
 }
 
 impl WindowPlan {
@@ -203,7 +201,14 @@ impl WindowPlan {
             })
             .transpose()?;
         let mut arg_converters = Vec::new();
+        let mut sliding = Vec::new();
         for f in &spec.functions {
+            sliding.push(match f.func {
+                WindowFunction::Aggregate(a) => {
+                    sliding_accumulator(a, f.args.first().map(|e| e.data_type(input_schema)).as_ref())
+                }
+                _ => None,
+            });
             arg_converters.push(match f.func {
                 WindowFunction::Aggregate(AggregateFunction::Min | AggregateFunction::Max) => {
                     let t = f.args[0].data_type(input_schema);
@@ -212,7 +217,7 @@ impl WindowPlan {
                 _ => None,
             });
         }
-        Ok(WindowPlan { spec, part_converter, order_converter, arg_converters })
+        Ok(WindowPlan { spec, part_converter, order_converter, arg_converters, sliding })
     }
 
     fn prepare(&self, batch: RecordBatch) -> Result<Prepared> {
@@ -248,7 +253,7 @@ impl WindowPlan {
             None
         };
         let mut args = Vec::with_capacity(self.spec.functions.len());
-        for (f, conv) in self.spec.functions.iter().zip(&self.arg_converters) {
+        for ((f, conv), sliding) in self.spec.functions.iter().zip(&self.arg_converters).zip(&self.sliding) {
             let Some(first) = f.args.first() else {
                 args.push(Arg::default());
                 continue;
@@ -266,21 +271,10 @@ impl WindowPlan {
                         arg.rows = Some(c.convert_columns(std::slice::from_ref(&value))?);
                         arg.value = Some(value);
                     }
-                    AggregateFunction::Count | AggregateFunction::CountStar => arg.value = Some(value),
-                    _ => match value.data_type() {
-                        DataType::Float32 | DataType::Float64 => {
-                            let fl = arrow::compute::cast(&value, &DataType::Float64)?;
-                            arg.float = Some(fl.as_primitive::<Float64Type>().clone());
-                        }
-                        t => {
-                            let target = match t {
-                                DataType::Decimal128(_, s) => DataType::Decimal128(38, *s),
-                                _ => DataType::Decimal128(38, 0),
-                            };
-                            let d = arrow::compute::cast(&value, &target)?;
-                            arg.int = Some(d.as_primitive::<Decimal128Type>().clone());
-                        }
-                    },
+                    _ => {
+                        let acc = sliding.as_ref().ok_or_else(|| not_a_window_aggregate(a))?;
+                        arg.acc = Some(acc.arg(&value)?);
+                    }
                 },
                 _ => arg.value = Some(value),
             }
@@ -425,12 +419,8 @@ struct Evaluator {
     removed: usize,
     adder: Cursor,
     remover: Cursor,
-    count: i64,
-    sum_int: i128,
-    sum_float: f64,
-    /// The argument is a float (sums in `sum_float`), else its decimal scale (sums in `sum_int`).
-    float_arg: bool,
-    scale: i32,
+    /// Count, sum, avg: the state rows enter and leave.
+    acc: Option<Box<dyn SlidingAccumulator>>,
     /// min/max: candidates `(row, key bytes, source)`, best first.
     queue: VecDeque<(usize, Vec<u8>, Src)>,
 }
@@ -438,10 +428,9 @@ struct Evaluator {
 impl Evaluator {
     fn new(index: usize, expr: &WindowExpr, input: &arrow::datatypes::Schema) -> Result<Evaluator> {
         let arg_type = expr.args.first().map(|a| a.data_type(input));
-        let float_arg = matches!(arg_type, Some(DataType::Float32 | DataType::Float64));
-        let scale = match arg_type {
-            Some(DataType::Decimal128(_, s)) => s as i32,
-            _ => 0,
+        let acc = match expr.func {
+            WindowFunction::Aggregate(a) => sliding_accumulator(a, arg_type.as_ref()),
+            _ => None,
         };
         let constant = |i: usize| -> Result<Option<i64>> {
             match expr.args.get(i) {
@@ -496,11 +485,7 @@ impl Evaluator {
             removed: 0,
             adder: Cursor::new(),
             remover: Cursor::new(),
-            count: 0,
-            sum_int: 0,
-            sum_float: 0.0,
-            float_arg,
-            scale,
+            acc,
             queue: VecDeque::new(),
         })
     }
@@ -521,9 +506,9 @@ impl Evaluator {
     fn reset_state(&mut self, at: usize) {
         self.added = at;
         self.removed = at;
-        self.count = 0;
-        self.sum_int = 0;
-        self.sum_float = 0.0;
+        if let Some(acc) = &mut self.acc {
+            acc.reset();
+        }
         self.queue.clear();
     }
 
@@ -690,127 +675,77 @@ impl Evaluator {
         if s > self.added {
             self.reset_state(s);
         }
+        if matches!(a, AggregateFunction::Min | AggregateFunction::Max) {
+            return self.extreme(storage, a == AggregateFunction::Max, s, e);
+        }
         let k = self.index;
+        let acc = self.acc.as_mut().ok_or_else(|| not_a_window_aggregate(a))?;
+        while self.added < e {
+            self.adder.seek(storage, self.added)?;
+            let (b, r) = self.adder.at();
+            acc.add(b.args[k].acc.as_ref(), r)?;
+            self.added += 1;
+        }
+        while self.removed < s.min(self.added) {
+            self.remover.seek(storage, self.removed)?;
+            let (b, r) = self.remover.at();
+            acc.retract(b.args[k].acc.as_ref(), r)?;
+            self.removed += 1;
+        }
+        if e <= s {
+            // An empty frame: the state of no rows.
+            self.reset_state(s);
+        }
+        let acc = self.acc.as_ref().expect("checked above");
+        Ok(match acc.value() {
+            FrameValue::Int(v) => Value::Int(v),
+            FrameValue::Float(v) => Value::Float(v),
+            FrameValue::Decimal(v) => Value::Decimal(v),
+        })
+    }
+
+    /// Min or max over the frame `[s, e)`: a queue of the rows that can still win, best first
+    /// (a per-value state cannot let the best row go when it leaves the frame).
+    fn extreme(&mut self, storage: &Storage<'_>, max: bool, s: usize, e: usize) -> Result<Value> {
+        let k = self.index;
+        let from_start = self.expr.frame.start == FrameBound::UnboundedPreceding;
         while self.added < e {
             self.adder.seek(storage, self.added)?;
             let (b, r) = self.adder.at();
             let arg = &b.args[k];
-            match a {
-                AggregateFunction::CountStar => self.count += 1,
-                AggregateFunction::Count => {
-                    if arg.value.as_ref().is_some_and(|v| v.is_valid(r)) {
-                        self.count += 1;
+            let value = arg.value.as_ref().expect("min/max value");
+            if value.is_valid(r) {
+                let key = arg.rows.as_ref().expect("min/max rows").row(r).data();
+                let beats = |held: &[u8]| if max { held <= key } else { held >= key };
+                // Candidates that can never win again leave the back of the queue. A frame from
+                // the partition's start keeps only the best: the others would win only once it
+                // left the frame, which it never does. (All of them kept, a max over a whole
+                // spilled partition in falling order held every row and every batch read back:
+                // 12.6 MiB for 152,438 rows, counted nowhere.)
+                let wins = self.queue.back().is_none_or(|(_, back, _)| beats(back));
+                if !from_start || wins {
+                    while self.queue.back().is_some_and(|(_, back, _)| beats(back)) {
+                        self.queue.pop_back();
                     }
-                }
-                AggregateFunction::Min | AggregateFunction::Max => {
-                    let value = arg.value.as_ref().expect("min/max value");
-                    if value.is_valid(r) {
-                        let key = arg.rows.as_ref().expect("min/max rows").row(r).data();
-                        let max = a == AggregateFunction::Max;
-                        let beats = |held: &[u8]| if max { held <= key } else { held >= key };
-                        // Candidates that can never win again leave the back of the queue. A
-                        // frame from the partition's start keeps only the best: the others would
-                        // win only once it left the frame, which it never does. (All of them kept,
-                        // a max over a whole spilled partition in falling order held every row and
-                        // every batch read back: 12.6 MiB for 152,438 rows, counted nowhere.)
-                        let from_start = self.expr.frame.start == FrameBound::UnboundedPreceding;
-                        let wins = self.queue.back().is_none_or(|(_, back, _)| beats(back));
-                        if from_start && !wins {
-                            self.added += 1;
-                            continue;
-                        }
-                        while self.queue.back().is_some_and(|(_, back, _)| beats(back)) {
-                            self.queue.pop_back();
-                        }
-                        self.queue.push_back((self.added, key.to_vec(), self.adder.src()));
-                    }
-                }
-                _ => {
-                    if let Some(ints) = &arg.int {
-                        if ints.is_valid(r) {
-                            self.sum_int = self
-                                .sum_int
-                                .checked_add(ints.value(r))
-                                .ok_or_else(|| Error::Execution(format!("overflow in {}()", a.name())))?;
-                            self.count += 1;
-                        }
-                    } else if let Some(floats) = &arg.float {
-                        if floats.is_valid(r) {
-                            self.sum_float += floats.value(r);
-                            self.count += 1;
-                        }
-                    }
+                    self.queue.push_back((self.added, key.to_vec(), self.adder.src()));
                 }
             }
             self.added += 1;
         }
-        while self.removed < s.min(self.added) {
-            match a {
-                AggregateFunction::Min | AggregateFunction::Max => {}
-                _ => {
-                    self.remover.seek(storage, self.removed)?;
-                    let (b, r) = self.remover.at();
-                    let arg = &b.args[k];
-                    match a {
-                        AggregateFunction::CountStar => self.count -= 1,
-                        AggregateFunction::Count => {
-                            if arg.value.as_ref().is_some_and(|v| v.is_valid(r)) {
-                                self.count -= 1;
-                            }
-                        }
-                        _ => {
-                            if let Some(ints) = &arg.int {
-                                if ints.is_valid(r) {
-                                    self.sum_int -= ints.value(r);
-                                    self.count -= 1;
-                                }
-                            } else if let Some(floats) = &arg.float {
-                                if floats.is_valid(r) {
-                                    self.sum_float -= floats.value(r);
-                                    self.count -= 1;
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-            self.removed += 1;
-        }
+        self.removed = self.removed.max(s.min(self.added));
         while self.queue.front().is_some_and(|(row, _, _)| *row < s) {
             self.queue.pop_front();
         }
         let empty = e <= s;
-        Ok(match a {
-            AggregateFunction::CountStar | AggregateFunction::Count => {
-                Value::Int(Some(if empty { 0 } else { self.count }))
-            }
-            AggregateFunction::Min | AggregateFunction::Max => {
-                Value::Row(if empty { None } else { self.queue.front().map(|(_, _, src)| src.clone()) })
-            }
-            AggregateFunction::Sum if self.count > 0 && !empty => match self.expr.data_type {
-                DataType::Float64 => Value::Float(Some(self.sum_float)),
-                _ => Value::Decimal(Some(self.sum_int)),
-            },
-            AggregateFunction::Avg if self.count > 0 && !empty => {
-                // As DuckDB: the exact sum over count times the scale, one rounding.
-                let avg = if self.float_arg {
-                    self.sum_float / self.count as f64
-                } else {
-                    self.sum_int as f64 / (self.count as f64 * 10f64.powi(self.scale))
-                };
-                Value::Float(Some(avg))
-            }
-            AggregateFunction::Sum => match self.expr.data_type {
-                DataType::Float64 => Value::Float(None),
-                _ => Value::Decimal(None),
-            },
-            AggregateFunction::Avg => Value::Float(None),
-            other => return Err(Error::NotSupported(format!("{}() as a window function", other.name()))),
-        })
+        Ok(Value::Row(if empty { None } else { self.queue.front().map(|(_, _, src)| src.clone()) }))
     }
 }
 
-/// Builds one function's output column.
+/// The error for an aggregate that has no sliding accumulator (the planner lets none through).
+fn not_a_window_aggregate(a: AggregateFunction) -> Error {
+    Error::NotSupported(format!("{}() as a window function", a.name()))
+}
+
 /// The order value a `RANGE` frame bound `n PRECEDING` / `n FOLLOWING` reaches from `key`.
 fn range_target(bound: &FrameBound, key: f64) -> f64 {
     match bound {
@@ -820,6 +755,7 @@ fn range_target(bound: &FrameBound, key: f64) -> f64 {
     }
 }
 
+/// Builds one function's output column.
 fn build_column(
     values: Vec<Value>,
     data_type: &DataType,

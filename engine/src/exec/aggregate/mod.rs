@@ -32,7 +32,6 @@
 //! group table), [`accumulators`] (states per group, their updates and output) and [`partial`]
 //! (the two-phase split and what the workers run).
 
-mod accumulators;
 mod partial;
 mod stream;
 mod table;
@@ -42,14 +41,12 @@ use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use arrow::array::{
-    new_null_array, Array, ArrayRef, AsArray, Decimal128Array, Float64Array, Int64Array, RecordBatch,
-    RecordBatchOptions,
-};
-use arrow::datatypes::{DataType, Decimal128Type, Field, Float64Type, Schema, SchemaRef};
+use arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch, RecordBatchOptions};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow_row::{RowConverter, Rows, SortField};
 use foldhash::fast::FixedState;
 
+use super::accumulators::{groups_accumulator, update_batch, ArgValues, Gathered, GroupsAccumulator, Order, NO_GROUP};
 use super::int_map::{IntMap, ABSENT};
 use super::node::{Node, Running, Started};
 use super::operators::{Expand, Operator, Stage};
@@ -65,7 +62,6 @@ use crate::expr::{AggregateExpr, AggregateFunction, Expr, Split};
 use crate::memory::MemoryReservation;
 use crate::spill::SpillFile;
 
-use self::accumulators::*;
 use self::partial::*;
 use self::stream::*;
 
@@ -330,59 +326,6 @@ fn project(batch: &RecordBatch, groups: &[Expr], args: &[Option<Expr>], schema: 
     )?)
 }
 
-/// One aggregate's states, a slot per group.
-enum Acc {
-    Count(Vec<i64>),
-    /// Exact sums of integers and decimals (unscaled), with whether any value was seen.
-    SumInt {
-        sum: Vec<i128>,
-        seen: Vec<bool>,
-    },
-    SumFloat {
-        sum: Vec<f64>,
-        seen: Vec<bool>,
-    },
-    /// Average: exact sum (unscaled by `scale`) or float sum, and count.
-    AvgInt {
-        sum: Vec<i128>,
-        count: Vec<i64>,
-        scale: i32,
-    },
-    AvgFloat {
-        sum: Vec<f64>,
-        count: Vec<i64>,
-    },
-    /// Min or max of integers, decimals, dates and timestamps, as unscaled 128-bit integers (no
-    /// allocation per value, unlike the row format).
-    ExtremeInt {
-        values: Vec<i128>,
-        seen: Vec<bool>,
-        max: bool,
-        /// Dates and timestamps pass through Int64 (they do not cast to decimals).
-        temporal: bool,
-    },
-    /// Min or max of anything else, in row format.
-    Extreme {
-        values: Vec<Option<Box<[u8]>>>,
-        max: bool,
-        converter: RowConverter,
-    },
-    /// The one row's value of each group (a scalar subquery's): a second row is an error.
-    Single {
-        values: Vec<Option<Box<[u8]>>>,
-        seen: Vec<bool>,
-        converter: RowConverter,
-    },
-    /// Welford: count, mean, M2.
-    Var {
-        n: Vec<f64>,
-        mean: Vec<f64>,
-        m2: Vec<f64>,
-        sqrt: bool,
-        sample: bool,
-    },
-}
-
 /// Groups and their states.
 struct GroupTable {
     spec: Arc<Spec>,
@@ -392,7 +335,7 @@ struct GroupTable {
     groups: usize,
     /// Groups the index and every state vector have room for (reserved).
     capacity: usize,
-    accs: Vec<Acc>,
+    accs: Vec<Box<dyn GroupsAccumulator>>,
     reservation: MemoryReservation,
     /// Most bytes the table may reserve.
     limit: u64,
@@ -444,39 +387,4 @@ enum GroupIndex {
     /// format beside it. The row table takes room only once such a key comes (its memory is
     /// reserved from the start).
     Packed { map: IntMap, keys: Vec<u64>, rows: RowKeys },
-}
-
-/// An argument column in the form its accumulator reads.
-enum ArgValues {
-    /// Unscaled 128-bit integers (integers and decimals).
-    Int(Decimal128Array),
-    Float(Float64Array),
-    /// Row-format values for min/max.
-    Rows(Rows, Option<arrow::buffer::NullBuffer>),
-    /// Only nullness matters (count).
-    Nulls(Option<arrow::buffer::NullBuffer>),
-}
-
-/// The group of a row that went to a partition instead.
-const NO_GROUP: u32 = u32::MAX;
-
-/// How the rows of a batch reach their groups.
-#[derive(Clone, Copy)]
-enum Order<'a> {
-    /// Row `r` goes to group `group_of[r]` ([`NO_GROUP`]: to none).
-    Scattered(&'a [u32]),
-    /// Group by group.
-    Gathered(&'a Gathered),
-}
-
-/// A batch's rows in group order: group `spans[k].0` gets rows `rows[spans[k].1..spans[k].2]`,
-/// in batch order.
-///
-/// Folded row by row, the rows of a few groups (TPC-H Q1's four flag pairs) make a chain of loads
-/// and stores to the same few states, each waiting for the one before, once per aggregate. Group by
-/// group, a state stays in a register over its rows; the sort that gathers them is one such chain,
-/// paid once per batch.
-struct Gathered {
-    rows: Vec<u32>,
-    spans: Vec<(usize, usize, usize)>,
 }

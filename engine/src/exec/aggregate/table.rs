@@ -20,53 +20,8 @@ impl GroupTable {
     pub(super) fn new(spec: &Arc<Spec>, ctx: &ExecContext, depth: usize, limit: u64) -> Result<GroupTable> {
         let mut accs = Vec::with_capacity(spec.aggregates.len());
         for (a, col) in spec.aggregates.iter().zip(&spec.arg_columns) {
-            let arg_type = col.map(|c| spec.input_schema.field(c).data_type().clone());
-            accs.push(match (a.func, arg_type) {
-                (AggregateFunction::CountStar | AggregateFunction::Count, _) => Acc::Count(Vec::new()),
-                (AggregateFunction::Sum, Some(DataType::Float32 | DataType::Float64)) => {
-                    Acc::SumFloat { sum: Vec::new(), seen: Vec::new() }
-                }
-                (AggregateFunction::Sum, Some(_)) => Acc::SumInt { sum: Vec::new(), seen: Vec::new() },
-                (AggregateFunction::Avg, Some(DataType::Float32 | DataType::Float64)) => {
-                    Acc::AvgFloat { sum: Vec::new(), count: Vec::new() }
-                }
-                (AggregateFunction::Avg, Some(t)) => {
-                    let scale = if let DataType::Decimal128(_, s) = t { s as i32 } else { 0 };
-                    Acc::AvgInt { sum: Vec::new(), count: Vec::new(), scale }
-                }
-                (AggregateFunction::Min | AggregateFunction::Max, Some(t)) if extreme_int(&t).is_some() => {
-                    Acc::ExtremeInt {
-                        values: Vec::new(),
-                        seen: Vec::new(),
-                        max: a.func == AggregateFunction::Max,
-                        temporal: extreme_int(&t) == Some(true),
-                    }
-                }
-                (AggregateFunction::Min | AggregateFunction::Max, Some(t)) => Acc::Extreme {
-                    values: Vec::new(),
-                    max: a.func == AggregateFunction::Max,
-                    converter: RowConverter::new(vec![SortField::new(t)])?,
-                },
-                (AggregateFunction::SingleValue, Some(t)) => Acc::Single {
-                    values: Vec::new(),
-                    seen: Vec::new(),
-                    converter: RowConverter::new(vec![SortField::new(t)])?,
-                },
-                (
-                    f @ (AggregateFunction::StddevSamp
-                    | AggregateFunction::StddevPop
-                    | AggregateFunction::VarSamp
-                    | AggregateFunction::VarPop),
-                    Some(_),
-                ) => Acc::Var {
-                    n: Vec::new(),
-                    mean: Vec::new(),
-                    m2: Vec::new(),
-                    sqrt: matches!(f, AggregateFunction::StddevSamp | AggregateFunction::StddevPop),
-                    sample: matches!(f, AggregateFunction::StddevSamp | AggregateFunction::VarSamp),
-                },
-                (f, None) => return Err(Error::Plan(format!("{}() needs an argument", f.name()))),
-            });
+            let arg_type = col.map(|c| spec.input_schema.field(c).data_type());
+            accs.push(groups_accumulator(a.func, arg_type)?);
         }
         Ok(GroupTable {
             spec: spec.clone(),
@@ -115,7 +70,7 @@ impl GroupTable {
     /// Bytes of the index and the state vectors for `capacity` groups (keys of variable length
     /// not included).
     pub(super) fn fixed_bytes(&self, capacity: usize) -> u64 {
-        let states: u64 = self.accs.iter().map(slot_bytes).sum();
+        let states: u64 = self.accs.iter().map(|a| a.slot_bytes()).sum();
         self.index.bytes(capacity) + capacity as u64 * states
     }
 
@@ -186,39 +141,7 @@ impl GroupTable {
 
     pub(super) fn push_group(&mut self) {
         for acc in &mut self.accs {
-            match acc {
-                Acc::Count(v) => v.push(0),
-                Acc::SumInt { sum, seen } => {
-                    sum.push(0);
-                    seen.push(false);
-                }
-                Acc::SumFloat { sum, seen } => {
-                    sum.push(0.0);
-                    seen.push(false);
-                }
-                Acc::AvgInt { sum, count, .. } => {
-                    sum.push(0);
-                    count.push(0);
-                }
-                Acc::AvgFloat { sum, count } => {
-                    sum.push(0.0);
-                    count.push(0);
-                }
-                Acc::Extreme { values, .. } => values.push(None),
-                Acc::Single { values, seen, .. } => {
-                    values.push(None);
-                    seen.push(false);
-                }
-                Acc::ExtremeInt { values, seen, .. } => {
-                    values.push(0);
-                    seen.push(false);
-                }
-                Acc::Var { n, mean, m2, .. } => {
-                    n.push(0.0);
-                    mean.push(0.0);
-                    m2.push(0.0);
-                }
-            }
+            acc.push_group();
         }
     }
 
@@ -241,7 +164,7 @@ impl GroupTable {
         let mut args: Vec<Option<ArgValues>> = Vec::with_capacity(self.accs.len());
         for (acc, col) in self.accs.iter().zip(&spec.arg_columns) {
             args.push(match col {
-                Some(c) => Some(ArgValues::new(acc, batch.column(*c))?),
+                Some(c) => Some(acc.arg(batch.column(*c))?),
                 None => None,
             });
         }
@@ -292,7 +215,7 @@ impl GroupTable {
         let order = gathered.as_ref().map_or(Order::Scattered(&group_of), Order::Gathered);
         let mut grown = 0u64;
         for (acc, arg) in self.accs.iter_mut().zip(&args) {
-            grown += update_batch(acc, arg.as_ref(), order)?;
+            grown += update_batch(acc.as_mut(), arg.as_ref(), order)?;
         }
         let counted = grown == 0 || self.reservation.try_grow(grown).is_ok();
         if !counted && self.no_spill {
@@ -383,10 +306,10 @@ impl GroupTable {
         let mut grown = 0u64;
         for (acc, col) in self.accs.iter_mut().zip(&spec.arg_columns) {
             let arg = match col {
-                Some(c) => Some(ArgValues::new(acc, batch.column(*c))?),
+                Some(c) => Some(acc.arg(batch.column(*c))?),
                 None => None,
             };
-            grown += update_batch(acc, arg.as_ref(), Order::Gathered(&gathered))?;
+            grown += update_batch(acc.as_mut(), arg.as_ref(), Order::Gathered(&gathered))?;
         }
         Ok(grown == 0 || self.reservation.try_grow(grown).is_ok())
     }
@@ -412,7 +335,7 @@ impl GroupTable {
         columns.extend(keys);
         for (i, acc) in self.accs.iter().enumerate() {
             let field = self.spec.out_schema.field(self.spec.key_count + i);
-            columns.push(finish(acc, start, end, field.data_type())?);
+            columns.push(acc.finish(start, end, field.data_type())?);
         }
         // Key columns come back as the converter's (or the input's) types; conform to the plan's.
         let columns = columns
