@@ -251,6 +251,11 @@ fn null_literal() -> Expr {
 }
 
 impl<'a> ExprPlanner<'a> {
+    /// The schema of the input expressions are planned over.
+    pub(crate) fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
     pub fn new(scope: &'a Scope, schema: SchemaRef) -> Self {
         ExprPlanner { scope, schema, aggregates: None, outer: None, subqueries: None, windows: None }
     }
