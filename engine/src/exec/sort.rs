@@ -40,7 +40,7 @@ use arrow_row::{RowConverter, Rows, SortField};
 
 use super::int_map::prefetch;
 use super::node::{Node, Running, Started};
-use super::{start_beside, BatchStream, ExecContext, ExplainLine, OperatorMetrics, Pipeline};
+use super::{sliced_bytes, start_beside, BatchStream, ExecContext, ExplainLine, OperatorMetrics, Pipeline};
 use crate::error::{Error, Result};
 use crate::memory::{MemoryReservation, Reclaim};
 use crate::plan::SortKey;
@@ -142,6 +142,42 @@ impl Node for SortNode {
     }
 }
 
+/// `chunk` in zero-copy slices of at most about `target` bytes each (a wider row alone). Chunks
+/// are cut by the rows' average width, and rows of very different widths (strings of a few bytes
+/// beside some of 8 KB) made chunks many times the target; the merge holds a chunk per run, and
+/// at 4 MiB such a sort was accepted and then could not merge two runs.
+fn cut(chunk: RecordBatch, target: u64) -> Vec<RecordBatch> {
+    let mut pieces = Vec::new();
+    let mut todo = vec![chunk];
+    while let Some(chunk) = todo.pop() {
+        let rows = chunk.num_rows();
+        if rows <= 1 || sliced_bytes(&chunk) <= 2 * target {
+            pieces.push(chunk);
+        } else {
+            todo.push(chunk.slice(rows / 2, rows - rows / 2));
+            todo.push(chunk.slice(0, rows / 2));
+        }
+    }
+    pieces
+}
+
+/// At least the bytes of `chunk`'s sort keys in row format, without converting them: a value
+/// takes its bytes and a null byte, a string also a byte per 8 of its first 32 and per 32 after,
+/// and at most 9 bytes of padding (a quarter more than its bytes, and 10 a row); each row an
+/// 8-byte offset. The most key bytes per row seen in the input, times the chunk's rows, counted a
+/// chunk of short strings as if each were the longest seen (663 KB for a chunk of 128 KB), and a
+/// chunk of the longest as if they were average.
+fn key_bytes(chunk: &RecordBatch, keys: &[SortKey]) -> u64 {
+    let columns: u64 = keys
+        .iter()
+        .map(|k| {
+            let c = chunk.column(k.column);
+            c.to_data().get_slice_memory_size().unwrap_or_else(|_| c.get_array_memory_size()) as u64
+        })
+        .sum();
+    columns + columns / 4 + (8 + 10 * keys.len() as u64) * chunk.num_rows() as u64
+}
+
 /// A sort in progress: consumes its input on the first call, then hands out sorted chunks.
 pub(crate) struct SortStream {
     state: State,
@@ -198,7 +234,6 @@ impl SortStream {
             run_bytes: (share * 3 / 8).clamp(min_memory(ctx) / 4, RUN_BYTES),
             max_chunk_bytes: 0,
             max_chunk_keys: 0,
-            key_row_bytes: 0,
             // The minimums of the operators above, still to come: the merge leaves them room.
             above: ctx.pending_minimums.load(std::sync::atomic::Ordering::Acquire),
             ctx: ctx.clone(),
@@ -343,8 +378,6 @@ struct Sorter {
     /// The largest chunk written to a run and the largest keys of one, which size the merge buffers.
     max_chunk_bytes: u64,
     max_chunk_keys: u64,
-    /// The most key bytes per row seen in the input, to size a chunk's keys without converting it.
-    key_row_bytes: u64,
     /// Bytes the operators above this sort need at least (they start once it merges).
     above: u64,
     ctx: ExecContext,
@@ -407,7 +440,6 @@ impl Sorter {
         }
         let keys = self.keys_of(&batch)?;
         let bytes = batch.get_array_memory_size() as u64 + keys.size() as u64;
-        self.key_row_bytes = self.key_row_bytes.max((keys.size() / batch.num_rows().max(1)) as u64 + 1);
         // Take the batch's reservation over from the stream (whose flow control then moves
         // on): only its keys, and any shortfall, are new.
         let moved = self.reservation.take(&mut child_reservation);
@@ -538,12 +570,13 @@ impl Sorter {
         let order = run_order(&buffered, self.fetch, parallel.then_some(&*self.ctx.threads), self.prefix_words);
         let batches: Vec<&RecordBatch> = buffered.iter().map(|(b, _)| b).collect();
         let chunk_rows = self.chunk_rows(&buffered);
-        let mut chunks = VecDeque::new();
+        let mut chunks: VecDeque<RecordBatch> = VecDeque::new();
         // Set when the run's chunks do not fit beside its input: the run goes to disk as it is cut.
         let mut writer: Option<crate::spill::SpillWriter> = None;
+        let target = self.chunk_bytes() as u64;
         for part in order.chunks(chunk_rows) {
-            let chunk = order.gather(part, &self.schema, &batches)?;
-            let bytes = chunk.get_array_memory_size() as u64;
+            let gathered = order.gather(part, &self.schema, &batches)?;
+            let bytes = gathered.get_array_memory_size() as u64;
             // Sorted chunks replace the buffer: account for them as they are made (runs kept in
             // memory go to disk when the pool is short).
             if writer.is_none() && self.grow_from_floor(bytes).is_err() {
@@ -554,16 +587,17 @@ impl Sorter {
                     // far and the rest go to a spill file one at a time. An aggregation feeding
                     // this sort at 8 MiB failed here, accepted at its minimum.
                     let mut w = self.ctx.spill.create(self.schema.clone(), "ExternalSort")?;
-                    for made in chunks.drain(..) {
-                        self.write_chunk(&mut w, &made)?;
-                        self.reservation.shrink(made.get_array_memory_size() as u64);
+                    for made in std::mem::take(&mut chunks) {
+                        let bytes = made.get_array_memory_size() as u64;
+                        self.write_chunk(&mut w, made, target)?;
+                        self.reservation.shrink(bytes);
                     }
                     writer = Some(w);
                 }
             }
             match writer.as_mut() {
-                Some(w) => self.write_chunk(w, &chunk)?,
-                None => chunks.push_back(chunk),
+                Some(w) => self.write_chunk(w, gathered, target)?,
+                None => chunks.push_back(gathered),
             }
         }
         drop(batches);
@@ -583,10 +617,14 @@ impl Sorter {
     }
 
     /// Writes a chunk of a run to its spill file, noting its size for the merge.
-    fn write_chunk(&mut self, writer: &mut crate::spill::SpillWriter, chunk: &RecordBatch) -> Result<()> {
-        self.max_chunk_bytes = self.max_chunk_bytes.max(chunk.get_array_memory_size() as u64);
-        self.max_chunk_keys = self.max_chunk_keys.max(chunk.num_rows() as u64 * self.key_row_bytes);
-        writer.write(chunk)
+    /// (In pieces of about `target` bytes: see [`cut`].)
+    fn write_chunk(&mut self, writer: &mut crate::spill::SpillWriter, chunk: RecordBatch, target: u64) -> Result<()> {
+        for piece in cut(chunk, target) {
+            self.max_chunk_bytes = self.max_chunk_bytes.max(sliced_bytes(&piece));
+            self.max_chunk_keys = self.max_chunk_keys.max(key_bytes(&piece, &self.keys));
+            writer.write(&piece)?;
+        }
+        Ok(())
     }
 
     /// Rows of one chunk of a run of `batches`: a batch's worth, fewer when rows are wide, and
@@ -635,27 +673,29 @@ impl Sorter {
         let buffered = std::mem::take(&mut self.buffer);
         let buffer_bytes = std::mem::take(&mut self.buffer_bytes);
         let chunk_rows = self.chunk_rows(&buffered);
+        let target = self.chunk_bytes() as u64;
         let held = self.reservation.split(buffer_bytes + extra);
-        let (spill, schema, fetch, words) =
-            (self.ctx.spill.clone(), self.schema.clone(), self.fetch, self.prefix_words);
+        let (spill, schema, fetch, words, keys) =
+            (self.ctx.spill.clone(), self.schema.clone(), self.fetch, self.prefix_words, self.keys.clone());
         let writer = std::thread::Builder::new()
             .name("flow-sort-run".into())
             .spawn(move || {
                 let order = run_order(&buffered, fetch, None, words);
                 let batches: Vec<&RecordBatch> = buffered.iter().map(|(b, _)| b).collect();
                 let mut writer = spill.create(schema.clone(), "ExternalSort")?;
-                let (mut max_bytes, mut max_rows) = (0, 0);
+                let (mut max_bytes, mut max_keys) = (0, 0);
                 for part in order.chunks(chunk_rows) {
-                    let chunk = order.gather(part, &schema, &batches)?;
-                    max_bytes = max_bytes.max(chunk.get_array_memory_size() as u64);
-                    max_rows = max_rows.max(chunk.num_rows() as u64);
-                    writer.write(&chunk)?;
+                    for chunk in cut(order.gather(part, &schema, &batches)?, target) {
+                        max_bytes = max_bytes.max(sliced_bytes(&chunk));
+                        max_keys = max_keys.max(key_bytes(&chunk, &keys));
+                        writer.write(&chunk)?;
+                    }
                 }
                 drop(batches);
                 drop((order, buffered));
                 let file = writer.finish()?;
                 drop(held);
-                Ok(Written { file, max_chunk_bytes: max_bytes, max_chunk_rows: max_rows })
+                Ok(Written { file, max_chunk_bytes: max_bytes, max_chunk_keys: max_keys })
             })
             .map_err(|e| Error::Execution(format!("cannot start a sort thread: {e}")))?;
         self.runs.push(Run::Writing(writer, buffer_bytes + extra));
@@ -694,7 +734,7 @@ impl Sorter {
             let written =
                 writer.join().map_err(|_| Error::Execution("internal error: a sort thread panicked".into()))??;
             self.max_chunk_bytes = self.max_chunk_bytes.max(written.max_chunk_bytes);
-            self.max_chunk_keys = self.max_chunk_keys.max(written.max_chunk_rows * self.key_row_bytes);
+            self.max_chunk_keys = self.max_chunk_keys.max(written.max_chunk_keys);
             self.metrics.spilled(&written.file);
             self.runs[i] = Run::Spilled(written.file);
         }
@@ -710,12 +750,10 @@ impl Sorter {
             let chunks = std::mem::take(chunks);
             let mut writer = self.ctx.spill.create(self.schema.clone(), "ExternalSort")?;
             let mut freed = 0;
+            let target = self.chunk_bytes() as u64;
             for chunk in chunks {
-                let bytes = chunk.get_array_memory_size() as u64;
-                self.max_chunk_bytes = self.max_chunk_bytes.max(bytes);
-                self.max_chunk_keys = self.max_chunk_keys.max(chunk.num_rows() as u64 * self.key_row_bytes);
-                writer.write(&chunk)?;
-                freed += bytes;
+                freed += chunk.get_array_memory_size() as u64;
+                self.write_chunk(&mut writer, chunk, target)?;
             }
             let file = writer.finish()?;
             self.metrics.spilled(&file);
@@ -829,7 +867,7 @@ enum Run {
 struct Written {
     file: SpillFile,
     max_chunk_bytes: u64,
-    max_chunk_rows: u64,
+    max_chunk_keys: u64,
 }
 
 /// Bytes of the order of a run of `rows` rows (see [`run_order`]).
