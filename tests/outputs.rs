@@ -344,6 +344,70 @@ fn inspect_shows_schema_row_groups_and_statistics() {
     failed(&flow(d, &["inspect", "missing.parquet"]), "missing.parquet");
 }
 
+/// Thousands of partitions in a small budget: the rows go through the external sort by the
+/// partition column, so each partition is one file and the open writers are one, whatever their
+/// number (a writer per partition took the pool and split partitions over many files).
+#[test]
+fn ten_thousand_partitions_in_32_mib_one_file_each() {
+    let py = interop_python();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // Keys in random order, as strings: 10,000 partitions of about 60 rows.
+    ok(&flow(d, &["gen", "table", "--rows", "600K", "--keys", "10K", "--output", "t.parquet"]));
+    let run = flow(
+        d,
+        &[
+            "sql",
+            "--mem-budget",
+            "32MiB",
+            "--threads",
+            "2",
+            "--report",
+            "report.json",
+            "-o",
+            "parts",
+            "--partition-by",
+            "key_str",
+            "SELECT key_str, id, amount, payload FROM 't.parquet'",
+        ],
+    );
+    ok(&run);
+    assert_rss_within(&run, d, 32 << 20, "10,000 partitions");
+    let folders: Vec<PathBuf> = std::fs::read_dir(d.join("parts")).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(folders.len(), 10_000, "one folder per key");
+    for folder in &folders {
+        let files: Vec<_> = std::fs::read_dir(folder).unwrap().collect();
+        assert_eq!(files.len(), 1, "{}: {} files", folder.display(), files.len());
+    }
+    python(&py, &["partitions", d.to_str().unwrap()]);
+}
+
+/// A partitioned output of an ordered query keeps the order inside each partition (the sort by
+/// the partition column takes the query's order after it), also when the order is by a column
+/// the output drops.
+#[test]
+fn partitions_keep_the_query_order_inside() {
+    let dir = fixture();
+    let d = dir.path();
+    // The second sorts by a hidden column (`-k`), dropped by a projection above the sort.
+    for sql in ["SELECT g, k FROM 't.parquet' ORDER BY k DESC", "SELECT g, k FROM 't.parquet' ORDER BY -k"] {
+        let _ = std::fs::remove_dir_all(d.join("p"));
+        ok(&flow(d, &["sql", "-o", "p", "--partition-by", "g", sql]));
+        let mut seen = 0;
+        for folder in std::fs::read_dir(d.join("p")).unwrap() {
+            let files: Vec<_> = std::fs::read_dir(folder.unwrap().path()).unwrap().map(|f| f.unwrap().path()).collect();
+            assert_eq!(files.len(), 1);
+            let values: Vec<i64> = read_parquet(&files[0])
+                .iter()
+                .flat_map(|b| b.column(0).as_primitive::<Int64Type>().values().to_vec())
+                .collect();
+            seen += values.len();
+            assert!(values.windows(2).all(|w| w[0] > w[1]), "{sql}: not in order in {}", files[0].display());
+        }
+        assert_eq!(seen, 20_000, "{sql}");
+    }
+}
+
 fn python(python: &Path, args: &[&str]) {
     let script = repo_root().join("tests/interop/check.py");
     let out = Command::new(python).arg(&script).args(args).output().expect("run python");

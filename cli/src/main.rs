@@ -23,7 +23,7 @@ use std::time::Instant;
 
 use clap::Parser;
 use flow_engine::pipeline::PipelineFile;
-use flow_engine::{human, Codec, Config, Engine, Error, OutputFormat, Overwrite, WriteOptions, WriteSummary};
+use flow_engine::{human, Codec, Config, Engine, Error, OutputFormat, Overwrite, WriteOptions};
 
 use crate::args::{Cli, Command, CommonArgs, GenCommand, SourceArgs, UnitArgs, WriteArgs};
 use crate::report::{Report, StepReport, UnitReport};
@@ -302,7 +302,9 @@ fn run_steps(
     failed: &mut Vec<(String, Error)>,
 ) -> Result<(), Error> {
     for (i, step) in file.steps.iter().enumerate() {
-        let Some(output) = &step.output else { continue };
+        if step.output.is_none() {
+            continue;
+        }
         let label = step.label(i);
         if let Some(job) = &jobs[i] {
             failed.extend(run_units(engine, job, &label, options, progress, report)?);
@@ -314,14 +316,12 @@ fn run_steps(
         }
         // Each step's report shows its own allocation peak.
         flow_engine::alloc::reset_peak();
-        let target = file.base_dir.join(output.path());
-        let format = output.format()?;
-        let options = output.write_options()?;
         set_sql(&step.sql);
-        let query = engine.sql(&step.sql).map_err(|e| e.in_step(&label))?;
-        flow_engine::alloc::release_code_pages();
-        progress.start_query(&label, query.input_rows());
-        let (summary, metrics) = write_output(query, &target, format, &[], &options).map_err(|e| e.in_step(&label))?;
+        let started = |query: &flow_engine::Query<'_>| {
+            flow_engine::alloc::release_code_pages();
+            progress.start_query(&label, query.input_rows());
+        };
+        let Some((summary, metrics)) = file.run_step(engine, i, started)? else { continue };
         report.steps.push(StepReport::new(&label, Some(&summary), &metrics));
     }
     Ok(())
@@ -741,28 +741,6 @@ fn write_options(args: &WriteArgs) -> Result<WriteOptions, Error> {
     })
 }
 
-/// Writes a query to one file, or to a folder when it is partitioned or split by size (one
-/// summary for the folder: its rows, bytes and row groups in total).
-fn write_output(
-    query: flow_engine::Query<'_>,
-    path: &Path,
-    format: OutputFormat,
-    partition_by: &[String],
-    options: &WriteOptions,
-) -> Result<(WriteSummary, flow_engine::QueryMetrics), Error> {
-    if partition_by.is_empty() && options.max_file_bytes.is_none() {
-        return query.write_with(path, format, options);
-    }
-    let (files, metrics) = query.write_folder(path, format, partition_by, options)?;
-    let summary = WriteSummary {
-        path: path.to_path_buf(),
-        rows: files.iter().map(|f| f.rows).sum(),
-        bytes: files.iter().map(|f| f.bytes).sum(),
-        row_groups: files.iter().map(|f| f.row_groups).sum(),
-    };
-    Ok((summary, metrics))
-}
-
 /// Whether `-o` names standard output: `-`, or the paths that are standard output on Linux.
 fn is_stdout(path: &Path) -> bool {
     matches!(path.to_str(), Some("-" | "/dev/stdout" | "/dev/fd/1" | "/proc/self/fd/1"))
@@ -825,7 +803,7 @@ fn run_sql(
                 Some(f) => f,
                 None => OutputFormat::from_path(path)?,
             };
-            let (summary, metrics) = write_output(query, path, format, &write.partition_by, &options)?;
+            let (summary, metrics) = query.write_output(path, format, &write.partition_by, &options)?;
             progress.finish();
             report.steps.push(StepReport::new("sql", Some(&summary), &metrics));
             report.finish(&engine, started);

@@ -414,6 +414,30 @@ impl<'e> Query<'e> {
         self.write_to_destination(Destination::file(path, options)?, format, options)
     }
 
+    /// Runs the query into `path`: one file, or a folder when `partition_by` names columns or
+    /// `options.max_file_bytes` splits it (see [`write_folder`](Self::write_folder)), with one
+    /// summary for the folder (its rows, bytes and row groups in all).
+    pub fn write_output(
+        self,
+        path: impl AsRef<Path>,
+        format: OutputFormat,
+        partition_by: &[String],
+        options: &WriteOptions,
+    ) -> Result<(WriteSummary, QueryMetrics)> {
+        let path = path.as_ref();
+        if partition_by.is_empty() && options.max_file_bytes.is_none() {
+            return self.write_with(path, format, options);
+        }
+        let (files, metrics) = self.write_folder(path, format, partition_by, options)?;
+        let summary = WriteSummary {
+            path: path.to_path_buf(),
+            rows: files.iter().map(|f| f.rows).sum(),
+            bytes: files.iter().map(|f| f.bytes).sum(),
+            row_groups: files.iter().map(|f| f.row_groups).sum(),
+        };
+        Ok((summary, metrics))
+    }
+
     /// Runs the query into a stream (standard output, a socket, a pipe) in the given format, as
     /// it is produced: nothing is buffered beyond the writer's own buffers (a Parquet row group).
     /// The summary's path is `-`.
@@ -535,9 +559,18 @@ impl<'e> Query<'e> {
     /// [`PartitionedWriter`]). Files appear only once complete.
     pub fn write_partitioned(mut self, out: PartitionedOutput) -> Result<(Vec<WriteSummary>, QueryMetrics)> {
         let engine = self.engine;
+        if !out.partition_by.is_empty() {
+            // Sorted by the partition columns, each partition's rows come together: one file at a
+            // time, one file per partition, at any number of partitions (see `sink/partitioned.rs`).
+            let keys = crate::exec::sink::partition_columns(&out.partition_by, &self.schema())?;
+            self = Query::new(engine, partition_order(self.plan.clone(), &keys))?;
+        }
         self.hold_footers().map_err(|e| self.too_small_for_the_writer(e))?;
         let writer = PartitionedWriter::new(out, &self.schema(), &engine.ctx.pool);
         let mut writer = writer.map_err(|e| self.too_small_for_the_writer(e))?;
+        if !writer.key_columns().is_empty() {
+            writer.in_key_order().map_err(|e| self.too_small_for_the_writer(e))?;
+        }
         self.ctx = engine.ctx.for_plan(&self.pipeline, engine.ctx.pool.reserved(), WRITER_BATCHES)?;
         self.fits = true;
         let metrics = self.for_each(|batch| writer.write(batch))?;
@@ -659,4 +692,48 @@ fn metrics(
         spill: engine.spill.stats(),
         operators: Vec::new(),
     }
+}
+
+/// `plan` sorted by the columns `keys` first: a partitioned write's rows in partition order. An
+/// ORDER BY of the query still orders the rows within each partition (its keys follow), also
+/// under a projection that drops its hidden sort columns.
+fn partition_order(plan: LogicalPlan, keys: &[usize]) -> LogicalPlan {
+    use crate::plan::SortKey;
+    let first = |keys: &[usize], then: &[SortKey]| {
+        let mut all: Vec<SortKey> =
+            keys.iter().map(|&column| SortKey { column, descending: false, nulls_first: false }).collect();
+        all.extend(then.iter().filter(|k| !keys.contains(&k.column)));
+        all
+    };
+    match plan {
+        LogicalPlan::Sort { input, keys: order, fetch: None } => {
+            LogicalPlan::Sort { input, keys: first(keys, &order), fetch: None }
+        }
+        // A top-n: its rows, sorted again.
+        LogicalPlan::Sort { keys: ref order, fetch: Some(_), .. } => {
+            let keys = first(keys, order);
+            LogicalPlan::Sort { input: Box::new(plan), keys, fetch: None }
+        }
+        LogicalPlan::Projection { input, exprs, schema } if matches!(*input, LogicalPlan::Sort { .. }) => {
+            let below: Option<Vec<usize>> = keys
+                .iter()
+                .map(|&k| match &exprs[k] {
+                    crate::expr::Expr::Column { index, .. } => Some(*index),
+                    _ => None,
+                })
+                .collect();
+            match below {
+                Some(below) => {
+                    LogicalPlan::Projection { input: Box::new(partition_order(*input, &below)), exprs, schema }
+                }
+                None => partition_order_plain(LogicalPlan::Projection { input, exprs, schema }, keys),
+            }
+        }
+        other => partition_order_plain(other, keys),
+    }
+}
+
+fn partition_order_plain(plan: LogicalPlan, keys: &[usize]) -> LogicalPlan {
+    let keys = keys.iter().map(|&column| crate::plan::SortKey { column, descending: false, nulls_first: false });
+    LogicalPlan::Sort { input: Box::new(plan), keys: keys.collect(), fetch: None }
 }

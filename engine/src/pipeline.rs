@@ -46,9 +46,9 @@ use arrow::datatypes::{Field, Schema};
 use serde::Deserialize;
 
 use crate::config::parse_size;
-use crate::engine::Engine;
+use crate::engine::{Engine, Query, QueryMetrics};
 use crate::error::{Error, Result};
-use crate::exec::sink::{Codec, OutputFormat, Overwrite, WriteOptions};
+use crate::exec::sink::{Codec, OutputFormat, Overwrite, WriteOptions, WriteSummary};
 use crate::expr::types::parse_type_name;
 use crate::source::{CsvOptions, Format};
 
@@ -290,6 +290,29 @@ impl PipelineFile {
             }
         }
         Ok(())
+    }
+
+    /// Runs step `index` of a file made ready on `engine` by [`prepare`](Self::prepare): its
+    /// query into its output, which appears whole or not at all. `started` sees the query before
+    /// it runs. `None` for a step without an output (a view for later steps). A step with units
+    /// or `partition_by` runs its units instead, through [`crate::units::StepJob`].
+    pub fn run_step(
+        &self,
+        engine: &Engine,
+        index: usize,
+        started: impl FnOnce(&Query<'_>),
+    ) -> Result<Option<(WriteSummary, QueryMetrics)>> {
+        let step = &self.steps[index];
+        let Some(output) = &step.output else { return Ok(None) };
+        let label = step.label(index);
+        let run = || {
+            let target = self.base_dir.join(output.path());
+            let (format, options) = (output.format()?, output.write_options()?);
+            let query = engine.sql(&step.sql)?;
+            started(&query);
+            query.write_output(&target, format, output.partition_by(), &options)
+        };
+        run().map(Some).map_err(|e| e.in_step(&label))
     }
 
     fn check(&self, path: &Path) -> Result<()> {

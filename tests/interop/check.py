@@ -240,6 +240,16 @@ def hive(path):
     print(f"interop: {path}: {len(want)} rows in hive partitions agree in pyarrow, DuckDB and Polars")
 
 
+def partitions(folder):
+    """`folder/parts`, flow's hive output of `folder/t.parquet` by `key_str`, holds each key's rows."""
+    con = duckdb.connect()
+    query = "SELECT key_str, count(*), sum(id), sum(amount) FROM read_parquet('{}', hive_partitioning = {}) GROUP BY key_str"
+    want = con.execute(query.format(f"{folder}/t.parquet", "false")).fetchall()
+    got = con.execute(query.format(f"{folder}/parts/**/*.parquet", "true")).fetchall()
+    same(ordered(got), ordered(want), "DuckDB: rows, id and amount sums per partition")
+    print(f"interop: {folder}/parts: {len(want)} partitions agree with DuckDB")
+
+
 def wide(path):
     folder = path.rsplit("/", 1)[0]
     # The file must hold what this check is for: delta-encoded integers, dictionary strings.
@@ -275,4 +285,4 @@ def wide(path):
 
 if __name__ == "__main__":
     command, target = sys.argv[1], sys.argv[2]
-    {"source": source, "typed": typed, "hive": hive, "wide": wide}[command](target)
+    {"source": source, "typed": typed, "hive": hive, "partitions": partitions, "wide": wide}[command](target)

@@ -25,7 +25,7 @@ use crate::error::Result;
 pub(crate) use self::background::BackgroundSink;
 pub use self::options::{Codec, OutputFormat, Overwrite, WriteOptions, WriteSummary};
 pub use self::parquet_file::{portable_schema, ParquetSink};
-pub use self::partitioned::{PartitionedOutput, PartitionedWriter};
+pub use self::partitioned::{partition_columns, PartitionedOutput, PartitionedWriter};
 pub(crate) use self::staging::Destination;
 pub use self::staging::{exists_error, target_taken, StagingDir};
 pub use self::text::TextSink;
