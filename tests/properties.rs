@@ -191,16 +191,16 @@ fn sort_of_long_strings_from_one_row_row_groups_runs_at_4_mib() {
     };
     let mut rows = |n: i64| -> Vec<Row> {
         (0..n)
-        .map(|i| {
-            let k = (next(9) != 0).then(|| next(40) as i64);
-            let s = match next(9) {
-                0 => None,
-                1 | 2 => Some(((b'a' + next(26) as u8) as char).to_string().repeat(next(8192) as usize)),
-                _ => Some((0..next(7)).map(|_| (b'a' + next(3) as u8) as char).collect()),
-            };
-            (k, s, i)
-        })
-        .collect()
+            .map(|i| {
+                let k = (next(9) != 0).then(|| next(40) as i64);
+                let s = match next(9) {
+                    0 => None,
+                    1 | 2 => Some(((b'a' + next(26) as u8) as char).to_string().repeat(next(8192) as usize)),
+                    _ => Some((0..next(7)).map(|_| (b'a' + next(3) as u8) as char).collect()),
+                };
+                (k, s, i)
+            })
+            .collect()
     };
     let left = rows(618);
     let right = rows(780);

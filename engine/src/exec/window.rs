@@ -159,11 +159,7 @@ struct Arg {
 impl Prepared {
     fn bytes(&self) -> u64 {
         let rows = |r: &Option<Rows>| r.as_ref().map_or(0, |r| r.size());
-        let args: usize = self
-            .args
-            .iter()
-            .map(|a| a.acc.as_ref().map_or(0, |x| x.bytes()) + rows(&a.rows))
-            .sum();
+        let args: usize = self.args.iter().map(|a| a.acc.as_ref().map_or(0, |x| x.bytes()) + rows(&a.rows)).sum();
         (self.batch.get_array_memory_size() + rows(&self.part) + rows(&self.order) + args) as u64
     }
     fn rows(&self) -> usize {

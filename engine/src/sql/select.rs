@@ -6,7 +6,11 @@ use super::*;
 /// ORDER BY over a select: a key that names an output column (alias, or ordinal) sorts by it;
 /// any other expression is evaluated over the select's input as a hidden column, dropped after
 /// the sort.
-pub(super) fn plan_order_by(mut select: SelectPlan, order_by: &ast::OrderBy, fetch: Option<usize>) -> Result<LogicalPlan> {
+pub(super) fn plan_order_by(
+    mut select: SelectPlan,
+    order_by: &ast::OrderBy,
+    fetch: Option<usize>,
+) -> Result<LogicalPlan> {
     let items = match &order_by.kind {
         ast::OrderByKind::Expressions(items) => items,
         ast::OrderByKind::All(_) => return Err(Error::NotSupported("ORDER BY ALL".into())),
@@ -387,7 +391,11 @@ fn plan_grouped(
 
 /// The GROUP BY keys: expressions over the input, select positions (`GROUP BY 1`) or select
 /// aliases (a name that is not an input column), each once, with their output fields.
-fn group_keys(select: &ast::Select, group_asts: &[ast::Expr], plain: &ExprPlanner<'_>) -> Result<(Vec<Expr>, Vec<Field>)> {
+fn group_keys(
+    select: &ast::Select,
+    group_asts: &[ast::Expr],
+    plain: &ExprPlanner<'_>,
+) -> Result<(Vec<Expr>, Vec<Field>)> {
     let input_schema = plain.schema();
     let mut group_exprs = Vec::new();
     let mut group_fields = Vec::new();
@@ -643,4 +651,3 @@ fn output_name(e: &ast::Expr) -> String {
         other => other.to_string(),
     }
 }
-

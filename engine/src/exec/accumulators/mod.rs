@@ -93,7 +93,10 @@ pub(crate) enum FrameValue {
 }
 
 /// The group accumulator of `func` over arguments of type `arg` (`None`: no argument).
-pub(crate) fn groups_accumulator(func: AggregateFunction, arg: Option<&DataType>) -> Result<Box<dyn GroupsAccumulator>> {
+pub(crate) fn groups_accumulator(
+    func: AggregateFunction,
+    arg: Option<&DataType>,
+) -> Result<Box<dyn GroupsAccumulator>> {
     use AggregateFunction as F;
     let float = matches!(arg, Some(DataType::Float32 | DataType::Float64));
     Ok(match (func, arg) {
@@ -110,7 +113,10 @@ pub(crate) fn groups_accumulator(func: AggregateFunction, arg: Option<&DataType>
 }
 
 /// The sliding accumulator of `func` over arguments of type `arg`, if it has one.
-pub(crate) fn sliding_accumulator(func: AggregateFunction, arg: Option<&DataType>) -> Option<Box<dyn SlidingAccumulator>> {
+pub(crate) fn sliding_accumulator(
+    func: AggregateFunction,
+    arg: Option<&DataType>,
+) -> Option<Box<dyn SlidingAccumulator>> {
     use AggregateFunction as F;
     let float = matches!(arg, Some(DataType::Float32 | DataType::Float64));
     Some(match (func, arg) {

@@ -88,7 +88,12 @@ impl Number for f64 {
 /// `start` plus the valid values among `rows` (added in row order, as row by row would), and how
 /// many were valid; `None` on overflow.
 #[inline]
-pub(super) fn sum_rows<N: Number>(start: N, values: &[N], nulls: Option<&NullBuffer>, rows: &[u32]) -> Option<(N, i64)> {
+pub(super) fn sum_rows<N: Number>(
+    start: N,
+    values: &[N],
+    nulls: Option<&NullBuffer>,
+    rows: &[u32],
+) -> Option<(N, i64)> {
     let mut sum = start;
     match nulls {
         None => {

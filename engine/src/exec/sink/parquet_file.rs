@@ -97,7 +97,7 @@ impl ParquetSink {
     }
 
     /// A sink's row groups by default: an eighth of the budget, between 256 KiB and 128 MiB.
-    fn default_row_group_bytes(budget: u64) -> usize {
+    pub(super) fn default_row_group_bytes(budget: u64) -> usize {
         (budget / 8).clamp(256 << 10, 128 << 20) as usize
     }
 
@@ -133,6 +133,11 @@ impl ParquetSink {
         let room = pool.budget().saturating_sub(pool.reserved());
         let default = Self::default_row_group_bytes(room);
         Self::open(to, schema, pool, options, options.row_group_bytes(room, default), room)
+    }
+
+    /// What [`open`](Self::open) reserves for a sink of `schema` with these sizes.
+    pub(super) fn opening_bytes(schema: &Schema, row_group_bytes: usize, room: u64) -> u64 {
+        Self::sizes(schema.fields().len().max(1), row_group_bytes, room).1
     }
 
     /// A sink with row groups of `row_group_bytes` whose pages are sized for `room` bytes.

@@ -133,10 +133,9 @@ impl PartitionedWriter {
     pub fn in_key_order(&mut self) -> Result<()> {
         self.key_order = true;
         let budget = self.pool.budget();
-        let default = (budget / 8).clamp(1 << 20, 128 << 20) as usize;
-        self.row_group_bytes = self.out.options.row_group_bytes(budget, default);
+        self.row_group_bytes = self.out.options.row_group_bytes(budget, ParquetSink::default_row_group_bytes(budget));
         let upfront = match self.out.format {
-            OutputFormat::Parquet => ParquetSink::upfront(&self.data_schema, budget, &self.out.options),
+            OutputFormat::Parquet => ParquetSink::opening_bytes(&self.data_schema, self.row_group_bytes, budget),
             _ => TextSink::upfront(budget),
         };
         self.standby.try_grow(upfront)
