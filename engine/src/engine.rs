@@ -549,6 +549,7 @@ impl<'e> Query<'e> {
             suffix: String::new(),
             keep_empty: true,
             options: options.clone(),
+            staged: true,
         };
         let (written, metrics) = self.write_partitioned(out)?;
         let written = staging.commit(dir, options.overwrite, &written)?;
@@ -573,7 +574,8 @@ impl<'e> Query<'e> {
         }
         self.ctx = engine.ctx.for_plan(&self.pipeline, engine.ctx.pool.reserved(), WRITER_BATCHES)?;
         self.fits = true;
-        let metrics = self.for_each(|batch| writer.write(batch))?;
+        let mut writer = BackgroundSink::start(writer, &engine.ctx.pool)?;
+        let metrics = self.for_each_owned(|batch, reservation| writer.write(batch, reservation))?;
         if engine.ctx.cancel.load(Ordering::Relaxed) {
             return Err(Error::Cancelled);
         }

@@ -501,6 +501,7 @@ impl<'e> StepJob<'e> {
             // An empty unit commits a record and no file.
             keep_empty: false,
             options: self.options.clone(),
+            staged: true,
         };
         let (written, metrics) = query.write_partitioned(out)?;
         let mut files = Vec::new();

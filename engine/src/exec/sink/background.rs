@@ -23,11 +23,29 @@ use crate::memory::{MemoryPool, MemoryReservation};
 ///
 /// The file is completed only by [`finish`](Self::finish): dropped before that (the query
 /// failed), the writer drops its sink, which removes the temporary file, and is waited for.
-pub(crate) struct BackgroundSink {
+pub(crate) struct BackgroundSink<W: Background = Box<dyn Sink + Send>> {
     queue: Option<std::sync::mpsc::Sender<Queued>>,
     waiting: Arc<Waiting>,
     pool: MemoryPool,
-    writer: Option<std::thread::JoinHandle<Result<Option<WriteSummary>>>>,
+    writer: Option<std::thread::JoinHandle<Result<Option<W::Done>>>>,
+}
+
+/// What a [`BackgroundSink`] runs: a file sink, or a writer of many files (partitioned).
+pub(crate) trait Background: Send + 'static {
+    /// What finishing gives.
+    type Done: Send + 'static;
+    fn write(&mut self, batch: &RecordBatch) -> Result<()>;
+    fn finish(self) -> Result<Self::Done>;
+}
+
+impl Background for Box<dyn Sink + Send> {
+    type Done = WriteSummary;
+    fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        Sink::write(self.as_mut(), batch)
+    }
+    fn finish(self) -> Result<WriteSummary> {
+        Sink::finish(self)
+    }
 }
 
 enum Queued {
@@ -67,11 +85,11 @@ impl Drop for Stopped {
     }
 }
 
-impl BackgroundSink {
+impl<W: Background> BackgroundSink<W> {
     /// Batches the queue always takes.
     const QUEUE: usize = 2;
 
-    pub(crate) fn start(mut sink: Box<dyn Sink + Send>, pool: &MemoryPool) -> Result<BackgroundSink> {
+    pub(crate) fn start(mut sink: W, pool: &MemoryPool) -> Result<BackgroundSink<W>> {
         let (queue, batches) = std::sync::mpsc::channel::<Queued>();
         let waiting = Arc::new(Waiting::default());
         let stopped = Stopped(waiting.clone());
@@ -127,7 +145,7 @@ impl BackgroundSink {
     }
 
     /// Writes what is queued and completes the file.
-    pub(crate) fn finish(mut self) -> Result<WriteSummary> {
+    pub(crate) fn finish(mut self) -> Result<W::Done> {
         // A writer that stopped on an error no longer listens: `join` gives its error.
         let _ = self.queue.take().expect("open until finished").send(Queued::Finish);
         match self.join()? {
@@ -145,7 +163,7 @@ impl BackgroundSink {
         }
     }
 
-    fn join(&mut self) -> Result<Option<WriteSummary>> {
+    fn join(&mut self) -> Result<Option<W::Done>> {
         match self.writer.take().map(|w| w.join()) {
             Some(Ok(result)) => result,
             Some(Err(_)) => Err(Error::Execution("internal error: the output writer panicked".into())),
@@ -154,7 +172,7 @@ impl BackgroundSink {
     }
 }
 
-impl Drop for BackgroundSink {
+impl<W: Background> Drop for BackgroundSink<W> {
     fn drop(&mut self) {
         // Closing the queue makes the writer drop its sink (and the temporary file) and return.
         self.queue = None;
@@ -200,7 +218,8 @@ mod tests {
         let mut others = pool.register("others", false);
         others.try_grow(held).unwrap();
         let (gate, gated): (Sender<()>, Receiver<()>) = std::sync::mpsc::channel();
-        let mut sink = BackgroundSink::start(Box::new(Gated(gated)), &pool).unwrap();
+        let sink: Box<dyn Sink + Send> = Box::new(Gated(gated));
+        let mut sink = BackgroundSink::start(sink, &pool).unwrap();
         let queued = Arc::new(AtomicUsize::new(0));
         let counter = queued.clone();
         let producer = std::thread::spawn(move || {

@@ -22,7 +22,7 @@ use arrow::array::RecordBatch;
 
 use crate::error::Result;
 
-pub(crate) use self::background::BackgroundSink;
+pub(crate) use self::background::{Background, BackgroundSink};
 pub use self::options::{Codec, OutputFormat, Overwrite, WriteOptions, WriteSummary};
 pub use self::parquet_file::{portable_schema, ParquetSink};
 pub use self::partitioned::{partition_columns, PartitionedOutput, PartitionedWriter};

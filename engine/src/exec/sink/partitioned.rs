@@ -41,10 +41,15 @@ pub struct PartitionedOutput {
     pub keep_empty: bool,
     /// Compression, row groups and the file size at which a file is closed and the next begun.
     pub options: WriteOptions,
+    /// `dir` is a staging folder, the writer's alone, moved into place whole only after
+    /// [`PartitionedWriter::finish`]: files are created at their names (no temporary name, lock,
+    /// rename and folder sync each) and made durable together when the writer finishes. An fsync
+    /// of each file and each folder made 2,526 partitions take 4-6 s on ext4 instead of 2.
+    pub staged: bool,
 }
 
 struct OpenPart {
-    sink: Box<dyn Sink>,
+    sink: Box<dyn Sink + Send>,
     written: u64,
 }
 
@@ -263,7 +268,7 @@ impl PartitionedWriter {
         Ok(())
     }
 
-    fn open_sink(&mut self, partition: &str) -> Result<Box<dyn Sink>> {
+    fn open_sink(&mut self, partition: &str) -> Result<Box<dyn Sink + Send>> {
         self.standby.free();
         let n = self.files_per_partition.get(partition).copied().unwrap_or(0);
         let ext = self.out.format.extension();
@@ -274,19 +279,26 @@ impl PartitionedWriter {
         };
         let target =
             if partition.is_empty() { self.out.dir.join(name) } else { self.out.dir.join(partition).join(name) };
-        let sink: Box<dyn Sink> = match self.out.format {
+        let sink: Box<dyn Sink + Send> = match self.out.format {
             OutputFormat::Parquet => Box::new(ParquetSink::open(
-                Destination::file(&target, &self.out.options)?,
+                self.destination(&target)?,
                 &self.data_schema,
                 &self.pool,
                 &self.out.options,
                 self.row_group_bytes,
                 self.pool.budget(),
             )?),
-            format => Box::new(TextSink::to(Destination::file(&target, &self.out.options)?, format, &self.pool)?),
+            format => Box::new(TextSink::to(self.destination(&target)?, format, &self.pool)?),
         };
         self.files_per_partition.insert(partition.to_string(), n + 1);
         Ok(sink)
+    }
+
+    fn destination(&self, target: &std::path::Path) -> Result<Destination> {
+        match self.out.staged {
+            true => Destination::staged(target),
+            false => Destination::file(target, &self.out.options),
+        }
     }
 
     fn close_largest(&mut self) -> Result<()> {
@@ -310,6 +322,21 @@ impl PartitionedWriter {
             self.done.push(part.sink.finish()?);
         }
         self.done.sort_by(|a, b| a.path.cmp(&b.path));
+        if self.out.staged {
+            super::staging::make_durable(&self.out.dir, &self.done)?;
+        }
         Ok(self.done)
+    }
+}
+
+/// Encoding and writing the files on a thread of their own, beside the work that makes the rows
+/// (the merge of the sort by partition).
+impl super::Background for PartitionedWriter {
+    type Done = Vec<WriteSummary>;
+    fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        PartitionedWriter::write(self, batch)
+    }
+    fn finish(self) -> Result<Vec<WriteSummary>> {
+        PartitionedWriter::finish(self)
     }
 }

@@ -185,6 +185,8 @@ pub fn target_taken(target: &Path) -> bool {
 pub(crate) enum Destination {
     /// A file.
     File(PendingFile, File),
+    /// A file in a staging folder (see [`Destination::staged`]).
+    Staged(PathBuf, File),
     /// A stream; its summary's path is `-`.
     Stream(Box<dyn Write + Send>),
 }
@@ -211,12 +213,22 @@ impl Destination {
         Ok(Destination::File(pending, file))
     }
 
+    /// A file at `target` inside a staging folder, which is moved into place whole: created at
+    /// its name, made durable with the others by [`make_durable`].
+    pub(crate) fn staged(target: &Path) -> Result<Destination> {
+        let parent = scratch::parent_of(target);
+        std::fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
+        let file = File::create(target).map_err(|e| Error::io(target, e))?;
+        Ok(Destination::Staged(target.to_path_buf(), file))
+    }
+
     pub(super) fn split(self) -> (Option<PendingFile>, PathBuf, Out) {
         match self {
             Destination::File(pending, file) => {
                 let target = pending.target.clone();
                 (Some(pending), target, Out::File(file))
             }
+            Destination::Staged(target, file) => (None, target, Out::File(file)),
             Destination::Stream(stream) => (None, PathBuf::from("-"), Out::Stream(stream, 0)),
         }
     }
@@ -256,10 +268,39 @@ pub(super) fn complete(pending: Option<PendingFile>, target: &Path, out: Out) ->
         (Some(pending), Out::File(file)) => pending.commit(&file),
         (_, mut out) => {
             out.flush().map_err(|e| Error::io(target, e))?;
-            Ok(match out {
-                Out::Stream(_, bytes) => bytes,
-                Out::File(_) => 0,
-            })
+            match out {
+                Out::Stream(_, bytes) => Ok(bytes),
+                // A staged file: durable later, with the others.
+                Out::File(file) => Ok(file.metadata().map_err(|e| Error::io(target, e))?.len()),
+            }
         }
     }
+}
+
+/// Makes the staged files `written` under `dir` durable, and their folders' entries: one
+/// `syncfs` of the file system on Linux (a single flush, where an fsync per file and per folder
+/// waited for each in turn), else an fsync of each file and folder.
+pub(crate) fn make_durable(dir: &Path, written: &[WriteSummary]) -> Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        let folder = File::open(dir).map_err(|e| Error::io(dir, e))?;
+        // SAFETY: syncfs on a descriptor `folder` owns.
+        if unsafe { libc::syncfs(folder.as_raw_fd()) } == 0 {
+            return Ok(());
+        }
+    }
+    let mut folders = std::collections::BTreeSet::new();
+    for w in written {
+        File::open(&w.path).and_then(|f| f.sync_all()).map_err(|e| Error::io(&w.path, e))?;
+        let mut at = w.path.parent();
+        while let Some(folder) = at.filter(|f| f.starts_with(dir)) {
+            folders.insert(folder.to_path_buf());
+            at = folder.parent();
+        }
+    }
+    for folder in folders {
+        File::open(&folder).and_then(|f| f.sync_all()).map_err(|e| Error::io(&folder, e))?;
+    }
+    Ok(())
 }
