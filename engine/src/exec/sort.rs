@@ -1257,6 +1257,9 @@ struct Merger {
     /// The prefix of each run's current row, [`DONE`] once it is finished: most comparisons end
     /// here, in a few cache lines, without touching the cursors or the keys.
     prefixes: Vec<Prefix>,
+    /// The prefixes hold the keys whole (see [`prefix_holds_keys`]): equal prefixes are equal
+    /// keys (and a real key's prefix is never [`DONE`], whose last words are not zero).
+    whole: bool,
     _buffers: MemoryReservation,
 }
 
@@ -1283,6 +1286,7 @@ impl Merger {
             batch_size: sorter.batch_size(),
             chunk_bytes: sorter.ctx.batch_bytes_target() as usize,
             prefixes: Vec::with_capacity(runs.len()),
+            whole: sorter.prefix_whole,
             _buffers: buffers,
         };
         // Every run's first chunk is asked for before any is waited for.
@@ -1350,6 +1354,9 @@ impl Merger {
         let (p, q) = (&self.prefixes[a], &self.prefixes[b]);
         if p != q {
             return p < q;
+        }
+        if self.whole {
+            return a < b;
         }
         let (x, y) = match (&self.cursors[a], &self.cursors[b]) {
             (Some(x), Some(y)) => (x, y),
