@@ -408,6 +408,22 @@ fn partitions_keep_the_query_order_inside() {
     }
 }
 
+/// Partition values that need escaping (`/`, `=`, `%`, `:`, `?`, `#`), spaces, unicode, an empty
+/// string and a null, and dates, timestamps and negative integers, are read back as they were by
+/// pyarrow, DuckDB and Polars.
+#[test]
+fn partition_values_of_every_kind_read_back_in_pyarrow_duckdb_and_polars() {
+    let py = interop_python();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    python(&py, &["hive_source", d.to_str().unwrap()]);
+    for column in ["s", "d", "ts", "neg"] {
+        let sql = format!("SELECT {column}, id FROM 'values.parquet'");
+        ok(&flow(d, &["sql", "-o", &format!("out_{column}"), "--partition-by", column, &sql]));
+    }
+    python(&py, &["hive_values", d.to_str().unwrap()]);
+}
+
 fn python(python: &Path, args: &[&str]) {
     let script = repo_root().join("tests/interop/check.py");
     let out = Command::new(python).arg(&script).args(args).output().expect("run python");

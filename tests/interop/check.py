@@ -250,6 +250,54 @@ def partitions(folder):
     print(f"interop: {folder}/parts: {len(want)} partitions agree with DuckDB")
 
 
+# Partition values that need escaping or care: `/`, `=`, `%`, `:`, `?`, `#`, a space, unicode,
+# an empty string and a null; with dates, timestamps and negative integers beside them.
+HIVE_VALUES = ["a/b", "x=y", "sp ace", "ünï ✓", "", None, "100%", "-5", "a:b", "q?#"]
+HIVE_COLUMNS = ["s", "d", "ts", "neg"]
+
+
+def hive_source(folder):
+    n = len(HIVE_VALUES)
+    t = pa.table(
+        {
+            "s": pa.array(HIVE_VALUES, pa.string()),
+            "d": pa.array([datetime.date(1969, 12, 30) + datetime.timedelta(days=400 * i) for i in range(n)], pa.date32()),
+            "ts": pa.array([datetime.datetime(2020, 1, 1, 12, 30, i) for i in range(n)], pa.timestamp("us")),
+            "neg": pa.array([-7 * i for i in range(n)], pa.int64()),
+            "id": pa.array(range(n), pa.int64()),
+        }
+    )
+    pq.write_table(t, f"{folder}/values.parquet")
+
+
+def as_text(v):
+    """A partition value as text: readers give dates and timestamps typed or as strings."""
+    if isinstance(v, datetime.datetime):
+        return v.isoformat(sep=" ")
+    if isinstance(v, datetime.date):
+        return v.isoformat()
+    return None if v is None else str(v)
+
+
+def hive_values(folder):
+    """`folder/out_<column>`: flow's hive output of `values.parquet` by each column in turn."""
+    source = pq.read_table(f"{folder}/values.parquet").to_pylist()
+    for column in HIVE_COLUMNS:
+        want = [(as_text(r[column]), r["id"]) for r in source]
+        path = f"{folder}/out_{column}"
+        partitioning = ds.HivePartitioning.discover(null_fallback="__HIVE_DEFAULT_PARTITION__")
+        table = ds.dataset(path, format="parquet", partitioning=partitioning).to_table().sort_by("id")
+        got = [(as_text(r[column]), r["id"]) for r in table.to_pylist()]
+        same(got, want, f"pyarrow hive values of {column}")
+        rows = duckdb.connect().execute(
+            f"SELECT {column}, id FROM read_parquet('{path}/**/*.parquet', hive_partitioning = true) ORDER BY id"
+        ).fetchall()
+        same([(as_text(v), i) for v, i in rows], want, f"DuckDB hive values of {column}")
+        frame = pl.read_parquet(f"{path}/**/*.parquet", hive_partitioning=True).sort("id")
+        same([(as_text(v), i) for v, i in zip(frame[column].to_list(), frame["id"].to_list())], want, f"Polars {column}")
+    print(f"interop: {folder}: partition values of {', '.join(HIVE_COLUMNS)} agree in pyarrow, DuckDB and Polars")
+
+
 def wide(path):
     folder = path.rsplit("/", 1)[0]
     # The file must hold what this check is for: delta-encoded integers, dictionary strings.
@@ -285,4 +333,12 @@ def wide(path):
 
 if __name__ == "__main__":
     command, target = sys.argv[1], sys.argv[2]
-    {"source": source, "typed": typed, "hive": hive, "partitions": partitions, "wide": wide}[command](target)
+    {
+        "source": source,
+        "typed": typed,
+        "hive": hive,
+        "hive_source": hive_source,
+        "hive_values": hive_values,
+        "partitions": partitions,
+        "wide": wide,
+    }[command](target)

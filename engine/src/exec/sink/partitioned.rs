@@ -10,7 +10,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use arrow::array::RecordBatch;
+use arrow::array::{ArrayRef, RecordBatch};
 use arrow::datatypes::{DataType, Schema, SchemaRef};
 
 use super::parquet_file::slices;
@@ -93,6 +93,19 @@ pub fn partition_columns(partition_by: &[String], schema: &Schema) -> Result<Vec
     Ok(key_columns)
 }
 
+/// Partition values as folder names spell them: as text, timestamps as `2020-01-01 12:30:00`,
+/// as DuckDB, Hive and Spark write them (and DuckDB reads back as timestamps; with Arrow's ISO
+/// `T` it read them as strings).
+fn hive_values(key: &ArrayRef) -> Result<ArrayRef> {
+    let text = arrow::compute::cast(key, &DataType::Utf8)?;
+    if !matches!(key.data_type(), DataType::Timestamp(..)) {
+        return Ok(text);
+    }
+    let text = arrow::array::AsArray::as_string::<i32>(text.as_ref());
+    let spaced: arrow::array::StringArray = text.iter().map(|v| v.map(|v| v.replacen('T', " ", 1))).collect();
+    Ok(Arc::new(spaced))
+}
+
 impl PartitionedWriter {
     /// A writer for batches of `schema`; fails when a partition column is not in it.
     pub fn new(out: PartitionedOutput, schema: &Schema, pool: &MemoryPool) -> Result<PartitionedWriter> {
@@ -167,7 +180,7 @@ impl PartitionedWriter {
         let keys = self
             .key_columns
             .iter()
-            .map(|&i| arrow::compute::cast(batch.column(i), &DataType::Utf8))
+            .map(|&i| hive_values(batch.column(i)))
             .collect::<std::result::Result<Vec<_>, _>>()?;
         let keys: Vec<&arrow::array::StringArray> =
             keys.iter().map(|k| arrow::array::AsArray::as_string::<i32>(k.as_ref())).collect();
@@ -212,7 +225,7 @@ impl PartitionedWriter {
         for run in arrow::compute::partition(&keys)?.ranges() {
             let mut segments = Vec::with_capacity(keys.len());
             for (name, key) in self.out.partition_by.iter().zip(&keys) {
-                let value = arrow::compute::cast(&key.slice(run.start, 1), &DataType::Utf8)?;
+                let value = hive_values(&key.slice(run.start, 1))?;
                 let value = arrow::array::AsArray::as_string::<i32>(value.as_ref());
                 let value = (!arrow::array::Array::is_null(value, 0)).then(|| value.value(0));
                 segments.push(crate::hive::segment(name, value));
