@@ -424,6 +424,71 @@ fn partition_values_of_every_kind_read_back_in_pyarrow_duckdb_and_polars() {
     python(&py, &["hive_values", d.to_str().unwrap()]);
 }
 
+/// 10,000 partitions: a rewrite killed with SIGKILL half-way leaves the previous output whole,
+/// and `replace-partitions` then replaces the 5,000 partitions its result has and keeps the rest.
+#[test]
+fn ten_thousand_partitions_survive_a_kill_and_replace_partitions_keeps_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    ok(&flow(d, &["gen", "table", "--rows", "600K", "--keys", "10K", "--output", "t.parquet"]));
+    let write = |extra: &[&str], sql: &str| {
+        let mut args = vec!["sql", "--mem-budget", "64MiB", "-o", "parts", "--partition-by", "key_str"];
+        args.extend_from_slice(extra);
+        args.push(sql);
+        args.into_iter().map(String::from).collect::<Vec<_>>()
+    };
+    let summary = |sql: &str| {
+        let run = flow(d, &["sql", sql]);
+        assert_eq!(run.code, 0, "{sql}: {}", run.stderr);
+        run.stdout
+    };
+    let whole = "SELECT count(*) AS n, count(DISTINCT key_str) AS k, sum(id) AS s FROM 'parts'";
+    let first = write(&[], "SELECT key_str, id FROM 't.parquet'");
+    ok(&flow(d, &first.iter().map(String::as_str).collect::<Vec<_>>()));
+    let want = summary("SELECT count(*) AS n, count(DISTINCT key_str) AS k, sum(id) AS s FROM 't.parquet'");
+    assert_eq!(summary(whole), want);
+    // A rewrite killed while its staging folder fills.
+    let again = write(&[], "SELECT key_str, id + 1 AS id FROM 't.parquet'");
+    let pid = spawn_flow(d, &again.iter().map(String::as_str).collect::<Vec<_>>());
+    let staging = || {
+        std::fs::read_dir(d)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .find(|p| p.file_name().unwrap().to_string_lossy().starts_with(".parts.flow-tmp-"))
+    };
+    let started = std::time::Instant::now();
+    while staging().and_then(|s| std::fs::read_dir(s).ok()).is_none_or(|e| e.count() < 100) {
+        assert!(started.elapsed().as_secs() < 60 && !has_exited(pid), "no partitions were staged");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    // SAFETY: a signal to our own child.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let (code, _) = wait_with_rusage(pid);
+    assert_eq!(code, 128 + libc::SIGKILL);
+    assert_eq!(summary(whole), want, "the killed rewrite changed the output");
+    // Half the keys rewritten with other ids: those partitions are replaced, the rest kept.
+    let half = write(
+        &["--overwrite", "replace-partitions"],
+        "SELECT key_str, id + 10000000 AS id FROM 't.parquet' WHERE key < 5000",
+    );
+    ok(&flow(d, &half.iter().map(String::as_str).collect::<Vec<_>>()));
+    let expected = summary(
+        "SELECT count(*) AS n, count(DISTINCT key_str) AS k, \
+         sum(CASE WHEN key < 5000 THEN id + 10000000 ELSE id END) AS s FROM 't.parquet'",
+    );
+    assert_eq!(summary(whole), expected);
+    let folders = std::fs::read_dir(d.join("parts")).unwrap().count();
+    assert_eq!(folders, 10_000);
+    let left: Vec<_> = std::fs::read_dir(d)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".flow-"))
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
 fn python(python: &Path, args: &[&str]) {
     let script = repo_root().join("tests/interop/check.py");
     let out = Command::new(python).arg(&script).args(args).output().expect("run python");
