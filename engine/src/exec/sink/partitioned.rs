@@ -75,7 +75,13 @@ pub struct PartitionedWriter {
     /// In key order, what the first file's writer takes, held from before the query starts
     /// (the query then runs in what is left, as beside a single file's writer) until it opens.
     standby: MemoryReservation,
+    /// What the summaries of finished files and the count of files per partition hold (held
+    /// already when counted, so counted even past the budget).
+    bookkeeping: MemoryReservation,
 }
+
+/// Bytes a file's summary, or a partition's count of files, takes beside its path or name.
+const BOOKKEEPING: usize = 64;
 
 /// The positions in `schema` of the `partition_by` columns (named case-insensitively).
 pub fn partition_columns(partition_by: &[String], schema: &Schema) -> Result<Vec<usize>> {
@@ -125,6 +131,7 @@ impl PartitionedWriter {
         let row_group_bytes = out.options.row_group_bytes(pool.budget(), default);
         let scratch = pool.register(format!("PartitionedWriter[{}]", out.dir.display()), false);
         let standby = pool.register(format!("PartitionedWriter[{}] first file", out.dir.display()), false);
+        let bookkeeping = pool.register(format!("PartitionedWriter[{}] files", out.dir.display()), false);
         Ok(PartitionedWriter {
             out,
             pool: pool.clone(),
@@ -138,6 +145,7 @@ impl PartitionedWriter {
             row_group_bytes,
             key_order: false,
             standby,
+            bookkeeping,
         })
     }
 
@@ -254,7 +262,7 @@ impl PartitionedWriter {
         if self.key_order && !self.open.contains_key(&partition) {
             // The partitions before this one are complete.
             for (_, part) in std::mem::take(&mut self.open) {
-                self.done.push(part.sink.finish()?);
+                self.completed(part.sink.finish()?);
             }
         }
         self.ensure_open(&partition)?;
@@ -272,7 +280,7 @@ impl PartitionedWriter {
             part.sink.write(&piece)?;
             if part.sink.size() >= max {
                 let part = self.open.remove(&partition).expect("open");
-                self.done.push(part.sink.finish()?);
+                self.completed(part.sink.finish()?);
                 if pieces.peek().is_some() {
                     self.ensure_open(&partition)?;
                 }
@@ -303,8 +311,18 @@ impl PartitionedWriter {
             )?),
             format => Box::new(TextSink::to(self.destination(&target)?, format, &self.pool)?),
         };
+        if n == 0 {
+            self.bookkeeping.grow_over_budget((partition.len() + BOOKKEEPING) as u64);
+        }
         self.files_per_partition.insert(partition.to_string(), n + 1);
         Ok(sink)
+    }
+
+    /// Keeps a finished file's summary, counting it in the pool: with hundreds of thousands of
+    /// partitions, the summaries and the files per partition take megabytes.
+    fn completed(&mut self, summary: WriteSummary) {
+        self.bookkeeping.grow_over_budget((summary.path.as_os_str().len() + BOOKKEEPING) as u64);
+        self.done.push(summary);
     }
 
     fn destination(&self, target: &std::path::Path) -> Result<Destination> {
@@ -317,7 +335,7 @@ impl PartitionedWriter {
     fn close_largest(&mut self) -> Result<()> {
         let largest = self.open.iter().max_by_key(|(_, p)| p.written).map(|(k, _)| k.clone());
         if let Some(part) = largest.and_then(|k| self.open.remove(&k)) {
-            self.done.push(part.sink.finish()?);
+            self.completed(part.sink.finish()?);
         }
         Ok(())
     }
@@ -332,7 +350,7 @@ impl PartitionedWriter {
         let mut parts: Vec<(String, OpenPart)> = self.open.drain().collect();
         parts.sort_by(|a, b| a.0.cmp(&b.0));
         for (_, part) in parts {
-            self.done.push(part.sink.finish()?);
+            self.completed(part.sink.finish()?);
         }
         self.done.sort_by(|a, b| a.path.cmp(&b.path));
         if self.out.staged {
